@@ -1,0 +1,77 @@
+"""Service configuration: one JSON file per service, the same in local mode and on machines."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import TRUST_DOMAIN
+
+ROLES = ("master", "worker")
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    role: str
+    name: str
+    address: str
+    vault_url: str
+    vault_ca: str
+    creds_dir: str
+    state_dir: str
+    zk_hosts: str
+    internal_port: int = 8443
+    public_port: int = 443
+    trust_domain: str = TRUST_DOMAIN
+    cert_ttl: str = "1h"
+    zk_session_timeout: float = 6.0
+    # Public edge limits (master only).
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    tiles_per_worker: int = 2
+    task_timeout: float = 30.0
+    job_timeout: float = 120.0
+    # How long finished jobs (and their results) are kept.
+    job_retention: float = 3600.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{self.trust_domain}/{self.role}/{self.name}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"https://{self.address}:{self.internal_port}"
+
+    @property
+    def public_url(self) -> str:
+        return f"https://{self.address}:{self.public_port}"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ServiceConfig":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ServiceConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        try:
+            cfg = cls(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"invalid config: {exc}") from None
+        if cfg.role not in ROLES:
+            raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,332 @@
+"""The master's public HTTPS API (DESIGN.md, "Public API"). The same handlers are mounted on
+the internal mTLS listener under /internal/v1/public, where a standby master forwards the
+calls that only the leader (or the master holding a result) can answer."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from aiohttp import web, WSMsgType
+
+from ..compute import equalize
+from ..compute.imageio import ImageError, decode, sniff_format
+from ..compute.plot import plot_histograms
+from ..edge.middleware import json_error, json_errors, security_headers
+from ..edge.openapi import spec as openapi_spec
+from ..edge.tokens import AuthError
+from .scheduler import JobFailed
+
+if TYPE_CHECKING:
+    from .service import Master
+
+log = logging.getLogger("histo.api")
+
+UPLOADERS = ("uploader", "admin")
+VIEWERS = ("viewer", "admin")
+PUBLIC_JOB_FIELDS = ("id", "owner", "state", "mode", "format", "width", "height", "progress", "tiles",
+                     "reason", "timings", "created", "finished")
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def build_app(master: "Master") -> web.Application:
+    app = web.Application(client_max_size=master.cfg.max_upload_bytes,
+                          middlewares=[security_headers, json_errors])
+    add_routes(app, master, "")
+    app.router.add_get("/", _index)
+    app.router.add_static("/static", _static_dir(), show_index=False, follow_symlinks=False)
+    return app
+
+
+def _static_dir():
+    return resources.files("histo") / "static"
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(_static_dir() / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
+    h = Handlers(master)
+    r = app.router
+    r.add_get(prefix + "/healthz", h.healthz)
+    r.add_get(prefix + "/readyz", h.readyz)
+    r.add_get(prefix + "/api/v1/openapi.json", h.openapi)
+    r.add_post(prefix + "/api/v1/jobs", h.submit)
+    r.add_get(prefix + "/api/v1/jobs", h.list_jobs)
+    r.add_get(prefix + "/api/v1/jobs/{id}", h.get_job)
+    r.add_get(prefix + "/api/v1/jobs/{id}/result", h.result)
+    r.add_get(prefix + "/api/v1/jobs/{id}/histogram", h.histogram)
+    r.add_get(prefix + "/api/v1/jobs/{id}/histogram.png", h.histogram_png)
+    r.add_get(prefix + "/api/v1/cluster", h.cluster)
+    r.add_post(prefix + "/api/v1/tokens/revoke", h.revoke)
+    r.add_get(prefix + "/api/v1/events", h.events)
+
+
+def client_addr(request: web.Request) -> str:
+    # Set by the internal listener only for calls forwarded by an authenticated master.
+    return request.get("client_addr") or request.remote or "-"
+
+
+class Handlers:
+    def __init__(self, master: "Master") -> None:
+        self.m = master
+
+    # -- health ------------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": self.m.cfg.name})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, checks = self.m.readiness()
+        degraded = not all(c["ok"] for c in checks.values())
+        status = "not_ready" if not ready else ("degraded" if degraded else "ok")
+        reasons = [f"{k}: {v.get('error') or v.get('state') or 'not ok'}" for k, v in checks.items() if not v["ok"]]
+        return web.json_response({"status": status, "service": self.m.cfg.name, "checks": checks,
+                                  "reasons": reasons}, status=200 if ready else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_spec())
+
+    # -- jobs --------------------------------------------------------------------------------
+    async def submit(self, request: web.Request) -> web.StreamResponse:
+        principal = await self.m.auth.require(request, UPLOADERS)
+        self.m.auth.limit_uploads(request, principal)
+        if not self.m.is_leader:
+            return await self._forward(request, self.m.leader)
+        t0 = time.perf_counter()
+        data, mode = await self._read_upload(request)
+        t_recv = time.perf_counter() - t0
+        if not self.m.workers:
+            raise json_error(503, "no_workers", "no workers are available; try again shortly")
+        loop = asyncio.get_running_loop()
+        t1 = time.perf_counter()
+        try:
+            img, fmt = await loop.run_in_executor(None, decode, data, self.m.cfg.max_pixels)
+            prepared = await loop.run_in_executor(None, equalize.prepare, img, fmt, mode)
+        except ImageError as exc:
+            self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
+            raise json_error(exc.status, exc.code, exc.message) from None
+        del img, data
+        timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
+        job_id = secrets.token_hex(12)
+        width, height = prepared.work.size
+        doc = {"id": job_id, "owner": principal.sub, "state": "queued", "mode": mode, "format": prepared.fmt,
+               "width": width, "height": height, "progress": 0.0, "tiles": 0, "reason": None,
+               "timings": timings, "created": time.time(), "finished": None, "master": self.m.cfg.name}
+        await loop.run_in_executor(None, self.m.jobs.create_job, job_id, doc)
+        self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
+        task = loop.create_task(self._run(job_id, principal.sub, prepared, timings))
+        task.histo_owner = principal.sub  # type: ignore[attr-defined]
+        self.m.running[job_id] = task
+        return web.json_response({"id": job_id, "state": "queued"}, status=202,
+                                 headers={"Location": f"/api/v1/jobs/{job_id}"})
+
+    async def _read_upload(self, request: web.Request) -> tuple[bytes, str]:
+        ctype = request.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise json_error(400, "bad_request", "send multipart/form-data with a field named 'image'")
+        data, mode = None, equalize.DEFAULT_MODE
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "image" and data is None:
+                    data = bytes(await part.read(decode=False))
+                elif part.name == "mode":
+                    mode = (await part.text()).strip()[:16]
+        except web.HTTPException:
+            raise
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise json_error(400, "bad_request", f"malformed multipart body: {exc}") from None
+        if not data:
+            raise json_error(400, "missing_image", "the multipart field 'image' is missing or empty")
+        if mode not in equalize.MODES:
+            raise json_error(400, "bad_mode", f"mode must be one of {', '.join(equalize.MODES)}")
+        try:
+            sniff_format(data)
+        except ImageError as exc:
+            raise json_error(exc.status, exc.code, exc.message) from None
+        return data, mode
+
+    async def _run(self, job_id: str, owner: str, prepared: equalize.Prepared, timings: dict) -> None:
+        loop = asyncio.get_running_loop()
+        jobs = self.m.jobs
+        try:
+            await loop.run_in_executor(None, lambda: jobs.update_job(job_id, state="running"))
+            self.m.emit("job_progress", severity="info", job=job_id, progress=0.05, state="running", audience=owner)
+            outcome = await asyncio.wait_for(self.m.scheduler.run(job_id, prepared, timings),
+                                             self.m.cfg.job_timeout)
+            self.m.results.put(job_id, outcome.result)
+            timings.update(outcome.timings)
+            timings["total"] = sum(timings.values())
+            await loop.run_in_executor(None, lambda: jobs.update_job(
+                job_id, state="done", progress=1.0, tiles=outcome.tiles, timings=timings, finished=time.time()))
+            self.m.emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
+        except asyncio.CancelledError:
+            reason = "this master lost leadership while the job ran; please resubmit"
+            await self._fail(job_id, owner, reason)
+            raise
+        except asyncio.TimeoutError:
+            await self._fail(job_id, owner, f"job exceeded {self.m.cfg.job_timeout:.0f}s")
+        except JobFailed as exc:
+            await self._fail(job_id, owner, str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            await self._fail(job_id, owner, f"internal error: {type(exc).__name__}")
+        finally:
+            self.m.running.pop(job_id, None)
+
+    async def _fail(self, job_id: str, owner: str, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, lambda: self.m.jobs.update_job(
+                job_id, state="failed", reason=reason, finished=time.time()))
+        except Exception as exc:  # ZooKeeper gone: the next leader fails the job for us
+            log.warning("cannot record failure of job %s: %s", job_id, exc)
+        self.m.emit("job_failed", severity="warning", job=job_id, reason=reason, audience=owner)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        principal = await self.m.auth.require(request, UPLOADERS)
+        docs = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.list_jobs)
+        mine = [self._public(d) for d in docs if principal.role == "admin" or d.get("owner") == principal.sub]
+        mine.sort(key=lambda d: d.get("created") or 0, reverse=True)
+        return web.json_response({"jobs": mine[:200]})
+
+    async def _job_for(self, request: web.Request) -> tuple[dict, object]:
+        principal = await self.m.auth.require(request, UPLOADERS)
+        job_id = request.match_info["id"]
+        doc = None
+        if len(job_id) <= 64 and job_id.isalnum():
+            doc = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.get_job, job_id)
+        # Another user's job answers exactly like an unknown one: no existence leak.
+        if doc is None or (principal.role != "admin" and doc.get("owner") != principal.sub):
+            self.m.audit_decision(principal, request, f"GET job {job_id[:64]}", False, "unknown or not owner")
+            raise json_error(404, "not_found", "no such job")
+        return doc, principal
+
+    @staticmethod
+    def _public(doc: dict) -> dict:
+        return {k: doc.get(k) for k in PUBLIC_JOB_FIELDS}
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        doc, _ = await self._job_for(request)
+        return web.json_response(self._public(doc))
+
+    async def _result_or_forward(self, request: web.Request):
+        doc, _ = await self._job_for(request)
+        if doc.get("state") != "done":
+            raise json_error(409, "not_ready", f"job is {doc.get('state')}")
+        result = self.m.results.get(doc["id"])
+        if result is not None:
+            return doc, result, None
+        holder = doc.get("master")
+        if holder != self.m.cfg.name and holder in self.m.masters and not request.get("forwarded"):
+            return doc, None, await self._forward(request, holder)
+        raise json_error(503, "result_unavailable", f"the result is held by {holder}, which is unavailable"
+                         if holder != self.m.cfg.name else "the result has expired")
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        doc, result, fwd = await self._result_or_forward(request)
+        if fwd is not None:
+            return fwd
+        return web.Response(body=result.image, content_type=CONTENT_TYPES[result.fmt],
+                            headers={"Content-Disposition": f'inline; filename="{doc["id"]}.{result.fmt.lower()}"'})
+
+    async def histogram(self, request: web.Request) -> web.StreamResponse:
+        doc, result, fwd = await self._result_or_forward(request)
+        if fwd is not None:
+            return fwd
+        return web.json_response({"id": doc["id"], "channels": result.channels, "before": result.hist_before,
+                                  "after": result.hist_after})
+
+    async def histogram_png(self, request: web.Request) -> web.StreamResponse:
+        doc, result, fwd = await self._result_or_forward(request)
+        if fwd is not None:
+            return fwd
+        loop = asyncio.get_running_loop()
+        png = await loop.run_in_executor(None, self.m.results.plot, doc["id"],
+                                         lambda r: plot_histograms(r.hist_before, r.hist_after, title=doc["id"]))
+        return web.Response(body=png, content_type="image/png")
+
+    # -- cluster and security -------------------------------------------------------------------
+    async def cluster(self, request: web.Request) -> web.Response:
+        await self.m.auth.require(request, VIEWERS)
+        leader = self.m.leader
+
+        def view(d: dict, **extra) -> dict:
+            return {"name": d.get("name"), "endpoint": d.get("endpoint"), "spiffe_id": d.get("spiffe_id"),
+                    "cert_not_after": _iso(d.get("cert_not_after")), **extra}
+        return web.json_response({
+            "leader": leader,
+            "masters": [view(d, leader=(n == leader)) for n, d in sorted(self.m.masters.items())],
+            "workers": [view(d) for _, d in sorted(self.m.workers.items())],
+            "self": {"name": self.m.cfg.name, "certificate": self.m.rt.certs.status.as_dict()},
+        })
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        principal = await self.m.auth.require(request, ("admin",))
+        try:
+            body = await request.json()
+            jti, exp = str(body["jti"])[:64], float(body.get("exp", time.time() + 3600))
+        except (ValueError, KeyError, TypeError):
+            raise json_error(400, "bad_request", "send JSON {\"jti\": ..., \"exp\": ...}") from None
+        await asyncio.get_running_loop().run_in_executor(None, self.m.auth.revoke, jti, exp)
+        self.m.audit_decision(principal, request, "revoke token", True, f"jti {jti}")
+        self.m.emit("token_revoked", severity="info", jti=jti, by=principal.sub)
+        return web.json_response({"revoked": jti})
+
+    async def events(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=16 * 1024)
+        await ws.prepare(request)
+        try:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            token = json.loads(msg.data).get("token", "") if msg.type == WSMsgType.TEXT else ""
+            principal = self.m.auth.verify_token(str(token), request)
+        except (asyncio.TimeoutError, ValueError, AttributeError, AuthError):
+            await ws.close(code=4401, message=b"authentication required")
+            return ws
+        await ws.send_json({"type": "ready", "role": principal.role, "sub": principal.sub})
+        secops = principal.role in VIEWERS
+
+        def visible(ev: dict) -> bool:
+            aud = ev.get("audience")
+            if aud not in (None, "secops"):
+                return principal.role == "admin" or aud == principal.sub
+            return secops
+
+        async def pump() -> None:
+            async for ev in self.m.events.subscribe():
+                if visible(ev):
+                    await ws.send_json({"type": "event", "event": ev})
+        pumper = asyncio.get_running_loop().create_task(pump())
+        try:
+            async for _ in ws:  # the client says nothing more; this waits for it to close
+                pass
+        finally:
+            pumper.cancel()
+        return ws
+
+    # -- forwarding to another master over the internal mTLS listener ---------------------------
+    async def _forward(self, request: web.Request, target: str | None) -> web.Response:
+        info = self.m.masters.get(target or "")
+        if not target or not info or target == self.m.cfg.name:
+            raise json_error(503, "no_leader", "no leader master is available; try again shortly")
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        headers["X-Histo-Client-Addr"] = client_addr(request)
+        body = await request.read()
+        try:
+            reply = await self.m.client.request(request.method, info["endpoint"] + "/internal/v1/public"
+                                                + request.rel_url.path_qs, ("master",), headers=headers, data=body)
+        except Exception as exc:
+            raise json_error(503, "leader_unreachable", f"cannot reach master {target}: {type(exc).__name__}") from None
+        return web.Response(status=reply.status, body=reply.body,
+                            headers={"Content-Type": reply.content_type or "application/json"})
+
+
+def _iso(ts) -> str | None:
+    if not ts:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(ts)))

@@ -1,0 +1,66 @@
+"""The master's internal mTLS listener (port 8443): workers report task results here, and
+other masters forward public calls here. Every caller is identified by its certificate."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..edge.middleware import json_error, json_errors
+from ..protocol import ProtocolError, TaskHeader
+from ..rpc import peer_identity
+from ..tls.identity import IdentityError
+from . import api
+
+if TYPE_CHECKING:
+    from .service import Master
+
+log = logging.getLogger("histo.internal")
+
+PUBLIC_PREFIX = "/internal/v1/public"
+
+
+def build_app(master: "Master") -> web.Application:
+    @web.middleware
+    async def identify(request: web.Request, handler):
+        allowed = ("master",) if request.path.startswith(PUBLIC_PREFIX) else ("worker",)
+        try:
+            ident = peer_identity(request, allowed, master.cfg.trust_domain)
+        except IdentityError as exc:
+            master.emit("mtls_rejected", severity="warning", reason=str(exc), peer=request.remote,
+                        path=request.path)
+            master.audit.record(who="-", role="-", what=f"internal {request.method} {request.path}",
+                                where=request.remote or "-", decision="deny", why=str(exc))
+            raise json_error(403, "forbidden", "this peer identity may not call this endpoint") from None
+        request["peer"] = ident
+        if request.path.startswith(PUBLIC_PREFIX):
+            request["forwarded"] = True
+            request["client_addr"] = request.headers.get("X-Histo-Client-Addr", "-")[:64]
+        return await handler(request)
+
+    app = web.Application(client_max_size=max(master.cfg.max_upload_bytes, 512 * 1024 * 1024),
+                          middlewares=[json_errors, identify])
+    app.router.add_post("/internal/v1/results", lambda r: results(master, r))
+    api.add_routes(app, master, PUBLIC_PREFIX)
+    return app
+
+
+async def results(master: "Master", request: web.Request) -> web.Response:
+    """A worker reports one task attempt's result; it must be the worker that attempt was given to."""
+    worker = request["peer"].host
+    try:
+        hdr = TaskHeader.from_headers(request.headers)
+    except ProtocolError as exc:
+        raise json_error(400, "bad_result", str(exc)) from None
+    payload = await request.read()
+    refused = master.scheduler.accept_result(hdr, worker, payload) if master.scheduler else None
+    if refused is not None:
+        master.emit("result_refused", severity="warning", worker=worker, job=hdr.job, task=hdr.task,
+                    reason=refused.reason)
+        master.audit.record(who=request["peer"].uri, role="worker", what="internal:result",
+                            where=request.remote or "-", decision="deny", why=refused.reason)
+        raise json_error(409, "result_refused", refused.reason)
+    return web.json_response({"accepted": True})
+
+

@@ -1,0 +1,62 @@
+"""The master<->worker task protocol: raw tile bytes in the body, the task's identity in headers.
+
+Pixel data never travels as JSON or base64; each message names exactly one task attempt,
+so a result can be bound to it and a replay recognised."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+PHASES = ("hist", "apply")
+IMAGE_MODES = {"L": 1, "RGB": 3}
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_URL = re.compile(r"^https://[A-Za-z0-9.\-\[\]:]+$")
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    job: str
+    task: int
+    attempt: str
+    phase: str
+    image_mode: str
+    width: int
+    rows: int
+    reply_to: str
+    cached: bool = False
+
+    @property
+    def bands(self) -> int:
+        return IMAGE_MODES[self.image_mode]
+
+    def to_headers(self) -> dict[str, str]:
+        return {
+            "X-Histo-Job": self.job, "X-Histo-Task": str(self.task), "X-Histo-Attempt": self.attempt,
+            "X-Histo-Phase": self.phase, "X-Histo-Image-Mode": self.image_mode,
+            "X-Histo-Width": str(self.width), "X-Histo-Rows": str(self.rows),
+            "X-Histo-Reply-To": self.reply_to, "X-Histo-Cached": "1" if self.cached else "0",
+        }
+
+    @classmethod
+    def from_headers(cls, h: Mapping[str, str]) -> "TaskHeader":
+        try:
+            hdr = cls(job=h["X-Histo-Job"], task=int(h["X-Histo-Task"]), attempt=h["X-Histo-Attempt"],
+                      phase=h["X-Histo-Phase"], image_mode=h["X-Histo-Image-Mode"],
+                      width=int(h["X-Histo-Width"]), rows=int(h["X-Histo-Rows"]),
+                      reply_to=h["X-Histo-Reply-To"], cached=h.get("X-Histo-Cached") == "1")
+        except (KeyError, ValueError) as exc:
+            raise ProtocolError(f"missing or malformed task header: {exc}") from None
+        if not (_ID.match(hdr.job) and _ID.match(hdr.attempt)):
+            raise ProtocolError("malformed job or attempt id")
+        if hdr.phase not in PHASES or hdr.image_mode not in IMAGE_MODES:
+            raise ProtocolError("unknown phase or image mode")
+        if not (0 <= hdr.task < 4096 and 0 < hdr.width <= 1 << 16 and 0 < hdr.rows <= 1 << 16):
+            raise ProtocolError("task dimensions out of range")
+        if not _URL.match(hdr.reply_to):
+            raise ProtocolError("malformed reply address")
+        return hdr

@@ -1,0 +1,119 @@
+"""CertManager: a service's certificate from Vault, renewed at about 2/3 of its life.
+
+The files live in the service's private state folder (mode 0600) because OpenSSL's
+load_cert_chain and kazoo read paths; after each renewal the live contexts are reloaded
+in place (see contexts.py), so no listener restarts and no request is dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .contexts import LiveContexts
+
+log = logging.getLogger("histo.certs")
+
+RENEW_FRACTION = 2 / 3
+
+
+class CertSource(Protocol):
+    def issue_cert(self, ttl: str): ...  # -> histo.vault.client.CertBundle
+    def ca_chain_pem(self) -> str: ...
+
+
+def write_private(path: Path, data: str) -> None:
+    """Atomically replace `path` with `data`, readable by the owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class CertStatus:
+    serial: str = ""
+    not_before: float = 0.0
+    not_after: float = 0.0
+    rotations: int = 0
+    last_error: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.not_before <= time.time() < self.not_after
+
+    def as_dict(self) -> dict:
+        return {
+            "serial": self.serial,
+            "not_after": datetime.fromtimestamp(self.not_after, timezone.utc).isoformat() if self.not_after else None,
+            "seconds_left": max(0, int(self.not_after - time.time())),
+            "rotations": self.rotations,
+            "last_error": self.last_error or None,
+        }
+
+
+class CertManager:
+    def __init__(self, source: CertSource, tls_dir: Path, ttl: str,
+                 on_rotate: Callable[[CertStatus], None] | None = None) -> None:
+        self.source, self.ttl = source, ttl
+        self.dir = tls_dir
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.cert_path, self.key_path, self.ca_path = self.dir / "cert.pem", self.dir / "key.pem", self.dir / "ca.pem"
+        self.status = CertStatus()
+        self.contexts: LiveContexts | None = None
+        self._on_rotate = on_rotate
+
+    def fetch(self) -> CertStatus:
+        """Issue a fresh certificate, write it, and load it into the live contexts (blocking)."""
+        bundle = self.source.issue_cert(self.ttl)
+        ca = self.source.ca_chain_pem()
+        # Serve leaf + issuing CA so peers that trust only the root can build the chain.
+        write_private(self.cert_path, bundle.cert_pem.strip() + "\n" + _issuer_only(bundle.chain_pem))
+        write_private(self.key_path, bundle.key_pem)
+        write_private(self.ca_path, ca)
+        first = self.contexts is None
+        if first:
+            self.contexts = LiveContexts(self.ca_path, self.cert_path, self.key_path)
+        else:
+            self.contexts.reload()
+            self.status.rotations += 1
+        self.status.serial = bundle.serial
+        self.status.not_before = bundle.not_before.timestamp()
+        self.status.not_after = bundle.not_after.timestamp()
+        self.status.last_error = ""
+        log.info("certificate %s loaded, valid until %s", bundle.serial, bundle.not_after.isoformat())
+        if not first and self._on_rotate:
+            self._on_rotate(self.status)
+        return self.status
+
+    def renew_at(self) -> float:
+        s = self.status
+        return s.not_before + RENEW_FRACTION * (s.not_after - s.not_before)
+
+    async def run(self) -> None:
+        """Renew forever; when Vault is unavailable keep serving the current certificate and retry."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.0, self.renew_at() - time.time()))
+            try:
+                await loop.run_in_executor(None, self.fetch)
+            except Exception as exc:  # Vault down or sealed: retry soon, the old cert still serves.
+                self.status.last_error = f"renewal failed: {exc}"
+                log.warning("certificate renewal failed: %s", exc)
+                left = self.status.not_after - time.time()
+                await asyncio.sleep(min(5.0, max(0.5, left / 20)))
+
+
+def _issuer_only(chain_pem: str) -> str:
+    """The intermediates of `chain_pem`: every certificate that is not a self-signed root."""
+    certs = x509.load_pem_x509_certificates(chain_pem.encode()) if chain_pem.strip() else []
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs if c.issuer != c.subject)

@@ -1,0 +1,61 @@
+"""Workload identities: SPIFFE IDs carried as URI SANs, and the checks peers make on them.
+
+Peers authorize each other by these identities, never by IP address.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import TRUST_DOMAIN
+
+
+class IdentityError(Exception):
+    """The peer presented no identity, or one that is not allowed here."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    trust_domain: str
+    role: str
+    host: str
+
+    @property
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/{self.role}/{self.host}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def spiffe_id(role: str, host: str, trust_domain: str = TRUST_DOMAIN) -> str:
+    return Identity(trust_domain, role, host).uri
+
+
+def parse_spiffe(uri: str) -> Identity:
+    prefix = "spiffe://"
+    if not uri.startswith(prefix):
+        raise IdentityError(f"not a SPIFFE id: {uri!r}")
+    parts = uri[len(prefix):].split("/")
+    if len(parts) != 3 or not all(parts):
+        raise IdentityError(f"malformed SPIFFE id: {uri!r}")
+    return Identity(*parts)
+
+
+def identity_from_peercert(peercert: dict | None, trust_domain: str = TRUST_DOMAIN) -> Identity:
+    """Extract the single SPIFFE identity of a verified peer certificate (ssl getpeercert() dict)."""
+    if not peercert:
+        raise IdentityError("peer presented no certificate")
+    uris = [v for k, v in peercert.get("subjectAltName", ()) if k == "URI" and v.startswith("spiffe://")]
+    if len(uris) != 1:
+        raise IdentityError(f"peer certificate carries {len(uris)} SPIFFE ids, expected exactly one")
+    ident = parse_spiffe(uris[0])
+    if ident.trust_domain != trust_domain:
+        raise IdentityError(f"peer is from trust domain {ident.trust_domain!r}, not {trust_domain!r}")
+    return ident
+
+
+def require_role(peercert: dict | None, allowed_roles: tuple[str, ...], trust_domain: str = TRUST_DOMAIN) -> Identity:
+    ident = identity_from_peercert(peercert, trust_domain)
+    if ident.role not in allowed_roles:
+        raise IdentityError(f"{ident.uri} is not allowed here (needs role {'/'.join(allowed_roles)})")
+    return ident

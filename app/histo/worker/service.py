@@ -1,0 +1,161 @@
+"""The histo worker: receives tiles from the leader master over mTLS, computes per-tile
+histograms or applies the lookup table, and reports results to the master that asked.
+
+Only master identities may call it; it reports only to master identities."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from ..compute.tiles import tile_apply, tile_histogram
+from ..config import ServiceConfig
+from ..protocol import TaskHeader, ProtocolError
+from ..rpc import InternalClient, PeerRefused, peer_identity
+from ..runtime import ServiceRuntime
+from ..tls.identity import IdentityError
+from ..zk.membership import register
+
+log = logging.getLogger("histo.worker")
+
+CACHE_BYTES = 256 * 1024 * 1024
+
+
+class TileCache:
+    """Tiles kept between the histogram and the apply phase, so the master need not resend them."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._size, self._limit = 0, limit
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        self.pop(key)
+        self._items[key] = data
+        self._size += len(data)
+        while self._size > self._limit and self._items:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+    def pop(self, key: tuple[str, int]) -> bytes | None:
+        data = self._items.pop(key, None)
+        if data is not None:
+            self._size -= len(data)
+        return data
+
+
+class Worker:
+    def __init__(self, cfg: ServiceConfig) -> None:
+        self.cfg = cfg
+        self.rt = ServiceRuntime(cfg, on_event=self._security_event)
+        self.cache = TileCache()
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
+        self.seen: OrderedDict[str, None] = OrderedDict()  # (task, attempt, phase) already taken
+        self.client: InternalClient | None = None
+        self.pending_events: list[dict] = []
+        self.tasks_done = 0
+
+    # -- security events go to the leader's dashboard through the master that calls next
+    def _security_event(self, kind: str, **fields) -> None:
+        fields.update(kind=kind, service=self.cfg.name, ts=time.time())
+        log.warning("security event %s", json.dumps(fields))
+        self.pending_events.append(fields)
+        del self.pending_events[:-50]
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024 * 1024)
+        app.router.add_post("/internal/v1/tasks", self.handle_task)
+        app.router.add_get("/internal/v1/status", self.handle_status)
+        return app
+
+    def _require_master(self, request: web.Request) -> None:
+        try:
+            peer_identity(request, ("master",), self.cfg.trust_domain)
+        except IdentityError as exc:
+            self._security_event("mtls_rejected", severity="warning", reason=str(exc),
+                                 peer=request.remote, path=request.path)
+            raise web.HTTPForbidden(text=json.dumps({"error": "forbidden", "message": "masters only"}),
+                                    content_type="application/json") from None
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        self._require_master(request)
+        events, self.pending_events = self.pending_events, []
+        return web.json_response({"name": self.cfg.name, "tasks_done": self.tasks_done,
+                                  "certificate": self.rt.certs.status.as_dict(),
+                                  "checks": self.rt.checks(), "events": events})
+
+    async def handle_task(self, request: web.Request) -> web.Response:
+        self._require_master(request)
+        try:
+            hdr = TaskHeader.from_headers(request.headers)
+        except ProtocolError as exc:
+            return web.json_response({"error": "bad_task", "message": str(exc)}, status=400)
+        key = f"{hdr.job}/{hdr.task}/{hdr.phase}/{hdr.attempt}"
+        if key in self.seen:  # a task attempt runs once, even if delivered twice
+            return web.json_response({"error": "duplicate", "message": "task attempt already taken"}, status=409)
+        body = await request.read()
+        if hdr.phase == "apply" and hdr.cached:
+            tile = self.cache.pop((hdr.job, hdr.task))
+            if tile is None:
+                return web.json_response({"error": "not_cached", "message": "tile not cached"}, status=409)
+            lut = body
+        elif hdr.phase == "apply":
+            lut_len = 256 * hdr.bands
+            lut, tile = body[:lut_len], body[lut_len:]
+        else:
+            tile, lut = body, b""
+        if len(tile) != hdr.width * hdr.rows * hdr.bands:
+            return web.json_response({"error": "bad_task", "message": "tile size mismatch"}, status=400)
+        self.seen[key] = None
+        while len(self.seen) > 10000:
+            self.seen.popitem(last=False)
+        asyncio.get_running_loop().create_task(self._run(hdr, tile, lut))
+        return web.json_response({"accepted": key}, status=202)
+
+    async def _run(self, hdr: TaskHeader, tile: bytes, lut: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if hdr.phase == "hist":
+                hist = await loop.run_in_executor(self.pool, tile_histogram, tile, hdr.image_mode, hdr.width, hdr.rows)
+                self.cache.put((hdr.job, hdr.task), tile)
+                payload: bytes = json.dumps(hist).encode()
+            else:
+                payload = await loop.run_in_executor(self.pool, tile_apply, tile, hdr.image_mode, hdr.width,
+                                                     hdr.rows, list(lut))
+            status, body, *_ = await self.client.request(
+                "POST", hdr.reply_to + "/internal/v1/results", ("master",),
+                headers=hdr.to_headers(), data=payload)
+            if status != 200:
+                log.warning("master refused result %s/%s: %s %s", hdr.job, hdr.task, status, body[:200])
+            self.tasks_done += 1
+        except PeerRefused as exc:
+            self._security_event("mtls_rejected", severity="warning", reason=str(exc), peer=hdr.reply_to)
+        except Exception as exc:  # the master re-assigns the task after its timeout
+            log.warning("task %s/%s failed: %s", hdr.job, hdr.task, exc)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.rt.start)
+        self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
+                                     source_address=self.cfg.address)
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.cfg.address, self.cfg.internal_port,
+                           ssl_context=self.rt.certs.contexts.internal_server)
+        await site.start()
+        register(self.rt.zk, "workers", self.cfg.name, self._member_info())
+        log.info("worker %s ready on %s in %.2fs", self.cfg.name, self.cfg.internal_url, self.rt.timings["total"])
+        try:
+            await self.rt.upkeep()
+        finally:
+            await runner.cleanup()
+            await self.client.close()
+            self.rt.stop()
+
+    def _member_info(self) -> dict:
+        return {"name": self.cfg.name, "endpoint": self.cfg.internal_url, "spiffe_id": self.cfg.spiffe_id,
+                "cert_not_after": self.rt.certs.status.not_after, "started": self.rt.started}
