@@ -22,15 +22,14 @@ from ..zk.server import ZkServer
 from . import procs
 
 NET = "127.0.10"
-VAULT_ADDR, ZK_ADDR = f"{NET}.10", f"{NET}.11"
 VAULT_PORT, ZK_PORT, PUBLIC_PORT, INTERNAL_PORT = 8200, 2281, 4443, 8443
 TOKEN_TTL = 3600
 
 
-def topology(masters: int, workers: int) -> list[dict]:
-    hosts = [{"name": "zk1", "role": "zookeeper", "address": ZK_ADDR}]
-    hosts += [{"name": f"master{i}", "role": "master", "address": f"{NET}.{20 + i}"} for i in range(1, masters + 1)]
-    hosts += [{"name": f"worker{i}", "role": "worker", "address": f"{NET}.{30 + i}"} for i in range(1, workers + 1)]
+def topology(masters: int, workers: int, net: str = NET) -> list[dict]:
+    hosts = [{"name": "zk1", "role": "zookeeper", "address": f"{net}.11"}]
+    hosts += [{"name": f"master{i}", "role": "master", "address": f"{net}.{20 + i}"} for i in range(1, masters + 1)]
+    hosts += [{"name": f"worker{i}", "role": "worker", "address": f"{net}.{30 + i}"} for i in range(1, workers + 1)]
     return hosts
 
 
@@ -45,13 +44,14 @@ def _mkdir(path: Path) -> Path:
 
 
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_session_timeout: float = 6.0,
-       extra: dict | None = None) -> dict:
+       extra: dict | None = None, net: str = NET) -> dict:
     t_start = time.perf_counter()
     root = _mkdir(root.resolve())
-    hosts = topology(masters, workers)
-    (root / "topology.json").write_text(json.dumps(hosts, indent=1))
+    hosts = topology(masters, workers, net)
+    (root / "topology.json").write_text(json.dumps({"net": net, "hosts": hosts}, indent=1))
+    zk_addr = hosts[0]["address"]
 
-    bao = BaoServer(_mkdir(root / "vault"), VAULT_ADDR, VAULT_PORT)
+    bao = BaoServer(_mkdir(root / "vault"), f"{net}.10", VAULT_PORT)
     bao.start()
     bao.init_and_unseal()
     admin = bao.root_client()  # root is used for setup and provisioning in local mode only
@@ -70,13 +70,13 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
         return creds
 
     zk_host = hosts[0]
-    zk = ZkServer(_mkdir(root / "zk1"), ZK_ADDR, ZK_PORT)
+    zk = ZkServer(_mkdir(root / "zk1"), zk_addr, ZK_PORT)
     if not zk.running():
         prepare_local(zk, bao.url, str(bao.ca_path), creds_for(zk_host), zk_host["name"], zk_host["address"])
         zk.start()
-    _say(f"ZooKeeper ready at {ZK_ADDR}:{ZK_PORT} (TLS only)")
+    _say(f"ZooKeeper ready at {zk_addr}:{ZK_PORT} (TLS only)")
 
-    zk_hosts = f"{ZK_ADDR}:{ZK_PORT}"
+    zk_hosts = f"{zk_addr}:{ZK_PORT}"
     started = []
     for host in hosts[1:]:
         name, role = host["name"], host["role"]
@@ -149,10 +149,11 @@ def down(root: Path) -> None:
     for sdir in sorted(root.iterdir()):
         if (sdir / "config.json").exists() and procs.stop(sdir / "pid", f"--config {sdir / 'config.json'}"):
             stopped.append(sdir.name)
-    zk = ZkServer(root / "zk1", ZK_ADDR, ZK_PORT)
+    net = json.loads((root / "topology.json").read_text())["net"] if (root / "topology.json").exists() else NET
+    zk = ZkServer(root / "zk1", f"{net}.11", ZK_PORT)
     if zk.stop():
         stopped.append("zk1")
-    bao = BaoServer(root / "vault", VAULT_ADDR, VAULT_PORT)
+    bao = BaoServer(root / "vault", f"{net}.10", VAULT_PORT)
     if bao.stop():
         stopped.append("vault")
     _say(f"stopped {', '.join(stopped) or 'nothing (already down)'}")

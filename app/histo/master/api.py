@@ -86,7 +86,8 @@ class Handlers:
         status = "not_ready" if not ready else ("degraded" if degraded else "ok")
         reasons = [f"{k}: {v.get('error') or v.get('state') or 'not ok'}" for k, v in checks.items() if not v["ok"]]
         return web.json_response({"status": status, "service": self.m.cfg.name, "checks": checks,
-                                  "reasons": reasons}, status=200 if ready else 503)
+                                  "reasons": reasons, "startup": self.m.startup_timings()},
+                                 status=200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_spec())

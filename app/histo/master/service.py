@@ -171,6 +171,11 @@ class Master:
         self.loop.run_in_executor(None, lambda: self.jobs.update_job(job, progress=progress))
         self.emit("job_progress", severity="info", job=job, progress=progress, audience=self._owner(job))
 
+    def audit_decision(self, principal, request: web.Request, what: str, allowed: bool, why: str) -> None:
+        self.audit.record(who=principal.sub, role=principal.role, what=what,
+                          where=request.get("client_addr") or request.remote or "-",
+                          decision="allow" if allowed else "deny", why=why)
+
     def _owner(self, job: str) -> str | None:
         task = self.running.get(job)
         return getattr(task, "histo_owner", None)
@@ -181,6 +186,9 @@ class Master:
         checks["workers"] = {"ok": bool(self.workers), "count": len(self.workers)}
         ready = all(checks[k]["ok"] for k in ("zookeeper", "certificate", "leader"))
         return ready, checks
+
+    def startup_timings(self) -> dict:
+        return {k: round(v, 4) for k, v in self.rt.timings.items()}
 
 
 def run(cfg: ServiceConfig) -> None:

@@ -1,0 +1,39 @@
+# histo — the two commands a user needs are `make up` (the Vagrant cluster) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HISTO := $(VENV)/bin/histo
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: bootstrap test test-unit test-integration local local-down local-status bench clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+## make test: every test, from a fresh machine (installs what it needs first)
+test: bootstrap
+	$(PYTEST) tests/unit tests/integration -q -ra --timeout=600
+
+test-unit: bootstrap
+	$(PYTEST) tests/unit -q
+
+test-integration: bootstrap
+	$(PYTEST) tests/integration -q -ra --timeout=600
+
+## make local: OpenBao, ZooKeeper, 2 masters and 2 workers as processes on loopback
+local: bootstrap
+	$(HISTO) local up
+
+local-down:
+	@if [ -x $(HISTO) ]; then $(HISTO) local down; else echo "histo local: nothing to stop"; fi
+
+local-status:
+	$(HISTO) local status
+
+bench: bootstrap
+	$(PY) bench/run.py
+
+clean: local-down
+	rm -rf .histo/local
+
+-include mk/*.mk

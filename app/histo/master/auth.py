@@ -1,0 +1,122 @@
+"""Who is calling the public API: bearer tokens signed by Vault transit, verified here with
+public keys fetched from Vault; roles; per-address throttling of failures; per-principal and
+per-address rate limits; revocations shared by all masters through ZooKeeper."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from kazoo.exceptions import NodeExistsError
+
+from ..edge.middleware import bearer_token, json_error
+from ..edge.ratelimit import AuthFailureTracker, RateLimiter
+from ..edge.tokens import AuthError, Principal, RevocationSet, TokenVerifier, vault_public_keys
+
+if TYPE_CHECKING:
+    from .service import Master
+
+log = logging.getLogger("histo.auth")
+
+REVOKED = "/histo/revoked"
+
+
+class Authenticator:
+    def __init__(self, master: "Master") -> None:
+        self.m = master
+        self.revoked = RevocationSet()
+        self.verifier = TokenVerifier(self._fetch_keys, issuer="histo", audience="histo-api",
+                                      is_revoked=self.revoked.__contains__)
+        self.failures = AuthFailureTracker(threshold=10, window_s=60, block_s=60)
+        self.per_address = RateLimiter(rate_per_s=20, burst=60)
+        self.uploads = RateLimiter(rate_per_s=5, burst=20)
+
+    def _fetch_keys(self) -> dict[str, str]:
+        return vault_public_keys(self.m.rt.vault.client)
+
+    def start(self) -> None:
+        """Fetch the verification keys once, and follow the shared revocation list."""
+        try:
+            self._fetch_keys()
+        except Exception as exc:  # Vault away at start: keys are fetched on first use instead
+            log.warning("token keys not fetched yet: %s", exc)
+        zk = self.m.rt.zk
+
+        def sync(children: list[str]) -> None:
+            now = time.time()
+            current = set()
+            for jti in children:
+                data, _ = zk.get(f"{REVOKED}/{jti}")
+                exp = float(data or now + 3600)
+                current.add(jti)
+                self.revoked.add(jti, exp)
+            for jti in list(self.revoked):
+                if jti not in current:
+                    self.revoked.discard(jti)
+        zk.ChildrenWatch(REVOKED, sync)
+
+    def revoke(self, jti: str, exp: float) -> None:
+        try:
+            self.m.rt.zk.create(f"{REVOKED}/{jti}", str(exp).encode())
+        except NodeExistsError:
+            pass
+        self.revoked.add(jti, exp)
+
+    # -- per request ---------------------------------------------------------------------------
+    def _addr(self, request: web.Request) -> str:
+        return request.get("client_addr") or request.remote or "-"
+
+    def verify_token(self, token: str, request: web.Request) -> Principal:
+        addr = self._addr(request)
+        try:
+            return self.verifier.verify(token)
+        except AuthError as exc:
+            self._failed(request, addr, exc.reason)
+            raise
+
+    def _failed(self, request: web.Request, addr: str, reason: str) -> None:
+        self.m.emit("auth_failure", severity="warning", where=addr, reason=reason, path=request.path)
+        self.m.audit.record(who="-", role="-", what=f"{request.method} {request.path}", where=addr,
+                            decision="deny", why=f"authentication failed: {reason}")
+        if self.failures.failure(addr):
+            self.m.emit("auth_throttled", severity="critical", where=addr,
+                        reason="repeated authentication failures; address throttled")
+
+    async def require(self, request: web.Request, roles: tuple[str, ...]) -> Principal:
+        addr = self._addr(request)
+        ok, retry = self.per_address.check(addr)
+        if not ok:
+            self.m.emit("rate_limited", severity="warning", where=addr, scope="address")
+            raise json_error(429, "rate_limited", "too many requests", headers={"Retry-After": str(int(retry) + 1)})
+        blocked = self.failures.blocked(addr)
+        if blocked:
+            raise json_error(429, "throttled", "too many failed authentications from this address",
+                             headers={"Retry-After": str(int(blocked) + 1)})
+        token = bearer_token(request)
+        if not token:
+            self._failed(request, addr, "missing token")
+            raise json_error(401, "unauthorized", "a bearer token is required",
+                             headers={"WWW-Authenticate": 'Bearer realm="histo"'})
+        try:
+            principal = self.verify_token(token, request)
+        except AuthError as exc:
+            raise json_error(401, "unauthorized", f"invalid token: {exc.reason}",
+                             headers={"WWW-Authenticate": 'Bearer realm="histo", error="invalid_token"'}) from None
+        if principal.role not in roles:
+            self.m.emit("forbidden", severity="warning", who=principal.sub, role=principal.role, where=addr,
+                        path=request.path)
+            self.m.audit_decision(principal, request, f"{request.method} {request.path}", False,
+                                  f"role {principal.role} not in {'/'.join(roles)}")
+            raise json_error(403, "forbidden", f"role {principal.role} may not do this")
+        return principal
+
+    def limit_uploads(self, request: web.Request, principal: Principal) -> None:
+        if request.get("forwarded"):
+            return  # already counted by the master that forwarded it
+        ok, retry = self.uploads.check(principal.sub)
+        if not ok:
+            self.m.emit("rate_limited", severity="warning", who=principal.sub, where=self._addr(request),
+                        scope="principal")
+            raise json_error(429, "rate_limited", "too many uploads; slow down",
+                             headers={"Retry-After": str(int(retry) + 1)})

@@ -1,0 +1,119 @@
+"""Inside the cluster every call is mutual TLS, and peers authorize each other by SPIFFE identity:
+only masters may call workers, only workers may report results, only masters may forward calls.
+Each refusal is shown beside the legitimate path still working."""
+import datetime
+import json
+import ssl
+import urllib.error
+import urllib.request
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .cluster_fixture import sample_image
+
+TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
+                "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1",
+                "X-Histo-Reply-To": "https://127.0.20.21:8443"}
+
+
+def _ctx(cluster, as_service: str | None = None, cert=None, key=None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cluster.ca)
+    if as_service:
+        tls = cluster.service_dir(as_service) / "tls"
+        # The service's cert file may be rotating under us: retry on a torn read.
+        ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
+    elif cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def call(cluster, target: str, path: str, *, as_service=None, cert=None, key=None, body=b"", headers=None,
+         method="POST"):
+    cfg = cluster.config(target)
+    url = f"https://{cfg['address']}:{cfg['internal_port']}{path}"
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, context=_ctx(cluster, as_service, cert, key), timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _job_still_works(cluster):
+    status, doc = cluster.upload(sample_image(80, 60, "PNG"), mode="gray")
+    assert status == 202
+    assert cluster.wait_job(doc["id"])["state"] == "done"
+
+
+def test_worker_refuses_client_without_certificate(cluster):
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        call(cluster, "worker1", "/internal/v1/status", method="GET")
+    # a master's identity is accepted
+    status, body = call(cluster, "worker1", "/internal/v1/status", as_service="master1", method="GET")
+    assert status == 200 and json.loads(body)["name"] == "worker1"
+    _job_still_works(cluster)
+
+
+def test_worker_refuses_another_worker(cluster):
+    status, body = call(cluster, "worker2", "/internal/v1/tasks", as_service="worker1", headers=TASK_HEADERS,
+                        body=b"\0" * 4)
+    assert status == 403 and json.loads(body)["error"] == "forbidden"
+    # the same call from a master identity is authorized (and answered on its merits)
+    status, _ = call(cluster, "worker2", "/internal/v1/tasks", as_service="master1",
+                     headers={**TASK_HEADERS, "X-Histo-Task": "x"}, body=b"\0" * 4)
+    assert status == 400
+
+
+def test_master_accepts_results_only_from_workers(cluster):
+    status, body = call(cluster, "master1", "/internal/v1/results", as_service="master2", headers=TASK_HEADERS,
+                        body=b"[]")
+    assert status == 403
+    # a worker identity reaches the endpoint, but a forged result for no pending attempt is refused
+    status, body = call(cluster, "master1", "/internal/v1/results", as_service="worker1", headers=TASK_HEADERS,
+                        body=json.dumps([0] * 256).encode())
+    assert status == 409 and json.loads(body)["error"] == "result_refused"
+    _job_still_works(cluster)
+
+
+def test_only_masters_may_forward_public_calls(cluster):
+    token = cluster.token("uploader")
+    status, _ = call(cluster, "master1", "/internal/v1/public/api/v1/jobs", as_service="worker1", method="GET",
+                     headers={"Authorization": f"Bearer {token}"})
+    assert status == 403
+    status, body = call(cluster, "master1", "/internal/v1/public/api/v1/jobs", as_service="master2", method="GET",
+                        headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and "jobs" in json.loads(body)
+
+
+def test_certificate_from_another_ca_is_refused(cluster, tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "master1.histo.internal")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("spiffe://histo.internal/master/master1")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        call(cluster, "worker1", "/internal/v1/status", cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem"),
+             method="GET")
+    status, _ = call(cluster, "worker1", "/internal/v1/status", as_service="master2", method="GET")
+    assert status == 200
+
+
+def test_internal_certificates_carry_spiffe_ids(cluster):
+    for name, role in (("master1", "master"), ("worker1", "worker")):
+        cert = x509.load_pem_x509_certificates((cluster.service_dir(name) / "tls" / "cert.pem").read_bytes())[0]
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [f"spiffe://histo.internal/{role}/{name}"]
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        assert life <= datetime.timedelta(minutes=5), "tests run with short-lived certificates"
+        assert oct((cluster.service_dir(name) / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"

@@ -1,0 +1,95 @@
+"""Faults against the real cluster: a worker killed mid-job, the leader killed, Vault stopped.
+(Named zz so that it runs after the tests that want a calm cluster.)"""
+import json
+import os
+import signal
+import time
+
+from histo.compute.equalize import equalize_single
+from histo.vault.server import BaoServer
+
+from .cluster_fixture import sample_image
+
+
+def _wait(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _workers(cluster) -> set[str]:
+    status, _, raw = cluster.request("GET", "/api/v1/cluster", token=cluster.token("viewer"))
+    return {w["name"] for w in json.loads(raw)["workers"]} if status == 200 else set()
+
+
+def test_worker_killed_mid_job_job_completes(cluster):
+    data = sample_image(3000, 2400, "JPEG")
+    status, doc = cluster.upload(data, mode="rgb")
+    assert status == 202
+    os.kill(cluster.pid("worker1"), signal.SIGKILL)
+    started = time.time()
+    job = cluster.wait_job(doc["id"], timeout=60)
+    assert job["state"] == "done", job
+    # re-assigned within two session timeouts (4 s each in tests) plus the work itself
+    assert time.time() - started < 2 * 4 + 20
+    _, _, body = cluster.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cluster.token("uploader"))
+    assert body == equalize_single(data, "rgb").image
+    # the killed worker comes back with its stored, address-bound secret_id and a fresh certificate
+    cluster.restart("worker1")
+    _wait(lambda: "worker1" in _workers(cluster), 30, "worker1 to rejoin")
+
+
+def test_leader_killed_standby_takes_over(cluster):
+    leader = cluster.leader()
+    assert leader
+    leader_url = f"https://{cluster.config(leader)['address']}:4443"
+    standby_url = [u for u in cluster.urls if u != leader_url][0]
+    status, doc = cluster.upload(sample_image(3000, 2400, "PNG"), mode="luma", url=leader_url)
+    assert status == 202
+    os.kill(cluster.pid(leader), signal.SIGKILL)
+    _wait(lambda: cluster.leader() not in (None, leader), 30, "a new leader")
+    # the in-flight job ends: it completed before the kill or it failed with a reason; it never hangs
+    job = cluster.wait_job(doc["id"], url=standby_url, timeout=30)
+    assert job["state"] == "done" or (job["state"] == "failed" and job["reason"]), job
+    # new jobs are accepted by the new leader
+    status, doc2 = cluster.upload(sample_image(200, 150, "JPEG"), mode="gray", url=standby_url)
+    assert status == 202
+    assert cluster.wait_job(doc2["id"], url=standby_url)["state"] == "done"
+    cluster.restart(leader)
+    _wait(lambda: cluster.request("GET", "/readyz", url=leader_url, timeout=3)[0] == 200
+          if _up(cluster, leader_url) else False, 40, "the old leader to come back as standby")
+
+
+def _up(cluster, url) -> bool:
+    try:
+        cluster.request("GET", "/healthz", url=url, timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def test_vault_stopped_services_keep_serving_and_recover(cluster):
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    bao = BaoServer(cluster.root / "vault", f"{topo['net']}.10", 8200)
+    assert bao.stop()
+    try:
+        def degraded():
+            status, _, raw = cluster.request("GET", "/readyz", timeout=5)
+            doc = json.loads(raw)
+            return status == 200 and doc["status"] == "degraded" and not doc["checks"]["vault"]["ok"]
+        _wait(degraded, 30, "/readyz to report Vault as unavailable")
+        status, doc = cluster.upload(sample_image(160, 120, "JPEG"), mode="luma")
+        assert status == 202 and cluster.wait_job(doc["id"])["state"] == "done"
+    finally:
+        bao.start()
+        bao.init_and_unseal()
+
+    def recovered():
+        status, _, raw = cluster.request("GET", "/readyz", timeout=5)
+        return status == 200 and json.loads(raw)["checks"]["vault"]["ok"]
+    _wait(recovered, 40, "/readyz to report Vault back")
+    status, doc = cluster.upload(sample_image(160, 120, "PNG"), mode="rgb")
+    assert status == 202 and cluster.wait_job(doc["id"])["state"] == "done"

@@ -1,0 +1,92 @@
+"""Pure logic of identities, the task protocol and result binding (fakes allowed here)."""
+import asyncio
+
+import pytest
+
+from histo.config import ConfigError, ServiceConfig
+from histo.master.scheduler import Pending, Scheduler
+from histo.protocol import ProtocolError, TaskHeader
+from histo.tls.identity import IdentityError, identity_from_peercert, parse_spiffe, require_role
+
+
+def peercert(*uris):
+    return {"subjectAltName": tuple(("URI", u) for u in uris) + (("DNS", "x.histo.internal"),)}
+
+
+def test_identity_parsing_and_role_checks():
+    ident = require_role(peercert("spiffe://histo.internal/master/master1"), ("master",))
+    assert (ident.role, ident.host) == ("master", "master1")
+    with pytest.raises(IdentityError):
+        require_role(peercert("spiffe://histo.internal/worker/worker1"), ("master",))
+    with pytest.raises(IdentityError):
+        identity_from_peercert(peercert("spiffe://evil.example/master/master1"))
+    with pytest.raises(IdentityError):  # two identities in one certificate is ambiguous
+        identity_from_peercert(peercert("spiffe://histo.internal/master/a", "spiffe://histo.internal/worker/b"))
+    with pytest.raises(IdentityError):
+        identity_from_peercert(None)
+    with pytest.raises(IdentityError):
+        parse_spiffe("spiffe://histo.internal/master")
+
+
+def _hdr(**kw):
+    base = dict(job="job1", task=0, attempt="att1", phase="hist", image_mode="L", width=4, rows=2,
+                reply_to="https://127.0.0.1:8443")
+    base.update(kw)
+    return TaskHeader(**base)
+
+
+def test_task_header_round_trip_and_validation():
+    hdr = _hdr(cached=True)
+    assert TaskHeader.from_headers(hdr.to_headers()) == hdr
+    for bad in ({"X-Histo-Phase": "steal"}, {"X-Histo-Job": "../etc"}, {"X-Histo-Width": "0"},
+                {"X-Histo-Reply-To": "http://plain"}, {"X-Histo-Task": "x"}):
+        with pytest.raises(ProtocolError):
+            TaskHeader.from_headers({**hdr.to_headers(), **bad})
+
+
+def _scheduler_with_pending(loop, phase="hist"):
+    sched = Scheduler(client=None, reply_to="https://m", workers=dict, on_task_state=lambda *a: None,
+                      on_progress=lambda *a: None, task_timeout=1, tiles_per_worker=1)
+    fut = loop.create_future()
+    sched.pending[("job1", 0, phase)] = Pending("job1", 0, phase, "att1", "worker1", "L", 4, 2, fut, 1)
+    return sched, fut
+
+
+def test_result_is_bound_to_attempt_and_worker_and_not_replayable():
+    loop = asyncio.new_event_loop()
+    try:
+        sched, fut = _scheduler_with_pending(loop)
+        good = [0] * 256
+        good[7] = 8
+        assert sched.accept_result(_hdr(attempt="other"), "worker1", b"[]").reason.startswith("no such task")
+        assert "assigned to worker1" in sched.accept_result(_hdr(), "worker2", b"[]").reason
+        assert "malformed" in sched.accept_result(_hdr(), "worker1", b"[1, 2]").reason
+        assert sched.accept_result(_hdr(), "worker1", str(good).encode()) is None
+        assert fut.result() == good
+        assert "replayed" in sched.accept_result(_hdr(), "worker1", str(good).encode()).reason
+    finally:
+        loop.close()
+
+
+def test_apply_result_size_checked():
+    loop = asyncio.new_event_loop()
+    try:
+        sched, fut = _scheduler_with_pending(loop, "apply")
+        assert "mismatch" in sched.accept_result(_hdr(phase="apply"), "worker1", b"\0" * 7).reason
+        assert sched.accept_result(_hdr(phase="apply"), "worker1", b"\1" * 8) is None
+        assert fut.result() == b"\1" * 8
+    finally:
+        loop.close()
+
+
+def test_config_validation(tmp_path):
+    base = {"role": "master", "name": "m1", "address": "127.0.0.1", "vault_url": "https://v", "vault_ca": "ca",
+            "creds_dir": "c", "state_dir": "s", "zk_hosts": "z:2281"}
+    cfg = ServiceConfig.from_dict(base)
+    assert cfg.spiffe_id == "spiffe://histo.internal/master/m1"
+    with pytest.raises(ConfigError):
+        ServiceConfig.from_dict({**base, "role": "root"})
+    with pytest.raises(ConfigError):
+        ServiceConfig.from_dict({**base, "pasword": "x"})
+    with pytest.raises(ConfigError):
+        ServiceConfig.load(tmp_path / "missing.json")
