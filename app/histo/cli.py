@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # everything a histo process writes (keys, logs, state) is private by default
     _setup_logging(args.log_level)
     try:
         args.fn(args)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import aiohttp
@@ -28,6 +29,33 @@ class PeerRefused(Exception):
     """The server we called is not who it must be, or refused us."""
 
 
+_expected: ContextVar[tuple[str, ...]] = ContextVar("histo_expected_roles", default=())
+
+
+class IdentityConnector(aiohttp.TCPConnector):
+    """Checks the server's SPIFFE identity right after each TLS handshake, before any byte of the
+    request is sent (aiohttp releases a connection as soon as a short body is read, so a
+    per-response check alone would not see the certificate)."""
+
+    def __init__(self, trust_domain: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.trust_domain = trust_domain
+        self.identities: dict[tuple[str, int], Identity] = {}
+
+    async def _create_direct_connection(self, req, traces, timeout, **kwargs):
+        transport, proto = await super()._create_direct_connection(req, traces, timeout, **kwargs)
+        try:
+            ident = identity_from_peercert(transport.get_extra_info("peercert"), self.trust_domain)
+            roles = _expected.get()
+            if roles and ident.role not in roles:
+                raise IdentityError(f"{ident.uri} is not a {'/'.join(roles)}")
+        except IdentityError as exc:
+            transport.close()
+            raise PeerRefused(f"server identity refused: {exc}") from None
+        self.identities[(req.host, req.port)] = ident
+        return transport, proto
+
+
 class InternalClient:
     """A keep-alive pool of mTLS connections to other services of the cluster."""
 
@@ -41,8 +69,8 @@ class InternalClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                ssl=self._ctx, limit=64, limit_per_host=16, keepalive_timeout=30,
+            connector = IdentityConnector(
+                self.trust_domain, ssl=self._ctx, limit=64, limit_per_host=16, keepalive_timeout=30,
                 local_addr=(self._source, 0) if self._source else None)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
@@ -51,16 +79,18 @@ class InternalClient:
                       headers: dict | None = None, data: bytes | memoryview | None = None,
                       json: object = None) -> "Reply":
         session = self._get_session()
-        async with session.request(method, url, headers=headers, data=data, json=json) as resp:
-            peercert = resp.connection.transport.get_extra_info("peercert") if resp.connection else None
-            try:
-                ident = identity_from_peercert(peercert, self.trust_domain)
-                if ident.role not in expect_roles:
-                    raise IdentityError(f"{ident.uri} is not a {'/'.join(expect_roles)}")
-            except IdentityError as exc:
-                raise PeerRefused(f"server identity refused: {exc}") from None
-            body = await resp.read()
-            return Reply(resp.status, body, resp.headers.get("Content-Type", ""), ident)
+        token = _expected.set(expect_roles)
+        try:
+            async with session.request(method, url, headers=headers, data=data, json=json) as resp:
+                body = await resp.read()
+                ident = session.connector.identities.get((resp.url.host, resp.url.port))
+        finally:
+            _expected.reset(token)
+        # A pooled connection was checked when it was made; check it against this call's roles too.
+        if ident is None or ident.role not in expect_roles:
+            raise PeerRefused(f"server identity refused: {ident.uri if ident else 'unknown'} is not a "
+                              f"{'/'.join(expect_roles)}")
+        return Reply(resp.status, body, resp.headers.get("Content-Type", ""), ident)
 
     async def close(self) -> None:
         if self._session is not None:

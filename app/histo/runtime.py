@@ -30,6 +30,7 @@ class ServiceRuntime:
                                   trust_domain=cfg.trust_domain)
         self.certs = CertManager(self.vault, self.state_dir / "tls", cfg.cert_ttl, on_rotate=self._rotated)
         self.zk: KazooClient | None = None
+        self.acl_ids: dict[str, str] = {}
         self.zk_state = "LOST"
         self.vault_ok = False
         self.vault_error = ""
@@ -46,11 +47,13 @@ class ServiceRuntime:
         self.certs.fetch()
         self.timings["cert_issue"] = time.perf_counter() - t1
         user, password = self.vault.zk_credentials()
+        self.acl_ids = self.vault.zk_acl_ids()
         self.vault_ok = True
         t2 = time.perf_counter()
         self.zk = zk_connect(self.cfg.zk_hosts, str(self.certs.ca_path), str(self.certs.cert_path),
-                             str(self.certs.key_path), user, password, self.cfg.role,
-                             session_timeout=self.cfg.zk_session_timeout)
+                             str(self.certs.key_path), user, password, self.cfg.role, acl_ids=self.acl_ids,
+                             session_timeout=self.cfg.zk_session_timeout,
+                             x509_id=f"CN={self.cfg.name}.{self.cfg.trust_domain}")
         del password
         self.zk_state = "CONNECTED"
         self.zk.add_listener(self._zk_listener)

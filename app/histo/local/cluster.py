@@ -96,7 +96,7 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
         _say(f"started {', '.join(started)}")
 
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
-    wait_ready(urls, root / "ca.pem", workers, timeout=90)
+    wait_ready(urls, root / "ca.pem", workers, masters, timeout=90)
     env = write_env(root, admin, urls)
     total = time.perf_counter() - t_start
     _say(f"ready in {total:.1f}s — {urls[0]}  (env: {root / 'env'})")
@@ -118,7 +118,9 @@ def write_env(root: Path, admin, urls: list[str]) -> dict:
     return env
 
 
-def wait_ready(urls: list[str], ca: Path, workers: int, timeout: float) -> None:
+def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: float) -> None:
+    """Every master answers ready and sees every master and worker registered (a restarted
+    service's node reappears only once its previous session has expired)."""
     ctx = ssl.create_default_context(cafile=str(ca))
     deadline = time.time() + timeout
     last = ""
@@ -128,10 +130,11 @@ def wait_ready(urls: list[str], ca: Path, workers: int, timeout: float) -> None:
             try:
                 with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=3) as resp:
                     doc = json.loads(resp.read())
-                    if doc["checks"]["workers"]["count"] >= workers:
+                    seen = (doc["checks"]["workers"]["count"], doc["checks"]["masters"]["count"])
+                    if seen == (workers, masters) and doc["checks"]["masters"]["ok"]:
                         ok += 1
                     else:
-                        last = f"{url}: {doc['checks']['workers']['count']} workers registered"
+                        last = f"{url}: sees {seen[0]} workers and {seen[1]} masters"
             except Exception as exc:
                 last = f"{url}: {exc}"
         if ok == len(urls):

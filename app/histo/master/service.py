@@ -106,8 +106,7 @@ class Master:
         self.events.bind(self.loop)
         await self.loop.run_in_executor(None, self.rt.start)
         zk = self.rt.zk
-        ids = await self.loop.run_in_executor(None, self.rt.vault.zk_acl_ids)
-        await self.loop.run_in_executor(None, zkacl.bootstrap_tree, zk, ids)
+        await self.loop.run_in_executor(None, zkacl.bootstrap_tree, zk, self.rt.acl_ids)
         self.jobs = JobStore(zk)
         self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
                                      source_address=self.cfg.address)
@@ -184,6 +183,7 @@ class Master:
         checks = self.rt.checks()
         checks["leader"] = {"ok": self.leader is not None, "leader": self.leader, "self": self.is_leader}
         checks["workers"] = {"ok": bool(self.workers), "count": len(self.workers)}
+        checks["masters"] = {"ok": self.cfg.name in self.masters, "count": len(self.masters)}
         ready = all(checks[k]["ok"] for k in ("zookeeper", "certificate", "leader"))
         return ready, checks
 

@@ -127,8 +127,8 @@ class _Applier:
             pw = secrets.token_urlsafe(32)
             return {"username": "super", "password": pw, "digest": zk_digest("super", pw)}
         self.kv_secret("histo/zk/super", super_cred)
-        # The digest ids (hashes of random passwords, not the passwords) let a master set ACLs
-        # naming the worker role without being able to read the worker's password.
+        # The digest ids (hashes of random passwords, not the passwords) let each role set ACLs
+        # naming the other without being able to read the other's password.
         try:
             have = self.c.secrets.kv.v2.read_secret_version("histo/zk/acl-ids", mount_point=KV,
                                                             raise_on_deleted_version=True)["data"]["data"]
@@ -180,10 +180,10 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         if role in ZK_ROLES:
-            rules += f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
+            rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
+                      f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
         if role == "master":
-            rules += (f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n'
-                      f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n')
+            rules += f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
         if role == "zookeeper":
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
         return rules

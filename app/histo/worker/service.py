@@ -19,7 +19,8 @@ from ..protocol import TaskHeader, ProtocolError
 from ..rpc import InternalClient, PeerRefused, peer_identity
 from ..runtime import ServiceRuntime
 from ..tls.identity import IdentityError
-from ..zk.membership import register
+from ..zk.acl import WORKERS
+from ..zk.membership import register, update as update_member
 
 log = logging.getLogger("histo.worker")
 
@@ -147,14 +148,38 @@ class Worker:
         site = web.TCPSite(runner, self.cfg.address, self.cfg.internal_port,
                            ssl_context=self.rt.certs.contexts.internal_server)
         await site.start()
+        await self._wait_for_tree()
         register(self.rt.zk, "workers", self.cfg.name, self._member_info())
         log.info("worker %s ready on %s in %.2fs", self.cfg.name, self.cfg.internal_url, self.rt.timings["total"])
         try:
-            await self.rt.upkeep()
+            await asyncio.gather(self.rt.upkeep(), self._announce_rotations())
         finally:
             await runner.cleanup()
             await self.client.close()
             self.rt.stop()
+
+    async def _announce_rotations(self) -> None:
+        """Keep the certificate expiry in our membership node current (the dashboard shows it)."""
+        loop = asyncio.get_running_loop()
+        seen = self.rt.certs.status.rotations
+        while True:
+            await asyncio.sleep(1.0)
+            if self.rt.certs.status.rotations != seen:
+                seen = self.rt.certs.status.rotations
+                try:
+                    await loop.run_in_executor(None, update_member, self.rt.zk, "workers", self.cfg.name,
+                                               self._member_info())
+                except Exception as exc:
+                    log.warning("cannot update membership: %s", exc)
+
+    async def _wait_for_tree(self, timeout: float = 120.0) -> None:
+        """Masters create the znode tree; a worker that starts first waits for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await loop.run_in_executor(None, self.rt.zk.exists, WORKERS):
+            if loop.time() > deadline:
+                raise RuntimeError(f"{WORKERS} does not exist: is a master running?")
+            await asyncio.sleep(0.5)
 
     def _member_info(self) -> dict:
         return {"name": self.cfg.name, "endpoint": self.cfg.internal_url, "spiffe_id": self.cfg.spiffe_id,

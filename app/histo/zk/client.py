@@ -1,0 +1,38 @@
+"""A histo service's ZooKeeper session: TLS only (server verified against our CA and its address,
+client certificate presented), digest credentials re-sent on every reconnect, default ACLs."""
+from __future__ import annotations
+
+import logging
+
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+
+from .acl import default_acl
+
+log = logging.getLogger("histo.zk")
+
+
+class ZkUnavailable(RuntimeError):
+    pass
+
+
+def connect(hosts: str, ca_path: str, cert_path: str, key_path: str, username: str, password: str, role: str,
+            acl_ids: dict[str, str] | None = None, timeout: float = 15.0, session_timeout: float = 6.0,
+            x509_id: str | None = None) -> KazooClient:
+    client = KazooClient(
+        hosts=hosts, timeout=session_timeout,
+        use_ssl=True, verify_certs=True, check_hostname=True,  # the ZooKeeper cert carries its IP SAN
+        ca=ca_path, certfile=cert_path, keyfile=key_path,
+        auth_data=[("digest", f"{username}:{password}")],
+        default_acl=default_acl(acl_ids, role, x509_id) if acl_ids else None,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=2, ignore_expire=True),
+        command_retry=KazooRetry(max_tries=5, delay=0.1, max_delay=1),
+    )
+    try:
+        client.start(timeout=timeout)
+    except KazooTimeoutError:
+        client.stop()
+        client.close()
+        raise ZkUnavailable(f"no ZooKeeper session with {hosts} within {timeout:.0f}s") from None
+    return client

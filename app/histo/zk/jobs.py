@@ -1,0 +1,68 @@
+"""Job and task state in ZooKeeper: small JSON documents, never pixels."""
+from __future__ import annotations
+
+import json
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from .acl import JOBS
+
+
+class JobStore:
+    def __init__(self, client: KazooClient) -> None:
+        self.zk = client
+
+    def create_job(self, job_id: str, doc: dict) -> None:
+        tx = self.zk.transaction()
+        tx.create(f"{JOBS}/{job_id}", json.dumps(doc).encode())
+        tx.create(f"{JOBS}/{job_id}/tasks", b"")
+        results = tx.commit()
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+
+    def get_job(self, job_id: str) -> dict | None:
+        try:
+            data, _ = self.zk.get(f"{JOBS}/{job_id}")
+        except NoNodeError:
+            return None
+        return json.loads(data)
+
+    def update_job(self, job_id: str, **fields) -> dict:
+        path = f"{JOBS}/{job_id}"
+        while True:  # compare-and-set on the node version: no lost update
+            data, stat = self.zk.get(path)
+            doc = json.loads(data)
+            doc.update(fields)
+            try:
+                self.zk.set(path, json.dumps(doc).encode(), version=stat.version)
+                return doc
+            except BadVersionError:
+                continue
+
+    def list_jobs(self) -> list[dict]:
+        out = []
+        for child in self.zk.get_children(JOBS):
+            doc = self.get_job(child)
+            if doc is not None:
+                out.append(doc)
+        return out
+
+    def put_task(self, job_id: str, n: int, doc: dict) -> None:
+        path = f"{JOBS}/{job_id}/tasks/{n}"
+        data = json.dumps(doc).encode()
+        try:
+            self.zk.create(path, data)
+        except NodeExistsError:
+            self.zk.set(path, data)
+
+    def get_tasks(self, job_id: str) -> dict[int, dict]:
+        out = {}
+        for child in self.zk.get_children(f"{JOBS}/{job_id}/tasks"):
+            data, _ = self.zk.get(f"{JOBS}/{job_id}/tasks/{child}")
+            out[int(child)] = json.loads(data)
+        return out
+
+    def delete_job(self, job_id: str) -> None:
+        self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
