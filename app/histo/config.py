@@ -35,6 +35,14 @@ class ServiceConfig:
     tiles_per_worker: int = 2
     task_timeout: float = 30.0
     job_timeout: float = 120.0
+    # Abuse resistance: requests per second (and burst) per client address, uploads per principal,
+    # and failed authentications per address before it is throttled.
+    rate_per_address: float = 50.0
+    burst_per_address: int = 200
+    uploads_per_principal: float = 5.0
+    upload_burst: int = 30
+    auth_failures_before_block: int = 10
+    auth_block_seconds: float = 60.0
     # How long finished jobs (and their results) are kept.
     job_retention: float = 3600.0
     extra: dict = field(default_factory=dict)

@@ -28,9 +28,11 @@ class Authenticator:
         self.revoked = RevocationSet()
         self.verifier = TokenVerifier(self._fetch_keys, issuer="histo", audience="histo-api",
                                       is_revoked=self.revoked.__contains__)
-        self.failures = AuthFailureTracker(threshold=10, window_s=60, block_s=60)
-        self.per_address = RateLimiter(rate_per_s=20, burst=60)
-        self.uploads = RateLimiter(rate_per_s=5, burst=20)
+        cfg = master.cfg
+        self.failures = AuthFailureTracker(threshold=cfg.auth_failures_before_block, window_s=60,
+                                           block_s=cfg.auth_block_seconds)
+        self.per_address = RateLimiter(rate_per_s=cfg.rate_per_address, burst=cfg.burst_per_address)
+        self.uploads = RateLimiter(rate_per_s=cfg.uploads_per_principal, burst=cfg.upload_burst)
 
     def _fetch_keys(self) -> dict[str, str]:
         return vault_public_keys(self.m.rt.vault.client)

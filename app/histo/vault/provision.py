@@ -10,8 +10,8 @@ import hvac
 
 def wrapped_secret_id(client: hvac.Client, host: str, address: str, wrap_ttl: str = "300s") -> str:
     cidr = [f"{address}/32"]
-    resp = client.write(f"auth/approle/role/histo-{host}/secret-id", wrap_ttl=wrap_ttl,
-                        cidr_list=cidr, token_bound_cidrs=cidr)
+    resp = client.write_data(f"auth/approle/role/histo-{host}/secret-id", wrap_ttl=wrap_ttl,
+                             data={"cidr_list": cidr, "token_bound_cidrs": cidr})
     return resp["wrap_info"]["token"]
 
 

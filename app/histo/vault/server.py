@@ -118,6 +118,21 @@ log_level     = "warn"
                 json.dump({"keys": doc["keys"], "root_token": doc["root_token"]}, fh)
         if c.sys.is_sealed():
             self.unseal()
+        self.wait_active()
+
+    def wait_active(self, timeout: float = 30.0) -> None:
+        """After an unseal, raft elects this node leader before requests are served (a few seconds)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                resp = self.client().sys.read_health_status(method="GET")
+                if isinstance(resp, dict) and not resp.get("sealed") and not resp.get("standby"):
+                    self.root_client().sys.list_mounted_secrets_engines()
+                    return
+            except (requests.RequestException, hvac.exceptions.VaultError):
+                pass
+            time.sleep(0.2)
+        raise VaultServerError(f"OpenBao did not become active within {timeout:.0f}s")
 
     def unseal(self) -> None:
         c = self.client()
