@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HISTO_VENV:-.venv}
-PKGS="zookeeper default-jre-headless nftables iproute2 procps"
+PKGS="zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -21,6 +21,10 @@ KEY, MOUNT = "histo-tokens", "transit"
 MAX_TTL = 3600
 
 
+class KeysUnavailable(Exception):
+    """The verification keys cannot be fetched (Vault away) and none is cached for this token."""
+
+
 class AuthError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -111,14 +115,23 @@ class TokenVerifier:
         self._last_fetch = 0.0
         self._lock = threading.Lock()
 
+    def refresh(self) -> None:
+        """Fetch the public keys now (at start, and on an unknown kid); the cache survives Vault outages."""
+        with self._lock:
+            self._last_fetch = self._clock()
+            try:
+                fetched = self._fetch()
+            except Exception as exc:
+                raise KeysUnavailable(f"cannot fetch token keys: {type(exc).__name__}") from None
+            self._keys = {k: load_pem_public_key(v.encode()) for k, v in fetched.items()}
+
     def _key(self, kid: str):
         key = self._keys.get(kid)
         if key is not None:
             return key
-        with self._lock:  # unknown kid: maybe a rotation; look again, but not more than every 5 s
-            if self._clock() - self._last_fetch >= 5 or not self._keys:
-                self._last_fetch = self._clock()
-                self._keys = {k: load_pem_public_key(v.encode()) for k, v in self._fetch().items()}
+        # unknown kid: maybe a rotation; look again, but not more than every 5 s
+        if self._clock() - self._last_fetch >= 5 or not self._keys:
+            self.refresh()
         key = self._keys.get(kid)
         if key is None:
             raise AuthError("unknown_key")

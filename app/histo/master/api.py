@@ -18,7 +18,7 @@ from ..compute.imageio import ImageError, decode, sniff_format
 from ..compute.plot import plot_histograms
 from ..edge.middleware import json_error, json_errors, security_headers
 from ..edge.openapi import spec as openapi_spec
-from ..edge.tokens import AuthError
+from ..edge.tokens import AuthError, KeysUnavailable
 from .scheduler import JobFailed
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class Handlers:
             msg = await asyncio.wait_for(ws.receive(), 10)
             token = json.loads(msg.data).get("token", "") if msg.type == WSMsgType.TEXT else ""
             principal = self.m.auth.verify_token(str(token), request)
-        except (asyncio.TimeoutError, ValueError, AttributeError, AuthError):
+        except (asyncio.TimeoutError, ValueError, AttributeError, AuthError, KeysUnavailable):
             await ws.close(code=4401, message=b"authentication required")
             return ws
         await ws.send_json({"type": "ready", "role": principal.role, "sub": principal.sub})

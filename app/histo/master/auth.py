@@ -12,7 +12,7 @@ from kazoo.exceptions import NodeExistsError
 
 from ..edge.middleware import bearer_token, json_error
 from ..edge.ratelimit import AuthFailureTracker, RateLimiter
-from ..edge.tokens import AuthError, Principal, RevocationSet, TokenVerifier, vault_public_keys
+from ..edge.tokens import AuthError, KeysUnavailable, Principal, RevocationSet, TokenVerifier, vault_public_keys
 
 if TYPE_CHECKING:
     from .service import Master
@@ -40,8 +40,8 @@ class Authenticator:
     def start(self) -> None:
         """Fetch the verification keys once, and follow the shared revocation list."""
         try:
-            self._fetch_keys()
-        except Exception as exc:  # Vault away at start: keys are fetched on first use instead
+            self.verifier.refresh()
+        except KeysUnavailable as exc:  # Vault away at start: keys are fetched on first use instead
             log.warning("token keys not fetched yet: %s", exc)
         zk = self.m.rt.zk
 
@@ -102,6 +102,9 @@ class Authenticator:
                              headers={"WWW-Authenticate": 'Bearer realm="histo"'})
         try:
             principal = self.verify_token(token, request)
+        except KeysUnavailable:
+            raise json_error(503, "vault_unavailable", "tokens cannot be verified right now; try again shortly",
+                             headers={"Retry-After": "5"}) from None
         except AuthError as exc:
             raise json_error(401, "unauthorized", f"invalid token: {exc.reason}",
                              headers={"WWW-Authenticate": 'Bearer realm="histo", error="invalid_token"'}) from None

@@ -1,0 +1,42 @@
+"""What an attacker holding a compromised service's files can do: helpers for the security tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hvac
+from kazoo.client import KazooClient
+
+from histo.vault.client import ServiceVault
+
+
+def root_client(cluster) -> hvac.Client:
+    init = json.loads((cluster.root / "vault" / "init.json").read_text())
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    return hvac.Client(url=f"https://{topo['net']}.10:8200", verify=str(cluster.root / "vault" / "tls" / "ca.pem"),
+                       token=init["root_token"])
+
+
+def zk_credentials(cluster, role: str) -> tuple[str, str]:
+    data = root_client(cluster).secrets.kv.v2.read_secret_version(
+        f"histo/zk/{role}", mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
+    return data["username"], data["password"]
+
+
+def zk_client(cluster, as_service: str | None, creds: tuple[str, str] | None, timeout: float = 8) -> KazooClient:
+    """A kazoo client with `as_service`'s certificate (or none) and digest credentials (or none)."""
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    tls = cluster.service_dir(as_service) / "tls" if as_service else None
+    client = KazooClient(hosts=f"{topo['net']}.11:2281", use_ssl=True, verify_certs=True, check_hostname=True,
+                         ca=cluster.ca if not tls else str(tls / "ca.pem"),
+                         certfile=str(tls / "cert.pem") if tls else None, keyfile=str(tls / "key.pem") if tls else None,
+                         auth_data=[("digest", f"{creds[0]}:{creds[1]}")] if creds else None, timeout=4,
+                         connection_retry={"max_tries": 1, "delay": 0.2})
+    client.start(timeout=timeout)
+    return client
+
+
+def service_vault(cluster, name: str, source: str | None = None) -> ServiceVault:
+    cfg = cluster.config(name)
+    return ServiceVault(cfg["vault_url"], cfg["vault_ca"], host=name, role=cfg["role"],
+                        creds_dir=Path(cfg["creds_dir"]), source_address=source or cfg["address"])

@@ -1,0 +1,114 @@
+"""ZooKeeper locked down (real ZooKeeper of the test cluster): TLS only with our CA's certificates,
+digest credentials, ACLs on every node. Each refusal beside the legitimate path."""
+import json
+import os
+import stat
+
+import pytest
+from kazoo.exceptions import NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import Permissions
+
+from .attacker import zk_client, zk_credentials
+from .cluster_fixture import sample_image
+
+
+@pytest.fixture(scope="module")
+def master_zk(cluster):
+    client = zk_client(cluster, "master1", zk_credentials(cluster, "master"))
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def worker_zk(cluster):
+    client = zk_client(cluster, "worker1", zk_credentials(cluster, "worker"))
+    yield client
+    client.stop()
+    client.close()
+
+
+def test_no_client_certificate_no_session(cluster, master_zk):
+    with pytest.raises((KazooTimeoutError, Exception)):
+        c = zk_client(cluster, None, zk_credentials(cluster, "master"), timeout=5)
+        c.stop()
+    assert master_zk.exists("/histo/jobs")  # the legitimate client is in
+
+
+def test_no_plain_port(cluster):
+    import socket
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    with pytest.raises(OSError):
+        socket.create_connection((f"{topo['net']}.11", 2181), timeout=2).close()
+
+
+def test_certificate_without_credentials_reads_and_writes_nothing(cluster, master_zk):
+    anon = zk_client(cluster, "worker1", None)
+    wrong = zk_client(cluster, "worker1", ("histo-master", "not-the-password"))
+    try:
+        for c in (anon, wrong):
+            with pytest.raises(NoAuthError):
+                c.get_children("/histo/jobs")
+            with pytest.raises(NoAuthError):
+                c.create("/intruder", b"x")
+            with pytest.raises(NoAuthError):
+                c.create("/histo/election/x", b"x")
+    finally:
+        for c in (anon, wrong):
+            c.stop()
+            c.close()
+    assert master_zk.get_children("/histo/jobs") is not None
+
+
+def test_worker_credentials_cannot_touch_jobs_election_or_other_workers(cluster, master_zk, worker_zk):
+    status, doc = cluster.upload(sample_image(40, 30, "PNG"), mode="gray")
+    assert status == 202
+    job = f"/histo/jobs/{doc['id']}"
+    cluster.wait_job(doc["id"])
+    assert worker_zk.exists(job)  # workers may read job state
+    with pytest.raises(NoAuthError):
+        worker_zk.delete(job, recursive=True)
+    with pytest.raises(NoAuthError):
+        worker_zk.set(job, b'{"state": "done"}')
+    with pytest.raises(NoAuthError):
+        worker_zk.create("/histo/election/fake-", b"worker1", ephemeral=True, sequence=True)
+    with pytest.raises(NoAuthError):
+        worker_zk.set("/histo/workers/worker2", b'{"endpoint": "https://evil"}')
+    with pytest.raises(NoAuthError):
+        worker_zk.delete("/histo/workers/worker2")
+    with pytest.raises(NoAuthError):
+        worker_zk.create("/histo/revoked/x", b"")
+    # legitimate: a worker rewrites its own member node (its certificate's x509 identity), masters admin jobs
+    data, _ = worker_zk.get("/histo/workers/worker1")
+    worker_zk.set("/histo/workers/worker1", data)
+    master_zk.create("/histo/jobs/zk-test", b"{}")
+    master_zk.delete("/histo/jobs/zk-test")
+    assert master_zk.exists(job)
+
+
+def test_no_node_is_world_accessible(master_zk):
+    todo = ["/", "/histo"]
+    seen = 0
+    while todo:
+        path = todo.pop()
+        acls, _ = master_zk.get_acls(path)
+        seen += 1
+        for acl in acls:
+            assert acl.id.scheme != "world", f"{path} has a world ACL: {acl}"
+            if acl.id.scheme == "digest" and acl.id.id.startswith("histo-worker:"):
+                assert not acl.perms & (Permissions.DELETE | Permissions.ADMIN), f"{path} lets workers delete"
+        if path.startswith("/histo") or path == "/":
+            todo += [f"{path.rstrip('/')}/{c}" for c in master_zk.get_children(path) if c != "zookeeper"]
+    assert seen > 8
+
+
+def test_super_digest_only_in_private_config(cluster):
+    cfg = cluster.root / "zk1" / "conf" / "zoo.cfg"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    assert "superDigest=super:" in cfg.read_text()
+    pid = int((cluster.root / "zk1" / "zk.pid").read_text())
+    cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode()
+    environ = open(f"/proc/{pid}/environ", "rb").read().decode()
+    assert "superDigest" not in cmdline and "super:" not in cmdline and "super:" not in environ
+    assert os.path.exists(f"/proc/{pid}")
