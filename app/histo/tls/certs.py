@@ -74,8 +74,15 @@ class CertManager:
 
     def fetch(self) -> CertStatus:
         """Issue a fresh certificate, write it, and load it into the live contexts (blocking)."""
-        bundle = self.source.issue_cert(self.ttl)
-        ca = self.source.ca_chain_pem()
+        return self.install(*self.issue())
+
+    def issue(self) -> tuple:
+        """Ask Vault for a certificate (blocking network I/O: run it off the event loop)."""
+        return self.source.issue_cert(self.ttl), self.source.ca_chain_pem()
+
+    def install(self, bundle, ca: str) -> CertStatus:
+        """Write and load a certificate. Called on the thread that runs the TLS handshakes, so a
+        context is never changed under a handshake in progress."""
         # Serve leaf + issuing CA so peers that trust only the root can build the chain.
         write_private(self.cert_path, bundle.cert_pem.strip() + "\n" + _issuer_only(bundle.chain_pem))
         write_private(self.key_path, bundle.key_pem)
@@ -105,7 +112,8 @@ class CertManager:
         while True:
             await asyncio.sleep(max(0.0, self.renew_at() - time.time()))
             try:
-                await loop.run_in_executor(None, self.fetch)
+                issued = await loop.run_in_executor(None, self.issue)
+                self.install(*issued)
             except Exception as exc:  # Vault down or sealed: retry soon, the old cert still serves.
                 self.status.last_error = f"renewal failed: {exc}"
                 log.warning("certificate renewal failed: %s", exc)

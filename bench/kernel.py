@@ -1,0 +1,44 @@
+"""Kernel figures: per-tile histogram + table apply summed over tiles vs Pillow on the whole image,
+and np.histogram for scale. Pure compute, no network."""
+from __future__ import annotations
+
+import time
+
+from PIL import Image
+
+from histo.compute import equalize, tiles
+
+
+def best(fn, repeat=5) -> float:
+    t_best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        t_best = min(t_best, time.perf_counter() - t)
+    return t_best
+
+
+def kernel(size: int = 4096, parts: int = 8) -> dict:
+    img = Image.merge("RGB", [Image.effect_noise((size, size), 60)] * 3)
+    raw = img.tobytes()
+    ranges = tiles.row_ranges(size, parts)
+    strips = tiles.split_rows(raw, size, 3, ranges)
+    hist = img.histogram()
+    lut = equalize.lut_from_histogram(hist)
+    whole_hist = best(lambda: img.histogram())
+    whole_apply = best(lambda: img.point(lut))
+    tiled_hist = best(lambda: [tiles.tile_histogram(s, "RGB", size, r1 - r0) for s, (r0, r1) in zip(strips, ranges)])
+    tiled_apply = best(lambda: [tiles.tile_apply(s, "RGB", size, r1 - r0, lut) for s, (r0, r1) in zip(strips, ranges)])
+    out = {"image": f"{size}x{size} RGB", "tiles": parts,
+           "pillow_histogram_s": whole_hist, "tiled_histogram_s": tiled_hist,
+           "histogram_throughput_ratio": whole_hist / tiled_hist,
+           "pillow_point_s": whole_apply, "tiled_apply_s": tiled_apply,
+           "apply_throughput_ratio": whole_apply / tiled_apply}
+    try:
+        import numpy as np
+        arr = np.asarray(img)
+        out["numpy_histogram_s"] = best(lambda: [np.histogram(arr[..., c], bins=256, range=(0, 256))
+                                                 for c in range(3)], repeat=2)
+    except ImportError:
+        pass
+    return out
