@@ -179,3 +179,32 @@ def test_openapi_is_served_and_covers_every_route(cluster):
     api.add_routes(app, Fake(), "")
     routes = {r.resource.canonical for r in app.router.routes() if r.method != "HEAD"}
     assert routes == set(served["paths"]), routes ^ set(served["paths"])
+
+
+def _cli(cluster, *args):
+    import subprocess
+    import sys
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    return subprocess.run([sys.executable, "-m", "histo.cli", *args, "--vault-url", f"https://{topo['net']}.10:8200",
+                           "--vault-ca", str(cluster.root / "vault" / "tls" / "ca.pem"),
+                           "--token-file", str(cluster.root / "issuer-token")],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_token_command_and_key_rotation_without_downtime(cluster):
+    out = _cli(cluster, "token", "issue", "--role", "uploader", "--subject", "dave", "--ttl", "15m")
+    assert out.returncode == 0, out.stderr
+    old = out.stdout.strip()
+    assert cluster.request("GET", "/api/v1/jobs", token=old)[0] == 200
+    # the signing key rotates in Vault: new tokens carry the new kid, old ones stay valid
+    from .attacker import root_client
+    root_client(cluster).secrets.transit.rotate_key("histo-tokens", mount_point="transit")
+    new = _cli(cluster, "token", "issue", "--role", "uploader", "--subject", "dave", "--ttl", "15m").stdout.strip()
+    assert json.loads(__import__("base64").urlsafe_b64decode(new.split(".")[0] + "==="))["kid"] != \
+        json.loads(__import__("base64").urlsafe_b64decode(old.split(".")[0] + "==="))["kid"]
+    for url in cluster.urls:
+        assert cluster.request("GET", "/api/v1/jobs", token=new, url=url)[0] == 200
+        assert cluster.request("GET", "/api/v1/jobs", token=old, url=url)[0] == 200
+    # bad input: one readable line, non-zero exit, no traceback
+    bad = _cli(cluster, "token", "issue", "--role", "uploader", "--subject", "dave", "--ttl", "3h")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
