@@ -18,18 +18,19 @@ def best(fn, repeat=5) -> float:
     return t_best
 
 
-def kernel(size: int = 4096, parts: int = 8) -> dict:
-    img = Image.merge("RGB", [Image.effect_noise((size, size), 60)] * 3)
+def kernel(size: int = 4096, parts: int = 8, mode: str = "RGB") -> dict:
+    noise = Image.effect_noise((size, size), 60)
+    img = Image.merge("RGB", [noise] * 3) if mode == "RGB" else noise
     raw = img.tobytes()
     ranges = tiles.row_ranges(size, parts)
-    strips = tiles.split_rows(raw, size, 3, ranges)
+    strips = tiles.split_rows(raw, size, tiles.bands_of(mode), ranges)
     hist = img.histogram()
     lut = equalize.lut_from_histogram(hist)
     whole_hist = best(lambda: img.histogram())
     whole_apply = best(lambda: img.point(lut))
-    tiled_hist = best(lambda: [tiles.tile_histogram(s, "RGB", size, r1 - r0) for s, (r0, r1) in zip(strips, ranges)])
-    tiled_apply = best(lambda: [tiles.tile_apply(s, "RGB", size, r1 - r0, lut) for s, (r0, r1) in zip(strips, ranges)])
-    out = {"image": f"{size}x{size} RGB", "tiles": parts,
+    tiled_hist = best(lambda: [tiles.tile_histogram(s, mode, size, r1 - r0) for s, (r0, r1) in zip(strips, ranges)])
+    tiled_apply = best(lambda: [tiles.tile_apply(s, mode, size, r1 - r0, lut) for s, (r0, r1) in zip(strips, ranges)])
+    out = {"image": f"{size}x{size} {mode}", "tiles": parts,
            "pillow_histogram_s": whole_hist, "tiled_histogram_s": tiled_hist,
            "histogram_throughput_ratio": whole_hist / tiled_hist,
            "pillow_point_s": whole_apply, "tiled_apply_s": tiled_apply,
@@ -37,8 +38,8 @@ def kernel(size: int = 4096, parts: int = 8) -> dict:
     try:
         import numpy as np
         arr = np.asarray(img)
-        out["numpy_histogram_s"] = best(lambda: [np.histogram(arr[..., c], bins=256, range=(0, 256))
-                                                 for c in range(3)], repeat=2)
+        planes = [arr[..., c] for c in range(3)] if mode == "RGB" else [arr]
+        out["numpy_histogram_s"] = best(lambda: [np.histogram(p, bins=256, range=(0, 256)) for p in planes], repeat=2)
     except ImportError:
         pass
     return out

@@ -47,7 +47,7 @@ def one_job(cl: Cluster, data: bytes, mode: str = "luma") -> tuple[float, dict]:
     status, doc = cl.upload(data, mode=mode)
     if status != 202:
         raise RuntimeError(f"upload refused: {status} {doc}")
-    job = cl.wait_job(doc["id"], timeout=300)
+    job = cl.wait_job(doc["id"], timeout=300, poll=0.005, long_poll=30)
     status, _, _ = cl.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cl.token("uploader"))
     elapsed = time.perf_counter() - t
     if job["state"] != "done" or status != 200:
@@ -86,8 +86,10 @@ def throughput(cl: Cluster, jobs: int, clients: int) -> dict:
     with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:  # the same cores, no cluster
         list(pool.map(_single, [data] * jobs))
     base_s = time.perf_counter() - t
+    serial_s = _timed(lambda: [_single(data) for _ in range(jobs)])
     return {"jobs": jobs, "clients": clients, "cluster_jobs_per_s": jobs / cluster_s,
             "single_process_pool_jobs_per_s": jobs / base_s, "ratio": (jobs / cluster_s) / (jobs / base_s),
+            "one_process_serial_jobs_per_s": jobs / serial_s,
             "p50_s": statistics.median(latencies), "p99_s": _pct(latencies, 99)}
 
 
@@ -150,7 +152,8 @@ def main() -> None:
     res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                              "platform": platform.platform()}, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print("kernel ...", flush=True)
-    res["kernel"] = kernel()
+    res["kernel"] = kernel(mode="RGB")
+    res["kernel_luma"] = kernel(mode="L")
     root = Path(tempfile.mkdtemp(prefix="histo-bench-"))
     t = time.perf_counter()
     cl = up(root / "steady", "1h")
@@ -178,12 +181,12 @@ def main() -> None:
 
 
 def report(r: dict) -> None:
-    k = r["kernel"]
     print(f"\nmachine: {r['machine']['cpus']} cpus, Python {r['machine']['python']}")
-    print(f"kernel {k['image']}, {k['tiles']} tiles: histogram {k['tiled_histogram_s'] * 1e3:.1f} ms vs Pillow "
-          f"{k['pillow_histogram_s'] * 1e3:.1f} ms (throughput x{k['histogram_throughput_ratio']:.2f}); apply "
-          f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms (x{k['apply_throughput_ratio']:.2f})"
-          + (f"; np.histogram {k['numpy_histogram_s'] * 1e3:.0f} ms" if "numpy_histogram_s" in k else ""))
+    for k in (r["kernel"], r["kernel_luma"]):
+            print(f"kernel {k['image']}, {k['tiles']} tiles: histogram {k['tiled_histogram_s'] * 1e3:.1f} ms vs Pillow "
+              f"{k['pillow_histogram_s'] * 1e3:.1f} ms (throughput x{k['histogram_throughput_ratio']:.2f}); apply "
+              f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms (x{k['apply_throughput_ratio']:.2f})"
+              + (f"; np.histogram {k['numpy_histogram_s'] * 1e3:.0f} ms" if "numpy_histogram_s" in k else ""))
     print(f"make local, cold: {r['make_local_cold_s']:.1f} s")
     print(f"\n{'image':<16}{'bytes':>11}{'1 process':>11}{'cluster':>10}{'ratio':>7}")
     for e in r["end_to_end"]:
@@ -191,7 +194,8 @@ def report(r: dict) -> None:
         print("    " + ", ".join(f"{p} {v * 1000:.0f}" for p, v in e["phases"].items()) + " (ms)")
     t = r["throughput"]
     print(f"\nthroughput: {t['jobs']} jobs 1024² JPEG, {t['clients']} clients: {t['cluster_jobs_per_s']:.2f} jobs/s vs "
-          f"{t['single_process_pool_jobs_per_s']:.2f} jobs/s in a local process pool (x{t['ratio']:.2f}); "
+          f"{t['single_process_pool_jobs_per_s']:.2f} jobs/s in a local process pool (x{t['ratio']:.2f}), "
+          f"{t['one_process_serial_jobs_per_s']:.2f} jobs/s in one process; "
           f"p50 {t['p50_s'] * 1e3:.0f} ms p99 {t['p99_s'] * 1e3:.0f} ms")
     s, o = r["latency_steady"], r["latency_rotating"]
     print(f"latency 256² jobs, 4 clients: steady p50 {s['p50_s'] * 1e3:.0f} ms p99 {s['p99_s'] * 1e3:.0f} ms "

@@ -33,6 +33,9 @@ class ServiceConfig:
     max_upload_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
     tiles_per_worker: int = 2
+    # A strip smaller than this costs more in messages than it saves in compute: small images get
+    # fewer strips (a 1024x1024 image goes whole to one worker; many jobs still use every worker).
+    min_tile_pixels: int = 1 << 20
     task_timeout: float = 30.0
     job_timeout: float = 120.0
     # Abuse resistance: requests per second (and burst) per client address, uploads per principal,

@@ -82,17 +82,19 @@ class Cluster:
                                       headers={"Content-Type": ctype}, url=url)
         return status, json.loads(raw or b"{}")
 
-    def wait_job(self, job_id: str, token: str | None = None, timeout: float = 90, url: str | None = None) -> dict:
+    def wait_job(self, job_id: str, token: str | None = None, timeout: float = 90, url: str | None = None,
+                 poll: float = 0.1, long_poll: float = 0) -> dict:
         deadline = time.time() + timeout
         doc: dict = {}
         while time.time() < deadline:
-            status, _, raw = self.request("GET", f"/api/v1/jobs/{job_id}", token=token or self.token("uploader"),
-                                          url=url)
+            query = f"?wait={long_poll}" if long_poll else ""
+            status, _, raw = self.request("GET", f"/api/v1/jobs/{job_id}{query}",
+                                          token=token or self.token("uploader"), url=url)
             if status == 200:
                 doc = json.loads(raw)
                 if doc["state"] in ("done", "failed"):
                     return doc
-            time.sleep(0.1)
+            time.sleep(poll)
         raise AssertionError(f"job {job_id} did not finish in {timeout}s: {doc}")
 
     def leader(self) -> str | None:
@@ -140,7 +142,8 @@ def start(root: Path, cert_ttl: str = "30s") -> Cluster:
     info = local_cluster.up(root, masters=2, workers=2, cert_ttl=cert_ttl, zk_session_timeout=4.0, net=NET,
                             extra={"task_timeout": 20.0, "job_timeout": 90.0, "rate_per_address": 1000.0,
                                    "burst_per_address": 2000, "uploads_per_principal": 100.0,
-                                   "upload_burst": 200, "max_upload_bytes": 16 * 1024 * 1024})
+                                   "upload_burst": 200, "max_upload_bytes": 16 * 1024 * 1024,
+                                   "min_tile_pixels": 1})  # tests exercise several strips even on small images
     return Cluster(root=root.resolve(), env=info["env"])
 
 

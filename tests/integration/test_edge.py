@@ -203,6 +203,9 @@ def test_token_command_and_key_rotation_without_downtime(cluster):
     assert json.loads(__import__("base64").urlsafe_b64decode(new.split(".")[0] + "==="))["kid"] != \
         json.loads(__import__("base64").urlsafe_b64decode(old.split(".")[0] + "==="))["kid"]
     for url in cluster.urls:
+        deadline = time.time() + 3  # a master fetches a new key at most once a second
+        while cluster.request("GET", "/api/v1/jobs", token=new, url=url)[0] != 200 and time.time() < deadline:
+            time.sleep(0.3)
         assert cluster.request("GET", "/api/v1/jobs", token=new, url=url)[0] == 200
         assert cluster.request("GET", "/api/v1/jobs", token=old, url=url)[0] == 200
     # bad input: one readable line, non-zero exit, no traceback

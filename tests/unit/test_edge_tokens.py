@@ -94,6 +94,31 @@ def test_revoked_refused_and_revocations_expire():
     assert "a" not in rs and "b" in rs
 
 
+def test_new_key_version_is_fetched_on_first_sight_but_not_in_a_flood():
+    now = [time.time()]
+    keys = {"histo-tokens:1": PUB}
+    fetches = []
+
+    def fetch():
+        fetches.append(now[0])
+        return dict(keys)
+    v = TokenVerifier(fetch, clock=lambda: now[0])
+    v.refresh()
+    other_pub = OTHER.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    keys["histo-tokens:2"] = other_pub  # Vault rotated the key
+    now[0] += 0.5
+    rotated = token(key=OTHER, header={"kid": "histo-tokens:2"}, iat=int(time.time()), nbf=int(time.time()))
+    with pytest.raises(AuthError, match="unknown_key"):
+        v.verify(rotated)  # within a second of the last fetch: not fetched again
+    now[0] += 1.0
+    assert v.verify(rotated).sub == "alice"  # fetched on first sight after that
+    for _ in range(20):
+        with pytest.raises(AuthError):
+            v.verify(token(header={"kid": "histo-tokens:99"}))
+    assert len(fetches) == 2
+
+
 def test_ttl_parsing():
     assert parse_ttl("15m") == 900 and parse_ttl("1h") == 3600 and parse_ttl("90") == 90
     with pytest.raises(ValueError):

@@ -63,8 +63,11 @@ def spec() -> dict:
                             "type": "object", "properties": {"jobs": {"type": "array",
                                                                       "items": {"$ref": "#/components/schemas/Job"}}}}}}},
                             **ERRORS}}},
-            "/api/v1/jobs/{id}": {"get": {"summary": "state, progress, timings (owner, admin)",
-                                          "parameters": [JOB_ID], "security": [{"bearerAuth": []}],
+            "/api/v1/jobs/{id}": {"get": {"summary": "state, progress, timings (owner, admin); ?wait=S long-polls "
+                                                     "until the job ends (at most 60 s)",
+                                          "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False,
+                                                                  "schema": {"type": "number", "minimum": 0,
+                                                                             "maximum": 60}}], "security": [{"bearerAuth": []}],
                                           "responses": {"200": {"description": "ok", "content": {"application/json": {
                                               "schema": {"$ref": "#/components/schemas/Job"}}}}, **ERRORS}}},
             "/api/v1/jobs/{id}/result": _job_get("the equalized image", {

@@ -19,6 +19,7 @@ ROLES = ("uploader", "viewer", "admin")
 ISSUER, AUDIENCE = "histo", "histo-api"
 KEY, MOUNT = "histo-tokens", "transit"
 MAX_TTL = 3600
+REFETCH_INTERVAL = 1.0
 
 
 class KeysUnavailable(Exception):
@@ -129,8 +130,9 @@ class TokenVerifier:
         key = self._keys.get(kid)
         if key is not None:
             return key
-        # unknown kid: maybe a rotation; look again, but not more than every 5 s
-        if self._clock() - self._last_fetch >= 5 or not self._keys:
+        # unknown kid: maybe a rotation; look again, but at most once a second (a flood of made-up
+        # kids must not turn into a flood of Vault reads)
+        if self._clock() - self._last_fetch >= REFETCH_INTERVAL or not self._keys:
             self.refresh()
         key = self._keys.get(kid)
         if key is None:

@@ -29,6 +29,13 @@ def alive(pid_path: Path, marker: str) -> int | None:
     return pid if marker in cmdline else None
 
 
+def started(pid_path: Path) -> bool:
+    """Whether the process we just spawned still lives (right after fork its command line is still
+    the parent's, so do not match a marker here)."""
+    pid = read_pid(pid_path)
+    return pid is not None and _running(pid)
+
+
 def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict | None = None) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

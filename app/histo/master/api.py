@@ -213,7 +213,20 @@ class Handlers:
         return {k: doc.get(k) for k in PUBLIC_JOB_FIELDS}
 
     async def get_job(self, request: web.Request) -> web.Response:
+        """`?wait=S` (at most 60) long-polls: the answer comes when the job ends or S seconds pass."""
         doc, _ = await self._job_for(request)
+        try:
+            wait = min(60.0, max(0.0, float(request.query.get("wait", 0))))
+        except ValueError:
+            raise json_error(400, "bad_request", "wait must be a number of seconds") from None
+        task = self.m.running.get(doc["id"])
+        holder = doc.get("master")
+        if (wait and task is None and doc.get("state") in ("queued", "running") and holder != self.m.cfg.name
+                and holder in self.m.masters and not request.get("forwarded")):
+            return await self._forward(request, holder)  # the master running it can wait on it
+        if wait and task is not None and doc.get("state") in ("queued", "running"):
+            await asyncio.wait({task}, timeout=wait)
+            doc = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.get_job, doc["id"]) or doc
         return web.json_response(self._public(doc))
 
     async def _result_or_forward(self, request: web.Request):

@@ -60,7 +60,7 @@ class RefusedResult:
 class Scheduler:
     def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, dict]],
                  on_task_state: Callable[[str, int, dict], None], on_progress: Callable[[str, float], None],
-                 task_timeout: float, tiles_per_worker: int) -> None:
+                 task_timeout: float, tiles_per_worker: int, min_tile_pixels: int = 1) -> None:
         self.client = client
         self.reply_to = reply_to
         self.workers = workers
@@ -68,6 +68,7 @@ class Scheduler:
         self.on_progress = on_progress
         self.task_timeout = task_timeout
         self.tiles_per_worker = tiles_per_worker
+        self.min_tile_pixels = max(1, min_tile_pixels)
         self.pending: dict[tuple[str, int, str], Pending] = {}
         self.done: set[tuple[str, int, str, str]] = set()
         self._rr = 0
@@ -84,7 +85,8 @@ class Scheduler:
         alive = self.workers()
         if not alive:
             raise JobFailed("no workers available")
-        ranges = tiles.row_ranges(height, max(1, len(alive) * self.tiles_per_worker))
+        parts = min(len(alive) * self.tiles_per_worker, (width * height) // self.min_tile_pixels)
+        ranges = tiles.row_ranges(height, max(1, parts))
         parts = tiles.split_rows(raw, width, bands, ranges)
         timings["split"] = time.perf_counter() - t
 
@@ -99,7 +101,6 @@ class Scheduler:
         t = time.perf_counter()
         out_parts = await self._phase(job_id, "apply", work.mode, width, ranges, parts, bytes(lut), holders)
         timings["apply"] = time.perf_counter() - t
-        self.on_progress(job_id, 0.9)
 
         t = time.perf_counter()
         equalized = await loop.run_in_executor(None, tiles.assemble, out_parts, work.mode, (width, height))

@@ -45,6 +45,8 @@ class Master:
         self.auth: Authenticator | None = None
         self.running: dict[str, asyncio.Task] = {}
         self.election: LeaderElection | None = None
+        self._task_batch: dict[tuple[str, int], dict] = {}
+        self._tasks_created: set[tuple[str, int]] = set()
 
     # -- events (thread-safe: kazoo callbacks run in their own threads) -----------------------
     def emit(self, kind: str, **fields) -> None:
@@ -112,7 +114,7 @@ class Master:
                                      source_address=self.cfg.address)
         self.scheduler = Scheduler(self.client, self.cfg.internal_url, lambda: dict(self.workers),
                                    self._task_state, self._progress, self.cfg.task_timeout,
-                                   self.cfg.tiles_per_worker)
+                                   self.cfg.tiles_per_worker, self.cfg.min_tile_pixels)
         self.auth = Authenticator(self)
         await self.loop.run_in_executor(None, self.auth.start)
 
@@ -163,8 +165,19 @@ class Master:
 
     # -- job state hooks used by the scheduler -------------------------------------------------
     def _task_state(self, job: str, n: int, doc: dict) -> None:
-        # Fire-and-forget: the task's state is recorded in ZooKeeper without blocking dispatch.
-        self.loop.run_in_executor(None, self.jobs.put_task, job, n, doc)
+        # Recorded without blocking dispatch, and coalesced: all task states that change within a
+        # few milliseconds go to ZooKeeper in one transaction (one write, one fsync).
+        first = not self._task_batch
+        self._task_batch[(job, n)] = doc
+        if first:
+            self.loop.call_later(0.005, self._flush_tasks)
+
+    def _flush_tasks(self) -> None:
+        batch, self._task_batch = self._task_batch, {}
+        if batch:
+            self.loop.run_in_executor(None, self.jobs.put_tasks, batch, self._tasks_created)
+            if len(self._tasks_created) > 100_000:
+                self._tasks_created.clear()
 
     def _progress(self, job: str, progress: float) -> None:
         self.loop.run_in_executor(None, lambda: self.jobs.update_job(job, progress=progress))

@@ -95,7 +95,7 @@ log_level     = "warn"
                 self.client().sys.is_initialized()
                 return
             except (requests.RequestException, hvac.exceptions.VaultError):
-                if not self.running():
+                if not procs.started(self.pid_path):
                     raise VaultServerError(f"OpenBao exited; see {self.dir / 'bao.log'}")
                 time.sleep(0.1)
         raise VaultServerError(f"OpenBao did not answer on {self.url} within {timeout:.0f}s")

@@ -57,6 +57,23 @@ class JobStore:
         except NodeExistsError:
             self.zk.set(path, data)
 
+    def put_tasks(self, docs: dict[tuple[str, int], dict], created: set[tuple[str, int]]) -> None:
+        """Write many task documents in one transaction (one ZooKeeper write, one fsync)."""
+        tx = self.zk.transaction()
+        for (job_id, n), doc in docs.items():
+            path, data = f"{JOBS}/{job_id}/tasks/{n}", json.dumps(doc).encode()
+            if (job_id, n) in created:
+                tx.set_data(path, data)
+            else:
+                tx.create(path, data)
+        if any(isinstance(r, Exception) for r in tx.commit()):
+            for (job_id, n), doc in docs.items():  # one stale assumption fails the batch: go one by one
+                try:
+                    self.put_task(job_id, n, doc)
+                except NoNodeError:
+                    pass  # the job was deleted meanwhile
+        created.update(docs)
+
     def get_tasks(self, job_id: str) -> dict[int, dict]:
         out = {}
         for child in self.zk.get_children(f"{JOBS}/{job_id}/tasks"):

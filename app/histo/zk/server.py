@@ -110,7 +110,7 @@ class ZkServer:
                 with socket.create_connection((self.address, self.port), timeout=1):
                     return
             except OSError:
-                if not self.running():
+                if not procs.started(self.pid_path):
                     raise ZkServerError(f"ZooKeeper exited; see {self.dir / 'stdout.log'}") from None
                 time.sleep(0.2)
         raise ZkServerError(f"ZooKeeper did not listen on {self.address}:{self.port} within {timeout:.0f}s")
