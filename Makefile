@@ -37,3 +37,6 @@ clean: local-down
 	rm -rf .histo/local
 
 -include mk/*.mk
+
+up:
+	@echo "make up: the Vagrant/Ansible deployment is not built yet (issue 4); use 'make local'" >&2; exit 2
