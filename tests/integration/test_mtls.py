@@ -117,3 +117,30 @@ def test_internal_certificates_carry_spiffe_ids(cluster):
         life = cert.not_valid_after_utc - cert.not_valid_before_utc
         assert life <= datetime.timedelta(minutes=5), "tests run with short-lived certificates"
         assert oct((cluster.service_dir(name) / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_refusal_at_a_worker_reaches_the_secops_stream(cluster):
+    import asyncio
+    import time
+
+    import aiohttp
+    status, _ = call(cluster, "worker2", "/internal/v1/tasks", as_service="worker1", headers=TASK_HEADERS,
+                     body=b"\0" * 4)
+    assert status == 403
+
+    async def wait_event():
+        ctx = ssl.create_default_context(cafile=cluster.ca)
+        async with aiohttp.ClientSession() as s:
+            leader = cluster.leader()
+            url = f"wss://{cluster.config(leader)['address']}:4443/api/v1/events"
+            async with s.ws_connect(url, ssl=ctx) as ws:
+                await ws.send_json({"type": "auth", "token": cluster.token("viewer")})
+                deadline = time.time() + 15
+                while time.time() < deadline:
+                    msg = await ws.receive_json(timeout=15)
+                    ev = msg.get("event", {})
+                    if ev.get("kind") == "mtls_rejected" and ev.get("service") == "worker2":
+                        return ev
+        raise AssertionError("the worker's refusal never reached the dashboard")
+    ev = asyncio.run(wait_event())
+    assert "worker1" in ev["reason"]

@@ -144,11 +144,30 @@ class Master:
             await self.client.close()
             self.rt.stop()
 
+    async def _collect_worker_events(self) -> None:
+        """Workers report their own security events (an mTLS rejection at a worker, its certificate
+        rotations) in their status; the leader relays them to the SecOps stream."""
+        for name, info in list(self.workers.items()):
+            try:
+                reply = await self.client.request("GET", info["endpoint"] + "/internal/v1/status", ("worker",))
+                if reply.status == 200:
+                    for ev in json.loads(reply.body).get("events", []):
+                        kind = str(ev.pop("kind", "worker_event"))
+                        ev.pop("ts", None)
+                        ev.setdefault("severity", "warning")
+                        self.emit(kind, **{k: v for k, v in ev.items() if isinstance(v, (str, int, float))})
+            except Exception as exc:
+                log.debug("status of %s unavailable: %s", name, exc)
+
     async def _leader_poll(self) -> None:
         # The election's contenders change without a masters-membership event when a leader
         # steps down; a cheap periodic look keeps `leader` right for forwarding and /readyz.
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
+            if self.is_leader and ticks % 3 == 0:
+                await self._collect_worker_events()
             try:
                 self.leader = await self.loop.run_in_executor(None, self.election.leader)
             except Exception:
