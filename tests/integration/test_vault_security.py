@@ -95,3 +95,12 @@ def test_secret_zero_private_and_no_secret_in_logs(cluster):
         cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
         for s in secrets:
             assert s not in env and s not in cmd
+
+
+def test_vault_configuration_is_idempotent(cluster):
+    from histo.vault.setup import apply
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    out = apply(root_client(cluster), {"trust_domain": "histo.internal", "hosts": topo["hosts"],
+                                       "leaf_max_ttl": "24h"})
+    assert out["changed"] is False, out["changes"]
+    assert set(out["role_ids"]) == {h["name"] for h in topo["hosts"]}
