@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HISTO := $(VENV)/bin/histo
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bootstrap test test-unit test-integration local local-down local-status bench clean
+.PHONY: bootstrap test test-unit test-integration local local-down local-status bench attack clean up
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -40,3 +40,7 @@ clean: local-down
 
 up:
 	@echo "make up: the Vagrant/Ansible deployment is not built yet (issue 4); use 'make local'" >&2; exit 2
+
+## make attack: the attack drills against the running `make local` cluster
+attack: bootstrap
+	$(PY) attack/drills.py .histo/local

@@ -15,7 +15,7 @@ from .tls.identity import Identity, IdentityError, identity_from_peercert, requi
 def peer_identity(request: web.Request, allowed_roles: tuple[str, ...], trust_domain: str) -> Identity:
     """The verified identity of the client of an internal (mTLS) request, or IdentityError."""
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
-    return require_role(peercert, allowed_roles, trust_domain)
+    return require_role(peercert, allowed_roles, trust_domain, peer_address=request.remote)
 
 
 class Reply(NamedTuple):

@@ -2,10 +2,9 @@
 only masters may call workers, only workers may report results, only masters may forward calls.
 Each refusal is shown beside the legitimate path still working."""
 import datetime
+import http.client
 import json
 import ssl
-import urllib.error
-import urllib.request
 
 import pytest
 from cryptography import x509
@@ -32,15 +31,19 @@ def _ctx(cluster, as_service: str | None = None, cert=None, key=None) -> ssl.SSL
 
 
 def call(cluster, target: str, path: str, *, as_service=None, cert=None, key=None, body=b"", headers=None,
-         method="POST"):
+         method="POST", source: str | None = None):
+    """An internal call, made from `as_service`'s own address with its certificate (as that service
+    would), or from `source` to play a thief holding copied files."""
     cfg = cluster.config(target)
-    url = f"https://{cfg['address']}:{cfg['internal_port']}{path}"
-    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=headers or {})
+    src = source or (cluster.config(as_service)["address"] if as_service else None)
+    conn = http.client.HTTPSConnection(cfg["address"], cfg["internal_port"], context=_ctx(cluster, as_service, cert, key),
+                                       timeout=10, source_address=(src, 0) if src else None)
     try:
-        with urllib.request.urlopen(req, context=_ctx(cluster, as_service, cert, key), timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        conn.request(method, path, body=body if method == "POST" else None, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def _job_still_works(cluster):
@@ -50,7 +53,7 @@ def _job_still_works(cluster):
 
 
 def test_worker_refuses_client_without_certificate(cluster):
-    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+    with pytest.raises((ssl.SSLError, ConnectionError)):
         call(cluster, "worker1", "/internal/v1/status", method="GET")
     # a master's identity is accepted
     status, body = call(cluster, "worker1", "/internal/v1/status", as_service="master1", method="GET")
@@ -102,11 +105,22 @@ def test_certificate_from_another_ca_is_refused(cluster, tmp_path):
     (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
-    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+    with pytest.raises((ssl.SSLError, ConnectionError)):
         call(cluster, "worker1", "/internal/v1/status", cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem"),
              method="GET")
     status, _ = call(cluster, "worker1", "/internal/v1/status", as_service="master2", method="GET")
     assert status == 200
+
+
+def test_certificate_copied_to_another_address_is_refused(cluster):
+    thief = "127.0.20.99"
+    status, body = call(cluster, "worker1", "/internal/v1/status", as_service="master1", method="GET", source=thief)
+    assert status == 403 and json.loads(body)["error"] == "forbidden"
+    status, _ = call(cluster, "master2", "/internal/v1/results", as_service="worker1", headers=TASK_HEADERS,
+                     body=b"[]", source=thief)
+    assert status == 403
+    status, _ = call(cluster, "worker1", "/internal/v1/status", as_service="master1", method="GET")
+    assert status == 200  # from its own address the same certificate works
 
 
 def test_internal_certificates_carry_spiffe_ids(cluster):

@@ -54,8 +54,15 @@ def identity_from_peercert(peercert: dict | None, trust_domain: str = TRUST_DOMA
     return ident
 
 
-def require_role(peercert: dict | None, allowed_roles: tuple[str, ...], trust_domain: str = TRUST_DOMAIN) -> Identity:
+def require_role(peercert: dict | None, allowed_roles: tuple[str, ...], trust_domain: str = TRUST_DOMAIN,
+                 peer_address: str | None = None) -> Identity:
     ident = identity_from_peercert(peercert, trust_domain)
     if ident.role not in allowed_roles:
         raise IdentityError(f"{ident.uri} is not allowed here (needs role {'/'.join(allowed_roles)})")
+    if peer_address is not None:
+        # Certificates carry their host's address (Vault issues no other): a certificate and key
+        # copied to another machine are refused there even before the firewall drops them.
+        addresses = [v for k, v in peercert.get("subjectAltName", ()) if k == "IP Address"]
+        if addresses and peer_address not in addresses:
+            raise IdentityError(f"certificate of {ident.uri} presented from {peer_address}, not its own address")
     return ident

@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""`make attack`: attack drills against a running local cluster (`make local`). Each drill prints
+what it tried, what happened, and whether the control held. The same drills run in `make test`
+(tests/integration/test_drills.py), so a regression in any control fails CI.
+
+The attacker here holds what a compromised worker holds: its files (certificate, key, stored
+secret_id) and its credentials; and, for the network drill, a packet capture on the loopback."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import hvac  # noqa: E402
+from kazoo.exceptions import NoAuthError  # noqa: E402
+
+from histo.edge.tokens import issue_token  # noqa: E402
+from histo.vault.client import ServiceVault, VaultAuthError  # noqa: E402
+from histo.vault.provision import wrapped_secret_id, write_credentials  # noqa: E402
+from tests.integration.attacker import root_client, zk_client  # noqa: E402
+from tests.integration.cluster_fixture import Cluster, sample_image  # noqa: E402
+
+
+@dataclass
+class Outcome:
+    drill: str
+    tried: str
+    happened: str
+    held: bool
+
+    def line(self) -> str:
+        return f"[{'HELD' if self.held else 'FAILED'}] {self.drill}: tried {self.tried} -> {self.happened}"
+
+
+def _net(cl: Cluster) -> str:
+    return json.loads((cl.root / "topology.json").read_text())["net"]
+
+
+def _internal(cl: Cluster, target: str, path: str, as_service: str, source: str, method: str = "GET",
+              body: bytes = b"", headers: dict | None = None, cert_dir: Path | None = None) -> int:
+    cfg = cl.config(target)
+    tls = cert_dir or cl.service_dir(as_service) / "tls"
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
+    conn = http.client.HTTPSConnection(cfg["address"], cfg["internal_port"], context=ctx, timeout=10,
+                                       source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _vault_as(cl: Cluster, name: str) -> ServiceVault:
+    cfg = cl.config(name)
+    v = ServiceVault(cfg["vault_url"], cfg["vault_ca"], host=name, role=cfg["role"],
+                     creds_dir=Path(cfg["creds_dir"]), source_address=cfg["address"])
+    v.login()
+    return v
+
+
+# -- the drills ------------------------------------------------------------------------------------
+def eavesdrop(cl: Cluster) -> Outcome:
+    """Capture every packet between the cluster's addresses during a job: only TLS may cross."""
+    net = _net(cl).encode()
+    net_prefix = bytes(int(x) for x in net.split(b"."))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+    sock.bind(("lo", 0))
+    sock.settimeout(0.2)
+    payloads: list[bytes] = []
+    stop = threading.Event()
+
+    def capture() -> None:
+        while not stop.is_set():
+            try:
+                frame = sock.recv(65535)
+            except socket.timeout:
+                continue
+            ip = frame[14:]
+            if len(ip) < 20 or ip[9] != 6 or ip[12:15] != net_prefix and ip[16:19] != net_prefix:
+                continue
+            ihl = (ip[0] & 0x0F) * 4
+            tcp = ip[ihl:]
+            data = tcp[(tcp[12] >> 4) * 4:] if len(tcp) >= 20 else b""
+            if data:
+                payloads.append(data)
+    t = threading.Thread(target=capture, daemon=True)
+    t.start()
+    image = sample_image(200, 150, "JPEG")
+    status, doc = cl.upload(image, mode="rgb")
+    cl.wait_job(doc["id"])
+    cl.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cl.token("uploader"))
+    stop.set()
+    t.join()
+    sock.close()
+    blob = b"".join(payloads)
+    secrets = [image[:64], b"\xff\xd8\xff\xe0", cl.token("uploader").encode()[:40], b"histo-worker", b"histo-master",
+               b"Authorization: Bearer"]
+    leaks = [s[:12] for s in secrets if s in blob]
+    non_tls = sum(1 for p in payloads if p[0] not in (0x14, 0x15, 0x16, 0x17))
+    # Non-record-aligned TCP segments (continuations) are counted loosely: the decisive check is
+    # that no plaintext secret appears anywhere in the capture.
+    held = status == 202 and len(payloads) > 20 and not leaks
+    return Outcome("eavesdrop", f"capturing {len(payloads)} TCP payloads during an upload and a job",
+                   f"plaintext found: {leaks or 'none'}; segments not starting a TLS record: {non_tls}", held)
+
+
+def stolen_certificate(cl: Cluster) -> Outcome:
+    thief = f"{_net(cl)}.99"
+    s1 = _internal(cl, "master1", "/internal/v1/results", "worker1", thief, "POST", b"[]",
+                   {"X-Histo-Job": "x", "X-Histo-Task": "0", "X-Histo-Attempt": "x", "X-Histo-Phase": "hist",
+                    "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
+                    "X-Histo-Reply-To": "https://x"})
+    s2 = _internal(cl, "worker2", "/internal/v1/status", "master1", thief)
+    return Outcome("stolen certificate", "worker1's and master1's certificate and key used from another address",
+                   f"master answered {s1}, worker answered {s2}", s1 == 403 and s2 == 403)
+
+
+def compromised_worker_vault(cl: Cluster) -> Outcome:
+    v = _vault_as(cl, "worker1")
+    refused = []
+    for what, fn in (("read master ZooKeeper credentials", lambda: v.client.secrets.kv.v2.read_secret_version(
+                         "histo/zk/master", mount_point="secret", raise_on_deleted_version=True)),
+                     ("read the super digest", lambda: v.client.secrets.kv.v2.read_secret_version(
+                         "histo/zk/super", mount_point="secret", raise_on_deleted_version=True)),
+                     ("issue a master certificate", lambda: v.client.write_data(
+                         "pki_int/issue/host-master1", data={"common_name": "master1.histo.internal"})),
+                     ("sign an API token", lambda: v.client.secrets.transit.sign_data(
+                         "histo-tokens", "aGk=", mount_point="transit"))):
+        try:
+            fn()
+        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
+            refused.append(what)
+    return Outcome("compromised worker vs Vault", "4 privileged calls with worker1's own Vault token",
+                   f"refused: {len(refused)}/4 ({', '.join(refused)})", len(refused) == 4)
+
+
+def compromised_worker_zookeeper(cl: Cluster) -> Outcome:
+    root = root_client(cl)
+    creds = root.secrets.kv.v2.read_secret_version("histo/zk/worker", mount_point="secret",
+                                                   raise_on_deleted_version=True)["data"]["data"]
+    zk = zk_client(cl, "worker1", (creds["username"], creds["password"]))
+    refused = []
+    try:
+        jobs = zk.get_children("/histo/jobs")
+        for what, fn in (("delete a job", lambda: zk.delete(f"/histo/jobs/{jobs[0]}", recursive=True) if jobs
+                          else zk.delete("/histo/jobs")),
+                         ("join the election", lambda: zk.create("/histo/election/x-", b"w", ephemeral=True,
+                                                                 sequence=True)),
+                         ("rewrite worker2's membership", lambda: zk.set("/histo/workers/worker2", b"{}")),
+                         ("revoke-list tampering", lambda: zk.create("/histo/revoked/x", b""))):
+            try:
+                fn()
+            except NoAuthError:
+                refused.append(what)
+    finally:
+        zk.stop()
+        zk.close()
+    return Outcome("compromised worker vs ZooKeeper", "with worker credentials and certificate: 4 writes",
+                   f"refused: {len(refused)}/4 ({', '.join(refused)})", len(refused) == 4)
+
+
+def lateral_movement(cl: Cluster) -> Outcome:
+    status = _internal(cl, "worker2", "/internal/v1/status", "worker1", cl.config("worker1")["address"])
+    return Outcome("lateral movement", "worker1 calls worker2's internal port with its own identity",
+                   f"worker2 answered {status}", status == 403)
+
+
+def forged_result(cl: Cluster) -> Outcome:
+    status, doc = cl.upload(sample_image(64, 48, "PNG"), mode="gray")
+    cl.wait_job(doc["id"])
+    root = root_client(cl)
+    creds = root.secrets.kv.v2.read_secret_version("histo/zk/worker", mount_point="secret",
+                                                   raise_on_deleted_version=True)["data"]["data"]
+    zk = zk_client(cl, "worker1", (creds["username"], creds["password"]))
+    try:
+        tasks = {n: json.loads(zk.get(f"/histo/jobs/{doc['id']}/tasks/{n}")[0])
+                 for n in zk.get_children(f"/histo/jobs/{doc['id']}/tasks")}
+    finally:
+        zk.stop()
+        zk.close()
+    leader = cl.leader()
+    statuses = []
+    for n, t in tasks.items():
+        hdr = {"X-Histo-Job": doc["id"], "X-Histo-Task": str(n), "X-Histo-Attempt": t["attempt"],
+               "X-Histo-Phase": t["phase"], "X-Histo-Image-Mode": "L", "X-Histo-Width": "64", "X-Histo-Rows": "1",
+               "X-Histo-Reply-To": "https://x"}
+        statuses.append(_internal(cl, leader, "/internal/v1/results", "worker1", cl.config("worker1")["address"],
+                                  "POST", b"\0" * 64, hdr))
+    return Outcome("forged / replayed result", f"worker1 re-reports {len(statuses)} finished task attempts it read "
+                   "from ZooKeeper", f"leader answered {statuses}", bool(statuses) and set(statuses) == {409})
+
+
+def secret_id_reuse(cl: Cluster, scratch: Path) -> Outcome:
+    root = root_client(cl)
+    role_id = root.auth.approle.read_role_id("histo-worker2")["data"]["role_id"]
+    write_credentials(scratch, role_id, wrapped_secret_id(root, "worker2", cl.config("worker2")["address"]))
+    wrap = (scratch / "secret_id.wrap").read_text()
+    cfg = cl.config("worker2")
+    first = ServiceVault(cfg["vault_url"], cfg["vault_ca"], "worker2", "worker", scratch, cfg["address"])
+    first.login()
+    (scratch / "secret_id").unlink()
+    (scratch / "secret_id.wrap").write_text(wrap)
+    try:
+        first.login()
+        return Outcome("used secret_id", "unwrapping a wrapped secret_id a second time", "it worked", False)
+    except VaultAuthError as exc:
+        return Outcome("used secret_id", "unwrapping a wrapped secret_id a second time", str(exc), True)
+
+
+def expired_certificate(cl: Cluster, scratch: Path) -> Outcome:
+    v = _vault_as(cl, "worker1")
+    bundle = v.issue_cert("2s")
+    (scratch / "cert.pem").write_text(bundle.cert_pem + "\n" + bundle.chain_pem)
+    (scratch / "key.pem").write_text(bundle.key_pem)
+    (scratch / "ca.pem").write_text(v.ca_chain_pem())
+    time.sleep(max(0.0, bundle.not_after.timestamp() - time.time()) + 1.5)
+    try:
+        status = _internal(cl, "master1", "/internal/v1/results", "worker1", cl.config("worker1")["address"],
+                           "POST", b"[]", {}, cert_dir=scratch)
+        return Outcome("expired certificate", "calling a master with worker1's expired certificate",
+                       f"answered {status}", False)
+    except (ssl.SSLError, ConnectionError) as exc:
+        return Outcome("expired certificate", "calling a master with worker1's expired certificate",
+                       f"handshake refused ({type(exc).__name__})", True)
+
+
+def revoked_token(cl: Cluster) -> Outcome:
+    net = _net(cl)
+    signer = hvac.Client(url=f"https://{net}.10:8200", verify=str(cl.root / "vault" / "tls" / "ca.pem"),
+                         token=(cl.root / "issuer-token").read_text().strip())
+    tok = issue_token(signer, role="uploader", subject="mallory", ttl_seconds=600)
+    jti = json.loads(base64.urlsafe_b64decode(tok.split(".")[1] + "==="))["jti"]
+    cl.request("POST", "/api/v1/tokens/revoke", token=cl.token("admin"), body=json.dumps({"jti": jti}).encode(),
+               headers={"Content-Type": "application/json"})
+    t0 = time.time()
+    while time.time() - t0 < 5:
+        if all(_status_from(cl, f"{net}.97", url, tok) == 401 for url in cl.urls):
+            return Outcome("revoked token", "using a token after an admin revoked it",
+                           f"401 on every master after {time.time() - t0:.1f}s", True)
+        time.sleep(0.2)
+    return Outcome("revoked token", "using a token after an admin revoked it", "still accepted after 5 s", False)
+
+
+def _status_from(cl: Cluster, source: str, url: str, token: str, path: str = "/api/v1/jobs") -> tuple[int, dict]:
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cl.ca),
+                                       source_address=(source, 0), timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def flood(cl: Cluster) -> Outcome:
+    net = _net(cl)
+    statuses = [_status_from(cl, f"{net}.96", cl.url, "flood.of.garbage") for _ in range(40)]
+    legit = _status_from(cl, f"{net}.95", cl.url, cl.token("uploader"))
+    held = 429 in statuses and legit == 200
+    return Outcome("flood", "40 requests with forged tokens from one address",
+                   f"{statuses.count(401)}x401 then {statuses.count(429)}x429; a legitimate user meanwhile got {legit}",
+                   held)
+
+
+def vault_sealed(cl: Cluster) -> Outcome:
+    root = root_client(cl)
+    root.sys.seal()
+    try:
+        deadline = time.time() + 30
+        degraded = False
+        while time.time() < deadline and not degraded:
+            _, _, raw = cl.request("GET", "/readyz")
+            degraded = json.loads(raw)["status"] == "degraded"
+            time.sleep(0.5)
+        status, doc = cl.upload(sample_image(80, 60, "JPEG"))
+        served = status == 202 and cl.wait_job(doc["id"])["state"] == "done"
+    finally:
+        init = json.loads((cl.root / "vault" / "init.json").read_text())
+        for key in init["keys"]:
+            root.sys.submit_unseal_key(key)
+    deadline = time.time() + 40
+    recovered = False
+    while time.time() < deadline and not recovered:
+        _, _, raw = cl.request("GET", "/readyz")
+        recovered = json.loads(raw)["checks"]["vault"]["ok"]
+        time.sleep(0.5)
+    return Outcome("Vault sealed", "sealing Vault while the cluster serves",
+                   f"readyz degraded: {degraded}; jobs still served: {served}; recovered after unseal: {recovered}",
+                   degraded and served and recovered)
+
+
+def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome]:
+    drills = [eavesdrop, stolen_certificate, compromised_worker_vault, compromised_worker_zookeeper,
+              lateral_movement, forged_result, lambda c: secret_id_reuse(c, _fresh(scratch, "sid")),
+              lambda c: expired_certificate(c, _fresh(scratch, "cert")), revoked_token, flood]
+    if disruptive:
+        drills.append(vault_sealed)
+    out = []
+    for drill in drills:
+        try:
+            result = drill(cl)
+        except Exception as exc:
+            name = getattr(drill, "__name__", "drill")
+            result = Outcome(name, "the drill", f"could not run: {type(exc).__name__}: {exc}", False)
+        print(result.line(), flush=True)
+        out.append(result)
+    return out
+
+
+def _fresh(base: Path, name: str) -> Path:
+    path = base / name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def main() -> None:
+    import tempfile
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".histo/local").resolve()
+    env_file = root / "env"
+    if not env_file.exists():
+        print(f"attack: no running cluster at {root} (run `make local` first)", file=sys.stderr)
+        sys.exit(2)
+    env = dict(line.split("=", 1) for line in env_file.read_text().split())
+    cl = Cluster(root=root, env=env)
+    with tempfile.TemporaryDirectory() as scratch:
+        results = run_all(cl, Path(scratch))
+    held = sum(r.held for r in results)
+    print(f"{held} held, {len(results) - held} failed")
+    sys.exit(0 if held == len(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
