@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 _SECRETISH = re.compile(r"(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(?:hvs|hvb|s)\.[A-Za-z0-9]{20,}"
-                        r"|Bearer\s+\S+)")
+                        r"|Bearer\s+[A-Za-z0-9._~+/=-]+)")
 
 
 def redact(text: str) -> str:
@@ -34,4 +34,5 @@ class AuditLog:
     def record(self, *, who: str, role: str, what: str, where: str, decision: str, why: str) -> None:
         entry = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "who": who, "role": role,
                  "what": what, "where": where, "decision": decision, "why": why}
-        self._log.info(redact(json.dumps(entry, separators=(",", ":"))))
+        # Redact field by field, before encoding, so the line stays valid JSON.
+        self._log.info(json.dumps({k: redact(str(v)) for k, v in entry.items()}, separators=(",", ":")))

@@ -49,8 +49,8 @@ class EventBus:
 
     async def subscribe(self, replay: bool = True) -> AsyncIterator[dict]:
         q: asyncio.Queue = asyncio.Queue(self._queue_size)
-        if replay:
-            for event in list(self.history)[-50:]:
+        if replay:  # the most recent events, as many as the queue holds
+            for event in list(self.history)[-min(50, self._queue_size):]:
                 q.put_nowait(event)
         self._subs.add(q)
         try:
