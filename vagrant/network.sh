@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The host side of the Vagrant lxc networks: LXC's NAT bridge (management, internet for apt/pip)
+# and histo-br0, the cluster network, with the controller's address. Idempotent; `down` removes both.
+set -euo pipefail
+BR=histo-br0
+ADDR=${HISTO_CONTROLLER_CIDR:-192.168.56.1/24}
+case "${1:-up}" in
+  up)
+    ip link show lxcbr0 >/dev/null 2>&1 || USE_LXC_BRIDGE=true /usr/libexec/lxc/lxc-net start
+    if ! ip link show "$BR" >/dev/null 2>&1; then
+      ip link add "$BR" type bridge
+      ip addr add "$ADDR" dev "$BR"
+    fi
+    ip link set "$BR" up
+    ;;
+  down)
+    ip link show "$BR" >/dev/null 2>&1 && ip link del "$BR"
+    ip link show lxcbr0 >/dev/null 2>&1 && USE_LXC_BRIDGE=true /usr/libexec/lxc/lxc-net stop || true
+    ;;
+esac
