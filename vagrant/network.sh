@@ -12,6 +12,8 @@ case "${1:-up}" in
       ip addr add "$ADDR" dev "$BR"
     fi
     ip link set "$BR" up
+    # Let the containers' nftables "log" rules reach the host's kernel log (drops are logged there).
+    sysctl -qw net.netfilter.nf_log_all_netns=1
     ;;
   down)
     ip link show "$BR" >/dev/null 2>&1 && ip link del "$BR"
