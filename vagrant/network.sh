@@ -17,6 +17,10 @@ case "${1:-up}" in
     ;;
   down)
     ip link show "$BR" >/dev/null 2>&1 && ip link del "$BR"
-    ip link show lxcbr0 >/dev/null 2>&1 && USE_LXC_BRIDGE=true /usr/libexec/lxc/lxc-net stop || true
+    USE_LXC_BRIDGE=true /usr/libexec/lxc/lxc-net stop >/dev/null 2>&1 || true
+    # lxc-net may not know a bridge its package's postinst started: remove what is left by pid/name.
+    [ -f /run/lxc/dnsmasq.pid ] && kill "$(cat /run/lxc/dnsmasq.pid)" 2>/dev/null || true
+    ip link show lxcbr0 >/dev/null 2>&1 && ip link del lxcbr0 || true
+    sysctl -qw net.netfilter.nf_log_all_netns=0
     ;;
 esac
