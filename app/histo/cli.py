@@ -62,6 +62,14 @@ def cmd_provision(a) -> None:
     print(json.dumps({"host": a.host, "out": str(out)}))
 
 
+def cmd_vault_tls(a) -> None:
+    from .tls.selfsigned import ensure_bootstrap_tls
+    before = {p.name: p.read_bytes() for p in Path(a.dir).glob("*.pem")} if Path(a.dir).exists() else {}
+    ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address)
+    after = {p.name: p.read_bytes() for p in Path(a.dir).glob("*.pem")}
+    print(json.dumps({"changed": before != after, "dir": a.dir}))
+
+
 def cmd_zk_prepare(a) -> None:
     from .zk.prepare import prepare
     prepare(Path(a.config))
@@ -98,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"))
         s.add_argument("--vault-ca", default=os.environ.get("VAULT_CACERT", ".histo/local/vault/tls/ca.pem"))
         s.add_argument("--token-file", required=True, help="file holding a Vault token (never on the command line)")
+
+    s = sub.add_parser("vault-tls", help="bootstrap CA and listener certificate for Vault itself (idempotent)")
+    s.add_argument("--dir", required=True)
+    s.add_argument("--hostname", action="append", required=True)
+    s.add_argument("--address", action="append", default=[])
+    s.set_defaults(fn=cmd_vault_tls)
 
     s = sub.add_parser("vault-setup")
     s.add_argument("--spec", required=True)
