@@ -27,7 +27,7 @@ from kazoo.exceptions import NoAuthError  # noqa: E402
 from histo.edge.tokens import issue_token  # noqa: E402
 from histo.vault.client import ServiceVault, VaultAuthError  # noqa: E402
 from histo.vault.provision import wrapped_secret_id, write_credentials  # noqa: E402
-from tests.integration.attacker import root_client, zk_client  # noqa: E402
+from tests.integration.attacker import get_from, root_client, zk_client  # noqa: E402
 from tests.integration.cluster_fixture import Cluster, sample_image  # noqa: E402
 
 
@@ -252,15 +252,8 @@ def revoked_token(cl: Cluster) -> Outcome:
     return Outcome("revoked token", "using a token after an admin revoked it", "still accepted after 5 s", False)
 
 
-def _status_from(cl: Cluster, source: str, url: str, token: str, path: str = "/api/v1/jobs") -> tuple[int, dict]:
-    host, port = url.split("//")[1].split(":")
-    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cl.ca),
-                                       source_address=(source, 0), timeout=10)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-        return conn.getresponse().status
-    finally:
-        conn.close()
+def _status_from(cl: Cluster, source: str, url: str, token: str, path: str = "/api/v1/jobs") -> int:
+    return get_from(cl, source, path, token, url)[0]
 
 
 def flood(cl: Cluster) -> Outcome:

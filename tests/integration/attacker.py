@@ -1,7 +1,9 @@
 """What an attacker holding a compromised service's files can do: helpers for the security tests."""
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 from pathlib import Path
 
 import hvac
@@ -34,6 +36,20 @@ def zk_client(cluster, as_service: str | None, creds: tuple[str, str] | None, ti
                          connection_retry={"max_tries": 1, "delay": 0.2})
     client.start(timeout=timeout)
     return client
+
+
+def get_from(cluster, source: str, path: str, token: str, url: str | None = None) -> tuple[int, dict]:
+    """A GET from a chosen loopback source address (throttles and bindings key on the client address)."""
+    host, port = (url or cluster.url).split("//")[1].split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cluster.ca),
+                                       source_address=(source, 0), timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, dict(resp.getheaders())
+    finally:
+        conn.close()
 
 
 def service_vault(cluster, name: str, source: str | None = None) -> ServiceVault:

@@ -1,7 +1,6 @@
 """The public edge against the real cluster: roles, object-level checks, token refusals and
 revocation, throttling, headers, size and pixel limits, audit log, the WebSocket, OpenAPI."""
 import asyncio
-import http.client
 import json
 import ssl
 import stat
@@ -16,7 +15,8 @@ import pytest
 from histo.edge.openapi import spec
 from histo.edge.tokens import issue_token
 
-from .cluster_fixture import multipart, sample_image
+from .attacker import get_from
+from .cluster_fixture import sample_image
 
 
 def issue(cluster, role: str, sub: str, ttl: int = 600) -> str:
@@ -79,16 +79,7 @@ def test_revocation_reaches_every_master_within_seconds(cluster):
 
 
 def _from(cluster, source: str, path: str, token: str, url: str | None = None) -> tuple[int, dict]:
-    """A request from a chosen loopback source address (the throttles key on the client address)."""
-    host, port = (url or cluster.url).split("//")[1].split(":")
-    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cluster.ca),
-                                       source_address=(source, 0), timeout=10)
-    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-    resp = conn.getresponse()
-    out = resp.status, dict(resp.getheaders())
-    resp.read()
-    conn.close()
-    return out
+    return get_from(cluster, source, path, token, url)
 
 
 def test_repeated_auth_failures_throttle_that_address_only(cluster):
