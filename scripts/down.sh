@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# make down: removes every machine of every profile, the host networks and the dead cluster's
+# secrets (secret zero, tokens, bootstrap CA). Keeps the box and the wheel caches. Leaves no process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+export VAGRANT_DEFAULT_PROVIDER=lxc
+if command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then
+  for inv in inventory/*/hosts.yml; do
+    profile=$(basename "$(dirname "$inv")")
+    HISTO_PROFILE=$profile HISTO_NO_PROVISION=1 vagrant destroy -f
+  done
+fi
+$SUDO bash vagrant/network.sh down
+state=.histo/vagrant
+rm -rf "$state/vault-init.json" "$state/root-token" "$state/issuer-token" "$state/env" "$state/ca.pem" \
+       "$state/vault-spec.json" "$state/vault-tls" "$state/provision"
+echo "down: machines, networks and the cluster's secrets removed"

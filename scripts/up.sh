@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# make up: the histo cluster on this host — Vagrant with the lxc provider, a box built locally from
+# Debian packages, provisioned by Ansible (site.yml, once for all machines). Idempotent: a second
+# run starts nothing new and re-applies site.yml (changed=0).
+#   HISTO_PROFILE=small make up     # 1 ZooKeeper, 1 master, 2 workers (default: the full topology)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HISTO_PROFILE=${HISTO_PROFILE:-default}
+export VAGRANT_DEFAULT_PROVIDER=lxc
+STATE=.histo/vagrant
+DEPLOY_VENV=.venv-deploy
+t0=$(date +%s)
+say() { echo "up: $*"; }
+[ -f "inventory/$HISTO_PROFILE/hosts.yml" ] || { echo "up: no inventory/$HISTO_PROFILE/hosts.yml" >&2; exit 2; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+# 1. Debian packages of the controller.
+PKGS="lxc vagrant vagrant-lxc debootstrap nftables dnsmasq-base iproute2 bridge-utils openssh-client"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  say "installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+# 2. The project's virtualenv (the controller's `histo`: Vault setup, provisioning, tokens) and
+#    Ansible, pinned, in its own virtualenv.
+bash scripts/bootstrap.sh
+stamp="$DEPLOY_VENV/.lock-$(sha256sum requirements-deploy.lock | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  say "installing Ansible (requirements-deploy.lock) into $DEPLOY_VENV"
+  [ -x "$DEPLOY_VENV/bin/python" ] || python3 -m venv "$DEPLOY_VENV"
+  "$DEPLOY_VENV/bin/pip" install -q --disable-pip-version-check -r requirements-deploy.lock
+  rm -f "$DEPLOY_VENV"/.lock-*; touch "$stamp"
+fi
+export PATH="$PWD/$DEPLOY_VENV/bin:$PATH"
+
+# 3. The box (built once, cached), the host networks.
+$SUDO bash vagrant/build-box.sh
+$SUDO bash vagrant/network.sh up
+install -d -m 700 "$STATE"
+
+# 4. Machines first (vagrant-lxc boots them in parallel), then one Ansible run for all of them
+#    from the last machine (as `vagrant up` does alone on virtualbox/libvirt, which boot serially).
+t1=$(date +%s)
+vagrant up --provider=lxc --no-provision
+t2=$(date +%s)
+last=$(vagrant status --machine-readable | awk -F, '$3=="state"{m=$2} END{print m}')
+vagrant provision "$last"
+t3=$(date +%s)
+
+# 5. The operator's env file (0600): URL, CA and short-lived tokens.
+master=$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
+import sys, yaml
+inv = yaml.safe_load(open(f"inventory/{sys.argv[1]}/hosts.yml"))
+masters = inv["all"]["children"]["masters"]["hosts"]
+print(",".join(f"https://{v['histo_address']}" for v in masters.values()))
+PY
+)
+vault=$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
+import sys, yaml
+inv = yaml.safe_load(open(f"inventory/{sys.argv[1]}/hosts.yml"))
+port = inv["all"]["vars"]["histo_ports"]["vault"]
+print(next(f"https://{v['histo_address']}:{port}" for v in inv["all"]["children"]["vault"]["hosts"].values()))
+PY
+)
+umask 077
+env_file="$STATE/env"
+{
+  echo "HISTO_URL=${master%%,*}"
+  echo "HISTO_URLS=$master"
+  echo "HISTO_CA=$PWD/$STATE/ca.pem"
+  echo "HISTO_PROFILE=$HISTO_PROFILE"
+} > "$env_file.tmp"
+# Tokens come from the app's `histo token issue` (signed by Vault's transit key with the
+# controller's issuer token, policy histo-token-issuer). Guarded: without it the cluster is still up.
+if [ -x .venv/bin/histo ] && .venv/bin/histo token issue --help >/dev/null 2>&1 && [ -s "$STATE/issuer-token" ]; then
+  for pair in admin:admin uploader:alice viewer:victor; do
+    role=${pair%%:*}; subject=${pair#*:}
+    if tok=$(.venv/bin/histo token issue --role "$role" --subject "$subject" --ttl "${HISTO_TOKEN_TTL:-1h}" \
+               --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" --token-file "$STATE/issuer-token"); then
+      echo "HISTO_TOKEN_${role^^}=$tok" >> "$env_file.tmp"
+    else
+      echo "up: warning: no $role token (histo token issue failed)" >&2
+    fi
+  done
+else
+  echo "up: warning: histo token issue is not available: the env file has no tokens" >&2
+fi
+mv "$env_file.tmp" "$env_file"; chmod 600 "$env_file"
+
+say "machines $((t2 - t1)) s, provisioning $((t3 - t2)) s, total $(( $(date +%s) - t0 )) s (profile $HISTO_PROFILE)"
+cat <<MSG
+up: the cluster is at ${master%%,*}   (env: $env_file)
+  set -a; . $env_file; set +a
+  curl --cacert "\$HISTO_CA" -H "Authorization: Bearer \$HISTO_TOKEN_UPLOADER" -F image=@photo.jpg "\$HISTO_URL/api/v1/jobs"
+MSG
