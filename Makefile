@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HISTO := $(VENV)/bin/histo
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bootstrap test test-unit test-integration local local-down local-status bench attack clean up
+.PHONY: bootstrap test test-unit test-integration local local-down local-status bench attack clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -37,9 +37,6 @@ clean: local-down
 	rm -rf .histo/local
 
 -include mk/*.mk
-
-up:
-	@echo "make up: the Vagrant/Ansible deployment is not built yet (issue 4); use 'make local'" >&2; exit 2
 
 ## make attack: the attack drills against the running `make local` cluster
 attack: bootstrap
