@@ -1,16 +1,44 @@
-"""The SecOps and job event stream: thread-safe publish (kazoo callbacks run in threads),
-asyncio subscribers with bounded queues, and the recent history for new subscribers."""
+"""The SecOps and job event stream of the dashboard: thread-safe publish (kazoo callbacks run in
+their own threads), asyncio subscribers with bounded queues (a slow one loses its oldest events,
+never slows the others), and the recent history replayed to new subscribers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import threading
 import time
 from collections import deque
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
+
+from .audit import redact
 
 log = logging.getLogger("histo.events")
 
-SEVERITY = {"info", "warning", "critical"}
+SEVERITIES = ("info", "warning", "critical")
+SECOPS = "secops"
+# Default severity per kind; a publisher may always say otherwise with severity=...
+DEFAULT_SEVERITY = {
+    "auth_failure": "warning", "auth_throttled": "critical", "forbidden": "warning",
+    "mtls_rejected": "warning", "zk_auth_failure": "critical", "rate_limited": "warning",
+    "result_refused": "warning", "vault_unavailable": "warning", "worker_left": "warning",
+    "job_failed": "warning",
+}
+# Kinds that concern one job: their audience is the job's owner (given as audience=<sub>).
+JOB_KINDS = ("job_progress", "job_failed", "job_done")
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """JSON-safe and secret-free: an event goes to browsers and logs."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return redact(value)[:2000]
+    if depth < 3 and isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in list(value.items())[:50]}
+    if depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v, depth + 1) for v in list(value)[:50]]
+    return redact(str(value))[:2000]
 
 
 class EventBus:
@@ -19,18 +47,39 @@ class EventBus:
         self._subs: set[asyncio.Queue] = set()
         self.history: deque[dict] = deque(maxlen=history)
         self._queue_size = queue_size
+        self._seq = itertools.count(1)
+        self._seq_lock = threading.Lock()
+        self.dropped = 0  # events lost by slow subscribers, for the operator
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop that owns the subscribers; publish() from any other thread hops onto it."""
         self._loop = loop
 
-    def publish(self, kind: str, **fields) -> None:
-        event = {"ts": time.time(), "kind": kind, "severity": fields.pop("severity", "info"), **fields}
-        if event["severity"] != "info" and kind != "job_progress":
-            log.warning("secops %s %s", kind, {k: v for k, v in event.items() if k not in ("ts", "kind")})
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def make_event(self, kind: str, /, **fields: Any) -> dict:
+        severity = fields.pop("severity", None) or DEFAULT_SEVERITY.get(kind, "info")
+        if severity not in SEVERITIES:
+            severity = "warning"
+        audience = fields.pop("audience", None) or SECOPS
+        with self._seq_lock:
+            seq = next(self._seq)
+        event = {"ts": time.time(), "seq": seq, "kind": str(kind), "severity": severity, "audience": str(audience)}
+        for k, v in fields.items():
+            if k not in event:  # the bus's own fields are never overwritten by a publisher
+                event[k] = _plain(v)
+        return event
+
+    def publish(self, kind: str, /, **fields: Any) -> dict:
+        event = self.make_event(kind, **fields)
+        if event["severity"] != "info" and event["audience"] == SECOPS:
+            log.warning("secops %s %s", kind, {k: v for k, v in event.items() if k not in ("ts", "kind", "seq")})
         loop = self._loop
         if loop is None or loop.is_closed():
-            self.history.append(event)
-            return
+            self.history.append(event)  # deque.append is atomic; no subscriber can exist without a loop
+            return event
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -38,19 +87,29 @@ class EventBus:
         if running is loop:
             self._deliver(event)
         else:
-            loop.call_soon_threadsafe(self._deliver, event)
+            try:
+                loop.call_soon_threadsafe(self._deliver, event)
+            except RuntimeError:  # the loop closed in between: keep it in the history at least
+                self.history.append(event)
+        return event
 
     def _deliver(self, event: dict) -> None:
         self.history.append(event)
         for q in list(self._subs):
-            if q.full():  # a slow subscriber loses its oldest events, never blocks the others
+            if q.full():  # a slow subscriber loses its oldest event, never blocks the others
                 q.get_nowait()
+                self.dropped += 1
             q.put_nowait(event)
 
+    def recent(self, n: int | None = None) -> list[dict]:
+        items = list(self.history)
+        return items if n is None else items[-n:] if n > 0 else []
+
     async def subscribe(self, replay: bool = True) -> AsyncIterator[dict]:
+        """Yields events as they come, starting with the recent history (as much as the queue holds)."""
         q: asyncio.Queue = asyncio.Queue(self._queue_size)
-        if replay:  # the most recent events, as many as the queue holds
-            for event in list(self.history)[-min(50, self._queue_size):]:
+        if replay:
+            for event in self.recent(self._queue_size):
                 q.put_nowait(event)
         self._subs.add(q)
         try:

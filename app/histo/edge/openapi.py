@@ -1,96 +1,204 @@
 """The OpenAPI 3.1 description of the public API (served at /api/v1/openapi.json)."""
 from __future__ import annotations
 
+import copy
+from typing import Any
 
-def _err(desc: str) -> dict:
-    return {"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+REF = "#/components/schemas/"
+BEARER = [{"bearerAuth": []}]
+JOB_ID = {"name": "id", "in": "path", "required": True, "description": "a job id as returned by POST /api/v1/jobs",
+          "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
+_HEADERS = {
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}},
+    "WWW-Authenticate": {"description": "Bearer challenge", "schema": {"type": "string"}},
+}
 
 
-ERRORS = {"400": _err("bad request or bad image"), "401": _err("no or bad token"), "403": _err("wrong role"),
-          "404": _err("unknown job, or another user's job"), "429": _err("rate limited"),
-          "503": _err("not ready or no workers")}
-JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
+def _ref(name: str) -> dict:
+    return {"$ref": REF + name}
 
 
-def _job_get(summary: str, content: dict) -> dict:
-    return {"get": {"summary": summary, "parameters": [JOB_ID], "security": [{"bearerAuth": []}],
-                    "responses": {"200": {"description": "ok", "content": content},
-                                  "409": _err("job not finished"), **ERRORS}}}
+def _err(desc: str, *headers: str) -> dict:
+    out: dict[str, Any] = {"description": desc, "content": {"application/json": {"schema": _ref("Error")}}}
+    if headers:
+        out["headers"] = {h: _HEADERS[h] for h in headers}
+    return out
+
+
+def _json(desc: str, schema: dict) -> dict:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+def _binary(*types: str) -> dict:
+    return {t: {"schema": {"type": "string", "contentMediaType": t}} for t in types}
+
+
+AUTH_ERRORS = {
+    "401": _err("no token, or a bad, expired or revoked one", "WWW-Authenticate"),
+    "403": _err("the token's role may not do this"),
+    "429": _err("rate limited, or this address is throttled after failed authentications", "Retry-After"),
+    "503": _err("not ready, no leader or no workers, or tokens cannot be verified right now", "Retry-After"),
+}
+JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (existence is not revealed)")}
+
+
+def _schemas() -> dict:
+    hist = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 256, "maxItems": 256}
+    node = {"type": "object", "required": ["name", "endpoint", "spiffe_id", "cert_not_after"], "properties": {
+        "name": {"type": "string"}, "endpoint": {"type": ["string", "null"]},
+        "spiffe_id": {"type": ["string", "null"], "examples": ["spiffe://histo.internal/worker/worker1"]},
+        "cert_not_after": {"type": ["string", "null"], "format": "date-time"}}}
+    return {
+        "Error": {"type": "object", "required": ["error", "message"], "properties": {
+            "error": {"type": "string", "description": "machine-readable code", "examples": ["unauthorized"]},
+            "message": {"type": "string", "description": "human-readable text"}}},
+        "JobAccepted": {"type": "object", "required": ["id", "state"], "properties": {
+            "id": {"type": "string"}, "state": {"type": "string", "const": "queued"}}},
+        "Job": {"type": "object", "required": ["id", "owner", "state", "mode", "progress"], "properties": {
+            "id": {"type": "string"}, "owner": {"type": "string", "description": "the uploader's token subject"},
+            "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "mode": {"type": "string", "enum": ["gray", "luma", "rgb"]},
+            "format": {"type": ["string", "null"], "enum": ["JPEG", "PNG", None]},
+            "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "tiles": {"type": ["integer", "null"], "description": "strips the image was split into"},
+            "reason": {"type": ["string", "null"], "description": "why the job failed"},
+            "timings": {"type": "object", "additionalProperties": {"type": "number"},
+                        "description": "phase -> seconds"},
+            "created": {"type": "number", "description": "Unix time"},
+            "finished": {"type": ["number", "null"], "description": "Unix time"}}},
+        "JobList": {"type": "object", "required": ["jobs"], "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")}}},
+        "Histogram": {"type": "object", "required": ["channels", "before", "after"], "properties": {
+            "id": {"type": "string"},
+            "channels": {"type": "array", "items": {"type": "string"}, "examples": [["Y"], ["R", "G", "B"]]},
+            "before": {"type": "object", "additionalProperties": hist},
+            "after": {"type": "object", "additionalProperties": hist}}},
+        "Node": node,
+        "Master": {"allOf": [node, {"type": "object", "required": ["leader"],
+                                    "properties": {"leader": {"type": "boolean"}}}]},
+        "Cluster": {"type": "object", "required": ["leader", "masters", "workers"], "properties": {
+            "leader": {"type": ["string", "null"]}, "masters": {"type": "array", "items": _ref("Master")},
+            "workers": {"type": "array", "items": _ref("Node")},
+            "self": {"type": "object", "description": "the answering master and its certificate"}}},
+        "Health": {"type": "object", "required": ["status"], "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded", "not_ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "object"}}}},
+        "Event": {"type": "object", "required": ["ts", "kind", "severity", "audience"], "properties": {
+            "ts": {"type": "number", "description": "Unix time"}, "seq": {"type": "integer"},
+            "kind": {"type": "string", "examples": ["auth_failure", "mtls_rejected", "cert_rotated",
+                                                    "leader_changed", "job_progress"]},
+            "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+            "audience": {"type": "string", "description": "\"secops\", or the owner of the job it is about"}},
+            "additionalProperties": True},
+        "WsAuth": {"type": "object", "required": ["type", "token"], "description": "client -> server, first message",
+                   "properties": {"type": {"const": "auth"}, "token": {"type": "string"}}},
+        "WsReady": {"type": "object", "required": ["type", "role"], "description": "server -> client",
+                    "properties": {"type": {"const": "ready"}, "role": {"type": "string"}, "sub": {"type": "string"}}},
+        "WsEvent": {"type": "object", "required": ["type", "event"], "description": "server -> client",
+                    "properties": {"type": {"const": "event"}, "event": _ref("Event")}},
+    }
+
+
+def _job_get(summary: str, op_id: str, content: dict) -> dict:
+    return {"get": {"summary": summary, "operationId": op_id, "tags": ["jobs"], "parameters": [JOB_ID],
+                    "security": BEARER, "responses": {
+                        "200": {"description": "ok", "content": content},
+                        "409": _err("the job has not finished (or failed)"), **JOB_ERRORS}}}
+
+
+def _paths() -> dict:
+    health = {"content": {"application/json": {"schema": _ref("Health")}}}
+    return {
+        "/healthz": {"get": {"summary": "liveness", "operationId": "healthz", "tags": ["health"], "security": [],
+                             "responses": {"200": {"description": "alive", **health}}}},
+        "/readyz": {"get": {"summary": "readiness: ZooKeeper session, valid certificate, leader known",
+                            "operationId": "readyz", "tags": ["health"], "security": [], "responses": {
+                                "200": {"description": "ready (status ok or degraded)", **health},
+                                "503": {"description": "not ready", **health}}}},
+        "/api/v1/openapi.json": {"get": {"summary": "this document", "operationId": "openapi", "tags": ["meta"],
+                                         "security": [], "responses": {"200": _json("OpenAPI 3.1",
+                                                                                    {"type": "object"})}}},
+        "/api/v1/jobs": {
+            "post": {"summary": "upload an image to equalize (uploader, admin)", "operationId": "createJob",
+                     "tags": ["jobs"], "security": BEARER,
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {
+                         "schema": {"type": "object", "required": ["image"], "properties": {
+                             "image": {"type": "string", "contentMediaType": "application/octet-stream",
+                                       "description": "a JPEG or PNG"},
+                             "mode": {"type": "string", "enum": ["gray", "luma", "rgb"], "default": "luma",
+                                      "description": "gray: one channel; luma: equalize brightness, keep "
+                                                     "colours; rgb: each channel on its own"}}},
+                         "encoding": {"image": {"contentType": "image/jpeg, image/png"}}}}},
+                     "responses": {"202": _json("accepted; follow GET /api/v1/jobs/{id}", _ref("JobAccepted")),
+                                   "400": _err("not a decodable image, or a bad form"),
+                                   "413": _err("too large (bytes or pixels)"),
+                                   "415": _err("not a JPEG or PNG"), **AUTH_ERRORS}},
+            "get": {"summary": "the caller's jobs, newest first (admin: all)", "operationId": "listJobs",
+                    "tags": ["jobs"], "security": BEARER,
+                    "responses": {"200": _json("ok", _ref("JobList")), **AUTH_ERRORS}}},
+        "/api/v1/jobs/{id}": {"get": {
+            "summary": "state, progress, timings (owner, admin); ?wait=S long-polls until the job ends",
+            "operationId": "getJob", "tags": ["jobs"], "security": BEARER,
+            "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False,
+                                    "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
+            "responses": {"200": _json("ok", _ref("Job")), **JOB_ERRORS}}},
+        "/api/v1/jobs/{id}/result": _job_get("the equalized image (same format as uploaded)", "getResult",
+                                             _binary("image/jpeg", "image/png")),
+        "/api/v1/jobs/{id}/histogram": _job_get("256-bin histograms before and after, per channel",
+                                                "getHistogram", {"application/json": {"schema": _ref("Histogram")}}),
+        "/api/v1/jobs/{id}/histogram.png": _job_get("a plot of the histograms, before / after", "getHistogramPlot",
+                                                    _binary("image/png")),
+        "/api/v1/cluster": {"get": {"summary": "nodes, leader, certificate expiries (viewer, admin)",
+                                    "operationId": "getCluster", "tags": ["cluster"], "security": BEARER,
+                                    "responses": {"200": _json("ok", _ref("Cluster")), **AUTH_ERRORS}}},
+        "/api/v1/tokens/revoke": {"post": {
+            "summary": "revoke a token by its jti, on every master (admin)", "operationId": "revokeToken",
+            "tags": ["security"], "security": BEARER,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["jti"], "properties": {
+                    "jti": {"type": "string"}, "exp": {"type": "number", "description": "the token's expiry"}}}}}},
+            "responses": {"200": _json("revoked", {"type": "object", "properties": {"revoked": {"type": "string"}}}),
+                          "400": _err("bad body"), **AUTH_ERRORS}}},
+        "/api/v1/events": {"get": {
+            "summary": "WebSocket: job progress (own jobs) and SecOps events (viewer, admin)",
+            "description": "Browsers cannot set headers on a WebSocket, so the FIRST message must be "
+                           "WsAuth {\"type\":\"auth\",\"token\":...}. The server answers WsReady, or closes "
+                           "with code 4401. Then WsEvent messages follow, starting with recent history.",
+            "operationId": "events", "tags": ["events"], "security": [],
+            "parameters": [{"name": "Upgrade", "in": "header", "required": True,
+                            "schema": {"type": "string", "const": "websocket"}}],
+            "responses": {"101": {"description": "switching protocols; messages: WsAuth (client), "
+                                                 "WsReady and WsEvent (server)"},
+                          "400": _err("not a WebSocket handshake")}}},
+    }
+
+
+_SPEC: dict | None = None
 
 
 def spec() -> dict:
-    job = {"type": "object", "properties": {
-        "id": {"type": "string"}, "owner": {"type": "string"},
-        "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-        "mode": {"type": "string"}, "format": {"type": "string"}, "width": {"type": "integer"},
-        "height": {"type": "integer"}, "progress": {"type": "number"}, "tiles": {"type": "integer"},
-        "reason": {"type": ["string", "null"]}, "timings": {"type": "object"},
-        "created": {"type": "number"}, "finished": {"type": ["number", "null"]}}}
-    health = {"type": "object", "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "histo", "version": "1.0.0",
-                 "description": "Secured, distributed histogram equalization (see DESIGN.md)."},
-        "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "message"],
-                          "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
-                "Job": job,
+    """The document (a fresh copy: callers may mutate it)."""
+    global _SPEC
+    if _SPEC is None:
+        _SPEC = {
+            "openapi": "3.1.0",
+            "info": {"title": "histo", "version": "1.0.0",
+                     "summary": "Secured, distributed histogram equalization",
+                     "description": "Upload a JPEG or PNG; the leader master splits it into strips, workers "
+                                    "histogram and equalize them over mutual TLS, and the result comes back "
+                                    "here. Tokens are short-lived ES256 JWTs signed by Vault transit "
+                                    "(`histo token issue`). Every error is JSON {\"error\", \"message\"}."},
+            "servers": [{"url": "/"}],
+            # GET / (the web UI) and /static/* are pages, not API operations: named here, not in paths
+            "x-ui": {"page": "/", "assets": "/static/", "description": "the web UI and SecOps dashboard"},
+            "security": BEARER,
+            "tags": [{"name": n} for n in ("jobs", "cluster", "events", "security", "health", "meta")],
+            "components": {
+                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                                   "description": "role claim: uploader, viewer or admin"}},
+                "schemas": _schemas(),
             },
-        },
-        "paths": {
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {
-                "description": "alive", "content": {"application/json": {"schema": health}}}}}},
-            "/readyz": {"get": {"summary": "readiness: ZooKeeper session, valid certificate, leader known",
-                                "responses": {"200": {"description": "ready (status ok or degraded)",
-                                                      "content": {"application/json": {"schema": health}}},
-                                              "503": {"description": "not ready"}}}},
-            "/api/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "ok"}}}},
-            "/api/v1/jobs": {
-                "post": {"summary": "upload an image (uploader, admin)", "security": [{"bearerAuth": []}],
-                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                             "type": "object", "required": ["image"], "properties": {
-                                 "image": {"type": "string", "format": "binary"},
-                                 "mode": {"type": "string", "enum": ["gray", "luma", "rgb"], "default": "luma"}}}}}},
-                         "responses": {"202": {"description": "accepted", "content": {"application/json": {
-                             "schema": {"type": "object", "properties": {"id": {"type": "string"},
-                                                                         "state": {"type": "string"}}}}}},
-                                       "413": _err("too large (bytes or pixels)"),
-                                       "415": _err("not a JPEG or PNG"), **ERRORS}},
-                "get": {"summary": "the caller's jobs (admin: all)", "security": [{"bearerAuth": []}],
-                        "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {
-                            "type": "object", "properties": {"jobs": {"type": "array",
-                                                                      "items": {"$ref": "#/components/schemas/Job"}}}}}}},
-                            **ERRORS}}},
-            "/api/v1/jobs/{id}": {"get": {"summary": "state, progress, timings (owner, admin); ?wait=S long-polls "
-                                                     "until the job ends (at most 60 s)",
-                                          "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False,
-                                                                  "schema": {"type": "number", "minimum": 0,
-                                                                             "maximum": 60}}], "security": [{"bearerAuth": []}],
-                                          "responses": {"200": {"description": "ok", "content": {"application/json": {
-                                              "schema": {"$ref": "#/components/schemas/Job"}}}}, **ERRORS}}},
-            "/api/v1/jobs/{id}/result": _job_get("the equalized image", {
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}}}),
-            "/api/v1/jobs/{id}/histogram": _job_get("256-bin histograms before and after, per channel", {
-                "application/json": {"schema": {"type": "object", "properties": {
-                    "channels": {"type": "array", "items": {"type": "string"}},
-                    "before": {"type": "object"}, "after": {"type": "object"}}}}}),
-            "/api/v1/jobs/{id}/histogram.png": _job_get("a plot of the histograms", {
-                "image/png": {"schema": {"type": "string", "format": "binary"}}}),
-            "/api/v1/cluster": {"get": {"summary": "nodes, leader, certificate expiries (viewer, admin)",
-                                        "security": [{"bearerAuth": []}],
-                                        "responses": {"200": {"description": "ok"}, **ERRORS}}},
-            "/api/v1/tokens/revoke": {"post": {"summary": "revoke a token by its jti (admin)",
-                                               "security": [{"bearerAuth": []}],
-                                               "requestBody": {"content": {"application/json": {"schema": {
-                                                   "type": "object", "required": ["jti"],
-                                                   "properties": {"jti": {"type": "string"},
-                                                                  "exp": {"type": "number"}}}}}},
-                                               "responses": {"200": {"description": "revoked"}, **ERRORS}}},
-            "/api/v1/events": {"get": {"summary": "WebSocket: first message {\"type\":\"auth\",\"token\":...}; then "
-                                                  "job progress (own jobs) and SecOps events (viewer, admin)",
-                                       "responses": {"101": {"description": "switching protocols"}}}},
-        },
-    }
+            "paths": _paths(),
+        }
+    return copy.deepcopy(_SPEC)

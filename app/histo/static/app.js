@@ -1,51 +1,137 @@
 'use strict';
-// histo web UI: no framework, no CDN, no inline script (the page's CSP forbids it).
-// The token lives in sessionStorage only and is sent as an Authorization header, never in a URL.
+// histo web UI: no framework, no CDN, no inline script or style (the page's CSP forbids them).
+// The token lives in sessionStorage only and is sent in the Authorization header (or as the first
+// WebSocket message), never in a URL, the page source or a log.
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { token: sessionStorage.getItem('histo.token') || '', role: null, current: null, ws: null, urls: [] };
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  };
+  const TOKEN_KEY = 'histo.token';
+  const state = {
+    token: '', claims: null, current: null, ws: null, wsRetry: 0, wsTimer: null,
+    urls: {}, cluster: null, clusterAt: 0, life: {}, filter: 'all', counts: { all: 0, warning: 0, critical: 0 },
+  };
 
-  const headers = () => ({ Authorization: 'Bearer ' + state.token });
-  const setStatus = (el, text, cls) => { el.textContent = text; el.className = 'status ' + (cls || ''); };
+  // -- small helpers ---------------------------------------------------------------------------
+  const setStatus = (node, text, cls) => { node.textContent = text; node.className = 'status ' + (cls || ''); };
+  const fmtDuration = (s) => {
+    if (s === null || s === undefined || !isFinite(s)) return '?';
+    s = Math.max(0, Math.round(s));
+    if (s < 90) return s + 's';
+    if (s < 5400) return Math.floor(s / 60) + 'm ' + String(s % 60).padStart(2, '0') + 's';
+    if (s < 172800) return Math.floor(s / 3600) + 'h ' + String(Math.floor((s % 3600) / 60)).padStart(2, '0') + 'm';
+    return Math.floor(s / 86400) + 'd';
+  };
+  const fmtMs = (sec) => (sec * 1000 < 10 ? (sec * 1000).toFixed(1) : (sec * 1000).toFixed(0)) + ' ms';
+  const signedIn = () => !!state.token && !!state.claims;
+  const hasRole = (...roles) => signedIn() && roles.includes(state.claims.role);
 
   async function api(path, opts = {}) {
-    const resp = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), ...headers() } });
+    const resp = await fetch(path, {
+      ...opts, cache: 'no-store', credentials: 'omit',
+      headers: { ...(opts.headers || {}), Authorization: 'Bearer ' + state.token },
+    });
     if (!resp.ok) {
       let msg = resp.status + ' ' + resp.statusText;
       try { const j = await resp.json(); msg = j.message || j.error || msg; } catch (_) { /* not JSON */ }
-      const err = new Error(msg); err.status = resp.status; throw err;
+      const err = new Error(msg); err.status = resp.status;
+      if (resp.status === 401) tokenRefused(msg);
+      throw err;
     }
     return resp;
   }
 
-  function claims(token) {
-    try { return JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))); } catch (_) { return null; }
+  function decodeClaims(token) {
+    const parts = token.split('.');
+    if (parts.length !== 3) return null;
+    try {
+      const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+      const c = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+      return c && typeof c === 'object' && typeof c.exp === 'number' ? c : null;
+    } catch (_) { return null; }
   }
 
-  // -- token ---------------------------------------------------------------------------------
-  async function useToken(token) {
-    state.token = token.trim();
-    const c = claims(state.token);
-    if (!c) { setStatus($('token-status'), 'That does not look like a token.', 'bad'); return; }
-    sessionStorage.setItem('histo.token', state.token);
-    state.role = c.role;
-    $('who').textContent = `${c.sub} · ${c.role} · expires ${new Date(c.exp * 1000).toLocaleTimeString()}`;
-    setStatus($('token-status'), 'Token set for this tab.', 'ok');
-    $('token').value = '';
-    connectEvents();
-    refreshJobs();
-    refreshCluster();
+  // -- session (token) ---------------------------------------------------------------------------
+  function renderWho() {
+    const who = $('who');
+    if (!signedIn()) { who.replaceChildren(el('span', '', 'not signed in')); return; }
+    const c = state.claims;
+    const left = c.exp - Date.now() / 1000;
+    const exp = el('span', left < 60 ? 'exp bad' : 'exp', left > 0 ? 'expires in ' + fmtDuration(left) : 'expired');
+    who.replaceChildren(el('span', 'sub', c.sub), el('span', 'role role-' + c.role, c.role), exp);
   }
-  $('use-token').addEventListener('click', () => useToken($('token').value));
-  $('forget-token').addEventListener('click', () => {
-    sessionStorage.removeItem('histo.token'); state.token = ''; $('who').textContent = 'not signed in';
-    if (state.ws) state.ws.close(); setStatus($('token-status'), 'Forgotten.', '');
+
+  function applyRole() {
+    const canUpload = hasRole('uploader', 'admin');
+    $('upload').disabled = !canUpload;
+    $('upload').title = canUpload ? '' : 'an uploader or admin token is needed';
+    if (!canUpload) {
+      $('jobs-count').textContent = '';
+      $('jobs').querySelector('tbody').replaceChildren(el('tr', 'empty'));
+      $('jobs').querySelector('tbody').firstChild.append(Object.assign(el('td', '', signedIn()
+        ? 'an uploader or admin token lists jobs' : 'no jobs yet'), { colSpan: 5 }));
+    }
+    if (!hasRole('viewer', 'admin')) {
+      $('leader-pill').className = 'pill hidden';
+      $('cluster-summary').replaceChildren();
+      $('cluster').replaceChildren(el('p', 'hint', signedIn()
+        ? `${/^[aeiou]/.test(state.claims.role) ? 'An' : 'A'} ${state.claims.role} token does not show the cluster: use a viewer or admin token.`
+        : 'A viewer or admin token shows the masters, the workers and their certificates.'));
+    }
+  }
+
+  function useToken(raw) {
+    const token = (raw || '').trim().replace(/^Bearer\s+/i, '');
+    const c = decodeClaims(token);
+    if (!c) { setStatus($('token-status'), 'That does not look like a token (header.claims.signature).', 'bad'); return; }
+    if (c.exp * 1000 <= Date.now()) { setStatus($('token-status'), 'That token has expired: issue a new one.', 'bad'); return; }
+    state.token = token; state.claims = c;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $('token').value = '';
+    setStatus($('token-status'), `Signed in as ${c.sub} (${c.role}) for this tab.`, 'ok');
+    renderWho(); applyRole();
+    state.wsRetry = 0; connectEvents();
+    refreshJobs(); refreshCluster();
+  }
+
+  function forgetToken(message, cls) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = ''; state.claims = null;
+    if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+    clearTimeout(state.wsTimer);
+    setWs('offline', '');
+    renderWho(); applyRole();
+    setStatus($('token-status'), message || 'Forgotten.', cls || '');
+  }
+
+  function tokenRefused(msg) {
+    setStatus($('token-status'), 'The server refused the token: ' + msg, 'bad');
+  }
+
+  $('token-form').addEventListener('submit', (e) => { e.preventDefault(); useToken($('token').value); });
+  $('forget-token').addEventListener('click', () => forgetToken());
+
+  // -- upload with progress ----------------------------------------------------------------------
+  $('image').addEventListener('change', () => {
+    const f = $('image').files[0];
+    $('image-name').textContent = f ? `${f.name} · ${(f.size / 1024).toFixed(0)} KiB` : 'Choose a JPEG or PNG…';
+    $('image-name').classList.toggle('chosen', !!f);
   });
 
-  // -- upload with progress ----------------------------------------------------------------
+  function setUrl(slot, img, url) {
+    if (state.urls[slot]) URL.revokeObjectURL(state.urls[slot]);
+    state.urls[slot] = url;
+    if (url) img.src = url; else img.removeAttribute('src');
+  }
+
   $('upload-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const file = $('image').files[0];
+    if (!signedIn()) { setStatus($('upload-status'), 'Use a token first.', 'bad'); return; }
     if (!file) { setStatus($('upload-status'), 'Choose a JPEG or PNG first.', 'bad'); return; }
     const form = new FormData();
     form.append('image', file);
@@ -56,122 +142,280 @@
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) $('upload-progress').value = 100 * e.loaded / e.total; };
     xhr.onload = () => {
       let body = {};
-      try { body = JSON.parse(xhr.responseText); } catch (_) { /* ignore */ }
-      if (xhr.status === 202) {
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      $('upload').disabled = !hasRole('uploader', 'admin');
+      if (xhr.status === 202 && body.id) {
+        $('upload-progress').value = 100;
         setStatus($('upload-status'), `Accepted as job ${body.id}.`, 'ok');
-        watchJob(body.id);
+        watchJob(body.id, file);
         refreshJobs();
       } else {
-        setStatus($('upload-status'), `${xhr.status}: ${body.message || body.error || 'refused'}`, 'bad');
+        const retry = xhr.getResponseHeader('Retry-After');
+        setStatus($('upload-status'), `${xhr.status}: ${body.message || body.error || 'refused'}` +
+          (retry ? ` (retry in ${retry}s)` : ''), 'bad');
       }
     };
-    xhr.onerror = () => setStatus($('upload-status'), 'Network error.', 'bad');
+    xhr.onerror = () => { $('upload').disabled = false; setStatus($('upload-status'), 'Network error.', 'bad'); };
     $('upload-progress').value = 0;
+    $('upload').disabled = true;
     setStatus($('upload-status'), 'Uploading…', '');
     xhr.send(form);
   });
 
-  // -- a job: progress, then result and plot ------------------------------------------------
-  async function watchJob(id) {
+  // -- a job: progress, then result and plot -------------------------------------------------------
+  function setJobState(job) {
+    const p = $('job-progress');
+    p.value = 100 * Math.min(1, Math.max(0, job.progress || 0));
+    p.className = job.state === 'done' ? 'done' : job.state === 'failed' ? 'failed' : '';
+    $('job-state').textContent = job.state;
+    $('job-state').className = 'state state-' + job.state;
+    $('job-reason').textContent = job.state === 'failed' && job.reason ? job.reason : '';
+  }
+
+  async function watchJob(id, originalFile) {
     state.current = id;
     $('result-job').textContent = id;
-    $('result-img').removeAttribute('src');
-    $('hist-img').removeAttribute('src');
-    for (let i = 0; i < 600 && state.current === id; i++) {
+    setUrl('result', $('result-img'), null);
+    setUrl('hist', $('hist-img'), null);
+    setUrl('original', $('original-img'), originalFile ? URL.createObjectURL(originalFile) : null);
+    $('fig-original').classList.toggle('hidden', !originalFile);
+    $('fig-original').parentElement.classList.toggle('with-original', !!originalFile);
+    $('timings').replaceChildren();
+    setJobState({ state: 'queued', progress: 0 });
+    highlightJob();
+    for (let i = 0; i < 1200 && state.current === id; i++) {
       let job;
-      try { job = await (await api(`/api/v1/jobs/${id}`)).json(); } catch (e) { $('job-state').textContent = e.message; return; }
-      $('job-progress').value = 100 * (job.progress || 0);
-      $('job-state').textContent = job.state + (job.reason ? ': ' + job.reason : '');
-      $('job-state').className = 'state-' + job.state;
+      try { job = await (await api(`/api/v1/jobs/${encodeURIComponent(id)}`)).json(); } catch (e) {
+        $('job-state').textContent = e.message; $('job-state').className = 'state state-failed'; return;
+      }
+      if (state.current !== id) return;
+      setJobState(job);
       if (job.state === 'done') { await showResult(job); return; }
-      if (job.state === 'failed') return;
-      await new Promise((r) => setTimeout(r, 250));
+      if (job.state === 'failed') { refreshJobs(); return; }
+      await new Promise((r) => setTimeout(r, i < 40 ? 250 : 1000));
     }
   }
 
   async function blobUrl(path) { return URL.createObjectURL(await (await api(path)).blob()); }
 
   async function showResult(job) {
-    $('result-img').src = await blobUrl(`/api/v1/jobs/${job.id}/result`);
-    $('hist-img').src = await blobUrl(`/api/v1/jobs/${job.id}/histogram.png`);
+    const id = job.id;
+    try {
+      const [result, hist] = await Promise.all([blobUrl(`/api/v1/jobs/${encodeURIComponent(id)}/result`),
+        blobUrl(`/api/v1/jobs/${encodeURIComponent(id)}/histogram.png`)]);
+      if (state.current !== id) { URL.revokeObjectURL(result); URL.revokeObjectURL(hist); return; }
+      setUrl('result', $('result-img'), result);
+      setUrl('hist', $('hist-img'), hist);
+    } catch (e) { $('job-reason').textContent = 'result: ' + e.message; }
     const t = job.timings || {};
-    $('timings').textContent = Object.entries(t).map(([k, v]) => `${k} ${(v * 1000).toFixed(0)} ms`).join(' · ');
+    $('timings').replaceChildren(...Object.entries(t).map(([k, v]) => {
+      const li = el('li', k === 'total' ? 'total' : '');
+      li.append(k + ' ', el('b', '', fmtMs(Number(v) || 0)));
+      return li;
+    }), ...(job.width ? [el('li', '', `${job.width}×${job.height} ${job.format || ''} · ${job.mode} · ${job.tiles || '?'} strips`)] : []));
     refreshJobs();
   }
 
-  async function refreshJobs() {
-    if (!state.token) return;
-    let jobs = [];
-    try { jobs = (await (await api('/api/v1/jobs')).json()).jobs; } catch (_) { return; }
-    const tbody = $('jobs').querySelector('tbody');
-    tbody.replaceChildren(...jobs.slice(0, 15).map((j) => {
-      const tr = document.createElement('tr');
-      tr.className = 'clickable';
-      const cells = [j.id.slice(0, 10) + '…', j.state, j.mode, `${j.width}×${j.height} ${j.format}`,
-        j.timings && j.timings.total ? (j.timings.total * 1000).toFixed(0) + ' ms' : ''];
-      cells.forEach((text, i) => {
-        const td = document.createElement('td'); td.textContent = text;
-        if (i === 1) td.className = 'state-' + j.state;
-        if (i === 0) td.className = 'mono';
-        tr.appendChild(td);
-      });
-      tr.addEventListener('click', () => watchJob(j.id));
-      return tr;
-    }));
+  function highlightJob() {
+    for (const tr of $('jobs').querySelectorAll('tbody tr')) tr.classList.toggle('current', tr.dataset.id === state.current);
   }
 
-  // -- cluster view ------------------------------------------------------------------------
-  function nodeCard(n, role, leader) {
-    const div = document.createElement('div');
-    div.className = 'node' + (leader ? ' leader' : '');
-    const r = document.createElement('span'); r.className = 'role';
-    r.textContent = role + (role === 'master' ? (leader ? ' · leader' : ' · standby') : '');
-    const b = document.createElement('b'); b.textContent = n.name;
-    const exp = document.createElement('span'); exp.className = 'small';
-    const left = n.cert_not_after ? Math.round((Date.parse(n.cert_not_after) - Date.now()) / 1000) : null;
-    exp.textContent = left === null ? 'cert: ?' : `cert expires in ${left}s`;
-    const id = document.createElement('div'); id.className = 'small mono'; id.textContent = n.spiffe_id || '';
-    div.append(r, b, exp, id);
-    return div;
+  async function refreshJobs() {
+    if (!hasRole('uploader', 'admin')) return;
+    let jobs;
+    try { jobs = (await (await api('/api/v1/jobs')).json()).jobs || []; } catch (_) { return; }
+    $('jobs-count').textContent = jobs.length ? String(jobs.length) : '';
+    const tbody = $('jobs').querySelector('tbody');
+    if (!jobs.length) { tbody.replaceChildren(el('tr', 'empty')); tbody.firstChild.append(Object.assign(el('td', '', 'no jobs yet'), { colSpan: 5 })); return; }
+    tbody.replaceChildren(...jobs.slice(0, 20).map((j) => {
+      const tr = el('tr', 'clickable');
+      tr.dataset.id = j.id;
+      const total = j.timings && j.timings.total ? fmtMs(j.timings.total) : '';
+      tr.title = `${j.id} · ${j.format || ''}` + (j.reason ? ` · ${j.reason}` : '');
+      tr.append(el('td', 'mono', j.id.slice(0, 8) + '…'), el('td', 'state-' + j.state, j.state), el('td', '', j.mode),
+        el('td', '', j.width ? `${j.width}×${j.height}` : ''), el('td', 'num', total));
+      tr.addEventListener('click', () => watchJob(j.id, null));
+      return tr;
+    }));
+    highlightJob();
+  }
+
+  // -- cluster view --------------------------------------------------------------------------------
+  function certLeft(n) { return n.cert_not_after ? (Date.parse(n.cert_not_after) - Date.now()) / 1000 : null; }
+
+  function lifeFraction(key, n) {
+    // The API gives the expiry only; the lifetime is estimated from the first sight of each certificate
+    // (renewal happens at about 2/3 of its life, so "less than a third left" means renewal is due).
+    const left = certLeft(n);
+    if (left === null) return null;
+    const seen = state.life[key];
+    if (!seen || seen.notAfter !== n.cert_not_after) state.life[key] = { notAfter: n.cert_not_after, life: Math.max(left, 1) };
+    return Math.max(0, Math.min(1, left / state.life[key].life));
+  }
+
+  function nodeCard(n, kind, leader) {
+    const card = el('div', 'node' + (leader ? ' leader' : ''));
+    const top = el('div', 'top');
+    top.append(el('span', 'kind', kind));
+    if (kind === 'master') top.append(el('span', 'tag' + (leader ? ' leader' : ''), leader ? 'leader' : 'standby'));
+    const cert = el('div', 'cert');
+    const left = el('span', 'left');
+    cert.append(el('span', '', 'cert'), left);
+    const life = el('div', 'life');
+    const bar = el('span');
+    life.append(bar);
+    card.dataset.key = kind + ':' + n.name;
+    card.append(top, el('b', '', n.name), cert, life, el('div', 'id', n.spiffe_id || ''),
+      el('div', 'id', n.endpoint || ''));
+    card.update = () => {
+      const secs = certLeft(n);
+      const frac = lifeFraction(card.dataset.key, n);
+      const cls = secs === null ? '' : secs <= 0 ? 'bad' : frac < 1 / 6 ? 'bad' : frac < 1 / 3 ? 'warn' : 'ok';
+      left.textContent = secs === null ? 'unknown' : secs <= 0 ? 'EXPIRED' : 'expires in ' + fmtDuration(secs);
+      cert.className = 'cert ' + cls; life.className = 'life ' + cls;
+      bar.style.width = (frac === null ? 0 : 100 * frac).toFixed(1) + '%';  // CSSOM: allowed by the CSP
+      left.title = n.cert_not_after || '';
+    };
+    card.update();
+    return card;
+  }
+
+  function renderCluster(c) {
+    const masters = c.masters || [], workers = c.workers || [];
+    const standby = masters.filter((m) => !m.leader).map((m) => m.name);
+    const soonest = [...masters, ...workers].map(certLeft).filter((s) => s !== null).sort((a, b) => a - b)[0];
+    const pill = (text, cls) => el('span', 'pill ' + (cls || ''), text);
+    $('cluster-summary').replaceChildren(
+      pill('leader ' + (c.leader || 'none'), c.leader ? 'ok' : 'bad'),
+      pill(standby.length ? 'standby ' + standby.join(', ') : 'no standby', standby.length ? '' : 'warn'),
+      pill(workers.length + ' worker' + (workers.length === 1 ? '' : 's'), workers.length ? 'ok' : 'bad'),
+      ...(soonest !== undefined ? [pill('next expiry ' + fmtDuration(soonest), soonest < 60 ? 'warn' : '')] : []),
+      ...(c.self && c.self.certificate ? [pill(`${c.self.name}: ${c.self.certificate.rotations || 0} rotations`)] : []));
+    $('leader-pill').textContent = 'leader ' + (c.leader || 'none');
+    $('leader-pill').className = 'pill ' + (c.leader ? 'ok' : 'bad');
+    const cards = [...masters.map((m) => nodeCard(m, 'master', m.leader)), ...workers.map((w) => nodeCard(w, 'worker', false))];
+    $('cluster').replaceChildren(...(cards.length ? cards : [el('p', 'hint', 'no nodes registered')]));
   }
 
   async function refreshCluster() {
-    if (!state.token || !['viewer', 'admin'].includes(state.role)) return;
+    if (!hasRole('viewer', 'admin')) return;
     try {
-      const c = await (await api('/api/v1/cluster')).json();
-      $('cluster').replaceChildren(...c.masters.map((m) => nodeCard(m, 'master', m.leader)),
-        ...c.workers.map((w) => nodeCard(w, 'worker', false)));
-    } catch (e) { $('cluster').textContent = e.message; }
+      state.cluster = await (await api('/api/v1/cluster')).json();
+      state.clusterAt = Date.now();
+      renderCluster(state.cluster);
+    } catch (e) { $('cluster-summary').replaceChildren(el('span', 'pill bad', e.message)); }
   }
+
+  async function refreshReady() {
+    try {
+      const r = await fetch('/readyz', { cache: 'no-store', credentials: 'omit' });
+      const j = await r.json();
+      const cls = j.status === 'ok' ? 'ok' : j.status === 'degraded' ? 'warn' : 'bad';
+      $('ready').textContent = j.status === 'ok' ? 'ready' : j.status || ('HTTP ' + r.status);
+      $('ready').className = 'pill ' + cls;
+      $('ready').title = (j.reasons && j.reasons.length) ? j.reasons.join('\n') : 'GET /readyz';
+    } catch (_) { $('ready').textContent = 'unreachable'; $('ready').className = 'pill bad'; }
+  }
+
+  // a one-second tick: countdowns move between polls
+  setInterval(() => {
+    renderWho();
+    if (state.claims && state.claims.exp * 1000 <= Date.now()) forgetToken('The token expired: paste a new one.', 'warn');
+    for (const card of $('cluster').querySelectorAll('.node')) if (card.update) card.update();
+    if (state.clusterAt) $('cluster-age').textContent = 'updated ' + fmtDuration((Date.now() - state.clusterAt) / 1000) + ' ago';
+  }, 1000);
   setInterval(refreshCluster, 3000);
   setInterval(refreshJobs, 5000);
+  setInterval(refreshReady, 5000);
 
-  // -- SecOps events over an authenticated WebSocket ------------------------------------------
-  function connectEvents() {
-    if (state.ws) state.ws.close();
-    if (!state.token) return;
-    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/api/v1/events');
-    state.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token: state.token }));
-    ws.onmessage = (m) => {
-      const msg = JSON.parse(m.data);
-      if (msg.type === 'ready') { $('ws-state').textContent = 'live'; $('ws-state').className = 'pill live'; return; }
-      if (msg.type !== 'event') return;
-      const e = msg.event;
-      if (e.kind === 'job_progress' && e.job === state.current) $('job-progress').value = 100 * (e.progress || 0);
-      if (e.kind === 'job_progress') return;
-      const li = document.createElement('li');
-      const t = document.createElement('time'); t.textContent = new Date(e.ts * 1000).toLocaleTimeString();
-      const k = document.createElement('span'); k.className = 'sev-' + e.severity; k.textContent = e.kind;
-      const d = document.createElement('span');
-      d.textContent = Object.entries(e).filter(([key]) => !['ts', 'kind', 'severity', 'audience'].includes(key))
-        .map(([key, v]) => `${key}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join('  ');
-      li.append(t, k, d);
-      $('events').prepend(li);
-      while ($('events').children.length > 200) $('events').lastChild.remove();
-    };
-    ws.onclose = () => { $('ws-state').textContent = 'offline'; $('ws-state').className = 'pill'; };
+  // -- SecOps events over an authenticated WebSocket ------------------------------------------------
+  function setWs(text, cls) { $('ws-state').textContent = text; $('ws-state').className = 'pill ' + cls; }
+
+  const SEV_RANK = { info: 0, warning: 1, critical: 2 };
+  function passes(sev) {
+    return state.filter === 'all' || (SEV_RANK[sev] || 0) >= SEV_RANK[state.filter];
   }
 
-  if (state.token) useToken(state.token);
+  function addEvent(e) {
+    const sev = SEV_RANK[e.severity] !== undefined ? e.severity : 'info';
+    state.counts.all++;
+    if (SEV_RANK[sev] >= 1) state.counts.warning++;
+    if (sev === 'critical') state.counts.critical++;
+    for (const k of ['all', 'warning', 'critical']) $('n-' + k).textContent = String(state.counts[k]);
+    const li = el('li', 'sev-' + sev + ' fresh' + (passes(sev) ? '' : ' filtered'));
+    li.dataset.sev = sev;
+    const when = new Date((Number(e.ts) || Date.now() / 1000) * 1000);
+    const t = el('time', '', when.toLocaleTimeString([], { hour12: false }));
+    t.dateTime = when.toISOString();
+    const detail = el('span', 'detail');
+    for (const [key, v] of Object.entries(e)) {
+      if (['ts', 'kind', 'severity', 'audience', 'seq'].includes(key) || v === null || v === '') continue;
+      const s = el('span');
+      s.append(el('i', '', key + '='), typeof v === 'object' ? JSON.stringify(v) : String(v));
+      detail.append(s);
+    }
+    li.append(t, el('span', 'dot'), el('span', 'kind', e.kind), detail);
+    li.title = sev + ' · ' + when.toISOString();
+    $('events').prepend(li);
+    while ($('events').children.length > 300) $('events').lastChild.remove();
+  }
+
+  for (const chip of document.querySelectorAll('.chip[data-filter]')) {
+    chip.addEventListener('click', () => {
+      state.filter = chip.dataset.filter;
+      for (const c of document.querySelectorAll('.chip[data-filter]')) c.classList.toggle('active', c === chip);
+      for (const li of $('events').children) li.classList.toggle('filtered', !passes(li.dataset.sev));
+    });
+  }
+  $('clear-events').addEventListener('click', () => {
+    $('events').replaceChildren();
+    state.counts = { all: 0, warning: 0, critical: 0 };
+    for (const k of ['all', 'warning', 'critical']) $('n-' + k).textContent = '0';
+  });
+
+  function connectEvents() {
+    clearTimeout(state.wsTimer);
+    if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+    if (!signedIn()) return;
+    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/api/v1/events');
+    state.ws = ws;
+    setWs('connecting', 'warn');
+    // Browsers cannot set headers on a WebSocket: the token is the first message, never the URL.
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token: state.token }));
+    ws.onmessage = (m) => {
+      let msg;
+      try { msg = JSON.parse(m.data); } catch (_) { return; }
+      if (msg.type === 'ready') {
+        state.wsRetry = 0;
+        setWs('live', 'live');
+        $('ws-state').title = 'streaming as ' + (msg.sub || '') + ' (' + msg.role + ')';
+        return;
+      }
+      if (msg.type !== 'event' || !msg.event) return;
+      const e = msg.event;
+      if (e.kind === 'job_progress') {
+        if (e.job === state.current && typeof e.progress === 'number') {
+          $('job-progress').value = Math.max($('job-progress').value, 100 * e.progress);
+        }
+        return;
+      }
+      if (e.kind === 'leader_changed' || e.kind === 'worker_joined' || e.kind === 'worker_left') refreshCluster();
+      addEvent(e);
+    };
+    ws.onclose = (ev) => {
+      if (state.ws !== ws) return;
+      state.ws = null;
+      if (ev.code === 4401) { setWs('refused', 'bad'); tokenRefused('the event stream did not accept it'); return; }
+      if (!signedIn()) { setWs('offline', ''); return; }
+      const delay = Math.min(15000, 1000 * 2 ** state.wsRetry++);  // back off, then keep trying
+      setWs('reconnecting in ' + Math.round(delay / 1000) + 's', 'warn');
+      state.wsTimer = setTimeout(connectEvents, delay);
+    };
+  }
+
+  // -- start ------------------------------------------------------------------------------------------
+  refreshReady();
+  applyRole();
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) useToken(saved);
 })();
