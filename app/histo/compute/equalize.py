@@ -12,10 +12,26 @@ from .imageio import ImageError, decode, encode
 
 MODES = ("gray", "luma", "rgb")
 DEFAULT_MODE = "luma"
-_CHANNELS = {"L": ["L"], "Y": ["Y"], "RGB": ["R", "G", "B"]}
+_CHANNELS = {"gray": ["L"], "luma": ["Y"], "rgb": ["R", "G", "B"]}
+_ALPHA_MODES = {"RGBA": "RGB", "LA": "L"}  # mode with alpha -> its colour part
+_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa")
 
+
+def channel_names(mode: str) -> list[str]:
+    """The channels a mode equalizes (a grayscale input has only "L", see Prepared.channels)."""
+    _check_mode(mode)
+    return list(_CHANNELS[mode])
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ImageError(400, "bad_mode", f"mode must be one of {', '.join(MODES)}")
+
+
+# -- histograms and the lookup table ------------------------------------------------------------
 
 def merge_histograms(hists: Iterable[Sequence[int]]) -> list[int]:
+    """Element-wise sum of per-tile histograms (all of the same length)."""
     merged: list[int] | None = None
     for h in hists:
         if merged is None:
@@ -30,27 +46,36 @@ def merge_histograms(hists: Iterable[Sequence[int]]) -> list[int]:
 
 
 def split_histogram(hist: Sequence[int], bands: int) -> list[list[int]]:
+    """Pillow's layout (band 0's 256 bins, then band 1's...) as one list per band."""
+    if len(hist) != 256 * bands:
+        raise ValueError(f"expected {256 * bands} bins, got {len(hist)}")
     return [list(hist[b * 256:(b + 1) * 256]) for b in range(bands)]
 
 
+def _band_lut(band: Sequence[int]) -> list[int]:
+    cdf, total = [], 0
+    for count in band:
+        total += count
+        cdf.append(total)
+    cdf_min = next((c for c in cdf if c), 0)
+    den = total - cdf_min
+    if den <= 0:  # one value only (or no pixel): nothing to spread, leave the band as it is
+        return list(range(256))
+    # round((c - cdf_min) * 255 / den), half up, in integers: no float may differ between hosts
+    return [min(255, max(0, ((c - cdf_min) * 510 + den) // (2 * den))) for c in cdf]
+
+
 def lut_from_histogram(hist: Sequence[int]) -> list[int]:
-    """Classic CDF equalization per band, in exact integer arithmetic (identical everywhere)."""
-    if len(hist) % 256:
-        raise ValueError("histogram length must be a multiple of 256")
+    """Classic CDF equalization table per band, 256 entries per band, exact integer arithmetic."""
+    if not hist or len(hist) % 256:
+        raise ValueError("histogram length must be a positive multiple of 256")
     lut: list[int] = []
     for band in split_histogram(hist, len(hist) // 256):
-        cdf, total = [], 0
-        for count in band:
-            total += count
-            cdf.append(total)
-        cdf_min = next((c for c in cdf if c), 0)
-        den = total - cdf_min
-        if den <= 0:  # a flat band (one value, or empty): leave it as it is
-            lut.extend(range(256))
-            continue
-        lut.extend(min(255, max(0, ((c - cdf_min) * 255 * 2 + den) // (2 * den))) for c in cdf)
+        lut.extend(_band_lut(band))
     return lut
 
+
+# -- from a decoded image to the channels to equalize, and back ---------------------------------
 
 @dataclass
 class Prepared:
@@ -59,53 +84,64 @@ class Prepared:
     fmt: str
     mode: str
     channels: list[str]
-    chroma: tuple[Image.Image, Image.Image] | None = None
-    alpha: Image.Image | None = None
+    chroma: tuple[Image.Image, Image.Image] | None = None  # luma: the original Cb, Cr
+    alpha: Image.Image | None = None  # kept aside, re-attached for PNG output only
 
-    def finish(self, equalized: Image.Image) -> Image.Image:
+    def finish(self, equalized_work: Image.Image) -> Image.Image:
+        """The output image from the equalized channels (never mutates `equalized_work`)."""
         if self.chroma is not None:
-            out = Image.merge("YCbCr", (equalized, *self.chroma)).convert("RGB")
+            out = Image.merge("YCbCr", (equalized_work, *self.chroma)).convert("RGB")
         else:
-            out = equalized
+            out = equalized_work
         if self.alpha is not None:
             out = out.copy()
-            out.putalpha(self.alpha)
+            out.putalpha(self.alpha)  # L -> LA, RGB -> RGBA
         return out
 
 
-def _normalize(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
-    """Bring any decoded mode to L or RGB, keeping an alpha channel aside."""
-    alpha = None
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        alpha = img.getchannel("A")
-        img = img.convert("RGB" if img.mode == "RGBA" else "L")
-    elif img.mode == "1":
+def normalize(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Any decoded pixel mode as L or RGB, plus its alpha channel (or None)."""
+    img = _expand_transparency(img)
+    if img.mode in _ALPHA_MODES:
+        return img.convert(_ALPHA_MODES[img.mode]), img.getchannel("A")
+    if img.mode == "1":
         img = img.convert("L")
-    elif img.mode.startswith("I") or img.mode == "F":  # 16-bit samples: scale down, do not clip
+    elif img.mode.startswith("I") or img.mode == "F":
+        # 16-bit samples (PNG gives I;16 or I): scale to 8 bits; a plain convert would clip at 255
         img = img.convert("I").point(lambda v: v / 256).convert("L")
-    elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+    elif img.mode in _TO_RGB:
         img = img.convert("RGB")
     if img.mode not in ("L", "RGB"):
         raise ImageError(400, "bad_image", f"unsupported pixel mode {img.mode}")
-    return img, alpha
+    return img, None
+
+
+def _expand_transparency(img: Image.Image) -> Image.Image:
+    """Palettes to RGB(A); a PNG tRNS colour key on L/RGB to a real alpha channel."""
+    has_key = "transparency" in img.info
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA" if has_key or img.mode == "PA" else "RGB")
+    if has_key and img.mode in ("L", "RGB"):
+        return img.convert("LA" if img.mode == "L" else "RGBA")
+    return img
 
 
 def prepare(img: Image.Image, fmt: str, mode: str) -> Prepared:
-    if mode not in MODES:
-        raise ImageError(400, "bad_mode", f"mode must be one of {', '.join(MODES)}")
-    base, alpha = _normalize(img)
+    """Split a decoded image into the channels `mode` equalizes and what rebuilds the output."""
+    _check_mode(mode)
+    base, alpha = normalize(img)
     if fmt == "JPEG":
         alpha = None  # JPEG cannot carry it
-    if mode == "gray" or base.mode == "L":
-        work = base.convert("L") if base.mode != "L" else base
+    if mode == "gray" or base.mode == "L":  # a grayscale input has nothing but luminance
+        work = base if base.mode == "L" else base.convert("L")  # no copy of an already-gray image
         return Prepared(work, fmt, mode, ["L"], alpha=alpha)
     if mode == "luma":
         y, cb, cr = base.convert("YCbCr").split()
         return Prepared(y, fmt, mode, ["Y"], chroma=(cb, cr), alpha=alpha)
     return Prepared(base, fmt, mode, ["R", "G", "B"], alpha=alpha)
 
+
+# -- results ----------------------------------------------------------------------------------
 
 @dataclass
 class Result:
@@ -118,18 +154,20 @@ class Result:
     hist_after: dict[str, list[int]]
 
 
-def finish_result(prepared: Prepared, equalized: Image.Image, hist_before: Sequence[int]) -> Result:
-    bands = len(prepared.channels)
-    after = equalized.histogram()
-    out = prepared.finish(equalized)
+def finish_result(prepared: Prepared, equalized_work: Image.Image, hist_before: Sequence[int]) -> Result:
+    """The steps after the table is applied, shared by both paths so their bytes are identical."""
+    channels = prepared.channels
+    after = equalized_work.histogram()
+    out = prepared.finish(equalized_work)
     return Result(image=encode(out, prepared.fmt), fmt=prepared.fmt, width=out.width, height=out.height,
-                  channels=list(prepared.channels),
-                  hist_before=dict(zip(prepared.channels, split_histogram(hist_before, bands))),
-                  hist_after=dict(zip(prepared.channels, split_histogram(after, bands))))
+                  channels=list(channels),
+                  hist_before=dict(zip(channels, split_histogram(hist_before, len(channels)))),
+                  hist_after=dict(zip(channels, split_histogram(after, len(channels)))))
 
 
 def equalize_single(data: bytes, mode: str = DEFAULT_MODE, max_pixels: int = 100_000_000) -> Result:
     """The one-process reference the distributed result must match bit for bit."""
+    _check_mode(mode)  # before decoding: a bad request should not cost a decode
     img, fmt = decode(data, max_pixels)
     prepared = prepare(img, fmt, mode)
     hist = prepared.work.histogram()

@@ -1,84 +1,105 @@
 """Image bytes in and out: the format is read from the bytes, the pixel count is checked from the
-header before any pixel is decoded (decompression bombs), and every failure is a clean ImageError."""
+header before any pixel is decoded (decompression bombs), and every failure is a clean ImageError
+(an HTTP status, a short code and a message that names no internal path)."""
 from __future__ import annotations
 
 import io
 import struct
-import warnings
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 SUPPORTED = {"JPEG", "PNG"}
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
+# JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field (TEM, RST0-7, SOI, EOI).
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xDA)])
 
 
 class ImageError(Exception):
+    """A refusal the API maps to JSON: status 400, 413 or 415, a short code, a readable message."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
 
 
-def sniff_format(data: bytes) -> str:
+def sniff_format(data: bytes | memoryview) -> str:
+    """The format from the magic bytes only: a filename or a Content-Type is the client's claim."""
+    head = bytes(data[:8])
     for magic, fmt in _MAGIC:
-        if data[:len(magic)] == magic:
+        if head.startswith(magic):
             return fmt
     raise ImageError(415, "unsupported_type", "only JPEG and PNG images are accepted")
 
 
-def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
-    """Width and height read straight from the PNG IHDR or the JPEG SOF marker, or None."""
+def header_size(data: bytes | memoryview, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read straight from the PNG IHDR or the JPEG SOF marker, or None if not found."""
     if fmt == "PNG":
-        if len(data) >= 24 and data[12:16] == b"IHDR":
+        if len(data) >= 24 and bytes(data[12:16]) == b"IHDR":
             return struct.unpack(">II", data[16:24])
         return None
-    i = 2
+    return _jpeg_size(data)
+
+
+def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """Walk the marker segments up to the first SOF (it precedes the scan data)."""
+    i = 2  # after SOI
     while i + 9 < len(data):
         if data[i] != 0xFF:
-            return None
+            return None  # not a marker where one must be: let Pillow judge the stream
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
-            continue
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        elif marker in _STANDALONE:
+            i += 2
+        elif marker in _SOF:
             height, width = struct.unpack(">HH", data[i + 5:i + 9])
             return width, height
-        i += 2 + length
+        else:
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
     return None
 
 
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(400, "bad_image", "the image has no pixels")
     if width * height > max_pixels:
-        raise ImageError(413, "too_many_pixels", f"{width}x{height} is more than the {max_pixels} pixels allowed")
+        raise ImageError(413, "too_many_pixels",
+                         f"{width}x{height} is more than the {max_pixels} pixels allowed")
 
 
 def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """A fully loaded image and its format, or ImageError (415 type, 413 pixels, 400 corrupt)."""
     fmt = sniff_format(data)
     size = header_size(data, fmt)
     if size is not None:  # refuse a bomb before Pillow allocates anything
-        _check_pixels(*size, max_pixels)
+        check_pixels(*size, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size  # from the header only: nothing decoded yet
-            if width <= 0 or height <= 0:
-                raise ImageError(400, "bad_image", "the image has no pixels")
-            _check_pixels(width, height, max_pixels)
-            img.load()
+        img = Image.open(io.BytesIO(data), formats=[fmt])
+        check_pixels(*img.size, max_pixels)  # Image.open is lazy: the size is from the header only
+        img.load()
+        # Browsers honour the EXIF orientation and our output carries no EXIF: apply it to the pixels.
+        ImageOps.exif_transpose(img, in_place=True)
     except ImageError:
         raise
+    # Pillow's own bomb guard (MAX_IMAGE_PIXELS) is a second line behind check_pixels. Its warning
+    # is only an exception where warnings are errors; we do not flip the filter with
+    # warnings.catch_warnings() because that is process-global and decode runs in thread pools.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(413, "too_many_pixels", "the image is too large to decode") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoder failure is the client's 400
         raise ImageError(400, "bad_image", f"the {fmt} data is corrupt or truncated") from exc
     return img, fmt
 
 
 def encode(img: Image.Image, fmt: str) -> bytes:
+    """Deterministic bytes for the same pixels: fixed options, no metadata carried over."""
     buf = io.BytesIO()
     if fmt == "JPEG":
         img.save(buf, format="JPEG", quality=90, optimize=False)
+    elif fmt == "PNG":
+        img.save(buf, format="PNG", compress_level=1)  # speed over size: results are transient
     else:
-        img.save(buf, format="PNG", compress_level=1)
+        raise ValueError(f"cannot encode {fmt}")
     return buf.getvalue()
