@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = ROOT / ".histo" / "vagrant"
@@ -78,6 +77,7 @@ def cluster() -> Cluster:
     env = read_env()
     if not env or shutil.which("lxc-attach") is None or os.geteuid() != 0:
         pytest.skip("the Vagrant cluster is not up (make up), or not root on the controller")
+    yaml = pytest.importorskip("yaml")  # in .venv-deploy (make deploy-test), not in the app's .venv
     profile = env.get("HISTO_PROFILE", os.environ.get("HISTO_PROFILE", "default"))
     inventory = yaml.safe_load((ROOT / "inventory" / profile / "hosts.yml").read_text())
     hosts = {}
