@@ -1,144 +1,205 @@
-"""A service's own Vault session: AppRole login (unwrapping its secret_id on first start),
-its certificate, its ZooKeeper credentials, and keeping its token alive.
+"""A service's own Vault session: AppRole login (unwrapping its secret_id on first start), its
+certificate, its ZooKeeper credentials, and keeping its token alive.
 
 The secret_id, once unwrapped, is kept 0600 in the service's credentials folder: it is bound to
 the host's address, so a restarted service logs in again by itself while a copy is useless
-anywhere else."""
+anywhere else. Every failure surfaces as VaultUnavailable (down, sealed, unreachable: retry later)
+or VaultAuthError (refused: a configuration or security problem); messages never carry a token."""
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Callable
 
 import hvac
 import requests
 from cryptography import x509
-from hvac.exceptions import Forbidden, InvalidRequest, VaultDown, VaultError
+from cryptography.hazmat.primitives import serialization
+from hvac import exceptions as hx
 from requests.adapters import HTTPAdapter
 
 from .. import TRUST_DOMAIN
 
+# Vault side trouble (retry later) versus a refusal (our credentials or request are not accepted).
+_UNAVAILABLE = (hx.VaultDown, hx.VaultNotInitialized, hx.InternalServerError, hx.BadGateway,
+                hx.RateLimitExceeded, hx.UnexpectedError)
+_REFUSED = (hx.Unauthorized, hx.Forbidden, hx.InvalidRequest, hx.InvalidPath, hx.PreconditionFailed)
+
 
 class VaultUnavailable(RuntimeError):
-    """Vault cannot be reached or is sealed."""
+    """Vault cannot be reached, is sealed or failed: try again later."""
 
 
 class VaultAuthError(RuntimeError):
-    """Vault refused our credentials."""
+    """Vault refused our credentials or our request."""
 
 
 @dataclass
 class CertBundle:
     cert_pem: str
-    chain_pem: str
-    key_pem: str
+    chain_pem: str  # issuing CA first, then up to and including the root
+    key_pem: str  # PKCS#8
     not_before: datetime
     not_after: datetime
     serial: str
 
 
 class _SourceAddressAdapter(HTTPAdapter):
-    """Binds outgoing connections to the service's own address, which Vault's CIDR bindings check."""
+    """Binds outgoing connections to the service's own address, which Vault's CIDR bindings check
+    (on a host with several addresses the kernel would otherwise pick one)."""
 
-    def __init__(self, source: str, **kw) -> None:
+    def __init__(self, source: str, **kw: Any) -> None:
         self._source = source
         super().__init__(**kw)
 
-    def init_poolmanager(self, *args, **kwargs):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["source_address"] = (self._source, 0)
-        return super().init_poolmanager(*args, **kwargs)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _reason(exc: Exception) -> str:
+    """Vault's own error text, without the request URL hvac appends; short."""
+    errors = getattr(exc, "errors", None)
+    text = "; ".join(str(e) for e in errors) if errors else str(exc)
+    text = re.sub(r",? on \w+ https?://\S+", "", text).replace("\n", " ").strip()
+    return text[:160] or type(exc).__name__
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pem_blocks(pem: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    return [b.strip() + "\n" + end for b in pem.split(end) if "BEGIN CERTIFICATE" in b]
 
 
 class ServiceVault:
     def __init__(self, url: str, ca_path: str, host: str, role: str, creds_dir: Path,
                  source_address: str | None = None, trust_domain: str = TRUST_DOMAIN) -> None:
-        self.url, self.ca_path, self.host, self.role = url, ca_path, host, role
+        self.url, self.ca_path, self.host, self.role = url, str(ca_path), host, role
         self.creds = Path(creds_dir)
         self.source_address, self.trust_domain = source_address, trust_domain
         self.client = self._new_client()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._token_expires = 0.0
-        self._token_ttl = 0
+        self._login_ttl = 0  # the token's full life at login: renewal thresholds are fractions of it
 
     def _new_client(self, token: str | None = None) -> hvac.Client:
         session = requests.Session()
         session.verify = self.ca_path  # hvac takes a custom session's verify over its own argument
+        session.trust_env = False  # no proxy from the environment: Vault must see our own address
         if self.source_address:
             session.mount("https://", _SourceAddressAdapter(self.source_address))
+            session.mount("http://", _SourceAddressAdapter(self.source_address))
         return hvac.Client(url=self.url, verify=self.ca_path, token=token, session=session, timeout=10)
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (VaultDown,) as exc:
-            raise VaultUnavailable(f"Vault is sealed or down: {_short(exc)}") from None
         except requests.RequestException as exc:
-            raise VaultUnavailable(f"Vault unreachable: {type(exc).__name__}") from None
-        except Forbidden as exc:
-            raise VaultAuthError(f"Vault refused: {_short(exc)}") from None
-        except InvalidRequest as exc:
-            raise VaultAuthError(f"Vault rejected the request: {_short(exc)}") from None
-        except VaultError as exc:
-            if "sealed" in str(exc).lower():
-                raise VaultUnavailable("Vault is sealed") from None
-            raise VaultAuthError(f"Vault error: {_short(exc)}") from None
+            raise VaultUnavailable(f"Vault unreachable ({type(exc).__name__})") from None
+        except hx.VaultDown as exc:
+            raise VaultUnavailable(f"Vault is sealed or down: {_reason(exc)}") from None
+        except _UNAVAILABLE as exc:
+            raise VaultUnavailable(f"Vault failed: {_reason(exc)}") from None
+        except _REFUSED as exc:
+            raise VaultAuthError(f"Vault refused: {_reason(exc)}") from None
+        except hx.VaultError as exc:
+            raise VaultAuthError(f"Vault error: {_reason(exc)}") from None
 
     # -- login ----------------------------------------------------------------------------------
-    def _secret_id(self) -> str:
-        stored = self.creds / "secret_id"
-        if stored.exists():
-            return stored.read_text().strip()
-        wrap = self.creds / "secret_id.wrap"
-        if not wrap.exists():
-            raise VaultAuthError(f"no secret_id delivered in {self.creds} (provision this host)")
-        unwrapper = self._new_client(token=wrap.read_text().strip())
+    def _read_cred(self, name: str) -> str:
         try:
-            resp = unwrapper.sys.unwrap()
-        except (Forbidden, InvalidRequest, VaultError) as exc:
-            if isinstance(exc, VaultDown):
-                raise VaultUnavailable("Vault is sealed or down") from None
-            raise VaultAuthError("wrapped secret_id was already used or expired — possible interception") from None
-        except requests.RequestException as exc:
-            raise VaultUnavailable(f"Vault unreachable: {type(exc).__name__}") from None
+            return (self.creds / name).read_text().strip()
+        except OSError:
+            raise VaultAuthError(f"no {name} in {self.creds} (provision this host)") from None
+
+    def _unwrap_secret_id(self) -> str:
+        """Unwrap secret_id.wrap once, keep the secret_id (0600), delete the wrapping token."""
+        wrap_token = self._read_cred("secret_id.wrap")
+        intercepted = VaultAuthError("wrapped secret_id was already used or expired — possible interception")
+        anon = self._new_client()
+        try:
+            # Look before unwrapping: a token that wraps something else (a substituted delivery) is refused.
+            info = anon.write_data("sys/wrapping/lookup", data={"token": wrap_token})["data"]
+        except (requests.RequestException, *_UNAVAILABLE) as exc:
+            raise VaultUnavailable(f"Vault unreachable or sealed ({type(exc).__name__})") from None
+        except hx.VaultError:
+            raise intercepted from None
+        expected = f"auth/approle/role/histo-{self.host}/secret-id"
+        if info.get("creation_path") != expected:
+            raise VaultAuthError("wrapped secret_id does not come from this host's AppRole — possible tampering")
+        try:
+            resp = self._new_client(token=wrap_token).sys.unwrap()
+        except (requests.RequestException, *_UNAVAILABLE) as exc:
+            raise VaultUnavailable(f"Vault unreachable or sealed ({type(exc).__name__})") from None
+        except hx.VaultError:
+            raise intercepted from None
         secret_id = resp["data"]["secret_id"]
-        fd = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret_id + "\n")
-        wrap.unlink()
+        _write_private(self.creds / "secret_id", secret_id + "\n")
+        (self.creds / "secret_id.wrap").unlink(missing_ok=True)  # single use anyway: leave nothing behind
         return secret_id
 
+    def _secret_id(self) -> str:
+        if (self.creds / "secret_id").exists():
+            return self._read_cred("secret_id")
+        return self._unwrap_secret_id()
+
     def login(self) -> None:
+        """AppRole login with role_id and the stored (or freshly unwrapped) secret_id."""
         with self._lock:
-            role_id = (self.creds / "role_id").read_text().strip()
+            role_id = self._read_cred("role_id")
             resp = self._call(self.client.auth.approle.login, role_id=role_id, secret_id=self._secret_id(),
                               use_token=True)
-            self._token_ttl = int(resp["auth"]["lease_duration"])
-            self._token_expires = time.time() + self._token_ttl
+            self._login_ttl = int(resp["auth"]["lease_duration"])
+            self._token_expires = time.time() + self._login_ttl
 
+    # -- token upkeep ----------------------------------------------------------------------------
     def renew_token(self) -> None:
-        resp = self._call(self.client.auth.token.renew_self)
-        self._token_ttl = int(resp["auth"]["lease_duration"])
-        self._token_expires = time.time() + self._token_ttl
+        with self._lock:
+            resp = self._call(self.client.auth.token.renew_self)
+            self._token_expires = time.time() + int(resp["auth"]["lease_duration"])
 
     def token_ttl_remaining(self) -> int:
         return max(0, int(self._token_expires - time.time()))
 
     def renew_if_needed(self, fraction: float = 2 / 3) -> None:
-        """Renew past `fraction` of the token's life; log in again when it can no longer be renewed.
-        Also a liveness probe of Vault: raises VaultUnavailable when Vault is away."""
-        left = self._token_expires - time.time()
-        if left > (1 - fraction) * self._token_ttl:
-            self._call(self.client.auth.token.lookup_self)  # cheap, and fails while Vault is away
-            return
-        try:
-            self.renew_token()
-            if self.token_ttl_remaining() < 30:
+        """Call periodically. Renews once `fraction` of the token's life is spent; logs in again
+        with the stored secret_id when the token is gone or can no longer be renewed far enough
+        (token_max_ttl reached). Also a liveness probe: raises VaultUnavailable while Vault is away."""
+        with self._lock:
+            if not self.client.token or self.token_ttl_remaining() <= 0:
                 self.login()
-        except VaultAuthError:
-            self.login()
+                return
+            threshold = (1 - fraction) * self._login_ttl
+            try:
+                if self.token_ttl_remaining() > threshold:
+                    ttl = self._call(self.client.auth.token.lookup_self)["data"]["ttl"]
+                    self._token_expires = time.time() + int(ttl)  # Vault's clock, not our guess
+                    return
+                self.renew_token()
+            except VaultAuthError:  # revoked or expired behind our back
+                self.login()
+                return
+            if self.token_ttl_remaining() <= threshold:  # renewal capped by token_max_ttl
+                self.login()
 
     # -- what a service reads ------------------------------------------------------------------------
     def issue_cert(self, ttl: str) -> CertBundle:
@@ -147,11 +208,19 @@ class ServiceVault:
                   "format": "pem", "private_key_format": "pkcs8"}
         if self.source_address:
             params["ip_sans"] = self.source_address
-        data = self._call(self.client.write, f"pki_int/issue/host-{self.host}", **params)["data"]
+        data = self._call(self.client.write_data, f"pki_int/issue/host-{self.host}", data=params)["data"]
         cert = x509.load_pem_x509_certificate(data["certificate"].encode())
-        chain = data.get("ca_chain") or [data["issuing_ca"]]
-        return CertBundle(cert_pem=data["certificate"], chain_pem="\n".join(c.strip() for c in chain) + "\n",
-                          key_pem=data["private_key"], not_before=cert.not_valid_before_utc,
+        chain = [c.strip() for c in (data.get("ca_chain") or [data["issuing_ca"]])]
+        last = x509.load_pem_x509_certificate(chain[-1].encode())
+        if last.issuer != last.subject:  # chain stops below the root: complete it
+            chain += [b for b in _pem_blocks(self.ca_chain_pem()) if b not in chain]
+        key_pem = data["private_key"]
+        if "BEGIN PRIVATE KEY" not in key_pem:  # a server that ignored private_key_format
+            key = serialization.load_pem_private_key(key_pem.encode(), None)
+            key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode()
+        return CertBundle(cert_pem=data["certificate"].strip() + "\n", chain_pem="\n".join(chain) + "\n",
+                          key_pem=key_pem, not_before=cert.not_valid_before_utc,
                           not_after=cert.not_valid_after_utc, serial=data["serial_number"])
 
     def ca_chain_pem(self) -> str:
@@ -173,14 +242,5 @@ class ServiceVault:
         return self._kv("histo/zk/acl-ids")
 
     def super_digest(self) -> str:
+        """ZooKeeper hosts only: `super:<base64 sha1>` for zoo.cfg's superDigest."""
         return self._kv("histo/zk/super")["digest"]
-
-
-def _pem_blocks(pem: str) -> list[str]:
-    end = "-----END CERTIFICATE-----"
-    return [b.strip() + "\n" + end for b in pem.split(end) if "BEGIN CERTIFICATE" in b]
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).replace("\n", " ")
-    return text[:160]

@@ -1,27 +1,45 @@
-"""Secret zero for a service: a secret_id bound to the host's address, delivered response-wrapped
-(only a single-use, short-lived wrapping token ever leaves the provisioner)."""
+"""Secret zero for a service: a secret_id bound to the host's address, delivered response-wrapped.
+Only a single-use, short-lived wrapping token ever leaves the provisioner: whoever unwraps it first
+gets the secret_id, so a service that finds its token already used knows it was intercepted."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import hvac
 
+from .setup import APPROLE, host_cidr
 
-def wrapped_secret_id(client: hvac.Client, host: str, address: str, wrap_ttl: str = "300s") -> str:
-    cidr = [f"{address}/32"]
-    resp = client.write_data(f"auth/approle/role/histo-{host}/secret-id", wrap_ttl=wrap_ttl,
+
+def wrapped_secret_id(client: hvac.Client, host: str, address: str, wrap_ttl: str = "120s") -> str:
+    """A new secret_id for AppRole histo-<host>, usable only from `address` (and its tokens too),
+    response-wrapped: returns the wrapping token only, never the secret_id itself."""
+    cidr = [host_cidr(address)]
+    resp = client.write_data(f"auth/{APPROLE}/role/histo-{host}/secret-id", wrap_ttl=wrap_ttl,
                              data={"cidr_list": cidr, "token_bound_cidrs": cidr})
     return resp["wrap_info"]["token"]
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
+def write_private(path: Path, text: str) -> None:
+    """0600 from creation (temp file + rename): never readable by others, never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_credentials(dirpath: Path, role_id: str, wrapping_token: str) -> None:
+    """role_id and secret_id.wrap in `dirpath` (folder 0700, files 0600)."""
+    dirpath = Path(dirpath)
     dirpath.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_private(dirpath / "role_id", role_id)
-    _write_private(dirpath / "secret_id.wrap", wrapping_token)
+    os.chmod(dirpath, 0o700)
+    write_private(dirpath / "role_id", role_id + "\n")
+    write_private(dirpath / "secret_id.wrap", wrapping_token + "\n")

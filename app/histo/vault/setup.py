@@ -1,33 +1,53 @@
 """THE Vault configuration of histo, applied idempotently by one piece of code: local mode calls
-apply() directly; the `vault_config` Ansible role runs `histo vault-setup --spec ...`.
+apply() directly; the `vault_config` Ansible role runs `histo vault-setup --spec spec.json`.
 
 Each step reads what is there and writes only what differs, so a second apply reports no change.
 Identity is per host: one PKI role, one policy and one AppRole per host, so a compromised worker
-can obtain its own certificate and its role's ZooKeeper credentials, and nothing else."""
+can obtain its own certificate and its role's ZooKeeper credentials, and nothing else.
+
+spec (a plain dict, no local assumptions):
+  trust_domain   "histo.internal"
+  hosts          [{"name": "master1", "role": "master|worker|zookeeper", "address": "127.0.10.21"}, ...]
+  leaf_max_ttl   "24h"       max life of a host certificate
+  audit_log      path of the file audit device to require; "<none>" (default) skips the check
+  secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
+  vault_url      optional: base of the PKI issuing/CRL URLs (defaults to the client's URL)
+"""
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 import hvac
-from hvac.exceptions import InvalidPath
+from hvac.exceptions import InvalidPath, InvalidRequest
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 TOKEN_KEY = "histo-tokens"
 ISSUER_POLICY = "histo-token-issuer"
-ZK_ROLES = ("master", "worker")
+ROLES = ("master", "worker", "zookeeper")
+ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
+NO_AUDIT = "<none>"
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"^{_LABEL}$")
+_DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
+
+
+class SetupError(RuntimeError):
+    """The spec is invalid or Vault cannot be brought to it by the API alone."""
 
 
 def _seconds(value: str | int) -> int:
     if isinstance(value, int):
         return value
-    total = 0
-    for num, unit in re.findall(r"(\d+)([smhd]?)", value):
-        total += int(num) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-    return total
+    if not re.fullmatch(r"(\d+[smhd]?)+", value):
+        raise SetupError(f"bad duration {value!r} (use e.g. 90s, 15m, 24h, 30d)")
+    return sum(int(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u]
+               for n, u in re.findall(r"(\d+)([smhd]?)", value))
 
 
 def zk_digest(username: str, password: str) -> str:
@@ -35,92 +55,219 @@ def zk_digest(username: str, password: str) -> str:
     return f"{username}:" + base64.b64encode(hashlib.sha1(f"{username}:{password}".encode()).digest()).decode()
 
 
+def host_cidr(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    return f"{ip}/{ip.max_prefixlen}"
+
+
+def validate_spec(spec: dict) -> None:
+    """Names and addresses end up inside policy HCL and PKI roles: accept only plain values."""
+    td = spec.get("trust_domain", "histo.internal")
+    if not _DOMAIN_RE.match(td):
+        raise SetupError(f"bad trust_domain {td!r}")
+    hosts = spec.get("hosts")
+    if not isinstance(hosts, list) or not hosts:
+        raise SetupError("spec needs a non-empty 'hosts' list")
+    seen: set[str] = set()
+    for h in hosts:
+        name, role, addr = h.get("name", ""), h.get("role", ""), h.get("address", "")
+        if not _HOST_RE.match(name) or name in seen:
+            raise SetupError(f"bad or duplicate host name {name!r}")
+        if role not in ROLES:
+            raise SetupError(f"host {name}: role must be one of {', '.join(ROLES)}")
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise SetupError(f"host {name}: bad address {addr!r}") from None
+        seen.add(name)
+    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl"):
+        if key in spec:
+            _seconds(spec[key])
+
+
+def _data(resp: Any) -> dict:
+    return resp.get("data", resp) if isinstance(resp, dict) else {}
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):  # Vault echoes a /32 binding back as the bare address
+        return sorted(re.sub(r"/(32|128)$", "", str(x)) for x in v)
+    if isinstance(v, bool) or v is None:
+        return v
+    return str(v)
+
+
+def _differs(have: dict, want: dict) -> bool:
+    """Compare only what the server knows: a field this Vault flavour does not echo back (e.g.
+    allowed_ip_sans_cidr on HashiCorp Vault) must not make every apply report a change."""
+    if not have:
+        return True
+    return any(k in have and _norm(have[k]) != _norm(v) for k, v in want.items())
+
+
 class _Applier:
     def __init__(self, client: hvac.Client, spec: dict) -> None:
         self.c, self.spec = client, spec
         self.td = spec.get("trust_domain", "histo.internal")
+        self.base_url = str(spec.get("vault_url") or client.url).rstrip("/")
         self.changed: list[str] = []
 
     def note(self, what: str) -> None:
         self.changed.append(what)
 
+    # -- audit -----------------------------------------------------------------------------------
+    def audit(self) -> None:
+        path = self.spec.get("audit_log") or NO_AUDIT
+        if path == NO_AUDIT:
+            return
+        devices = _data(self.c.sys.list_enabled_audit_devices())
+        used = set()
+        for mount, dev in devices.items():
+            if not isinstance(dev, dict):
+                continue
+            used.add(mount.rstrip("/"))
+            if dev.get("type") == "file" and (dev.get("options") or {}).get("file_path") == path:
+                return  # declared in the server config (OpenBao) or enabled earlier (Vault)
+        mount = "file" if "file" not in used else "histo-file"
+        try:
+            # HashiCorp Vault still allows this; OpenBao >= 2.3.2 refuses it (see server.py)
+            self.c.sys.enable_audit_device("file", path=mount, options={"file_path": path, "mode": "0600"},
+                                           description="histo: every request and response, values HMAC-ed")
+        except InvalidRequest as exc:
+            if "declarative" in str(exc) or "config" in str(exc):
+                raise SetupError(f'no file audit device writes to {path}: this server only accepts audit devices '
+                                 f'from its config file; add  audit "file" "file" {{ options {{ file_path = '
+                                 f'"{path}" }} }}  and restart it') from None
+            raise
+        self.note(f"audit {mount}")
+
     # -- engines -------------------------------------------------------------------------------
     def mount(self, path: str, backend: str, max_ttl: str | None = None, options: dict | None = None) -> None:
-        mounts = self.c.sys.list_mounted_secrets_engines()
-        mounts = mounts.get("data", mounts)
+        mounts = _data(self.c.sys.list_mounted_secrets_engines())
         if f"{path}/" in mounts:
+            have = mounts[f"{path}/"]
+            if have.get("type") != backend:
+                raise SetupError(f"{path}/ is mounted as {have.get('type')}, expected {backend}")
+            if max_ttl and int((have.get("config") or {}).get("max_lease_ttl") or 0) != _seconds(max_ttl):
+                self.c.sys.tune_mount_configuration(path, max_lease_ttl=max_ttl)
+                self.note(f"tune {path}")
             return
         config = {"max_lease_ttl": max_ttl} if max_ttl else None
         self.c.sys.enable_secrets_engine(backend, path=path, config=config, options=options)
         self.note(f"mount {path}")
 
     def auth_method(self, path: str, method: str) -> None:
-        methods = self.c.sys.list_auth_methods()
-        methods = methods.get("data", methods)
+        methods = _data(self.c.sys.list_auth_methods())
         if f"{path}/" not in methods:
             self.c.sys.enable_auth_method(method, path=path)
             self.note(f"auth {path}")
 
     # -- PKI --------------------------------------------------------------------------------------
+    def _ca_pem(self, mount: str) -> str:
+        try:
+            return (self.c.secrets.pki.read_ca_certificate(mount_point=mount) or "").strip()
+        except InvalidPath:
+            return ""
+
     def pki(self) -> None:
         self.mount(ROOT, "pki", "87600h")
         self.mount(INT, "pki", "43800h")
-        if not self.c.secrets.pki.read_ca_certificate(mount_point=ROOT).strip():
+        if not self._ca_pem(ROOT):
             self.c.secrets.pki.generate_root("internal", "histo root CA", mount_point=ROOT,
                                              extra_params={"key_type": "ec", "key_bits": 256, "ttl": "87600h",
-                                                           "issuer_name": "root"})
+                                                           "issuer_name": "root", "key_name": "root"})
             self.note("root CA")
-        if not self.c.secrets.pki.read_ca_certificate(mount_point=INT).strip():
+        if not self._ca_pem(INT):
             csr = self.c.secrets.pki.generate_intermediate(
                 "internal", "histo intermediate CA", mount_point=INT,
-                extra_params={"key_type": "ec", "key_bits": 256})["data"]["csr"]
+                extra_params={"key_type": "ec", "key_bits": 256, "key_name": "intermediate"})["data"]["csr"]
             signed = self.c.secrets.pki.sign_intermediate(
                 csr, "histo intermediate CA", mount_point=ROOT,
-                extra_params={"ttl": "43800h", "format": "pem_bundle"})["data"]
-            root = self.c.secrets.pki.read_ca_certificate(mount_point=ROOT).strip()
-            self.c.secrets.pki.set_signed_intermediate(signed["certificate"].strip() + "\n" + root,
+                extra_params={"ttl": "43800h", "format": "pem", "max_path_length": 0})["data"]
+            # intermediate + root: issued certificates then carry the full chain up to the root
+            self.c.secrets.pki.set_signed_intermediate(signed["certificate"].strip() + "\n" + self._ca_pem(ROOT),
                                                        mount_point=INT)
             self.note("intermediate CA")
+        self.default_issuer()
+        for mount in (ROOT, INT):
+            self.urls(mount)
         for host in self.spec["hosts"]:
             self.pki_role(host)
 
+    def default_issuer(self) -> None:
+        """pki_int issues with the imported intermediate (the issuer that has a key)."""
+        have = _data(self.c.read(f"{INT}/config/issuers")).get("default") or ""
+        issuers = _data(self.c.list(f"{INT}/issuers")).get("key_info") or {}
+        with_key = [iid for iid, info in issuers.items() if info.get("key_id")]
+        if len(with_key) != 1:
+            raise SetupError(f"{INT} has {len(with_key)} issuers with a key; expected exactly one")
+        if have != with_key[0]:
+            self.c.write_data(f"{INT}/config/issuers", data={"default": with_key[0]})
+            self.note(f"{INT} default issuer")
+
+    def urls(self, mount: str) -> None:
+        want = {"issuing_certificates": [f"{self.base_url}/v1/{mount}/ca"],
+                "crl_distribution_points": [f"{self.base_url}/v1/{mount}/crl"]}
+        have = _data(self.c.secrets.pki.read_urls(mount_point=mount))
+        if any(list(have.get(k) or []) != v for k, v in want.items()):
+            self.c.secrets.pki.set_urls(want, mount_point=mount)
+            self.note(f"{mount} urls")
+
     def pki_role(self, host: dict) -> None:
-        name, role = host["name"], host["role"]
+        name, role, addr = host["name"], host["role"], host["address"]
         want = {
-            "key_type": "ec", "key_bits": 256, "allowed_domains": [f"{name}.{self.td}", name],
-            "allow_bare_domains": True, "allow_subdomains": False, "allow_glob_domains": False,
-            "allow_localhost": False, "allow_ip_sans": True,
-            "allowed_uri_sans": [f"spiffe://{self.td}/{role}/{name}"], "enforce_hostnames": False,
-            "server_flag": True, "client_flag": True, "max_ttl": _seconds(self.spec.get("leaf_max_ttl", "24h")),
-            "not_before_duration": 30, "no_store": False, "require_cn": True,
+            "key_type": "ec", "key_bits": 256,
+            # exactly this host's names: FQDN and bare name, nothing below, no wildcards, no localhost
+            "allowed_domains": [f"{name}.{self.td}", name], "allow_bare_domains": True,
+            "allow_subdomains": False, "allow_glob_domains": False, "allow_wildcard_certificates": False,
+            "allow_localhost": False, "allow_any_name": False, "enforce_hostnames": True,
+            "cn_validations": ["hostname"],
+            # OpenBao's role-level IP restriction; the host policy pins ip_sans too (defence in depth)
+            "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(addr)],
+            "allowed_uri_sans": [f"spiffe://{self.td}/{role}/{name}"], "allowed_uri_sans_template": False,
+            "allowed_other_sans": [],
+            "server_flag": True, "client_flag": True, "code_signing_flag": False, "email_protection_flag": False,
+            # RFC 5480: an EC key does not do key encipherment
+            "key_usage": ["DigitalSignature", "KeyAgreement"],
+            "max_ttl": _seconds(self.spec.get("leaf_max_ttl", "24h")),
+            "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
+            "use_csr_common_name": False, "use_csr_sans": False,
         }
         path = f"host-{name}"
         try:
-            have = self.c.secrets.pki.read_role(path, mount_point=INT)["data"]
+            have = _data(self.c.secrets.pki.read_role(path, mount_point=INT))
         except InvalidPath:
             have = {}
-        if any(_norm(have.get(k)) != _norm(v) for k, v in want.items()):
+        if _differs(have, want):
             self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=INT)
             self.note(f"pki role {path}")
 
     # -- KV: ZooKeeper credentials ------------------------------------------------------------------
-    def kv_secret(self, path: str, factory) -> dict:
+    def _kv_read(self, path: str) -> dict | None:
         try:
             return self.c.secrets.kv.v2.read_secret_version(path, mount_point=KV,
                                                              raise_on_deleted_version=True)["data"]["data"]
         except InvalidPath:
-            data = factory()
-            self.c.secrets.kv.v2.create_or_update_secret(path, secret=data, mount_point=KV)
-            self.note(f"kv {path}")
-            return data
+            return None
+
+    def kv_secret(self, path: str, factory: Callable[[], dict]) -> dict:
+        """Generated only if absent: a re-apply never rotates a credential behind ZooKeeper's back."""
+        have = self._kv_read(path)
+        if have is not None:
+            return have
+        data = factory()
+        # cas=0: write only if the secret still does not exist (two concurrent applies cannot race)
+        self.c.secrets.kv.v2.create_or_update_secret(path, secret=data, cas=0, mount_point=KV)
+        self.note(f"kv {path}")
+        return data
 
     def zk_credentials(self) -> None:
         self.mount(KV, "kv", options={"version": "2"})
         ids = {}
         for role in ZK_ROLES:
             user = f"histo-{role}"
-            cred = self.kv_secret(f"histo/zk/{role}", lambda u=user: {"username": u,
-                                                                      "password": secrets.token_urlsafe(32)})
+            cred = self.kv_secret(f"histo/zk/{role}",
+                                  lambda u=user: {"username": u, "password": secrets.token_urlsafe(32)})
             ids[role] = zk_digest(cred["username"], cred["password"])
 
         def super_cred() -> dict:
@@ -129,12 +276,7 @@ class _Applier:
         self.kv_secret("histo/zk/super", super_cred)
         # The digest ids (hashes of random passwords, not the passwords) let each role set ACLs
         # naming the other without being able to read the other's password.
-        try:
-            have = self.c.secrets.kv.v2.read_secret_version("histo/zk/acl-ids", mount_point=KV,
-                                                            raise_on_deleted_version=True)["data"]["data"]
-        except InvalidPath:
-            have = None
-        if have != ids:
+        if self._kv_read("histo/zk/acl-ids") != ids:
             self.c.secrets.kv.v2.create_or_update_secret("histo/zk/acl-ids", secret=ids, mount_point=KV)
             self.note("kv histo/zk/acl-ids")
 
@@ -142,15 +284,20 @@ class _Applier:
     def transit(self) -> None:
         self.mount(TRANSIT, "transit")
         try:
-            self.c.secrets.transit.read_key(TOKEN_KEY, mount_point=TRANSIT)
+            have = _data(self.c.secrets.transit.read_key(TOKEN_KEY, mount_point=TRANSIT))
         except InvalidPath:
-            self.c.secrets.transit.create_key(TOKEN_KEY, key_type="ecdsa-p256", mount_point=TRANSIT)
+            # not exportable, no plaintext backup: the signing key never leaves Vault
+            self.c.secrets.transit.create_key(TOKEN_KEY, key_type="ecdsa-p256", exportable=False,
+                                              allow_plaintext_backup=False, mount_point=TRANSIT)
             self.note("transit key")
+            return
+        if have.get("type") != "ecdsa-p256":
+            raise SetupError(f"transit key {TOKEN_KEY} is {have.get('type')}, expected ecdsa-p256")
 
     # -- policies and AppRoles ---------------------------------------------------------------------------
     def policy(self, name: str, rules: str) -> None:
         try:
-            have = self.c.sys.read_policy(name)["data"]["rules"]
+            have = _data(self.c.sys.read_policy(name)).get("rules")
         except InvalidPath:
             have = None
         if (have or "").strip() != rules.strip():
@@ -159,12 +306,15 @@ class _Applier:
 
     def host_policy(self, host: dict) -> str:
         name, role, addr = host["name"], host["role"], host["address"]
-        rules = f'''# histo host {name} ({role}): its own certificate, its role's ZooKeeper credentials.
+        fqdn = f"{name}.{self.td}"
+        # allowed_parameters: any parameter not listed is refused, listed ones only take these values
+        # ([] = any value), so the token cannot ask for another IP, URI, name or key format.
+        rules = f'''# histo host {name} ({role}): its own certificate and its role's secrets, nothing else.
 path "{INT}/issue/host-{name}" {{
   capabilities = ["update"]
   allowed_parameters = {{
-    "common_name" = ["{name}.{self.td}"]
-    "alt_names" = ["{name}", "{name}.{self.td}", ""]
+    "common_name" = ["{fqdn}"]
+    "alt_names" = ["{name}", "{fqdn}", "{name},{fqdn}", "{fqdn},{name}", ""]
     "ip_sans" = ["{addr}", ""]
     "uri_sans" = ["spiffe://{self.td}/{role}/{name}"]
     "ttl" = []
@@ -182,37 +332,41 @@ path "{INT}/cert/ca_chain" {{
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
-        if role == "master":
+        if role == "master":  # public keys only, to verify API tokens
             rules += f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
-        if role == "zookeeper":
+        if role == "zookeeper":  # its digest goes into zoo.cfg
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
         return rules
 
     def approle(self, host: dict) -> str:
-        name, cidr = host["name"], f"{host['address']}/32"
+        name, cidr = host["name"], host_cidr(host["address"])
         want = {
-            "token_policies": [f"histo-{name}"], "secret_id_bound_cidrs": [cidr], "token_bound_cidrs": [cidr],
-            "secret_id_ttl": _seconds(self.spec.get("secret_id_ttl", "720h")), "secret_id_num_uses": 0,
+            "token_policies": [f"histo-{name}"], "token_no_default_policy": False,  # default: renew/lookup self
+            "bind_secret_id": True, "secret_id_bound_cidrs": [cidr], "token_bound_cidrs": [cidr],
+            "secret_id_ttl": _seconds(self.spec.get("secret_id_ttl", "720h")),
+            # 0 = unlimited: a restarted service logs in again with its stored, address-bound secret_id
+            "secret_id_num_uses": 0, "token_num_uses": 0,
             "token_ttl": _seconds(self.spec.get("token_ttl", "1h")),
             "token_max_ttl": _seconds(self.spec.get("token_max_ttl", "24h")), "token_type": "service",
-            "bind_secret_id": True,
         }
         role_name = f"histo-{name}"
         try:
-            have = self.c.auth.approle.read_role(role_name)["data"]
+            have = _data(self.c.auth.approle.read_role(role_name, mount_point=APPROLE))
         except InvalidPath:
             have = {}
-        if any(_norm(have.get(k)) != _norm(v) for k, v in want.items()):
-            self.c.auth.approle.create_or_update_approle(role_name, **want)
+        if _differs(have, want):
+            self.c.auth.approle.create_or_update_approle(role_name, mount_point=APPROLE, **want)
             self.note(f"approle {role_name}")
-        return self.c.auth.approle.read_role_id(role_name)["data"]["role_id"]
+        return self.c.auth.approle.read_role_id(role_name, mount_point=APPROLE)["data"]["role_id"]
 
     def run(self) -> dict:
+        validate_spec(self.spec)
+        self.audit()
         self.pki()
         self.zk_credentials()
         self.transit()
         self.auth_method(APPROLE, "approle")
-        self.policy(ISSUER_POLICY, f'''# may sign API tokens with the transit key; the key never leaves Vault
+        self.policy(ISSUER_POLICY, f'''# histo token issuer: signs API tokens with the transit key (which never leaves Vault)
 path "{TRANSIT}/sign/{TOKEN_KEY}" {{
   capabilities = ["update"]
 }}
@@ -227,13 +381,6 @@ path "{TRANSIT}/keys/{TOKEN_KEY}" {{
         return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids}
 
 
-def _norm(v: Any) -> Any:
-    if isinstance(v, list):  # Vault echoes a /32 binding back as the bare address
-        return sorted(str(x).removesuffix("/32") for x in v)
-    if isinstance(v, bool) or v is None:
-        return v
-    return str(v)
-
-
 def apply(client: hvac.Client, spec: dict) -> dict:
+    """Bring Vault to `spec`; returns {"changed": bool, "changes": [...], "role_ids": {host: role_id}}."""
     return _Applier(client, spec).run()
