@@ -91,6 +91,10 @@ def _schemas() -> dict:
             "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
             "audience": {"type": "string", "description": "\"secops\", or the owner of the job it is about"}},
             "additionalProperties": True},
+        "DrillEvent": {"type": "object", "required": ["drill", "held"], "maxProperties": 8, "properties": {
+            "drill": {"type": "string", "minLength": 1, "maxLength": 80, "examples": ["flood"]},
+            "held": {"type": "boolean", "description": "whether the control held"},
+            "tried": {"type": "string", "maxLength": 300}, "happened": {"type": "string", "maxLength": 500}}},
         "WsAuth": {"type": "object", "required": ["type", "token"], "description": "client -> server, first message",
                    "properties": {"type": {"const": "auth"}, "token": {"type": "string"}}},
         "WsReady": {"type": "object", "required": ["type", "role"], "description": "server -> client",
@@ -160,17 +164,27 @@ def _paths() -> dict:
                     "jti": {"type": "string"}, "exp": {"type": "number", "description": "the token's expiry"}}}}}},
             "responses": {"200": _json("revoked", {"type": "object", "properties": {"revoked": {"type": "string"}}}),
                           "400": _err("bad body"), **AUTH_ERRORS}}},
-        "/api/v1/events": {"get": {
-            "summary": "WebSocket: job progress (own jobs) and SecOps events (viewer, admin)",
-            "description": "Browsers cannot set headers on a WebSocket, so the FIRST message must be "
-                           "WsAuth {\"type\":\"auth\",\"token\":...}. The server answers WsReady, or closes "
-                           "with code 4401. Then WsEvent messages follow, starting with recent history.",
-            "operationId": "events", "tags": ["events"], "security": [],
-            "parameters": [{"name": "Upgrade", "in": "header", "required": True,
-                            "schema": {"type": "string", "const": "websocket"}}],
-            "responses": {"101": {"description": "switching protocols; messages: WsAuth (client), "
-                                                 "WsReady and WsEvent (server)"},
-                          "400": _err("not a WebSocket handshake")}}},
+        "/api/v1/events": {
+            "post": {"summary": "record an attack drill's outcome as a SecOps event of kind \"drill\" (admin)",
+                     "operationId": "postDrillEvent", "tags": ["events", "security"], "security": BEARER,
+                     "requestBody": {"required": True,
+                                     "content": {"application/json": {"schema": _ref("DrillEvent")}}},
+                     "responses": {"201": _json("recorded and published to the SecOps dashboard", {
+                         "type": "object", "required": ["kind", "drill", "outcome"], "properties": {
+                             "kind": {"const": "drill"}, "drill": {"type": "string"},
+                             "outcome": {"type": "string", "enum": ["held", "failed"]}}}),
+                         "400": _err("bad body (not JSON, no drill or held, a field too long)"), **AUTH_ERRORS}},
+            "get": {
+                "summary": "WebSocket: job progress (own jobs) and SecOps events (viewer, admin)",
+                "description": "Browsers cannot set headers on a WebSocket, so the FIRST message must be "
+                               "WsAuth {\"type\":\"auth\",\"token\":...}. The server answers WsReady, or closes "
+                               "with code 4401. Then WsEvent messages follow, starting with recent history.",
+                "operationId": "events", "tags": ["events"], "security": [],
+                "parameters": [{"name": "Upgrade", "in": "header", "required": True,
+                                "schema": {"type": "string", "const": "websocket"}}],
+                "responses": {"101": {"description": "switching protocols; messages: WsAuth (client), "
+                                                     "WsReady and WsEvent (server)"},
+                              "400": _err("not a WebSocket handshake")}}},
     }
 
 

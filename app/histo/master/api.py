@@ -31,6 +31,9 @@ VIEWERS = ("viewer", "admin")
 PUBLIC_JOB_FIELDS = ("id", "owner", "state", "mode", "format", "width", "height", "progress", "tiles",
                      "reason", "timings", "created", "finished")
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+# POST /api/v1/events (admin): an attack drill's outcome on the SecOps dashboard. Fixed kind, bounded fields.
+DRILL_FIELDS = {"drill": 80, "tried": 300, "happened": 500}
+DRILL_BODY_MAX = 4096
 
 
 def build_app(master: "Master") -> web.Application:
@@ -64,6 +67,7 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
     r.add_get(prefix + "/api/v1/jobs/{id}/histogram.png", h.histogram_png)
     r.add_get(prefix + "/api/v1/cluster", h.cluster)
     r.add_post(prefix + "/api/v1/tokens/revoke", h.revoke)
+    r.add_post(prefix + "/api/v1/events", h.post_event)
     r.add_get(prefix + "/api/v1/events", h.events)
 
 
@@ -291,6 +295,29 @@ class Handlers:
         self.m.audit_decision(principal, request, "revoke token", True, f"jti {jti}")
         self.m.emit("token_revoked", severity="info", jti=jti, by=principal.sub)
         return web.json_response({"revoked": jti})
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        """An admin (the operator running `make attack`) records a drill's outcome as a SecOps event."""
+        principal = await self.m.auth.require(request, ("admin",))
+        if request.content_length is not None and request.content_length > DRILL_BODY_MAX:
+            raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
+        try:
+            raw = await request.content.read(DRILL_BODY_MAX + 1)
+            body = json.loads(raw)
+            if len(raw) > DRILL_BODY_MAX or not isinstance(body, dict) or not isinstance(body.get("held"), bool):
+                raise ValueError
+            fields = {k: body[k] for k in DRILL_FIELDS if k in body}
+            if not isinstance(fields.get("drill"), str) or not fields["drill"].strip() or any(
+                    not isinstance(v, str) or len(v) > DRILL_FIELDS[k] for k, v in fields.items()):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise json_error(400, "bad_request", "send JSON {\"drill\": str (<= 80), \"held\": bool, "
+                                                 "\"tried\": str (<= 300), \"happened\": str (<= 500)}") from None
+        held = body["held"]
+        self.m.audit_decision(principal, request, "POST /api/v1/events", True, f"drill {fields['drill']}")
+        outcome = "held" if held else "failed"
+        self.m.emit("drill", severity="info" if held else "critical", outcome=outcome, by=principal.sub, **fields)
+        return web.json_response({"kind": "drill", "drill": fields["drill"], "outcome": outcome}, status=201)
 
     async def events(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=16 * 1024)
