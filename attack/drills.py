@@ -15,7 +15,6 @@ import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,19 +26,9 @@ from kazoo.exceptions import NoAuthError  # noqa: E402
 from histo.edge.tokens import issue_token  # noqa: E402
 from histo.vault.client import ServiceVault, VaultAuthError  # noqa: E402
 from histo.vault.provision import wrapped_secret_id, write_credentials  # noqa: E402
+from attack.outcome import Outcome, run_drills, summary  # noqa: E402
 from tests.integration.attacker import get_from, root_client, zk_client  # noqa: E402
 from tests.integration.cluster_fixture import Cluster, sample_image  # noqa: E402
-
-
-@dataclass
-class Outcome:
-    drill: str
-    tried: str
-    happened: str
-    held: bool
-
-    def line(self) -> str:
-        return f"[{'HELD' if self.held else 'FAILED'}] {self.drill}: tried {self.tried} -> {self.happened}"
 
 
 def _net(cl: Cluster) -> str:
@@ -294,21 +283,23 @@ def vault_sealed(cl: Cluster) -> Outcome:
 
 
 def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome]:
-    drills = [eavesdrop, stolen_certificate, compromised_worker_vault, compromised_worker_zookeeper,
-              lateral_movement, forged_result, lambda c: secret_id_reuse(c, _fresh(scratch, "sid")),
-              lambda c: expired_certificate(c, _fresh(scratch, "cert")), revoked_token, flood]
+    drills = [("eavesdrop", eavesdrop), ("stolen certificate", stolen_certificate),
+              ("compromised worker vs Vault", compromised_worker_vault),
+              ("compromised worker vs ZooKeeper", compromised_worker_zookeeper),
+              ("lateral movement", lateral_movement), ("forged / replayed result", forged_result),
+              ("used secret_id", lambda c: secret_id_reuse(c, _fresh(scratch, "sid"))),
+              ("expired certificate", lambda c: expired_certificate(c, _fresh(scratch, "cert"))),
+              ("revoked token", revoked_token), ("flood", flood)]
     if disruptive:
-        drills.append(vault_sealed)
-    out = []
-    for drill in drills:
-        try:
-            result = drill(cl)
-        except Exception as exc:
-            name = getattr(drill, "__name__", "drill")
-            result = Outcome(name, "the drill", f"could not run: {type(exc).__name__}: {exc}", False)
-        print(result.line(), flush=True)
-        out.append(result)
-    return out
+        drills.append(("Vault sealed", vault_sealed))
+    return run_drills([(name, lambda d=d: d(cl)) for name, d in drills], post=lambda r: _post(cl, r))
+
+
+def _post(cl: Cluster, result: Outcome) -> str:
+    """The drill as a SecOps event on the master the dashboard is served from (admin only)."""
+    status, _h, _b = cl.request("POST", "/api/v1/events", token=cl.token("admin"), body=result.event_body(),
+                                headers={"Content-Type": "application/json"})
+    return f"drill event recorded on {cl.url}" if status == 201 else f"drill event not recorded ({status})"
 
 
 def _fresh(base: Path, name: str) -> Path:
@@ -328,9 +319,8 @@ def main() -> None:
     cl = Cluster(root=root, env=env)
     with tempfile.TemporaryDirectory() as scratch:
         results = run_all(cl, Path(scratch))
-    held = sum(r.held for r in results)
-    print(f"{held} held, {len(results) - held} failed")
-    sys.exit(0 if held == len(results) else 1)
+    print(summary(results))
+    sys.exit(0 if all(r.held for r in results) else 1)
 
 
 if __name__ == "__main__":
