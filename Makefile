@@ -38,6 +38,12 @@ clean: local-down
 
 -include mk/*.mk
 
-## make attack: the attack drills against the running `make local` cluster
+## make attack: the attack drills against the deployed cluster when it is up (`make up`: .histo/vagrant/env
+## and every machine running), else against the running `make local` cluster
 attack: bootstrap
-	$(PY) attack/drills.py .histo/local
+	@if $(PY) attack/cluster_drills.py --check-up; then \
+	  $(PY) attack/cluster_drills.py; \
+	else \
+	  echo "attack: the deployed cluster is not up; drills against make local (.histo/local)"; \
+	  $(PY) attack/drills.py .histo/local; \
+	fi
