@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,8 @@ class Deployed:
 
     def inside(self, name: str, script: str, payload: dict | None = None, timeout: float = 120) -> dict:
         """Runs `script` in machine `name` with its histo Python; `P` is the payload, `R` the answer."""
-        boot = "import sys, json; P = json.loads(sys.stdin.readline()); exec(compile(sys.stdin.read(), 'drill', 'exec'))"
+        boot = ("import sys, json; P = json.loads(sys.stdin.readline()); "
+                "exec(compile(sys.stdin.read(), 'drill', 'exec'))")
         stdin = json.dumps(payload or {}) + "\n" + MACHINE_LIB + "\n" + script + "\nprint('@@R@@' + json.dumps(R))\n"
         proc = subprocess.run(["lxc-attach", "-n", self.machines[name].container, "--clear-env", "--",
                                MACHINE_PYTHON, "-c", boot], input=stdin, capture_output=True, text=True,
@@ -272,6 +274,19 @@ def _upload(d: Deployed, image: bytes, mode: str = "gray", token: str | None = N
     if status != 202:
         raise RuntimeError(f"upload answered {status}: {doc}")
     return d.api.wait_job(doc["id"], token=token, timeout=120, poll=0.3)
+
+
+def _tcp(address: str, port: int, timeout: float = 2.0) -> str:
+    assert ipaddress.ip_address(address) in CLUSTER_NET
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except (socket.timeout, TimeoutError):
+        return "timeout"
+    except OSError as exc:
+        return f"error:{type(exc).__name__}"
 
 
 def _summ(values: list) -> str:
@@ -426,7 +441,8 @@ USE_TLS = r'''
 d = private_dir()
 try:
     write_tls(d, P["tls"]["cert.pem"], P["tls"]["key.pem"], P["tls"]["ca.pem"])
-    R["calls"] = [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS, tls=d)) for addr, port, path in P["targets"]]
+    R["calls"] = [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS, tls=d))
+                  for addr, port, path in P["targets"]]
 finally:
     for f in d.iterdir():
         f.unlink()
@@ -445,19 +461,22 @@ def stolen_certificate(d: Deployed) -> Outcome:
     targets = [[m.address, port, "/internal/v1/results"] for m in masters]
     from_worker2 = d.inside(w2.name, USE_TLS, {"tls": stolen, "targets": targets})["calls"]
     peer = masters[-1]
-    from_master = d.inside(peer.name, USE_TLS, {"tls": stolen,
-                                                  "targets": [[masters[0].address, port, "/internal/v1/results"]]})["calls"]
+    to_first = [[masters[0].address, port, "/internal/v1/results"]]
+    from_master = d.inside(peer.name, USE_TLS, {"tls": stolen, "targets": to_first})["calls"]
     del stolen
+    # From the controller (or any non-cluster host) the stolen pair never gets as far as a handshake.
+    firewall = _tcp(masters[0].address, port)
     legit = d.inside(w1.name, OWN_TLS, {"targets": targets})["calls"]
     status, _h, raw = d.api.request("GET", "/api/v1/cluster", token=d.api.token("viewer"))
     listed = status == 200 and w1.name in [n["name"] for n in json.loads(raw)["workers"]]
-    refused = all(s == 403 for s, _ in from_worker2 + from_master)
+    refused = all(s == 403 for s, _ in from_worker2 + from_master) and firewall == "timeout"
     legit_ok = all(s in (400, 409) for s, _ in legit)
     return Outcome("stolen certificate",
-                   f"{w1.name}'s certificate and key, copied to {w2.name} and to {peer.name}, presented to every "
-                   f"master's internal port {port} as a result report",
+                   f"{w1.name}'s certificate and key, copied to {w2.name}, {peer.name} and the controller, presented to "
+                   f"the masters' internal port {port} as a result report",
                    f"from {w2.name}: {_summ([str(s) for s, _ in from_worker2])}; from {peer.name}: "
-                   f"{_summ([str(s) for s, _ in from_master])} ({from_master[0][1]}); the real {w1.name}: "
+                   f"{_summ([str(s) for s, _ in from_master])} ({from_master[0][1]}); from the controller: "
+                   f"{masters[0].name}:{port} {firewall} (firewall); the real {w1.name}: "
                    f"{_summ([str(s) for s, _ in legit])} (identity accepted, bogus result refused); "
                    f"{w1.name} still in the cluster: {listed}", refused and legit_ok and listed)
 
@@ -482,8 +501,8 @@ for what, fn in (("read the masters' ZooKeeper credentials", lambda: kv("histo/z
                      "pki_int/issue/host-" + P["master"], data={"common_name": P["master"] + ".histo.internal",
                                                                 "ttl": "60s"})),
                  ("issue another worker's certificate", lambda: v.client.write_data(
-                     "pki_int/issue/host-" + P["other_worker"], data={"common_name": P["other_worker"] + ".histo.internal",
-                                                                       "ttl": "60s"})),
+                     "pki_int/issue/host-" + P["other_worker"],
+                     data={"common_name": P["other_worker"] + ".histo.internal", "ttl": "60s"})),
                  ("sign an API token", lambda: v.client.secrets.transit.sign_data(
                      "histo-tokens", "aGk=", mount_point="transit")),
                  ("read Vault's policies", lambda: v.client.sys.read_policy("histo-" + P["master"]))):
@@ -508,8 +527,10 @@ try:
                 undo()
         except NoAuthError:
             zk_refused.append(what)
-    try_zk("delete a job", lambda: zk.delete("/histo/jobs/" + target, recursive=True) if target else zk.delete("/histo/jobs"))
-    try_zk("join the leader election", lambda: R.__setitem__("created", zk.create("/histo/election/x-", b"w", ephemeral=True, sequence=True)),
+    try_zk("delete a job", lambda: zk.delete("/histo/jobs/" + target, recursive=True) if target
+           else zk.delete("/histo/jobs"))
+    try_zk("join the leader election",
+           lambda: R.__setitem__("created", zk.create("/histo/election/x-", b"w", ephemeral=True, sequence=True)),
            lambda: zk.delete(R.pop("created")))
     try_zk("rewrite another worker's membership", lambda: zk.set("/histo/workers/" + P["other_worker"], w2))
     try_zk("add to the token revocation list", lambda: zk.create("/histo/revoked/drill-" + os.urandom(4).hex(), b""))
@@ -535,8 +556,9 @@ def compromised_worker(d: Deployed) -> Outcome:
     held = (not r["vault_allowed"] and not r["zk_allowed"] and len(dropped) == len(forbidden_reach)
             and len(r["legit"]) == 3 and internal_ok)
     return Outcome("compromised worker",
-                   f"as root in {w1.name} with its own files and Vault login: {len(r['vault_refused']) + len(r['vault_allowed'])} "
-                   f"privileged Vault calls, {len(r['zk_refused']) + len(r['zk_allowed'])} ZooKeeper writes, "
+                   f"as root in {w1.name} with its own files and Vault login: "
+                   f"{len(r['vault_refused']) + len(r['vault_allowed'])} privileged Vault calls, "
+                   f"{len(r['zk_refused']) + len(r['zk_allowed'])} ZooKeeper writes, "
                    f"connections to {w2.name}:{d.ports['internal']} and the masters' port {d.ports['public']}",
                    f"Vault refused {len(r['vault_refused'])} ({'; '.join(r['vault_refused'])}), allowed "
                    f"{r['vault_allowed'] or 'none'}; ZooKeeper refused {len(r['zk_refused'])} "
@@ -561,7 +583,8 @@ calls = []
 for n, t in sorted(tasks.items()):
     hdr = dict(RESULT_HEADERS, **{"X-Histo-Job": P["job"], "X-Histo-Task": str(n), "X-Histo-Attempt": t["attempt"],
                                   "X-Histo-Phase": t["phase"], "X-Histo-Width": str(P["width"])})
-    calls.append(["replay " + ("own" if t.get("worker") == CFG["name"] else "other's"), *https(P["leader"], P["port"], "/internal/v1/results", "POST", b"[]", hdr)])
+    whose = "own" if t.get("worker") == CFG["name"] else "other's"
+    calls.append(["replay " + whose, *https(P["leader"], P["port"], "/internal/v1/results", "POST", b"[]", hdr)])
 forged = dict(RESULT_HEADERS, **{"X-Histo-Job": P["job"], "X-Histo-Attempt": os.urandom(8).hex()})
 calls.append(["forged attempt", *https(P["leader"], P["port"], "/internal/v1/results", "POST", b"[]", forged)])
 R["calls"] = calls
@@ -747,7 +770,8 @@ host = P["url"].split("//")[1]
 def post(src, token, body, ctype):
     c = http.client.HTTPSConnection(host, 443, context=ctx, source_address=(src, 0), timeout=15)
     try:
-        c.request("POST", "/api/v1/jobs", body=body, headers={"Authorization": "Bearer " + token, "Content-Type": ctype})
+        c.request("POST", "/api/v1/jobs", body=body,
+                  headers={"Authorization": "Bearer " + token, "Content-Type": ctype})
         r = c.getresponse(); r.read(); return r.status
     except OSError as e:
         return type(e).__name__
