@@ -863,6 +863,9 @@ def _unseal(root) -> bool:
     return not root.sys.read_seal_status()["sealed"]
 
 
+SEALED_AT_LEAST = 7.0
+
+
 def vault_sealed(d: Deployed) -> Outcome:
     root = d.root_vault()
     if root.sys.read_seal_status()["sealed"]:
@@ -878,6 +881,8 @@ def vault_sealed(d: Deployed) -> Outcome:
                            for r in ready.values())
             if not degraded:
                 time.sleep(0.5)
+        # Long enough for every service's token check (every 5 s) to have met the sealed Vault.
+        time.sleep(max(0.0, sealed_at + SEALED_AT_LEAST - time.time()))
         served = _upload(d, _gray_noise(64, 48)[0])["state"]
     finally:
         unsealed = _unseal(root)
@@ -890,7 +895,7 @@ def vault_sealed(d: Deployed) -> Outcome:
         if not recovered:
             time.sleep(0.5)
     held = degraded and served == "done" and unsealed and recovered
-    return Outcome("Vault sealed", f"sealing Vault for {sealed_for:.0f}s while the cluster serves",
+    return Outcome("Vault sealed", f"sealing Vault for {sealed_for:.1f}s while the cluster serves",
                    f"every master's /readyz degraded (vault): {degraded}; a job meanwhile: {served}; unsealed again: "
                    f"{unsealed}; every master ready again: {recovered} after {time.time() - t0:.0f}s", held)
 
