@@ -1,0 +1,92 @@
+"""ZooKeeper client checks for the zookeeper scenario's verify (run on the controller, config on stdin).
+Prints one line per check; exits non-zero at the first check that does not hold."""
+import json
+import os
+import socket
+import ssl
+import sys
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from histo.zk.acl import ROOT, bootstrap_tree
+from histo.zk.client import connect
+
+cfg = json.load(sys.stdin)
+addr, port = cfg["address"], cfg["port"]
+hosts = f"{addr}:{port}"
+os.makedirs(cfg["dir"], mode=0o700, exist_ok=True)
+cert, key = os.path.join(cfg["dir"], "client.pem"), os.path.join(cfg["dir"], "client.key")
+for path, text in ((cert, cfg["cert"]), (key, cfg["key"])):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+
+
+def check(ok: bool, what: str) -> None:
+    print(("ok    " if ok else "FAILED ") + what)
+    if not ok:
+        sys.exit(1)
+
+
+def tls_session(certfile=None, keyfile=None) -> bool:
+    """True if the server completes a TLS handshake and answers a request (ruok) over it."""
+    ctx = ssl.create_default_context(cafile=cfg["ca"])
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    try:
+        with socket.create_connection((addr, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=addr) as s:
+            s.sendall(b"ruok")
+            return s.recv(4) == b"imok"
+    except (ssl.SSLError, OSError):
+        return False
+
+
+try:
+    socket.create_connection((addr, 2181), timeout=3).close()
+    plain = True
+except OSError:
+    plain = False
+check(not plain, "plain client port 2181 refuses connections")
+check(tls_session(cert, key), "TLS port answers a client with a Vault-issued certificate")
+check(not tls_session(), "TLS port refuses a client without a certificate")
+check(not tls_session(cfg["foreign_cert"], cfg["foreign_key"]),
+      "TLS port refuses a certificate from another CA (the Vault listener's bootstrap CA)")
+
+anon = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True, ca=cfg["ca"], timeout=3)
+try:
+    anon.start(timeout=5)
+    got_session = True
+    anon.stop()
+except KazooTimeoutError:
+    got_session = False
+finally:
+    anon.close()
+check(not got_session, "a client without a certificate gets no session (so cannot write)")
+
+master = connect(hosts, cfg["ca"], cert, key, cfg["master"]["username"], cfg["master"]["password"], "master",
+                 acl_ids=cfg["acl_ids"], timeout=15)
+try:
+    bootstrap_tree(master, cfg["acl_ids"])
+    master.create(f"{ROOT}/jobs/molecule-probe", b"x")
+    master.delete(f"{ROOT}/jobs/molecule-probe")
+    check(True, "the masters' digest identity creates and deletes under /histo (ACLs set as a master does)")
+finally:
+    master.stop()
+    master.close()
+
+nodigest = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True, ca=cfg["ca"], certfile=cert, keyfile=key, timeout=6)
+nodigest.start(timeout=15)
+try:
+    for path in ("/molecule-probe", f"{ROOT}/jobs/molecule-probe"):
+        try:
+            nodigest.create(path, b"x")
+            denied = False
+            nodigest.delete(path)
+        except NoAuthError:
+            denied = True
+        check(denied, f"a TLS client without digest credentials cannot write {path}")
+finally:
+    nodigest.stop()
+    nodigest.close()
