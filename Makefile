@@ -5,17 +5,25 @@ PY := $(VENV)/bin/python
 HISTO := $(VENV)/bin/histo
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bootstrap test test-unit test-integration local local-down local-status bench attack clean
+.PHONY: bootstrap test test-cluster test-unit test-integration local local-down local-status bench attack clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 
-## make test: every test, from a fresh machine (installs what it needs first)
+## make test: every test, from a fresh machine (installs what it needs first), in three stages:
+##   1. unit and integration tests (loopback: real OpenBao, ZooKeeper, TLS, processes)
+##   2. the cluster: make up, acceptance tests and attack drills on the machines, make down
+##   3. the roles: lint and a Molecule scenario per role
 test: bootstrap
 	$(PYTEST) tests/unit tests/integration -q -ra --timeout=600
+	bash scripts/cluster-test.sh
+	bash scripts/molecule.sh
 
 test-unit: bootstrap
 	$(PYTEST) tests/unit -q
+
+test-cluster: bootstrap
+	bash scripts/cluster-test.sh
 
 test-integration: bootstrap
 	$(PYTEST) tests/integration -q -ra --timeout=600

@@ -17,6 +17,9 @@ case "${1:-up}" in
     ;;
   down)
     ip link show "$BR" >/dev/null 2>&1 && ip link del "$BR"
+    # LXC's NAT bridge is shared: keep it while another container (not the cluster's, destroyed
+    # before this runs) still uses it, e.g. a Molecule instance.
+    if [ -n "$(lxc-ls --running 2>/dev/null)" ]; then exit 0; fi
     USE_LXC_BRIDGE=true /usr/libexec/lxc/lxc-net stop >/dev/null 2>&1 || true
     # lxc-net may not know a bridge its package's postinst started: remove what is left by pid/name.
     [ -f /run/lxc/dnsmasq.pid ] && kill "$(cat /run/lxc/dnsmasq.pid)" 2>/dev/null || true
