@@ -12,12 +12,13 @@ bootstrap:
 
 ## make test: every test, from a fresh machine (installs what it needs first), in three stages:
 ##   1. unit and integration tests (loopback: real OpenBao, ZooKeeper, TLS, processes)
-##   2. the cluster: make up, acceptance tests and attack drills on the machines, make down
-##   3. the roles: lint and a Molecule scenario per role
+##   2. the roles: a Molecule scenario per role (LXC instances on histo-mol0)
+##   3. the cluster: make up, acceptance tests and attack drills on the machines, make down, and a
+##      check that nothing (machine, instance, bridge, process, secret) is left behind
 test: bootstrap
 	$(PYTEST) tests/unit tests/integration -q -ra --timeout=600
-	bash scripts/cluster-test.sh
 	bash scripts/molecule.sh
+	bash scripts/cluster-test.sh
 
 test-unit: bootstrap
 	$(PYTEST) tests/unit -q

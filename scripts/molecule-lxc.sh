@@ -5,8 +5,8 @@
 #   - the test network is histo-mol0 (192.168.57.0/24, the controller is 192.168.57.1), made here,
 #     removed here when no mol-* container is left,
 #   - eth0 is on LXC's shared NAT bridge lxcbr0 (DHCP, apt from Debian mirrors), as on the cluster
-#     machines: the management network where SSH is accepted. lxcbr0 is started when missing, never
-#     stopped (other containers may use it).
+#     machines: the management network where SSH is accepted. lxcbr0 is started when missing and
+#     stopped again by the last destroy only if it was started here and no container is running.
 # Root filesystems are overlays on one read-only copy of the project's box rootfs
 # (.histo/molecule/base, extracted once from vagrant/box/histo-debian12-lxc.box): an instance starts
 # in about a second and costs only the files it writes.
@@ -29,7 +29,10 @@ check_name() {
 }
 
 network_up() {
-  ip link show lxcbr0 >/dev/null 2>&1 || USE_LXC_BRIDGE=true /usr/libexec/lxc/lxc-net start
+  if ! ip link show lxcbr0 >/dev/null 2>&1; then
+    bash "$ROOT/vagrant/network.sh" nat-up
+    touch "$MOL/.nat_started"
+  fi
   if ! ip link show "$BR" >/dev/null 2>&1; then
     ip link add "$BR" type bridge
     ip addr add "$BR_ADDR" dev "$BR"
@@ -49,6 +52,10 @@ network_down() {
     # Put back what we changed, unless the cluster network (which wants it) is up.
     ip link show histo-br0 >/dev/null 2>&1 || sysctl -qw net.netfilter.nf_log_all_netns=0
     rm -f "$MOL/.nf_log_set"
+  fi
+  if [ -f "$MOL/.nat_started" ]; then
+    bash "$ROOT/vagrant/network.sh" nat-down
+    rm -f "$MOL/.nat_started"
   fi
 }
 

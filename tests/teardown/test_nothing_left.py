@@ -41,9 +41,15 @@ def test_no_machine_left():
     assert not list((ROOT / ".vagrant" / "machines").glob("*/lxc/id")), "vagrant still records a machine"
 
 
+def test_no_molecule_instance_left():
+    # the role tests (make molecule) run before the cluster stage in make test and clean up after themselves
+    assert [c for c in _lxc("-1").split() if c.startswith("mol-")] == [], "Molecule instances left behind"
+
+
 def test_no_bridge_left():
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     assert "histo-br0" not in links, "the cluster bridge histo-br0 is still there"
+    assert "histo-mol0" not in links, "the Molecule bridge histo-mol0 is still there"
     if not _lxc("--running", "-1").split():  # lxcbr0 stays only while someone else's container uses it
         assert " lxcbr0:" not in links, "LXC's NAT bridge lxcbr0 is still there"
 
