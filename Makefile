@@ -12,11 +12,12 @@ bootstrap:
 
 ## make test: every test, from a fresh machine (installs what it needs first), in three stages:
 ##   1. unit and integration tests (loopback: real OpenBao, ZooKeeper, TLS, processes)
-##   2. the roles: a Molecule scenario per role (LXC instances on histo-mol0)
+##   2. the roles: lint (syntax check, yamllint, ansible-lint production), a Molecule scenario per role
 ##   3. the cluster: make up, acceptance tests and attack drills on the machines, make down, and a
 ##      check that nothing (machine, instance, bridge, process, secret) is left behind
 test: bootstrap
 	$(PYTEST) tests/unit tests/integration -q -ra --timeout=600
+	bash scripts/deploy-lint.sh
 	bash scripts/molecule.sh
 	bash scripts/cluster-test.sh
 
