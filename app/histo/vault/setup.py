@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
+import time
 from typing import Any, Callable
 
 import hvac
@@ -31,6 +32,9 @@ ISSUER_POLICY = "histo-token-issuer"
 ROLES = ("master", "worker", "zookeeper")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
 NO_AUDIT = "<none>"
+# A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
+KV_UPGRADING = "Upgrading from non-versioned to versioned data"
+KV_UPGRADE_WAIT = 30.0  # seconds
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_RE = re.compile(rf"^{_LABEL}$")
@@ -244,11 +248,18 @@ class _Applier:
 
     # -- KV: ZooKeeper credentials ------------------------------------------------------------------
     def _kv_read(self, path: str) -> dict | None:
-        try:
-            return self.c.secrets.kv.v2.read_secret_version(path, mount_point=KV,
-                                                             raise_on_deleted_version=True)["data"]["data"]
-        except InvalidPath:
-            return None
+        deadline = time.monotonic() + KV_UPGRADE_WAIT
+        while True:
+            try:
+                return self.c.secrets.kv.v2.read_secret_version(path, mount_point=KV,
+                                                                 raise_on_deleted_version=True)["data"]["data"]
+            except InvalidPath:
+                return None
+            except InvalidRequest as exc:
+                # The first read after the mount: wait for the upgrade instead of failing the apply.
+                if KV_UPGRADING not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def kv_secret(self, path: str, factory: Callable[[], dict]) -> dict:
         """Generated only if absent: a re-apply never rotates a credential behind ZooKeeper's back."""
