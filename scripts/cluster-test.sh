@@ -17,11 +17,15 @@ export HISTO_PROFILE=${HISTO_PROFILE:-default}
 DEPLOY_PY=.venv-deploy/bin/python
 PYTEST=(-m pytest -p no:cacheprovider -q -ra --timeout=1200)
 
+# Already up = the env file and at least one of this checkout's Vagrant machines running (not just any
+# container: a Molecule instance or someone else's does not count).
 owned=1
-if [ -f .histo/vagrant/env ] && lxc-ls --running 2>/dev/null | grep -q .; then
-  owned=0
-  echo "cluster stage: a cluster is already up; testing it and leaving it up"
+if [ -f .histo/vagrant/env ]; then
+  for id in .vagrant/machines/*/lxc/id; do
+    if [ -f "$id" ] && lxc-info -n "$(cat "$id")" -s 2>/dev/null | grep -q RUNNING; then owned=0; break; fi
+  done
 fi
+[ "$owned" -eq 1 ] || echo "cluster stage: a cluster is already up; testing it and leaving it up"
 
 t0=$(date +%s)
 rc=0
