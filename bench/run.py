@@ -24,7 +24,7 @@ from kernel import kernel  # noqa: E402
 
 from histo.compute.equalize import equalize_single  # noqa: E402
 from histo.local import cluster as local_cluster  # noqa: E402
-from histo.local import procs  # noqa: E402
+from histo import procs  # noqa: E402
 from tests.integration.cluster_fixture import Cluster, sample_image  # noqa: E402
 
 NET = "127.0.30"

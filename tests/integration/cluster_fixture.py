@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from histo.local import cluster as local_cluster
-from histo.local import procs
+from histo import procs
 
 NET = "127.0.20"
 

@@ -6,7 +6,7 @@ import signal
 import time
 
 from histo.compute.equalize import equalize_single
-from histo.vault.server import BaoServer
+from histo.local.bao import BaoServer
 
 from .cluster_fixture import sample_image
 

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from histo.vault.client import ServiceVault
 from histo.vault.provision import wrapped_secret_id, write_credentials
-from histo.vault.server import BaoServer
+from histo.local.bao import BaoServer
 from histo.vault.setup import apply
 
 NET = "127.0.10"  # Linux routes all of 127/8 to lo: every host gets its own address

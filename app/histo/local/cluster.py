@@ -6,20 +6,19 @@ secret files 0600; `down` stops exactly the processes whose pid files `up` wrote
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from ..tls.certs import write_private
+from ..files import private_dir, write_private
 from ..vault.provision import wrapped_secret_id, write_credentials
-from ..vault.server import BaoServer
+from .bao import BaoServer
 from ..vault.setup import apply as vault_apply
 from ..zk.prepare import prepare_local
-from ..zk.server import ZkServer
-from . import procs
+from .zkserver import ZkServer
+from .. import procs
 
 NET = "127.0.10"
 VAULT_PORT, ZK_PORT, PUBLIC_PORT, INTERNAL_PORT = 8200, 2281, 4443, 8443
@@ -37,40 +36,33 @@ def _say(msg: str) -> None:
     print(f"histo local: {msg}", flush=True)
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
-
-
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_session_timeout: float = 6.0,
        extra: dict | None = None, net: str = NET) -> dict:
     t_start = time.perf_counter()
-    root = _mkdir(root.resolve())
+    root = private_dir(root.resolve())
     hosts = topology(masters, workers, net)
     (root / "topology.json").write_text(json.dumps({"net": net, "hosts": hosts}, indent=1))
     zk_addr = hosts[0]["address"]
 
-    bao = BaoServer(_mkdir(root / "vault"), f"{net}.10", VAULT_PORT)
+    bao = BaoServer(private_dir(root / "vault"), f"{net}.10", VAULT_PORT)
     bao.start()
     bao.init_and_unseal()
     admin = bao.root_client()  # root is used for setup and provisioning in local mode only
     vault_apply(admin, {"trust_domain": "histo.internal", "hosts": hosts, "leaf_max_ttl": "24h",
                         "audit_log": str(root / "vault" / "audit.log")})
     ca_pem = admin.secrets.pki.read_ca_certificate(mount_point="pki")
-    write_private(root / "ca.pem", ca_pem.strip() + "\n")
-    os.chmod(root / "ca.pem", 0o644)  # a CA certificate is public
+    write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public
     _say(f"OpenBao ready at {bao.url}")
 
     def creds_for(host: dict) -> Path:
-        creds = _mkdir(root / host["name"] / "creds")
+        creds = private_dir(root / host["name"] / "creds")
         if not (creds / "secret_id").exists() and not (creds / "secret_id.wrap").exists():
             role_id = admin.auth.approle.read_role_id(f"histo-{host['name']}")["data"]["role_id"]
             write_credentials(creds, role_id, wrapped_secret_id(admin, host["name"], host["address"]))
         return creds
 
     zk_host = hosts[0]
-    zk = ZkServer(_mkdir(root / "zk1"), zk_addr, ZK_PORT)
+    zk = ZkServer(private_dir(root / "zk1"), zk_addr, ZK_PORT)
     if not zk.running():
         prepare_local(zk, bao.url, str(bao.ca_path), creds_for(zk_host), zk_host["name"], zk_host["address"])
         zk.start()
@@ -80,7 +72,7 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
     started = []
     for host in hosts[1:]:
         name, role = host["name"], host["role"]
-        sdir = _mkdir(root / name)
+        sdir = private_dir(root / name)
         cfg = {"role": role, "name": name, "address": host["address"], "vault_url": bao.url,
                "vault_ca": str(bao.ca_path), "creds_dir": str(creds_for(host)), "state_dir": str(sdir),
                "zk_hosts": zk_hosts, "internal_port": INTERNAL_PORT, "public_port": PUBLIC_PORT,

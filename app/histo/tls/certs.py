@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .contexts import LiveContexts
+from ..files import write_private
 
 log = logging.getLogger("histo.certs")
 
@@ -28,15 +28,6 @@ RENEW_FRACTION = 2 / 3
 class CertSource(Protocol):
     def issue_cert(self, ttl: str): ...  # -> histo.vault.client.CertBundle
     def ca_chain_pem(self) -> str: ...
-
-
-def write_private(path: Path, data: str) -> None:
-    """Atomically replace `path` with `data`, readable by the owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass

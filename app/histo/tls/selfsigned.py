@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from ..files import private_dir, write_private
 
 CA_DAYS, LEAF_DAYS = 3650, 365
 RENEW_BEFORE = datetime.timedelta(days=30)  # re-issue the listener certificate a month before it expires
@@ -26,25 +26,6 @@ CA_NAME = "histo vault bootstrap CA"
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file created with `mode` from the start, then rename: a key is never
-    readable by others, not even for an instant, and a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -101,8 +82,8 @@ def _new_ca(dirpath: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
                                          decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    _write_atomic(dirpath / "ca-key.pem", _key_pem(key), 0o600)
-    _write_atomic(dirpath / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_private(dirpath / "ca-key.pem", _key_pem(key), 0o600)
+    write_private(dirpath / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
 
 
@@ -128,8 +109,8 @@ def _new_leaf(dirpath: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePriva
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     # key first: a cert.pem without its key would be picked up by Vault on restart
-    _write_atomic(dirpath / "key.pem", _key_pem(key), 0o600)
-    _write_atomic(dirpath / "cert.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_private(dirpath / "key.pem", _key_pem(key), 0o600)
+    write_private(dirpath / "cert.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def ensure_bootstrap_tls(dirpath: Path, hostnames: list[str], addresses: list[str]) -> tuple[Path, Path, Path]:
@@ -138,7 +119,7 @@ def ensure_bootstrap_tls(dirpath: Path, hostnames: list[str], addresses: list[st
     if not hostnames:
         raise ValueError("at least one hostname is needed for Vault's listener certificate")
     dirpath = Path(dirpath)
-    dirpath.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(dirpath)
     os.chmod(dirpath, 0o700)
     loaded = _load_ca(dirpath)
     ca, ca_key = loaded if loaded else _new_ca(dirpath)

@@ -7,9 +7,7 @@ anywhere else. Every failure surfaces as VaultUnavailable (down, sealed, unreach
 or VaultAuthError (refused: a configuration or security problem); messages never carry a token."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from hvac import exceptions as hx
 from requests.adapters import HTTPAdapter
 
 from .. import TRUST_DOMAIN
+from ..files import write_private as _write_private
 
 # Vault side trouble (retry later) versus a refusal (our credentials or request are not accepted).
 _UNAVAILABLE = (hx.VaultDown, hx.VaultNotInitialized, hx.InternalServerError, hx.BadGateway,
@@ -69,20 +68,6 @@ def _reason(exc: Exception) -> str:
     text = "; ".join(str(e) for e in errors) if errors else str(exc)
     text = re.sub(r",? on \w+ https?://\S+", "", text).replace("\n", " ").strip()
     return text[:160] or type(exc).__name__
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pem_blocks(pem: str) -> list[str]:

@@ -4,12 +4,12 @@ gets the secret_id, so a service that finds its token already used knows it was 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import hvac
 
 from .setup import APPROLE, host_cidr
+from ..files import private_dir, write_private
 
 
 def wrapped_secret_id(client: hvac.Client, host: str, address: str, wrap_ttl: str = "120s") -> str:
@@ -21,25 +21,10 @@ def wrapped_secret_id(client: hvac.Client, host: str, address: str, wrap_ttl: st
     return resp["wrap_info"]["token"]
 
 
-def write_private(path: Path, text: str) -> None:
-    """0600 from creation (temp file + rename): never readable by others, never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_credentials(dirpath: Path, role_id: str, wrapping_token: str) -> None:
     """role_id and secret_id.wrap in `dirpath` (folder 0700, files 0600)."""
     dirpath = Path(dirpath)
-    dirpath.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(dirpath)
     os.chmod(dirpath, 0o700)
     write_private(dirpath / "role_id", role_id + "\n")
     write_private(dirpath / "secret_id.wrap", wrapping_token + "\n")

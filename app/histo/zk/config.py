@@ -1,15 +1,12 @@
-"""ZooKeeper as histo runs it: TLS-only client port (no plain port), client certificates required,
+"""ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode): TLS-only client port (no plain port), client certificates required,
 digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
 keys into `zookeeper.*` system properties, so it never appears on the java command line)."""
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import time
 from pathlib import Path
+from ..files import private_dir, write_private as _write_private
 
-from ..local import procs
 
 ZK_JAR = "/usr/share/java/zookeeper.jar"
 # Debian's zookeeper.jar manifest misses what the TLS (Netty) server needs, and any log binding.
@@ -21,14 +18,7 @@ class ZkServerError(RuntimeError):
     pass
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
-
-
-class ZkServer:
+class ZkConfig:
     def __init__(self, state_dir: Path, address: str, secure_port: int = 2281, server_id: int = 1,
                  peers: list[dict] | None = None) -> None:
         self.dir = Path(state_dir)
@@ -41,7 +31,7 @@ class ZkServer:
         conf = self.dir / "conf"
         data = self.dir / "data"
         for d in (self.dir, conf, data):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(d)
         _write_private(conf / "server.pem", key_pem.strip() + "\n" + cert_pem.strip() + "\n")
         _write_private(conf / "ca.pem", ca_pem.strip() + "\n")
         (data / "myid").write_text(f"{self.server_id}\n")
@@ -86,36 +76,8 @@ class ZkServer:
             "log4j.appender.FILE.layout=org.apache.log4j.PatternLayout\n"
             "log4j.appender.FILE.layout.ConversionPattern=%d{ISO8601} %p [%t] %c{1}: %m%n\n")
 
-    def running(self) -> int | None:
-        return procs.alive(self.pid_path, str(self.cfg_path))
-
     def command(self) -> list[str]:
         return [JAVA, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true",
                 "-cp", ":".join([str(self.dir / "conf"), ZK_JAR] + [f"/usr/share/java/{j}.jar" for j in EXTRA_JARS]),
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.cfg_path)]
-
-    def start(self, timeout: float = 60.0) -> None:
-        if not self.cfg_path.exists():
-            raise ZkServerError("write_config() first")
-        if not self.running():
-            procs.spawn(self.command(), self.dir / "stdout.log", self.pid_path)
-        self.wait_listening(timeout)
-
-    def wait_listening(self, timeout: float) -> None:
-        """Wait until the TLS port completes a handshake (the server asks for our certificate)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                with socket.create_connection((self.address, self.port), timeout=1):
-                    return
-            except OSError:
-                if not procs.started(self.pid_path):
-                    raise ZkServerError(f"ZooKeeper exited; see {self.dir / 'stdout.log'}") from None
-                time.sleep(0.2)
-        raise ZkServerError(f"ZooKeeper did not listen on {self.address}:{self.port} within {timeout:.0f}s")
-
-    def stop(self) -> bool:
-        return procs.stop(self.pid_path, str(self.cfg_path))
-
-
