@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import TRUST_DOMAIN
+from .durations import parse_duration
+from .tls.identity import spiffe_id
 
 ROLES = ("master", "worker")
 
@@ -48,11 +50,10 @@ class ServiceConfig:
     auth_block_seconds: float = 60.0
     # How long finished jobs (and their results) are kept.
     job_retention: float = 3600.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def spiffe_id(self) -> str:
-        return f"spiffe://{self.trust_domain}/{self.role}/{self.name}"
+        return spiffe_id(self.role, self.name, self.trust_domain)
 
     @property
     def internal_url(self) -> str:
@@ -82,6 +83,10 @@ class ServiceConfig:
             raise ConfigError(f"invalid config: {exc}") from None
         if cfg.role not in ROLES:
             raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
+        try:
+            parse_duration(cfg.cert_ttl)
+        except ValueError as exc:
+            raise ConfigError(f"cert_ttl: {exc}") from None
         return cfg
 
     def to_dict(self) -> dict:

@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from .compute.tiles import WORK_MODES
+
 PHASES = ("hist", "apply")
-IMAGE_MODES = {"L": 1, "RGB": 3}
+IMAGE_MODES = WORK_MODES  # the work image modes (compute.tiles owns the table)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL = re.compile(r"^https://[A-Za-z0-9.\-\[\]:]+$")
 

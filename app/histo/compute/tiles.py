@@ -8,13 +8,14 @@ from typing import Sequence
 from PIL import Image
 
 Buffer = bytes | bytearray | memoryview
-_BANDS = {"L": 1, "RGB": 3}
+# The work image modes and their bytes per pixel: the one table, also what the task protocol accepts.
+WORK_MODES = {"L": 1, "RGB": 3}
 
 
 def bands_of(mode: str) -> int:
     """Bytes per pixel of a work image mode ("L" 1, "RGB" 3)."""
     try:
-        return _BANDS[mode]
+        return WORK_MODES[mode]
     except KeyError:
         raise ValueError(f"unsupported tile mode {mode!r}") from None
 

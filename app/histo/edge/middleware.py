@@ -66,6 +66,17 @@ def json_error(status: int, code: str, message: str, headers: Mapping[str, str] 
     return exc
 
 
+# The request key under which the internal listener records the original client's address of a
+# call forwarded by an authenticated master (never taken from a header on the public listener).
+CLIENT_ADDR = "client_addr"
+
+
+def client_addr(request: web.Request) -> str:
+    """Who the request is from, for limits, audit and events: the forwarded client's address on a
+    master-to-master call, else the TCP peer."""
+    return request.get(CLIENT_ADDR) or request.remote or "-"
+
+
 def bearer_token(request: web.Request) -> str | None:
     """The token of `Authorization: Bearer <token>` (scheme case-insensitive), else None."""
     value = request.headers.get("Authorization", "")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ..compute.equalize import DEFAULT_MODE, MODES
+
 REF = "#/components/schemas/"
 BEARER = [{"bearerAuth": []}]
 JOB_ID = {"name": "id", "in": "path", "required": True, "description": "a job id as returned by POST /api/v1/jobs",
@@ -57,7 +59,7 @@ def _schemas() -> dict:
         "Job": {"type": "object", "required": ["id", "owner", "state", "mode", "progress"], "properties": {
             "id": {"type": "string"}, "owner": {"type": "string", "description": "the uploader's token subject"},
             "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-            "mode": {"type": "string", "enum": ["gray", "luma", "rgb"]},
+            "mode": {"type": "string", "enum": list(MODES)},
             "format": {"type": ["string", "null"], "enum": ["JPEG", "PNG", None]},
             "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
@@ -130,7 +132,7 @@ def _paths() -> dict:
                          "schema": {"type": "object", "required": ["image"], "properties": {
                              "image": {"type": "string", "contentMediaType": "application/octet-stream",
                                        "description": "a JPEG or PNG"},
-                             "mode": {"type": "string", "enum": ["gray", "luma", "rgb"], "default": "luma",
+                             "mode": {"type": "string", "enum": list(MODES), "default": DEFAULT_MODE,
                                       "description": "gray: one channel; luma: equalize brightness, keep "
                                                      "colours; rgb: each channel on its own"}}},
                          "encoding": {"image": {"contentType": "image/jpeg, image/png"}}}}},

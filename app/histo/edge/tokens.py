@@ -16,6 +16,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..durations import parse_duration
+
 ROLES = ("uploader", "viewer", "admin")
 ISSUER, AUDIENCE = "histo", "histo-api"
 KEY, MOUNT = "histo-tokens", "transit"
@@ -54,10 +56,7 @@ def _b64url(data: bytes) -> str:
 
 def parse_ttl(text: str) -> int:
     """'900', '90s', '15m', '1h' -> seconds (used by `histo token issue --ttl`)."""
-    m = re.fullmatch(r"(\d+)([smh]?)", text.strip())
-    if not m:
-        raise ValueError(f"bad ttl {text!r}: use e.g. 900, 90s, 15m or 1h")
-    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    return parse_duration(text)
 
 
 # -- issuing (needs a Vault token whose policy may use transit/sign/histo-tokens) -----------------

@@ -25,7 +25,7 @@ from pathlib import Path
 import hvac
 import requests
 
-from .. import procs
+from .. import TRUST_DOMAIN, procs
 from ..tls.selfsigned import ensure_bootstrap_tls
 from ..files import private_dir, write_private as _write_private
 
@@ -52,7 +52,7 @@ class BaoServer:
                  audit_log: Path | None = None) -> None:
         self.dir = Path(state_dir)
         self.address, self.port = address, port
-        self.hostnames = hostnames or ["vault.histo.internal", "vault1"]
+        self.hostnames = hostnames or [f"vault.{TRUST_DOMAIN}", "vault1"]
         self.config_path = self.dir / "bao.hcl"
         self.pid_path = self.dir / "bao.pid"
         self.log_path = self.dir / "bao.log"

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .. import TRUST_DOMAIN
 from ..files import private_dir, write_private
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
@@ -48,7 +49,7 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
     bao.start()
     bao.init_and_unseal()
     admin = bao.root_client()  # root is used for setup and provisioning in local mode only
-    vault_apply(admin, {"trust_domain": "histo.internal", "hosts": hosts, "leaf_max_ttl": "24h",
+    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, "leaf_max_ttl": "24h",
                         "audit_log": str(root / "vault" / "audit.log")})
     ca_pem = admin.secrets.pki.read_ca_certificate(mount_point="pki")
     write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public

@@ -16,7 +16,7 @@ from aiohttp import web, WSMsgType
 from ..compute import equalize
 from ..compute.imageio import ImageError, decode, sniff_format
 from ..compute.plot import plot_histograms
-from ..edge.middleware import json_error, json_errors, security_headers
+from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge.openapi import spec as openapi_spec
 from ..edge.tokens import AuthError, KeysUnavailable
 from .scheduler import JobFailed
@@ -69,11 +69,6 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
     r.add_post(prefix + "/api/v1/tokens/revoke", h.revoke)
     r.add_post(prefix + "/api/v1/events", h.post_event)
     r.add_get(prefix + "/api/v1/events", h.events)
-
-
-def client_addr(request: web.Request) -> str:
-    # Set by the internal listener only for calls forwarded by an authenticated master.
-    return request.get("client_addr") or request.remote or "-"
 
 
 class Handlers:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from kazoo.exceptions import NodeExistsError
 
-from ..edge.middleware import bearer_token, json_error
+from ..edge.middleware import bearer_token, client_addr, json_error
 from ..edge.ratelimit import AuthFailureTracker, RateLimiter
 from ..edge.tokens import AuthError, KeysUnavailable, Principal, RevocationSet, TokenVerifier, vault_public_keys
 
@@ -66,11 +66,8 @@ class Authenticator:
         self.revoked.add(jti, exp)
 
     # -- per request ---------------------------------------------------------------------------
-    def _addr(self, request: web.Request) -> str:
-        return request.get("client_addr") or request.remote or "-"
-
     def verify_token(self, token: str, request: web.Request) -> Principal:
-        addr = self._addr(request)
+        addr = client_addr(request)
         try:
             return self.verifier.verify(token)
         except AuthError as exc:
@@ -86,7 +83,7 @@ class Authenticator:
                         reason="repeated authentication failures; address throttled")
 
     async def require(self, request: web.Request, roles: tuple[str, ...]) -> Principal:
-        addr = self._addr(request)
+        addr = client_addr(request)
         ok, retry = self.per_address.check(addr)
         if not ok:
             self.m.emit("rate_limited", severity="warning", where=addr, scope="address")
@@ -121,7 +118,7 @@ class Authenticator:
             return  # already counted by the master that forwarded it
         ok, retry = self.uploads.check(principal.sub)
         if not ok:
-            self.m.emit("rate_limited", severity="warning", who=principal.sub, where=self._addr(request),
+            self.m.emit("rate_limited", severity="warning", who=principal.sub, where=client_addr(request),
                         scope="principal")
             raise json_error(429, "rate_limited", "too many uploads; slow down",
                              headers={"Retry-After": str(int(retry) + 1)})

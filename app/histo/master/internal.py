@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..edge.middleware import json_error, json_errors
+from ..edge.middleware import CLIENT_ADDR, json_error, json_errors
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import peer_identity
 from ..tls.identity import IdentityError
@@ -36,7 +36,7 @@ def build_app(master: "Master") -> web.Application:
         request["peer"] = ident
         if request.path.startswith(PUBLIC_PREFIX):
             request["forwarded"] = True
-            request["client_addr"] = request.headers.get("X-Histo-Client-Addr", "-")[:64]
+            request[CLIENT_ADDR] = request.headers.get("X-Histo-Client-Addr", "-")[:64]
         return await handler(request)
 
     app = web.Application(client_max_size=max(master.cfg.max_upload_bytes, 512 * 1024 * 1024),

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..config import ServiceConfig
 from ..edge.audit import AuditLog
+from ..edge.middleware import client_addr
 from ..edge.events import EventBus
 from ..rpc import InternalClient
 from ..runtime import ServiceRuntime
@@ -204,7 +205,7 @@ class Master:
 
     def audit_decision(self, principal, request: web.Request, what: str, allowed: bool, why: str) -> None:
         self.audit.record(who=principal.sub, role=principal.role, what=what,
-                          where=request.get("client_addr") or request.remote or "-",
+                          where=client_addr(request),
                           decision="allow" if allowed else "deny", why=why)
 
     def _owner(self, job: str) -> str | None:

@@ -24,6 +24,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import TRUST_DOMAIN
 from ..files import write_private as _write_private
+from ..tls.identity import spiffe_id
 
 # Vault side trouble (retry later) versus a refusal (our credentials or request are not accepted).
 _UNAVAILABLE = (hx.VaultDown, hx.VaultNotInitialized, hx.InternalServerError, hx.BadGateway,
@@ -189,7 +190,7 @@ class ServiceVault:
     # -- what a service reads ------------------------------------------------------------------------
     def issue_cert(self, ttl: str) -> CertBundle:
         params = {"common_name": f"{self.host}.{self.trust_domain}", "alt_names": self.host,
-                  "uri_sans": f"spiffe://{self.trust_domain}/{self.role}/{self.host}", "ttl": ttl,
+                  "uri_sans": spiffe_id(self.role, self.host, self.trust_domain), "ttl": ttl,
                   "format": "pem", "private_key_format": "pkcs8"}
         if self.source_address:
             params["ip_sans"] = self.source_address

@@ -26,6 +26,10 @@ from typing import Any, Callable
 import hvac
 from hvac.exceptions import InvalidPath, InvalidRequest
 
+from .. import TRUST_DOMAIN
+from ..durations import parse_duration
+from ..tls.identity import spiffe_id
+
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 TOKEN_KEY = "histo-tokens"
 ISSUER_POLICY = "histo-token-issuer"
@@ -46,12 +50,10 @@ class SetupError(RuntimeError):
 
 
 def _seconds(value: str | int) -> int:
-    if isinstance(value, int):
-        return value
-    if not re.fullmatch(r"(\d+[smhd]?)+", value):
-        raise SetupError(f"bad duration {value!r} (use e.g. 90s, 15m, 24h, 30d)")
-    return sum(int(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u]
-               for n, u in re.findall(r"(\d+)([smhd]?)", value))
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def zk_digest(username: str, password: str) -> str:
@@ -66,7 +68,7 @@ def host_cidr(address: str) -> str:
 
 def validate_spec(spec: dict) -> None:
     """Names and addresses end up inside policy HCL and PKI roles: accept only plain values."""
-    td = spec.get("trust_domain", "histo.internal")
+    td = spec.get("trust_domain", TRUST_DOMAIN)
     if not _DOMAIN_RE.match(td):
         raise SetupError(f"bad trust_domain {td!r}")
     hosts = spec.get("hosts")
@@ -112,7 +114,7 @@ def _differs(have: dict, want: dict) -> bool:
 class _Applier:
     def __init__(self, client: hvac.Client, spec: dict) -> None:
         self.c, self.spec = client, spec
-        self.td = spec.get("trust_domain", "histo.internal")
+        self.td = spec.get("trust_domain", TRUST_DOMAIN)
         self.base_url = str(spec.get("vault_url") or client.url).rstrip("/")
         self.changed: list[str] = []
 
@@ -228,7 +230,7 @@ class _Applier:
             "cn_validations": ["hostname"],
             # OpenBao's role-level IP restriction; the host policy pins ip_sans too (defence in depth)
             "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(addr)],
-            "allowed_uri_sans": [f"spiffe://{self.td}/{role}/{name}"], "allowed_uri_sans_template": False,
+            "allowed_uri_sans": [spiffe_id(role, name, self.td)], "allowed_uri_sans_template": False,
             "allowed_other_sans": [],
             "server_flag": True, "client_flag": True, "code_signing_flag": False, "email_protection_flag": False,
             # RFC 5480: an EC key does not do key encipherment
@@ -327,7 +329,7 @@ path "{INT}/issue/host-{name}" {{
     "common_name" = ["{fqdn}"]
     "alt_names" = ["{name}", "{fqdn}", "{name},{fqdn}", "{fqdn},{name}", ""]
     "ip_sans" = ["{addr}", ""]
-    "uri_sans" = ["spiffe://{self.td}/{role}/{name}"]
+    "uri_sans" = ["{spiffe_id(role, name, self.td)}"]
     "ttl" = []
     "format" = ["pem"]
     "private_key_format" = ["pkcs8"]
