@@ -39,10 +39,9 @@ def cmd_master(a) -> None:
 
 
 def cmd_worker(a) -> None:
-    import asyncio
     from .config import ServiceConfig
-    from .worker.service import Worker
-    asyncio.run(Worker(ServiceConfig.load(a.config)).serve())
+    from .worker.service import run_worker
+    run_worker(ServiceConfig.load(a.config))
 
 
 def cmd_vault_setup(a) -> None:
@@ -79,6 +78,15 @@ def cmd_token_issue(a) -> None:
     from .edge.tokens import issue_token, parse_ttl
     client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
     print(issue_token(client, role=a.role, subject=a.subject, ttl_seconds=parse_ttl(a.ttl)))
+
+
+def cmd_env_write(a) -> None:
+    from .durations import parse_duration
+    from .envfile import write_env
+    extra = dict(kv.split("=", 1) for kv in a.set)
+    write_env(Path(a.out), a.url, Path(a.ca), _vault_client(a.vault_url, a.vault_ca, a.token_file),
+              parse_duration(a.ttl), extra)
+    print(json.dumps({"env": a.out}))
 
 
 def cmd_local(a) -> None:
@@ -133,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ttl", default="15m")
     vault_args(s)
     s.set_defaults(fn=cmd_token_issue)
+
+    envp = sub.add_parser("env").add_subparsers(dest="ecmd", required=True)
+    s = envp.add_parser("write", help="the operator's env file (0600): URLs, CA and short-lived tokens")
+    s.add_argument("--out", required=True)
+    s.add_argument("--url", action="append", required=True, help="a master's public URL (repeat; first is HISTO_URL)")
+    s.add_argument("--ca", required=True, help="the CA bundle clients verify the masters with")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another line for the file")
+    s.add_argument("--ttl", default="1h")
+    vault_args(s)
+    s.set_defaults(fn=cmd_env_write)
 
     s = sub.add_parser("local")
     s.add_argument("action", choices=("up", "down", "status"))

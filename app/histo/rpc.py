@@ -4,18 +4,43 @@ from __future__ import annotations
 import asyncio
 import ssl
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Awaitable, Callable, NamedTuple
 
 import aiohttp
 from aiohttp import web
 
+from .edge.middleware import Handler, json_error
+
 from .tls.identity import Identity, IdentityError, identity_from_peercert, require_role
+
+
+PEER = "peer"  # the request key holding the caller's verified Identity
 
 
 def peer_identity(request: web.Request, allowed_roles: tuple[str, ...], trust_domain: str) -> Identity:
     """The verified identity of the client of an internal (mTLS) request, or IdentityError."""
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
     return require_role(peercert, allowed_roles, trust_domain, peer_address=request.remote)
+
+
+def peer_check(trust_domain: str, allowed: Callable[[web.Request], tuple[str, ...]],
+               on_refused: Callable[[web.Request, IdentityError], None]) -> Middleware:
+    """The one check of who may call an internal listener (the master's and the worker's): the
+    client certificate's SPIFFE identity must have a role that `allowed(request)` names, and its
+    IP SAN must be the address it calls from. Refused callers get a JSON 403 and `on_refused`
+    records them; allowed ones find their Identity at request[PEER]."""
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            request[PEER] = peer_identity(request, allowed(request), trust_domain)
+        except IdentityError as exc:
+            on_refused(request, exc)
+            raise json_error(403, "forbidden", "this peer identity may not call this endpoint") from None
+        return await handler(request)
+    return check
+
+
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Reply(NamedTuple):
@@ -77,11 +102,15 @@ class InternalClient:
 
     async def request(self, method: str, url: str, expect_roles: tuple[str, ...], *,
                       headers: dict | None = None, data: bytes | memoryview | None = None,
-                      json: object = None) -> "Reply":
+                      json: object = None, expect_host: str | None = None,
+                      timeout: float | None = None) -> "Reply":
+        """`expect_host`: the server must also be that host (the member the caller looked up), not
+        merely some service of the right role."""
         session = self._get_session()
         token = _expected.set(expect_roles)
+        kw = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5))} if timeout else {}
         try:
-            async with session.request(method, url, headers=headers, data=data, json=json) as resp:
+            async with session.request(method, url, headers=headers, data=data, json=json, **kw) as resp:
                 body = await resp.read()
                 ident = session.connector.identities.get((resp.url.host, resp.url.port))
         finally:
@@ -90,6 +119,8 @@ class InternalClient:
         if ident is None or ident.role not in expect_roles:
             raise PeerRefused(f"server identity refused: {ident.uri if ident else 'unknown'} is not a "
                               f"{'/'.join(expect_roles)}")
+        if expect_host is not None and ident.host != expect_host:
+            raise PeerRefused(f"server identity refused: {ident.uri} is not {expect_host}")
         return Reply(resp.status, body, resp.headers.get("Content-Type", ""), ident)
 
     async def close(self) -> None:

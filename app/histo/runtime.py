@@ -1,10 +1,12 @@
 """What every histo service does at start and while it runs, whatever its role:
 log in to Vault with its AppRole, hold a renewed certificate, keep its Vault token alive,
-and hold a TLS + digest-authenticated ZooKeeper session."""
+hold a TLS + digest-authenticated ZooKeeper session, and keep its membership node current
+(its certificate expiry follows each rotation)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,6 +17,7 @@ from .config import ServiceConfig
 from .tls.certs import CertManager, CertStatus
 from .vault.client import ServiceVault
 from .zk.client import connect as zk_connect
+from .zk.membership import Member, Membership
 
 log = logging.getLogger("histo.runtime")
 
@@ -35,6 +38,10 @@ class ServiceRuntime:
         self.vault_ok = False
         self.vault_error = ""
         self.started = time.time()
+        # This process's own id: in its membership node and in its answer to a liveness probe, so
+        # a node left by a previous process of the same host is told apart from a live one.
+        self.incarnation = secrets.token_hex(8)
+        self.membership: Membership | None = None
         self.timings: dict[str, float] = {}
 
     # -- start ---------------------------------------------------------------------------
@@ -68,6 +75,19 @@ class ServiceRuntime:
     def _rotated(self, status: CertStatus) -> None:
         self._emit("cert_rotated", severity="info", serial=status.serial,
                    not_after=status.as_dict()["not_after"], service=self.cfg.name)
+        if self.membership is not None and self.membership.member is not None:
+            self.membership.update(cert_not_after=status.not_after)
+
+    # -- membership ------------------------------------------------------------------------
+    def join(self, kind: str, public: str | None = None, take_over: bool = False) -> Membership:
+        """Publish this process in /histo/<kind> (masters may take over their own predecessor's node)."""
+        assert self.zk is not None, "start() first"
+        self.membership = Membership(self.zk, kind, self.cfg.name, take_over=take_over)
+        self.membership.join(Member(name=self.cfg.name, endpoint=self.cfg.internal_url,
+                                    spiffe_id=self.cfg.spiffe_id, incarnation=self.incarnation,
+                                    started=self.started, cert_not_after=self.certs.status.not_after,
+                                    public=public))
+        return self.membership
 
     # -- background upkeep ---------------------------------------------------------------
     async def upkeep(self) -> None:
@@ -99,6 +119,8 @@ class ServiceRuntime:
         return checks
 
     def stop(self) -> None:
+        if self.membership is not None:
+            self.membership.leave()
         if self.zk is not None:
             try:
                 self.zk.stop()

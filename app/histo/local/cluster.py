@@ -12,7 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .. import TRUST_DOMAIN
+import hvac
+
+from .. import TRUST_DOMAIN, envfile
 from ..files import private_dir, write_private
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
@@ -97,18 +99,14 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
 
 
 def write_env(root: Path, admin, urls: list[str]) -> dict:
-    from ..edge.tokens import issue_token
     issuer = admin.auth.token.create(policies=["histo-token-issuer"], ttl="24h", renewable=False,
                                      display_name="histo-local-issuer")["auth"]["client_token"]
     write_private(root / "issuer-token", issuer + "\n")
-    import hvac
-    signer = hvac.Client(url=admin.url, verify=admin.session.verify if hasattr(admin, "session") else True)
+    signer = hvac.Client(url=admin.url, verify=admin.session.verify)
     signer.token = issuer
-    env = {"HISTO_URL": urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem")}
-    for role, sub in (("admin", "admin"), ("uploader", "alice"), ("viewer", "victor")):
-        env[f"HISTO_TOKEN_{role.upper()}"] = issue_token(signer, role=role, subject=sub, ttl_seconds=TOKEN_TTL)
-    write_private(root / "env", "".join(f"{k}={v}\n" for k, v in env.items()))
-    return env
+    tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL)
+    return {"HISTO_URL": urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),
+            **{f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()}}
 
 
 def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: float) -> None:

@@ -19,6 +19,8 @@ from ..compute.plot import plot_histograms
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge.openapi import spec as openapi_spec
 from ..edge.tokens import AuthError, KeysUnavailable
+from ..zk.membership import Member
+from ..zk.revocations import RevocationStore
 from .scheduler import JobFailed
 
 if TYPE_CHECKING:
@@ -100,7 +102,7 @@ class Handlers:
         t0 = time.perf_counter()
         data, mode = await self._read_upload(request)
         t_recv = time.perf_counter() - t0
-        if not self.m.workers:
+        if not self.m.schedulable_workers():
             raise json_error(503, "no_workers", "no workers are available; try again shortly")
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
@@ -269,9 +271,9 @@ class Handlers:
         await self.m.auth.require(request, VIEWERS)
         leader = self.m.leader
 
-        def view(d: dict, **extra) -> dict:
-            return {"name": d.get("name"), "endpoint": d.get("endpoint"), "spiffe_id": d.get("spiffe_id"),
-                    "cert_not_after": _iso(d.get("cert_not_after")), **extra}
+        def view(m: Member, **extra: object) -> dict:
+            return {"name": m.name, "endpoint": m.endpoint, "spiffe_id": m.spiffe_id,
+                    "cert_not_after": _iso(m.cert_not_after), "live": self.m.is_live(m.name), **extra}
         return web.json_response({
             "leader": leader,
             "masters": [view(d, leader=(n == leader)) for n, d in sorted(self.m.masters.items())],
@@ -283,9 +285,13 @@ class Handlers:
         principal = await self.m.auth.require(request, ("admin",))
         try:
             body = await request.json()
-            jti, exp = str(body["jti"])[:64], float(body.get("exp", time.time() + 3600))
-        except (ValueError, KeyError, TypeError):
-            raise json_error(400, "bad_request", "send JSON {\"jti\": ..., \"exp\": ...}") from None
+            jti, exp = body["jti"], body.get("exp", time.time() + 3600)
+            if not isinstance(jti, str) or not RevocationStore.valid_jti(jti):
+                raise ValueError("jti")
+            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+                raise ValueError("exp")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise json_error(400, "bad_request", "send JSON {\"jti\": \"<token id>\", \"exp\": <unix time>}") from None
         await asyncio.get_running_loop().run_in_executor(None, self.m.auth.revoke, jti, exp)
         self.m.audit_decision(principal, request, "revoke token", True, f"jti {jti}")
         self.m.emit("token_revoked", severity="info", jti=jti, by=principal.sub)
@@ -347,15 +353,16 @@ class Handlers:
 
     # -- forwarding to another master over the internal mTLS listener ---------------------------
     async def _forward(self, request: web.Request, target: str | None) -> web.Response:
-        info = self.m.masters.get(target or "")
-        if not target or not info or target == self.m.cfg.name:
+        member = self.m.masters.get(target or "")
+        if not target or not member or target == self.m.cfg.name:
             raise json_error(503, "no_leader", "no leader master is available; try again shortly")
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
         headers["X-Histo-Client-Addr"] = client_addr(request)
         body = await request.read()
         try:
-            reply = await self.m.client.request(request.method, info["endpoint"] + "/internal/v1/public"
-                                                + request.rel_url.path_qs, ("master",), headers=headers, data=body)
+            reply = await self.m.client.request(request.method, member.endpoint + "/internal/v1/public"
+                                                + request.rel_url.path_qs, ("master",), headers=headers, data=body,
+                                                expect_host=target)
         except Exception as exc:
             raise json_error(503, "leader_unreachable", f"cannot reach master {target}: {type(exc).__name__}") from None
         return web.Response(status=reply.status, body=reply.body,

@@ -4,27 +4,25 @@ per-address rate limits; revocations shared by all masters through ZooKeeper."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from kazoo.exceptions import NodeExistsError
 
 from ..edge.middleware import bearer_token, client_addr, json_error
 from ..edge.ratelimit import AuthFailureTracker, RateLimiter
 from ..edge.tokens import AuthError, KeysUnavailable, Principal, RevocationSet, TokenVerifier, vault_public_keys
+from ..zk.revocations import RevocationStore
 
 if TYPE_CHECKING:
     from .service import Master
 
 log = logging.getLogger("histo.auth")
 
-REVOKED = "/histo/revoked"
-
 
 class Authenticator:
-    def __init__(self, master: "Master") -> None:
+    def __init__(self, master: "Master", store: RevocationStore) -> None:
         self.m = master
+        self.store = store
         self.revoked = RevocationSet()
         self.verifier = TokenVerifier(self._fetch_keys, issuer="histo", audience="histo-api",
                                       is_revoked=self.revoked.__contains__)
@@ -43,26 +41,10 @@ class Authenticator:
             self.verifier.refresh()
         except KeysUnavailable as exc:  # Vault away at start: keys are fetched on first use instead
             log.warning("token keys not fetched yet: %s", exc)
-        zk = self.m.rt.zk
-
-        def sync(children: list[str]) -> None:
-            now = time.time()
-            current = set()
-            for jti in children:
-                data, _ = zk.get(f"{REVOKED}/{jti}")
-                exp = float(data or now + 3600)
-                current.add(jti)
-                self.revoked.add(jti, exp)
-            for jti in list(self.revoked):
-                if jti not in current:
-                    self.revoked.discard(jti)
-        zk.ChildrenWatch(REVOKED, sync)
+        self.store.follow(self.revoked)
 
     def revoke(self, jti: str, exp: float) -> None:
-        try:
-            self.m.rt.zk.create(f"{REVOKED}/{jti}", str(exp).encode())
-        except NodeExistsError:
-            pass
+        self.store.revoke(jti, exp)
         self.revoked.add(jti, exp)
 
     # -- per request ---------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..edge.middleware import CLIENT_ADDR, json_error, json_errors
+from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors
 from ..protocol import ProtocolError, TaskHeader
-from ..rpc import peer_identity
+from ..rpc import PEER, peer_check
 from ..tls.identity import IdentityError
 from . import api
 
@@ -19,36 +19,43 @@ if TYPE_CHECKING:
 log = logging.getLogger("histo.internal")
 
 PUBLIC_PREFIX = "/internal/v1/public"
+RESULTS = "/internal/v1/results"
 
 
 def build_app(master: "Master") -> web.Application:
+    def allowed(request: web.Request) -> tuple[str, ...]:
+        # Only workers report results; everything else here is for other masters.
+        return ("worker",) if request.path == RESULTS else ("master",)
+
+    def refused(request: web.Request, exc: IdentityError) -> None:
+        master.emit("mtls_rejected", severity="warning", reason=str(exc), peer=request.remote, path=request.path)
+        master.audit.record(who="-", role="-", what=f"internal {request.method} {request.path}",
+                            where=request.remote or "-", decision="deny", why=str(exc))
+
     @web.middleware
-    async def identify(request: web.Request, handler):
-        allowed = ("master",) if request.path.startswith(PUBLIC_PREFIX) else ("worker",)
-        try:
-            ident = peer_identity(request, allowed, master.cfg.trust_domain)
-        except IdentityError as exc:
-            master.emit("mtls_rejected", severity="warning", reason=str(exc), peer=request.remote,
-                        path=request.path)
-            master.audit.record(who="-", role="-", what=f"internal {request.method} {request.path}",
-                                where=request.remote or "-", decision="deny", why=str(exc))
-            raise json_error(403, "forbidden", "this peer identity may not call this endpoint") from None
-        request["peer"] = ident
+    async def forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(PUBLIC_PREFIX):
             request["forwarded"] = True
             request[CLIENT_ADDR] = request.headers.get("X-Histo-Client-Addr", "-")[:64]
         return await handler(request)
 
     app = web.Application(client_max_size=max(master.cfg.max_upload_bytes, 512 * 1024 * 1024),
-                          middlewares=[json_errors, identify])
-    app.router.add_post("/internal/v1/results", lambda r: results(master, r))
+                          middlewares=[json_errors, peer_check(master.cfg.trust_domain, allowed, refused), forwarded])
+    app.router.add_post(RESULTS, lambda r: results(master, r))
+    app.router.add_get("/internal/v1/ping", lambda r: ping(master, r))
     api.add_routes(app, master, PUBLIC_PREFIX)
     return app
 
 
+async def ping(master: "Master", request: web.Request) -> web.Response:
+    """Liveness as other masters check it: this process's incarnation and whether it leads."""
+    return web.json_response({"name": master.cfg.name, "incarnation": master.rt.incarnation,
+                              "is_leader": master.is_leader, "leader": master.leader})
+
+
 async def results(master: "Master", request: web.Request) -> web.Response:
     """A worker reports one task attempt's result; it must be the worker that attempt was given to."""
-    worker = request["peer"].host
+    worker = request[PEER].host
     try:
         hdr = TaskHeader.from_headers(request.headers)
     except ProtocolError as exc:
@@ -58,7 +65,7 @@ async def results(master: "Master", request: web.Request) -> web.Response:
     if refused is not None:
         master.emit("result_refused", severity="warning", worker=worker, job=hdr.job, task=hdr.task,
                     reason=refused.reason)
-        master.audit.record(who=request["peer"].uri, role="worker", what="internal:result",
+        master.audit.record(who=request[PEER].uri, role="worker", what="internal:result",
                             where=request.remote or "-", decision="deny", why=refused.reason)
         raise json_error(409, "result_refused", refused.reason)
     return web.json_response({"accepted": True})

@@ -11,12 +11,13 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..compute import equalize, tiles
 from ..protocol import TaskHeader
 from ..rpc import InternalClient, PeerRefused
+from ..zk.membership import Member
 
 log = logging.getLogger("histo.scheduler")
 
@@ -58,7 +59,7 @@ class RefusedResult:
 
 
 class Scheduler:
-    def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, dict]],
+    def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, Member]],
                  on_task_state: Callable[[str, int, dict], None], on_progress: Callable[[str, float], None],
                  task_timeout: float, tiles_per_worker: int, min_tile_pixels: int = 1) -> None:
         self.client = client
@@ -114,7 +115,7 @@ class Scheduler:
                  for n, (r0, r1) in enumerate(ranges)]
         return await asyncio.gather(*coros)
 
-    def _pick(self, prefer: str | None, avoid: set[str]) -> tuple[str, dict]:
+    def _pick(self, prefer: str | None, avoid: set[str]) -> tuple[str, Member]:
         alive = self.workers()
         if prefer in alive and prefer not in avoid:
             return prefer, alive[prefer]
@@ -145,8 +146,8 @@ class Scheduler:
             body = lut + bytes(tile) if (phase == "apply" and not use_cache) else (lut if use_cache else tile)
             try:
                 status, resp, *_ = await self.client.request(
-                    "POST", info["endpoint"] + "/internal/v1/tasks", ("worker",),
-                    headers=hdr.to_headers(), data=body)
+                    "POST", info.endpoint + "/internal/v1/tasks", ("worker",),
+                    headers=hdr.to_headers(), data=body, expect_host=worker)
                 if status == 409 and use_cache:
                     cached = False  # the worker lost the tile: resend it with the table
                     last_error = "tile not cached"

@@ -14,12 +14,14 @@ from ..config import ServiceConfig
 from ..edge.audit import AuditLog
 from ..edge.middleware import client_addr
 from ..edge.events import EventBus
-from ..rpc import InternalClient
+from ..rpc import InternalClient, PeerRefused
 from ..runtime import ServiceRuntime
 from ..zk import acl as zkacl
+from ..serve import Listener, run as run_service
 from ..zk.election import LeaderElection
 from ..zk.jobs import JobStore
-from ..zk.membership import register, update as update_member, watch
+from ..zk.membership import Member, remove_stale, watch
+from ..zk.revocations import RevocationStore
 from . import api, internal
 from .auth import Authenticator
 from .results import ResultStore
@@ -36,8 +38,11 @@ class Master:
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
         self.results = ResultStore(cfg.job_retention)
-        self.workers: dict[str, dict] = {}
-        self.masters: dict[str, dict] = {}
+        self.workers: dict[str, Member] = {}
+        self.masters: dict[str, Member] = {}
+        # name -> when its process last answered a liveness probe with the incarnation of its node
+        self.live: dict[str, float] = {}
+        self.leader_answered = False  # the leader we name answered, and says it leads
         self.leader: str | None = None
         self.is_leader = False
         self.jobs: JobStore | None = None
@@ -55,7 +60,7 @@ class Master:
         self.events.publish(kind, **fields)
 
     # -- membership and leadership ------------------------------------------------------------
-    def _workers_changed(self, members: dict[str, dict]) -> None:
+    def _workers_changed(self, members: dict[str, Member]) -> None:
         gone = set(self.workers) - set(members)
         joined = set(members) - set(self.workers)
         self.workers = members
@@ -66,7 +71,7 @@ class Master:
         for name in joined:
             self.emit("worker_joined", severity="info", worker=name)
 
-    def _masters_changed(self, members: dict[str, dict]) -> None:
+    def _masters_changed(self, members: dict[str, Member]) -> None:
         self.masters = members
         if self.election is not None:
             self.leader = self.election.leader()
@@ -103,54 +108,51 @@ class Master:
                 self.emit("job_failed", severity="warning", job=doc["id"], audience=doc.get("owner"),
                           reason="leader lost")
 
-    # -- start ---------------------------------------------------------------------------------
-    async def serve(self) -> None:
+    # -- the service skeleton's hooks (histo.serve) ------------------------------------------
+    async def setup(self) -> list[Listener]:
         self.loop = asyncio.get_running_loop()
         self.events.bind(self.loop)
-        await self.loop.run_in_executor(None, self.rt.start)
         zk = self.rt.zk
         await self.loop.run_in_executor(None, zkacl.bootstrap_tree, zk, self.rt.acl_ids)
         self.jobs = JobStore(zk)
         self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
                                      source_address=self.cfg.address)
-        self.scheduler = Scheduler(self.client, self.cfg.internal_url, lambda: dict(self.workers),
+        self.scheduler = Scheduler(self.client, self.cfg.internal_url, self.schedulable_workers,
                                    self._task_state, self._progress, self.cfg.task_timeout,
                                    self.cfg.tiles_per_worker, self.cfg.min_tile_pixels)
-        self.auth = Authenticator(self)
+        self.auth = Authenticator(self, RevocationStore(zk))
         await self.loop.run_in_executor(None, self.auth.start)
-
-        public = web.AppRunner(api.build_app(self), access_log=None)
-        inner = web.AppRunner(internal.build_app(self), access_log=None)
-        await public.setup()
-        await inner.setup()
         ctxs = self.rt.certs.contexts
-        await web.TCPSite(public, self.cfg.address, self.cfg.public_port, ssl_context=ctxs.public_server,
-                          backlog=512).start()
-        await web.TCPSite(inner, self.cfg.address, self.cfg.internal_port, ssl_context=ctxs.internal_server,
-                          backlog=512).start()
+        return [Listener(api.build_app(self), self.cfg.address, self.cfg.public_port, ctxs.public_server),
+                Listener(internal.build_app(self), self.cfg.address, self.cfg.internal_port,
+                         ctxs.internal_server)]
 
+    async def started(self) -> None:
+        zk = self.rt.zk
         watch(zk, "workers", lambda m: self.loop.call_soon_threadsafe(self._workers_changed, m))
         watch(zk, "masters", lambda m: self.loop.call_soon_threadsafe(self._masters_changed, m))
-        register(zk, "masters", self.cfg.name, self._member_info())
+        self.rt.join("masters", public=self.cfg.public_url, take_over=True)
         self.election = LeaderElection(zk, self.cfg.name, on_elected=self._elected, on_lost=self._lost)
-        self.election.start()
+        await self.loop.run_in_executor(None, self.election.start)
         log.info("master %s ready: public %s internal %s (start %.2fs)", self.cfg.name, self.cfg.public_url,
                  self.cfg.internal_url, self.rt.timings["total"])
-        try:
-            await asyncio.gather(self.rt.upkeep(), self._leader_poll())
-        finally:
+
+    def background(self) -> list:
+        return [self._watch_loop()]
+
+    async def stopping(self) -> None:
+        if self.election is not None:
             self.election.stop()
-            await public.cleanup()
-            await inner.cleanup()
+        if self.client is not None:
             await self.client.close()
-            self.rt.stop()
 
     async def _collect_worker_events(self) -> None:
         """Workers report their own security events (an mTLS rejection at a worker, its certificate
         rotations) in their status; the leader relays them to the SecOps stream."""
-        for name, info in list(self.workers.items()):
+        for name, member in list(self.workers.items()):
             try:
-                reply = await self.client.request("GET", info["endpoint"] + "/internal/v1/status", ("worker",))
+                reply = await self.client.request("GET", member.endpoint + "/internal/v1/status", ("worker",),
+                                                  expect_host=name, timeout=5)
                 if reply.status == 200:
                     for ev in json.loads(reply.body).get("events", []):
                         kind = str(ev.pop("kind", "worker_event"))
@@ -160,28 +162,71 @@ class Master:
             except Exception as exc:
                 log.debug("status of %s unavailable: %s", name, exc)
 
-    async def _leader_poll(self) -> None:
-        # The election's contenders change without a masters-membership event when a leader
-        # steps down; a cheap periodic look keeps `leader` right for forwarding and /readyz.
+    async def _watch_loop(self) -> None:
+        """Once a second: who leads (the election's contenders change without a membership event
+        when a leader steps down), and which members are live processes — each is asked over mTLS
+        for its incarnation, which must be the one in its node. The leader also relays the workers'
+        security events and prunes expired revocations."""
         ticks = 0
         while True:
-            await asyncio.sleep(1.0)
             ticks += 1
-            if self.is_leader and ticks % 3 == 0:
-                await self._collect_worker_events()
             try:
                 self.leader = await self.loop.run_in_executor(None, self.election.leader)
             except Exception:
                 self.leader = None
-            if self.rt.certs.status.rotations != getattr(self, "_announced_rotations", 0):
-                self._announced_rotations = self.rt.certs.status.rotations
-                await self.loop.run_in_executor(None, update_member, self.rt.zk, "masters", self.cfg.name,
-                                                self._member_info())
+            await self._probe_members()
+            if self.is_leader and ticks % 3 == 0:
+                await self._collect_worker_events()
+            if self.is_leader and ticks % 60 == 0:
+                try:
+                    await self.loop.run_in_executor(None, self.auth.store.prune)
+                except Exception as exc:
+                    log.debug("revocation prune: %s", exc)
+            await asyncio.sleep(1.0)
 
-    def _member_info(self) -> dict:
-        return {"name": self.cfg.name, "endpoint": self.cfg.internal_url, "public": self.cfg.public_url,
-                "spiffe_id": self.cfg.spiffe_id, "cert_not_after": self.rt.certs.status.not_after,
-                "started": self.rt.started}
+    async def _probe_members(self) -> None:
+        members = [("workers", "worker", m) for m in list(self.workers.values())]
+        members += [("masters", "master", m) for m in list(self.masters.values()) if m.name != self.cfg.name]
+        replies = await asyncio.gather(*(self._probe(kind, role, m) for kind, role, m in members))
+        leader_ok = self.is_leader and self.leader == self.cfg.name
+        for (_kind, _role, member), says_leader in zip(members, replies):
+            if member.name == self.leader and says_leader:
+                leader_ok = True
+        self.leader_answered = leader_ok
+
+    async def _probe(self, kind: str, role: str, member: Member) -> bool:
+        """True if `member` answered as a live leader; records liveness in self.live."""
+        try:
+            reply = await self.client.request("GET", member.endpoint + "/internal/v1/ping", (role,),
+                                              expect_host=member.name, timeout=2.0)
+            doc = json.loads(reply.body) if reply.status == 200 else {}
+        except PeerRefused as exc:
+            # The node names an endpoint served by another identity: not this member, whatever it says.
+            self.live.pop(member.name, None)
+            self.emit("member_endpoint_refused", severity="warning", member=member.name, reason=str(exc))
+            return False
+        except Exception:
+            self.live.pop(member.name, None)  # not answering (yet): not live; its session decides
+            return False
+        if isinstance(doc, dict) and member.incarnation and doc.get("incarnation") == member.incarnation:
+            self.live[member.name] = time.time()
+            return bool(doc.get("is_leader"))
+        self.live.pop(member.name, None)
+        if isinstance(doc, dict) and doc.get("incarnation"):
+            # Another process of that host answers: the node is a previous incarnation's, alive in
+            # ZooKeeper only until its session expires. Masters administer the tree: remove it now.
+            if await self.loop.run_in_executor(None, remove_stale, self.rt.zk, kind, member):
+                log.info("removed %s's node left by a previous process", member.name)
+        return False
+
+    def is_live(self, name: str, within: float = 5.0) -> bool:
+        return name == self.cfg.name or time.time() - self.live.get(name, 0.0) <= within
+
+    def schedulable_workers(self) -> dict[str, Member]:
+        """Workers whose process answered lately; all registered ones if none did (a probe hiccup
+        must not fail jobs that the workers could run)."""
+        live = {n: m for n, m in self.workers.items() if self.is_live(n)}
+        return live or dict(self.workers)
 
     # -- job state hooks used by the scheduler -------------------------------------------------
     def _task_state(self, job: str, n: int, doc: dict) -> None:
@@ -213,10 +258,25 @@ class Master:
         return getattr(task, "histo_owner", None)
 
     def readiness(self) -> tuple[bool, dict]:
+        """Only live participants count: a worker or master whose process answered with its node's
+        incarnation, a leader that answered and says it leads."""
         checks = self.rt.checks()
-        checks["leader"] = {"ok": self.leader is not None, "leader": self.leader, "self": self.is_leader}
-        checks["workers"] = {"ok": bool(self.workers), "count": len(self.workers)}
-        checks["masters"] = {"ok": self.cfg.name in self.masters, "count": len(self.masters)}
+        own = self.masters.get(self.cfg.name)
+        registered = own is not None and own.incarnation == self.rt.incarnation
+        live_workers = sorted(n for n in self.workers if self.is_live(n))
+        live_masters = sorted(n for n in self.masters if self.is_live(n) and (n != self.cfg.name or registered))
+        leader_why = None
+        if self.leader is None:
+            leader_why = "no leader elected"
+        elif not self.leader_answered:
+            leader_why = f"leader {self.leader} has not answered as leader"
+        checks["leader"] = {"ok": leader_why is None, "leader": self.leader, "self": self.is_leader,
+                            "error": leader_why}
+        checks["workers"] = {"ok": bool(live_workers), "count": len(live_workers), "live": live_workers,
+                             "registered": len(self.workers)}
+        checks["masters"] = {"ok": registered, "count": len(live_masters), "live": live_masters,
+                             "registered": len(self.masters),
+                             "error": None if registered else "this master's membership node is not published yet"}
         ready = all(checks[k]["ok"] for k in ("zookeeper", "certificate", "leader"))
         return ready, checks
 
@@ -225,4 +285,4 @@ class Master:
 
 
 def run(cfg: ServiceConfig) -> None:
-    asyncio.run(Master(cfg).serve())
+    run_service(Master(cfg))

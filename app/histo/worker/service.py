@@ -15,12 +15,13 @@ from aiohttp import web
 
 from ..compute.tiles import tile_apply, tile_histogram
 from ..config import ServiceConfig
-from ..protocol import TaskHeader, ProtocolError
-from ..rpc import InternalClient, PeerRefused, peer_identity
+from ..edge.middleware import json_errors
+from ..protocol import ProtocolError, TaskHeader
+from ..rpc import InternalClient, PeerRefused, peer_check
 from ..runtime import ServiceRuntime
+from ..serve import Listener, run
 from ..tls.identity import IdentityError
 from ..zk.acl import WORKERS
-from ..zk.membership import register, update as update_member
 
 log = logging.getLogger("histo.worker")
 
@@ -68,29 +69,36 @@ class Worker:
         del self.pending_events[:-50]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024 * 1024, middlewares=[
+            json_errors, peer_check(self.cfg.trust_domain, lambda _r: ("master",), self._refused)])
         app.router.add_post("/internal/v1/tasks", self.handle_task)
         app.router.add_get("/internal/v1/status", self.handle_status)
+        app.router.add_get("/internal/v1/ping", self.handle_ping)
+        app.cleanup_ctx.append(self._client_ctx)
         return app
 
-    def _require_master(self, request: web.Request) -> None:
-        try:
-            peer_identity(request, ("master",), self.cfg.trust_domain)
-        except IdentityError as exc:
-            self._security_event("mtls_rejected", severity="warning", reason=str(exc),
-                                 peer=request.remote, path=request.path)
-            raise web.HTTPForbidden(text=json.dumps({"error": "forbidden", "message": "masters only"}),
-                                    content_type="application/json") from None
+    async def _client_ctx(self, _app: web.Application):  # type: ignore[no-untyped-def]
+        self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
+                                     source_address=self.cfg.address)
+        yield
+        await self.client.close()
+
+    def _refused(self, request: web.Request, exc: IdentityError) -> None:
+        self._security_event("mtls_rejected", severity="warning", reason=str(exc), peer=request.remote,
+                             path=request.path)
+
+    async def handle_ping(self, request: web.Request) -> web.Response:
+        """Liveness as masters check it: this process's incarnation, nothing else."""
+        return web.json_response({"name": self.cfg.name, "incarnation": self.rt.incarnation})
 
     async def handle_status(self, request: web.Request) -> web.Response:
-        self._require_master(request)
         events, self.pending_events = self.pending_events, []
         return web.json_response({"name": self.cfg.name, "tasks_done": self.tasks_done,
                                   "certificate": self.rt.certs.status.as_dict(),
-                                  "checks": self.rt.checks(), "events": events})
+                                  "checks": self.rt.checks(), "events": events,
+                                  "incarnation": self.rt.incarnation})
 
     async def handle_task(self, request: web.Request) -> web.Response:
-        self._require_master(request)
         try:
             hdr = TaskHeader.from_headers(request.headers)
         except ProtocolError as exc:
@@ -138,39 +146,21 @@ class Worker:
         except Exception as exc:  # the master re-assigns the task after its timeout
             log.warning("task %s/%s failed: %s", hdr.job, hdr.task, exc)
 
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.rt.start)
-        self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
-                                     source_address=self.cfg.address)
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.cfg.address, self.cfg.internal_port,
-                           ssl_context=self.rt.certs.contexts.internal_server)
-        await site.start()
-        await self._wait_for_tree()
-        register(self.rt.zk, "workers", self.cfg.name, self._member_info())
-        log.info("worker %s ready on %s in %.2fs", self.cfg.name, self.cfg.internal_url, self.rt.timings["total"])
-        try:
-            await asyncio.gather(self.rt.upkeep(), self._announce_rotations())
-        finally:
-            await runner.cleanup()
-            await self.client.close()
-            self.rt.stop()
+    # -- the service skeleton's hooks (histo.serve) ------------------------------------------
+    async def setup(self) -> list[Listener]:
+        return [Listener(self.app(), self.cfg.address, self.cfg.internal_port,
+                         self.rt.certs.contexts.internal_server)]
 
-    async def _announce_rotations(self) -> None:
-        """Keep the certificate expiry in our membership node current (the dashboard shows it)."""
-        loop = asyncio.get_running_loop()
-        seen = self.rt.certs.status.rotations
-        while True:
-            await asyncio.sleep(1.0)
-            if self.rt.certs.status.rotations != seen:
-                seen = self.rt.certs.status.rotations
-                try:
-                    await loop.run_in_executor(None, update_member, self.rt.zk, "workers", self.cfg.name,
-                                               self._member_info())
-                except Exception as exc:
-                    log.warning("cannot update membership: %s", exc)
+    async def started(self) -> None:
+        await self._wait_for_tree()
+        self.rt.join("workers")
+        log.info("worker %s ready on %s in %.2fs", self.cfg.name, self.cfg.internal_url, self.rt.timings["total"])
+
+    def background(self) -> list:
+        return []
+
+    async def stopping(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _wait_for_tree(self, timeout: float = 120.0) -> None:
         """Masters create the znode tree; a worker that starts first waits for it."""
@@ -181,6 +171,6 @@ class Worker:
                 raise RuntimeError(f"{WORKERS} does not exist: is a master running?")
             await asyncio.sleep(0.5)
 
-    def _member_info(self) -> dict:
-        return {"name": self.cfg.name, "endpoint": self.cfg.internal_url, "spiffe_id": self.cfg.spiffe_id,
-                "cert_not_after": self.rt.certs.status.not_after, "started": self.rt.started}
+
+def run_worker(cfg: ServiceConfig) -> None:
+    run(Worker(cfg))

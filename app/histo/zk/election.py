@@ -7,6 +7,7 @@ import threading
 from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import BadVersionError, NoNodeError
 from kazoo.recipe.election import Election
 
 from .acl import ELECTION
@@ -51,7 +52,25 @@ class LeaderElection:
             self._stop.wait(0.5)
 
     def start(self) -> None:
+        """Contend, after removing our predecessor's contender nodes: a restarted master's previous
+        process (same name, another session) would otherwise stay "leader" until its session expires."""
+        try:
+            self._clear_predecessors()
+        except Exception as exc:  # not fatal: the stale node goes when its session expires
+            log.warning("cannot clear a previous session's election node: %s", exc)
         self._thread.start()
+
+    def _clear_predecessors(self) -> None:
+        mine = self.client.client_id[0]
+        for child in self.client.get_children(ELECTION):
+            path = f"{ELECTION}/{child}"
+            try:
+                data, stat = self.client.get(path)
+                if data.decode(errors="replace") == self.name and stat.ephemeralOwner != mine:
+                    self.client.delete(path, version=stat.version)
+                    log.info("removed %s, left by a previous process of %s", path, self.name)
+            except (NoNodeError, BadVersionError):
+                continue
 
     def stop(self) -> None:
         self._stop.set()
