@@ -9,6 +9,7 @@ import json
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _say(msg: str) -> None:
 
 
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_session_timeout: float = 6.0,
-       extra: dict | None = None, net: str = NET) -> dict:
+       extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0) -> dict:
     t_start = time.perf_counter()
     root = private_dir(root.resolve())
     hosts = topology(masters, workers, net)
@@ -91,7 +92,7 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
         _say(f"started {', '.join(started)}")
 
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
-    wait_ready(urls, root / "ca.pem", workers, masters, timeout=90)
+    wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, root=root)
     env = write_env(root, admin, urls)
     total = time.perf_counter() - t_start
     _say(f"ready in {total:.1f}s — {urls[0]}  (env: {root / 'env'})")
@@ -109,9 +110,12 @@ def write_env(root: Path, admin, urls: list[str]) -> dict:
             **{f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()}}
 
 
-def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: float) -> None:
-    """Every master answers ready and sees every master and worker registered (a restarted
-    service's node reappears only once its previous session has expired)."""
+def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: float,
+               root: Path | None = None) -> None:
+    """Every master answers ready, names a leader that answered it as leader, and counts every
+    master and worker as live — a process that answered with the incarnation of its own node, not a
+    node left by a previous process (those linger until their session expires). On timeout, one line
+    naming what is not ready, and why from its log."""
     ctx = ssl.create_default_context(cafile=str(ca))
     deadline = time.time() + timeout
     last = ""
@@ -119,19 +123,56 @@ def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: f
         ok = 0
         for url in urls:
             try:
-                with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=3) as resp:
-                    doc = json.loads(resp.read())
-                    seen = (doc["checks"]["workers"]["count"], doc["checks"]["masters"]["count"])
-                    if seen == (workers, masters) and doc["checks"]["masters"]["ok"]:
-                        ok += 1
-                    else:
-                        last = f"{url}: sees {seen[0]} workers and {seen[1]} masters"
+                doc = _readyz(url, ctx)
+                checks = doc["checks"]
+                seen = (checks["workers"]["count"], checks["masters"]["count"])
+                if doc.get("_status") == 200 and seen == (workers, masters):
+                    ok += 1
+                else:
+                    why = "; ".join(doc.get("reasons") or []) or "waiting"
+                    last = f"{url}: {seen[0]}/{workers} workers and {seen[1]}/{masters} masters live ({why})"
             except Exception as exc:
                 last = f"{url}: {exc}"
         if ok == len(urls):
             return
-        time.sleep(0.3)
-    raise RuntimeError(f"cluster not ready after {timeout:.0f}s ({last}); see the logs under .histo/local/*/service.log")
+        time.sleep(0.2)
+    raise RuntimeError(f"cluster not ready after {timeout:.0f}s: {diagnose(root) if root else ''}{last}")
+
+
+def _readyz(url: str, ctx: ssl.SSLContext) -> dict:
+    try:
+        with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=3) as resp:
+            doc, status = json.loads(resp.read()), resp.status
+    except urllib.error.HTTPError as exc:  # 503 carries the checks too
+        doc, status = json.loads(exc.read() or b"{}"), exc.code
+    doc["_status"] = status
+    return doc
+
+
+def diagnose(root: Path) -> str:
+    """The first service that is not running or logs trouble, with the last such line of its log."""
+    for sdir in sorted(root.iterdir()):
+        log_path = sdir / "service.log"
+        if not (sdir / "config.json").exists():
+            continue
+        if not procs.alive(sdir / "pid", f"--config {sdir / 'config.json'}"):
+            return f"{sdir.name} is not running ({_last_trouble(log_path, last_resort=True) or 'no log'}); "
+    for sdir in sorted(root.iterdir()):
+        line = _last_trouble(sdir / "service.log")
+        if line:
+            return f"{sdir.name}: {line}; "
+    return ""
+
+
+def _last_trouble(log_path: Path, last_resort: bool = False) -> str:
+    """The last warning or error line of a log (or its last line, for a process that exited)."""
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines()[-200:] if ln.strip()]
+    except OSError:
+        return ""
+    bad = [ln for ln in lines if any(w in ln for w in (" WARNING ", " ERROR ", "Error", "error:", "histo: "))]
+    line = bad[-1] if bad else (lines[-1] if lines and last_resort else "")
+    return line.strip()[-240:]
 
 
 def down(root: Path) -> None:
