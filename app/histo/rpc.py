@@ -103,15 +103,20 @@ class InternalClient:
     async def request(self, method: str, url: str, expect_roles: tuple[str, ...], *,
                       headers: dict | None = None, data: bytes | memoryview | None = None,
                       json: object = None, expect_host: str | None = None,
-                      timeout: float | None = None) -> "Reply":
+                      timeout: float | None = None, max_body: int | None = None) -> "Reply":
         """`expect_host`: the server must also be that host (the member the caller looked up), not
-        merely some service of the right role."""
+        merely some service of the right role. `max_body`: a longer answer is refused unread."""
         session = self._get_session()
         token = _expected.set(expect_roles)
         kw = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5))} if timeout else {}
         try:
             async with session.request(method, url, headers=headers, data=data, json=json, **kw) as resp:
-                body = await resp.read()
+                if max_body is None:
+                    body = await resp.read()
+                else:
+                    body = await resp.content.read(max_body + 1)
+                    if len(body) > max_body:
+                        raise PeerRefused(f"answer from {url.split('/internal')[0]} larger than {max_body} bytes")
                 ident = session.connector.identities.get((resp.url.host, resp.url.port))
         finally:
             _expected.reset(token)

@@ -22,7 +22,7 @@ from ..zk.election import LeaderElection
 from ..zk.jobs import JobStore
 from ..zk.membership import Member, remove_stale, watch
 from ..zk.revocations import RevocationStore
-from . import api, internal
+from . import api, internal, relay
 from .auth import Authenticator
 from .results import ResultStore
 from .scheduler import Scheduler
@@ -148,17 +148,22 @@ class Master:
 
     async def _collect_worker_events(self) -> None:
         """Workers report their own security events (an mTLS rejection at a worker, its certificate
-        rotations) in their status; the leader relays them to the SecOps stream."""
+        rotations) in their status; the leader relays a fixed set of kinds, attributed to the
+        certificate that answered (master/relay.py)."""
         for name, member in list(self.workers.items()):
             try:
                 reply = await self.client.request("GET", member.endpoint + "/internal/v1/status", ("worker",),
-                                                  expect_host=name, timeout=5)
-                if reply.status == 200:
-                    for ev in json.loads(reply.body).get("events", []):
-                        kind = str(ev.pop("kind", "worker_event"))
-                        ev.pop("ts", None)
-                        ev.setdefault("severity", "warning")
-                        self.emit(kind, **{k: v for k, v in ev.items() if isinstance(v, (str, int, float))})
+                                                  expect_host=name, timeout=5, max_body=64 * 1024)
+                if reply.status != 200:
+                    continue
+                doc = json.loads(reply.body)
+                events, refused = relay.accept(doc.get("events") if isinstance(doc, dict) else None,
+                                               reply.peer.host)
+                for ev in events:
+                    self.emit(ev.pop("kind"), **ev)
+                if refused:
+                    self.emit("relay_refused", severity="warning", service=self.cfg.name, worker=reply.peer.host,
+                              count=refused, reason="events of kinds a worker may not report, or too many")
             except Exception as exc:
                 log.debug("status of %s unavailable: %s", name, exc)
 
@@ -198,7 +203,7 @@ class Master:
         """True if `member` answered as a live leader; records liveness in self.live."""
         try:
             reply = await self.client.request("GET", member.endpoint + "/internal/v1/ping", (role,),
-                                              expect_host=member.name, timeout=2.0)
+                                              expect_host=member.name, timeout=2.0, max_body=4096)
             doc = json.loads(reply.body) if reply.status == 200 else {}
         except PeerRefused as exc:
             # The node names an endpoint served by another identity: not this member, whatever it says.
