@@ -16,6 +16,7 @@ from kazoo.client import KazooClient, KazooState
 from .config import ServiceConfig
 from .tls.certs import CertManager, CertStatus
 from .vault.client import ServiceVault
+from .zk.acl import x509_id
 from .zk.client import connect as zk_connect
 from .zk.membership import Member, Membership
 
@@ -60,7 +61,7 @@ class ServiceRuntime:
         self.zk = zk_connect(self.cfg.zk_hosts, str(self.certs.ca_path), str(self.certs.cert_path),
                              str(self.certs.key_path), user, password, self.cfg.role, acl_ids=self.acl_ids,
                              session_timeout=self.cfg.zk_session_timeout,
-                             x509_id=f"CN={self.cfg.name}.{self.cfg.trust_domain}")
+                             x509_id=x509_id(self.cfg.name, self.cfg.trust_domain))
         del password
         self.zk_state = "CONNECTED"
         self.zk.add_listener(self._zk_listener)

@@ -74,14 +74,14 @@ def test_worker_credentials_cannot_touch_jobs_election_or_other_workers(cluster,
     with pytest.raises(NoAuthError):
         worker_zk.create("/histo/election/fake-", b"worker1", ephemeral=True, sequence=True)
     with pytest.raises(NoAuthError):
-        worker_zk.set("/histo/workers/worker2", b'{"endpoint": "https://evil"}')
+        worker_zk.set("/histo/workers/worker2/member", b'{"endpoint": "https://evil"}')
     with pytest.raises(NoAuthError):
-        worker_zk.delete("/histo/workers/worker2")
+        worker_zk.delete("/histo/workers/worker2/member")
     with pytest.raises(NoAuthError):
         worker_zk.create("/histo/revoked/x", b"")
     # legitimate: a worker rewrites its own member node (its certificate's x509 identity), masters admin jobs
-    data, _ = worker_zk.get("/histo/workers/worker1")
-    worker_zk.set("/histo/workers/worker1", data)
+    data, _ = worker_zk.get("/histo/workers/worker1/member")
+    worker_zk.set("/histo/workers/worker1/member", data)
     master_zk.create("/histo/jobs/zk-test", b"{}")
     master_zk.delete("/histo/jobs/zk-test")
     assert master_zk.exists(job)
@@ -112,3 +112,20 @@ def test_super_digest_only_in_private_config(cluster):
     environ = open(f"/proc/{pid}/environ", "rb").read().decode()
     assert "superDigest" not in cmdline and "super:" not in cmdline and "super:" not in environ
     assert os.path.exists(f"/proc/{pid}")
+
+
+def test_membership_is_bound_to_the_certificate(cluster, master_zk, worker_zk):
+    """Root on worker1 (its certificate, its digest) can neither invent members nor squat another
+    worker's name; its own membership still works."""
+    for attempt in (lambda: worker_zk.create("/histo/workers/ghost1", b"", ephemeral=True),
+                    lambda: worker_zk.create("/histo/workers/ghost2"),
+                    lambda: worker_zk.create("/histo/workers/worker2/member", b"{}", ephemeral=True),
+                    lambda: worker_zk.create("/histo/workers/worker2/other", b"{}", ephemeral=True),
+                    lambda: worker_zk.delete("/histo/workers/worker2/member")):
+        with pytest.raises(NoAuthError):
+            attempt()
+    assert sorted(master_zk.get_children("/histo/workers")) == ["worker1", "worker2"]
+    # the legitimate worker1 may replace its own member node inside its own slot
+    assert master_zk.exists("/histo/workers/worker1/member")
+    status, doc = cluster.upload(sample_image(40, 30, "PNG"), mode="gray")
+    assert status == 202 and cluster.wait_job(doc["id"])["state"] == "done"

@@ -2,6 +2,7 @@
 other masters forward public calls here. Every caller is identified by its certificate."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import PEER, peer_check
+from ..zk import acl as zkacl
 from ..tls.identity import IdentityError
 from . import api
 
@@ -20,12 +22,13 @@ log = logging.getLogger("histo.internal")
 
 PUBLIC_PREFIX = "/internal/v1/public"
 RESULTS = "/internal/v1/results"
+JOIN = "/internal/v1/join"
 
 
 def build_app(master: "Master") -> web.Application:
     def allowed(request: web.Request) -> tuple[str, ...]:
         # Only workers report results; everything else here is for other masters.
-        return ("worker",) if request.path == RESULTS else ("master",)
+        return ("worker",) if request.path in (RESULTS, JOIN) else ("master",)
 
     def refused(request: web.Request, exc: IdentityError) -> None:
         master.emit("mtls_rejected", severity="warning", reason=str(exc), peer=request.remote, path=request.path)
@@ -43,8 +46,20 @@ def build_app(master: "Master") -> web.Application:
                           middlewares=[json_errors, peer_check(master.cfg.trust_domain, allowed, refused), forwarded])
     app.router.add_post(RESULTS, lambda r: results(master, r))
     app.router.add_get("/internal/v1/ping", lambda r: ping(master, r))
+    app.router.add_post(JOIN, lambda r: join(master, r))
     api.add_routes(app, master, PUBLIC_PREFIX)
     return app
+
+
+async def join(master: "Master", request: web.Request) -> web.Response:
+    """A worker asks for its membership slot: made for the host its certificate names, whatever
+    the request says (it carries nothing)."""
+    host = request[PEER].host
+    created = await asyncio.get_running_loop().run_in_executor(
+        None, zkacl.ensure_worker_slot, master.rt.zk, master.rt.acl_ids, host, master.cfg.trust_domain)
+    if created:
+        master.emit("worker_slot_created", severity="info", worker=host)
+    return web.json_response({"slot": zkacl.worker_slot(host)})
 
 
 async def ping(master: "Master", request: web.Request) -> web.Response:

@@ -21,7 +21,8 @@ from ..rpc import InternalClient, PeerRefused, peer_check
 from ..runtime import ServiceRuntime
 from ..serve import Listener, run
 from ..tls.identity import IdentityError
-from ..zk.acl import WORKERS
+from ..zk.acl import WORKERS, worker_slot
+from ..zk.membership import list_members
 
 log = logging.getLogger("histo.worker")
 
@@ -153,6 +154,7 @@ class Worker:
 
     async def started(self) -> None:
         await self._wait_for_tree()
+        await self._claim_slot()
         self.rt.join("workers")
         log.info("worker %s ready on %s in %.2fs", self.cfg.name, self.cfg.internal_url, self.rt.timings["total"])
 
@@ -161,6 +163,27 @@ class Worker:
 
     async def stopping(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _claim_slot(self, timeout: float = 120.0) -> None:
+        """Our membership slot is made by a master for the identity of our certificate (we cannot
+        create anything under /histo/workers ourselves): ask one over mTLS until it exists."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        slot = worker_slot(self.cfg.name)
+        while not await loop.run_in_executor(None, self.rt.zk.exists, slot):
+            if loop.time() > deadline:
+                raise RuntimeError(f"no master made {slot}: is a master running?")
+            masters = await loop.run_in_executor(None, list_members, self.rt.zk, "masters")
+            for m in masters.values():
+                try:
+                    reply = await self.client.request("POST", m.endpoint + "/internal/v1/join", ("master",),
+                                                      expect_host=m.name, timeout=5, max_body=4096)
+                    if reply.status == 200:
+                        break
+                except Exception as exc:
+                    log.info("join via %s: %s", m.name, exc)
+            else:
+                await asyncio.sleep(0.5)
 
     async def _wait_for_tree(self, timeout: float = 120.0) -> None:
         """Masters create the znode tree; a worker that starts first waits for it."""

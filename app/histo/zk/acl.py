@@ -1,6 +1,10 @@
 """The histo znode tree and its ACLs. Nothing is world-readable or world-writable; masters
-administer the tree; workers read, create their own membership node, and can write only it
-(by their certificate's x509 identity, which no other worker shares)."""
+administer the tree; workers read.
+
+A worker's membership is bound to its certificate: /histo/workers/<name> is a slot that a master
+creates for the identity that asked over mTLS (never for a name a caller chooses), and only that
+certificate's x509 identity may create and delete the ephemeral member node inside it. The shared
+worker digest cannot create anything under /histo/workers: no ghost members, no squatting."""
 from __future__ import annotations
 
 from kazoo.client import KazooClient
@@ -25,13 +29,13 @@ def worker(ids: dict[str, str], perms: int) -> ACL:
 
 
 def tree_acls(ids: dict[str, str]) -> dict[str, list[ACL]]:
-    r, c = Permissions.READ, Permissions.CREATE
+    r = Permissions.READ
     return {
         "/": [master_all(ids), worker(ids, r)],
         ROOT: [master_all(ids), worker(ids, r)],
         ELECTION: [master_all(ids)],                 # workers cannot even see who contends
         MASTERS: [master_all(ids), worker(ids, r)],
-        WORKERS: [master_all(ids), worker(ids, r | c)],  # create own node; no delete on the parent
+        WORKERS: [master_all(ids), worker(ids, r)],  # slots are created by masters (worker_slot)
         JOBS: [master_all(ids), worker(ids, r)],
         REVOKED: [master_all(ids), worker(ids, r)],
     }
@@ -44,6 +48,37 @@ def default_acl(ids: dict[str, str], role: str, x509_id: str | None = None) -> l
     if role == "worker" and x509_id:
         acl.append(_acl(Permissions.READ | Permissions.WRITE, "x509", x509_id))
     return acl
+
+
+def x509_id(name: str, trust_domain: str) -> str:
+    """ZooKeeper's x509 identity of a host's certificate (its subject)."""
+    return f"CN={name}.{trust_domain}"
+
+
+def worker_slot(name: str) -> str:
+    return f"{WORKERS}/{name}"
+
+
+def worker_slot_acl(ids: dict[str, str], name: str, trust_domain: str) -> list[ACL]:
+    own = Permissions.READ | Permissions.CREATE | Permissions.DELETE  # its own member node, nothing else
+    return [master_all(ids), worker(ids, Permissions.READ), _acl(own, "x509", x509_id(name, trust_domain))]
+
+
+def ensure_worker_slot(client: KazooClient, ids: dict[str, str], name: str, trust_domain: str) -> bool:
+    """Create (or repair the ACL of) the slot of worker `name`; True if it was created. Masters
+    call this for the identity of an mTLS caller, never for a name from a request body."""
+    acl = worker_slot_acl(ids, name, trust_domain)
+    try:
+        client.create(worker_slot(name), b"", acl=acl)
+        return True
+    except NodeExistsError:
+        current, stat = client.get_acls(worker_slot(name))
+        if stat.ephemeralOwner:  # a member node of the flat layout before slots: it cannot hold a child
+            client.delete(worker_slot(name), version=stat.version)
+            return ensure_worker_slot(client, ids, name, trust_domain)
+        if sorted(map(str, current)) != sorted(map(str, acl)):
+            client.set_acls(worker_slot(name), acl)
+        return False
 
 
 def bootstrap_tree(client: KazooClient, ids: dict[str, str]) -> None:

@@ -1,5 +1,6 @@
-"""Ephemeral membership nodes (/histo/masters/<name>, /histo/workers/<name>): who is in the
-cluster, where it listens, which identity and certificate expiry it has.
+"""Ephemeral membership nodes (/histo/masters/<name>, /histo/workers/<name>/member): who is in
+the cluster, where it listens, which identity and certificate expiry it has. A worker's node lives
+in the slot a master made for its certificate (zk/acl.py), so it can be nobody else's.
 
 A node is a typed `Member` before any logic sees it. Each process start has its own random
 `incarnation`, written into its node and answered by its status endpoint: a node whose incarnation
@@ -31,6 +32,8 @@ log = logging.getLogger("histo.membership")
 
 
 def _path(kind: str, name: str) -> str:
+    if kind == "workers":
+        return f"{ROOT}/workers/{name}/member"
     return f"{ROOT}/{kind}/{name}"
 
 
@@ -55,6 +58,8 @@ class Member:
             raise ValueError(f"membership node {name}: not JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("endpoint"), str):
             raise ValueError(f"membership node {name}: no endpoint")
+        if doc.get("name", name) != name:
+            raise ValueError(f"membership node {name} claims to be {doc.get('name')!r}")
         not_after = doc.get("cert_not_after")
         return cls(name=name, endpoint=doc["endpoint"], spiffe_id=str(doc.get("spiffe_id", "")),
                    incarnation=str(doc.get("incarnation", "")), started=float(doc.get("started") or 0.0),
@@ -198,11 +203,12 @@ def watch(client: KazooClient, kind: str, callback: Callable[[dict[str, Member]]
 
             def on_data(data: bytes | None, stat: ZnodeStat | None, event: object = None,
                         child: str = child) -> bool | None:
-                if data is None and stat is None:
+                if data is None and stat is None and kind != "workers":
                     with lock:
                         watched.discard(child)
-                    return False
-                refresh()
+                    refresh()
+                    return False  # a master's node is re-created as a new child: watched anew then
+                refresh()  # a worker's slot stays: its member node comes and goes inside it
                 return None
             client.DataWatch(_path(kind, child), on_data)
         refresh()
