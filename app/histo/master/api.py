@@ -277,6 +277,7 @@ class Handlers:
             task.histo_deleted = True  # type: ignore[attr-defined]
             task.cancel()
         held = self.m.results.drop(doc["id"])
+        await loop.run_in_executor(None, self.m.jobs.drop_tasks, doc["id"])
         why = f"job {doc['id']} of {before.get('owner')} deleted" + (" (cancelled while running)" if cancelled else "")
         self.m.audit_decision(principal, request, f"DELETE job {doc['id']}", True, why)
         self.m.emit("job_deleted", severity="info", job=doc["id"], owner=before.get("owner"), by=principal.sub,

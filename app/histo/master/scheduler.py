@@ -72,6 +72,8 @@ class Scheduler:
         self.min_tile_pixels = max(1, min_tile_pixels)
         self.pending: dict[tuple[str, int, str], Pending] = {}
         self.done: set[tuple[str, int, str, str]] = set()
+        # attempts of jobs cancelled (deleted, leadership lost) while a worker had them -> that worker
+        self.abandoned: dict[tuple[str, int, str, str], str] = {}
         self._rr = 0
 
     # -- the job ---------------------------------------------------------------------------
@@ -163,6 +165,11 @@ class Scheduler:
                 computed_by.add(worker)
                 self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker, "state": "done"})
                 return result
+            except asyncio.CancelledError:
+                if len(self.abandoned) > 10_000:
+                    self.abandoned.clear()
+                self.abandoned[(job, n, phase, attempt)] = worker
+                raise
             except (WorkerLost, PeerRefused, asyncio.TimeoutError, OSError, Exception) as exc:
                 if isinstance(exc, JobFailed):
                     raise
@@ -184,6 +191,10 @@ class Scheduler:
         done_key = (hdr.job, hdr.task, hdr.phase, hdr.attempt)
         if done_key in self.done:
             return RefusedResult("replayed result: this task attempt already reported")
+        if self.abandoned.get(done_key) == worker:  # its job was cancelled: the late result is dropped quietly
+            del self.abandoned[done_key]
+            self.done.add(done_key)
+            return None
         p = self.pending.get(key)
         if p is None or p.attempt != hdr.attempt:
             return RefusedResult("no such task attempt pending (stale or forged)")

@@ -5,7 +5,7 @@ import json
 import time
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from .acl import JOBS
 
@@ -97,8 +97,8 @@ class JobStore:
         self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
 
     def tombstone(self, job_id: str, by: str) -> tuple[dict, dict] | None:
-        """Replace the job's document by a small tombstone (id, owner, when, by whom) and drop its
-        task nodes. Returns (the job as it was, the tombstone); None for an unknown job; for a job
+        """Replace the job's document by a small tombstone (id, owner, when, by whom); its task nodes
+        go with drop_tasks() once the job is stopped. Returns (the job as it was, the tombstone); None for an unknown job; for a job
         already deleted, (tombstone, tombstone). The tombstone lets the owner be told 410 Gone."""
         path = f"{JOBS}/{job_id}"
         while True:  # compare-and-set, like update_job: a concurrent update cannot resurrect the job
@@ -116,8 +116,16 @@ class JobStore:
                 break
             except BadVersionError:
                 continue
-        try:
-            self.zk.delete(f"{path}/tasks", recursive=True)
-        except NoNodeError:
-            pass
         return doc, stone
+
+    def drop_tasks(self, job_id: str, attempts: int = 20) -> None:
+        """Remove a deleted job's task nodes. A runner stopping meanwhile may still write one (then
+        the parent is not empty yet: try again); once the parent is gone, no task node can appear."""
+        for _ in range(attempts):
+            try:
+                self.zk.delete(f"{JOBS}/{job_id}/tasks", recursive=True)
+                return
+            except NoNodeError:
+                return
+            except NotEmptyError:
+                time.sleep(0.05)
