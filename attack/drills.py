@@ -131,34 +131,7 @@ def compromised_worker_vault(cl: Cluster) -> Outcome:
         except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
             refused.append(what)
     return Outcome("compromised worker vs Vault", "4 privileged calls with worker1's own Vault token",
-    refused = []
-    try:
-        jobs = zk.get_children("/histo/jobs")
-        attempts = (("delete a job", lambda: zk.delete(f"/histo/jobs/{jobs[0]}", recursive=True) if jobs
-                     else zk.delete("/histo/jobs")),
-                    ("join the election", lambda: zk.create("/histo/election/x-", b"w", ephemeral=True,
-                                                            sequence=True)),
-                    ("rewrite worker2's membership", lambda: zk.set("/histo/workers/worker2/member", b"{}")),
-                    ("squat worker2's slot", lambda: zk.create("/histo/workers/worker2/x", b"{}", ephemeral=True)),
-                    ("register a ghost member", lambda: zk.create("/histo/workers/ghost1", b"{}", ephemeral=True)),
-                    ("revoke-list tampering", lambda: zk.create("/histo/revoked/x", b"")))
-        for what, fn in attempts:
-            try:
-                fn()
-            except NoAuthError:
-                refused.append(what)
-        # the legitimate path: worker1 still rewrites its own member node, in its own slot
-        data, _ = zk.get("/histo/workers/worker1/member")
-        zk.set("/histo/workers/worker1/member", data)
-        own_ok = True
-    except NoAuthError:
-        own_ok = False
-    finally:
-        zk.stop()
-        zk.close()
-    return Outcome("compromised worker vs ZooKeeper", f"with worker credentials and certificate: {len(attempts)} writes",
-                   f"refused: {len(refused)}/{len(attempts)} ({', '.join(refused)}); own member node writable: "
-                   f"{own_ok}", len(refused) == len(attempts) and own_ok)
+                   f"refused: {len(refused)}/4 ({', '.join(refused)})", len(refused) == 4)
 
 
 def compromised_worker_zookeeper(cl: Cluster) -> Outcome:
@@ -166,35 +139,16 @@ def compromised_worker_zookeeper(cl: Cluster) -> Outcome:
     creds = root.secrets.kv.v2.read_secret_version("histo/zk/worker", mount_point="secret",
                                                    raise_on_deleted_version=True)["data"]["data"]
     zk = zk_client(cl, "worker1", (creds["username"], creds["password"]))
-    refused = []
+    refused: list[str] = []
+    attempts = (("delete a job", lambda: zk.delete(f"/histo/jobs/{jobs[0]}", recursive=True) if jobs
+                 else zk.delete("/histo/jobs")),
+                ("join the election", lambda: zk.create("/histo/election/x-", b"w", ephemeral=True, sequence=True)),
+                ("rewrite worker2's membership", lambda: zk.set("/histo/workers/worker2/member", b"{}")),
+                ("squat worker2's slot", lambda: zk.create("/histo/workers/worker2/x", b"{}", ephemeral=True)),
+                ("register a ghost member", lambda: zk.create("/histo/workers/ghost1", b"{}", ephemeral=True)),
+                ("revoke-list tampering", lambda: zk.create("/histo/revoked/x", b"")))
     try:
         jobs = zk.get_children("/histo/jobs")
-        for what, fn in (("delete a job", lambda: zk.delete(f"/histo/jobs/{jobs[0]}", recursive=True) if jobs
-                          else zk.delete("/histo/jobs")),
-                         ("join the election", lambda: zk.create("/histo/election/x-", b"w", ephemeral=True,
-                                                                 sequence=True)),
-                         ("rewrite worker2's membership", lambda: zk.set("/histo/workers/worker2/member", b"{}")),
-                         ("register a ghost member", lambda: zk.create("/histo/workers/ghost1", b"{}", ephemeral=True)),
-                         ("revoke-list tampering", lambda: zk.create("/histo/revoked/x", b""))):
-            try:
-                fn()
-            except NoAuthError:
-                refused.append(what)
-    finally:
-        zk.stop()
-        zk.close()
-    return Outcome("compromised worker vs ZooKeeper", "with worker credentials and certificate: 4 writes",
-    refused = []
-    try:
-        jobs = zk.get_children("/histo/jobs")
-        attempts = (("delete a job", lambda: zk.delete(f"/histo/jobs/{jobs[0]}", recursive=True) if jobs
-                     else zk.delete("/histo/jobs")),
-                    ("join the election", lambda: zk.create("/histo/election/x-", b"w", ephemeral=True,
-                                                            sequence=True)),
-                    ("rewrite worker2's membership", lambda: zk.set("/histo/workers/worker2/member", b"{}")),
-                    ("squat worker2's slot", lambda: zk.create("/histo/workers/worker2/x", b"{}", ephemeral=True)),
-                    ("register a ghost member", lambda: zk.create("/histo/workers/ghost1", b"{}", ephemeral=True)),
-                    ("revoke-list tampering", lambda: zk.create("/histo/revoked/x", b"")))
         for what, fn in attempts:
             try:
                 fn()
@@ -209,7 +163,8 @@ def compromised_worker_zookeeper(cl: Cluster) -> Outcome:
     finally:
         zk.stop()
         zk.close()
-    return Outcome("compromised worker vs ZooKeeper", f"with worker credentials and certificate: {len(attempts)} writes",
+    return Outcome("compromised worker vs ZooKeeper",
+                   f"with worker credentials and certificate: {len(attempts)} writes",
                    f"refused: {len(refused)}/{len(attempts)} ({', '.join(refused)}); own member node writable: "
                    f"{own_ok}", len(refused) == len(attempts) and own_ok)
 

@@ -88,6 +88,56 @@ def cmd_env_write(a) -> None:
               parse_duration(a.ttl), extra)
     print(json.dumps({"env": a.out}))
 
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"histo: receipt: cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def _receipt_keys(a) -> dict[str, str]:
+    """kid -> PEM: from Vault (a token with the histo-receipt-verifier policy) or from a file."""
+    from .edge.receipts import KEY
+    from .edge.tokens import vault_public_keys
+    if not a.token_file:
+        raise SystemExit("histo: receipt: give --public-key FILE or --token-file (a Vault token that may read "
+                         f"transit/keys/{KEY})")
+    try:
+        keys = vault_public_keys(_vault_client(a.vault_url, a.vault_ca, a.token_file), key=KEY)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        raise SystemExit(f"histo: receipt: cannot read the receipt keys from Vault ({type(exc).__name__})") from None
+    if not keys:
+        raise SystemExit(f"histo: receipt: Vault holds no public key of {KEY}")
+    return keys
+
+
+def cmd_receipt_verify(a) -> None:
+    from .edge import receipts
+    jws = _read_file(a.receipt, "receipt").decode("ascii", "replace").strip()
+    image = _read_file(a.image, "image")
+    upload = _read_file(a.upload, "upload") if a.upload else None
+    try:
+        kid = receipts.kid_of(jws)
+        if a.public_key:
+            text = _read_file(a.public_key, "public key").decode("utf-8", "replace")
+            # a JSON map kid -> PEM (what `histo receipt keys` prints), or one PEM for the kid the receipt names
+            keys = json.loads(text) if text.lstrip().startswith("{") else {kid: text}
+        else:
+            keys = _receipt_keys(a)
+        claims = receipts.verify(jws, keys)
+        receipts.check_files(claims, image, upload)
+    except receipts.ReceiptError as exc:
+        raise SystemExit(f"histo: receipt: REJECTED: {exc}") from None
+    except ValueError:
+        raise SystemExit(f"histo: receipt: {a.public_key} is neither a PEM public key nor a JSON key map") from None
+    print(receipts.summary(claims, kid) + (", upload matches" if upload is not None else ""))
+
+
+def cmd_receipt_keys(a) -> None:
+    print(json.dumps(_receipt_keys(a), indent=1, sort_keys=True))
+
 
 def cmd_local(a) -> None:
     from .local import cluster
@@ -110,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True)
         s.set_defaults(fn=fn)
 
-    def vault_args(s):
+    def vault_args(s, token_required=True, token_help="file holding a Vault token (never on the command line)"):
         s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"))
         s.add_argument("--vault-ca", default=os.environ.get("VAULT_CACERT", ".histo/local/vault/tls/ca.pem"))
-        s.add_argument("--token-file", required=True, help="file holding a Vault token (never on the command line)")
+        s.add_argument("--token-file", required=token_required, help=token_help)
 
     s = sub.add_parser("vault-tls", help="bootstrap CA and listener certificate for Vault itself (idempotent)")
     s.add_argument("--dir", required=True)
@@ -151,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ttl", default="1h")
     vault_args(s)
     s.set_defaults(fn=cmd_env_write)
+
+    rec = sub.add_parser("receipt", help="check a job receipt offline").add_subparsers(dest="rcmd", required=True)
+
+    def receipt_vault_args(s):
+        vault_args(s, False, "file holding a Vault token with the histo-receipt-verifier policy")
+
+    s = rec.add_parser("verify", help="signature, claims and SHA-256 of the result (and upload)")
+    s.add_argument("--receipt", required=True, help="the JWS from GET /api/v1/jobs/{id}/receipt")
+    s.add_argument("--image", required=True, help="the result downloaded from GET /api/v1/jobs/{id}/result")
+    s.add_argument("--upload", help="the image that was uploaded (optional)")
+    s.add_argument("--public-key", help="a PEM, or the JSON of `histo receipt keys` (no Vault needed then)")
+    receipt_vault_args(s)
+    s.set_defaults(fn=cmd_receipt_verify)
+    s = rec.add_parser("keys", help="print the receipt public keys (kid -> PEM) for offline verification")
+    receipt_vault_args(s)
+    s.set_defaults(fn=cmd_receipt_keys)
 
     s = sub.add_parser("local")
     s.add_argument("action", choices=("up", "down", "status"))

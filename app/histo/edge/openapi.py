@@ -41,7 +41,8 @@ AUTH_ERRORS = {
     "429": _err("rate limited, or this address is throttled after failed authentications", "Retry-After"),
     "503": _err("not ready, no leader or no workers, or tokens cannot be verified right now", "Retry-After"),
 }
-JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (existence is not revealed)")}
+JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (existence is not revealed)"),
+              "410": _err("the caller's job was deleted (by its owner or an admin); others get 404")}
 
 
 def _schemas() -> dict:
@@ -76,6 +77,28 @@ def _schemas() -> dict:
             "channels": {"type": "array", "items": {"type": "string"}, "examples": [["Y"], ["R", "G", "B"]]},
             "before": {"type": "object", "additionalProperties": hist},
             "after": {"type": "object", "additionalProperties": hist}}},
+        "JobDeleted": {"type": "object", "required": ["id", "state", "cancelled"], "properties": {
+            "id": {"type": "string"}, "state": {"const": "deleted"},
+            "cancelled": {"type": "boolean", "description": "the job was still queued or running and was stopped"}}},
+        "ReceiptClaims": {
+            "type": "object", "description": "the payload of a receipt (the JWS's second part, base64url JSON)",
+            "required": ["iss", "job", "sub", "mode", "upload_sha256", "result_sha256", "workers", "master",
+                         "created", "finished", "iat", "key_version"], "properties": {
+                "iss": {"const": "histo"}, "job": {"type": "string"}, "sub": {"type": "string", "description": "owner"},
+                "mode": {"type": "string", "enum": ["gray", "luma", "rgb"]},
+                "format": {"type": ["string", "null"]}, "width": {"type": ["integer", "null"]},
+                "height": {"type": ["integer", "null"]},
+                "upload_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                  "description": "SHA-256 of the uploaded bytes"},
+                "result_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                  "description": "SHA-256 of the bytes GET .../result answers"},
+                "workers": {"type": "array", "items": {"type": "string"},
+                            "examples": [["spiffe://histo.internal/worker/worker1"]],
+                            "description": "SPIFFE ids of the workers whose strip results were accepted"},
+                "master": {"type": "string", "examples": ["spiffe://histo.internal/master/master1"]},
+                "created": {"type": "number"}, "finished": {"type": "number"},
+                "iat": {"type": "integer", "description": "when it was signed (Unix time)"},
+                "key_version": {"type": "integer", "description": "version of the transit key histo-receipts"}}},
         "Node": node,
         "Master": {"allOf": [node, {"type": "object", "required": ["leader"],
                                     "properties": {"leader": {"type": "boolean"}}}]},
@@ -106,11 +129,14 @@ def _schemas() -> dict:
     }
 
 
-def _job_get(summary: str, op_id: str, content: dict) -> dict:
+def _job_get(summary: str, op_id: str, content: dict, vault_503: bool = False) -> dict:
+    errors = dict(JOB_ERRORS)
+    if vault_503:
+        errors["503"] = _err("not ready, or Vault cannot sign the receipt right now", "Retry-After")
     return {"get": {"summary": summary, "operationId": op_id, "tags": ["jobs"], "parameters": [JOB_ID],
                     "security": BEARER, "responses": {
                         "200": {"description": "ok", "content": content},
-                        "409": _err("the job has not finished (or failed)"), **JOB_ERRORS}}}
+                        "409": _err("the job has not finished (or failed)"), **errors}}}
 
 
 def _paths() -> dict:
@@ -143,18 +169,36 @@ def _paths() -> dict:
             "get": {"summary": "the caller's jobs, newest first (admin: all)", "operationId": "listJobs",
                     "tags": ["jobs"], "security": BEARER,
                     "responses": {"200": _json("ok", _ref("JobList")), **AUTH_ERRORS}}},
-        "/api/v1/jobs/{id}": {"get": {
-            "summary": "state, progress, timings (owner, admin); ?wait=S long-polls until the job ends",
-            "operationId": "getJob", "tags": ["jobs"], "security": BEARER,
-            "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False,
-                                    "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
-            "responses": {"200": _json("ok", _ref("Job")), **JOB_ERRORS}}},
+        "/api/v1/jobs/{id}": {
+            "get": {
+                "summary": "state, progress, timings (owner, admin); ?wait=S long-polls until the job ends",
+                "operationId": "getJob", "tags": ["jobs"], "security": BEARER,
+                "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False,
+                                        "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
+                "responses": {"200": _json("ok", _ref("Job")), **JOB_ERRORS}},
+            "delete": {
+                "summary": "delete the job and its stored data everywhere (owner, admin)",
+                "description": "Removes the job's record, task state, result, histograms and receipt from every "
+                               "master; a job still queued or running is cancelled first. Afterwards the owner "
+                               "(and admins) get 410 for the job, everyone else 404. Deleting again answers 410.",
+                "operationId": "deleteJob", "tags": ["jobs"], "security": BEARER, "parameters": [JOB_ID],
+                "responses": {"200": _json("deleted", _ref("JobDeleted")), **JOB_ERRORS}}},
         "/api/v1/jobs/{id}/result": _job_get("the equalized image (same format as uploaded)", "getResult",
                                              _binary("image/jpeg", "image/png")),
         "/api/v1/jobs/{id}/histogram": _job_get("256-bin histograms before and after, per channel",
                                                 "getHistogram", {"application/json": {"schema": _ref("Histogram")}}),
         "/api/v1/jobs/{id}/histogram.png": _job_get("a plot of the histograms, before / after", "getHistogramPlot",
                                                     _binary("image/png")),
+        "/api/v1/jobs/{id}/receipt": _job_get(
+            "a receipt for the finished job: compact JWS (ES256) signed by Vault transit key histo-receipts",
+            "getReceipt", {"application/jose": {"schema": {
+                "type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$",
+                "description": "header {alg: ES256, typ: histo-receipt+jwt, kid: histo-receipts:<version>}; "
+                               "payload ReceiptClaims. Verify offline: histo receipt verify --receipt R "
+                               "--image RESULT [--upload UPLOAD]; public keys: Vault transit/keys/histo-receipts "
+                               "(policy histo-receipt-verifier)",
+                "contentSchema": _ref("ReceiptClaims")}}},
+            vault_503=True),
         "/api/v1/cluster": {"get": {"summary": "nodes, leader, certificate expiries (viewer, admin)",
                                     "operationId": "getCluster", "tags": ["cluster"], "security": BEARER,
                                     "responses": {"200": _json("ok", _ref("Cluster")), **AUTH_ERRORS}}},

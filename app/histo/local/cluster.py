@@ -103,6 +103,10 @@ def write_env(root: Path, admin, urls: list[str]) -> dict:
     issuer = admin.auth.token.create(policies=["histo-token-issuer"], ttl="24h", renewable=False,
                                      display_name="histo-local-issuer")["auth"]["client_token"]
     write_private(root / "issuer-token", issuer + "\n")
+    # `histo receipt verify --token-file .histo/local/receipt-verifier-token`: reads the receipt public keys only
+    verifier = admin.auth.token.create(policies=["histo-receipt-verifier"], ttl="24h", renewable=False,
+                                       display_name="histo-local-receipt-verifier")["auth"]["client_token"]
+    write_private(root / "receipt-verifier-token", verifier + "\n")
     signer = hvac.Client(url=admin.url, verify=admin.session.verify)
     signer.token = issuer
     tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL)

@@ -4,6 +4,7 @@ calls that only the leader (or the master holding a result) can answer."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -16,9 +17,12 @@ from aiohttp import web, WSMsgType
 from ..compute import equalize
 from ..compute.imageio import ImageError, decode, sniff_format
 from ..compute.plot import plot_histograms
+from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge.openapi import spec as openapi_spec
 from ..edge.tokens import AuthError, KeysUnavailable
+from ..tls.identity import spiffe_id
+from ..zk.jobs import is_tombstone
 from ..zk.membership import Member
 from ..zk.revocations import RevocationStore
 from .scheduler import JobFailed
@@ -36,6 +40,7 @@ CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # POST /api/v1/events (admin): an attack drill's outcome on the SecOps dashboard. Fixed kind, bounded fields.
 DRILL_FIELDS = {"drill": 80, "tried": 300, "happened": 500}
 DRILL_BODY_MAX = 4096
+RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
 
 
 def build_app(master: "Master") -> web.Application:
@@ -64,6 +69,8 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
     r.add_post(prefix + "/api/v1/jobs", h.submit)
     r.add_get(prefix + "/api/v1/jobs", h.list_jobs)
     r.add_get(prefix + "/api/v1/jobs/{id}", h.get_job)
+    r.add_delete(prefix + "/api/v1/jobs/{id}", h.delete_job)
+    r.add_get(prefix + "/api/v1/jobs/{id}/receipt", h.receipt)
     r.add_get(prefix + "/api/v1/jobs/{id}/result", h.result)
     r.add_get(prefix + "/api/v1/jobs/{id}/histogram", h.histogram)
     r.add_get(prefix + "/api/v1/jobs/{id}/histogram.png", h.histogram_png)
@@ -76,6 +83,7 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
 class Handlers:
     def __init__(self, master: "Master") -> None:
         self.m = master
+        self.signer = receipts.VaultReceiptSigner(lambda: master.rt.vault.client)
 
     # -- health ------------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
@@ -112,16 +120,18 @@ class Handlers:
         except ImageError as exc:
             self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
             raise json_error(exc.status, exc.code, exc.message) from None
+        upload_sha256 = hashlib.sha256(data).hexdigest()  # named by the job's receipt
         del img, data
         timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
         job_id = secrets.token_hex(12)
         width, height = prepared.work.size
         doc = {"id": job_id, "owner": principal.sub, "state": "queued", "mode": mode, "format": prepared.fmt,
                "width": width, "height": height, "progress": 0.0, "tiles": 0, "reason": None,
-               "timings": timings, "created": time.time(), "finished": None, "master": self.m.cfg.name}
+               "timings": timings, "created": time.time(), "finished": None, "master": self.m.cfg.name,
+               "upload_sha256": upload_sha256}
         await loop.run_in_executor(None, self.m.jobs.create_job, job_id, doc)
         self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
-        task = loop.create_task(self._run(job_id, principal.sub, prepared, timings))
+        task = loop.create_task(self._run(job_id, principal.sub, prepared, timings, doc))
         task.histo_owner = principal.sub  # type: ignore[attr-defined]
         self.m.running[job_id] = task
         return web.json_response({"id": job_id, "state": "queued"}, status=202,
@@ -153,7 +163,7 @@ class Handlers:
             raise json_error(exc.status, exc.code, exc.message) from None
         return data, mode
 
-    async def _run(self, job_id: str, owner: str, prepared: equalize.Prepared, timings: dict) -> None:
+    async def _run(self, job_id: str, owner: str, prepared: equalize.Prepared, timings: dict, doc: dict) -> None:
         loop = asyncio.get_running_loop()
         jobs = self.m.jobs
         try:
@@ -164,10 +174,18 @@ class Handlers:
             self.m.results.put(job_id, outcome.result)
             timings.update(outcome.timings)
             timings["total"] = sum(timings.values())
-            await loop.run_in_executor(None, lambda: jobs.update_job(
-                job_id, state="done", progress=1.0, tiles=outcome.tiles, timings=timings, finished=time.time()))
+            finished = time.time()
+            receipt = await self._receipt_at_finish(doc, outcome, finished)
+            stored = await loop.run_in_executor(None, lambda: jobs.update_job(
+                job_id, state="done", progress=1.0, tiles=outcome.tiles, timings=timings, finished=finished,
+                **receipt))
+            if is_tombstone(stored):  # deleted while it ran: keep nothing of it
+                self.m.results.drop(job_id)
+                return
             self.m.emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
         except asyncio.CancelledError:
+            if getattr(asyncio.current_task(), "histo_deleted", False):
+                raise  # cancelled by DELETE: the tombstone is the job's last state
             reason = "this master lost leadership while the job ran; please resubmit"
             await self._fail(job_id, owner, reason)
             raise
@@ -193,7 +211,8 @@ class Handlers:
     async def list_jobs(self, request: web.Request) -> web.Response:
         principal = await self.m.auth.require(request, UPLOADERS)
         docs = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.list_jobs)
-        mine = [self._public(d) for d in docs if principal.role == "admin" or d.get("owner") == principal.sub]
+        mine = [self._public(d) for d in docs if not is_tombstone(d)
+                and (principal.role == "admin" or d.get("owner") == principal.sub)]
         mine.sort(key=lambda d: d.get("created") or 0, reverse=True)
         return web.json_response({"jobs": mine[:200]})
 
@@ -203,10 +222,14 @@ class Handlers:
         doc = None
         if len(job_id) <= 64 and job_id.isalnum():
             doc = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.get_job, job_id)
+        what = f"{request.method} job {job_id[:64]}"
         # Another user's job answers exactly like an unknown one: no existence leak.
         if doc is None or (principal.role != "admin" and doc.get("owner") != principal.sub):
-            self.m.audit_decision(principal, request, f"GET job {job_id[:64]}", False, "unknown or not owner")
+            self.m.audit_decision(principal, request, what, False, "unknown or not owner")
             raise json_error(404, "not_found", "no such job")
+        if is_tombstone(doc):  # only the owner (or an admin) learns that it existed
+            self.m.audit_decision(principal, request, what, False, "job deleted")
+            raise _gone(doc)
         return doc, principal
 
     @staticmethod
@@ -228,7 +251,73 @@ class Handlers:
         if wait and task is not None and doc.get("state") in ("queued", "running"):
             await asyncio.wait({task}, timeout=wait)
             doc = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.get_job, doc["id"]) or doc
+            if is_tombstone(doc):
+                raise _gone(doc)
         return web.json_response(self._public(doc))
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        """Owner or admin: the job's record, task nodes, result and receipt go; a job still queued or
+        running is cancelled first. A small tombstone stays so its owner is told 410, not 404."""
+        doc, principal = await self._job_for(request)
+        holder = doc.get("master")
+        if holder != self.m.cfg.name and holder in self.m.masters and not request.get("forwarded"):
+            return await self._forward(request, holder)  # the master running it, or holding its result
+        loop = asyncio.get_running_loop()
+        stoned = await loop.run_in_executor(None, self.m.jobs.tombstone, doc["id"], principal.sub)
+        if stoned is None:
+            raise json_error(404, "not_found", "no such job")
+        before, stone = stoned
+        if before is stone:  # a concurrent DELETE won
+            raise _gone(stone)
+        task = self.m.running.get(doc["id"])
+        cancelled = task is not None and not task.done()
+        if cancelled:
+            task.histo_deleted = True  # type: ignore[attr-defined]
+            task.cancel()
+        held = self.m.results.drop(doc["id"])
+        await loop.run_in_executor(None, self.m.jobs.drop_tasks, doc["id"])
+        why = f"job {doc['id']} of {before.get('owner')} deleted" + (" (cancelled while running)" if cancelled else "")
+        self.m.audit_decision(principal, request, f"DELETE job {doc['id']}", True, why)
+        self.m.emit("job_deleted", severity="info", job=doc["id"], owner=before.get("owner"), by=principal.sub,
+                    state=before.get("state"), cancelled=cancelled, result_held=held)
+        return web.json_response({"id": doc["id"], "state": "deleted", "cancelled": cancelled})
+
+    # -- receipts ----------------------------------------------------------------------------
+    async def _receipt_at_finish(self, doc: dict, outcome, finished: float) -> dict:
+        """Signed once, when the job finishes, and kept with the job. Vault away: the claims are kept
+        instead and signed on the first request for the receipt."""
+        td = self.m.cfg.trust_domain
+        claims = receipts.claims_for(doc, result_sha256=hashlib.sha256(outcome.result.image).hexdigest(),
+                                     workers=[spiffe_id("worker", w, td) for w in outcome.workers],
+                                     master=self.m.cfg.spiffe_id, finished=finished)
+        try:  # bounded: a Vault that hangs must not hold the job back
+            signing = asyncio.get_running_loop().run_in_executor(None, self.signer.sign, claims)
+            return {"receipt": await asyncio.wait_for(signing, RECEIPT_SIGN_TIMEOUT)}
+        except (receipts.SigningUnavailable, asyncio.TimeoutError) as exc:
+            log.warning("receipt of job %s not signed yet: %s", doc["id"], exc or "Vault too slow")
+            return {"receipt_claims": claims}
+
+    async def receipt(self, request: web.Request) -> web.Response:
+        doc, principal = await self._job_for(request)
+        if doc.get("state") != "done":
+            raise json_error(409, "not_ready", f"job is {doc.get('state')}; a receipt exists once it is done")
+        jws = doc.get("receipt")
+        if not jws:
+            claims = doc.get("receipt_claims")
+            if not claims:
+                raise json_error(404, "no_receipt", "this job finished before receipts were signed")
+            loop = asyncio.get_running_loop()
+            try:
+                jws = await loop.run_in_executor(None, self.signer.sign, claims)
+            except receipts.SigningUnavailable:
+                raise json_error(503, "vault_unavailable", "the receipt cannot be signed right now; try again "
+                                 "shortly", headers={"Retry-After": "5"}) from None
+            stored = await loop.run_in_executor(None, lambda: self.m.jobs.update_job(doc["id"], receipt=jws))
+            if is_tombstone(stored):
+                raise _gone(stored)
+        self.m.audit_decision(principal, request, f"GET receipt {doc['id']}", True, "receipt served")
+        return web.Response(text=jws, content_type=receipts.CONTENT_TYPE,
+                            headers={"Content-Disposition": f'attachment; filename="{doc["id"]}.receipt.jws"'})
 
     async def _result_or_forward(self, request: web.Request):
         doc, _ = await self._job_for(request)
@@ -367,6 +456,10 @@ class Handlers:
             raise json_error(503, "leader_unreachable", f"cannot reach master {target}: {type(exc).__name__}") from None
         return web.Response(status=reply.status, body=reply.body,
                             headers={"Content-Type": reply.content_type or "application/json"})
+
+
+def _gone(stone: dict) -> web.HTTPException:
+    return json_error(410, "gone", f"job {stone.get('id')} was deleted on {_iso(stone.get('deleted')) or 'request'}")
 
 
 def _iso(ts) -> str | None:

@@ -21,6 +21,10 @@ class ResultStore:
         item = self._items.get(job_id)
         return item[1] if item else None
 
+    def drop(self, job_id: str) -> bool:
+        """Forget a result (its job was deleted); True if it was held here."""
+        return self._items.pop(job_id, None) is not None
+
     def plot(self, job_id: str, render) -> bytes | None:
         """The histogram plot, drawn on first request and kept with the result."""
         item = self._items.get(job_id)

@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..compute import equalize, tiles
@@ -51,6 +51,7 @@ class Outcome:
     result: equalize.Result
     timings: dict[str, float]
     tiles: int
+    workers: list[str] = field(default_factory=list)  # the workers whose results were accepted
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Scheduler:
         self.min_tile_pixels = max(1, min_tile_pixels)
         self.pending: dict[tuple[str, int, str], Pending] = {}
         self.done: set[tuple[str, int, str, str]] = set()
+        # attempts of jobs cancelled (deleted, leadership lost) while a worker had them -> that worker
+        self.abandoned: dict[tuple[str, int, str, str], str] = {}
         self._rr = 0
 
     # -- the job ---------------------------------------------------------------------------
@@ -93,25 +96,28 @@ class Scheduler:
 
         t = time.perf_counter()
         holders: dict[int, str] = {}
-        hist_results = await self._phase(job_id, "hist", work.mode, width, ranges, parts, None, holders)
+        computed_by: set[str] = set()
+        hist_results = await self._phase(job_id, "hist", work.mode, width, ranges, parts, None, holders,
+                                         computed_by)
         hist_before = equalize.merge_histograms(hist_results)
         lut = equalize.lut_from_histogram(hist_before)
         timings["histogram"] = time.perf_counter() - t
         self.on_progress(job_id, 0.5)
 
         t = time.perf_counter()
-        out_parts = await self._phase(job_id, "apply", work.mode, width, ranges, parts, bytes(lut), holders)
+        out_parts = await self._phase(job_id, "apply", work.mode, width, ranges, parts, bytes(lut), holders,
+                                      computed_by)
         timings["apply"] = time.perf_counter() - t
 
         t = time.perf_counter()
         equalized = await loop.run_in_executor(None, tiles.assemble, out_parts, work.mode, (width, height))
         result = await loop.run_in_executor(None, equalize.finish_result, prepared, equalized, hist_before)
         timings["encode"] = time.perf_counter() - t
-        return Outcome(result=result, timings=timings, tiles=len(ranges))
+        return Outcome(result=result, timings=timings, tiles=len(ranges), workers=sorted(computed_by))
 
     async def _phase(self, job: str, phase: str, image_mode: str, width: int, ranges, parts,
-                     lut: bytes | None, holders: dict[int, str]) -> list:
-        coros = [self._drive(job, n, phase, image_mode, width, r1 - r0, parts[n], lut, holders)
+                     lut: bytes | None, holders: dict[int, str], computed_by: set[str]) -> list:
+        coros = [self._drive(job, n, phase, image_mode, width, r1 - r0, parts[n], lut, holders, computed_by)
                  for n, (r0, r1) in enumerate(ranges)]
         return await asyncio.gather(*coros)
 
@@ -127,7 +133,7 @@ class Scheduler:
         return name, alive[name]
 
     async def _drive(self, job: str, n: int, phase: str, image_mode: str, width: int, rows: int,
-                     tile: memoryview, lut: bytes | None, holders: dict[int, str]):
+                     tile: memoryview, lut: bytes | None, holders: dict[int, str], computed_by: set[str]):
         avoid: set[str] = set()
         last_error = ""
         cached = phase == "apply"
@@ -157,8 +163,14 @@ class Scheduler:
                 result = await asyncio.wait_for(fut, self.task_timeout)
                 if phase == "hist":
                     holders[n] = worker
+                computed_by.add(worker)
                 self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker, "state": "done"})
                 return result
+            except asyncio.CancelledError:
+                if len(self.abandoned) > 10_000:
+                    self.abandoned.clear()
+                self.abandoned[(job, n, phase, attempt)] = worker
+                raise
             except (WorkerLost, PeerRefused, asyncio.TimeoutError, OSError, Exception) as exc:
                 if isinstance(exc, JobFailed):
                     raise
@@ -180,6 +192,10 @@ class Scheduler:
         done_key = (hdr.job, hdr.task, hdr.phase, hdr.attempt)
         if done_key in self.done:
             return RefusedResult("replayed result: this task attempt already reported")
+        if self.abandoned.get(done_key) == worker:  # its job was cancelled: the late result is dropped quietly
+            del self.abandoned[done_key]
+            self.done.add(done_key)
+            return None
         p = self.pending.get(key)
         if p is None or p.attempt != hdr.attempt:
             return RefusedResult("no such task attempt pending (stale or forged)")

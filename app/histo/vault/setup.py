@@ -32,7 +32,9 @@ from ..tls.identity import spiffe_id
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 TOKEN_KEY = "histo-tokens"
+RECEIPT_KEY = "histo-receipts"  # signs job receipts (masters: sign only)
 ISSUER_POLICY = "histo-token-issuer"
+RECEIPT_VERIFIER_POLICY = "histo-receipt-verifier"  # reads the receipt key's public keys, nothing else
 ROLES = ("master", "worker", "zookeeper")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
 NO_AUDIT = "<none>"
@@ -293,19 +295,23 @@ class _Applier:
             self.c.secrets.kv.v2.create_or_update_secret("histo/zk/acl-ids", secret=ids, mount_point=KV)
             self.note("kv histo/zk/acl-ids")
 
-    # -- transit key for API tokens --------------------------------------------------------------------
+    # -- transit keys for API tokens and job receipts -----------------------------------------------------
     def transit(self) -> None:
         self.mount(TRANSIT, "transit")
+        for key in (TOKEN_KEY, RECEIPT_KEY):
+            self.transit_key(key)
+
+    def transit_key(self, key: str) -> None:
         try:
-            have = _data(self.c.secrets.transit.read_key(TOKEN_KEY, mount_point=TRANSIT))
+            have = _data(self.c.secrets.transit.read_key(key, mount_point=TRANSIT))
         except InvalidPath:
             # not exportable, no plaintext backup: the signing key never leaves Vault
-            self.c.secrets.transit.create_key(TOKEN_KEY, key_type="ecdsa-p256", exportable=False,
+            self.c.secrets.transit.create_key(key, key_type="ecdsa-p256", exportable=False,
                                               allow_plaintext_backup=False, mount_point=TRANSIT)
-            self.note("transit key")
+            self.note(f"transit key {key}" if key != TOKEN_KEY else "transit key")
             return
         if have.get("type") != "ecdsa-p256":
-            raise SetupError(f"transit key {TOKEN_KEY} is {have.get('type')}, expected ecdsa-p256")
+            raise SetupError(f"transit key {key} is {have.get('type')}, expected ecdsa-p256")
 
     # -- policies and AppRoles ---------------------------------------------------------------------------
     def policy(self, name: str, rules: str) -> None:
@@ -345,8 +351,11 @@ path "{INT}/cert/ca_chain" {{
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
-        if role == "master":  # public keys only, to verify API tokens
-            rules += f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
+        if role == "master":  # public keys only, to verify API tokens; receipts: sign (ES256, JWS) only
+            rules += (f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
+                      f'path "{TRANSIT}/sign/{RECEIPT_KEY}" {{\n  capabilities = ["update"]\n'
+                      f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
+                      f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n')
         if role == "zookeeper":  # its digest goes into zoo.cfg
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
         return rules
@@ -384,6 +393,11 @@ path "{TRANSIT}/sign/{TOKEN_KEY}" {{
   capabilities = ["update"]
 }}
 path "{TRANSIT}/keys/{TOKEN_KEY}" {{
+  capabilities = ["read"]
+}}
+''')
+        self.policy(RECEIPT_VERIFIER_POLICY, f'''# histo receipt verifier: the public keys of the receipt key (to check receipts offline)
+path "{TRANSIT}/keys/{RECEIPT_KEY}" {{
   capabilities = ["read"]
 }}
 ''')

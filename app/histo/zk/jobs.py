@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from .acl import JOBS
+
+
+DELETED = "deleted"  # the state of a tombstone: what is left of a job its owner (or an admin) deleted
+
+
+def is_tombstone(doc: dict | None) -> bool:
+    return bool(doc) and doc.get("state") == DELETED
 
 
 class JobStore:
@@ -30,10 +38,14 @@ class JobStore:
         return json.loads(data)
 
     def update_job(self, job_id: str, **fields) -> dict:
+        """Merge `fields` into the job's document. A tombstone is never written over: the
+        tombstone comes back unchanged, so a job finishing after its deletion stays deleted."""
         path = f"{JOBS}/{job_id}"
         while True:  # compare-and-set on the node version: no lost update
             data, stat = self.zk.get(path)
             doc = json.loads(data)
+            if is_tombstone(doc):
+                return doc
             doc.update(fields)
             try:
                 self.zk.set(path, json.dumps(doc).encode(), version=stat.version)
@@ -83,3 +95,37 @@ class JobStore:
 
     def delete_job(self, job_id: str) -> None:
         self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
+
+    def tombstone(self, job_id: str, by: str) -> tuple[dict, dict] | None:
+        """Replace the job's document by a small tombstone (id, owner, when, by whom); its task nodes
+        go with drop_tasks() once the job is stopped. Returns (the job as it was, the tombstone); None for an unknown job; for a job
+        already deleted, (tombstone, tombstone). The tombstone lets the owner be told 410 Gone."""
+        path = f"{JOBS}/{job_id}"
+        while True:  # compare-and-set, like update_job: a concurrent update cannot resurrect the job
+            try:
+                data, stat = self.zk.get(path)
+            except NoNodeError:
+                return None
+            doc = json.loads(data)
+            if is_tombstone(doc):
+                return doc, doc
+            stone = {"id": job_id, "owner": doc.get("owner"), "state": DELETED, "created": doc.get("created"),
+                     "deleted": time.time(), "deleted_by": by}
+            try:
+                self.zk.set(path, json.dumps(stone).encode(), version=stat.version)
+                break
+            except BadVersionError:
+                continue
+        return doc, stone
+
+    def drop_tasks(self, job_id: str, attempts: int = 20) -> None:
+        """Remove a deleted job's task nodes. A runner stopping meanwhile may still write one (then
+        the parent is not empty yet: try again); once the parent is gone, no task node can appear."""
+        for _ in range(attempts):
+            try:
+                self.zk.delete(f"{JOBS}/{job_id}/tasks", recursive=True)
+                return
+            except NoNodeError:
+                return
+            except NotEmptyError:
+                time.sleep(0.05)
