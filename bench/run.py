@@ -86,7 +86,7 @@ def throughput(cl: Cluster, jobs: int, clients: int) -> dict:
     with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:  # the same cores, no cluster
         list(pool.map(_single, [data] * jobs))
     base_s = time.perf_counter() - t
-    serial_s = _timed(lambda: [_single(data) for _ in range(jobs)])
+    serial_s = _timed(lambda: [equalize_single(data, "luma") for _ in range(jobs)])
     return {"jobs": jobs, "clients": clients, "cluster_jobs_per_s": jobs / cluster_s,
             "single_process_pool_jobs_per_s": jobs / base_s, "ratio": (jobs / cluster_s) / (jobs / base_s),
             "one_process_serial_jobs_per_s": jobs / serial_s,

@@ -26,7 +26,7 @@ class FakeMaster:
         self.events = EventBus()
         self.audited: list[dict] = []
         self.audit = SimpleNamespace(record=lambda **kw: self.audited.append(kw))
-        self.auth = Authenticator(self)
+        self.auth = Authenticator(self)  # type: ignore[arg-type]  # a stand-in Master
         self.auth.verifier = TokenVerifier(lambda: {"histo-tokens:1": PUB})
 
     def emit(self, kind: str, **fields) -> None:

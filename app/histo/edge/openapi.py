@@ -5,7 +5,7 @@ import copy
 from typing import Any
 
 REF = "#/components/schemas/"
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 JOB_ID = {"name": "id", "in": "path", "required": True, "description": "a job id as returned by POST /api/v1/jobs",
           "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
 _HEADERS = {
@@ -14,22 +14,22 @@ _HEADERS = {
 }
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": REF + name}
 
 
-def _err(desc: str, *headers: str) -> dict:
+def _err(desc: str, *headers: str) -> dict[str, Any]:
     out: dict[str, Any] = {"description": desc, "content": {"application/json": {"schema": _ref("Error")}}}
     if headers:
         out["headers"] = {h: _HEADERS[h] for h in headers}
     return out
 
 
-def _json(desc: str, schema: dict) -> dict:
+def _json(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
 
-def _binary(*types: str) -> dict:
+def _binary(*types: str) -> dict[str, Any]:
     return {t: {"schema": {"type": "string", "contentMediaType": t}} for t in types}
 
 
@@ -42,7 +42,7 @@ AUTH_ERRORS = {
 JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (existence is not revealed)")}
 
 
-def _schemas() -> dict:
+def _schemas() -> dict[str, Any]:
     hist = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 256, "maxItems": 256}
     node = {"type": "object", "required": ["name", "endpoint", "spiffe_id", "cert_not_after"], "properties": {
         "name": {"type": "string"}, "endpoint": {"type": ["string", "null"]},
@@ -104,14 +104,14 @@ def _schemas() -> dict:
     }
 
 
-def _job_get(summary: str, op_id: str, content: dict) -> dict:
+def _job_get(summary: str, op_id: str, content: dict[str, Any]) -> dict[str, Any]:
     return {"get": {"summary": summary, "operationId": op_id, "tags": ["jobs"], "parameters": [JOB_ID],
                     "security": BEARER, "responses": {
                         "200": {"description": "ok", "content": content},
                         "409": _err("the job has not finished (or failed)"), **JOB_ERRORS}}}
 
 
-def _paths() -> dict:
+def _paths() -> dict[str, Any]:
     health = {"content": {"application/json": {"schema": _ref("Health")}}}
     return {
         "/healthz": {"get": {"summary": "liveness", "operationId": "healthz", "tags": ["health"], "security": [],
@@ -188,10 +188,10 @@ def _paths() -> dict:
     }
 
 
-_SPEC: dict | None = None
+_SPEC: dict[str, Any] | None = None
 
 
-def spec() -> dict:
+def spec() -> dict[str, Any]:
     """The document (a fresh copy: callers may mutate it)."""
     global _SPEC
     if _SPEC is None:
