@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import platform
@@ -64,7 +65,7 @@ def end_to_end(cl: Cluster, big: int) -> list[dict]:
     rows = []
     for size, fmt in ((1024, "JPEG"), (1024, "PNG"), (big, "JPEG"), (big, "PNG")):
         data = sample_image(size, size, fmt)
-        base = best_of(lambda: equalize_single(data, "luma"))
+        base = best_of(functools.partial(equalize_single, data, "luma"))
         runs = [one_job(cl, data) for _ in range(3)]
         fastest = min(runs, key=lambda r: r[0])
         rows.append({"image": f"{size}x{size} {fmt}", "bytes": len(data), "single_process_s": base,
@@ -150,7 +151,8 @@ def main() -> None:
     args = ap.parse_args()
     big = 2048 if args.quick else 4096
     res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                             "platform": platform.platform()}, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                             "platform": platform.platform()},
+                 "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print("kernel ...", flush=True)
     res["kernel"] = kernel(mode="RGB")
     res["kernel_luma"] = kernel(mode="L")
@@ -185,7 +187,8 @@ def report(r: dict) -> None:
     for k in (r["kernel"], r["kernel_luma"]):
             print(f"kernel {k['image']}, {k['tiles']} tiles: histogram {k['tiled_histogram_s'] * 1e3:.1f} ms vs Pillow "
               f"{k['pillow_histogram_s'] * 1e3:.1f} ms (throughput x{k['histogram_throughput_ratio']:.2f}); apply "
-              f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms (x{k['apply_throughput_ratio']:.2f})"
+              f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms "
+              f"(x{k['apply_throughput_ratio']:.2f})"
               + (f"; np.histogram {k['numpy_histogram_s'] * 1e3:.0f} ms" if "numpy_histogram_s" in k else ""))
     print(f"make local, cold: {r['make_local_cold_s']:.1f} s")
     print(f"\n{'image':<16}{'bytes':>11}{'1 process':>11}{'cluster':>10}{'ratio':>7}")

@@ -157,7 +157,8 @@ def test_alpha_is_carried_unchanged_and_luma_keeps_chroma() -> None:
     out = Image.open(io.BytesIO(ref.image))
     assert out.getchannel("A").tobytes() == src.getchannel("A").tobytes()
     # only Y moved: Cb/Cr survive up to the YCbCr<->RGB round trip
-    cb_in, cb_out = src.convert("RGB").convert("YCbCr").getchannel("Cb"), out.convert("RGB").convert("YCbCr").getchannel("Cb")
+    cb_in = src.convert("RGB").convert("YCbCr").getchannel("Cb")
+    cb_out = out.convert("RGB").convert("YCbCr").getchannel("Cb")
     diffs = [abs(a - b) for a, b in zip(cb_in.tobytes(), cb_out.tobytes())]
     assert sum(diffs) / len(diffs) < 3
 

@@ -140,7 +140,8 @@ def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: f
         if ok == len(urls):
             return
         time.sleep(0.3)
-    raise RuntimeError(f"cluster not ready after {timeout:.0f}s ({last}); see the logs under .histo/local/*/service.log")
+    raise RuntimeError(f"cluster not ready after {timeout:.0f}s ({last}); "
+                       "see the logs under .histo/local/*/service.log")
 
 
 def down(root: Path) -> None:

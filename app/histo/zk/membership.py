@@ -35,7 +35,7 @@ def register(client: KazooClient, kind: str, name: str, info: dict) -> None:
                 if stat is not None and stat.ephemeralOwner == client.client_id[0]:
                     return  # already ours
                 gone = threading.Event()
-                if client.exists(path, watch=lambda _event: gone.set()) is not None:
+                if client.exists(path, watch=lambda _event, gone=gone: gone.set()) is not None:
                     log.info("%s still held by an expiring session; waiting", path)
                     gone.wait(60)
             except Exception as exc:  # connection trouble: the state listener calls us again
