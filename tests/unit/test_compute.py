@@ -7,6 +7,7 @@ import io
 import random
 import struct
 import zlib
+from typing import Any, NoReturn
 
 import pytest
 from PIL import Image
@@ -30,7 +31,7 @@ def _rgb(w: int, h: int, seed: int = 7) -> Image.Image:
                                noise.point(lambda v: v // 2)))
 
 
-def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+def _save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
@@ -410,7 +411,7 @@ def test_mangled_inputs_never_escape_as_other_errors() -> None:
 
 
 def test_bomb_header_is_413_before_pillow_opens_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    def never(*_a, **_k):
+    def never(*_a: object, **_k: object) -> NoReturn:
         raise AssertionError("Pillow must not be asked to open a bomb")
     monkeypatch.setattr(Image, "open", never)  # the PIL.Image module that imageio uses
     for data in (_png_header_only(50000, 50000), _jpeg_with_size(65000, 65000)):
