@@ -472,8 +472,8 @@ def stolen_certificate(d: Deployed) -> Outcome:
     refused = all(s == 403 for s, _ in from_worker2 + from_master) and firewall == "timeout"
     legit_ok = all(s in (400, 409) for s, _ in legit)
     return Outcome("stolen certificate",
-                   f"{w1.name}'s certificate and key, copied to {w2.name}, {peer.name} and the controller, presented to "
-                   f"the masters' internal port {port} as a result report",
+                   f"{w1.name}'s certificate and key, copied to {w2.name}, {peer.name} and the controller, "
+                   f"presented to the masters' internal port {port} as a result report",
                    f"from {w2.name}: {_summ([str(s) for s, _ in from_worker2])}; from {peer.name}: "
                    f"{_summ([str(s) for s, _ in from_master])} ({from_master[0][1]}); from the controller: "
                    f"{masters[0].name}:{port} {firewall} (firewall); the real {w1.name}: "

@@ -3,13 +3,14 @@ and np.histogram for scale. Pure compute, no network."""
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 from PIL import Image
 
 from histo.compute import equalize, tiles
 
 
-def best(fn, repeat=5) -> float:
+def best(fn: Callable[[], object], repeat: int = 5) -> float:
     t_best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
@@ -18,7 +19,7 @@ def best(fn, repeat=5) -> float:
     return t_best
 
 
-def kernel(size: int = 4096, parts: int = 8, mode: str = "RGB") -> dict:
+def kernel(size: int = 4096, parts: int = 8, mode: str = "RGB") -> dict[str, Any]:
     noise = Image.effect_noise((size, size), 60)
     img = Image.merge("RGB", [noise] * 3) if mode == "RGB" else noise
     raw = img.tobytes()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import platform
@@ -64,7 +65,7 @@ def end_to_end(cl: Cluster, big: int) -> list[dict]:
     rows = []
     for size, fmt in ((1024, "JPEG"), (1024, "PNG"), (big, "JPEG"), (big, "PNG")):
         data = sample_image(size, size, fmt)
-        base = best_of(lambda: equalize_single(data, "luma"))
+        base = best_of(functools.partial(equalize_single, data, "luma"))
         runs = [one_job(cl, data) for _ in range(3)]
         fastest = min(runs, key=lambda r: r[0])
         rows.append({"image": f"{size}x{size} {fmt}", "bytes": len(data), "single_process_s": base,
@@ -86,7 +87,7 @@ def throughput(cl: Cluster, jobs: int, clients: int) -> dict:
     with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:  # the same cores, no cluster
         list(pool.map(_single, [data] * jobs))
     base_s = time.perf_counter() - t
-    serial_s = _timed(lambda: [_single(data) for _ in range(jobs)])
+    serial_s = _timed(lambda: [equalize_single(data, "luma") for _ in range(jobs)])
     return {"jobs": jobs, "clients": clients, "cluster_jobs_per_s": jobs / cluster_s,
             "single_process_pool_jobs_per_s": jobs / base_s, "ratio": (jobs / cluster_s) / (jobs / base_s),
             "one_process_serial_jobs_per_s": jobs / serial_s,
@@ -159,7 +160,8 @@ def main() -> None:
     args = ap.parse_args()
     big = 2048 if args.quick else 4096
     res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                             "platform": platform.platform()}, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                             "platform": platform.platform()},
+                 "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print("kernel ...", flush=True)
     res["kernel"] = kernel(mode="RGB")
     res["kernel_luma"] = kernel(mode="L")
@@ -194,7 +196,8 @@ def report(r: dict) -> None:
     for k in (r["kernel"], r["kernel_luma"]):
             print(f"kernel {k['image']}, {k['tiles']} tiles: histogram {k['tiled_histogram_s'] * 1e3:.1f} ms vs Pillow "
               f"{k['pillow_histogram_s'] * 1e3:.1f} ms (throughput x{k['histogram_throughput_ratio']:.2f}); apply "
-              f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms (x{k['apply_throughput_ratio']:.2f})"
+              f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms "
+              f"(x{k['apply_throughput_ratio']:.2f})"
               + (f"; np.histogram {k['numpy_histogram_s'] * 1e3:.0f} ms" if "numpy_histogram_s" in k else ""))
     print(f"make local, cold: {r['make_local_cold_s']:.1f} s")
     print(f"\n{'image':<16}{'bytes':>11}{'1 process':>11}{'cluster':>10}{'ratio':>7}")

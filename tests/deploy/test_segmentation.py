@@ -134,7 +134,7 @@ def test_drops_are_logged_with_the_prefix(cluster: Cluster):
     dmesg = subprocess.run(["dmesg"], capture_output=True, text=True)
     if dmesg.returncode != 0:
         pytest.skip("the kernel log is not readable here")
-    lines = [l for l in dmesg.stdout.splitlines() if "histo-drop:" in l and f"DST={worker.address}" in l
-             and f"DPT={marker_port}" in l]
+    lines = [line for line in dmesg.stdout.splitlines() if "histo-drop:" in line
+             and f"DST={worker.address}" in line and f"DPT={marker_port}" in line]
     assert lines, "no histo-drop: line for the dropped probe"
     assert vault  # the matrix has a vault (sanity)

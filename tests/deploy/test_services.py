@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import ssl
 import struct
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -94,7 +93,7 @@ def test_secret_zero_stays_on_the_controller(cluster: Cluster):
             out = host.run(f"grep -rlF -- '{secret}' /etc /opt /var/lib/histo /var/lib/histo-zk /var/log /home "
                            f"/root 2>/dev/null; ps -eo args | grep -F -- '{secret}' | grep -v grep; "
                            f"journalctl --no-pager 2>/dev/null | grep -cF -- '{secret}'", check=False)
-            hits = [l for l in out.stdout.splitlines() if l.strip() and l.strip() != "0"]
+            hits = [line for line in out.stdout.splitlines() if line.strip() and line.strip() != "0"]
             assert not hits, f"{host.name} holds secret zero: {hits}"
 
 

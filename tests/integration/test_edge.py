@@ -10,7 +10,6 @@ import zlib
 
 import aiohttp
 import hvac
-import pytest
 
 from histo.edge.openapi import spec
 from histo.edge.tokens import issue_token

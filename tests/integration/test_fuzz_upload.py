@@ -31,7 +31,8 @@ ctypes = st.sampled_from(["image/jpeg", "image/png", "application/octet-stream",
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(image=images, extra=fields, mode=st.one_of(st.none(), st.sampled_from(["gray", "luma", "rgb", "RGB", "", "x" * 40])),
+@given(image=images, extra=fields,
+       mode=st.one_of(st.none(), st.sampled_from(["gray", "luma", "rgb", "RGB", "", "x" * 40])),
        ctype=ctypes, name=st.sampled_from(["image", "image", "img", ""]), raw=st.booleans())
 def test_upload_never_5xx(cluster, image, extra, mode, ctype, name, raw):
     if raw:  # not even multipart

@@ -63,7 +63,8 @@ def test_bad_inputs_get_clear_4xx_and_cluster_keeps_serving(cluster):
         assert set(doc) == {"error", "message"}
     status, doc = cluster.upload(sample_image(32, 32, "PNG"), mode="sepia")
     assert status == 400 and doc["error"] == "bad_mode"
-    status, _, raw = cluster.request("POST", "/api/v1/jobs", token=token, body=b"x", headers={"Content-Type": "text/plain"})
+    status, _, raw = cluster.request("POST", "/api/v1/jobs", token=token, body=b"x",
+                                     headers={"Content-Type": "text/plain"})
     assert status == 400 and json.loads(raw)["error"]
     # the legitimate path still works afterwards
     status, doc = cluster.upload(sample_image(64, 48, "JPEG"))

@@ -36,7 +36,8 @@ def call(cluster, target: str, path: str, *, as_service=None, cert=None, key=Non
     would), or from `source` to play a thief holding copied files."""
     cfg = cluster.config(target)
     src = source or (cluster.config(as_service)["address"] if as_service else None)
-    conn = http.client.HTTPSConnection(cfg["address"], cfg["internal_port"], context=_ctx(cluster, as_service, cert, key),
+    conn = http.client.HTTPSConnection(cfg["address"], cfg["internal_port"],
+                                       context=_ctx(cluster, as_service, cert, key),
                                        timeout=10, source_address=(src, 0) if src else None)
     try:
         conn.request(method, path, body=body if method == "POST" else None, headers=headers or {})

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 from hvac import exceptions as hx
 
-from histo.vault.client import ServiceVault, VaultAuthError, VaultUnavailable
+from histo.vault.client import VaultAuthError, VaultUnavailable
 from histo.vault.provision import wrapped_secret_id, write_credentials
 from histo.vault.setup import SetupError, apply
 

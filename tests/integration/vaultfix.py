@@ -57,7 +57,7 @@ def running_bao(state_dir: Path, address: str = f"{NET}.10", port: int | None = 
 
 
 def spec_for(bao: BaoServer, hosts: list[dict], **overrides: object) -> dict:
-    spec = {"trust_domain": "histo.internal", "hosts": hosts, "leaf_max_ttl": "24h",
+    spec: dict[str, object] = {"trust_domain": "histo.internal", "hosts": hosts, "leaf_max_ttl": "24h",
             "audit_log": str(bao.audit_path), "secret_id_ttl": "720h", "token_ttl": "1h", "token_max_ttl": "24h"}
     spec.update(overrides)
     return spec

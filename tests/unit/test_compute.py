@@ -7,6 +7,7 @@ import io
 import random
 import struct
 import zlib
+from typing import Any, NoReturn
 
 import pytest
 from PIL import Image
@@ -30,7 +31,7 @@ def _rgb(w: int, h: int, seed: int = 7) -> Image.Image:
                                noise.point(lambda v: v // 2)))
 
 
-def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+def _save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
@@ -157,7 +158,8 @@ def test_alpha_is_carried_unchanged_and_luma_keeps_chroma() -> None:
     out = Image.open(io.BytesIO(ref.image))
     assert out.getchannel("A").tobytes() == src.getchannel("A").tobytes()
     # only Y moved: Cb/Cr survive up to the YCbCr<->RGB round trip
-    cb_in, cb_out = src.convert("RGB").convert("YCbCr").getchannel("Cb"), out.convert("RGB").convert("YCbCr").getchannel("Cb")
+    cb_in = src.convert("RGB").convert("YCbCr").getchannel("Cb")
+    cb_out = out.convert("RGB").convert("YCbCr").getchannel("Cb")
     diffs = [abs(a - b) for a, b in zip(cb_in.tobytes(), cb_out.tobytes())]
     assert sum(diffs) / len(diffs) < 3
 
@@ -409,9 +411,9 @@ def test_mangled_inputs_never_escape_as_other_errors() -> None:
 
 
 def test_bomb_header_is_413_before_pillow_opens_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    def never(*_a, **_k):
+    def never(*_a: object, **_k: object) -> NoReturn:
         raise AssertionError("Pillow must not be asked to open a bomb")
-    monkeypatch.setattr(imageio.Image, "open", never)
+    monkeypatch.setattr(Image, "open", never)  # the PIL.Image module that imageio uses
     for data in (_png_header_only(50000, 50000), _jpeg_with_size(65000, 65000)):
         err = _refusal(data, 64_000_000)
         assert (err.status, err.code) == (413, "too_many_pixels")

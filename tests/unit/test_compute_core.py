@@ -11,7 +11,7 @@ from histo.compute.imageio import ImageError, decode, encode, sniff_format
 from histo.compute.plot import plot_histograms
 
 
-def _image(w, h, mode="RGB"):
+def _image(w: int, h: int, mode: str = "RGB") -> Image.Image:
     base = Image.linear_gradient("L").resize((w, h))
     noise = Image.effect_noise((w, h), 30)
     rgb = Image.merge("RGB", (base.point(lambda v: 40 + v // 3), noise, Image.blend(base, noise, 0.5)))
@@ -24,7 +24,7 @@ def _image(w, h, mode="RGB"):
     return rgb.convert(mode)
 
 
-def _bytes(img, fmt):
+def _bytes(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
@@ -50,7 +50,7 @@ CASES = [("RGB", "JPEG", (640, 480)), ("RGB", "PNG", (3, 517)), ("L", "JPEG", (2
 
 @pytest.mark.parametrize("mode", equalize.MODES)
 @pytest.mark.parametrize("pix_mode,fmt,size", CASES)
-def test_tiled_is_bit_identical(mode, pix_mode, fmt, size):
+def test_tiled_is_bit_identical(mode: str, pix_mode: str, fmt: str, size: tuple[int, int]) -> None:
     data = _bytes(_image(*size, mode=pix_mode), fmt)
     ref = equalize.equalize_single(data, mode)
     for parts in (1, 2, 3, 7, 16):
@@ -59,7 +59,7 @@ def test_tiled_is_bit_identical(mode, pix_mode, fmt, size):
     assert Image.open(io.BytesIO(ref.image)).format == fmt
 
 
-def test_lut_properties_and_known_example():
+def test_lut_properties_and_known_example() -> None:
     hist = [0] * 256
     hist[10], hist[20], hist[30] = 1, 2, 1  # cdf 1,3,4; cdf_min 1; den 3
     lut = equalize.lut_from_histogram(hist)
@@ -72,20 +72,20 @@ def test_lut_properties_and_known_example():
         equalize.lut_from_histogram([1] * 100)
 
 
-def test_row_ranges_cover_without_gaps():
+def test_row_ranges_cover_without_gaps() -> None:
     for h, n in ((1, 4), (10, 3), (517, 16), (5, 5)):
         rr = tiles.row_ranges(h, n)
         assert rr[0][0] == 0 and rr[-1][1] == h and all(a[1] == b[0] for a, b in zip(rr, rr[1:]))
         assert all(r1 > r0 for r0, r1 in rr)
 
 
-def _png_header_only(w, h):
+def _png_header_only(w: int, h: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
 
 
-def test_refusals():
+def test_refusals() -> None:
     with pytest.raises(ImageError) as e:
         sniff_format(b"GIF89a....")
     assert e.value.status == 415
@@ -106,7 +106,7 @@ def test_refusals():
     assert fmt == "JPEG" and img.size == (64, 64)
 
 
-def test_plot_is_a_png():
+def test_plot_is_a_png() -> None:
     ref = equalize.equalize_single(_bytes(_image(64, 64), "PNG"), "rgb")
     png = plot_histograms(ref.hist_before, ref.hist_after, title="t")
     img = Image.open(io.BytesIO(png))

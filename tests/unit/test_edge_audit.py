@@ -56,8 +56,8 @@ def test_existing_file_is_appended_to_and_tightened(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize("secret", [JWT, "Bearer " + JWT, "bearer abcdefghijklmnop", "hvs.CAESIAbcdefghijklmnopqrstuvwxyz",
-                                    "s.abcdefghijklmnopqrstuvwx"])
+@pytest.mark.parametrize("secret", [JWT, "Bearer " + JWT, "bearer abcdefghijklmnop",
+                                    "hvs.CAESIAbcdefghijklmnopqrstuvwxyz", "s.abcdefghijklmnopqrstuvwx"])
 def test_tokens_never_reach_the_file(tmp_path, secret):
     log = AuditLog(tmp_path / "audit.log")
     log.record(who="-", role="-", what=f"GET /api/v1/jobs?t={secret}", where="-", decision="deny",

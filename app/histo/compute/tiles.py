@@ -53,7 +53,8 @@ def _expect_size(buf: Buffer, mode: str, width: int, rows: int) -> None:
 def tile_image(buf: Buffer, mode: str, width: int, rows: int) -> Image.Image:
     """A strip as an image (shares `buf` where Pillow can map it, copies otherwise)."""
     _expect_size(buf, mode, width, rows)
-    return Image.frombuffer(mode, (width, rows), buf, "raw", mode, 0, 1)
+    # Pillow maps a memoryview as well; its annotation names only bytes, bytearray and the array interface
+    return Image.frombuffer(mode, (width, rows), buf, "raw", mode, 0, 1)  # type: ignore[arg-type]
 
 
 def assemble(parts: Sequence[Buffer], mode: str, size: tuple[int, int]) -> Image.Image:

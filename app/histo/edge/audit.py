@@ -2,6 +2,7 @@
 token or a secret in it (every field is redacted before it is encoded)."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
@@ -26,7 +27,7 @@ def redact(text: str) -> str:
     return _SECRETISH.sub(_replace, text)
 
 
-def _replace(m: re.Match) -> str:
+def _replace(m: re.Match[str]) -> str:
     s = m.group(0)
     # keep the name of a `key=value` pair so the line still says what was there
     kv = re.match(r"(?i)(\w+(?:\s*=\s*|[\"']\s*:\s*[\"']?))", s)
@@ -37,7 +38,7 @@ class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):
     """RotatingFileHandler whose files (the live one and every new one after a rollover) are
     created 0600 and opened append-only, whatever the process umask."""
 
-    def _open(self):  # noqa: ANN202 - logging's own signature
+    def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.fchmod(fd, 0o600)  # also tightens a file that was created before with a wider mode
         return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
@@ -52,7 +53,7 @@ class AuditLog:
                                                 encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         # a private logger object (not registered by name): two logs never share a handler
-        self._log = logging.Logger(f"histo.audit:{path}", logging.INFO)
+        self._log = logging.Logger(f"histo.audit:{path}", logging.INFO)  # noqa: LOG001
         self._log.propagate = False
         self._log.addHandler(self._handler)
 

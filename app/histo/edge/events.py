@@ -9,11 +9,13 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator
 
 from .audit import redact
 
 log = logging.getLogger("histo.events")
+
+Event = dict[str, Any]  # JSON-safe and redacted (see _plain)
 
 SEVERITIES = ("info", "warning", "critical")
 SECOPS = "secops"
@@ -44,8 +46,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
 class EventBus:
     def __init__(self, history: int = 200, queue_size: int = 500) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._subs: set[asyncio.Queue] = set()
-        self.history: deque[dict] = deque(maxlen=history)
+        self._subs: set[asyncio.Queue[Event]] = set()
+        self.history: deque[Event] = deque(maxlen=history)
         self._queue_size = queue_size
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
@@ -59,7 +61,7 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subs)
 
-    def make_event(self, kind: str, /, **fields: Any) -> dict:
+    def make_event(self, kind: str, /, **fields: Any) -> Event:
         severity = fields.pop("severity", None) or DEFAULT_SEVERITY.get(kind, "info")
         if severity not in SEVERITIES:
             severity = "warning"
@@ -72,7 +74,7 @@ class EventBus:
                 event[k] = _plain(v)
         return event
 
-    def publish(self, kind: str, /, **fields: Any) -> dict:
+    def publish(self, kind: str, /, **fields: Any) -> Event:
         event = self.make_event(kind, **fields)
         if event["severity"] != "info" and event["audience"] == SECOPS:
             log.warning("secops %s %s", kind, {k: v for k, v in event.items() if k not in ("ts", "kind", "seq")})
@@ -93,7 +95,7 @@ class EventBus:
                 self.history.append(event)
         return event
 
-    def _deliver(self, event: dict) -> None:
+    def _deliver(self, event: Event) -> None:
         self.history.append(event)
         for q in list(self._subs):
             if q.full():  # a slow subscriber loses its oldest event, never blocks the others
@@ -101,13 +103,13 @@ class EventBus:
                 self.dropped += 1
             q.put_nowait(event)
 
-    def recent(self, n: int | None = None) -> list[dict]:
+    def recent(self, n: int | None = None) -> list[Event]:
         items = list(self.history)
         return items if n is None else items[-n:] if n > 0 else []
 
-    async def subscribe(self, replay: bool = True) -> AsyncIterator[dict]:
+    async def subscribe(self, replay: bool = True) -> AsyncGenerator[Event, None]:
         """Yields events as they come, starting with the recent history (as much as the queue holds)."""
-        q: asyncio.Queue = asyncio.Queue(self._queue_size)
+        q: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
         if replay:
             for event in self.recent(self._queue_size):
                 q.put_nowait(event)

@@ -58,7 +58,7 @@ def json_error(status: int, code: str, message: str, headers: Mapping[str, str] 
     kw = {"text": body, "content_type": "application/json"}
     if cls is web.HTTPMethodNotAllowed:
         allowed = [m.strip() for m in hdrs.pop("Allow", "").split(",") if m.strip()]
-        exc = cls("-", allowed, headers=hdrs, **kw)
+        exc: web.HTTPException = cls("-", allowed, headers=hdrs, **kw)
     elif cls is web.HTTPRequestEntityTooLarge:
         exc = cls(0, 0, headers=hdrs, **kw)
     else:

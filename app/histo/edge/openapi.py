@@ -7,7 +7,7 @@ from typing import Any
 from ..compute.equalize import DEFAULT_MODE, MODES
 
 REF = "#/components/schemas/"
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 JOB_ID = {"name": "id", "in": "path", "required": True, "description": "a job id as returned by POST /api/v1/jobs",
           "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
 _HEADERS = {
@@ -16,22 +16,22 @@ _HEADERS = {
 }
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": REF + name}
 
 
-def _err(desc: str, *headers: str) -> dict:
+def _err(desc: str, *headers: str) -> dict[str, Any]:
     out: dict[str, Any] = {"description": desc, "content": {"application/json": {"schema": _ref("Error")}}}
     if headers:
         out["headers"] = {h: _HEADERS[h] for h in headers}
     return out
 
 
-def _json(desc: str, schema: dict) -> dict:
+def _json(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
 
-def _binary(*types: str) -> dict:
+def _binary(*types: str) -> dict[str, Any]:
     return {t: {"schema": {"type": "string", "contentMediaType": t}} for t in types}
 
 
@@ -45,7 +45,7 @@ JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (ex
               "410": _err("the caller's job was deleted (by its owner or an admin); others get 404")}
 
 
-def _schemas() -> dict:
+def _schemas() -> dict[str, Any]:
     hist = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 256, "maxItems": 256}
     node = {"type": "object", "required": ["name", "endpoint", "spiffe_id", "cert_not_after"], "properties": {
         "name": {"type": "string"}, "endpoint": {"type": ["string", "null"]},
@@ -129,7 +129,7 @@ def _schemas() -> dict:
     }
 
 
-def _job_get(summary: str, op_id: str, content: dict, vault_503: bool = False) -> dict:
+def _job_get(summary: str, op_id: str, content: dict[str, Any], vault_503: bool = False) -> dict[str, Any]:
     errors = dict(JOB_ERRORS)
     if vault_503:
         errors["503"] = _err("not ready, or Vault cannot sign the receipt right now", "Retry-After")
@@ -139,7 +139,7 @@ def _job_get(summary: str, op_id: str, content: dict, vault_503: bool = False) -
                         "409": _err("the job has not finished (or failed)"), **errors}}}
 
 
-def _paths() -> dict:
+def _paths() -> dict[str, Any]:
     health = {"content": {"application/json": {"schema": _ref("Health")}}}
     return {
         "/healthz": {"get": {"summary": "liveness", "operationId": "healthz", "tags": ["health"], "security": [],
@@ -234,10 +234,10 @@ def _paths() -> dict:
     }
 
 
-_SPEC: dict | None = None
+_SPEC: dict[str, Any] | None = None
 
 
-def spec() -> dict:
+def spec() -> dict[str, Any]:
     """The document (a fresh copy: callers may mutate it)."""
     global _SPEC
     if _SPEC is None:

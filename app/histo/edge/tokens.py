@@ -83,7 +83,7 @@ def issue_token(vault: hvac.Client, *, role: str, subject: str, ttl_seconds: int
     prefix, _, signature = resp["data"]["signature"].partition(f"vault:v{version}:")
     if prefix or not signature:  # "vault:v<N>:<base64url r||s>" with jws marshaling
         raise RuntimeError("unexpected signature format from Vault transit")
-    return signing_input + "." + signature
+    return f"{signing_input}.{signature}"
 
 
 def vault_public_keys(vault: hvac.Client, key: str = KEY, mount: str = MOUNT) -> dict[str, str]:

@@ -25,8 +25,18 @@ log = logging.getLogger("histo.certs")
 RENEW_FRACTION = 2 / 3
 
 
+class IssuedCert(Protocol):
+    """What a CertSource issues (histo.vault.client.CertBundle is one)."""
+    cert_pem: str
+    chain_pem: str  # issuing CA first, then up to and including the root
+    key_pem: str
+    not_before: datetime
+    not_after: datetime
+    serial: str
+
+
 class CertSource(Protocol):
-    def issue_cert(self, ttl: str): ...  # -> histo.vault.client.CertBundle
+    def issue_cert(self, ttl: str) -> IssuedCert: ...
     def ca_chain_pem(self) -> str: ...
 
 
@@ -42,7 +52,7 @@ class CertStatus:
     def valid(self) -> bool:
         return self.not_before <= time.time() < self.not_after
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "serial": self.serial,
             "not_after": datetime.fromtimestamp(self.not_after, timezone.utc).isoformat() if self.not_after else None,
@@ -67,11 +77,11 @@ class CertManager:
         """Issue a fresh certificate, write it, and load it into the live contexts (blocking)."""
         return self.install(*self.issue())
 
-    def issue(self) -> tuple:
+    def issue(self) -> tuple[IssuedCert, str]:
         """Ask Vault for a certificate (blocking network I/O: run it off the event loop)."""
         return self.source.issue_cert(self.ttl), self.source.ca_chain_pem()
 
-    def install(self, bundle, ca: str) -> CertStatus:
+    def install(self, bundle: IssuedCert, ca: str) -> CertStatus:
         """Write and load a certificate. Called on the thread that runs the TLS handshakes, so a
         context is never changed under a handshake in progress."""
         # Serve leaf + issuing CA so peers that trust only the root can build the chain.
@@ -79,7 +89,7 @@ class CertManager:
         write_private(self.key_path, bundle.key_pem)
         write_private(self.ca_path, ca)
         first = self.contexts is None
-        if first:
+        if self.contexts is None:
             self.contexts = LiveContexts(self.ca_path, self.cert_path, self.key_path)
         else:
             self.contexts.reload()

@@ -5,8 +5,11 @@ Peers authorize each other by these identities, never by IP address.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .. import TRUST_DOMAIN
+
+PeerCert = dict[str, Any]  # what ssl.SSLSocket.getpeercert() returns for a verified peer
 
 
 class IdentityError(Exception):
@@ -41,7 +44,7 @@ def parse_spiffe(uri: str) -> Identity:
     return Identity(*parts)
 
 
-def identity_from_peercert(peercert: dict | None, trust_domain: str = TRUST_DOMAIN) -> Identity:
+def identity_from_peercert(peercert: PeerCert | None, trust_domain: str = TRUST_DOMAIN) -> Identity:
     """Extract the single SPIFFE identity of a verified peer certificate (ssl getpeercert() dict)."""
     if not peercert:
         raise IdentityError("peer presented no certificate")
@@ -54,7 +57,7 @@ def identity_from_peercert(peercert: dict | None, trust_domain: str = TRUST_DOMA
     return ident
 
 
-def require_role(peercert: dict | None, allowed_roles: tuple[str, ...], trust_domain: str = TRUST_DOMAIN,
+def require_role(peercert: PeerCert | None, allowed_roles: tuple[str, ...], trust_domain: str = TRUST_DOMAIN,
                  peer_address: str | None = None) -> Identity:
     ident = identity_from_peercert(peercert, trust_domain)
     if ident.role not in allowed_roles:
@@ -62,7 +65,7 @@ def require_role(peercert: dict | None, allowed_roles: tuple[str, ...], trust_do
     if peer_address is not None:
         # Certificates carry their host's address (Vault issues no other): a certificate and key
         # copied to another machine are refused there even before the firewall drops them.
-        addresses = [v for k, v in peercert.get("subjectAltName", ()) if k == "IP Address"]
+        addresses = [v for k, v in (peercert or {}).get("subjectAltName", ()) if k == "IP Address"]
         if addresses and peer_address not in addresses:
             raise IdentityError(f"certificate of {ident.uri} presented from {peer_address}, not its own address")
     return ident

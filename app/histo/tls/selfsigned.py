@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -55,7 +56,7 @@ def _leaf_ok(dirpath: Path, ca: x509.Certificate, hostnames: list[str], addresse
         key = serialization.load_pem_private_key((dirpath / "key.pem").read_bytes(), None)
         cert.verify_directly_issued_by(ca)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, x509.InvalidSignature):
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
         return False
     if key.public_key() != cert.public_key():
         return False

@@ -147,7 +147,7 @@ class Membership:
                 # A previous incarnation's node: wait until its session expires, or until a master
                 # that found it stale removes it.
                 gone = threading.Event()
-                if self.client.exists(self.path, watch=lambda _event: gone.set()) is not None:
+                if self.client.exists(self.path, watch=lambda _event, gone=gone: gone.set()) is not None:
                     log.info("%s still held by a previous session; waiting", self.path)
                     gone.wait(60)
             except (NoNodeError, BadVersionError):

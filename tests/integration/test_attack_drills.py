@@ -1,8 +1,13 @@
 """The attack drills of `make attack`, run against the test cluster: a regression in any control
-fails CI. (The drills against deployed machines need `make up`, not built yet.)"""
+fails CI. (The drills against deployed machines need `make up`, not built yet.) Marked disruptive:
+the drills seal Vault and throttle addresses of the shared cluster, so tests/conftest.py runs them last."""
 import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.disruptive
 
 ROOT = Path(__file__).resolve().parents[2]
 

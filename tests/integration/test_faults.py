@@ -1,14 +1,18 @@
 """Faults against the real cluster: a worker killed mid-job, the leader killed, Vault stopped.
-(Named zz so that it runs after the tests that want a calm cluster.)"""
+(Marked disruptive: tests/conftest.py runs them after the tests that want a calm cluster.)"""
 import json
 import os
 import signal
 import time
 
+import pytest
+
 from histo.compute.equalize import equalize_single
 from histo.local.bao import BaoServer
 
 from .cluster_fixture import sample_image
+
+pytestmark = pytest.mark.disruptive
 
 
 def _wait(pred, timeout, what):
