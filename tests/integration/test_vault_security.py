@@ -13,7 +13,7 @@ from hvac.exceptions import Forbidden
 from histo.vault.client import VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
 
-from .attacker import root_client, service_vault
+from histo.testing.attacker import root_client, service_vault
 
 
 def test_worker_identity_gets_only_its_own(cluster):

@@ -8,7 +8,7 @@ import time
 from histo.compute.equalize import equalize_single
 from histo.vault.server import BaoServer
 
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 
 
 def _wait(pred, timeout, what):
