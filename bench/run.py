@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from kernel import kernel  # bench/kernel.py, beside this script
+
 from histo.compute.equalize import equalize_single
 from histo.local import cluster as local_cluster
 from histo.local import procs
 from histo.testing.cluster import Cluster, sample_image
-
-from kernel import kernel  # bench/kernel.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 NET = "127.0.30"

@@ -14,7 +14,6 @@ import pytest
 
 from histo.edge.openapi import spec
 from histo.edge.tokens import issue_token
-
 from histo.testing.attacker import get_from
 from histo.testing.cluster import sample_image
 

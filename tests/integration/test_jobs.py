@@ -6,7 +6,6 @@ import pytest
 from PIL import Image
 
 from histo.compute.equalize import equalize_single
-
 from histo.testing.cluster import sample_image
 
 

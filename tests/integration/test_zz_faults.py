@@ -6,9 +6,8 @@ import signal
 import time
 
 from histo.compute.equalize import equalize_single
-from histo.vault.server import BaoServer
-
 from histo.testing.cluster import sample_image
+from histo.vault.server import BaoServer
 
 
 def _wait(pred, timeout, what):
