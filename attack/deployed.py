@@ -14,9 +14,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_NET = ipaddress.ip_network("192.168.56.0/24")
