@@ -10,17 +10,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-import socket
 from pathlib import Path
 
 from .deployed import CLUSTER_NET, DeployedCluster, Machine
+from .remote import inside as remote
 
 MACHINE_PYTHON = "/opt/histo/bin/python"  # roles/histo_app: histo_app_venv
-INSIDE = Path(__file__).resolve().parent / "remote" / "inside.py"
+INSIDE = Path(remote.__file__)
 # Runs the program that follows the request line on stdin, with that line as the program's own stdin.
 BOOT = ("import io, sys; request = sys.stdin.readline(); source = sys.stdin.read(); sys.stdin = io.StringIO(request); "
         "exec(compile(source, 'inside.py', 'exec'), {'__name__': '__main__'})")
-ANSWER = "@@R@@"  # attack/remote/inside.py: ANSWER
 TOKEN_TTL = 1800
 
 
@@ -74,8 +73,8 @@ class Target:
         stdin = json.dumps({"task": task, "payload": payload or {}}) + "\n" + INSIDE.read_text()
         proc = self.machines[name].attach([MACHINE_PYTHON, "-c", BOOT], input=stdin, timeout=timeout)
         for line in reversed(proc.stdout.splitlines()):
-            if line.startswith(ANSWER):
-                return json.loads(line[len(ANSWER):])
+            if line.startswith(remote.ANSWER):
+                return json.loads(line[len(remote.ANSWER):])
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"in {name}: exit {proc.returncode}: {last[:300]}")
 
@@ -101,15 +100,7 @@ def gray_noise(width: int = 160, height: int = 120) -> tuple[bytes, bytes]:
 def tcp(address: str, port: int, timeout: float = 2.0) -> str:
     """A TCP connect from the controller to a cluster machine: open, refused, timeout (dropped) or error."""
     assert ipaddress.ip_address(address) in CLUSTER_NET
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return "open"
-    except ConnectionRefusedError:
-        return "refused"
-    except (socket.timeout, TimeoutError):
-        return "timeout"
-    except OSError as exc:
-        return f"error:{type(exc).__name__}"
+    return remote.tcp(address, port, timeout)
 
 
 def summ(values: list) -> str:

@@ -1,13 +1,14 @@
 """What the deployed drills run inside a cluster machine, as root there: the service's own configuration,
 files and clients, and one task per step a drill takes from inside.
 
-Not imported on the controller: attack/target.py sends this file on stdin to the machine's own
-/opt/histo/bin/python (the histo wheel the role installed) after a JSON line {"task", "payload"}, so no
-secret is ever on a command line. The file runs as a plain script that reads that line from its stdin
-and prints the task's answer (JSON) after ANSWER on its last line; whatever the task learns (keys,
-tokens, secret_ids) goes back only in that answer, never to a file that outlives it."""
+attack/target.py sends this file on stdin to the machine's own /opt/histo/bin/python (the histo wheel
+the role installed) after a JSON line {"task", "payload"}, so no secret is ever on a command line. The
+file runs as a plain script that reads that line from its stdin and prints the task's answer (JSON)
+after ANSWER on its last line; whatever the task learns (keys, tokens, secret_ids) goes back only in
+that answer, never to a file that outlives it. Importing it has no effect (the controller reuses tcp())."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -16,6 +17,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ANSWER = "@@R@@"
@@ -48,19 +50,32 @@ def drop(v) -> None:
         pass
 
 
-def private_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="histo-drill-"))
+def login(v) -> str:
+    """"logged in", or why Vault refused the login."""
+    from histo.vault.client import VaultAuthError
+    try:
+        v.login()
+        return "logged in"
+    except VaultAuthError as exc:
+        return str(exc)[:160]
 
 
-def remove_dir(d: Path) -> None:
-    for f in d.iterdir():
-        f.unlink()
-    d.rmdir()
+@contextlib.contextmanager
+def private_files(files: dict[str, str]) -> Iterator[Path]:
+    """A private temporary folder holding `files` (name: text); removed with all it holds on exit."""
+    d = Path(tempfile.mkdtemp(prefix="histo-drill-"))
+    try:
+        for name, text in files.items():
+            (d / name).write_text(text)
+        yield d
+    finally:
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
 
 
-def write_tls(d, cert, key, ca) -> None:
-    for name, text in (("cert.pem", cert), ("key.pem", key), ("ca.pem", ca)):
-        (Path(d) / name).write_text(text)
+def tls_files(cert: str, key: str, ca: str) -> dict[str, str]:
+    return {"cert.pem": cert, "key.pem": key, "ca.pem": ca}
 
 
 def https(addr, port, path, method="GET", body=b"", headers=None, tls=None, timeout=6):
@@ -148,13 +163,9 @@ def read_tls(p: dict) -> dict:
 
 
 def use_tls(p: dict) -> dict:
-    d = private_dir()
-    try:
-        write_tls(d, p["tls"]["cert.pem"], p["tls"]["key.pem"], p["tls"]["ca.pem"])
+    with private_files(tls_files(p["tls"]["cert.pem"], p["tls"]["key.pem"], p["tls"]["ca.pem"])) as d:
         return {"calls": [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS, tls=d))
                           for addr, port, path in p["targets"]]}
-    finally:
-        remove_dir(d)
 
 
 def own_tls(p: dict) -> dict:
@@ -259,12 +270,8 @@ def replay(p: dict) -> dict:
 
 # -- credentials: used and copied secret_id, expired certificate --------------------------------------------
 def unwrap_twice(p: dict) -> dict:
-    from histo.vault.client import VaultAuthError
     r = {}
-    d = private_dir()
-    try:
-        (d / "role_id").write_text(p["role_id"] + "\n")
-        (d / "secret_id.wrap").write_text(p["wrap"] + "\n")
+    with private_files({"role_id": p["role_id"] + "\n", "secret_id.wrap": p["wrap"] + "\n"}) as d:
         first = service_vault(creds=d)
         first.login()
         r["first"] = "logged in"
@@ -272,13 +279,7 @@ def unwrap_twice(p: dict) -> dict:
         drop(first)
         (d / "secret_id").unlink()
         (d / "secret_id.wrap").write_text(p["wrap"] + "\n")
-        try:
-            service_vault(creds=d).login()
-            r["second"] = "logged in"
-        except VaultAuthError as exc:
-            r["second"] = str(exc)[:160]
-    finally:
-        remove_dir(d)
+        r["second"] = login(service_vault(creds=d))
     return r
 
 
@@ -293,21 +294,12 @@ def read_creds(p: dict) -> dict:
 
 
 def login_with(p: dict) -> dict:
-    from histo.vault.client import VaultAuthError
     r = {}
-    d = private_dir()
-    try:
-        (d / "role_id").write_text(p["role_id"] + "\n")
-        (d / "secret_id").write_text(p["secret_id"] + "\n")
-        try:
-            v = service_vault(creds=d, host=p["host"], role="worker")
-            v.login()
-            r["login"] = "logged in"
+    with private_files({"role_id": p["role_id"] + "\n", "secret_id": p["secret_id"] + "\n"}) as d:
+        v = service_vault(creds=d, host=p["host"], role="worker")
+        r["login"] = login(v)
+        if r["login"] == "logged in":
             drop(v)
-        except VaultAuthError as exc:
-            r["login"] = str(exc)[:160]
-    finally:
-        remove_dir(d)
     return r
 
 
@@ -319,17 +311,12 @@ def expired(p: dict) -> dict:
     ca = v.ca_chain_pem()
     fresh = v.issue_cert("60s")
     drop(v)
-    d, f = private_dir(), private_dir()
-    try:
-        write_tls(d, b.cert_pem + b.chain_pem, b.key_pem, ca)
-        write_tls(f, fresh.cert_pem + fresh.chain_pem, fresh.key_pem, ca)
+    with (private_files(tls_files(b.cert_pem + b.chain_pem, b.key_pem, ca)) as d,
+          private_files(tls_files(fresh.cert_pem + fresh.chain_pem, fresh.key_pem, ca)) as f):
         time.sleep(max(0.0, b.not_after.timestamp() - time.time()) + 1.5)
         r["expired"] = list(https(p["master"], p["port"], "/internal/v1/results", "POST", b"[]", RESULT_HEADERS, tls=d))
         r["fresh"] = list(https(p["master"], p["port"], "/internal/v1/results", "POST", b"[]", RESULT_HEADERS, tls=f))
         r["lived"] = round(b.not_after.timestamp() - b.not_before.timestamp())
-    finally:
-        for x in (d, f):
-            remove_dir(x)
     return r
 
 
