@@ -72,9 +72,11 @@ def recorded_containers(root: Path = ROOT) -> dict[str, str]:
     return {p.parts[-3]: p.read_text().strip() for p in (root / ".vagrant" / "machines").glob("*/lxc/id")}
 
 
-def container_pattern(root: Path = ROOT) -> re.Pattern[str]:
-    """The names of this checkout's containers: vagrant-lxc calls them <project dir>_<machine>_<timestamp>."""
-    return re.compile(rf"^{re.escape(root.name)}_({'|'.join(map(re.escape, sorted(machine_names(root))))})_\d+$")
+def container_pattern(root: Path = ROOT, names: set[str] | None = None) -> re.Pattern[str]:
+    """The names of this checkout's containers (of `names`, default every inventory's machines): vagrant-lxc
+    calls them <project dir>_<machine>_<timestamp>_<random>, e.g. histo_worker1_1796153384417_92504."""
+    machines = sorted(machine_names(root) if names is None else names)
+    return re.compile(rf"^{re.escape(root.name)}_({'|'.join(map(re.escape, machines))})(_\d+)+$")
 
 
 def running(container: str) -> bool:
