@@ -6,6 +6,7 @@ own machines on histo-br0 (192.168.56.0/24) or to loopback; nothing else is ever
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -20,31 +21,8 @@ def cluster() -> DeployedCluster:
         pytest.skip(f"the Vagrant cluster is not up (make up): {exc}")
 
 
-# The probe that runs inside a machine (or in the test's own namespace): TCP connects in parallel,
-# each answered "open", "refused" (reached the host, nothing listening) or "timeout" (dropped).
-PROBE = r'''
-import json, socket, sys
-from concurrent.futures import ThreadPoolExecutor
-src, timeout, targets = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
-def probe(t):
-    s = socket.socket()
-    s.settimeout(timeout)
-    try:
-        if src:
-            s.bind((src, 0))
-        s.connect((t[0], t[1]))
-        return "open"
-    except ConnectionRefusedError:
-        return "refused"
-    except (socket.timeout, TimeoutError):
-        return "timeout"
-    except OSError as e:
-        return "error:" + str(e)
-    finally:
-        s.close()
-with ThreadPoolExecutor(32) as ex:
-    print(json.dumps(list(ex.map(probe, targets))))
-'''
+# The segmentation probe (probe.py), passed as `python3 -c` text to machines that have no copy of it.
+PROBE = (Path(__file__).resolve().parent / "probe.py").read_text()
 
 
 def check_targets(targets: list[tuple[str, int]]) -> None:
