@@ -51,9 +51,9 @@ clean: local-down
 ## make attack: the attack drills against the deployed cluster when it is up (`make up`: .histo/vagrant/env
 ## and every machine running), else against the running `make local` cluster
 attack: bootstrap
-	@if $(PY) attack/cluster_drills.py --check-up; then \
-	  $(PY) attack/cluster_drills.py; \
+	@if $(PY) -m attack --check-up; then \
+	  $(PY) -m attack; \
 	else \
 	  echo "attack: the deployed cluster is not up; drills against make local (.histo/local)"; \
-	  $(PY) attack/drills.py .histo/local; \
+	  $(PY) -m attack.local .histo/local; \
 	fi

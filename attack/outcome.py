@@ -1,4 +1,4 @@
-"""What every drill of `make attack` shares, local (drills.py) or deployed (cluster_drills.py): the
+"""What every drill of `make attack` shares, local (local.py) or deployed (cli.py and its modules): the
 outcome of one drill, the loop that runs drills and prints what each tried, what happened and whether
 the control held, and the SecOps event that makes each drill visible on the dashboard."""
 from __future__ import annotations

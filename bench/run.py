@@ -12,22 +12,18 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from kernel import kernel  # bench/kernel.py, beside this script
+
+from histo.compute.equalize import equalize_single
+from histo.local import cluster as local_cluster
+from histo import procs
+from histo.testing.cluster import Cluster, sample_image
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from kernel import kernel  # noqa: E402
-
-from histo.compute.equalize import equalize_single  # noqa: E402
-from histo.local import cluster as local_cluster  # noqa: E402
-from histo import procs  # noqa: E402
-from tests.integration.cluster_fixture import Cluster, sample_image  # noqa: E402
-
 NET = "127.0.30"
 LIMITS = {"rate_per_address": 10000.0, "burst_per_address": 10000, "uploads_per_principal": 10000.0,
           "upload_burst": 10000, "max_upload_bytes": 256 * 1024 * 1024, "job_timeout": 300.0}

@@ -8,26 +8,26 @@ import time
 
 import pytest
 
-from .conftest import Cluster, Host
+from attack.deployed import DeployedCluster, Machine
 
 LOADED = re.compile(r"certificate (\S+) loaded")
 
 
-def _unit(host: Host) -> str:
+def _unit(host: Machine) -> str:
     return "histo-master" if host.group == "masters" else "histo-worker"
 
 
-def _serials(host: Host) -> list[str]:
+def _serials(host: Machine) -> list[str]:
     """Serials of the certificates the service loaded, oldest first (its journal, this boot and before)."""
     out = host.run(f"journalctl -u {_unit(host)} -o cat --no-pager", timeout=30).stdout
     return LOADED.findall(out)
 
 
-def _active_since(host: Host) -> str:
+def _active_since(host: Machine) -> str:
     return host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {_unit(host)}").stdout.strip()
 
 
-def _wait_new_identity(host: Host, before: list[str], timeout: float = 120) -> str:
+def _wait_new_identity(host: Machine, before: list[str], timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         proc = host.run(f"systemctl is-active {_unit(host)}", check=False)
@@ -39,7 +39,7 @@ def _wait_new_identity(host: Host, before: list[str], timeout: float = 120) -> s
     raise AssertionError(f"{host.name}: no new certificate within {timeout:.0f}s after the restart")
 
 
-def _wait_port(host: Host, port: int, timeout: float = 60) -> None:
+def _wait_port(host: Machine, port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if host.run(f"ss -Htln 'sport = :{port}' | grep -q .", check=False).returncode == 0:
@@ -49,7 +49,7 @@ def _wait_port(host: Host, port: int, timeout: float = 60) -> None:
 
 
 @pytest.mark.parametrize("group", ["workers", "masters"])
-def test_killed_service_is_restarted_by_systemd_with_a_fresh_certificate(cluster: Cluster, group: str):
+def test_killed_service_is_restarted_by_systemd_with_a_fresh_certificate(cluster: DeployedCluster, group: str):
     host = cluster.group(group)[0]
     before = _serials(host)
     assert before, f"{host.name}: the service never logged a loaded certificate"
@@ -63,7 +63,7 @@ def test_killed_service_is_restarted_by_systemd_with_a_fresh_certificate(cluster
     assert host.run("test -e /var/lib/histo/creds/secret_id.wrap", check=False).returncode != 0
 
 
-def test_rebooted_machine_comes_back_with_a_fresh_certificate(cluster: Cluster):
+def test_rebooted_machine_comes_back_with_a_fresh_certificate(cluster: DeployedCluster):
     host = cluster.group("workers")[-1]
     before = _serials(host)
     # A container shares the host's kernel (and boot_id): its own boot shows as a new init start time.

@@ -11,13 +11,15 @@ import time
 
 import pytest
 
-from .conftest import PROBE, Cluster, check_targets
+from attack.deployed import DeployedCluster, outsider
+
+from .conftest import PROBE, check_targets
 
 TIMEOUT = 1.5
 OUTSIDER = "192.168.56.99"  # a client that is not part of the cluster
 
 
-def _design_allows(cluster: Cluster, src_group: str | None, src_name: str | None, dst, port_name: str) -> bool:
+def _design_allows(cluster: DeployedCluster, src_group: str | None, src_name: str | None, dst, port_name: str) -> bool:
     """The table of DESIGN.md, written out independently of the firewall role."""
     g = dst.group
     if src_name == dst.name:
@@ -39,10 +41,10 @@ def _design_allows(cluster: Cluster, src_group: str | None, src_name: str | None
     return False
 
 
-def _matrix(cluster: Cluster, src_group: str, src_name: str | None):
+def _matrix(cluster: DeployedCluster, src_group: str, src_name: str | None):
     ports = dict(cluster.ports, ssh=22)
     rows = []
-    for dst in cluster.hosts.values():
+    for dst in cluster.machines.values():
         if dst.name == src_name:
             continue
         for port_name, port in ports.items():
@@ -68,9 +70,9 @@ def _probe_here(src: str, targets) -> list[str]:
     return json.loads(out.stdout)
 
 
-def test_matrix_from_every_machine(cluster: Cluster):
+def test_matrix_from_every_machine(cluster: DeployedCluster):
     wrong = []
-    for src in cluster.hosts.values():
+    for src in cluster.machines.values():
         rows = _matrix(cluster, src.group, src.name)
         targets = [(d.address, p) for d, _n, p, _a in rows]
         check_targets(targets)
@@ -80,7 +82,7 @@ def test_matrix_from_every_machine(cluster: Cluster):
     assert not wrong, "\n".join(wrong)
 
 
-def test_matrix_from_the_controller(cluster: Cluster):
+def test_matrix_from_the_controller(cluster: DeployedCluster):
     rows = _matrix(cluster, "controller", None)
     targets = [(d.address, p) for d, _n, p, _a in rows]
     check_targets(targets)
@@ -89,26 +91,13 @@ def test_matrix_from_the_controller(cluster: Cluster):
 
 
 @pytest.fixture()
-def outsider_netns(cluster: Cluster):
+def outsider_netns(cluster: DeployedCluster):
     """A client on the cluster bridge that is not a cluster machine (its own namespace and address)."""
-    ns, veth = "histo-outsider", "histo-out0"
-    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
-    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    subprocess.run(["ip", "link", "del", veth], capture_output=True)
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "link", "set", veth, "master", "histo-br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{OUTSIDER}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    with outsider("histo-outsider", "histo-out0", (OUTSIDER,)) as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_only_the_public_api_is_reachable_from_a_non_cluster_client(cluster: Cluster, outsider_netns: str):
+def test_only_the_public_api_is_reachable_from_a_non_cluster_client(cluster: DeployedCluster, outsider_netns: str):
     rows = _matrix(cluster, "outsider", None)
     targets = [(d.address, p) for d, _n, p, _a in rows]
     check_targets(targets)
@@ -123,7 +112,7 @@ def test_only_the_public_api_is_reachable_from_a_non_cluster_client(cluster: Clu
             assert got == "timeout", f"{dst.name} {port_name}: {got}"
 
 
-def test_drops_are_logged_with_the_prefix(cluster: Cluster):
+def test_drops_are_logged_with_the_prefix(cluster: DeployedCluster):
     """Drops are logged (rate-limited) with the histo-drop: prefix; containers' logs reach the host's
     kernel log (net.netfilter.nf_log_all_netns=1, set by vagrant/network.sh)."""
     vault = cluster.group("vault")[0]

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from .conftest import ROOT, STATE, Cluster
+from attack.deployed import DeployedCluster
 
 
 def _png(width: int = 64, height: int = 48) -> bytes:
@@ -27,7 +27,7 @@ def _png(width: int = 64, height: int = 48) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def _request(cluster: Cluster, method: str, path: str, token: str | None = None, body: bytes | None = None,
+def _request(cluster: DeployedCluster, method: str, path: str, token: str | None = None, body: bytes | None = None,
              headers: dict | None = None):
     ctx = ssl.create_default_context(cafile=cluster.env["HISTO_CA"])
     req = urllib.request.Request(cluster.env["HISTO_URL"] + path, data=body, method=method, headers=headers or {})
@@ -40,16 +40,16 @@ def _request(cluster: Cluster, method: str, path: str, token: str | None = None,
         return exc.code, exc.read(), exc.headers
 
 
-def test_env_file_is_private_and_complete(cluster: Cluster):
-    env_file = STATE / "env"
+def test_env_file_is_private_and_complete(cluster: DeployedCluster):
+    env_file = cluster.state / "env"
     assert env_file.stat().st_mode & 0o777 == 0o600
     assert cluster.env["HISTO_URL"].startswith("https://")
-    assert (ROOT / cluster.env["HISTO_CA"]).exists()
+    assert (cluster.root / cluster.env["HISTO_CA"]).exists()
     missing = [k for k in ("HISTO_TOKEN_ADMIN", "HISTO_TOKEN_UPLOADER", "HISTO_TOKEN_VIEWER") if not cluster.env.get(k)]
     assert not missing, f"env file lacks {missing} (histo token issue failed during make up?)"
 
 
-def test_upload_over_https_from_the_controller(cluster: Cluster):
+def test_upload_over_https_from_the_controller(cluster: DeployedCluster):
     token = cluster.env.get("HISTO_TOKEN_UPLOADER")
     if not token:
         pytest.skip("no uploader token in the env file")
@@ -78,15 +78,15 @@ def test_upload_over_https_from_the_controller(cluster: Cluster):
     assert status == 401
 
 
-def test_secret_zero_stays_on_the_controller(cluster: Cluster):
-    assert STATE.stat().st_mode & 0o777 == 0o700
+def test_secret_zero_stays_on_the_controller(cluster: DeployedCluster):
+    assert cluster.state.stat().st_mode & 0o777 == 0o700
     for name in ("vault-init.json", "root-token", "issuer-token"):
-        assert (STATE / name).stat().st_mode & 0o777 == 0o600, name
-    root_token = (STATE / "root-token").read_text().strip()
-    init = json.loads((STATE / "vault-init.json").read_text())
+        assert (cluster.state / name).stat().st_mode & 0o777 == 0o600, name
+    root_token = (cluster.state / "root-token").read_text().strip()
+    init = json.loads((cluster.state / "vault-init.json").read_text())
     assert init["root_token"] == root_token
     secrets = [root_token] + init["keys"]
-    for host in cluster.hosts.values():
+    for host in cluster.machines.values():
         # Nowhere on a machine outside Vault's own barrier: not in a file under /etc, /var/lib/histo*,
         # /opt, /var/log (the audit log HMACs tokens), nor in a command line or a journal.
         for secret in secrets:
@@ -97,8 +97,8 @@ def test_secret_zero_stays_on_the_controller(cluster: Cluster):
             assert not hits, f"{host.name} holds secret zero: {hits}"
 
 
-def test_service_credentials_are_private_and_used(cluster: Cluster):
-    for host in cluster.hosts.values():
+def test_service_credentials_are_private_and_used(cluster: DeployedCluster):
+    for host in cluster.machines.values():
         if host.group in ("masters", "workers"):
             creds, owner = "/var/lib/histo/creds", "histo"
         elif host.group == "zookeeper":
@@ -111,14 +111,14 @@ def test_service_credentials_are_private_and_used(cluster: Cluster):
             assert line.endswith(f"{owner} 600"), out
 
 
-def test_no_secret_on_a_command_line(cluster: Cluster):
-    for host in cluster.hosts.values():
+def test_no_secret_on_a_command_line(cluster: DeployedCluster):
+    for host in cluster.machines.values():
         args = host.run("ps -eo args", check=False).stdout
         for word in ("superDigest", "secret_id=", "VAULT_TOKEN", "X-Vault-Token", "password="):
             assert word not in args, f"{host.name}: {word} on a command line"
 
 
-def test_zookeeper_is_tls_only_with_the_super_digest_in_a_private_zoo_cfg(cluster: Cluster):
+def test_zookeeper_is_tls_only_with_the_super_digest_in_a_private_zoo_cfg(cluster: DeployedCluster):
     ports = cluster.ports
     for zk in cluster.group("zookeeper"):
         listening = zk.run("ss -Hltn").stdout
@@ -136,9 +136,9 @@ def test_zookeeper_is_tls_only_with_the_super_digest_in_a_private_zoo_cfg(cluste
         assert probe and probe != "0"
 
 
-def test_vault_is_initialized_unsealed_audited(cluster: Cluster):
+def test_vault_is_initialized_unsealed_audited(cluster: DeployedCluster):
     vault = cluster.group("vault")[0]
-    ctx = ssl.create_default_context(cafile=str(STATE / "vault-tls" / "ca.pem"))
+    ctx = ssl.create_default_context(cafile=str(cluster.state / "vault-tls" / "ca.pem"))
     url = f"https://{vault.address}:{cluster.ports['vault']}/v1/sys/health"
     with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
         health = json.loads(resp.read())
@@ -147,8 +147,8 @@ def test_vault_is_initialized_unsealed_audited(cluster: Cluster):
     assert out[0] == "openbao" and out[1] == "600" and int(out[2]) > 0
 
 
-def test_services_run_hardened_as_their_own_users(cluster: Cluster):
-    for host in cluster.hosts.values():
+def test_services_run_hardened_as_their_own_users(cluster: DeployedCluster):
+    for host in cluster.machines.values():
         unit = {"vault": "openbao", "zookeeper": "histo-zookeeper", "masters": "histo-master",
                 "workers": "histo-worker"}[host.group]
         props = dict(line.split("=", 1) for line in host.run(
@@ -163,8 +163,8 @@ def test_services_run_hardened_as_their_own_users(cluster: Cluster):
             assert props["CapabilityBoundingSet"] == "", (host.name, props)
 
 
-def test_sshd_is_hardened(cluster: Cluster):
-    for host in cluster.hosts.values():
+def test_sshd_is_hardened(cluster: DeployedCluster):
+    for host in cluster.machines.values():
         conf = host.run("sshd -T 2>/dev/null").stdout.lower()
         for line in ("permitrootlogin no", "passwordauthentication no", "kbdinteractiveauthentication no",
                      "pubkeyauthentication yes"):

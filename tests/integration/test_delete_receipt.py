@@ -11,7 +11,7 @@ from hvac.exceptions import Forbidden
 from histo.edge import receipts
 
 from .attacker import root_client, service_vault
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 from .test_edge import issue
 
 UNKNOWN = "0" * 24

@@ -13,9 +13,8 @@ import hvac
 
 from histo.edge.openapi import spec
 from histo.edge.tokens import issue_token
-
-from .attacker import get_from
-from .cluster_fixture import sample_image
+from histo.testing.attacker import get_from
+from histo.testing.cluster import sample_image
 
 
 def issue(cluster, role: str, sub: str, ttl: int = 600) -> str:
@@ -187,7 +186,7 @@ def test_token_command_and_key_rotation_without_downtime(cluster):
     old = out.stdout.strip()
     assert cluster.request("GET", "/api/v1/jobs", token=old)[0] == 200
     # the signing key rotates in Vault: new tokens carry the new kid, old ones stay valid
-    from .attacker import root_client
+    from histo.testing.attacker import root_client
     root_client(cluster).secrets.transit.rotate_key("histo-tokens", mount_point="transit")
     new = _cli(cluster, "token", "issue", "--role", "uploader", "--subject", "dave", "--ttl", "15m").stdout.strip()
     assert json.loads(__import__("base64").urlsafe_b64decode(new.split(".")[0] + "==="))["kid"] != \

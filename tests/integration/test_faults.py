@@ -9,8 +9,7 @@ import pytest
 
 from histo.compute.equalize import equalize_single
 from histo.local.bao import BaoServer
-
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 
 pytestmark = pytest.mark.disruptive
 

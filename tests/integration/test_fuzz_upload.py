@@ -5,7 +5,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .cluster_fixture import multipart, sample_image
+from histo.testing.cluster import multipart, sample_image
 
 SEEDS = [sample_image(24, 16, "JPEG"), sample_image(24, 16, "PNG")]
 CALLS = {"n": 0, "statuses": {}}

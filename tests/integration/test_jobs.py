@@ -6,8 +6,7 @@ import pytest
 from PIL import Image
 
 from histo.compute.equalize import equalize_single
-
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

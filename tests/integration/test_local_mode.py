@@ -1,7 +1,8 @@
 """`make local` run again on a running cluster starts nothing new and everything keeps working."""
 from histo.local import cluster as local_cluster
+from histo.testing.cluster import sample_image
 
-from .cluster_fixture import NET, sample_image
+from .cluster_fixture import NET
 
 
 def test_up_twice_is_harmless(cluster):

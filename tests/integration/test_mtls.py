@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 
 TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
                 "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1",

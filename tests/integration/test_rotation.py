@@ -3,7 +3,7 @@ import concurrent.futures
 import json
 import time
 
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 
 LOAD_SECONDS = 45
 

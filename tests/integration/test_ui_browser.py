@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster_fixture import sample_image
+from histo.testing.cluster import sample_image
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

@@ -10,10 +10,9 @@ from cryptography import x509
 import pytest
 from hvac.exceptions import Forbidden
 
+from histo.testing.attacker import root_client, service_vault
 from histo.vault.client import VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
-
-from .attacker import root_client, service_vault
 
 
 def test_worker_identity_gets_only_its_own(cluster):

@@ -9,8 +9,8 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import Permissions
 
-from .attacker import zk_client, zk_credentials
-from .cluster_fixture import sample_image
+from histo.testing.attacker import zk_client, zk_credentials
+from histo.testing.cluster import sample_image
 
 
 @pytest.fixture(scope="module")

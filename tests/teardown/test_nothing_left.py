@@ -6,22 +6,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from attack.deployed import ROOT, SECRETS, container_pattern, machine_names, recorded_containers, state_dir
 
 pytestmark = pytest.mark.skipif(os.environ.get("HISTO_EXPECT_DOWN") != "1",
                                 reason="only right after make down (scripts/cluster-test.sh)")
-
-
-def _inventory_hosts() -> set[str]:
-    names: set[str] = set()
-    for inv in (ROOT / "inventory").glob("*/hosts.yml"):
-        # hosts are the keys indented under a group's `hosts:`; plain parsing keeps this test free of PyYAML
-        names.update(re.findall(r"^\s{8}([a-z0-9-]+):", inv.read_text(), re.M))
-    return names
 
 
 def _lxc(*args: str) -> str:
@@ -30,15 +21,14 @@ def _lxc(*args: str) -> str:
 
 def test_inventory_parsing_finds_the_machines():
     # guards the checks below against passing vacuously on an empty host list
-    assert {"vault1", "zk1", "master1", "worker1"} <= _inventory_hosts()
+    assert {"vault1", "zk1", "master1", "worker1"} <= machine_names()
 
 
 def test_no_machine_left():
-    # vagrant-lxc names containers <project dir>_<machine>_<timestamp>
-    name = re.compile(rf"^{re.escape(ROOT.name)}_({'|'.join(map(re.escape, _inventory_hosts()))})_\d+$")
+    name = container_pattern()
     ours = [c for c in _lxc("-1").split() if name.match(c)]
     assert ours == [], f"machines left behind: {ours}"
-    assert not list((ROOT / ".vagrant" / "machines").glob("*/lxc/id")), "vagrant still records a machine"
+    assert not recorded_containers(), "vagrant still records a machine"
 
 
 def test_no_molecule_instance_left():
@@ -65,7 +55,5 @@ def test_no_process_left():
 
 
 def test_no_cluster_secret_left():
-    state = ROOT / ".histo" / "vagrant"
-    left = [p.name for p in (state / "root-token", state / "vault-init.json", state / "issuer-token", state / "env",
-                             state / "provision") if p.exists()]
+    left = [name for name in SECRETS if (state_dir() / name).exists()]
     assert left == [], f"secrets of the removed cluster left on the controller: {left}"

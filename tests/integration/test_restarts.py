@@ -4,7 +4,7 @@ of a worker; readiness counts live processes, not the nodes a dead process left 
 service that can never become ready makes `up` fail with one line naming it.
 
 Its own cluster (net 127.0.21.x, long ZooKeeper sessions so that stale nodes linger): the session
-cluster of the other tests is not disturbed. (Named zz so that it runs after the calm tests.)"""
+cluster of the other tests is not disturbed; marked disruptive (its load runs after the calm tests)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,9 @@ import pytest
 
 from histo.local import cluster as local_cluster
 
-from .cluster_fixture import Cluster, sample_image
+from histo.testing.cluster import Cluster, sample_image
+
+pytestmark = pytest.mark.disruptive
 
 NET = "127.0.21"
 # Long sessions: a node left by a killed process stays in ZooKeeper for 20 s, longer than any wait

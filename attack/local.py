@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
-"""`make attack`: attack drills against a running local cluster (`make local`). Each drill prints
-what it tried, what happened, and whether the control held. The same drills run in `make test`
-(tests/integration/test_drills.py), so a regression in any control fails CI.
+"""`python -m attack.local [STATE_DIR]`: the attack drills against a running local cluster (`make local`,
+.histo/local by default). Each drill prints what it tried, what happened, and whether the control held.
+The same drills run in `make test` (tests/integration/test_attack_drills.py), so a regression in any control
+fails CI.
 
 The attacker here holds what a compromised worker holds: its files (certificate, key, stored
 secret_id) and its credentials; and, for the network drill, a packet capture on the loopback."""
@@ -17,18 +17,16 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+import hvac
+from kazoo.exceptions import NoAuthError
 
-import hvac  # noqa: E402
-from kazoo.exceptions import NoAuthError  # noqa: E402
+from histo.edge.tokens import issue_token
+from histo.testing.attacker import get_from, root_client, zk_client
+from histo.testing.cluster import Cluster, sample_image
+from histo.vault.client import ServiceVault, VaultAuthError
+from histo.vault.provision import wrapped_secret_id, write_credentials
 
-from histo.edge.tokens import issue_token  # noqa: E402
-from histo.vault.client import ServiceVault, VaultAuthError  # noqa: E402
-from histo.vault.provision import wrapped_secret_id, write_credentials  # noqa: E402
-from attack.outcome import Outcome, run_drills, summary  # noqa: E402
-from tests.integration.attacker import get_from, root_client, zk_client  # noqa: E402
-from tests.integration.cluster_fixture import Cluster, sample_image  # noqa: E402
+from .outcome import Outcome, run_drills, summary
 
 
 def _net(cl: Cluster) -> str:

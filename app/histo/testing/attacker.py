@@ -1,4 +1,5 @@
-"""What an attacker holding a compromised service's files can do: helpers for the security tests."""
+"""What an attacker holding a compromised service's files can do: helpers for the security tests and
+the local attack drills."""
 from __future__ import annotations
 
 import http.client

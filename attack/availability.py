@@ -1,0 +1,117 @@
+"""Where the attacker goes for availability: a flood on the upload endpoint from a network namespace of
+its own on histo-br0 (two fresh addresses, no cluster machine), and Vault sealed while the cluster
+serves. Disruptive: `Vault sealed` seals Vault and always unseals it again (finally), with the unseal
+keys under .histo/vagrant, as the vault role does."""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from .deployed import outsider
+from .outcome import Outcome
+from .target import Target, gray_noise, summ
+
+NETNS, VETH = "histo-drill", "histo-drl0"
+# The flood comes from addresses that are no cluster machine's (.99 is the segmentation test's outsider), fresh
+# on every run: a throttled address stays blocked for auth_block_seconds (60 s).
+FLOOD_RANGE = range(200, 250)
+FLOOD_CLIENT = Path(__file__).resolve().parent / "remote" / "flood.py"
+
+
+# -- a flood on the upload endpoint ------------------------------------------------------------------
+def flood(d: Target) -> Outcome:
+    a, b = (f"192.168.56.{n}" for n in secrets.SystemRandom().sample(FLOOD_RANGE, 2))
+    flooder = d.token("uploader", f"drill-flooder-{uuid.uuid4().hex[:6]}", ttl=300)
+    url = d.api.url
+    with outsider(NETNS, VETH, (a, b)) as ns:
+        errors = tempfile.TemporaryFile(mode="w+")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(FLOOD_CLIENT)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True)
+        proc.stdin.write(json.dumps({"url": url, "ca": d.api.ca, "a": a, "b": b,
+                                     "token": flooder, "n": 40, "m": 60}) + "\n")
+        proc.stdin.close()
+        time.sleep(0.5)
+        legit_list = d.api.request("GET", "/api/v1/jobs", token=d.api.token("uploader"))[0]
+        legit_job = d.upload(gray_noise(40, 30)[0])["state"]
+        out = proc.stdout.read()
+        proc.wait(timeout=180)
+    if proc.returncode != 0:
+        errors.seek(0)
+        raise RuntimeError(f"flood client failed: {errors.read().strip()[-200:]}")
+    errors.close()
+    r = json.loads(out)
+    forged, principal = r["forged"], r["principal"]
+    first_429 = principal.index(429) if 429 in principal else len(principal)
+    content_refused = [x for x in principal[:first_429] if isinstance(x, int)]
+    held = (401 in forged and 429 in forged and set(forged) <= {401, 429} and 429 in principal
+            and len(content_refused) >= 10 and all(400 <= x < 500 and x != 429 for x in content_refused)
+            and legit_list == 200 and legit_job == "done")
+    return Outcome("flood", f"from {a} (not a cluster machine): {len(forged)} uploads with forged tokens; from {b}: "
+                   f"{len(principal)} uploads of garbage with one valid uploader token; meanwhile a legitimate user "
+                   "lists and uploads from the controller",
+                   f"forged: {summ(forged)}; valid token: {summ(principal)} (throttled from request "
+                   f"{first_429 + 1}); the legitimate user: list {legit_list}, job {legit_job}", held)
+
+
+# -- Vault sealed ---------------------------------------------------------------------------------------
+def _readyz(d: Target) -> dict[str, dict]:
+    out = {}
+    for u in d.api.urls:
+        try:
+            _s, _h, raw = d.api.request("GET", "/readyz", url=u, timeout=5)
+            out[u] = json.loads(raw)
+        except (OSError, ValueError):
+            out[u] = {"status": "unreachable", "checks": {}}
+    return out
+
+
+def _unseal(root, state: Path) -> bool:
+    init = json.loads((state / "vault-init.json").read_text())
+    for key in init["keys"]:
+        if not root.sys.read_seal_status()["sealed"]:
+            break
+        root.sys.submit_unseal_key(key)
+    return not root.sys.read_seal_status()["sealed"]
+
+
+SEALED_AT_LEAST = 7.0
+
+
+def vault_sealed(d: Target) -> Outcome:
+    root = d.root_vault()
+    if root.sys.read_seal_status()["sealed"]:
+        raise RuntimeError("Vault is already sealed: not touching it")
+    degraded, served, unsealed = False, "not tried", False
+    root.sys.seal()
+    sealed_at = time.time()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not degraded:
+            ready = _readyz(d)
+            degraded = all(r.get("status") == "degraded" and not r["checks"].get("vault", {}).get("ok", True)
+                           for r in ready.values())
+            if not degraded:
+                time.sleep(0.5)
+        # Long enough for every service's token check (every 5 s) to have met the sealed Vault.
+        time.sleep(max(0.0, sealed_at + SEALED_AT_LEAST - time.time()))
+        served = d.upload(gray_noise(64, 48)[0])["state"]
+    finally:
+        unsealed = _unseal(root, d.cluster.state)
+    sealed_for = time.time() - sealed_at
+    t0 = time.time()
+    recovered = False
+    while unsealed and time.time() - t0 < 60 and not recovered:
+        ready = _readyz(d)
+        recovered = all(r.get("status") == "ok" for r in ready.values())
+        if not recovered:
+            time.sleep(0.5)
+    held = degraded and served == "done" and unsealed and recovered
+    return Outcome("Vault sealed", f"sealing Vault for {sealed_for:.1f}s while the cluster serves",
+                   f"every master's /readyz degraded (vault): {degraded}; a job meanwhile: {served}; unsealed again: "
+                   f"{unsealed}; every master ready again: {recovered} after {time.time() - t0:.0f}s", held)

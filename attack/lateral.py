@@ -1,0 +1,53 @@
+"""Where the attacker stands inside a compromised worker (root in worker1: the service's certificate,
+key, role_id and secret_id, and its own Vault login), trying to move on: privileged Vault calls,
+ZooKeeper writes outside the worker's ACL, connections the segmentation forbids, and forged or replayed
+task results sent to the leader."""
+from __future__ import annotations
+
+from .outcome import Outcome
+from .target import Target, gray_noise, summ
+
+
+# -- a compromised worker ---------------------------------------------------------------------------
+def compromised_worker(d: Target) -> Outcome:
+    w1, w2 = d.group("workers")[:2]
+    masters = d.group("masters")
+    job = d.upload(gray_noise(48, 32)[0])
+    reach = ([[w2.address, d.ports["internal"]]] + [[m.address, d.ports["public"]] for m in masters]
+             + [[m.address, d.ports["internal"]] for m in masters])
+    r = d.inside(w1.name, "compromised", {"master": masters[0].name, "other_worker": w2.name, "job": job["id"],
+                                          "reach": reach})
+    forbidden_reach = {f"{a}:{p}" for a, p in reach[:1 + len(masters)]}
+    dropped = [k for k in forbidden_reach if r["reach"][k] == "timeout"]
+    internal_ok = all(r["reach"][f"{m.address}:{d.ports['internal']}"] == "open" for m in masters)
+    held = (not r["vault_allowed"] and not r["zk_allowed"] and len(dropped) == len(forbidden_reach)
+            and len(r["legit"]) == 3 and internal_ok)
+    return Outcome("compromised worker",
+                   f"as root in {w1.name} with its own files and Vault login: "
+                   f"{len(r['vault_refused']) + len(r['vault_allowed'])} privileged Vault calls, "
+                   f"{len(r['zk_refused']) + len(r['zk_allowed'])} ZooKeeper writes, "
+                   f"connections to {w2.name}:{d.ports['internal']} and the masters' port {d.ports['public']}",
+                   f"Vault refused {len(r['vault_refused'])} ({'; '.join(r['vault_refused'])}), allowed "
+                   f"{r['vault_allowed'] or 'none'}; ZooKeeper refused {len(r['zk_refused'])} "
+                   f"({'; '.join(r['zk_refused'])}), allowed {r['zk_allowed'] or 'none'}; dropped by the firewall: "
+                   f"{len(dropped)}/{len(forbidden_reach)}; still allowed: {'; '.join(r['legit'])}; masters' "
+                   f"internal port open: {internal_ok}", held)
+
+
+# -- forged and replayed task results -----------------------------------------------------------------
+
+
+def forged_result(d: Target) -> Outcome:
+    job = d.upload(gray_noise(64, 48)[0])
+    leader = d.leader()
+    calls = []
+    for w in d.group("workers"):
+        calls += d.inside(w.name, "replay", {"job": job["id"], "leader": leader.address,
+                                             "port": d.ports["internal"], "width": 64})["calls"]
+    statuses = [c[1] for c in calls]
+    reasons = sorted({c[2].split(":", 1)[-1].strip()[:60] for c in calls})
+    held = bool(calls) and set(statuses) == {409} and any(c[0] == "forged attempt" for c in calls)
+    return Outcome("forged / replayed result",
+                   f"each worker re-reports every finished task attempt of job {job['id'][:8]}… (read from "
+                   f"ZooKeeper) and one forged attempt to the leader {leader.name}",
+                   f"{summ([str(s) for s in statuses])} ({'; '.join(reasons)})", held)

@@ -1,0 +1,336 @@
+"""What the deployed drills run inside a cluster machine, as root there: the service's own configuration,
+files and clients, and one task per step a drill takes from inside.
+
+attack/target.py sends this file on stdin to the machine's own /opt/histo/bin/python (the histo wheel
+the role installed) after a JSON line {"task", "payload"}, so no secret is ever on a command line. The
+file runs as a plain script that reads that line from its stdin and prints the task's answer (JSON)
+after ANSWER on its last line; whatever the task learns (keys, tokens, secret_ids) goes back only in
+that answer, never to a file that outlives it. Importing it has no effect (the controller reuses tcp())."""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ANSWER = "@@R@@"
+CFG: dict = {}  # /etc/histo/<role>.json, loaded by main()
+RESULT_HEADERS = {"X-Histo-Job": "0" * 24, "X-Histo-Task": "0", "X-Histo-Attempt": "0" * 16,
+                  "X-Histo-Phase": "hist", "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
+                  "X-Histo-Reply-To": "https://127.0.0.1:1"}
+
+
+# -- the service's own files and clients ---------------------------------------------------------------
+def tls_dir() -> Path:
+    return Path(CFG["state_dir"]) / "tls"
+
+
+def creds_dir() -> Path:
+    return Path(CFG["creds_dir"])
+
+
+def service_vault(creds=None, host=None, role=None):
+    from histo.vault.client import ServiceVault
+    return ServiceVault(CFG["vault_url"], CFG["vault_ca"], host=host or CFG["name"], role=role or CFG["role"],
+                        creds_dir=Path(creds or creds_dir()), source_address=CFG["address"],
+                        trust_domain=CFG["trust_domain"])
+
+
+def drop(v) -> None:
+    try:
+        v.client.auth.token.revoke_self()
+    except Exception:
+        pass
+
+
+def login(v) -> str:
+    """"logged in", or why Vault refused the login."""
+    from histo.vault.client import VaultAuthError
+    try:
+        v.login()
+        return "logged in"
+    except VaultAuthError as exc:
+        return str(exc)[:160]
+
+
+@contextlib.contextmanager
+def private_files(files: dict[str, str]) -> Iterator[Path]:
+    """A private temporary folder holding `files` (name: text); removed with all it holds on exit."""
+    d = Path(tempfile.mkdtemp(prefix="histo-drill-"))
+    try:
+        for name, text in files.items():
+            (d / name).write_text(text)
+        yield d
+    finally:
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+
+
+def tls_files(cert: str, key: str, ca: str) -> dict[str, str]:
+    return {"cert.pem": cert, "key.pem": key, "ca.pem": ca}
+
+
+def https(addr, port, path, method="GET", body=b"", headers=None, tls=None, timeout=6):
+    """(status, error code) of one HTTPS call with the client certificate in `tls`; or (None, why)."""
+    tls = Path(tls or tls_dir())
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
+    conn = http.client.HTTPSConnection(addr, port, context=ctx, timeout=timeout)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            doc = json.loads(raw)
+            why = (doc.get("error") or "") + (": " + doc["message"] if doc.get("message") else "")
+        except ValueError:
+            why = ""
+        return resp.status, why[:160]
+    except ssl.SSLError as exc:
+        return None, "TLS refused: " + (exc.reason or type(exc).__name__)
+    except (socket.timeout, TimeoutError):
+        return None, "timeout (dropped)"
+    except ConnectionRefusedError:
+        return None, "connection refused"
+    except OSError as exc:
+        return None, "closed by peer: " + type(exc).__name__
+    finally:
+        conn.close()
+
+
+def tcp(addr, port, timeout=2.0) -> str:
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((addr, port))
+        return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except (socket.timeout, TimeoutError):
+        return "timeout"
+    except OSError as exc:
+        return "error:" + type(exc).__name__
+    finally:
+        s.close()
+
+
+def zk_session(user, password, tls=None):
+    from kazoo.client import KazooClient
+    tls = Path(tls or tls_dir())
+    c = KazooClient(hosts=CFG["zk_hosts"], use_ssl=True, verify_certs=True, check_hostname=True,
+                    ca=str(tls / "ca.pem"), certfile=str(tls / "cert.pem"), keyfile=str(tls / "key.pem"),
+                    auth_data=[("digest", user + ":" + password)], timeout=6,
+                    connection_retry={"max_tries": 3, "delay": 0.3})
+    c.start(timeout=20)
+    return c
+
+
+# -- eavesdrop: secrets that must never cross the bridge in the clear ---------------------------------
+def eavesdrop_worker(p: dict) -> dict:
+    v = service_vault()
+    v.login()  # role_id + secret_id cross the wire (inside TLS, we hope)
+    user, password = v.zk_credentials()
+    zk = zk_session(user, password)  # a fresh ZooKeeper session: the digest credentials cross the wire
+    zk.get_children("/histo/jobs")
+    zk.stop()
+    zk.close()
+    r = {"needles": {"worker secret_id": (creds_dir() / "secret_id").read_text().strip(),
+                     "worker role_id": (creds_dir() / "role_id").read_text().strip(),
+                     "worker Vault token": v.client.token, "worker ZooKeeper password": password}}
+    drop(v)
+    return r
+
+
+def eavesdrop_master(p: dict) -> dict:
+    v = service_vault()
+    v.login()
+    r = {"needles": {"master ZooKeeper password": v.zk_credentials()[1], "master Vault token": v.client.token}}
+    drop(v)
+    return r
+
+
+# -- stolen certificate ------------------------------------------------------------------------------
+def read_tls(p: dict) -> dict:
+    return {"tls": {n: (tls_dir() / n).read_text() for n in ("cert.pem", "key.pem", "ca.pem")}}
+
+
+def use_tls(p: dict) -> dict:
+    with private_files(tls_files(p["tls"]["cert.pem"], p["tls"]["key.pem"], p["tls"]["ca.pem"])) as d:
+        return {"calls": [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS, tls=d))
+                          for addr, port, path in p["targets"]]}
+
+
+def own_tls(p: dict) -> dict:
+    return {"calls": [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS))
+                      for addr, port, path in p["targets"]]}
+
+
+# -- a compromised worker -------------------------------------------------------------------------------
+def compromised(p: dict) -> dict:
+    import hvac
+    from kazoo.exceptions import NoAuthError
+    r: dict = {}
+    v = service_vault()
+    v.login()
+    vault_refused, vault_allowed = [], []
+
+    def attempt(what, fn, bucket_ok, bucket_no):
+        try:
+            fn()
+            bucket_ok.append(what)
+        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest, hvac.exceptions.Unauthorized):
+            bucket_no.append(what)
+
+    def kv(path):
+        return v.client.secrets.kv.v2.read_secret_version(path, mount_point="secret", raise_on_deleted_version=True)
+    for what, fn in (("read the masters' ZooKeeper credentials", lambda: kv("histo/zk/master")),
+                     ("read the ZooKeeper super digest", lambda: kv("histo/zk/super")),
+                     ("issue a master certificate", lambda: v.client.write_data(
+                         "pki_int/issue/host-" + p["master"], data={"common_name": p["master"] + ".histo.internal",
+                                                                    "ttl": "60s"})),
+                     ("issue another worker's certificate", lambda: v.client.write_data(
+                         "pki_int/issue/host-" + p["other_worker"],
+                         data={"common_name": p["other_worker"] + ".histo.internal", "ttl": "60s"})),
+                     ("sign an API token", lambda: v.client.secrets.transit.sign_data(
+                         "histo-tokens", "aGk=", mount_point="transit")),
+                     ("read Vault's policies", lambda: v.client.sys.read_policy("histo-" + p["master"]))):
+        attempt(what, fn, vault_allowed, vault_refused)
+    legit = []
+    try:
+        v.issue_cert("60s")
+        legit.append("issue its own certificate")
+    except Exception:
+        pass
+    user, password = v.zk_credentials()
+    legit.append("read its own ZooKeeper credentials")
+    zk = zk_session(user, password)
+    zk_refused, zk_allowed = [], []
+    try:
+        jobs = zk.get_children("/histo/jobs")
+        legit.append("list jobs in ZooKeeper")
+        target = p["job"] if p["job"] in jobs else None
+        w2, _ = zk.get("/histo/workers/" + p["other_worker"])
+
+        def try_zk(what, fn, undo=None):
+            try:
+                fn()
+                zk_allowed.append(what)
+                if undo:
+                    undo()
+            except NoAuthError:
+                zk_refused.append(what)
+        try_zk("delete a job", lambda: zk.delete("/histo/jobs/" + target, recursive=True) if target
+               else zk.delete("/histo/jobs"))
+        try_zk("join the leader election",
+               lambda: r.__setitem__("created", zk.create("/histo/election/x-", b"w", ephemeral=True, sequence=True)),
+               lambda: zk.delete(r.pop("created")))
+        try_zk("rewrite another worker's membership", lambda: zk.set("/histo/workers/" + p["other_worker"], w2))
+        try_zk("add to the token revocation list",
+               lambda: zk.create("/histo/revoked/drill-" + os.urandom(4).hex(), b""))
+    finally:
+        zk.stop()
+        zk.close()
+    drop(v)
+    r.update(vault_refused=vault_refused, vault_allowed=vault_allowed, zk_refused=zk_refused, zk_allowed=zk_allowed,
+             legit=legit, reach={f"{a}:{port}": tcp(a, port) for a, port in p["reach"]})
+    return r
+
+
+# -- forged and replayed task results ---------------------------------------------------------------------
+def replay(p: dict) -> dict:
+    v = service_vault()
+    v.login()
+    user, password = v.zk_credentials()
+    drop(v)
+    zk = zk_session(user, password)
+    try:
+        base = "/histo/jobs/" + p["job"] + "/tasks"
+        tasks = {n: json.loads(zk.get(base + "/" + n)[0]) for n in zk.get_children(base)}
+    finally:
+        zk.stop()
+        zk.close()
+    calls = []
+    for n, t in sorted(tasks.items()):
+        hdr = dict(RESULT_HEADERS, **{"X-Histo-Job": p["job"], "X-Histo-Task": str(n), "X-Histo-Attempt": t["attempt"],
+                                      "X-Histo-Phase": t["phase"], "X-Histo-Width": str(p["width"])})
+        whose = "own" if t.get("worker") == CFG["name"] else "other's"
+        calls.append(["replay " + whose, *https(p["leader"], p["port"], "/internal/v1/results", "POST", b"[]", hdr)])
+    forged = dict(RESULT_HEADERS, **{"X-Histo-Job": p["job"], "X-Histo-Attempt": os.urandom(8).hex()})
+    calls.append(["forged attempt", *https(p["leader"], p["port"], "/internal/v1/results", "POST", b"[]", forged)])
+    return {"calls": calls}
+
+
+# -- credentials: used and copied secret_id, expired certificate --------------------------------------------
+def unwrap_twice(p: dict) -> dict:
+    r = {}
+    with private_files({"role_id": p["role_id"] + "\n", "secret_id.wrap": p["wrap"] + "\n"}) as d:
+        first = service_vault(creds=d)
+        first.login()
+        r["first"] = "logged in"
+        r["secret_id"] = (d / "secret_id").read_text().strip()
+        drop(first)
+        (d / "secret_id").unlink()
+        (d / "secret_id.wrap").write_text(p["wrap"] + "\n")
+        r["second"] = login(service_vault(creds=d))
+    return r
+
+
+def read_creds(p: dict) -> dict:
+    r = {"role_id": (creds_dir() / "role_id").read_text().strip(),
+         "secret_id": (creds_dir() / "secret_id").read_text().strip()}
+    v = service_vault()
+    v.login()
+    r["own"] = "logged in"
+    drop(v)
+    return r
+
+
+def login_with(p: dict) -> dict:
+    r = {}
+    with private_files({"role_id": p["role_id"] + "\n", "secret_id": p["secret_id"] + "\n"}) as d:
+        v = service_vault(creds=d, host=p["host"], role="worker")
+        r["login"] = login(v)
+        if r["login"] == "logged in":
+            drop(v)
+    return r
+
+
+def expired(p: dict) -> dict:
+    r = {}
+    v = service_vault()
+    v.login()
+    b = v.issue_cert(p["ttl"])
+    ca = v.ca_chain_pem()
+    fresh = v.issue_cert("60s")
+    drop(v)
+    with (private_files(tls_files(b.cert_pem + b.chain_pem, b.key_pem, ca)) as d,
+          private_files(tls_files(fresh.cert_pem + fresh.chain_pem, fresh.key_pem, ca)) as f):
+        time.sleep(max(0.0, b.not_after.timestamp() - time.time()) + 1.5)
+        r["expired"] = list(https(p["master"], p["port"], "/internal/v1/results", "POST", b"[]", RESULT_HEADERS, tls=d))
+        r["fresh"] = list(https(p["master"], p["port"], "/internal/v1/results", "POST", b"[]", RESULT_HEADERS, tls=f))
+        r["lived"] = round(b.not_after.timestamp() - b.not_before.timestamp())
+    return r
+
+
+TASKS = {f.__name__: f for f in (eavesdrop_worker, eavesdrop_master, read_tls, use_tls, own_tls, compromised, replay,
+                                 unwrap_twice, read_creds, login_with, expired)}
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.readline())
+    os.umask(0o077)
+    CFG.update(json.loads(next(p for p in Path("/etc/histo").iterdir()
+                               if p.name in ("master.json", "worker.json")).read_text()))
+    print(ANSWER + json.dumps(TASKS[request["task"]](request["payload"])))
+
+
+if __name__ == "__main__":
+    main()
