@@ -11,7 +11,7 @@ DEPLOY_PY := .venv-deploy/bin/python
 # make molecule ROLE=<role>: one role's scenario (default: every role in turn)
 ROLE ?=
 
-.PHONY: help bootstrap venv check test test-python test-unit test-integration lint deploy-lint molecule \
+.PHONY: help bootstrap venv check test test-python test-unit test-integration lint lint-python deploy-lint molecule \
         molecule-clean test-cluster up down provision deploy-test local local-down local-status bench \
         attack clean
 
@@ -29,9 +29,9 @@ venv: ## the pinned .venv only, no apt step (what `make check` needs)
 	@HISTO_NO_APT=1 bash scripts/bootstrap.sh
 
 # -- tests -------------------------------------------------------------------------------------------
-check: venv ## the inner loop: Python lint and type check, unit tests (no apt step, no root)
-	@if [ -f scripts/lint-python.sh ]; then bash scripts/lint-python.sh; fi
-	$(PYTEST) tests/unit $(PYTEST_FLAGS)
+check: ## the inner loop: Python lint and type check, unit tests (no apt step, no root)
+	@$(MAKE) --no-print-directory lint-python
+	@$(MAKE) --no-print-directory test-unit
 
 # make test: every test, from a fresh machine (installs what it needs first), in three stages:
 #   1. unit and integration tests (loopback: real OpenBao, ZooKeeper, TLS, processes)
@@ -48,7 +48,7 @@ test: bootstrap ## everything, in three stages: Python tests; lint and Molecule;
 test-python: bootstrap ## stage 1: unit and integration tests (loopback)
 	$(PYTEST) tests/unit tests/integration $(PYTEST_FLAGS)
 
-test-unit: bootstrap ## unit tests only
+test-unit: venv ## unit tests only (no apt step)
 	$(PYTEST) tests/unit $(PYTEST_FLAGS)
 
 test-integration: bootstrap ## integration tests only (real OpenBao, ZooKeeper, TLS on loopback)
@@ -57,6 +57,9 @@ test-integration: bootstrap ## integration tests only (real OpenBao, ZooKeeper, 
 lint: ## syntax check, yamllint, ansible-lint (production), shellcheck, Python lint
 	@bash scripts/deploy-lint.sh
 	@bash scripts/shellcheck.sh
+	@$(MAKE) --no-print-directory lint-python
+
+lint-python: venv ## Python lint and type check (scripts/lint-python.sh)
 	@if [ -f scripts/lint-python.sh ]; then bash scripts/lint-python.sh; fi
 
 deploy-lint: lint ## the same as lint
