@@ -6,6 +6,11 @@
 #                                pinned deployment tools of requirements-deploy.lock (Ansible, Molecule,
 #                                ansible-lint, yamllint), reinstalled only when the lock file changes
 #   vagrant_insecure_key private|public   the path of Vagrant's insecure key (the box, Molecule's SSH)
+#   as_root COMMAND...           runs COMMAND as root (through sudo when not root already)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
 
 apt_install() {
   local who=$1 p
@@ -17,11 +22,9 @@ apt_install() {
     echo "$who: missing Debian packages (not installed, HISTO_NO_APT=1): ${missing[*]}" >&2
     return 0
   fi
-  local sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   echo "$who: installing Debian packages: ${missing[*]}" >&2
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 DEPLOY_VENV=.venv-deploy

@@ -13,7 +13,6 @@ STATE=.histo/vagrant
 t0=$(date +%s)
 say() { echo "up: $*"; }
 [ -f "inventory/$HISTO_PROFILE/hosts.yml" ] || { echo "up: no inventory/$HISTO_PROFILE/hosts.yml" >&2; exit 2; }
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 
 # 1. Debian packages of the controller.
 apt_install up lxc vagrant vagrant-lxc debootstrap nftables dnsmasq-base iproute2 bridge-utils openssh-client
@@ -24,8 +23,8 @@ deploy_venv
 export PATH="$PWD/$DEPLOY_VENV/bin:$PATH"
 
 # 3. The box (built once, cached), the host networks.
-$SUDO bash vagrant/build-box.sh
-$SUDO bash vagrant/network.sh up
+as_root bash vagrant/build-box.sh
+as_root bash vagrant/network.sh up
 install -d -m 700 "$STATE"
 
 # 4. Machines first (vagrant-lxc boots them in parallel), then one Ansible run for all of them
