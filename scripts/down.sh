@@ -3,7 +3,8 @@
 # secrets (secret zero, tokens, bootstrap CA). Keeps the box and the wheel caches. Leaves no process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 export VAGRANT_DEFAULT_PROVIDER=lxc
 if command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then
   for inv in inventory/*/hosts.yml; do
@@ -11,7 +12,7 @@ if command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then
     HISTO_PROFILE=$profile HISTO_NO_PROVISION=1 vagrant destroy -f
   done
 fi
-$SUDO bash vagrant/network.sh down
+as_root bash vagrant/network.sh down
 state=.histo/vagrant
 rm -rf "$state/vault-init.json" "$state/root-token" "$state/issuer-token" "$state/env" "$state/ca.pem" \
        "$state/vault-spec.json" "$state/vault-tls" "$state/provision"

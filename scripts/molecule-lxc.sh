@@ -23,6 +23,8 @@ BASE=$MOL/base
 BOX=$ROOT/vagrant/box/histo-debian12-lxc.box
 LXCPATH=$(lxc-config lxc.lxcpath 2>/dev/null || echo /var/lib/lxc)
 say() { echo "molecule-lxc: $*" >&2; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 check_name() {
   [[ "$1" =~ ^mol-[a-z0-9-]+$ ]] || { say "refusing instance name '$1' (must be mol-[a-z0-9-]+)"; exit 2; }
@@ -109,7 +111,7 @@ case "${1:-}" in
     base_rootfs
     network_up
     key=$MOL/vagrant_insecure_key
-    install -m 600 "$(ls /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant | head -1)" "$key"
+    install -m 600 "$(vagrant_insecure_key private)" "$key"
     for pair in "$@"; do check_name "${pair%%=*}"; create_one "${pair%%=*}" "${pair#*=}"; done
     conf="# Molecule managed (scripts/molecule-lxc.sh)"$'\n'
     for pair in "$@"; do

@@ -9,12 +9,11 @@ ROOT=$PWD
 ALL="common firewall vault vault_config histo_app zookeeper histo"
 roles=${*:-$ALL}
 [ "$(id -u)" -eq 0 ] || { echo "molecule: run as root (LXC containers, a host bridge)" >&2; exit 2; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 # lxc + dnsmasq-base (lxcbr0), debootstrap + vagrant (the box and Vagrant's insecure key), clients.
-PKGS="lxc dnsmasq-base debootstrap vagrant iproute2 openssh-client curl openssl"
-for p in $PKGS; do
-  dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $PKGS >/dev/null; break; }
-done
-bash scripts/molecule-venv.sh
+apt_install molecule lxc dnsmasq-base debootstrap vagrant iproute2 openssh-client curl openssl
+deploy_venv
 export PATH="$ROOT/.venv-deploy/bin:$PATH" HISTO_ROOT=$ROOT ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 summary=""; t0=$(date +%s); rc=0
 for role in $roles; do

@@ -8,37 +8,23 @@ cd "$(dirname "$0")/.."
 export HISTO_PROFILE=${HISTO_PROFILE:-default}
 export VAGRANT_DEFAULT_PROVIDER=lxc
 STATE=.histo/vagrant
-DEPLOY_VENV=.venv-deploy
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 t0=$(date +%s)
 say() { echo "up: $*"; }
 [ -f "inventory/$HISTO_PROFILE/hosts.yml" ] || { echo "up: no inventory/$HISTO_PROFILE/hosts.yml" >&2; exit 2; }
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 
 # 1. Debian packages of the controller.
-PKGS="lxc vagrant vagrant-lxc debootstrap nftables dnsmasq-base iproute2 bridge-utils openssh-client"
-missing=""
-for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-if [ -n "$missing" ]; then
-  say "installing Debian packages:$missing"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
-fi
+apt_install up lxc vagrant vagrant-lxc debootstrap nftables dnsmasq-base iproute2 bridge-utils openssh-client
 
 # 2. The project's virtualenv (the controller's `histo`: Vault setup, provisioning, tokens) and
 #    Ansible, pinned, in its own virtualenv.
-bash scripts/bootstrap.sh
-stamp="$DEPLOY_VENV/.lock-$(sha256sum requirements-deploy.lock | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  say "installing Ansible (requirements-deploy.lock) into $DEPLOY_VENV"
-  [ -x "$DEPLOY_VENV/bin/python" ] || python3 -m venv "$DEPLOY_VENV"
-  "$DEPLOY_VENV/bin/pip" install -q --disable-pip-version-check -r requirements-deploy.lock
-  rm -f "$DEPLOY_VENV"/.lock-*; touch "$stamp"
-fi
+deploy_venv
 export PATH="$PWD/$DEPLOY_VENV/bin:$PATH"
 
 # 3. The box (built once, cached), the host networks.
-$SUDO bash vagrant/build-box.sh
-$SUDO bash vagrant/network.sh up
+as_root bash vagrant/build-box.sh
+as_root bash vagrant/network.sh up
 install -d -m 700 "$STATE"
 
 # 4. Machines first (vagrant-lxc boots them in parallel), then one Ansible run for all of them

@@ -5,10 +5,12 @@
 # components); metadata.json names the lxc provider and no template options.
 set -euo pipefail
 cd "$(dirname "$0")"
+# shellcheck source=scripts/lib.sh
+. ../scripts/lib.sh
 BOX=box/histo-debian12-lxc.box
 [ -f "$BOX" ] && { echo "box: $BOX exists"; exit 0; }
 MIRROR=${HISTO_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-KEY=$(ls /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub | head -1)
+KEY=$(vagrant_insecure_key public)
 work=$(mktemp -d /var/tmp/histo-box.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"

@@ -74,6 +74,11 @@ def cmd_zk_prepare(a) -> None:
     prepare(Path(a.config))
 
 
+def cmd_zk_exec(a) -> None:
+    from .zk.config import exec_server
+    exec_server(Path(a.config))
+
+
 def cmd_token_issue(a) -> None:
     from .edge.tokens import issue_token, parse_ttl
     client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
@@ -155,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("HISTO_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    for name, fn in (("master", cmd_master), ("worker", cmd_worker), ("zk-prepare", cmd_zk_prepare)):
+    for name, fn in (("master", cmd_master), ("worker", cmd_worker), ("zk-prepare", cmd_zk_prepare),
+                     ("zk-exec", cmd_zk_exec)):
         s = sub.add_parser(name)
         s.add_argument("--config", required=True)
         s.set_defaults(fn=fn)

@@ -1,8 +1,14 @@
 """ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode): TLS-only client port (no plain port), client certificates required,
 digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
-keys into `zookeeper.*` system properties, so it never appears on the java command line)."""
+keys into `zookeeper.*` system properties, so it never appears on the java command line).
+
+The JVM command line has one definition, `ZkConfig.command()`: local mode spawns it, and on machines
+the unit's ExecStart is `histo zk-exec --config zk.json`, which builds it from the same JSON as
+`histo zk-prepare` and execs java in place (systemd tracks java's own pid)."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from ..files import private_dir, write_private as _write_private
@@ -12,6 +18,10 @@ ZK_JAR = "/usr/share/java/zookeeper.jar"
 # Debian's zookeeper.jar manifest misses what the TLS (Netty) server needs, and any log binding.
 EXTRA_JARS = ["netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-simple"]
 JAVA = shutil.which("java") or "/usr/bin/java"
+# Small heap, serial GC and the C1 compiler only: a coordination service that starts in seconds.
+JVM_OPTIONS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+               "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true"]
+MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
 class ZkServerError(RuntimeError):
@@ -20,12 +30,19 @@ class ZkServerError(RuntimeError):
 
 class ZkConfig:
     def __init__(self, state_dir: Path, address: str, secure_port: int = 2281, server_id: int = 1,
-                 peers: list[dict] | None = None) -> None:
+                 peers: list[dict] | None = None, heap: str = "256m") -> None:
         self.dir = Path(state_dir)
         self.address, self.port, self.server_id = address, secure_port, server_id
         self.peers = peers or []  # [{"id": 1, "address": "...", "quorum_port": 2888, "election_port": 3888}]
+        self.heap = heap
         self.cfg_path = self.dir / "conf" / "zoo.cfg"
         self.pid_path = self.dir / "zk.pid"
+
+    @classmethod
+    def from_json(cls, cfg: dict) -> ZkConfig:
+        """From a machine's zk.json (roles/zookeeper/templates/zk.json.j2)."""
+        return cls(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
+                   server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"))
 
     def write_config(self, cert_pem: str, key_pem: str, ca_pem: str, super_digest: str) -> None:
         conf = self.dir / "conf"
@@ -77,7 +94,13 @@ class ZkConfig:
             "log4j.appender.FILE.layout.ConversionPattern=%d{ISO8601} %p [%t] %c{1}: %m%n\n")
 
     def command(self) -> list[str]:
-        return [JAVA, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true",
+        """The server's argv: no secret on it (the super digest stays in the 0600 zoo.cfg)."""
+        return [JAVA, f"-Xmx{self.heap}", *JVM_OPTIONS,
                 "-cp", ":".join([str(self.dir / "conf"), ZK_JAR] + [f"/usr/share/java/{j}.jar" for j in EXTRA_JARS]),
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.cfg_path)]
+                MAIN_CLASS, str(self.cfg_path)]
+
+
+def exec_server(config_path: Path) -> None:
+    """`histo zk-exec` (the unit's ExecStart): replace this process by the ZooKeeper server."""
+    argv = ZkConfig.from_json(json.loads(Path(config_path).read_text())).command()
+    os.execv(argv[0], argv)

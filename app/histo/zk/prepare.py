@@ -28,8 +28,7 @@ def prepare_local(zk: ZkConfig, vault_url: str, vault_ca: str, creds_dir: Path, 
 def prepare(config_path: Path) -> None:
     """Deployment entry point. The JSON config names the host, Vault, and the ensemble."""
     cfg = json.loads(config_path.read_text())
-    zk = ZkConfig(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
-                  server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"))
+    zk = ZkConfig.from_json(cfg)
     vault = ServiceVault(cfg["vault_url"], cfg["vault_ca"], host=cfg["name"], role="zookeeper",
                          creds_dir=Path(cfg["creds_dir"]), source_address=cfg["address"])
     _write_from_vault(zk, vault)
