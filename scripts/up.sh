@@ -51,30 +51,25 @@ port = inv["all"]["vars"]["histo_ports"]["vault"]
 print(next(f"https://{v['histo_address']}:{port}" for v in inv["all"]["children"]["vault"]["hosts"].values()))
 PY
 )
-umask 077
+workers=$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
+import sys, yaml
+inv = yaml.safe_load(open(f"inventory/{sys.argv[1]}/hosts.yml"))
+print(len(inv["all"]["children"]["workers"]["hosts"]))
+PY
+)
+urls=()
+IFS=, read -r -a masters_list <<< "$master"
+for u in "${masters_list[@]}"; do urls+=(--url "$u"); done
+# Ready means ready: every master counts every master and worker as a live process and names a
+# leader that answered it; only then is the cluster announced (and an upload accepted at once).
+.venv/bin/histo wait-ready "${urls[@]}" --ca "$STATE/ca.pem" --workers "$workers" \
+  --masters "${#masters_list[@]}" --timeout "${HISTO_READY_TIMEOUT:-180}"
+# The operator's env file (0600): one writer for make local and make up (`histo env write`); tokens
+# signed by Vault's transit key with the controller's issuer token (policy histo-token-issuer).
 env_file="$STATE/env"
-{
-  echo "HISTO_URL=${master%%,*}"
-  echo "HISTO_URLS=$master"
-  echo "HISTO_CA=$PWD/$STATE/ca.pem"
-  echo "HISTO_PROFILE=$HISTO_PROFILE"
-} > "$env_file.tmp"
-# Tokens come from the app's `histo token issue` (signed by Vault's transit key with the
-# controller's issuer token, policy histo-token-issuer). Guarded: without it the cluster is still up.
-if [ -x .venv/bin/histo ] && .venv/bin/histo token issue --help >/dev/null 2>&1 && [ -s "$STATE/issuer-token" ]; then
-  for pair in admin:admin uploader:alice viewer:victor; do
-    role=${pair%%:*}; subject=${pair#*:}
-    if tok=$(.venv/bin/histo token issue --role "$role" --subject "$subject" --ttl "${HISTO_TOKEN_TTL:-1h}" \
-               --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" --token-file "$STATE/issuer-token"); then
-      echo "HISTO_TOKEN_${role^^}=$tok" >> "$env_file.tmp"
-    else
-      echo "up: warning: no $role token (histo token issue failed)" >&2
-    fi
-  done
-else
-  echo "up: warning: histo token issue is not available: the env file has no tokens" >&2
-fi
-mv "$env_file.tmp" "$env_file"; chmod 600 "$env_file"
+.venv/bin/histo env write --out "$env_file" "${urls[@]}" --ca "$PWD/$STATE/ca.pem" \
+  --set "HISTO_PROFILE=$HISTO_PROFILE" --ttl "${HISTO_TOKEN_TTL:-1h}" \
+  --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" --token-file "$STATE/issuer-token" >/dev/null
 
 say "machines $((t2 - t1)) s, provisioning $((t3 - t2)) s, total $(( $(date +%s) - t0 )) s (profile $HISTO_PROFILE)"
 cat <<MSG

@@ -88,6 +88,8 @@ def cmd_token_issue(a) -> None:
 def cmd_env_write(a) -> None:
     from .durations import parse_duration
     from .envfile import write_env
+    if any("=" not in kv for kv in a.set):
+        raise SystemExit("histo: env write: --set takes KEY=VALUE")
     extra = dict(kv.split("=", 1) for kv in a.set)
     write_env(Path(a.out), a.url, Path(a.ca), _vault_client(a.vault_url, a.vault_ca, a.token_file),
               parse_duration(a.ttl), extra)
@@ -142,6 +144,12 @@ def cmd_receipt_verify(a) -> None:
 
 def cmd_receipt_keys(a) -> None:
     print(json.dumps(_receipt_keys(a), indent=1, sort_keys=True))
+
+
+def cmd_wait_ready(a) -> None:
+    from .readiness import wait_ready
+    wait_ready(a.url, Path(a.ca), a.workers, a.masters, a.timeout)
+    print(json.dumps({"ready": a.url}))
 
 
 def cmd_local(a) -> None:
@@ -223,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = rec.add_parser("keys", help="print the receipt public keys (kid -> PEM) for offline verification")
     receipt_vault_args(s)
     s.set_defaults(fn=cmd_receipt_keys)
+
+    s = sub.add_parser("wait-ready", help="until an upload through every master would be accepted (live members only)")
+    s.add_argument("--url", action="append", required=True, help="a master's public URL (repeat)")
+    s.add_argument("--ca", required=True)
+    s.add_argument("--workers", type=int, required=True)
+    s.add_argument("--masters", type=int, required=True)
+    s.add_argument("--timeout", type=float, default=120.0)
+    s.set_defaults(fn=cmd_wait_ready)
 
     s = sub.add_parser("local")
     s.add_argument("action", choices=("up", "down", "status"))

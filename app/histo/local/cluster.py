@@ -6,17 +6,15 @@ secret files 0600; `down` stops exactly the processes whose pid files `up` wrote
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import hvac
 
 from .. import TRUST_DOMAIN, envfile
 from ..files import private_dir, write_private
+from ..readiness import wait_ready
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
 from ..vault.setup import apply as vault_apply
@@ -92,7 +90,7 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
         _say(f"started {', '.join(started)}")
 
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
-    wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, root=root)
+    wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
     env = write_env(root, admin, urls)
     total = time.perf_counter() - t_start
     _say(f"ready in {total:.1f}s — {urls[0]}  (env: {root / 'env'})")
@@ -112,45 +110,6 @@ def write_env(root: Path, admin, urls: list[str]) -> dict:
     tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL)
     return {"HISTO_URL": urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),
             **{f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()}}
-
-
-def wait_ready(urls: list[str], ca: Path, workers: int, masters: int, timeout: float,
-               root: Path | None = None) -> None:
-    """Every master answers ready, names a leader that answered it as leader, and counts every
-    master and worker as live — a process that answered with the incarnation of its own node, not a
-    node left by a previous process (those linger until their session expires). On timeout, one line
-    naming what is not ready, and why from its log."""
-    ctx = ssl.create_default_context(cafile=str(ca))
-    deadline = time.time() + timeout
-    last = ""
-    while time.time() < deadline:
-        ok = 0
-        for url in urls:
-            try:
-                doc = _readyz(url, ctx)
-                checks = doc["checks"]
-                seen = (checks["workers"]["count"], checks["masters"]["count"])
-                if doc.get("_status") == 200 and seen == (workers, masters):
-                    ok += 1
-                else:
-                    why = "; ".join(doc.get("reasons") or []) or "waiting"
-                    last = f"{url}: {seen[0]}/{workers} workers and {seen[1]}/{masters} masters live ({why})"
-            except Exception as exc:
-                last = f"{url}: {exc}"
-        if ok == len(urls):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"cluster not ready after {timeout:.0f}s: {diagnose(root) if root else ''}{last}")
-
-
-def _readyz(url: str, ctx: ssl.SSLContext) -> dict:
-    try:
-        with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=3) as resp:
-            doc, status = json.loads(resp.read()), resp.status
-    except urllib.error.HTTPError as exc:  # 503 carries the checks too
-        doc, status = json.loads(exc.read() or b"{}"), exc.code
-    doc["_status"] = status
-    return doc
 
 
 def diagnose(root: Path) -> str:
