@@ -16,12 +16,12 @@ def compromised_worker(d: Target) -> Outcome:
     reach = ([[w2.address, d.ports["internal"]]] + [[m.address, d.ports["public"]] for m in masters]
              + [[m.address, d.ports["internal"]] for m in masters])
     r = d.inside(w1.name, "compromised", {"master": masters[0].name, "other_worker": w2.name, "job": job["id"],
-                                          "reach": reach})
+                                          "worker": w1.name, "reach": reach})
     forbidden_reach = {f"{a}:{p}" for a, p in reach[:1 + len(masters)]}
     dropped = [k for k in forbidden_reach if r["reach"][k] == "timeout"]
     internal_ok = all(r["reach"][f"{m.address}:{d.ports['internal']}"] == "open" for m in masters)
     held = (not r["vault_allowed"] and not r["zk_allowed"] and len(dropped) == len(forbidden_reach)
-            and len(r["legit"]) == 3 and internal_ok)
+            and len(r["legit"]) == 4 and internal_ok)
     return Outcome("compromised worker",
                    f"as root in {w1.name} with its own files and Vault login: "
                    f"{len(r['vault_refused']) + len(r['vault_allowed'])} privileged Vault calls, "

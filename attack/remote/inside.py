@@ -217,7 +217,7 @@ def compromised(p: dict) -> dict:
         jobs = zk.get_children("/histo/jobs")
         legit.append("list jobs in ZooKeeper")
         target = p["job"] if p["job"] in jobs else None
-        w2, _ = zk.get("/histo/workers/" + p["other_worker"])
+        w2, _ = zk.get("/histo/workers/" + p["other_worker"] + "/member")
 
         def try_zk(what, fn, undo=None):
             try:
@@ -232,7 +232,16 @@ def compromised(p: dict) -> dict:
         try_zk("join the leader election",
                lambda: r.__setitem__("created", zk.create("/histo/election/x-", b"w", ephemeral=True, sequence=True)),
                lambda: zk.delete(r.pop("created")))
-        try_zk("rewrite another worker's membership", lambda: zk.set("/histo/workers/" + p["other_worker"], w2))
+        try_zk("rewrite another worker's membership",
+               lambda: zk.set("/histo/workers/" + p["other_worker"] + "/member", w2))
+        try_zk("squat another worker's membership slot",
+               lambda: zk.create("/histo/workers/" + p["other_worker"] + "/ghost", w2, ephemeral=True))
+        try_zk("register a ghost member", lambda: zk.create("/histo/workers/ghost1", w2, ephemeral=True),
+               lambda: zk.delete("/histo/workers/ghost1"))
+        own = "/histo/workers/" + p["worker"] + "/member"
+        mine, _ = zk.get(own)
+        zk.set(own, mine)
+        legit.append("rewrite its own membership node")
         try_zk("add to the token revocation list",
                lambda: zk.create("/histo/revoked/drill-" + os.urandom(4).hex(), b""))
     finally:
