@@ -10,6 +10,8 @@ import pytest
 
 from attack.deployed import DeployedCluster, Machine
 
+from .api import upload, wait_ready
+
 LOADED = re.compile(r"certificate (\S+) loaded")
 
 
@@ -61,6 +63,17 @@ def test_killed_service_is_restarted_by_systemd_with_a_fresh_certificate(cluster
     _wait_port(host, cluster.ports["internal"])
     # The address-bound secret_id was reused, not re-delivered: no wrapped secret_id is waiting.
     assert host.run("test -e /var/lib/histo/creds/secret_id.wrap", check=False).returncode != 0
+    _ready_and_accepting(cluster)
+
+
+def _ready_and_accepting(cluster: DeployedCluster) -> None:
+    """Once the cluster says ready (live members only), the first upload is accepted at once."""
+    token = cluster.env.get("HISTO_TOKEN_UPLOADER")
+    if not token:
+        pytest.skip("no uploader token in the env file")
+    wait_ready(cluster)
+    status, raw = upload(cluster, token)
+    assert status == 202, raw
 
 
 def test_rebooted_machine_comes_back_with_a_fresh_certificate(cluster: DeployedCluster):
@@ -79,3 +92,4 @@ def test_rebooted_machine_comes_back_with_a_fresh_certificate(cluster: DeployedC
     serial = _wait_new_identity(host, before, timeout=180)
     assert serial not in before
     _wait_port(host, cluster.ports["internal"])
+    _ready_and_accepting(cluster)

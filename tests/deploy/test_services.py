@@ -4,40 +4,16 @@ from __future__ import annotations
 
 import json
 import ssl
-import struct
 import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 
 import pytest
 
 from attack.deployed import DeployedCluster
 
-
-def _png(width: int = 64, height: int = 48) -> bytes:
-    """A small RGB gradient, built by hand (no imaging library in the deploy virtualenv)."""
-    raw = b"".join(b"\x00" + bytes(v for x in range(width) for v in ((x * 3) % 200 + 20, (y * 5) % 150 + 40, 90))
-                   for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-def _request(cluster: DeployedCluster, method: str, path: str, token: str | None = None, body: bytes | None = None,
-             headers: dict | None = None):
-    ctx = ssl.create_default_context(cafile=cluster.env["HISTO_CA"])
-    req = urllib.request.Request(cluster.env["HISTO_URL"] + path, data=body, method=method, headers=headers or {})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-            return resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), exc.headers
+from .api import png as _png, request as _request
 
 
 def test_env_file_is_private_and_complete(cluster: DeployedCluster):

@@ -1,0 +1,74 @@
+"""The deployed cluster's public API as the operator meets it (stdlib only: the deploy virtualenv has
+no imaging library and no histo package): requests with the env file's CA and tokens, a small PNG,
+an upload, and the same readiness the operator's `make up` waits for (live members only)."""
+from __future__ import annotations
+
+import json
+import ssl
+import struct
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from email.message import Message
+
+from attack.deployed import DeployedCluster
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    """A small RGB gradient, built by hand."""
+    raw = b"".join(b"\x00" + bytes(v for x in range(width) for v in ((x * 3) % 200 + 20, (y * 5) % 150 + 40, 90))
+                   for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def request(cluster: DeployedCluster, method: str, path: str, token: str | None = None, body: bytes | None = None,
+            headers: dict[str, str] | None = None, url: str | None = None,
+            timeout: float = 30) -> tuple[int, bytes, Message]:
+    ctx = ssl.create_default_context(cafile=cluster.env["HISTO_CA"])
+    req = urllib.request.Request((url or cluster.env["HISTO_URL"]) + path, data=body, method=method,
+                                 headers=headers or {})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
+            return resp.status, resp.read(), resp.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers
+
+
+def upload(cluster: DeployedCluster, token: str, image: bytes | None = None) -> tuple[int, bytes]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"t.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + (image or png()) + f"\r\n--{boundary}--\r\n".encode()
+    status, raw, _h = request(cluster, "POST", "/api/v1/jobs", token, body,
+                              {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return status, raw
+
+
+def wait_ready(cluster: DeployedCluster, timeout: float = 180) -> None:
+    """What `make up` waits for before it returns: every master ready, counting every master and
+    worker of the inventory as a live process, with a leader that answered it."""
+    urls = cluster.env["HISTO_URLS"].split(",")
+    want = (len(cluster.group("workers")), len(cluster.group("masters")))
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        ok = 0
+        for url in urls:
+            try:
+                status, raw, _h = request(cluster, "GET", "/readyz", url=url, timeout=5)
+                checks = json.loads(raw)["checks"]
+                seen = (checks["workers"]["count"], checks["masters"]["count"])
+                ok += status == 200 and seen == want
+                last = f"{url}: {status} {seen}"
+            except (OSError, ValueError, KeyError) as exc:
+                last = f"{url}: {exc}"
+        if ok == len(urls):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the cluster is not ready after {timeout:.0f}s ({last})")
