@@ -7,13 +7,12 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 
 from attack.deployed import DeployedCluster
 
-from .api import png as _png, request as _request
+from .api import request as _request, upload
 
 
 def test_env_file_is_private_and_complete(cluster: DeployedCluster):
@@ -31,11 +30,7 @@ def test_upload_over_https_from_the_controller(cluster: DeployedCluster):
         pytest.skip("no uploader token in the env file")
     status, _b, _h = _request(cluster, "GET", "/readyz")
     assert status == 200
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"t.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + _png() + f"\r\n--{boundary}--\r\n".encode()
-    status, raw, _h = _request(cluster, "POST", "/api/v1/jobs", token, body,
-                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, raw = upload(cluster, token)
     assert status == 202, raw
     job = json.loads(raw)["id"]
     deadline = time.time() + 60
