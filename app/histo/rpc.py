@@ -8,6 +8,7 @@ from typing import Awaitable, Callable, NamedTuple
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .edge.middleware import Handler, json_error
 
@@ -54,7 +55,8 @@ class PeerRefused(Exception):
     """The server we called is not who it must be, or refused us."""
 
 
-_expected: ContextVar[tuple[str, ...]] = ContextVar("histo_expected_roles", default=())
+# (roles, host) the server of the current call must have: checked at the handshake, before a byte is sent
+_expected: ContextVar[tuple[tuple[str, ...], str | None]] = ContextVar("histo_expected", default=((), None))
 
 
 class IdentityConnector(aiohttp.TCPConnector):
@@ -71,9 +73,11 @@ class IdentityConnector(aiohttp.TCPConnector):
         transport, proto = await super()._create_direct_connection(req, traces, timeout, **kwargs)
         try:
             ident = identity_from_peercert(transport.get_extra_info("peercert"), self.trust_domain)
-            roles = _expected.get()
+            roles, host = _expected.get()
             if roles and ident.role not in roles:
                 raise IdentityError(f"{ident.uri} is not a {'/'.join(roles)}")
+            if host is not None and ident.host != host:
+                raise IdentityError(f"{ident.uri} is not {host}")
         except IdentityError as exc:
             transport.close()
             raise PeerRefused(f"server identity refused: {exc}") from None
@@ -107,7 +111,15 @@ class InternalClient:
         """`expect_host`: the server must also be that host (the member the caller looked up), not
         merely some service of the right role. `max_body`: a longer answer is refused unread."""
         session = self._get_session()
-        token = _expected.set(expect_roles)
+        # A pooled connection was checked when it was made, maybe for another call: check what it is
+        # known to be against this call's expectations before its body goes out.
+        target = URL(url)
+        known = session.connector.identities.get((target.host, target.port))  # type: ignore[union-attr]
+        if known is not None and (known.role not in expect_roles
+                                  or (expect_host is not None and known.host != expect_host)):
+            raise PeerRefused(f"server identity refused: {known.uri} is not "
+                              f"{expect_host or '/'.join(expect_roles)}")
+        token = _expected.set((expect_roles, expect_host))
         kw = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5))} if timeout else {}
         try:
             async with session.request(method, url, headers=headers, data=data, json=json, **kw) as resp:
