@@ -12,10 +12,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .deployed import outsider
 from .outcome import Outcome
 from .target import Target, gray_noise, summ
+
+if TYPE_CHECKING:
+    import hvac
 
 NETNS, VETH = "histo-drill", "histo-drl0"
 # The flood comes from addresses that are no cluster machine's (.99 is the segmentation test's outsider), fresh
@@ -33,6 +37,7 @@ def flood(d: Target) -> Outcome:
         errors = tempfile.TemporaryFile(mode="w+")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(FLOOD_CLIENT)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert proc.stdin is not None and proc.stdout is not None  # both PIPE
         proc.stdin.write(json.dumps({"url": url, "ca": d.api.ca, "a": a, "b": b,
                                      "token": flooder, "n": 40, "m": 60}) + "\n")
         proc.stdin.close()
@@ -60,7 +65,7 @@ def flood(d: Target) -> Outcome:
 
 
 # -- Vault sealed ---------------------------------------------------------------------------------------
-def _readyz(d: Target) -> dict[str, dict]:
+def _readyz(d: Target) -> dict[str, dict[str, Any]]:
     out = {}
     for u in d.api.urls:
         try:
@@ -71,7 +76,7 @@ def _readyz(d: Target) -> dict[str, dict]:
     return out
 
 
-def _unseal(root, state: Path) -> bool:
+def _unseal(root: hvac.Client, state: Path) -> bool:
     init = json.loads((state / "vault-init.json").read_text())
     for key in init["keys"]:
         if not root.sys.read_seal_status()["sealed"]:

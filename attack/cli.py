@@ -12,6 +12,7 @@ code that runs inside a machine is attack/remote/inside.py (see target.py). Only
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -32,7 +33,7 @@ DRILLS = tuple(FUNCTIONS)
 
 def post_event(d: Target, result: Outcome) -> str:
     """One `drill` SecOps event per drill, on every master (each serves its own dashboard)."""
-    answers = {}
+    answers: dict[str, int | str] = {}
     for u in d.api.urls:
         try:
             answers[u] = d.api.request("POST", "/api/v1/events", token=d.api.token("admin"), body=result.event_body(),
@@ -70,7 +71,7 @@ def main() -> None:
     print(f"attack: {len(names)} drill(s) against the deployed cluster ({d.profile} profile, {len(d.machines)} "
           f"machines); answers via {d.api.url}", flush=True)
     t0 = time.monotonic()
-    results = run_drills([(n, lambda n=n: FUNCTIONS[n](d)) for n in names], post=lambda r: post_event(d, r),
+    results = run_drills([(n, functools.partial(FUNCTIONS[n], d)) for n in names], post=lambda r: post_event(d, r),
                          out=lambda line: print(line, flush=True))
     print(f"{summary(results)} (wall clock {time.monotonic() - t0:.0f}s)")
     if a.json:

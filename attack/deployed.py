@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_NET = ipaddress.ip_network("192.168.56.0/24")
@@ -41,18 +42,20 @@ def read_env(root: Path = ROOT) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def load_inventory(profile: str, root: Path = ROOT) -> dict:
+def load_inventory(profile: str, root: Path = ROOT) -> dict[str, Any]:
     """inventory/<profile>/hosts.yml as a dict."""
     path = root / "inventory" / profile / "hosts.yml"
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]  # PyYAML ships no type information
     except ImportError:  # the app's .venv: ask the deployment's virtualenv for JSON
         out = subprocess.run([str(root / ".venv-deploy" / "bin" / "python"), "-c",
                               "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
                               str(path)], capture_output=True, text=True, timeout=30, check=True)
-        return json.loads(out.stdout)
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
     try:
-        return yaml.safe_load(path.read_text())
+        loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+        return loaded
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: {exc}") from exc
 
@@ -91,12 +94,13 @@ class Machine:
     address: str
     container: str
 
-    def attach(self, argv: list[str], *, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def attach(self, argv: list[str], *, input: str | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """`argv` inside the machine (lxc-attach: the same network namespace an SSH session would have)."""
         return subprocess.run(["lxc-attach", "-n", self.container, "--clear-env", "--", *argv], input=input,
                               capture_output=True, text=True, timeout=timeout)
 
-    def run(self, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A shell command inside the machine; with `check`, a non-zero exit fails the calling test."""
         proc = self.attach(["/bin/sh", "-c", command], timeout=timeout)
         if check and proc.returncode != 0:
@@ -107,7 +111,7 @@ class Machine:
 @dataclass(frozen=True)
 class DeployedCluster:
     profile: str
-    inventory: dict = field(repr=False)
+    inventory: dict[str, Any] = field(repr=False)
     machines: dict[str, Machine] = field(repr=False)
     env: dict[str, str] = field(repr=False)  # holds tokens: never in a failure report
     root: Path = ROOT
@@ -145,11 +149,13 @@ class DeployedCluster:
 
     @property
     def ports(self) -> dict[str, int]:
-        return self.inventory["all"]["vars"]["histo_ports"]
+        ports: dict[str, int] = self.inventory["all"]["vars"]["histo_ports"]
+        return ports
 
     @property
     def controller(self) -> str:
-        return self.inventory["all"]["vars"]["histo_controller_address"]
+        address: str = self.inventory["all"]["vars"]["histo_controller_address"]
+        return address
 
     def group(self, name: str) -> list[Machine]:
         return [m for m in self.machines.values() if m.group == name]

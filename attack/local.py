@@ -8,6 +8,7 @@ secret_id) and its credentials; and, for the network drill, a packet capture on 
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import socket
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import hvac
 from kazoo.exceptions import NoAuthError
@@ -30,11 +32,12 @@ from .outcome import Outcome, run_drills, summary
 
 
 def _net(cl: Cluster) -> str:
-    return json.loads((cl.root / "topology.json").read_text())["net"]
+    net: str = json.loads((cl.root / "topology.json").read_text())["net"]
+    return net
 
 
 def _internal(cl: Cluster, target: str, path: str, as_service: str, source: str, method: str = "GET",
-              body: bytes = b"", headers: dict | None = None, cert_dir: Path | None = None) -> int:
+              body: bytes = b"", headers: dict[str, str] | None = None, cert_dir: Path | None = None) -> int:
     cfg = cl.config(target)
     tls = cert_dir or cl.service_dir(as_service) / "tls"
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
@@ -138,6 +141,8 @@ def compromised_worker_zookeeper(cl: Cluster) -> Outcome:
                                                    raise_on_deleted_version=True)["data"]["data"]
     zk = zk_client(cl, "worker1", (creds["username"], creds["password"]))
     refused: list[str] = []
+    jobs: list[str]  # read below, before the first attempt runs
+    attempts: tuple[tuple[str, Callable[[], object]], ...]
     attempts = (("delete a job", lambda: zk.delete(f"/histo/jobs/{jobs[0]}", recursive=True) if jobs
                  else zk.delete("/histo/jobs")),
                 ("join the election", lambda: zk.create("/histo/election/x-", b"w", ephemeral=True, sequence=True)),
@@ -187,6 +192,7 @@ def forged_result(cl: Cluster) -> Outcome:
         zk.stop()
         zk.close()
     leader = cl.leader()
+    assert leader is not None, "no leader master"
     statuses = []
     for n, t in tasks.items():
         hdr = {"X-Histo-Job": doc["id"], "X-Histo-Task": str(n), "X-Histo-Attempt": t["attempt"],
@@ -291,6 +297,7 @@ def vault_sealed(cl: Cluster) -> Outcome:
 
 
 def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome]:
+    drills: list[tuple[str, Callable[[Cluster], Outcome]]]
     drills = [("eavesdrop", eavesdrop), ("stolen certificate", stolen_certificate),
               ("compromised worker vs Vault", compromised_worker_vault),
               ("compromised worker vs ZooKeeper", compromised_worker_zookeeper),
@@ -300,7 +307,7 @@ def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome
               ("revoked token", revoked_token), ("flood", flood)]
     if disruptive:
         drills.append(("Vault sealed", vault_sealed))
-    return run_drills([(name, lambda d=d: d(cl)) for name, d in drills], post=lambda r: _post(cl, r))
+    return run_drills([(name, functools.partial(d, cl)) for name, d in drills], post=lambda r: _post(cl, r))
 
 
 def _post(cl: Cluster, result: Outcome) -> str:

@@ -54,12 +54,12 @@ def _tls_coverage(data: bytes) -> float:
     return covered / len(data) if data else 1.0
 
 
-def _streams(tshark: str, pcap: Path) -> dict[tuple, bytearray]:
+def _streams(tshark: str, pcap: Path) -> dict[tuple[str, ...], bytearray]:
     fields = subprocess.run(
         [tshark, "-r", str(pcap), "-n", "-Y", "tcp.len > 0 && !tcp.analysis.retransmission", "-T", "fields",
          "-E", "separator=/t", "-e", "tcp.stream", "-e", "ip.src", "-e", "tcp.srcport", "-e", "ip.dst",
          "-e", "tcp.dstport", "-e", "tcp.payload"], capture_output=True, text=True, timeout=300, check=True)
-    flows: dict[tuple, bytearray] = {}
+    flows: dict[tuple[str, ...], bytearray] = {}
     for line in fields.stdout.splitlines():
         parts = line.split("\t")
         if len(parts) < 6 or not parts[5]:
@@ -75,6 +75,7 @@ def eavesdrop(d: Target) -> Outcome:
     pcap = tmp / "bridge.pcap"
     cap = subprocess.Popen([tshark, "-i", BRIDGE, "-n", "-q", "-f", f"net {CLUSTER_NET}", "-w", str(pcap)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert cap.stderr is not None  # PIPE
     try:
         deadline = time.time() + 20
         while time.time() < deadline and not (pcap.exists() and pcap.stat().st_size > 0):

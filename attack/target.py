@@ -11,9 +11,13 @@ import ipaddress
 import json
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .deployed import CLUSTER_NET, DeployedCluster, Machine
 from .remote import inside as remote
+
+if TYPE_CHECKING:
+    import hvac
 
 MACHINE_PYTHON = "/opt/histo/bin/python"  # roles/histo_app: histo_app_venv
 INSIDE = Path(remote.__file__)
@@ -57,7 +61,7 @@ class Target:
     def token(self, role: str, subject: str, ttl: int = 600) -> str:
         return self._issue_token(self._issuer, role=role, subject=subject, ttl_seconds=ttl)
 
-    def root_vault(self):
+    def root_vault(self) -> hvac.Client:
         import hvac
         return hvac.Client(url=self.vault_url, verify=self.vault_ca,
                            token=(self.cluster.state / "root-token").read_text().strip())
@@ -68,17 +72,19 @@ class Target:
             raise RuntimeError("no leader master known")
         return self.machines[name]
 
-    def inside(self, name: str, task: str, payload: dict | None = None, timeout: float = 120) -> dict:
+    def inside(self, name: str, task: str, payload: dict[str, Any] | None = None,
+               timeout: float = 120) -> dict[str, Any]:
         """Runs `task` of attack/remote/inside.py in machine `name` with its histo Python; its answer."""
         stdin = json.dumps({"task": task, "payload": payload or {}}) + "\n" + INSIDE.read_text()
         proc = self.machines[name].attach([MACHINE_PYTHON, "-c", BOOT], input=stdin, timeout=timeout)
         for line in reversed(proc.stdout.splitlines()):
             if line.startswith(remote.ANSWER):
-                return json.loads(line[len(remote.ANSWER):])
+                answer: dict[str, Any] = json.loads(line[len(remote.ANSWER):])
+                return answer
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"in {name}: exit {proc.returncode}: {last[:300]}")
 
-    def upload(self, image: bytes, mode: str = "gray", token: str | None = None) -> dict:
+    def upload(self, image: bytes, mode: str = "gray", token: str | None = None) -> dict[str, Any]:
         """An upload that must be accepted, and its finished job."""
         status, doc = self.api.upload(image, mode=mode, token=token, filename="drill.png", content_type="image/png")
         if status != 202:
@@ -103,9 +109,9 @@ def tcp(address: str, port: int, timeout: float = 2.0) -> str:
     return remote.tcp(address, port, timeout)
 
 
-def summ(values: list) -> str:
+def summ(values: list[Any]) -> str:
     """`2x403, 1x409`: how often each value came back, in order of first appearance."""
-    counts: dict = {}
+    counts: dict[Any, int] = {}
     for v in values:
         counts[v] = counts.get(v, 0) + 1
     return ", ".join(f"{n}x{v}" for v, n in counts.items()) or "nothing"

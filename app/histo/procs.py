@@ -1,4 +1,5 @@
-"""Processes started by local mode and the tests (OpenBao, ZooKeeper, the services), tracked by pid files so `down` stops exactly what `up` started."""
+"""Processes started by local mode and the tests (OpenBao, ZooKeeper, the services), tracked by pid
+files so `down` stops exactly what `up` started."""
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def started(pid_path: Path) -> bool:
     return pid is not None and _running(pid)
 
 
-def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict | None = None) -> int:
+def spawn(argv: list[str], log_path: Path, pid_path: Path, env: dict[str, str] | None = None) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,

@@ -4,10 +4,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from contextvars import ContextVar
-from typing import Awaitable, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from .edge.middleware import Handler, json_error
@@ -39,9 +40,6 @@ def peer_check(trust_domain: str, allowed: Callable[[web.Request], tuple[str, ..
             raise json_error(403, "forbidden", "this peer identity may not call this endpoint") from None
         return await handler(request)
     return check
-
-
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Reply(NamedTuple):

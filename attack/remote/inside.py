@@ -17,11 +17,17 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
+    from histo.vault.client import ServiceVault
 
 ANSWER = "@@R@@"
-CFG: dict = {}  # /etc/histo/<role>.json, loaded by main()
+CFG: dict[str, Any] = {}  # /etc/histo/<role>.json, loaded by main()
 RESULT_HEADERS = {"X-Histo-Job": "0" * 24, "X-Histo-Task": "0", "X-Histo-Attempt": "0" * 16,
                   "X-Histo-Phase": "hist", "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
                   "X-Histo-Reply-To": "https://127.0.0.1:1"}
@@ -36,21 +42,21 @@ def creds_dir() -> Path:
     return Path(CFG["creds_dir"])
 
 
-def service_vault(creds=None, host=None, role=None):
+def service_vault(creds: Path | str | None = None, host: str | None = None, role: str | None = None) -> ServiceVault:
     from histo.vault.client import ServiceVault
     return ServiceVault(CFG["vault_url"], CFG["vault_ca"], host=host or CFG["name"], role=role or CFG["role"],
                         creds_dir=Path(creds or creds_dir()), source_address=CFG["address"],
                         trust_domain=CFG["trust_domain"])
 
 
-def drop(v) -> None:
+def drop(v: ServiceVault) -> None:
     try:
         v.client.auth.token.revoke_self()
     except Exception:
         pass
 
 
-def login(v) -> str:
+def login(v: ServiceVault) -> str:
     """"logged in", or why Vault refused the login."""
     from histo.vault.client import VaultAuthError
     try:
@@ -78,7 +84,9 @@ def tls_files(cert: str, key: str, ca: str) -> dict[str, str]:
     return {"cert.pem": cert, "key.pem": key, "ca.pem": ca}
 
 
-def https(addr, port, path, method="GET", body=b"", headers=None, tls=None, timeout=6):
+def https(addr: str, port: int, path: str, method: str = "GET", body: bytes = b"",
+          headers: dict[str, str] | None = None, tls: Path | str | None = None,
+          timeout: float = 6) -> tuple[int | None, str]:
     """(status, error code) of one HTTPS call with the client certificate in `tls`; or (None, why)."""
     tls = Path(tls or tls_dir())
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
@@ -106,7 +114,7 @@ def https(addr, port, path, method="GET", body=b"", headers=None, tls=None, time
         conn.close()
 
 
-def tcp(addr, port, timeout=2.0) -> str:
+def tcp(addr: str, port: int, timeout: float = 2.0) -> str:
     s = socket.socket()
     s.settimeout(timeout)
     try:
@@ -122,7 +130,7 @@ def tcp(addr, port, timeout=2.0) -> str:
         s.close()
 
 
-def zk_session(user, password, tls=None):
+def zk_session(user: str, password: str, tls: Path | str | None = None) -> KazooClient:
     from kazoo.client import KazooClient
     tls = Path(tls or tls_dir())
     c = KazooClient(hosts=CFG["zk_hosts"], use_ssl=True, verify_certs=True, check_hostname=True,
@@ -134,7 +142,7 @@ def zk_session(user, password, tls=None):
 
 
 # -- eavesdrop: secrets that must never cross the bridge in the clear ---------------------------------
-def eavesdrop_worker(p: dict) -> dict:
+def eavesdrop_worker(p: dict[str, Any]) -> dict[str, Any]:
     v = service_vault()
     v.login()  # role_id + secret_id cross the wire (inside TLS, we hope)
     user, password = v.zk_credentials()
@@ -149,7 +157,7 @@ def eavesdrop_worker(p: dict) -> dict:
     return r
 
 
-def eavesdrop_master(p: dict) -> dict:
+def eavesdrop_master(p: dict[str, Any]) -> dict[str, Any]:
     v = service_vault()
     v.login()
     r = {"needles": {"master ZooKeeper password": v.zk_credentials()[1], "master Vault token": v.client.token}}
@@ -158,38 +166,39 @@ def eavesdrop_master(p: dict) -> dict:
 
 
 # -- stolen certificate ------------------------------------------------------------------------------
-def read_tls(p: dict) -> dict:
+def read_tls(p: dict[str, Any]) -> dict[str, Any]:
     return {"tls": {n: (tls_dir() / n).read_text() for n in ("cert.pem", "key.pem", "ca.pem")}}
 
 
-def use_tls(p: dict) -> dict:
+def use_tls(p: dict[str, Any]) -> dict[str, Any]:
     with private_files(tls_files(p["tls"]["cert.pem"], p["tls"]["key.pem"], p["tls"]["ca.pem"])) as d:
         return {"calls": [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS, tls=d))
                           for addr, port, path in p["targets"]]}
 
 
-def own_tls(p: dict) -> dict:
+def own_tls(p: dict[str, Any]) -> dict[str, Any]:
     return {"calls": [list(https(addr, port, path, "POST", b"[]", RESULT_HEADERS))
                       for addr, port, path in p["targets"]]}
 
 
 # -- a compromised worker -------------------------------------------------------------------------------
-def compromised(p: dict) -> dict:
+def compromised(p: dict[str, Any]) -> dict[str, Any]:
     import hvac
     from kazoo.exceptions import NoAuthError
-    r: dict = {}
+    r: dict[str, Any] = {}
     v = service_vault()
     v.login()
-    vault_refused, vault_allowed = [], []
+    vault_refused: list[str] = []
+    vault_allowed: list[str] = []
 
-    def attempt(what, fn, bucket_ok, bucket_no):
+    def attempt(what: str, fn: Callable[[], object], bucket_ok: list[str], bucket_no: list[str]) -> None:
         try:
             fn()
             bucket_ok.append(what)
         except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest, hvac.exceptions.Unauthorized):
             bucket_no.append(what)
 
-    def kv(path):
+    def kv(path: str) -> Any:
         return v.client.secrets.kv.v2.read_secret_version(path, mount_point="secret", raise_on_deleted_version=True)
     for what, fn in (("read the masters' ZooKeeper credentials", lambda: kv("histo/zk/master")),
                      ("read the ZooKeeper super digest", lambda: kv("histo/zk/super")),
@@ -203,7 +212,7 @@ def compromised(p: dict) -> dict:
                          "histo-tokens", "aGk=", mount_point="transit")),
                      ("read Vault's policies", lambda: v.client.sys.read_policy("histo-" + p["master"]))):
         attempt(what, fn, vault_allowed, vault_refused)
-    legit = []
+    legit: list[str] = []
     try:
         v.issue_cert("60s")
         legit.append("issue its own certificate")
@@ -212,14 +221,15 @@ def compromised(p: dict) -> dict:
     user, password = v.zk_credentials()
     legit.append("read its own ZooKeeper credentials")
     zk = zk_session(user, password)
-    zk_refused, zk_allowed = [], []
+    zk_refused: list[str] = []
+    zk_allowed: list[str] = []
     try:
         jobs = zk.get_children("/histo/jobs")
         legit.append("list jobs in ZooKeeper")
         target = p["job"] if p["job"] in jobs else None
         w2, _ = zk.get("/histo/workers/" + p["other_worker"] + "/member")
 
-        def try_zk(what, fn, undo=None):
+        def try_zk(what: str, fn: Callable[[], object], undo: Callable[[], object] | None = None) -> None:
             try:
                 fn()
                 zk_allowed.append(what)
@@ -254,7 +264,7 @@ def compromised(p: dict) -> dict:
 
 
 # -- forged and replayed task results ---------------------------------------------------------------------
-def replay(p: dict) -> dict:
+def replay(p: dict[str, Any]) -> dict[str, Any]:
     v = service_vault()
     v.login()
     user, password = v.zk_credentials()
@@ -266,7 +276,7 @@ def replay(p: dict) -> dict:
     finally:
         zk.stop()
         zk.close()
-    calls = []
+    calls: list[list[Any]] = []
     for n, t in sorted(tasks.items()):
         hdr = dict(RESULT_HEADERS, **{"X-Histo-Job": p["job"], "X-Histo-Task": str(n), "X-Histo-Attempt": t["attempt"],
                                       "X-Histo-Phase": t["phase"], "X-Histo-Width": str(p["width"])})
@@ -278,8 +288,8 @@ def replay(p: dict) -> dict:
 
 
 # -- credentials: used and copied secret_id, expired certificate --------------------------------------------
-def unwrap_twice(p: dict) -> dict:
-    r = {}
+def unwrap_twice(p: dict[str, Any]) -> dict[str, Any]:
+    r: dict[str, Any] = {}
     with private_files({"role_id": p["role_id"] + "\n", "secret_id.wrap": p["wrap"] + "\n"}) as d:
         first = service_vault(creds=d)
         first.login()
@@ -292,8 +302,8 @@ def unwrap_twice(p: dict) -> dict:
     return r
 
 
-def read_creds(p: dict) -> dict:
-    r = {"role_id": (creds_dir() / "role_id").read_text().strip(),
+def read_creds(p: dict[str, Any]) -> dict[str, Any]:
+    r: dict[str, Any] = {"role_id": (creds_dir() / "role_id").read_text().strip(),
          "secret_id": (creds_dir() / "secret_id").read_text().strip()}
     v = service_vault()
     v.login()
@@ -302,8 +312,8 @@ def read_creds(p: dict) -> dict:
     return r
 
 
-def login_with(p: dict) -> dict:
-    r = {}
+def login_with(p: dict[str, Any]) -> dict[str, Any]:
+    r: dict[str, Any] = {}
     with private_files({"role_id": p["role_id"] + "\n", "secret_id": p["secret_id"] + "\n"}) as d:
         v = service_vault(creds=d, host=p["host"], role="worker")
         r["login"] = login(v)
@@ -312,8 +322,8 @@ def login_with(p: dict) -> dict:
     return r
 
 
-def expired(p: dict) -> dict:
-    r = {}
+def expired(p: dict[str, Any]) -> dict[str, Any]:
+    r: dict[str, Any] = {}
     v = service_vault()
     v.login()
     b = v.issue_cert(p["ttl"])

@@ -7,9 +7,10 @@ import json
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 
-def probe(src: str, timeout: float, target: list) -> str:
+def probe(src: str, timeout: float, target: list[Any]) -> str:
     s = socket.socket()
     s.settimeout(timeout)
     try:

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hvac.exceptions import Forbidden
@@ -11,36 +13,40 @@ from hvac.exceptions import Forbidden
 from histo.edge import receipts
 
 from histo.testing.attacker import root_client, service_vault
-from histo.testing.cluster import sample_image
+from histo.testing.cluster import Cluster, sample_image
 from .test_edge import issue
 
 UNKNOWN = "0" * 24
 
 
-def done_job(cluster, token=None, data=None, url=None) -> str:
+def done_job(cluster: Cluster, token: str | None = None, data: bytes | None = None, url: str | None = None) -> str:
     status, doc = cluster.upload(data or sample_image(96, 64, "JPEG"), token=token, url=url)
     assert status == 202, doc
     assert cluster.wait_job(doc["id"], token=token)["state"] == "done"
-    return doc["id"]
+    job_id: str = doc["id"]
+    return job_id
 
 
-def get(cluster, path, token, url=None):
+def get(cluster: Cluster, path: str, token: str, url: str | None = None) -> tuple[int, dict[str, str], bytes]:
     status, headers, body = cluster.request("GET", path, token=token, url=url)
     return status, headers, body
 
 
-def delete(cluster, job_id, token, url=None):
+def delete(cluster: Cluster, job_id: str, token: str, url: str | None = None) -> tuple[int, dict[str, Any]]:
     status, _, body = cluster.request("DELETE", f"/api/v1/jobs/{job_id}", token=token, url=url)
-    return status, json.loads(body or b"{}")
+    doc: dict[str, Any] = json.loads(body or b"{}")
+    return status, doc
 
 
-def standby_url(cluster) -> str:
-    leader = cluster.config(cluster.leader())["address"]
+def standby_url(cluster: Cluster) -> str:
+    leader_name = cluster.leader()
+    assert leader_name is not None
+    leader = cluster.config(leader_name)["address"]
     return [u for u in cluster.urls if f"//{leader}:" not in u][0]
 
 
-def audit_lines(cluster) -> list[dict]:
-    out = []
+def audit_lines(cluster: Cluster) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for name in ("master1", "master2"):
         out += [json.loads(line) for line in (cluster.service_dir(name) / "audit.log").read_text().splitlines()]
     return out
@@ -48,7 +54,7 @@ def audit_lines(cluster) -> list[dict]:
 
 # -- DELETE ----------------------------------------------------------------------------------------
 
-def test_owner_deletes_then_gone_for_the_owner_and_not_found_for_others(cluster):
+def test_owner_deletes_then_gone_for_the_owner_and_not_found_for_others(cluster: Cluster) -> None:
     alice, admin = cluster.token("uploader"), cluster.token("admin")
     bob = issue(cluster, "uploader", "bob")
     job = done_job(cluster)
@@ -84,7 +90,7 @@ def test_owner_deletes_then_gone_for_the_owner_and_not_found_for_others(cluster)
     assert get(cluster, f"/api/v1/jobs/{done_job(cluster)}/result", alice)[0] == 200
 
 
-def test_delete_through_the_standby_removes_the_result_on_the_master_holding_it(cluster):
+def test_delete_through_the_standby_removes_the_result_on_the_master_holding_it(cluster: Cluster) -> None:
     alice = cluster.token("uploader")
     standby = standby_url(cluster)
     job = done_job(cluster)
@@ -95,7 +101,7 @@ def test_delete_through_the_standby_removes_the_result_on_the_master_holding_it(
         assert get(cluster, f"/api/v1/jobs/{job}/result", alice, url=url)[0] == 410
 
 
-def test_admin_deletes_another_users_job(cluster):
+def test_admin_deletes_another_users_job(cluster: Cluster) -> None:
     carol = issue(cluster, "uploader", "carol")
     job = done_job(cluster, token=carol)
     status, body = delete(cluster, job, cluster.token("admin"))
@@ -104,7 +110,7 @@ def test_admin_deletes_another_users_job(cluster):
     assert status == 410 and json.loads(raw)["error"] == "gone"
 
 
-def test_deleting_a_running_job_cancels_it(cluster):
+def test_deleting_a_running_job_cancels_it(cluster: Cluster) -> None:
     alice = cluster.token("uploader")
     status, doc = cluster.upload(sample_image(1600, 1200, "PNG"), mode="rgb")
     assert status == 202
@@ -119,7 +125,7 @@ def test_deleting_a_running_job_cancels_it(cluster):
 
 # -- receipts ----------------------------------------------------------------------------------------
 
-def verify_cli(cluster, *args):
+def verify_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     topo = json.loads((cluster.root / "topology.json").read_text())
     return subprocess.run([sys.executable, "-m", "histo.cli", "receipt", *args,
                            "--vault-url", f"https://{topo['net']}.10:8200",
@@ -129,7 +135,7 @@ def verify_cli(cluster, *args):
 
 
 @pytest.fixture(scope="module")
-def receipted(cluster, tmp_path_factory):
+def receipted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
     """A finished job of alice's: its upload, result and receipt on disk."""
     tmp = tmp_path_factory.mktemp("receipt")
     upload = sample_image(200, 150, "JPEG")
@@ -144,7 +150,7 @@ def receipted(cluster, tmp_path_factory):
     return job, tmp, jws.decode()
 
 
-def test_receipt_verifies_with_the_cli(cluster, receipted):
+def test_receipt_verifies_with_the_cli(cluster: Cluster, receipted: tuple[str, Path, str]) -> None:
     job, tmp, jws = receipted
     out = verify_cli(cluster, "verify", "--receipt", str(tmp / "receipt.jws"), "--image", str(tmp / "result.jpg"),
                      "--upload", str(tmp / "upload.jpg"))
@@ -164,7 +170,7 @@ def test_receipt_verifies_with_the_cli(cluster, receipted):
         assert get(cluster, f"/api/v1/jobs/{job}/receipt", cluster.token("admin"), url=url)[2].decode() == jws
 
 
-def test_tampered_result_or_receipt_fails_verification(cluster, receipted):
+def test_tampered_result_or_receipt_fails_verification(cluster: Cluster, receipted: tuple[str, Path, str]) -> None:
     job, tmp, jws = receipted
     result = bytearray((tmp / "result.jpg").read_bytes())
     result[len(result) // 2] ^= 0x01
@@ -185,7 +191,7 @@ def test_tampered_result_or_receipt_fails_verification(cluster, receipted):
     assert ok.returncode == 0, ok.stderr
 
 
-def test_receipt_of_another_users_job_is_not_found(cluster, receipted):
+def test_receipt_of_another_users_job_is_not_found(cluster: Cluster, receipted: tuple[str, Path, str]) -> None:
     job = receipted[0]
     bob = issue(cluster, "uploader", "bob")
     s_other, _, b_other = get(cluster, f"/api/v1/jobs/{job}/receipt", bob)
@@ -195,7 +201,7 @@ def test_receipt_of_another_users_job_is_not_found(cluster, receipted):
     assert get(cluster, f"/api/v1/jobs/{job}/receipt", cluster.token("uploader"))[0] == 200
 
 
-def test_only_masters_sign_receipts_and_only_verifiers_read_the_key(cluster):
+def test_only_masters_sign_receipts_and_only_verifiers_read_the_key(cluster: Cluster) -> None:
     claims = {"iss": "histo"}
     master = service_vault(cluster, "master1")
     master.login()
@@ -221,7 +227,7 @@ def test_only_masters_sign_receipts_and_only_verifiers_read_the_key(cluster):
         verifier.secrets.transit.read_key("histo-tokens", mount_point="transit")
 
 
-def test_receipts_signed_before_a_key_rotation_still_verify(cluster, receipted):
+def test_receipts_signed_before_a_key_rotation_still_verify(cluster: Cluster, receipted: tuple[str, Path, str]) -> None:
     job, tmp, jws = receipted
     root_client(cluster).secrets.transit.rotate_key("histo-receipts", mount_point="transit")
     keys = json.loads(verify_cli(cluster, "keys").stdout)

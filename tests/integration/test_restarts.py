@@ -13,7 +13,9 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +39,7 @@ def _up(root: Path, ready_timeout: float = 90.0) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def root():
+def root() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="histo-restart-"))
     try:
         yield base / "local"
@@ -54,14 +56,14 @@ def _accepted_at_once(c: Cluster) -> None:
     assert c.wait_job(doc["id"])["state"] == "done"
 
 
-def _readyz(c: Cluster, url: str) -> dict:
+def _readyz(c: Cluster, url: str) -> dict[str, Any]:
     status, _, raw = c.request("GET", "/readyz", url=url, timeout=5)
-    doc = json.loads(raw)
+    doc: dict[str, Any] = json.loads(raw)
     doc["_status"] = status
     return doc
 
 
-def test_first_start_accepts_an_upload_at_once(root):
+def test_first_start_accepts_an_upload_at_once(root: Path) -> None:
     c = _up(root)
     _accepted_at_once(c)
     for url in c.urls:
@@ -70,19 +72,21 @@ def test_first_start_accepts_an_upload_at_once(root):
         assert doc["checks"]["workers"]["live"] == ["worker1", "worker2"]
 
 
-def test_second_start_on_kept_state_accepts_an_upload_at_once(root):
+def test_second_start_on_kept_state_accepts_an_upload_at_once(root: Path) -> None:
     local_cluster.down(root)
     c = _up(root)
     _accepted_at_once(c)
 
 
-def test_kill9_counts_live_members_only_and_up_heals_at_once(root):
+def test_kill9_counts_live_members_only_and_up_heals_at_once(root: Path) -> None:
     c = _up(root)
     leader = c.leader()
     assert leader in ("master1", "master2")
     other = "master2" if leader == "master1" else "master1"
     other_url = f"https://{c.config(other)['address']}:{c.config(other)['public_port']}"
-    os.kill(c.pid("worker1"), signal.SIGKILL)
+    worker_pid = c.pid("worker1")
+    assert worker_pid is not None
+    os.kill(worker_pid, signal.SIGKILL)
     # The dead worker's node is still in ZooKeeper (20 s session); readiness must not count it.
     deadline, doc = time.time() + 10, {}
     while time.time() < deadline:
@@ -93,7 +97,9 @@ def test_kill9_counts_live_members_only_and_up_heals_at_once(root):
     assert doc["checks"]["workers"]["live"] == ["worker2"], doc["checks"]["workers"]
     assert doc["checks"]["workers"]["registered"] == 2  # the stale node lingers; it is not counted
 
-    os.kill(c.pid(leader), signal.SIGKILL)
+    leader_pid = c.pid(leader)
+    assert leader_pid is not None
+    os.kill(leader_pid, signal.SIGKILL)
     deadline = time.time() + 10
     while time.time() < deadline:
         doc = _readyz(c, other_url)
@@ -115,7 +121,7 @@ def test_kill9_counts_live_members_only_and_up_heals_at_once(root):
         assert doc["checks"]["workers"]["live"] == ["worker1", "worker2"]
 
 
-def test_a_service_that_cannot_start_fails_up_with_one_line_naming_it(root):
+def test_a_service_that_cannot_start_fails_up_with_one_line_naming_it(root: Path) -> None:
     c = _up(root)
     local_cluster.down(root)
     secret = c.service_dir("worker2") / "creds" / "secret_id"

@@ -4,6 +4,8 @@ import base64
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,12 +19,12 @@ from histo.edge.tokens import AuthError, TokenVerifier
 KEYS = {1: ec.generate_private_key(ec.SECP256R1()), 2: ec.generate_private_key(ec.SECP256R1())}
 OTHER = ec.generate_private_key(ec.SECP256R1())
 UPLOAD, RESULT = b"\xff\xd8 the uploaded jpeg", b"\xff\xd8 the equalized jpeg"
-DOC = {"id": "a" * 24, "owner": "alice", "mode": "luma", "format": "JPEG", "width": 64, "height": 48,
+DOC: dict[str, Any] = {"id": "a" * 24, "owner": "alice", "mode": "luma", "format": "JPEG", "width": 64, "height": 48,
        "created": 1_700_000_000.0, "upload_sha256": receipts.sha256_hex(UPLOAD)}
 WORKERS = ["spiffe://histo.internal/worker/worker2", "spiffe://histo.internal/worker/worker1"]
 
 
-def pem(key) -> str:
+def pem(key: ec.EllipticCurvePrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.PEM,
                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
@@ -30,32 +32,32 @@ def pem(key) -> str:
 PUBLIC = {f"histo-receipts:{v}": pem(k) for v, k in KEYS.items()}
 
 
-def raw_sig(key, data: bytes) -> str:
+def raw_sig(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
     return receipts.b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
-def claims() -> dict:
+def claims() -> dict[str, Any]:
     return receipts.claims_for(DOC, result_sha256=receipts.sha256_hex(RESULT), workers=WORKERS,
                                master="spiffe://histo.internal/master/master1", finished=1_700_000_002.5)
 
 
-def make(version: int = 1, key=None, body: dict | None = None) -> str:
+def make(version: int = 1, key: ec.EllipticCurvePrivateKey | None = None, body: dict[str, Any] | None = None) -> str:
     return receipts.encode(body or claims(), version, lambda data, v: raw_sig(key or KEYS[v], data), now=1_700_000_003)
 
 
-def forge(header: dict, body: dict, key=KEYS[1]) -> str:
+def forge(header: dict[str, Any], body: dict[str, Any], key: ec.EllipticCurvePrivateKey = KEYS[1]) -> str:
     si = receipts.b64url(json.dumps(header).encode()) + "." + receipts.b64url(json.dumps(body).encode())
     return si + "." + raw_sig(key, si.encode())
 
 
-def reason(receipt: str, keys=PUBLIC) -> str:
+def reason(receipt: Any, keys: dict[str, str] = PUBLIC) -> str:
     with pytest.raises(ReceiptError) as exc:
         receipts.verify(receipt, keys)
     return exc.value.reason
 
 
-def test_round_trip_header_and_claims():
+def test_round_trip_header_and_claims() -> None:
     jws = make()
     header = json.loads(receipts.b64url_decode(jws.split(".")[0]))
     assert header == {"alg": "ES256", "typ": "histo-receipt+jwt", "kid": "histo-receipts:1"}
@@ -68,7 +70,7 @@ def test_round_trip_header_and_claims():
     assert "receipt ok: job " + DOC["id"] in receipts.summary(got, "histo-receipts:1")
 
 
-def test_any_changed_byte_of_the_receipt_fails():
+def test_any_changed_byte_of_the_receipt_fails() -> None:
     jws = make()
     h, c, s = jws.split(".")
     body = json.loads(receipts.b64url_decode(c))
@@ -82,7 +84,7 @@ def test_any_changed_byte_of_the_receipt_fails():
     assert receipts.verify(jws, PUBLIC)  # the untouched receipt still verifies
 
 
-def test_changed_files_fail():
+def test_changed_files_fail() -> None:
     got = receipts.verify(make(), PUBLIC)
     with pytest.raises(ReceiptError) as exc:
         receipts.check_files(got, RESULT[:-1] + b"!")
@@ -92,7 +94,7 @@ def test_changed_files_fail():
     assert exc.value.reason == "upload_mismatch"
 
 
-def test_receipts_signed_before_a_rotation_still_verify():
+def test_receipts_signed_before_a_rotation_still_verify() -> None:
     old, new = make(1), make(2)
     assert receipts.verify(old, PUBLIC)["key_version"] == 1 and receipts.verify(new, PUBLIC)["key_version"] == 2
     assert reason(new, {"histo-receipts:1": PUBLIC["histo-receipts:1"]}) == "unknown_key"
@@ -110,15 +112,16 @@ def test_receipts_signed_before_a_rotation_still_verify():
     ({"alg": "ES256", "typ": "histo-receipt+jwt", "kid": "histo-receipts:9"}, "unknown_key"),
     ({"alg": "ES256", "typ": "histo-receipt+jwt"}, "unknown_key"),
 ])
-def test_headers_that_are_refused(header, expected):
+def test_headers_that_are_refused(header: dict[str, Any], expected: str) -> None:
     body = {**claims(), "iat": 1, "key_version": 1}
     assert reason(forge(header, body)) == expected
 
 
-def test_claims_are_checked_after_the_signature():
+def test_claims_are_checked_after_the_signature() -> None:
     head = {"alg": "ES256", "typ": "histo-receipt+jwt", "kid": "histo-receipts:1"}
     good = {**claims(), "iat": 1, "key_version": 1}
     assert receipts.verify(forge(head, good), PUBLIC)
+    bad: dict[str, Any]
     for bad in ({"key_version": 2}, {"iss": "someone"}, {"upload_sha256": "abc"}, {"workers": []},
                 {"workers": ["spiffe://histo.internal/master/master1/../x"]}, {"master": "master1"},
                 {"iat": True}, {"job": None}):
@@ -127,11 +130,11 @@ def test_claims_are_checked_after_the_signature():
 
 @pytest.mark.parametrize("text", ["", "abc", "a.b", "a.b.c.d", "!!.$$.%%", "eyJ9.e30.", "e30=.e30.AA",
                                   "x" * 20000, None, 42])
-def test_malformed_receipts(text):
+def test_malformed_receipts(text: Any) -> None:
     assert reason(text) in ("malformed", "unknown_key")
 
 
-def test_a_receipt_is_not_an_api_token_and_a_token_is_not_a_receipt():
+def test_a_receipt_is_not_an_api_token_and_a_token_is_not_a_receipt() -> None:
     verifier = TokenVerifier(lambda: {"histo-tokens:1": PUBLIC["histo-receipts:1"]})
     with pytest.raises(AuthError):
         verifier.verify(make())
@@ -146,10 +149,11 @@ class FakeTransit:
     """transit/sign/histo-receipts with real keys; `latest` is the key's newest version."""
 
     def __init__(self) -> None:
+        self.calls: list[int | str]
         self.latest, self.calls, self.down = 1, [], False
 
-    def sign_data(self, name, hash_input, key_version=None, hash_algorithm=None, marshaling_algorithm=None,
-                  mount_point=None):
+    def sign_data(self, name: str, hash_input: str, key_version: int | None = None, hash_algorithm: str | None = None,
+                  marshaling_algorithm: str | None = None, mount_point: str | None = None) -> dict[str, Any]:
         assert (name, hash_algorithm, marshaling_algorithm, mount_point) == (
             "histo-receipts", "sha2-256", "jws", "transit")
         if self.down:
@@ -161,11 +165,11 @@ class FakeTransit:
 
 
 class FakeClient:
-    def __init__(self, transit) -> None:
+    def __init__(self, transit: FakeTransit) -> None:
         self.secrets = type("S", (), {"transit": transit})()
 
 
-def test_vault_signer_pins_the_version_it_learned():
+def test_vault_signer_pins_the_version_it_learned() -> None:
     transit, now = FakeTransit(), [0.0]
     signer = VaultReceiptSigner(lambda: FakeClient(transit), refresh=60, clock=lambda: now[0])
     first = signer.sign(claims())
@@ -179,16 +183,16 @@ def test_vault_signer_pins_the_version_it_learned():
     assert receipts.verify(first, PUBLIC)  # the old receipt still verifies
 
 
-def test_vault_signer_unavailable():
+def test_vault_signer_unavailable() -> None:
     transit = FakeTransit()
     transit.down = True
     with pytest.raises(SigningUnavailable, match="cannot sign"):
         VaultReceiptSigner(lambda: FakeClient(transit)).sign(claims())
 
 
-def test_vault_signer_refuses_an_unexpected_signature():
+def test_vault_signer_refuses_an_unexpected_signature() -> None:
     class Odd(FakeTransit):
-        def sign_data(self, *a, **kw):
+        def sign_data(self, *a: Any, **kw: Any) -> dict[str, Any]:
             return {"data": {"signature": "vault:v1:not base64!"}}
     with pytest.raises(SigningUnavailable):
         VaultReceiptSigner(lambda: FakeClient(Odd())).sign(claims())
@@ -196,12 +200,12 @@ def test_vault_signer_refuses_an_unexpected_signature():
 
 # -- histo receipt verify ---------------------------------------------------------------------------
 
-def cli(*args):
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "histo.cli", "receipt", "verify", *args], capture_output=True,
                           text=True, timeout=60)
 
 
-def test_cli_verify_offline(tmp_path):
+def test_cli_verify_offline(tmp_path: Path) -> None:
     (tmp_path / "r.jws").write_text(make() + "\n")
     (tmp_path / "result.jpg").write_bytes(RESULT)
     (tmp_path / "upload.jpg").write_bytes(UPLOAD)

@@ -2,7 +2,7 @@
 from histo.master.relay import MAX_EVENTS, MAX_VALUE, accept
 
 
-def test_known_kinds_are_relayed_attributed_to_the_sender():
+def test_known_kinds_are_relayed_attributed_to_the_sender() -> None:
     events, refused = accept([{"kind": "mtls_rejected", "reason": "no cert", "peer": "10.0.0.9", "path": "/x"},
                               {"kind": "cert_rotated", "serial": "ab:cd", "not_after": 1.5e9}], "worker1")
     assert refused == 0
@@ -11,7 +11,7 @@ def test_known_kinds_are_relayed_attributed_to_the_sender():
     assert events[1]["serial"] == "ab:cd" and events[1]["not_after"] == 1.5e9
 
 
-def test_forged_kind_service_audience_and_severity_are_refused_or_overridden():
+def test_forged_kind_service_audience_and_severity_are_refused_or_overridden() -> None:
     forged = [{"kind": "leader_changed", "service": "master1", "leader": "worker1"},
               {"kind": "job_failed", "audience": "alice", "reason": "click here"},
               {"kind": "mtls_rejected", "service": "master2", "audience": "alice", "severity": "critical",
@@ -23,7 +23,7 @@ def test_forged_kind_service_audience_and_severity_are_refused_or_overridden():
                        "relayed_from": "worker1", "reason": "x"}]
 
 
-def test_bounded_in_number_and_size():
+def test_bounded_in_number_and_size() -> None:
     many = [{"kind": "vault_unavailable", "reason": "r" * 10_000}] * (MAX_EVENTS + 30)
     events, refused = accept(many, "worker2")
     assert len(events) == MAX_EVENTS and refused == 30

@@ -4,7 +4,9 @@ role's template) and the ZooKeeper JVM command line (ZkConfig.command, also the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,15 +15,15 @@ from histo.zk import config as zkconfig
 from histo.zk.config import ZkConfig
 
 
-def _hcl(**over) -> str:
-    args = dict(node_id="vault1", data_dir="/var/lib/openbao", address="192.168.56.10", port=8200,
+def _hcl(**over: Any) -> str:
+    args: dict[str, Any] = dict(node_id="vault1", data_dir="/var/lib/openbao", address="192.168.56.10", port=8200,
                 tls_cert_file="/etc/openbao/tls/cert.pem", tls_key_file="/etc/openbao/tls/key.pem",
                 audit_file="/var/log/openbao/audit.log")
     args.update(over)
     return render(**args)
 
 
-def test_openbao_config_has_listener_raft_and_declarative_audit():
+def test_openbao_config_has_listener_raft_and_declarative_audit() -> None:
     text = _hcl()
     assert 'address         = "192.168.56.10:8200"' in text
     assert 'cluster_addr = "https://192.168.56.10:8201"' in text
@@ -30,29 +32,30 @@ def test_openbao_config_has_listener_raft_and_declarative_audit():
     assert 'tls_min_version = "tls12"' in text and "log_level" not in text
 
 
-def test_openbao_config_without_audit_device_for_hashicorp_and_with_log_level():
+def test_openbao_config_without_audit_device_for_hashicorp_and_with_log_level() -> None:
     text = _hcl(audit_file="", log_level="warn")
     assert "audit" not in text.replace("audit device", "") and 'log_level    = "warn"' in text
 
 
-def test_openbao_config_strings_are_escaped():
+def test_openbao_config_strings_are_escaped() -> None:
     text = _hcl(data_dir='/tmp/a "quoted" dir')
     assert r'path    = "/tmp/a \"quoted\" dir"' in text
 
 
-def test_zk_command_from_the_machines_json_has_no_secret(tmp_path: Path):
+def test_zk_command_from_the_machines_json_has_no_secret(tmp_path: Path) -> None:
     cfg = {"name": "zk1", "address": "192.168.56.11", "state_dir": str(tmp_path), "creds_dir": "/x",
-           "secure_port": 2281, "server_id": 1, "heap": "128m", "peers": [], "vault_url": "https://v", "vault_ca": "/ca"}
+           "secure_port": 2281, "server_id": 1, "heap": "128m", "peers": [], "vault_url": "https://v",
+           "vault_ca": "/ca"}
     argv = ZkConfig.from_json(cfg).command()
     assert argv[0] == zkconfig.JAVA and "-Xmx128m" in argv and argv[-1] == str(tmp_path / "conf" / "zoo.cfg")
     assert argv[argv.index("-cp") + 1].split(":")[:2] == [str(tmp_path / "conf"), zkconfig.ZK_JAR]
     assert not any("super" in a.lower() or "digest" in a.lower() for a in argv)
 
 
-def test_zk_exec_execs_the_same_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_zk_exec_execs_the_same_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "zk.json"
     path.write_text(json.dumps({"address": "127.0.0.1", "state_dir": str(tmp_path)}))
-    seen = []
-    monkeypatch.setattr(zkconfig.os, "execv", lambda exe, argv: seen.append((exe, argv)))
+    seen: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: seen.append((exe, argv)))
     zkconfig.exec_server(path)
     assert seen == [(zkconfig.JAVA, ZkConfig(tmp_path, "127.0.0.1").command())]

@@ -36,6 +36,7 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SPIFFE = re.compile(r"spiffe://[a-z0-9.-]{1,253}/(worker|master)/[a-z0-9-]{1,63}")
 _VAULT_SIG = re.compile(r"vault:v([0-9]{1,9}):([A-Za-z0-9_-]+)")
+REQUIRED: dict[str, type | tuple[type, ...]]
 REQUIRED = {"iss": str, "job": str, "sub": str, "mode": str, "upload_sha256": str, "result_sha256": str,
             "workers": list, "master": str, "created": (int, float), "finished": (int, float), "iat": int,
             "key_version": int}
@@ -72,7 +73,7 @@ def b64url_decode(text: str) -> bytes:
         raise ReceiptError("malformed", "the receipt is not a compact JWS") from None
 
 
-def _json_part(text: str) -> dict:
+def _json_part(text: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(text))
     except (ValueError, UnicodeDecodeError):
@@ -83,7 +84,7 @@ def _json_part(text: str) -> dict:
 
 
 def claims_for(doc: Mapping[str, Any], *, result_sha256: str, workers: list[str], master: str,
-               finished: float) -> dict:
+               finished: float) -> dict[str, Any]:
     """What a receipt says about a finished job (without iat and key_version, added when signed)."""
     return {"iss": ISSUER, "job": doc["id"], "sub": doc["owner"], "mode": doc["mode"], "format": doc.get("format"),
             "width": doc.get("width"), "height": doc.get("height"), "upload_sha256": doc["upload_sha256"],
@@ -111,7 +112,7 @@ def kid_of(receipt: str) -> str:
     return kid
 
 
-def verify(receipt: str, keys: Mapping[str, str]) -> dict:
+def verify(receipt: str, keys: Mapping[str, str]) -> dict[str, Any]:
     """Check a receipt's header, signature (against `keys`: kid -> public key PEM) and claims;
     return the claims. Raises ReceiptError on anything wrong."""
     receipt = receipt.strip() if isinstance(receipt, str) else receipt
@@ -141,7 +142,7 @@ def verify(receipt: str, keys: Mapping[str, str]) -> dict:
     return claims
 
 
-def _check_claims(claims: dict, version: int) -> None:
+def _check_claims(claims: dict[str, Any], version: int) -> None:
     for name, kind in REQUIRED.items():
         value = claims.get(name)
         if isinstance(value, bool) or not isinstance(value, kind):

@@ -21,8 +21,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hvac
+import hvac.exceptions
 import requests
 
 from .. import TRUST_DOMAIN, procs
@@ -106,9 +108,10 @@ class BaoServer:
         return procs.stop(self.pid_path, str(self.config_path))
 
     # -- secret zero ------------------------------------------------------------------------------
-    def _init_doc(self) -> dict:
+    def _init_doc(self) -> dict[str, Any]:
         try:
-            return json.loads(self.init_path.read_text())
+            doc: dict[str, Any] = json.loads(self.init_path.read_text())
+            return doc
         except (OSError, ValueError):
             raise VaultServerError(f"Vault is initialized but {self.init_path} is missing or unreadable: "
                                    "cannot unseal") from None

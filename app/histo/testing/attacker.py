@@ -6,27 +6,32 @@ import http.client
 import json
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hvac
 from kazoo.client import KazooClient
 
 from histo.vault.client import ServiceVault
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
-def root_client(cluster) -> hvac.Client:
+
+def root_client(cluster: Cluster) -> hvac.Client:
     init = json.loads((cluster.root / "vault" / "init.json").read_text())
     topo = json.loads((cluster.root / "topology.json").read_text())
     return hvac.Client(url=f"https://{topo['net']}.10:8200", verify=str(cluster.root / "vault" / "tls" / "ca.pem"),
                        token=init["root_token"])
 
 
-def zk_credentials(cluster, role: str) -> tuple[str, str]:
+def zk_credentials(cluster: Cluster, role: str) -> tuple[str, str]:
     data = root_client(cluster).secrets.kv.v2.read_secret_version(
         f"histo/zk/{role}", mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
     return data["username"], data["password"]
 
 
-def zk_client(cluster, as_service: str | None, creds: tuple[str, str] | None, timeout: float = 8) -> KazooClient:
+def zk_client(cluster: Cluster, as_service: str | None, creds: tuple[str, str] | None,
+              timeout: float = 8) -> KazooClient:
     """A kazoo client with `as_service`'s certificate (or none) and digest credentials (or none)."""
     topo = json.loads((cluster.root / "topology.json").read_text())
     tls = cluster.service_dir(as_service) / "tls" if as_service else None
@@ -39,7 +44,8 @@ def zk_client(cluster, as_service: str | None, creds: tuple[str, str] | None, ti
     return client
 
 
-def get_from(cluster, source: str, path: str, token: str, url: str | None = None) -> tuple[int, dict]:
+def get_from(cluster: Cluster, source: str, path: str, token: str,
+             url: str | None = None) -> tuple[int, dict[str, str]]:
     """A GET from a chosen loopback source address (throttles and bindings key on the client address)."""
     host, port = (url or cluster.url).split("//")[1].split(":")
     conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cluster.ca),
@@ -53,7 +59,7 @@ def get_from(cluster, source: str, path: str, token: str, url: str | None = None
         conn.close()
 
 
-def service_vault(cluster, name: str, source: str | None = None) -> ServiceVault:
+def service_vault(cluster: Cluster, name: str, source: str | None = None) -> ServiceVault:
     cfg = cluster.config(name)
     return ServiceVault(cfg["vault_url"], cfg["vault_ca"], host=name, role=cfg["role"],
                         creds_dir=Path(cfg["creds_dir"]), source_address=source or cfg["address"])

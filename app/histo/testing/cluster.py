@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -22,7 +23,7 @@ from .. import procs
 @dataclass
 class Cluster:
     root: Path
-    env: dict
+    env: dict[str, str]
 
     @property
     def url(self) -> str:
@@ -49,8 +50,9 @@ class Cluster:
         sdir = self.service_dir(name)
         return procs.alive(sdir / "pid", f"--config {sdir / 'config.json'}")
 
-    def config(self, name: str) -> dict:
-        return json.loads((self.service_dir(name) / "config.json").read_text())
+    def config(self, name: str) -> dict[str, Any]:
+        cfg: dict[str, Any] = json.loads((self.service_dir(name) / "config.json").read_text())
+        return cfg
 
     def restart(self, name: str) -> None:
         sdir = self.service_dir(name)
@@ -61,7 +63,8 @@ class Cluster:
 
     # -- HTTP helpers (urllib: what a plain client does) ------------------------------------
     def request(self, method: str, path: str, *, token: str | None = None, body: bytes | None = None,
-                headers: dict | None = None, url: str | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+                headers: dict[str, str] | None = None, url: str | None = None,
+                timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
         req = urllib.request.Request((url or self.url) + path, data=body, method=method, headers=headers or {})
         if token:
             req.add_header("Authorization", f"Bearer {token}")
@@ -72,16 +75,18 @@ class Cluster:
             return err.code, dict(err.headers), err.read()
 
     def upload(self, data: bytes, mode: str | None = "luma", token: str | None = None, url: str | None = None,
-               filename: str = "image.bin", content_type: str = "application/octet-stream") -> tuple[int, dict]:
+               filename: str = "image.bin",
+               content_type: str = "application/octet-stream") -> tuple[int, dict[str, Any]]:
         body, ctype = multipart({"mode": mode} if mode else {}, {"image": (filename, data, content_type)})
         status, _, raw = self.request("POST", "/api/v1/jobs", token=token or self.token("uploader"), body=body,
                                       headers={"Content-Type": ctype}, url=url)
-        return status, json.loads(raw or b"{}")
+        doc: dict[str, Any] = json.loads(raw or b"{}")
+        return status, doc
 
     def wait_job(self, job_id: str, token: str | None = None, timeout: float = 90, url: str | None = None,
-                 poll: float = 0.1, long_poll: float = 0) -> dict:
+                 poll: float = 0.1, long_poll: float = 0) -> dict[str, Any]:
         deadline = time.time() + timeout
-        doc: dict = {}
+        doc: dict[str, Any] = {}
         while time.time() < deadline:
             query = f"?wait={long_poll}" if long_poll else ""
             status, _, raw = self.request("GET", f"/api/v1/jobs/{job_id}{query}",
@@ -98,8 +103,9 @@ class Cluster:
             try:
                 status, _, raw = self.request("GET", "/readyz", url=url, timeout=3)
                 doc = json.loads(raw)
-                if doc["checks"]["leader"]["leader"]:
-                    return doc["checks"]["leader"]["leader"]
+                leader: str | None = doc["checks"]["leader"]["leader"]
+                if leader:
+                    return leader
             except (OSError, ValueError, KeyError):
                 continue
         return None

@@ -1,4 +1,5 @@
-"""ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode): TLS-only client port (no plain port), client certificates required,
+"""ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode):
+TLS-only client port (no plain port), client certificates required,
 digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
 keys into `zookeeper.*` system properties, so it never appears on the java command line).
 
@@ -11,6 +12,8 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
 from ..files import private_dir, write_private as _write_private
 
 
@@ -30,7 +33,7 @@ class ZkServerError(RuntimeError):
 
 class ZkConfig:
     def __init__(self, state_dir: Path, address: str, secure_port: int = 2281, server_id: int = 1,
-                 peers: list[dict] | None = None, heap: str = "256m") -> None:
+                 peers: list[dict[str, Any]] | None = None, heap: str = "256m") -> None:
         self.dir = Path(state_dir)
         self.address, self.port, self.server_id = address, secure_port, server_id
         self.peers = peers or []  # [{"id": 1, "address": "...", "quorum_port": 2888, "election_port": 3888}]
@@ -39,7 +42,7 @@ class ZkConfig:
         self.pid_path = self.dir / "zk.pid"
 
     @classmethod
-    def from_json(cls, cfg: dict) -> ZkConfig:
+    def from_json(cls, cfg: dict[str, Any]) -> ZkConfig:
         """From a machine's zk.json (roles/zookeeper/templates/zk.json.j2)."""
         return cls(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
                    server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"))

@@ -14,7 +14,7 @@ DELETED = "deleted"  # the state of a tombstone: what is left of a job its owner
 
 
 def is_tombstone(doc: dict | None) -> bool:
-    return bool(doc) and doc.get("state") == DELETED
+    return doc is not None and doc.get("state") == DELETED
 
 
 class JobStore:
@@ -98,8 +98,9 @@ class JobStore:
 
     def tombstone(self, job_id: str, by: str) -> tuple[dict, dict] | None:
         """Replace the job's document by a small tombstone (id, owner, when, by whom); its task nodes
-        go with drop_tasks() once the job is stopped. Returns (the job as it was, the tombstone); None for an unknown job; for a job
-        already deleted, (tombstone, tombstone). The tombstone lets the owner be told 410 Gone."""
+        go with drop_tasks() once the job is stopped. Returns (the job as it was, the tombstone); None
+        for an unknown job; for a job already deleted, (tombstone, tombstone). The tombstone lets the
+        owner be told 410 Gone."""
         path = f"{JOBS}/{job_id}"
         while True:  # compare-and-set, like update_job: a concurrent update cannot resurrect the job
             try:
