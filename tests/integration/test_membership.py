@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,10 @@ from histo.testing.cluster import Cluster, sample_image
 pytestmark = pytest.mark.disruptive  # rewrites a member node of the shared cluster for a moment
 
 
-def _workers_check(cluster: Cluster) -> dict:
+def _workers_check(cluster: Cluster) -> dict[str, Any]:
     _s, _h, raw = cluster.request("GET", "/readyz", timeout=5)
-    return json.loads(raw)["checks"]["workers"]
+    workers: dict[str, Any] = json.loads(raw)["checks"]["workers"]
+    return workers
 
 
 def test_a_member_pointing_at_another_identity_is_not_live_and_gets_no_work(cluster: Cluster) -> None:
