@@ -51,19 +51,11 @@ port = inv["all"]["vars"]["histo_ports"]["vault"]
 print(next(f"https://{v['histo_address']}:{port}" for v in inv["all"]["children"]["vault"]["hosts"].values()))
 PY
 )
-workers=$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
-import sys, yaml
-inv = yaml.safe_load(open(f"inventory/{sys.argv[1]}/hosts.yml"))
-print(len(inv["all"]["children"]["workers"]["hosts"]))
-PY
-)
+# Ready means ready: only a cluster whose masters count every member as live is announced.
+bash scripts/ready.sh
 urls=()
 IFS=, read -r -a masters_list <<< "$master"
 for u in "${masters_list[@]}"; do urls+=(--url "$u"); done
-# Ready means ready: every master counts every master and worker as a live process and names a
-# leader that answered it; only then is the cluster announced (and an upload accepted at once).
-.venv/bin/histo wait-ready "${urls[@]}" --ca "$STATE/ca.pem" --workers "$workers" \
-  --masters "${#masters_list[@]}" --timeout "${HISTO_READY_TIMEOUT:-180}"
 # The operator's env file (0600): one writer for make local and make up (`histo env write`); tokens
 # signed by Vault's transit key with the controller's issuer token (policy histo-token-issuer).
 env_file="$STATE/env"
