@@ -44,7 +44,13 @@ class ZkConfig:
         return cls(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
                    server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"))
 
-    def write_config(self, cert_pem: str, key_pem: str, ca_pem: str, super_digest: str) -> None:
+    def write_config(self, cert_pem: str, key_pem: str, ca_pem: str, super_digest: str,
+                     quorum: tuple[str, str, str] | None = None) -> None:
+        """`quorum` (cert, key, CA) is the server's identity on the quorum ports, from the quorum CA
+        alone (vault/setup.py QUORUM): required with peers, as the quorum trust store holds only
+        that CA (no certificate of the histo CA, so no master or worker, can join the quorum)."""
+        if self.peers and not quorum:
+            raise ZkServerError("an ensemble needs a quorum certificate from the ZooKeeper quorum CA")
         conf = self.dir / "conf"
         data = self.dir / "data"
         for d in (self.dir, conf, data):
@@ -75,10 +81,18 @@ class ZkConfig:
             "audit.enable=true",
             "skipACL=no",
         ]
-        if self.peers:
+        if self.peers and quorum:
+            q_cert, q_key, q_ca = quorum
+            _write_private(conf / "quorum.pem", q_key.strip() + "\n" + q_cert.strip() + "\n")
+            _write_private(conf / "quorum-ca.pem", q_ca.strip() + "\n")
             lines += ["sslQuorum=true", "portUnification=false",
-                      f"ssl.quorum.keyStore.location={conf / 'server.pem'}", "ssl.quorum.keyStore.type=PEM",
-                      f"ssl.quorum.trustStore.location={conf / 'ca.pem'}", "ssl.quorum.trustStore.type=PEM",
+                      f"ssl.quorum.keyStore.location={conf / 'quorum.pem'}", "ssl.quorum.keyStore.type=PEM",
+                      # the quorum CA only: a certificate of the histo CA fails the handshake
+                      f"ssl.quorum.trustStore.location={conf / 'quorum-ca.pem'}", "ssl.quorum.trustStore.type=PEM",
+                      "ssl.quorum.clientAuth=need",
+                      "ssl.quorum.protocol=TLSv1.2", "ssl.quorum.enabledProtocols=TLSv1.3,TLSv1.2",
+                      # Not on: ZooKeeper's outgoing quorum connections do not bind the server's address
+                      # (on loopback they leave from 127.0.0.1), so an address check would refuse peers.
                       "ssl.quorum.hostnameVerification=false", "sslQuorumReloadCertFiles=true"]
             lines += [f"server.{p['id']}={p['address']}:{p.get('quorum_port', 2888)}:{p.get('election_port', 3888)}"
                       for p in self.peers]
