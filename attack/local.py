@@ -209,7 +209,8 @@ def zookeeper_own_nodes(cl: Cluster) -> Outcome:
     total = 2 * (len(attempts) + 1)
     return Outcome("ZooKeeper's own nodes", f"{total} writes to /zookeeper and /zookeeper/quota with worker1's "
                    "certificate, without a digest and with the workers' digest",
-                   f"refused: {len(refused)}/{total}; allowed: {allowed or 'none'}; world ACLs left: {world or 'none'}; "
+                   f"refused: {len(refused)}/{total}; allowed: {allowed or 'none'}; "
+                   f"world ACLs left: {world or 'none'}; "
                    f"masters administer them: {master_ok}; ruok: {ruok}",
                    len(refused) == total and not world and master_ok and ruok == "imok")
 
@@ -219,7 +220,8 @@ def _ruok(cl: Cluster) -> str:
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
     address = f"{_net(cl)}.11"
-    with socket.create_connection((address, 2281), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=address) as s:
+    with socket.create_connection((address, 2281), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=address) as s:
         s.sendall(b"ruok")
         return s.recv(4).decode(errors="replace")
 

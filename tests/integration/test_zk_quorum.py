@@ -9,7 +9,9 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -19,6 +21,7 @@ from kazoo.security import Permissions
 from histo import TRUST_DOMAIN
 from histo.files import private_dir
 from histo.local.zkserver import ZkServer
+from histo.testing.cluster import Cluster
 from histo.testing.attacker import root_client, zk_credentials
 from histo.vault.provision import wrapped_secret_id, write_credentials
 from histo.vault.setup import apply as vault_apply
@@ -30,12 +33,12 @@ ZK_PORT, QUORUM_PORT, ELECTION_PORT = 2281, 2888, 3888
 NAMES = ("zq1", "zq2", "zq3")
 
 
-def _ensemble_hosts(net: str) -> list[dict]:
+def _ensemble_hosts(net: str) -> list[dict[str, str]]:
     return [{"name": n, "role": "zookeeper", "address": f"{net}.{12 + i}"} for i, n in enumerate(NAMES)]
 
 
 @pytest.fixture(scope="module")
-def ensemble(cluster, tmp_path_factory):
+def ensemble(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     topo = json.loads((cluster.root / "topology.json").read_text())
     net = topo["net"]
     members = _ensemble_hosts(net)
@@ -46,7 +49,7 @@ def ensemble(cluster, tmp_path_factory):
              for i, h in enumerate(members)]
     base = tmp_path_factory.mktemp("zq")
     vault_cfg = cluster.config("master1")
-    servers = []
+    servers: list[ZkServer] = []
     try:
         for i, h in enumerate(members):
             creds = private_dir(base / h["name"] / "creds")
@@ -64,7 +67,7 @@ def ensemble(cluster, tmp_path_factory):
             zk.stop()
 
 
-def _master(cluster, hosts: str, timeout: float = 60) -> KazooClient:
+def _master(cluster: Cluster, hosts: str, timeout: float = 60) -> KazooClient:
     tls = cluster.service_dir("master1") / "tls"
     user, password = zk_credentials(cluster, "master")
     ids = root_client(cluster).secrets.kv.v2.read_secret_version(
@@ -109,7 +112,7 @@ def _split_pem(bundle: Path, into: Path) -> tuple[Path, Path]:
     return into / "cert.pem", into / "key.pem"
 
 
-def test_ensemble_forms_over_tls_with_quorum_certificates(cluster, ensemble):
+def test_ensemble_forms_over_tls_with_quorum_certificates(cluster: Cluster, ensemble: dict[str, Any]) -> None:
     master = _master(cluster, ensemble["hosts"])
     try:
         master.create("/quorum-probe", b"x")
@@ -128,7 +131,7 @@ def test_ensemble_forms_over_tls_with_quorum_certificates(cluster, ensemble):
         assert ca.strip() not in (cluster.root / "ca.pem").read_text()
 
 
-def test_quorum_ports_accept_only_zookeeper_peers(cluster, ensemble, tmp_path):
+def test_quorum_ports_accept_only_zookeeper_peers(cluster: Cluster, ensemble: dict[str, Any], tmp_path: Path) -> None:
     _master(cluster, ensemble["hosts"]).stop()  # the ensemble is up
     zq1 = ensemble["servers"][0]
     peer_cert, peer_key = _split_pem(zq1.dir / "conf" / "quorum.pem", tmp_path / "peer")
@@ -139,8 +142,9 @@ def test_quorum_ports_accept_only_zookeeper_peers(cluster, ensemble, tmp_path):
                if _handshake(s.address, QUORUM_PORT, peer_cert, peer_key) == "accepted"]
     assert len(leaders) == 1, leaders
     ports += leaders
-    intruders = {name: (cluster.service_dir(name) / "tls" / "cert.pem", cluster.service_dir(name) / "tls" / "key.pem")
-                 for name in ("master1", "worker1")}
+    intruders: dict[str, tuple[Path | None, Path | None]] = {
+        name: (cluster.service_dir(name) / "tls" / "cert.pem", cluster.service_dir(name) / "tls" / "key.pem")
+        for name in ("master1", "worker1")}
     intruders["zk host's client-port certificate"] = (histo_zk_cert, histo_zk_key)
     intruders["no certificate"] = (None, None)
     for address, port in ports:
@@ -150,7 +154,8 @@ def test_quorum_ports_accept_only_zookeeper_peers(cluster, ensemble, tmp_path):
         assert _handshake(address, port, peer_cert, peer_key) == "accepted", f"a peer refused at {address}:{port}"
 
 
-def test_zookeeper_nodes_owned_by_masters_and_zookeeper_still_works(cluster, ensemble):
+def test_zookeeper_nodes_owned_by_masters_and_zookeeper_still_works(cluster: Cluster,
+                                                                    ensemble: dict[str, Any]) -> None:
     ids = root_client(cluster).secrets.kv.v2.read_secret_version(
         "histo/zk/acl-ids", mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
     master = _master(cluster, ensemble["hosts"])
@@ -196,13 +201,13 @@ def test_zookeeper_nodes_owned_by_masters_and_zookeeper_still_works(cluster, ens
             assert s.recv(4) == b"imok"
 
 
-def test_acls_of_zookeeper_nodes_survive_a_restart(cluster, ensemble):
+def test_acls_of_zookeeper_nodes_survive_a_restart(cluster: Cluster, ensemble: dict[str, Any]) -> None:
     """ACL changes are transactions: a restarted server replays them (no window with world:anyone)."""
     zq3 = ensemble["servers"][2]
     zq3.stop()
     time.sleep(1)
     zq3.start()
-    master = _master(cluster, ",".join(f"{zq3.address}:{ZK_PORT}" for _ in (0,)))
+    master = _master(cluster, f"{zq3.address}:{ZK_PORT}")  # the restarted server alone
     try:
         for path in (ZK_SYSTEM, ZK_QUOTA):
             assert {a.id.scheme for a in master.get_acls(path)[0]} == {"digest"}, path

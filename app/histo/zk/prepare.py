@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 from ..vault.client import ServiceVault
 from ..vault.setup import QUORUM
@@ -16,10 +17,11 @@ ZK_CERT_TTL = "24h"  # ZooKeeper 3.8 does not reload its client-port certificate
 def quorum_identity(vault: ServiceVault, ttl: str = ZK_CERT_TTL) -> tuple[str, str, str]:
     """This host's certificate for the quorum ports (cert, key, the quorum CA), from the quorum CA
     alone, with the host's own names and address (its policy allows nothing else)."""
-    data = vault.client.write_data(f"{QUORUM}/issue/quorum-{vault.host}", data={
+    resp = cast(dict[str, Any], vault.client.write_data(f"{QUORUM}/issue/quorum-{vault.host}", data={
         "common_name": f"{vault.host}.{vault.trust_domain}", "alt_names": vault.host,
-        "ip_sans": vault.source_address, "ttl": ttl, "format": "pem", "private_key_format": "pkcs8"})["data"]
-    return data["certificate"], data["private_key"], data["issuing_ca"]
+        "ip_sans": vault.source_address, "ttl": ttl, "format": "pem", "private_key_format": "pkcs8"}))
+    data = resp["data"]
+    return str(data["certificate"]), str(data["private_key"]), str(data["issuing_ca"])
 
 
 def _write_from_vault(zk: ZkConfig, vault: ServiceVault) -> None:
