@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hvac
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
@@ -22,12 +23,13 @@ from histo import TRUST_DOMAIN
 from histo.files import private_dir
 from histo.local.zkserver import ZkServer
 from histo.testing.cluster import Cluster
-from histo.testing.attacker import root_client, zk_credentials
+from histo.testing.attacker import root_client, service_vault, zk_credentials
+from histo.vault.client import ServiceVault
 from histo.vault.provision import wrapped_secret_id, write_credentials
 from histo.vault.setup import apply as vault_apply
 from histo.zk.acl import ZK_CONFIG, ZK_QUOTA, ZK_SYSTEM, bootstrap_tree
 from histo.zk.client import connect
-from histo.zk.prepare import prepare_local
+from histo.zk.prepare import prepare_local, quorum_identity
 
 ZK_PORT, QUORUM_PORT, ELECTION_PORT = 2281, 2888, 3888
 NAMES = ("zq1", "zq2", "zq3")
@@ -214,3 +216,30 @@ def test_acls_of_zookeeper_nodes_survive_a_restart(cluster: Cluster, ensemble: d
     finally:
         master.stop()
         master.close()
+
+
+def test_only_a_zookeeper_host_gets_a_quorum_certificate_and_only_its_own(cluster: Cluster) -> None:
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    net = topo["net"]
+    own = {"common_name": f"zk1.{TRUST_DOMAIN}", "alt_names": "zk1", "ip_sans": f"{net}.11", "ttl": "60s",
+           "format": "pem", "private_key_format": "pkcs8"}
+    for name in ("master1", "worker1"):  # the attackers: any other identity of the histo CA
+        v = service_vault(cluster, name)
+        v.login()
+        with pytest.raises(hvac.exceptions.Forbidden):
+            v.client.write_data("pki_zk_quorum/issue/quorum-zk1", data=own)
+        with pytest.raises(hvac.exceptions.Forbidden):
+            v.client.write_data(f"pki_zk_quorum/issue/quorum-{name}",
+                                data={**own, "common_name": f"{name}.{TRUST_DOMAIN}", "alt_names": name})
+    cfg = cluster.config("master1")
+    zk1 = ServiceVault(cfg["vault_url"], cfg["vault_ca"], host="zk1", role="zookeeper",
+                       creds_dir=cluster.root / "zk1" / "creds", source_address=f"{net}.11")
+    zk1.login()
+    for bad in ({**own, "ip_sans": f"{net}.99"}, {**own, "uri_sans": "spiffe://histo.internal/master/master1"},
+                {**own, "common_name": f"master1.{TRUST_DOMAIN}"}):
+        with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
+            zk1.client.write_data("pki_zk_quorum/issue/quorum-zk1", data=bad)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        zk1.client.write_data("pki_zk_quorum/issue/quorum-zq1", data=own)
+    cert, _key, ca = quorum_identity(zk1, ttl="60s")  # the legitimate path
+    assert "BEGIN CERTIFICATE" in cert and ca.strip() not in (cluster.root / "ca.pem").read_text()
