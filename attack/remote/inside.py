@@ -17,8 +17,9 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ANSWER = "@@R@@"
 CFG: dict = {}  # /etc/histo/<role>.json, loaded by main()
@@ -122,13 +123,13 @@ def tcp(addr, port, timeout=2.0) -> str:
         s.close()
 
 
-def zk_session(user, password, tls=None):
+def zk_session(user: str | None, password: str | None, tls: str | Path | None = None) -> Any:
     """A session with the service's certificate and a digest credential (none if user is None)."""
     from kazoo.client import KazooClient
     tls = Path(tls or tls_dir())
     c = KazooClient(hosts=CFG["zk_hosts"], use_ssl=True, verify_certs=True, check_hostname=True,
                     ca=str(tls / "ca.pem"), certfile=str(tls / "cert.pem"), keyfile=str(tls / "key.pem"),
-                    auth_data=[("digest", user + ":" + password)] if user else None, timeout=6,
+                    auth_data=[("digest", f"{user}:{password}")] if user else None, timeout=6,
                     connection_retry={"max_tries": 3, "delay": 0.3})
     c.start(timeout=20)
     return c
@@ -252,19 +253,20 @@ def compromised(p: dict) -> dict:
     return r
 
 
-def zk_system_nodes(zk, how, allowed, refused):
+def zk_system_nodes(zk: Any, how: str, allowed: list[str], refused: list[str]) -> None:
     """ZooKeeper's own nodes (world:anyone:cdrwa out of the box): a node under /zookeeper, a quota
     node (a zookeeper_limits child is reported to crash 3.8.0), their ACLs opened to the world."""
     from kazoo.exceptions import NoAuthError, NoNodeError
     from kazoo.security import OPEN_ACL_UNSAFE
     tag = "drill-" + os.urandom(4).hex()
-    for what, fn, undo in (
+    attempts: tuple[tuple[str, Callable[[], Any], Callable[[], Any] | None], ...] = (
             ("create under /zookeeper", lambda: zk.create("/zookeeper/" + tag, b""),
              lambda: zk.delete("/zookeeper/" + tag)),
             ("create a zookeeper_limits quota node",
              lambda: zk.create("/zookeeper/quota/" + tag + "/zookeeper_limits", b"count=1,bytes=1", makepath=True),
              lambda: zk.delete("/zookeeper/quota/" + tag, recursive=True)),
-            ("open /zookeeper/quota to the world", lambda: zk.set_acls("/zookeeper/quota", OPEN_ACL_UNSAFE), None)):
+            ("open /zookeeper/quota to the world", lambda: zk.set_acls("/zookeeper/quota", OPEN_ACL_UNSAFE), None))
+    for what, fn, undo in attempts:
         try:
             fn()
             allowed.append(how + what)
