@@ -1,5 +1,5 @@
-"""ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode): TLS-only client port (no plain port), client certificates required,
-digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
+"""ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode):
+TLS-only client port (no plain port), client certificates required, digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
 keys into `zookeeper.*` system properties, so it never appears on the java command line).
 
 The JVM command line has one definition, `ZkConfig.command()`: local mode spawns it, and on machines
@@ -92,7 +92,9 @@ class ZkConfig:
                       "ssl.quorum.clientAuth=need",
                       "ssl.quorum.protocol=TLSv1.2", "ssl.quorum.enabledProtocols=TLSv1.3,TLSv1.2",
                       # Not on: ZooKeeper's outgoing quorum connections do not bind the server's address
-                      # (on loopback they leave from 127.0.0.1), so an address check would refuse peers.
+                      # (on loopback they leave from 127.0.0.1), so an address check would refuse peers,
+                      # and 3.8.0 falls back to reverse DNS when the IP check fails (CVE-2026-24281).
+                      # The peer's identity is its issuing CA (the quorum CA), checked with this off too.
                       "ssl.quorum.hostnameVerification=false", "sslQuorumReloadCertFiles=true"]
             lines += [f"server.{p['id']}={p['address']}:{p.get('quorum_port', 2888)}:{p.get('election_port', 3888)}"
                       for p in self.peers]
