@@ -1,6 +1,8 @@
 """ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode):
-TLS-only client port (no plain port), client certificates required, digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
-keys into `zookeeper.*` system properties, so it never appears on the java command line).
+TLS-only client port (no plain port), client certificates required, digest authentication, the super
+digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg keys into `zookeeper.*` system
+properties, so it never appears on the java command line); with peers, a TLS quorum that trusts the
+ZooKeeper quorum CA alone.
 
 The JVM command line has one definition, `ZkConfig.command()`: local mode spawns it, and on machines
 the unit's ExecStart is `histo zk-exec --config zk.json`, which builds it from the same JSON as
