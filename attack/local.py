@@ -21,9 +21,10 @@ from typing import Callable
 
 import hvac
 from kazoo.exceptions import NoAuthError
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from histo.edge.tokens import issue_token
-from histo.testing.attacker import get_from, root_client, zk_client
+from histo.testing.attacker import get_from, root_client, zk_client, zk_credentials
 from histo.testing.cluster import Cluster, sample_image
 from histo.vault.client import ServiceVault, VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
@@ -172,6 +173,64 @@ def compromised_worker_zookeeper(cl: Cluster) -> Outcome:
                    f"{own_ok}", len(refused) == len(attempts) and own_ok)
 
 
+def zookeeper_own_nodes(cl: Cluster) -> Outcome:
+    """ZooKeeper's own nodes, world:anyone:cdrwa out of the box: a holder of a histo certificate
+    with no digest, and root on worker1 with the workers' digest, try to create there (memory
+    exhaustion; a zookeeper_limits child is reported to crash 3.8.0) and to reopen their ACLs;
+    the masters' digest still administers them and the server still answers."""
+    tag = f"drill-{time.time_ns()}"
+    attempts = ((f"/zookeeper/{tag}", b""), (f"/zookeeper/quota/{tag}", b""),
+                (f"/zookeeper/quota/{tag}/zookeeper_limits", b"count=1,bytes=1"))
+    refused, allowed = [], []
+    for how, creds in (("no digest", None), ("workers' digest", zk_credentials(cl, "worker"))):
+        zk = zk_client(cl, "worker1", creds)
+        try:
+            for path, data in attempts:
+                try:
+                    zk.create(path, data, makepath=True)
+                    allowed.append(f"{how}: create {path}")
+                except NoAuthError:
+                    refused.append(f"{how}: create {path}")
+            try:
+                zk.set_acls("/zookeeper/quota", OPEN_ACL_UNSAFE)
+                allowed.append(f"{how}: open /zookeeper/quota")
+            except NoAuthError:
+                refused.append(f"{how}: open /zookeeper/quota")
+        finally:
+            zk.stop()
+            zk.close()
+    master = zk_client(cl, "master1", zk_credentials(cl, "master"))
+    try:
+        own = master.get_acls("/zookeeper/quota")[0]
+        master.create(f"/zookeeper/quota/{tag}", b"", acl=own)
+        master_ok = tag in master.get_children("/zookeeper/quota")
+        master.delete(f"/zookeeper/quota/{tag}")
+        world = [str(a) for p in ("/zookeeper", "/zookeeper/quota") for a in master.get_acls(p)[0]
+                 if a.id.scheme == "world"]
+    finally:
+        master.stop()
+        master.close()
+    ruok = _ruok(cl)
+    total = 2 * (len(attempts) + 1)
+    return Outcome("ZooKeeper's own nodes", f"{total} writes to /zookeeper and /zookeeper/quota with worker1's "
+                   "certificate, without a digest and with the workers' digest",
+                   f"refused: {len(refused)}/{total}; allowed: {allowed or 'none'}; "
+                   f"world ACLs left: {world or 'none'}; "
+                   f"masters administer them: {master_ok}; ruok: {ruok}",
+                   len(refused) == total and not world and master_ok and ruok == "imok")
+
+
+def _ruok(cl: Cluster) -> str:
+    tls = cl.service_dir("worker1") / "tls"
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
+    address = f"{_net(cl)}.11"
+    with socket.create_connection((address, 2281), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=address) as s:
+        s.sendall(b"ruok")
+        return s.recv(4).decode(errors="replace")
+
+
 def lateral_movement(cl: Cluster) -> Outcome:
     status = _internal(cl, "worker2", "/internal/v1/status", "worker1", cl.config("worker1")["address"])
     return Outcome("lateral movement", "worker1 calls worker2's internal port with its own identity",
@@ -301,6 +360,7 @@ def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome
     drills = [("eavesdrop", eavesdrop), ("stolen certificate", stolen_certificate),
               ("compromised worker vs Vault", compromised_worker_vault),
               ("compromised worker vs ZooKeeper", compromised_worker_zookeeper),
+              ("ZooKeeper's own nodes", zookeeper_own_nodes),
               ("lateral movement", lateral_movement), ("forged / replayed result", forged_result),
               ("used secret_id", lambda c: secret_id_reuse(c, _fresh(scratch, "sid"))),
               ("expired certificate", lambda c: expired_certificate(c, _fresh(scratch, "cert"))),

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kazoo.client import KazooClient
-
     from histo.vault.client import ServiceVault
 
 ANSWER = "@@R@@"
@@ -130,12 +128,13 @@ def tcp(addr: str, port: int, timeout: float = 2.0) -> str:
         s.close()
 
 
-def zk_session(user: str, password: str, tls: Path | str | None = None) -> KazooClient:
+def zk_session(user: str | None, password: str | None, tls: str | Path | None = None) -> Any:
+    """A session with the service's certificate and a digest credential (none if user is None)."""
     from kazoo.client import KazooClient
     tls = Path(tls or tls_dir())
     c = KazooClient(hosts=CFG["zk_hosts"], use_ssl=True, verify_certs=True, check_hostname=True,
                     ca=str(tls / "ca.pem"), certfile=str(tls / "cert.pem"), keyfile=str(tls / "key.pem"),
-                    auth_data=[("digest", user + ":" + password)], timeout=6,
+                    auth_data=[("digest", f"{user}:{password}")] if user else None, timeout=6,
                     connection_retry={"max_tries": 3, "delay": 0.3})
     c.start(timeout=20)
     return c
@@ -254,13 +253,46 @@ def compromised(p: dict[str, Any]) -> dict[str, Any]:
         legit.append("rewrite its own membership node")
         try_zk("add to the token revocation list",
                lambda: zk.create("/histo/revoked/drill-" + os.urandom(4).hex(), b""))
+        zk_system_nodes(zk, "with the workers' digest: ", zk_allowed, zk_refused)
     finally:
         zk.stop()
         zk.close()
+    anon = zk_session(None, None)  # its certificate alone, no digest at all
+    try:
+        zk_system_nodes(anon, "with no digest: ", zk_allowed, zk_refused)
+    finally:
+        anon.stop()
+        anon.close()
     drop(v)
     r.update(vault_refused=vault_refused, vault_allowed=vault_allowed, zk_refused=zk_refused, zk_allowed=zk_allowed,
              legit=legit, reach={f"{a}:{port}": tcp(a, port) for a, port in p["reach"]})
     return r
+
+
+def zk_system_nodes(zk: Any, how: str, allowed: list[str], refused: list[str]) -> None:
+    """ZooKeeper's own nodes (world:anyone:cdrwa out of the box): a node under /zookeeper, a quota
+    node (a zookeeper_limits child is reported to crash 3.8.0), their ACLs opened to the world."""
+    from kazoo.exceptions import NoAuthError, NoNodeError
+    from kazoo.security import OPEN_ACL_UNSAFE
+    tag = "drill-" + os.urandom(4).hex()
+    attempts: tuple[tuple[str, Callable[[], Any], Callable[[], Any] | None], ...] = (
+            ("create under /zookeeper", lambda: zk.create("/zookeeper/" + tag, b""),
+             lambda: zk.delete("/zookeeper/" + tag)),
+            ("create a zookeeper_limits quota node",
+             lambda: zk.create("/zookeeper/quota/" + tag + "/zookeeper_limits", b"count=1,bytes=1", makepath=True),
+             lambda: zk.delete("/zookeeper/quota/" + tag, recursive=True)),
+            ("open /zookeeper/quota to the world", lambda: zk.set_acls("/zookeeper/quota", OPEN_ACL_UNSAFE), None))
+    for what, fn, undo in attempts:
+        try:
+            fn()
+            allowed.append(how + what)
+            if undo:
+                try:
+                    undo()
+                except (NoAuthError, NoNodeError):
+                    pass
+        except NoAuthError:
+            refused.append(how + what)
 
 
 # -- forged and replayed task results ---------------------------------------------------------------------

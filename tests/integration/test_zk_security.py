@@ -2,15 +2,18 @@
 digest credentials, ACLs on every node. Each refusal beside the legitimate path."""
 import json
 import os
+import socket
+import ssl
 import stat
 
 import pytest
 from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.security import Permissions
+from kazoo.security import Permissions, make_acl
 
 from histo.testing.attacker import zk_client, zk_credentials
 from histo.testing.cluster import sample_image
+from histo.zk.acl import ZK_CONFIG, ZK_QUOTA, ZK_SYSTEM
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +91,62 @@ def test_worker_credentials_cannot_touch_jobs_election_or_other_workers(cluster,
 
 
 def test_no_node_is_world_accessible(master_zk):
-    todo = ["/", "/histo"]
-    seen = 0
+    """The whole tree, ZooKeeper's own nodes included: nothing world-accessible, except that
+    ZooKeeper recreates /zookeeper/config (when it exists) read-only for everyone at every start."""
+    todo = ["/"]
+    seen: list[str] = []
     while todo:
         path = todo.pop()
         acls, _ = master_zk.get_acls(path)
-        seen += 1
+        seen.append(path)
         for acl in acls:
+            if path == ZK_CONFIG and acl.id.scheme == "world":
+                assert acl.perms == Permissions.READ, f"{path} is world-writable: {acl}"
+                continue
             assert acl.id.scheme != "world", f"{path} has a world ACL: {acl}"
             if acl.id.scheme == "digest" and acl.id.id.startswith("histo-worker:"):
                 assert not acl.perms & (Permissions.DELETE | Permissions.ADMIN), f"{path} lets workers delete"
-        if path.startswith("/histo") or path == "/":
-            todo += [f"{path.rstrip('/')}/{c}" for c in master_zk.get_children(path) if c != "zookeeper"]
-    assert seen > 8
+                assert not path.startswith(ZK_SYSTEM), f"{path}: workers have no business in ZooKeeper's own nodes"
+        todo += [f"{path.rstrip('/')}/{c}" for c in master_zk.get_children(path)]
+    assert ZK_SYSTEM in seen and ZK_QUOTA in seen and len(seen) > 8
+
+
+def test_no_digest_and_worker_digest_cannot_write_zookeeper_nodes(cluster, master_zk):
+    """A holder of a histo certificate with no digest, or with the workers' digest, can create nothing
+    under /zookeeper or /zookeeper/quota (no memory exhaustion, no zookeeper_limits crash), nor change
+    their ACLs; masters still administer them."""
+    anon = zk_client(cluster, "worker1", None)
+    worker = zk_client(cluster, "worker1", zk_credentials(cluster, "worker"))
+    try:
+        for c in (anon, worker):
+            for path in (f"{ZK_SYSTEM}/intruder", f"{ZK_QUOTA}/intruder", f"{ZK_QUOTA}/histo/zookeeper_limits"):
+                with pytest.raises(NoAuthError):
+                    c.create(path, b"count=1,bytes=1", makepath=True)
+            for path in (ZK_SYSTEM, ZK_QUOTA):
+                with pytest.raises(NoAuthError):
+                    c.set_acls(path, [make_acl("world", "anyone", all=True)])
+                with pytest.raises(NoAuthError):
+                    c.get_children(path)
+        assert {a.id.scheme for a in master_zk.get_acls(ZK_QUOTA)[0]} == {"digest"}
+    finally:
+        for c in (anon, worker):
+            c.stop()
+            c.close()
+    master_zk.create(f"{ZK_QUOTA}/histo-probe", b"", acl=master_zk.get_acls(ZK_QUOTA)[0])
+    assert "histo-probe" in master_zk.get_children(ZK_QUOTA)
+    master_zk.delete(f"{ZK_QUOTA}/histo-probe")
+
+
+def test_zookeeper_answers_ruok_after_the_acl_change(cluster):
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    tls = cluster.service_dir("worker1") / "tls"
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
+    address = f"{topo['net']}.11"
+    with socket.create_connection((address, 2281), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=address) as s:
+        s.sendall(b"ruok")
+        assert s.recv(4) == b"imok"
 
 
 def test_super_digest_only_in_private_config(cluster):

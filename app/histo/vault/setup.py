@@ -31,6 +31,9 @@ from ..durations import parse_duration
 from ..tls.identity import spiffe_id
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
+# ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
+# from it (role quorum-<host>, in their own policy), so no master's or worker's certificate joins.
+QUORUM = "pki_zk_quorum"
 TOKEN_KEY = "histo-tokens"
 RECEIPT_KEY = "histo-receipts"  # signs job receipts (masters: sign only)
 ISSUER_POLICY = "histo-token-issuer"
@@ -201,6 +204,47 @@ class _Applier:
             self.urls(mount)
         for host in self.spec["hosts"]:
             self.pki_role(host)
+        self.quorum_pki()
+
+    def quorum_pki(self) -> None:
+        """A CA of its own for ZooKeeper's quorum (ports 2888/3888): a separate root, so a
+        certificate of the histo CA (any master or worker) is refused at the quorum handshake, and a
+        quorum certificate is no client of anything else."""
+        self.mount(QUORUM, "pki", "87600h")
+        if not self._ca_pem(QUORUM):
+            self.c.secrets.pki.generate_root("internal", "histo ZooKeeper quorum CA", mount_point=QUORUM,
+                                             extra_params={"key_type": "ec", "key_bits": 256, "ttl": "87600h",
+                                                           "issuer_name": "zk-quorum", "key_name": "zk-quorum"})
+            self.note("ZooKeeper quorum CA")
+        self.urls(QUORUM)
+        for host in self.spec["hosts"]:
+            if host["role"] == "zookeeper":
+                self.quorum_role(host)
+
+    def quorum_role(self, host: dict) -> None:
+        name, addr = host["name"], host["address"]
+        want = {
+            "key_type": "ec", "key_bits": 256,
+            "allowed_domains": [f"{name}.{self.td}", name], "allow_bare_domains": True,
+            "allow_subdomains": False, "allow_glob_domains": False, "allow_wildcard_certificates": False,
+            "allow_localhost": False, "allow_any_name": False, "enforce_hostnames": True,
+            "cn_validations": ["hostname"],
+            "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(addr)],
+            "allowed_uri_sans": [], "allowed_other_sans": [],
+            "server_flag": True, "client_flag": True, "code_signing_flag": False, "email_protection_flag": False,
+            "key_usage": ["DigitalSignature", "KeyAgreement"],
+            "max_ttl": _seconds(self.spec.get("leaf_max_ttl", "24h")),
+            "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
+            "use_csr_common_name": False, "use_csr_sans": False,
+        }
+        path = f"quorum-{name}"
+        try:
+            have = _data(self.c.secrets.pki.read_role(path, mount_point=QUORUM))
+        except InvalidPath:
+            have = {}
+        if _differs(have, want):
+            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=QUORUM)
+            self.note(f"pki role {QUORUM}/{path}")
 
     def default_issuer(self) -> None:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
@@ -356,8 +400,20 @@ path "{INT}/cert/ca_chain" {{
                       f'path "{TRANSIT}/sign/{RECEIPT_KEY}" {{\n  capabilities = ["update"]\n'
                       f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
                       f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n')
-        if role == "zookeeper":  # its digest goes into zoo.cfg
+        if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
+            rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "common_name" = ["{fqdn}"]
+    "alt_names" = ["{name}"]
+    "ip_sans" = ["{addr}"]
+    "ttl" = []
+    "format" = ["pem"]
+    "private_key_format" = ["pkcs8"]
+  }}
+}}
+'''
         return rules
 
     def approle(self, host: dict) -> str:

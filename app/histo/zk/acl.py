@@ -1,6 +1,14 @@
 """The histo znode tree and its ACLs. Nothing is world-readable or world-writable; masters
 administer the tree; workers read.
 
+ZooKeeper's own nodes are part of the tree: `/zookeeper` and `/zookeeper/quota` come with
+`world:anyone:cdrwa` (any client with a certificate of our CA could create nodes there: memory
+exhaustion, and on 3.8.0 a `zookeeper_limits` child under `/zookeeper/quota` is reported to crash the
+server). Masters own them (their digest only, as for `/histo/election`); the server's quota
+bookkeeping does not go through ACLs. `/zookeeper/config` is the one exception: ZooKeeper recreates
+it with `world:anyone:r` at every quorum start (`DataTree.addConfigNode`), so it stays read-only for
+everyone (it holds the ensemble list, no secret) and nobody can write or create under it.
+
 A worker's membership is bound to its certificate: /histo/workers/<name> is a slot that a master
 creates for the identity that asked over mTLS (never for a name a caller chooses), and only that
 certificate's x509 identity may create and delete the ephemeral member node inside it. The shared
@@ -12,6 +20,8 @@ from kazoo.exceptions import NodeExistsError
 from kazoo.security import ACL, Id, Permissions
 
 ROOT = "/histo"
+ZK_SYSTEM, ZK_QUOTA, ZK_CONFIG = "/zookeeper", "/zookeeper/quota", "/zookeeper/config"
+SYSTEM_NODES = ("/", ZK_SYSTEM, ZK_QUOTA)  # exist in every ZooKeeper: ACLs set, never created
 ELECTION, MASTERS, WORKERS, JOBS, REVOKED = (f"{ROOT}/{p}" for p in ("election", "masters", "workers", "jobs",
                                                                   "revoked"))
 
@@ -32,6 +42,8 @@ def tree_acls(ids: dict[str, str]) -> dict[str, list[ACL]]:
     r = Permissions.READ
     return {
         "/": [master_all(ids), worker(ids, r)],
+        ZK_SYSTEM: [master_all(ids)],                # ZooKeeper's own nodes: masters only
+        ZK_QUOTA: [master_all(ids)],
         ROOT: [master_all(ids), worker(ids, r)],
         ELECTION: [master_all(ids)],                 # workers cannot even see who contends
         MASTERS: [master_all(ids), worker(ids, r)],
@@ -82,9 +94,10 @@ def ensure_worker_slot(client: KazooClient, ids: dict[str, str], name: str, trus
 
 
 def bootstrap_tree(client: KazooClient, ids: dict[str, str]) -> None:
-    """Create the tree (idempotent) and (re)set the ACLs of its fixed nodes."""
+    """Create the tree (idempotent) and (re)set the ACLs of its fixed nodes, ZooKeeper's own
+    `/zookeeper` and `/zookeeper/quota` included (ACL changes are transactions: they persist)."""
     for path, acl in tree_acls(ids).items():
-        if path != "/":
+        if path not in SYSTEM_NODES:
             try:
                 client.create(path, b"", acl=acl)
             except NodeExistsError:

@@ -1,7 +1,8 @@
 """ZooKeeper's configuration as histo runs it (on machines by `histo zk-prepare`, and in local mode):
-TLS-only client port (no plain port), client certificates required,
-digest authentication, the super digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg
-keys into `zookeeper.*` system properties, so it never appears on the java command line).
+TLS-only client port (no plain port), client certificates required, digest authentication, the super
+digest kept in the 0600 zoo.cfg (ZooKeeper turns unknown zoo.cfg keys into `zookeeper.*` system
+properties, so it never appears on the java command line); with peers, a TLS quorum that trusts the
+ZooKeeper quorum CA alone.
 
 The JVM command line has one definition, `ZkConfig.command()`: local mode spawns it, and on machines
 the unit's ExecStart is `histo zk-exec --config zk.json`, which builds it from the same JSON as
@@ -47,7 +48,13 @@ class ZkConfig:
         return cls(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
                    server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"))
 
-    def write_config(self, cert_pem: str, key_pem: str, ca_pem: str, super_digest: str) -> None:
+    def write_config(self, cert_pem: str, key_pem: str, ca_pem: str, super_digest: str,
+                     quorum: tuple[str, str, str] | None = None) -> None:
+        """`quorum` (cert, key, CA) is the server's identity on the quorum ports, from the quorum CA
+        alone (vault/setup.py QUORUM): required with peers, as the quorum trust store holds only
+        that CA (no certificate of the histo CA, so no master or worker, can join the quorum)."""
+        if self.peers and not quorum:
+            raise ZkServerError("an ensemble needs a quorum certificate from the ZooKeeper quorum CA")
         conf = self.dir / "conf"
         data = self.dir / "data"
         for d in (self.dir, conf, data):
@@ -78,10 +85,20 @@ class ZkConfig:
             "audit.enable=true",
             "skipACL=no",
         ]
-        if self.peers:
+        if self.peers and quorum:
+            q_cert, q_key, q_ca = quorum
+            _write_private(conf / "quorum.pem", q_key.strip() + "\n" + q_cert.strip() + "\n")
+            _write_private(conf / "quorum-ca.pem", q_ca.strip() + "\n")
             lines += ["sslQuorum=true", "portUnification=false",
-                      f"ssl.quorum.keyStore.location={conf / 'server.pem'}", "ssl.quorum.keyStore.type=PEM",
-                      f"ssl.quorum.trustStore.location={conf / 'ca.pem'}", "ssl.quorum.trustStore.type=PEM",
+                      f"ssl.quorum.keyStore.location={conf / 'quorum.pem'}", "ssl.quorum.keyStore.type=PEM",
+                      # the quorum CA only: a certificate of the histo CA fails the handshake
+                      f"ssl.quorum.trustStore.location={conf / 'quorum-ca.pem'}", "ssl.quorum.trustStore.type=PEM",
+                      "ssl.quorum.clientAuth=need",
+                      "ssl.quorum.protocol=TLSv1.2", "ssl.quorum.enabledProtocols=TLSv1.3,TLSv1.2",
+                      # Not on: ZooKeeper's outgoing quorum connections do not bind the server's address
+                      # (on loopback they leave from 127.0.0.1), so an address check would refuse peers,
+                      # and 3.8.0 falls back to reverse DNS when the IP check fails (CVE-2026-24281).
+                      # The peer's identity is its issuing CA (the quorum CA), checked with this off too.
                       "ssl.quorum.hostnameVerification=false", "sslQuorumReloadCertFiles=true"]
             lines += [f"server.{p['id']}={p['address']}:{p.get('quorum_port', 2888)}:{p.get('election_port', 3888)}"
                       for p in self.peers]

@@ -79,7 +79,9 @@ finally:
 nodigest = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True, ca=cfg["ca"], certfile=cert, keyfile=key, timeout=6)
 nodigest.start(timeout=15)
 try:
-    for path in ("/molecule-probe", f"{ROOT}/jobs/molecule-probe"):
+    # ZooKeeper's own nodes too (world:anyone:cdrwa until a master's bootstrap_tree, above)
+    for path in ("/molecule-probe", f"{ROOT}/jobs/molecule-probe", "/zookeeper/molecule-probe",
+                 "/zookeeper/quota/molecule-probe"):
         try:
             nodigest.create(path, b"x")
             denied = False
