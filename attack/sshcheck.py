@@ -76,27 +76,32 @@ def all_addresses(cluster: DeployedCluster) -> dict[str, Addresses]:
     return {name: addresses(m) for name, m in cluster.machines.items()}
 
 
-def reach_targets(cluster: DeployedCluster, src: str, addrs: dict[str, Addresses]) -> list[tuple[str, str, list]]:
+Target = tuple[str, str, list[object]]  # (machine, what, [address, port])
+
+
+def reach_targets(cluster: DeployedCluster, src: str, addrs: dict[str, Addresses]) -> list[Target]:
     """What root in `src` tries against every other machine: SSH on every address it has (cluster,
     management, IPv6 link-local of eth0 and eth1), and every known port on its management address.
     Each target: (machine, what, [address, port])."""
     ports = sorted(set(cluster.ports.values()) | set(EXTRA_PORTS))
-    out = []
+    out: list[Target] = []
     for name, a in addrs.items():
         if name == src:
             continue
         out.append((name, "ssh, cluster address", [a.cluster, 22]))
         out += [(name, f"management address, port {p}", [a.management, p]) for p in ports]
-        out += [(name, f"ssh, IPv6 link-local of {ifname}", [f"{ll}%{ifname}", 22]) for ifname, ll in a.link_local.items()]
+        out += [(name, f"ssh, IPv6 link-local of {ifname}", [f"{ll}%{ifname}", 22])
+                for ifname, ll in a.link_local.items()]
     return out
 
 
-def probe_from(m: Machine, targets: list[list], timeout: float = 2.0) -> list[str]:
+def probe_from(m: Machine, targets: list[list[object]], timeout: float = 2.0) -> list[str]:
     """TCP connects from inside `m` (as root there), in parallel."""
     proc = m.attach(["python3", "-c", PROBE, str(timeout)], input=json.dumps(targets), timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"{m.name}: probe exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-    return json.loads(proc.stdout)
+    answers: list[str] = json.loads(proc.stdout)
+    return answers
 
 
 def cluster_key(cluster: DeployedCluster) -> Path:
@@ -111,13 +116,13 @@ def insecure_key() -> Path:
     return found[-1]
 
 
-def ssh(address: str, key: Path, user: str = "vagrant", command: str = "true") -> subprocess.CompletedProcess:
+def ssh(address: str, key: Path, user: str = "vagrant", command: str = "true") -> subprocess.CompletedProcess[str]:
     """An SSH login from the controller to a machine's management address with exactly `key`."""
     return subprocess.run(["ssh", *SSH_OPTS, "-i", str(key), f"{user}@{address}", command], capture_output=True,
                           text=True, timeout=30)
 
 
-def login_result(proc: subprocess.CompletedProcess) -> str:
+def login_result(proc: subprocess.CompletedProcess[str]) -> str:
     if proc.returncode == 0:
         return "logged in"
     err = proc.stderr.strip().splitlines()

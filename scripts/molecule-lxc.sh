@@ -123,6 +123,7 @@ case "${1:-}" in
       for _ in $(seq 120); do ip=$(mgmt_address "$name"); [ -n "$ip" ] && break; sleep 0.5; done
       [ -n "$ip" ] || { say "$name: no DHCP address on lxcbr0"; exit 1; }
       for _ in $(seq 120); do timeout 1 bash -c "</dev/tcp/$ip/22" 2>/dev/null && break; sleep 0.5; done
+      # shellcheck disable=SC2016  # $1 expands in the instance's shell
       lxc-attach -n "$name" -- sh -c 'grep -qxF "$1" /home/vagrant/.ssh/authorized_keys ||
         printf "%s\n" "$1" >> /home/vagrant/.ssh/authorized_keys' sh "$(cat "$key.pub")"
       conf+="- {instance: $name, address: $ip, user: vagrant, port: 22, identity_file: $key, become_method: sudo}"$'\n'

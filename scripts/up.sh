@@ -15,6 +15,7 @@ write_ssh_inventory() {  # .histo/vagrant/inventory: inventory/<profile> (a link
   local inv=$STATE/inventory
   install -d -m 700 "$inv"
   ln -sfn "../../../inventory/$HISTO_PROFILE" "$inv/profile"
+  # shellcheck disable=SC2016  # Python, not shell
   vagrant ssh-config | "$DEPLOY_VENV/bin/python" -c '
 import json, re, sys
 key, profile = sys.argv[1], sys.argv[2]

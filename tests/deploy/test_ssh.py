@@ -12,9 +12,10 @@ import subprocess
 import pytest
 
 from attack import sshcheck
-from attack.deployed import DeployedCluster
+from attack.deployed import DeployedCluster, Machine
 
 DENIED = "Permission denied"
+Addrs = dict[str, sshcheck.Addresses]
 
 
 @pytest.fixture(scope="module")
@@ -22,27 +23,28 @@ def addrs(cluster: DeployedCluster) -> dict[str, sshcheck.Addresses]:
     return sshcheck.all_addresses(cluster)
 
 
-def test_the_cluster_key_is_private_to_the_controller(cluster: DeployedCluster):
+def test_the_cluster_key_is_private_to_the_controller(cluster: DeployedCluster) -> None:
     key = sshcheck.cluster_key(cluster)
     assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600, key
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700, key.parent
-    assert "ssh" in open(cluster.root / ".gitignore").read() or ".histo/" in open(cluster.root / ".gitignore").read()
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(key)], cwd=cluster.root)
+    assert ignored.returncode == 0, f"{key} is not git-ignored"
 
 
-def test_every_machine_authorizes_exactly_the_cluster_key(cluster: DeployedCluster):
+def test_every_machine_authorizes_exactly_the_cluster_key(cluster: DeployedCluster) -> None:
     pub = (sshcheck.cluster_key(cluster).parent / "id_ed25519.pub").read_text().split()[:2]
     insecure = subprocess.run(["ssh-keygen", "-y", "-f", str(sshcheck.insecure_key())], capture_output=True,
                               text=True, check=True).stdout.split()[:2]
     for m in cluster.machines.values():
         lines = [ln.split() for ln in m.run("cat /home/vagrant/.ssh/authorized_keys").stdout.splitlines() if ln.strip()]
-        assert [ln[:2] for ln in lines] == [pub], f"{m.name}: vagrant authorizes {len(lines)} key(s), not just the cluster key"
+        assert [ln[:2] for ln in lines] == [pub], f"{m.name}: {len(lines)} authorized key(s), not the cluster key"
         # every authorized_keys file anywhere on the machine: only the admin user's, and no insecure key
         found = m.run("find / -xdev -name 'authorized_keys*' -type f 2>/dev/null", check=False).stdout.split()
         assert found == ["/home/vagrant/.ssh/authorized_keys"], f"{m.name}: {found}"
         assert insecure[1] not in m.run("cat /home/vagrant/.ssh/authorized_keys").stdout, m.name
 
 
-def test_sshd_admits_only_the_admin_user_from_the_controller(cluster: DeployedCluster, addrs):
+def test_sshd_admits_only_the_admin_from_the_controller(cluster: DeployedCluster, addrs: Addrs) -> None:
     for m in cluster.machines.values():
         conf = m.run("sshd -T 2>/dev/null").stdout.lower()
         allow = re.findall(r"^allowusers (.+)$", conf, re.M)
@@ -50,11 +52,12 @@ def test_sshd_admits_only_the_admin_user_from_the_controller(cluster: DeployedCl
         assert "authorizedkeysfile .ssh/authorized_keys\n" in conf, m.name
 
 
-def _gateway(m) -> str:
-    return m.run("ip -4 route show default dev eth0").stdout.split()[2]
+def _gateway(m: Machine) -> str:
+    gateway: str = m.run("ip -4 route show default dev eth0").stdout.split()[2]
+    return gateway
 
 
-def test_the_controller_logs_in_with_the_cluster_key_only(cluster: DeployedCluster, addrs):
+def test_the_controller_logs_in_with_the_cluster_key_only(cluster: DeployedCluster, addrs: Addrs) -> None:
     key, insecure = sshcheck.cluster_key(cluster), sshcheck.insecure_key()
     wrong = []
     for name, a in addrs.items():
@@ -68,19 +71,20 @@ def test_the_controller_logs_in_with_the_cluster_key_only(cluster: DeployedClust
     assert not wrong, wrong
 
 
-def test_no_machine_reaches_another_machines_ssh_or_management_ports(cluster: DeployedCluster, addrs):
+def test_no_machine_reaches_another_machines_ssh_or_management(cluster: DeployedCluster, addrs: Addrs) -> None:
     """From root in every machine: every other machine's SSH on every address, and every known port on its
     management address, is dropped (timeout); the controller's path (above) stays open."""
     wrong = []
     for src in cluster.machines.values():
         targets = sshcheck.reach_targets(cluster, src.name, addrs)
-        for (name, what, _t), got in zip(targets, sshcheck.probe_from(src, [t for *_x, t in targets], timeout=1.5)):
+        answers = sshcheck.probe_from(src, [t for *_x, t in targets], timeout=1.5)
+        for (name, what, _t), got in zip(targets, answers, strict=True):
             if got in ("open", "refused"):
                 wrong.append(f"{src.name} -> {name} {what}: {got}")
     assert not wrong, wrong
 
 
-def test_a_key_planted_on_worker1_opens_nothing_else(cluster: DeployedCluster, addrs):
+def test_a_key_planted_on_worker1_opens_nothing_else(cluster: DeployedCluster, addrs: Addrs) -> None:
     w1 = cluster.group("workers")[0]
     with sshcheck.planted_key(w1) as (key, inside):
         # root in worker1 owns worker1 (the planted key logs in there from the controller's position) ...
@@ -94,7 +98,7 @@ def test_a_key_planted_on_worker1_opens_nothing_else(cluster: DeployedCluster, a
     assert "histo-drill-planted" not in w1.run("cat /home/vagrant/.ssh/authorized_keys").stdout
 
 
-def test_plain_ansible_reaches_every_machine(cluster: DeployedCluster):
+def test_plain_ansible_reaches_every_machine(cluster: DeployedCluster) -> None:
     """`ansible` / `ansible-playbook site.yml` from the project root with no arguments: ansible.cfg names the
     inventory make up writes (.histo/vagrant/inventory: the profile's inventory and the SSH endpoints)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
@@ -106,7 +110,7 @@ def test_plain_ansible_reaches_every_machine(cluster: DeployedCluster):
 
 
 @pytest.mark.skipif(os.environ.get("HISTO_DEPLOY_SKIP_REPROVISION") == "1", reason="HISTO_DEPLOY_SKIP_REPROVISION=1")
-def test_plain_ansible_playbook_site_yml_changes_nothing(cluster: DeployedCluster):
+def test_plain_ansible_playbook_site_yml_changes_nothing(cluster: DeployedCluster) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env["PATH"] = f"{cluster.root / '.venv-deploy' / 'bin'}:{env['PATH']}"
     proc = subprocess.run(["ansible-playbook", "site.yml"], cwd=cluster.root, env=env, capture_output=True, text=True,
