@@ -25,6 +25,7 @@ from .target import Target
 
 FUNCTIONS = {"eavesdrop": network.eavesdrop, "stolen certificate": identity.stolen_certificate,
              "compromised worker": lateral.compromised_worker, "forged / replayed result": lateral.forged_result,
+             "ssh lateral": lateral.ssh_lateral,
              "used secret_id": identity.used_secret_id, "copied secret_id": identity.copied_secret_id,
              "expired certificate": identity.expired_certificate, "revoked token": identity.revoked_token,
              "flood": availability.flood, "Vault sealed": availability.vault_sealed}

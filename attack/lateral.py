@@ -51,3 +51,45 @@ def forged_result(d: Target) -> Outcome:
                    f"each worker re-reports every finished task attempt of job {job['id'][:8]}… (read from "
                    f"ZooKeeper) and one forged attempt to the leader {leader.name}",
                    f"{summ([str(s) for s in statuses])} ({'; '.join(reasons)})", held)
+
+
+# -- SSH and the management network from a compromised worker ------------------------------------------
+def ssh_lateral(d: Target) -> Outcome:
+    """Root in worker1 tries to reach every other machine's SSH (cluster, management and IPv6 link-local
+    addresses) and every known port on their management addresses; a key root plants in worker1, and
+    Vagrant's public insecure key, are tried from the controller (the one place SSH is accepted from)
+    against every machine, as vagrant and as root; the controller's cluster key must log in everywhere."""
+    from . import sshcheck
+    c = d.cluster
+    w1 = d.group("workers")[0]
+    addrs = sshcheck.all_addresses(c)
+    targets = sshcheck.reach_targets(c, w1.name, addrs)
+    got = sshcheck.probe_from(w1, [t for _m, _w, t in targets])
+    reached = [f"{m} {what}: {g}" for (m, what, _t), g in zip(targets, got) if g == "open"]
+    answered = [f"{m} {what}: {g}" for (m, what, _t), g in zip(targets, got) if g == "refused"]
+    others = [n for n in c.machines if n != w1.name]
+    insecure = sshcheck.insecure_key()
+    with sshcheck.planted_key(w1) as (planted, planted_inside):
+        on_worker1 = sshcheck.login_result(sshcheck.ssh(addrs[w1.name].management, planted))
+        planted_elsewhere = {n: sshcheck.login_result(sshcheck.ssh(addrs[n].management, planted)) for n in others}
+        self_login = sshcheck.self_login(w1, planted_inside, addrs[w1.name].management)
+    insecure_logins = {f"{user}@{n}": sshcheck.login_result(sshcheck.ssh(a.management, insecure, user))
+                       for n, a in addrs.items() for user in ("vagrant", "root")}
+    cluster_logins = {n: sshcheck.login_result(sshcheck.ssh(a.management, sshcheck.cluster_key(c),
+                                                            command="sudo -n true"))
+                      for n, a in addrs.items()}
+    denied = "Permission denied"
+    held = (not reached and not answered
+            and all(denied in r for r in planted_elsewhere.values()) and denied in self_login
+            and all(denied in r for r in insecure_logins.values())
+            and all(r == "logged in" for r in cluster_logins.values()))
+    return Outcome(
+        "ssh lateral",
+        f"as root in {w1.name}: {len(targets)} connects to the {len(others)} other machines (SSH on every address, "
+        f"every known port on their management addresses); a key planted in {w1.name} tried on every machine from "
+        f"the controller and from {w1.name} itself; Vagrant's insecure key as vagrant and root on every machine",
+        f"dropped {summ(got)}; reached {reached or 'nothing'}; refused by a listener {answered or 'none'}; "
+        f"planted key: {w1.name} from the controller {on_worker1!r} (root there owns its own machine), elsewhere "
+        f"{summ(list(planted_elsewhere.values()))}, from {w1.name} to itself {self_login!r}; insecure key: "
+        f"{summ(list(insecure_logins.values()))}; the cluster key from the controller (with sudo): "
+        f"{summ(list(cluster_logins.values()))}", held)

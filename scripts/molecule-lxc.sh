@@ -110,8 +110,12 @@ case "${1:-}" in
     mkdir -p "$MOL"; chmod 700 "$MOL"
     base_rootfs
     network_up
-    key=$MOL/vagrant_insecure_key
-    install -m 600 "$(vagrant_insecure_key private)" "$key"
+    # The scenarios' own "cluster key" (the common role's common_ssh_authorized_keys, .config/molecule):
+    # authorized beside the box's insecure key at creation, so that the role's removal of the insecure
+    # key is what the scenario exercises, and Molecule logs in with this key throughout.
+    key=$MOL/ssh_key
+    [ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -C histo-molecule -f "$key"
+    install -m 600 "$(vagrant_insecure_key private)" "$MOL/vagrant_insecure_key"
     for pair in "$@"; do check_name "${pair%%=*}"; create_one "${pair%%=*}" "${pair#*=}"; done
     conf="# Molecule managed (scripts/molecule-lxc.sh)"$'\n'
     for pair in "$@"; do
@@ -119,6 +123,9 @@ case "${1:-}" in
       for _ in $(seq 120); do ip=$(mgmt_address "$name"); [ -n "$ip" ] && break; sleep 0.5; done
       [ -n "$ip" ] || { say "$name: no DHCP address on lxcbr0"; exit 1; }
       for _ in $(seq 120); do timeout 1 bash -c "</dev/tcp/$ip/22" 2>/dev/null && break; sleep 0.5; done
+      # shellcheck disable=SC2016  # $1 expands in the instance's shell
+      lxc-attach -n "$name" -- sh -c 'grep -qxF "$1" /home/vagrant/.ssh/authorized_keys ||
+        printf "%s\n" "$1" >> /home/vagrant/.ssh/authorized_keys' sh "$(cat "$key.pub")"
       conf+="- {instance: $name, address: $ip, user: vagrant, port: 22, identity_file: $key, become_method: sudo}"$'\n'
       say "$name: eth0 $ip, eth1 ${pair#*=}"
     done

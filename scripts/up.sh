@@ -11,6 +11,22 @@ STATE=.histo/vagrant
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 t0=$(date +%s)
+write_ssh_inventory() {  # .histo/vagrant/inventory: inventory/<profile> (a link) + the SSH endpoints of `vagrant ssh-config`
+  local inv=$STATE/inventory
+  install -d -m 700 "$inv"
+  ln -sfn "../../../inventory/$HISTO_PROFILE" "$inv/profile"
+  # shellcheck disable=SC2016  # Python, not shell
+  vagrant ssh-config | "$DEPLOY_VENV/bin/python" -c '
+import json, re, sys
+key, profile = sys.argv[1], sys.argv[2]
+hosts = {m[0]: {"ansible_host": m[1]} for m in re.findall(r"^Host (\S+)\n\s+HostName (\S+)", sys.stdin.read(), re.M)}
+doc = {"all": {"hosts": hosts, "vars": {"ansible_user": "vagrant", "ansible_ssh_private_key_file": key,
+       "ansible_ssh_common_args": "-o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null", "histo_profile": profile}}}
+print("# Written by make up (scripts/up.sh) from `vagrant ssh-config`: the SSH endpoints (management network)")
+print("# of the running machines and the cluster key; groups and addresses come from ./profile.")
+print(json.dumps(doc, indent=1))' "$PWD/$STATE/ssh/id_ed25519" "$HISTO_PROFILE" > "$inv/ssh.yml.tmp"
+  mv "$inv/ssh.yml.tmp" "$inv/ssh.yml"
+}
 say() { echo "up: $*"; }
 [ -f "inventory/$HISTO_PROFILE/hosts.yml" ] || { echo "up: no inventory/$HISTO_PROFILE/hosts.yml" >&2; exit 2; }
 
@@ -33,6 +49,9 @@ t1=$(date +%s)
 vagrant up --provider=lxc --no-provision
 t2=$(date +%s)
 last=$(vagrant status --machine-readable | awk -F, '$3=="state"{m=$2} END{print m}')
+# The inventory plain `ansible-playbook site.yml` uses (ansible.cfg): the profile's inventory and every
+# machine's SSH endpoint with the cluster key.
+write_ssh_inventory
 vagrant provision "$last"
 t3=$(date +%s)
 
