@@ -10,7 +10,7 @@ from hvac.exceptions import Forbidden
 
 from histo.edge import receipts
 
-from .attacker import root_client, service_vault
+from histo.testing.attacker import root_client, service_vault
 from histo.testing.cluster import sample_image
 from .test_edge import issue
 
