@@ -234,16 +234,16 @@ def test_event_stream_ends_on_revocation_and_on_expiry(cluster):
 
 # -- malformed input ---------------------------------------------------------------------------------------
 MALFORMED = {
-    "nested multipart": (b'--o\r\nContent-Disposition: form-data; name="image"\r\n'
+    "nested multipart": ((b'--o\r\nContent-Disposition: form-data; name="image"\r\n'
                          b'Content-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\nContent-Type: image/png\r\n\r\n'
-                         b"\x89PNG\r\n\x1a\n\r\n--i--\r\n\r\n--o--\r\n", "multipart/form-data; boundary=o"),
-    "nested multipart first": (b"--o\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\n\r\nx\r\n--i--\r\n"
-                               b"\r\n--o--\r\n", "multipart/form-data; boundary=o"),
-    "unknown charset": (b'--o\r\nContent-Disposition: form-data; name="mode"\r\n'
-                        b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\nluma\r\n--o--\r\n",
+                         b"\x89PNG\r\n\x1a\n\r\n--i--\r\n\r\n--o--\r\n"), "multipart/form-data; boundary=o"),
+    "nested multipart first": ((b"--o\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\n\r\nx\r\n--i--\r\n"
+                               b"\r\n--o--\r\n"), "multipart/form-data; boundary=o"),
+    "unknown charset": ((b'--o\r\nContent-Disposition: form-data; name="mode"\r\n'
+                        b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\nluma\r\n--o--\r\n"),
                         "multipart/form-data; boundary=o"),
-    "bad transfer encoding": (b'--o\r\nContent-Disposition: form-data; name="mode"\r\n'
-                              b"Content-Transfer-Encoding: x-rot13\r\n\r\nluma\r\n--o--\r\n",
+    "bad transfer encoding": ((b'--o\r\nContent-Disposition: form-data; name="mode"\r\n'
+                              b"Content-Transfer-Encoding: x-rot13\r\n\r\nluma\r\n--o--\r\n"),
                               "multipart/form-data; boundary=o"),
     "mode not utf-8": (b'--o\r\nContent-Disposition: form-data; name="mode"\r\n\r\n\xff\xfe\r\n--o--\r\n',
                        "multipart/form-data; boundary=o"),
@@ -254,8 +254,8 @@ MALFORMED = {
     "boundary mismatch": (b"--zzz\r\nContent-Disposition: form-data; name=image\r\n\r\nx\r\n--zzz--\r\n",
                           "multipart/form-data; boundary=o"),
     "boundary too long": (b"--" + b"o" * 200 + b"\r\n\r\n", "multipart/form-data; boundary=" + "o" * 200),
-    "unterminated": (b'--o\r\nContent-Disposition: form-data; name="image"\r\n\r\n\x89PNG', "multipart/form-data; "
-                     "boundary=o"),
+    "unterminated": (b'--o\r\nContent-Disposition: form-data; name="image"\r\n\r\n\x89PNG', ("multipart/form-data; "
+                     "boundary=o")),
     "header abuse": (b"--o\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(300))
                      + b'Content-Disposition: form-data; name="image"\r\n\r\nx\r\n--o--\r\n',
                      "multipart/form-data; boundary=o"),
@@ -263,10 +263,10 @@ MALFORMED = {
                          + b"\"\r\n\r\nx\r\n--o--\r\n", "multipart/form-data; boundary=o"),
     "disposition garbage": (b"--o\r\nContent-Disposition: ;;;=\"\r\n\r\nx\r\n--o--\r\n",
                             "multipart/form-data; boundary=o"),
-    "base64 garbage": (b'--o\r\nContent-Disposition: form-data; name="mode"\r\nContent-Transfer-Encoding: base64\r\n'
-                       b"\r\n!!!!\r\n--o--\r\n", "multipart/form-data; boundary=o"),
-    "gzip garbage": (b'--o\r\nContent-Disposition: form-data; name="mode"\r\nContent-Encoding: gzip\r\n'
-                     b"\r\nnotgzip\r\n--o--\r\n", "multipart/form-data; boundary=o"),
+    "base64 garbage": ((b'--o\r\nContent-Disposition: form-data; name="mode"\r\nContent-Transfer-Encoding: base64\r\n'
+                       b"\r\n!!!!\r\n--o--\r\n"), "multipart/form-data; boundary=o"),
+    "gzip garbage": ((b'--o\r\nContent-Disposition: form-data; name="mode"\r\nContent-Encoding: gzip\r\n'
+                     b"\r\nnotgzip\r\n--o--\r\n"), "multipart/form-data; boundary=o"),
 }
 
 

@@ -65,7 +65,8 @@ header_values = st.one_of(
     st.integers(0, 20_000).map(lambda n: "a" * n))
 parts = st.lists(st.tuples(st.lists(st.tuples(header_names, header_values), max_size=5),
                            st.one_of(st.sampled_from(SEEDS), st.binary(max_size=256),
-                                     st.sampled_from([b"luma", b"gray", b"\xff\xfe", b"--inner\r\n\r\nx\r\n--inner--"]))),
+                                     st.sampled_from([b"luma", b"gray", b"\xff\xfe",
+                                                      b"--inner\r\n\r\nx\r\n--inner--"]))),
                  max_size=4)
 
 
