@@ -58,6 +58,9 @@ class ServiceConfig:
     internal_conn_total: int = 1024
     tls_handshake_timeout: float = 10.0
     idle_timeout: float = 15.0
+    # Internal peers pool their connections (rpc.py keeps them 30 s): the server must wait longer, or
+    # it closes a connection just as a peer reuses it.
+    internal_idle_timeout: float = 75.0
     # The soft limit of open files (LimitNOFILE in the unit) must cover every cap plus this margin
     # (ZooKeeper, Vault, outbound pools, files); the service raises it up to the hard limit or refuses to start.
     fd_margin: int = 512

@@ -242,7 +242,8 @@ def limits_for(cfg: Any, public: bool) -> ConnLimits:
     """The caps of a service's public (master) or internal listener, from its ServiceConfig."""
     return ConnLimits(per_address=cfg.conn_per_address if public else cfg.internal_conn_per_address,
                       total=cfg.conn_total if public else cfg.internal_conn_total,
-                      handshake_timeout=cfg.tls_handshake_timeout, idle_timeout=cfg.idle_timeout)
+                      handshake_timeout=cfg.tls_handshake_timeout,
+                      idle_timeout=cfg.idle_timeout if public else cfg.internal_idle_timeout)
 
 
 def files_needed(cfg: Any) -> int:
