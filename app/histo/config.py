@@ -70,6 +70,8 @@ class ServiceConfig:
     pixel_window: float = 60.0
     max_concurrent_decodes: int = 2
     max_running_jobs: int = 16
+    # Upload bodies of one principal read (held in memory) at once on one master (else 429).
+    uploads_in_flight: int = 8
 
     @property
     def spiffe_id(self) -> str:
@@ -104,7 +106,7 @@ class ServiceConfig:
         if cfg.role not in ROLES:
             raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
         for name in ("conn_per_address", "conn_total", "internal_conn_per_address", "internal_conn_total",
-                     "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal"):
+                     "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer")
         if cfg.conn_per_address > cfg.conn_total or cfg.internal_conn_per_address > cfg.internal_conn_total:

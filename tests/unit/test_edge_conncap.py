@@ -192,3 +192,20 @@ def test_decode_slots_bound_and_one_principal_never_takes_all() -> None:
             adm.check_jobs(3)
         assert exc.value.status == 503 and exc.value.retry_after >= 1
     asyncio.run(run())
+
+
+def test_reads_and_jobs_per_principal() -> None:
+    adm = Admission(pixels=10**9, window=60, decodes=2, jobs=4, reads=2)
+    with adm.reading("mallory"), adm.reading("mallory"):
+        with pytest.raises(Refused) as exc:
+            with adm.reading("mallory"):
+                pass
+        assert exc.value.status == 429 and exc.value.code == "too_many_uploads"
+        with adm.reading("alice"):
+            pass
+    with adm.reading("mallory"):
+        pass
+    adm.check_jobs(3, 1)
+    with pytest.raises(Refused) as exc:
+        adm.check_jobs(3, 2)
+    assert exc.value.status == 429 and exc.value.code == "too_many_jobs"

@@ -6,7 +6,8 @@ can declare 64 Mpx), so work is admitted against
 - a bound on concurrent decodes (each holds a full image in memory): `decodes` slots in all and at
   most `decodes - 1` (at least 1) for one principal, so one principal never holds every slot; a
   request waits up to `wait` seconds for a slot, then 503;
-- a bound on jobs running at once, 503 when reached.
+- a bound on jobs running at once, 503 when reached, and half of it for one principal (429);
+- at most `reads` upload bodies of one principal being read (held in memory) at once on a master (429).
 
 Every refusal carries Retry-After. The leader is the one place where work is admitted, so the budget
 is one per principal across all masters (a standby forwards, it does not count)."""
@@ -17,8 +18,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from contextlib import asynccontextmanager, contextmanager
+from typing import AsyncIterator, Callable, Iterator
 
 MAX_KEYS = 10_000
 
@@ -75,7 +76,7 @@ class PixelBudget:
 
 class Admission:
     def __init__(self, pixels: int, window: float, decodes: int, jobs: int, wait: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 reads: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
         if decodes < 1 or jobs < 1:
             raise ValueError("admission: decodes >= 1 and jobs >= 1")
         self.budget = PixelBudget(pixels, window, clock)
@@ -83,6 +84,8 @@ class Admission:
         self.per_principal = max(1, decodes - 1)
         self._slots: asyncio.Semaphore | None = None
         self._held: dict[str, int] = {}
+        self.reads = max(1, reads)
+        self._reading: dict[str, int] = {}
         self.decoding = 0
 
     def _sem(self) -> asyncio.Semaphore:
@@ -90,9 +93,28 @@ class Admission:
             self._slots = asyncio.Semaphore(self.decodes)
         return self._slots
 
-    def check_jobs(self, running: int) -> None:
+    def check_jobs(self, running: int, mine: int = 0) -> None:
+        """`running` jobs in all, `mine` of them the caller's: one principal may hold half the slots."""
         if running >= self.jobs:
             raise Refused(503, "busy", "the cluster is running as many jobs as it takes; try again shortly", 2)
+        if mine >= max(1, self.jobs // 2):
+            raise Refused(429, "too_many_jobs", "too many of your jobs are running; wait for one to finish", 2)
+
+    @contextmanager
+    def reading(self, principal: str) -> Iterator[None]:
+        """At most `reads` upload bodies of one principal read (held in memory) at once on this master."""
+        if self._reading.get(principal, 0) >= self.reads:
+            raise Refused(429, "too_many_uploads", "too many of your uploads are in progress; wait for one to "
+                          "finish", 1)
+        self._reading[principal] = self._reading.get(principal, 0) + 1
+        try:
+            yield
+        finally:
+            n = self._reading.get(principal, 1) - 1
+            if n > 0:
+                self._reading[principal] = n
+            else:
+                self._reading.pop(principal, None)
 
     def charge(self, principal: str, pixels: int) -> None:
         wait = self.budget.charge(principal, pixels)

@@ -43,6 +43,7 @@ DRILL_FIELDS = {"drill": 80, "tried": 300, "happened": 500}
 DRILL_BODY_MAX = 4096
 # What a forwarded call's answer keeps of the other master's headers (besides its Content-Type).
 FORWARDED_REPLY_HEADERS = ("Retry-After", "WWW-Authenticate", "Location", "Content-Disposition")
+PRINCIPAL_KEY = "principal"  # the request key of the authenticated caller (master/auth.py::require)
 STREAM_TOKEN_CHECK = 0.5  # seconds between checks of an open event stream's token (revoked, expired)
 RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
 
@@ -113,12 +114,14 @@ class Handlers:
         auth = self.m.auth
         auth.limit_uploads(request, principal)
         admission = auth.admission
+        mine = sum(1 for t in self.m.running.values() if getattr(t, "histo_owner", None) == principal.sub)
+        t0 = time.perf_counter()
         try:
-            admission.check_jobs(len(self.m.running))
+            admission.check_jobs(len(self.m.running), mine)
+            with admission.reading(principal.sub):
+                data, mode = await self._read_upload(request)
         except Refused as exc:
             raise auth.refused(request, principal, exc) from None
-        t0 = time.perf_counter()
-        data, mode = await self._read_upload(request)
         t_recv = time.perf_counter() - t0
         if not self.m.schedulable_workers():
             raise json_error(503, "no_workers", "no workers are available; try again shortly")
@@ -502,7 +505,12 @@ class Handlers:
             raise json_error(503, "no_leader", "no leader master is available; try again shortly")
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
         headers["X-Histo-Client-Addr"] = client_addr(request)
-        body = await request.read()
+        principal = request.get(PRINCIPAL_KEY)
+        try:  # a body held in this master's memory: bounded per principal here too
+            with self.m.auth.admission.reading(principal.sub if principal else client_addr(request)):
+                body = await request.read()
+        except Refused as exc:
+            raise json_error(exc.status, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         try:
             reply = await self.m.client.request(request.method, member.endpoint + "/internal/v1/public"
                                                 + request.rel_url.path_qs, ("master",), headers=headers, data=body,

@@ -33,7 +33,8 @@ class Authenticator:
         self.per_address = RateLimiter(rate_per_s=cfg.rate_per_address, burst=cfg.burst_per_address)
         self.uploads = RateLimiter(rate_per_s=cfg.uploads_per_principal, burst=cfg.upload_burst)
         self.admission = Admission(pixels=cfg.pixels_per_principal, window=cfg.pixel_window,
-                                   decodes=cfg.max_concurrent_decodes, jobs=cfg.max_running_jobs)
+                                   decodes=cfg.max_concurrent_decodes, jobs=cfg.max_running_jobs,
+                                   reads=cfg.uploads_in_flight)
 
     def _fetch_keys(self) -> dict[str, str]:
         return vault_public_keys(self.m.rt.vault.client)
@@ -102,6 +103,7 @@ class Authenticator:
             self.m.audit_decision(principal, request, f"{request.method} {request.path}", False,
                                   f"role {principal.role} not in {'/'.join(roles)}")
             raise json_error(403, "forbidden", f"role {principal.role} may not do this")
+        request["principal"] = principal
         return principal
 
     def limit_uploads(self, request: web.Request, principal: Principal) -> None:
