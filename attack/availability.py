@@ -73,6 +73,7 @@ def connection_flood(d: Target) -> Outcome:
     with outsider(NETNS, VETH, (a,)) as ns:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(CONNFLOOD_CLIENT)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdin is not None
         proc.stdin.write(json.dumps({"host": leader.address, "port": 443, "a": a, "n": 2 * CONN_PER_ADDRESS,
                                      "wait": HANDSHAKE_TIMEOUT + 2}) + "\n")
         proc.stdin.close()

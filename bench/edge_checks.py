@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -31,14 +32,14 @@ from histo.tls.selfsigned import ensure_bootstrap_tls
 HERE = Path(__file__).resolve().parent
 
 
-def per_call(fn, n: int = 100_000) -> float:
+def per_call(fn: Callable[[], object], n: int = 100_000) -> float:
     t = time.perf_counter()
     for _ in range(n):
         fn()
     return (time.perf_counter() - t) / n * 1e6  # µs
 
 
-def in_process() -> dict:
+def in_process() -> dict[str, float]:
     gate = ConnectionGate(ConnLimits())
     adm = Admission(pixels=10**15, window=60, decodes=2, jobs=16)
     png = sample_image(1024, 1024, "PNG")
@@ -64,7 +65,9 @@ async def _listener(capped: bool, tmp: Path) -> tuple[web.AppRunner, int, ssl.SS
     sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     sctx.load_cert_chain(str(cert), str(key))
     app = web.Application()
-    app.router.add_get("/", lambda r: web.json_response({"ok": True}))
+    async def ok(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+    app.router.add_get("/", ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     with socket.socket() as s:
@@ -98,8 +101,8 @@ def _client(port: int, ctx: ssl.SSLContext, n: int, keepalive: bool) -> float:
     return n / (time.perf_counter() - t)
 
 
-def listener(n_new: int = 400, n_keep: int = 4000) -> dict:
-    out = {}
+def listener(n_new: int = 400, n_keep: int = 4000) -> dict[str, float]:
+    out: dict[str, float] = {}
     for capped in (False, True):
         async def run(capped: bool = capped) -> tuple[float, float]:
             with tempfile.TemporaryDirectory() as tmp:
@@ -120,13 +123,14 @@ def listener(n_new: int = 400, n_keep: int = 4000) -> dict:
     return out
 
 
-def cluster_throughput(jobs: int, clients: int) -> dict:
+def cluster_throughput(jobs: int, clients: int) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
-    import run as bench  # bench/run.py
+    import run as bench  # type: ignore[import-not-found]  # bench/run.py, beside this script
     with tempfile.TemporaryDirectory(prefix="histo-bench-edge-") as tmp:
         cl = bench.up(Path(tmp) / "c", "1h")
         try:
-            return bench.throughput(cl, jobs, clients)
+            result: dict[str, Any] = bench.throughput(cl, jobs, clients)
+            return result
         finally:
             bench.local_cluster.down(Path(tmp) / "c")
 
@@ -138,7 +142,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--out", default=str(HERE / "edge_checks.json"))
     a = ap.parse_args()
-    r = {"in_process": in_process(), "listener": listener()}
+    r: dict[str, Any] = {"in_process": in_process(), "listener": listener()}
     if a.cluster:
         r["throughput_1024"] = cluster_throughput(a.jobs, a.clients)
     print(json.dumps(r, indent=1))

@@ -15,9 +15,11 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+from typing import Any
+
 import aiohttp
 
-from histo.testing.cluster import sample_image
+from histo.testing.cluster import Cluster, sample_image
 
 from .test_edge import issue
 
@@ -27,13 +29,13 @@ def _hostport(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _legit_ok(cluster) -> bool:
+def _legit_ok(cluster: Cluster) -> bool:
     status, doc = cluster.upload(sample_image(48, 32, "PNG"))
-    return status == 202 and cluster.wait_job(doc["id"])["state"] == "done"
+    return status == 202 and bool(cluster.wait_job(doc["id"])["state"] == "done")
 
 
 # -- connections ----------------------------------------------------------------------------------------
-def test_connection_cap_per_address_and_handshake_timeout(cluster):
+def test_connection_cap_per_address_and_handshake_timeout(cluster: Cluster) -> None:
     host, port = _hostport(cluster.url)
     cap = cluster.config("master1").get("conn_per_address", 64)
     held = []
@@ -86,7 +88,7 @@ def test_connection_cap_per_address_and_handshake_timeout(cluster):
             s.close()
 
 
-def test_idle_keepalive_connection_is_closed(cluster):
+def test_idle_keepalive_connection_is_closed(cluster: Cluster) -> None:
     host, port = _hostport(cluster.url)
     idle = cluster.config("master1").get("idle_timeout", 15.0)
     ctx = cluster.ssl_context()
@@ -102,15 +104,15 @@ def test_idle_keepalive_connection_is_closed(cluster):
 
 
 # -- the internal results endpoint -------------------------------------------------------------------------
-def _worker_tls(cluster, name: str) -> ssl.SSLContext:
+def _worker_tls(cluster: Cluster, name: str) -> ssl.SSLContext:
     tls = cluster.service_dir(name) / "tls"
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
     return ctx
 
 
-def test_results_endpoint_judges_headers_before_reading_a_body(cluster):
-    leader = cluster.leader()
+def test_results_endpoint_judges_headers_before_reading_a_body(cluster: Cluster) -> None:
+    leader = cluster.leader() or "master1"
     cfg, wcfg = cluster.config(leader), cluster.config("worker1")
     hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "apply",
            "X-Histo-Image-Mode": "RGB", "X-Histo-Width": "8192", "X-Histo-Rows": "8192",
@@ -133,12 +135,13 @@ def test_results_endpoint_judges_headers_before_reading_a_body(cluster):
 def _png_bomb(w: int, h: int) -> bytes:
     ihdr = b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     idat = b"IDAT" + zlib.compress(b"\0" * (1 << 16), 9)
-    chunk = lambda c: struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c))  # noqa: E731
+    def chunk(c: bytes) -> bytes:
+        return struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c))
     return b"\x89PNG\r\n\x1a\n" + chunk(ihdr) + chunk(idat) + chunk(b"IEND")
 
 
-def test_decompression_bombs_are_admitted_by_cost_once_across_masters(cluster):
-    cfg = cluster.config(cluster.leader())
+def test_decompression_bombs_are_admitted_by_cost_once_across_masters(cluster: Cluster) -> None:
+    cfg = cluster.config(cluster.leader() or "master1")
     budget = cfg.get("pixels_per_principal", 256_000_000)
     side = int((min(cfg.get("max_pixels", 64_000_000), budget)) ** 0.5)
     bomb = _png_bomb(side, side)
@@ -167,7 +170,8 @@ def _multipart(data: bytes) -> bytes:
 
 
 # -- the event stream through the edge ---------------------------------------------------------------------
-async def _ws(cluster, token: str, source: str, url: str | None = None):
+async def _ws(cluster: Cluster, token: str, source: str,
+              url: str | None = None) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
     ctx = ssl.create_default_context(cafile=cluster.ca)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0), ssl=ctx))
     ws = await session.ws_connect((url or cluster.url).replace("https", "wss") + "/api/v1/events")
@@ -175,11 +179,11 @@ async def _ws(cluster, token: str, source: str, url: str | None = None):
     return session, ws
 
 
-def test_event_stream_is_throttled_like_http(cluster):
+def test_event_stream_is_throttled_like_http(cluster: Cluster) -> None:
     src = "127.0.20.160"
 
-    async def run() -> list:
-        out = []
+    async def run() -> list[Any]:
+        out: list[Any] = []
         for _ in range(12):
             try:
                 session, ws = await _ws(cluster, "forged.token.value", src)
@@ -199,7 +203,7 @@ def test_event_stream_is_throttled_like_http(cluster):
     assert get_from(cluster, "127.0.20.161", "/api/v1/jobs", cluster.token("uploader"))[0] == 200
 
 
-def test_event_stream_ends_on_revocation_and_on_expiry(cluster):
+def test_event_stream_ends_on_revocation_and_on_expiry(cluster: Cluster) -> None:
     erin = issue(cluster, "viewer", "erin")
     brief = issue(cluster, "viewer", "brief", ttl=4)
     jti = json.loads(base64.urlsafe_b64decode(erin.split(".")[1] + "==="))["jti"]
@@ -216,7 +220,7 @@ def test_event_stream_ends_on_revocation_and_on_expiry(cluster):
             headers={"Content-Type": "application/json"}))
         assert status == 200
 
-        async def until_closed(ws) -> float:
+        async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> float:
             while True:
                 msg = await ws.receive(timeout=15)
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
@@ -270,8 +274,8 @@ MALFORMED = {
 }
 
 
-def test_malformed_multipart_is_4xx_json_and_names_nothing_internal(cluster):
-    bad = []
+def test_malformed_multipart_is_4xx_json_and_names_nothing_internal(cluster: Cluster) -> None:
+    bad: list[tuple[str, str, int | str, bytes]] = []
     for name, (body, ctype) in MALFORMED.items():
         for url in cluster.urls:  # the standby forwards: its answer must be as clean
             status, _, raw = cluster.request("POST", "/api/v1/jobs", token=cluster.token("uploader"), body=body,
@@ -288,7 +292,7 @@ def test_malformed_multipart_is_4xx_json_and_names_nothing_internal(cluster):
     assert _legit_ok(cluster)
 
 
-def test_what_aiohttp_parser_refuses_is_json_too(cluster):
+def test_what_aiohttp_parser_refuses_is_json_too(cluster: Cluster) -> None:
     host, port = _hostport(cluster.url)
     ctx = cluster.ssl_context()
     cases = [b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
