@@ -4,6 +4,7 @@ calls that only the leader (or the master holding a result) can answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from ..compute.plot import plot_histograms
 from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge.openapi import spec as openapi_spec
-from ..edge.tokens import AuthError, KeysUnavailable
+from ..edge.tokens import AuthError, KeysUnavailable, Principal
 from ..tls.identity import spiffe_id
 from ..zk.jobs import is_tombstone
 from ..zk.membership import Member
@@ -116,12 +117,41 @@ class Handlers:
         admission = auth.admission
         mine = sum(1 for t in self.m.running.values() if getattr(t, "histo_owner", None) == principal.sub)
         t0 = time.perf_counter()
+        holding = contextlib.ExitStack()  # the body counts against uploads_in_flight until it is decoded
         try:
             admission.check_jobs(len(self.m.running), mine)
-            with admission.reading(principal.sub):
-                data, mode = await self._read_upload(request)
+            holding.enter_context(admission.reading(principal.sub))
+            data, mode = await self._read_upload(request)
         except Refused as exc:
+            holding.close()
             raise auth.refused(request, principal, exc) from None
+        except BaseException:
+            holding.close()
+            raise
+        with holding:
+            prepared, upload_sha256, mode, t_recv, t1 = await self._admit(request, principal, data, mode, t0)
+        del data
+        timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
+        loop = asyncio.get_running_loop()
+        job_id = secrets.token_hex(12)
+        width, height = prepared.work.size
+        doc = {"id": job_id, "owner": principal.sub, "state": "queued", "mode": mode, "format": prepared.fmt,
+               "width": width, "height": height, "progress": 0.0, "tiles": 0, "reason": None,
+               "timings": timings, "created": time.time(), "finished": None, "master": self.m.cfg.name,
+               "upload_sha256": upload_sha256}
+        await loop.run_in_executor(None, self.m.jobs.create_job, job_id, doc)
+        self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
+        task = loop.create_task(self._run(job_id, principal.sub, prepared, timings, doc))
+        task.histo_owner = principal.sub  # type: ignore[attr-defined]
+        self.m.running[job_id] = task
+        return web.json_response({"id": job_id, "state": "queued"}, status=202,
+                                 headers={"Location": f"/api/v1/jobs/{job_id}"})
+
+    async def _admit(self, request: web.Request, principal: Principal, data: bytes, mode: str,
+                     t0: float) -> tuple[equalize.Prepared, str, str, float, float]:
+        """Admission by cost of a received upload, then its decode: (prepared, sha256, mode, receive s, t1)."""
+        auth = self.m.auth
+        admission = auth.admission
         t_recv = time.perf_counter() - t0
         if not self.m.schedulable_workers():
             raise json_error(503, "no_workers", "no workers are available; try again shortly")
@@ -151,21 +181,8 @@ class Handlers:
             self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
             raise json_error(exc.status, exc.code, exc.message) from None
         upload_sha256 = hashlib.sha256(data).hexdigest()  # named by the job's receipt
-        del img, data
-        timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
-        job_id = secrets.token_hex(12)
-        width, height = prepared.work.size
-        doc = {"id": job_id, "owner": principal.sub, "state": "queued", "mode": mode, "format": prepared.fmt,
-               "width": width, "height": height, "progress": 0.0, "tiles": 0, "reason": None,
-               "timings": timings, "created": time.time(), "finished": None, "master": self.m.cfg.name,
-               "upload_sha256": upload_sha256}
-        await loop.run_in_executor(None, self.m.jobs.create_job, job_id, doc)
-        self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
-        task = loop.create_task(self._run(job_id, principal.sub, prepared, timings, doc))
-        task.histo_owner = principal.sub  # type: ignore[attr-defined]
-        self.m.running[job_id] = task
-        return web.json_response({"id": job_id, "state": "queued"}, status=202,
-                                 headers={"Location": f"/api/v1/jobs/{job_id}"})
+        del img
+        return prepared, upload_sha256, mode, t_recv, t1
 
     async def _read_upload(self, request: web.Request) -> tuple[bytes, str]:
         ctype = request.headers.get("Content-Type", "")
