@@ -64,6 +64,41 @@ def flood(d: Target) -> Outcome:
                    f"{first_429 + 1}); the legitimate user: list {legit_list}, job {legit_job}", held)
 
 
+# -- sockets held without credentials -------------------------------------------------------------------
+CONNFLOOD_CLIENT = Path(__file__).resolve().parent / "remote" / "connflood.py"
+CONN_PER_ADDRESS = 64  # roles/histo defaults: histo_limits.conn_per_address
+HANDSHAKE_TIMEOUT = 10.0  # histo_limits.tls_handshake_timeout
+
+
+def connection_flood(d: Target) -> Outcome:
+    """An outsider opens twice the per-address cap of plain TCP sockets to the leader's public port and
+    never starts TLS; meanwhile a legitimate user lists and uploads from the controller."""
+    (a,) = (f"192.168.56.{n}" for n in secrets.SystemRandom().sample(FLOOD_RANGE, 1))
+    leader = d.leader()
+    with outsider(NETNS, VETH, (a,)) as ns:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(CONNFLOOD_CLIENT)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"host": leader.address, "port": 443, "a": a, "n": 2 * CONN_PER_ADDRESS,
+                                     "wait": HANDSHAKE_TIMEOUT + 2}) + "\n")
+        proc.stdin.close()
+        time.sleep(1.0)
+        legit_list = d.api.request("GET", "/api/v1/jobs", token=d.api.token("uploader"),
+                                   url=f"https://{leader.address}")[0]
+        legit_job = d.upload(gray_noise(40, 30)[0])["state"]
+        out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"connection flood client failed: {err.strip()[-200:]}")
+    r = json.loads(out)
+    kept = r["opened"] - r["closed_at_once"]
+    held = (kept <= CONN_PER_ADDRESS and r["open_after"] == 0 and legit_list == 200 and legit_job == "done")
+    return Outcome("connection flood", f"from {a} (not a cluster machine): {r['opened']} plain TCP sockets to "
+                   f"{leader.name}:443, never starting TLS; meanwhile a legitimate user lists and uploads",
+                   f"{kept} kept (cap {CONN_PER_ADDRESS}), {r['closed_at_once']} closed at once, {r['open_after']} "
+                   f"still open after the handshake timeout; the legitimate user: list {legit_list}, job {legit_job}",
+                   held)
+
+
 # -- Vault sealed ---------------------------------------------------------------------------------------
 def _readyz(d: Target) -> dict[str, dict[str, Any]]:
     out = {}

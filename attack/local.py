@@ -328,6 +328,123 @@ def flood(cl: Cluster) -> Outcome:
                    held)
 
 
+def connection_flood(cl: Cluster) -> Outcome:
+    """An outsider holds as many sockets as it can to the public port without ever starting TLS."""
+    net = _net(cl)
+    host, port = cl.url.split("//")[1].split(":")
+    cap = int(cl.config("master1").get("conn_per_address", 64))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(cap * 2):
+            held.append(socket.create_connection((host, int(port)), timeout=5, source_address=(f"{net}.94", 0)))
+        time.sleep(0.3)
+        closed = 0
+        for s in held:
+            s.settimeout(0.05)
+            try:
+                closed += s.recv(1) == b""
+            except (socket.timeout, BlockingIOError):
+                pass
+            except ConnectionResetError:
+                closed += 1
+        legit = _status_from(cl, f"{net}.93", cl.url, cl.token("uploader"))
+    finally:
+        for s in held:
+            s.close()
+    held_open = len(held) - closed
+    return Outcome("connection flood", f"{len(held)} plain TCP sockets from one address to the public port, no TLS",
+                   f"{held_open} kept (cap {cap}), {closed} closed at once; a legitimate user meanwhile got {legit}",
+                   held_open <= cap and legit == 200)
+
+
+def oversized_result(cl: Cluster) -> Outcome:
+    """worker1 (its own certificate, its own address) announces a 512 MiB result for no pending attempt."""
+    leader = cl.leader() or "master1"
+    cfg, tls = cl.config(leader), cl.service_dir("worker1") / "tls"
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
+    hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "apply",
+           "X-Histo-Image-Mode": "RGB", "X-Histo-Width": "8192", "X-Histo-Rows": "8192", "X-Histo-Reply-To": "https://x"}
+    head = ("POST /internal/v1/results HTTP/1.1\r\nHost: x\r\nContent-Length: 536870912\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in hdr.items()) + "\r\n").encode()
+    t0 = time.time()
+    with socket.create_connection((cfg["address"], cfg["internal_port"]), timeout=10,
+                                  source_address=(cl.config("worker1")["address"], 0)) as raw:
+        with ctx.wrap_socket(raw, server_hostname=cfg["address"]) as conn:
+            conn.sendall(head)
+            answer = conn.recv(256).split(b"\r\n", 1)[0].decode(errors="replace")
+    took = time.time() - t0
+    status, doc = cl.upload(sample_image(48, 32, "PNG"))
+    served = status == 202 and cl.wait_job(doc["id"])["state"] == "done"
+    return Outcome("oversized result", "worker1 announces a 512 MiB result for an attempt that is not pending",
+                   f"answered '{answer}' after {took:.2f}s without reading the body; a job meanwhile done: {served}",
+                   answer.startswith("HTTP/1.1 409") and took < 2 and served)
+
+
+def decompression_bombs(cl: Cluster) -> Outcome:
+    """One uploader token, 64-Mpx PNG bombs of a few KB, sent at once through both masters."""
+    import struct
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+    net = _net(cl)
+    signer = hvac.Client(url=f"https://{net}.10:8200", verify=str(cl.root / "vault" / "tls" / "ca.pem"),
+                         token=(cl.root / "issuer-token").read_text().strip())
+    tok = issue_token(signer, role="uploader", subject=f"drill-bomber-{int(time.time())}", ttl_seconds=600)
+    cfg = cl.config(cl.leader() or "master1")
+    side = int(min(cfg.get("max_pixels", 64_000_000), cfg.get("pixels_per_principal", 256_000_000)) ** 0.5)
+
+    def chunk(c: bytes) -> bytes:
+        return struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR" + struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT" + zlib.compress(b"\0" * 65536, 9)) + chunk(b"IEND"))
+    allowed = int(cfg.get("pixels_per_principal", 256_000_000)) // (side * side)
+    n = allowed + 6
+    with ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(cl.upload, bomb, "luma", tok, cl.urls[i % len(cl.urls)]) for i in range(n)]
+        st, doc = cl.upload(sample_image(48, 32, "PNG"))
+        served = st == 202 and cl.wait_job(doc["id"])["state"] == "done"
+        statuses = [f.result()[0] for f in futs]
+    decoded = sum(1 for s in statuses if s not in (429, 503))
+    return Outcome("decompression bombs", f"{n} PNG bombs of {len(bomb)} bytes declaring {side}x{side} px, at once, "
+                   "half through each master, with one uploader token",
+                   f"decoded {decoded} (budget allows {allowed}), refused {n - decoded} (429/503); "
+                   f"a legitimate job meanwhile done: {served}", decoded <= allowed and served)
+
+
+def stream_after_revocation(cl: Cluster) -> Outcome:
+    """A viewer's event stream stays open after its token is revoked?"""
+    import asyncio
+
+    import aiohttp
+    net = _net(cl)
+    signer = hvac.Client(url=f"https://{net}.10:8200", verify=str(cl.root / "vault" / "tls" / "ca.pem"),
+                         token=(cl.root / "issuer-token").read_text().strip())
+    tok = issue_token(signer, role="viewer", subject="drill-stream", ttl_seconds=600)
+    jti = json.loads(base64.urlsafe_b64decode(tok.split(".")[1] + "==="))["jti"]
+
+    async def run() -> float | None:
+        ctx = ssl.create_default_context(cafile=cl.ca)
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(cl.url.replace("https", "wss") + "/api/v1/events", ssl=ctx) as ws:
+                await ws.send_json({"type": "auth", "token": tok})
+                await ws.receive_json(timeout=5)
+                t0 = time.time()
+                await asyncio.get_running_loop().run_in_executor(None, lambda: cl.request(
+                    "POST", "/api/v1/tokens/revoke", token=cl.token("admin"), body=json.dumps({"jti": jti}).encode(),
+                    headers={"Content-Type": "application/json"}))
+                try:
+                    while True:
+                        msg = await ws.receive(timeout=10)
+                        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                            return time.time() - t0
+                except asyncio.TimeoutError:
+                    return None
+    took = asyncio.run(run())
+    return Outcome("event stream after revocation", "keeping a SecOps event stream open after its token is revoked",
+                   f"closed {took:.1f}s after the revocation" if took is not None else "still open after 10 s",
+                   took is not None and took < 5)
+
+
 def vault_sealed(cl: Cluster) -> Outcome:
     root = root_client(cl)
     root.sys.seal()
@@ -364,7 +481,9 @@ def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome
               ("lateral movement", lateral_movement), ("forged / replayed result", forged_result),
               ("used secret_id", lambda c: secret_id_reuse(c, _fresh(scratch, "sid"))),
               ("expired certificate", lambda c: expired_certificate(c, _fresh(scratch, "cert"))),
-              ("revoked token", revoked_token), ("flood", flood)]
+              ("revoked token", revoked_token), ("flood", flood), ("connection flood", connection_flood),
+              ("oversized result", oversized_result), ("decompression bombs", decompression_bombs),
+              ("event stream after revocation", stream_after_revocation)]
     if disruptive:
         drills.append(("Vault sealed", vault_sealed))
     return run_drills([(name, functools.partial(d, cl)) for name, d in drills], post=lambda r: _post(cl, r))

@@ -50,6 +50,28 @@ class ServiceConfig:
     auth_block_seconds: float = 60.0
     # How long finished jobs (and their results) are kept.
     job_retention: float = 3600.0
+    # Connections (edge/conncap.py): open connections per client address and in all, on the public
+    # listener and on the internal one; TLS handshake and idle keep-alive timeouts (seconds).
+    conn_per_address: int = 64
+    conn_total: int = 2048
+    internal_conn_per_address: int = 256
+    internal_conn_total: int = 1024
+    tls_handshake_timeout: float = 10.0
+    idle_timeout: float = 15.0
+    # Internal peers pool their connections (rpc.py keeps them 30 s): the server must wait longer, or
+    # it closes a connection just as a peer reuses it.
+    internal_idle_timeout: float = 75.0
+    # The soft limit of open files (LimitNOFILE in the unit) must cover every cap plus this margin
+    # (ZooKeeper, Vault, outbound pools, files); the service raises it up to the hard limit or refuses to start.
+    fd_margin: int = 512
+    # Admission by cost (edge/admission.py): decoded pixels per principal per window, and how many
+    # uploads the leader reads and decodes at once, and how many jobs it runs at once (else 503).
+    pixels_per_principal: int = 256_000_000
+    pixel_window: float = 60.0
+    max_concurrent_decodes: int = 2
+    max_running_jobs: int = 16
+    # Upload bodies of one principal read (held in memory) at once on one master (else 429).
+    uploads_in_flight: int = 8
 
     @property
     def spiffe_id(self) -> str:
@@ -83,6 +105,12 @@ class ServiceConfig:
             raise ConfigError(f"invalid config: {exc}") from None
         if cfg.role not in ROLES:
             raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
+        for name in ("conn_per_address", "conn_total", "internal_conn_per_address", "internal_conn_total",
+                     "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight"):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer")
+        if cfg.conn_per_address > cfg.conn_total or cfg.internal_conn_per_address > cfg.internal_conn_total:
+            raise ConfigError("a per-address connection cap cannot exceed its total")
         try:
             parse_duration(cfg.cert_ttl)
         except ValueError as exc:

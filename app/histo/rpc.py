@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from contextvars import ContextVar
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -47,6 +47,7 @@ class Reply(NamedTuple):
     body: bytes
     content_type: str
     peer: Identity
+    headers: Mapping[str, str] = {}
 
 
 class PeerRefused(Exception):
@@ -136,7 +137,7 @@ class InternalClient:
                               f"{'/'.join(expect_roles)}")
         if expect_host is not None and ident.host != expect_host:
             raise PeerRefused(f"server identity refused: {ident.uri} is not {expect_host}")
-        return Reply(resp.status, body, resp.headers.get("Content-Type", ""), ident)
+        return Reply(resp.status, body, resp.headers.get("Content-Type", ""), ident, dict(resp.headers))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -13,6 +13,7 @@ from typing import Awaitable, NamedTuple, Protocol
 
 from aiohttp import web
 
+from .edge.conncap import CappedSite, ReportThrottle, ensure_file_limit, files_needed, limits_for
 from .runtime import ServiceRuntime
 
 log = logging.getLogger("histo.serve")
@@ -23,6 +24,7 @@ class Listener(NamedTuple):
     address: str
     port: int
     ssl_context: ssl.SSLContext
+    public: bool = False  # the master's public listener (its own connection caps)
 
 
 class Service(Protocol):
@@ -52,12 +54,17 @@ async def serve(service: Service) -> None:
     rt = service.rt
     runners: list[web.AppRunner] = []
     try:
+        ensure_file_limit(files_needed(rt.cfg))
         await loop.run_in_executor(None, rt.start)
+        report = ReportThrottle(rt._emit)
         for lst in await service.setup():
-            runner = web.AppRunner(lst.app, access_log=None)
+            public = lst.public or (rt.cfg.role == "master" and lst.port == rt.cfg.public_port)
+            limits = limits_for(rt.cfg, public)
+            runner = web.AppRunner(lst.app, access_log=None, keepalive_timeout=limits.idle_timeout)
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, lst.address, lst.port, ssl_context=lst.ssl_context, backlog=512).start()
+            await CappedSite(runner, lst.address, lst.port, ssl_context=lst.ssl_context, limits=limits,
+                             on_refused=report, backlog=512).start()
         await service.started()
         await asyncio.gather(rt.upkeep(), *service.background())
     except asyncio.CancelledError:

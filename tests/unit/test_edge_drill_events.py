@@ -22,7 +22,8 @@ class FakeMaster:
     def __init__(self) -> None:
         self.cfg = SimpleNamespace(name="master1", auth_failures_before_block=50, auth_block_seconds=30,
                                    rate_per_address=1000, burst_per_address=1000, uploads_per_principal=10,
-                                   upload_burst=10)
+                                   upload_burst=10, pixels_per_principal=10**8, pixel_window=60.0,
+                                   max_concurrent_decodes=2, max_running_jobs=4, uploads_in_flight=4)
         self.events = EventBus()
         self.audited: list[dict] = []
         self.audit = SimpleNamespace(record=lambda **kw: self.audited.append(kw))

@@ -42,7 +42,8 @@ AUTH_ERRORS = {
     "503": _err("not ready, no leader or no workers, or tokens cannot be verified right now", "Retry-After"),
 }
 JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (existence is not revealed)"),
-              "410": _err("the caller's job was deleted (by its owner or an admin); others get 404")}
+              "410": _err("the caller's job was deleted (by its owner or an admin; others get 404), or its "
+                                  "result has expired (result_expired)")}
 
 
 def _schemas() -> dict[str, Any]:
@@ -165,7 +166,14 @@ def _paths() -> dict[str, Any]:
                      "responses": {"202": _json("accepted; follow GET /api/v1/jobs/{id}", _ref("JobAccepted")),
                                    "400": _err("not a decodable image, or a bad form"),
                                    "413": _err("too large (bytes or pixels)"),
-                                   "415": _err("not a JPEG or PNG"), **AUTH_ERRORS}},
+                                   "415": _err("not a JPEG or PNG"), **AUTH_ERRORS,
+                                   "429": _err("rate limited or throttled; or admission by cost: the principal's "
+                                               "pixel budget is spent (over_budget), too many of its jobs run "
+                                               "(too_many_jobs) or uploads are in progress (too_many_uploads)",
+                                               "Retry-After"),
+                                   "503": _err("not ready, no leader or no workers, tokens cannot be verified, or "
+                                               "the cluster is busy (busy: every decoder or job slot taken)",
+                                               "Retry-After")}},
             "get": {"summary": "the caller's jobs, newest first (admin: all)", "operationId": "listJobs",
                     "tags": ["jobs"], "security": BEARER,
                     "responses": {"200": _json("ok", _ref("JobList")), **AUTH_ERRORS}}},

@@ -4,6 +4,7 @@ calls that only the leader (or the master holding a result) can answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -12,15 +13,16 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from aiohttp import web, WSMsgType
+from aiohttp import BodyPartReader, web, WSMsgType
 
 from ..compute import equalize
-from ..compute.imageio import ImageError, decode, sniff_format
+from ..compute.imageio import ImageError, check_pixels, decode, header_size, sniff_format
+from ..edge.admission import Refused
 from ..compute.plot import plot_histograms
 from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge.openapi import spec as openapi_spec
-from ..edge.tokens import AuthError, KeysUnavailable
+from ..edge.tokens import AuthError, KeysUnavailable, Principal
 from ..tls.identity import spiffe_id
 from ..zk.jobs import is_tombstone
 from ..zk.membership import Member
@@ -40,6 +42,10 @@ CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # POST /api/v1/events (admin): an attack drill's outcome on the SecOps dashboard. Fixed kind, bounded fields.
 DRILL_FIELDS = {"drill": 80, "tried": 300, "happened": 500}
 DRILL_BODY_MAX = 4096
+# What a forwarded call's answer keeps of the other master's headers (besides its Content-Type).
+FORWARDED_REPLY_HEADERS = ("Retry-After", "WWW-Authenticate", "Location", "Content-Disposition")
+PRINCIPAL_KEY = "principal"  # the request key of the authenticated caller (master/auth.py::require)
+STREAM_TOKEN_CHECK = 0.5  # seconds between checks of an open event stream's token (revoked, expired)
 RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
 
 
@@ -104,25 +110,29 @@ class Handlers:
     # -- jobs --------------------------------------------------------------------------------
     async def submit(self, request: web.Request) -> web.StreamResponse:
         principal = await self.m.auth.require(request, UPLOADERS)
-        self.m.auth.limit_uploads(request, principal)
-        if not self.m.is_leader:
+        if not self.m.is_leader:  # the leader admits (and counts) the work, once, whoever received it
             return await self._forward(request, self.m.leader)
+        auth = self.m.auth
+        auth.limit_uploads(request, principal)
+        admission = auth.admission
+        mine = sum(1 for t in self.m.running.values() if getattr(t, "histo_owner", None) == principal.sub)
         t0 = time.perf_counter()
-        data, mode = await self._read_upload(request)
-        t_recv = time.perf_counter() - t0
-        if not self.m.schedulable_workers():
-            raise json_error(503, "no_workers", "no workers are available; try again shortly")
-        loop = asyncio.get_running_loop()
-        t1 = time.perf_counter()
+        holding = contextlib.ExitStack()  # the body counts against uploads_in_flight until it is decoded
         try:
-            img, fmt = await loop.run_in_executor(None, decode, data, self.m.cfg.max_pixels)
-            prepared = await loop.run_in_executor(None, equalize.prepare, img, fmt, mode)
-        except ImageError as exc:
-            self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
-            raise json_error(exc.status, exc.code, exc.message) from None
-        upload_sha256 = hashlib.sha256(data).hexdigest()  # named by the job's receipt
-        del img, data
+            admission.check_jobs(len(self.m.running), mine)
+            holding.enter_context(admission.reading(principal.sub))
+            data, mode = await self._read_upload(request)
+        except Refused as exc:
+            holding.close()
+            raise auth.refused(request, principal, exc) from None
+        except BaseException:
+            holding.close()
+            raise
+        with holding:
+            prepared, upload_sha256, mode, t_recv, t1 = await self._admit(request, principal, data, mode, t0)
+        del data
         timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
+        loop = asyncio.get_running_loop()
         job_id = secrets.token_hex(12)
         width, height = prepared.work.size
         doc = {"id": job_id, "owner": principal.sub, "state": "queued", "mode": mode, "format": prepared.fmt,
@@ -137,6 +147,43 @@ class Handlers:
         return web.json_response({"id": job_id, "state": "queued"}, status=202,
                                  headers={"Location": f"/api/v1/jobs/{job_id}"})
 
+    async def _admit(self, request: web.Request, principal: Principal, data: bytes, mode: str,
+                     t0: float) -> tuple[equalize.Prepared, str, str, float, float]:
+        """Admission by cost of a received upload, then its decode: (prepared, sha256, mode, receive s, t1)."""
+        auth = self.m.auth
+        admission = auth.admission
+        t_recv = time.perf_counter() - t0
+        if not self.m.schedulable_workers():
+            raise json_error(503, "no_workers", "no workers are available; try again shortly")
+        loop = asyncio.get_running_loop()
+        t1 = time.perf_counter()
+        # The cost is charged from the header's size before any pixel is decoded.
+        size = header_size(data, sniff_format(data))
+        charged = 0
+        try:
+            if size is not None:
+                check_pixels(*size, self.m.cfg.max_pixels)
+                admission.charge(principal.sub, size[0] * size[1])
+                charged = size[0] * size[1]
+            try:
+                async with admission.decode_slot(principal.sub):
+                    img, fmt = await loop.run_in_executor(None, decode, data, self.m.cfg.max_pixels)
+                    if size is None:  # no size in the header: charged for what was decoded
+                        admission.charge(principal.sub, img.size[0] * img.size[1])
+                    prepared = await loop.run_in_executor(None, equalize.prepare, img, fmt, mode)
+            except Refused as exc:
+                if exc.status == 503 and charged:
+                    admission.budget.refund(principal.sub, charged)  # busy: the work did not happen
+                raise
+        except Refused as exc:
+            raise auth.refused(request, principal, exc) from None
+        except ImageError as exc:
+            self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
+            raise json_error(exc.status, exc.code, exc.message) from None
+        upload_sha256 = hashlib.sha256(data).hexdigest()  # named by the job's receipt
+        del img
+        return prepared, upload_sha256, mode, t_recv, t1
+
     async def _read_upload(self, request: web.Request) -> tuple[bytes, str]:
         ctype = request.headers.get("Content-Type", "")
         if not ctype.startswith("multipart/form-data"):
@@ -145,14 +192,20 @@ class Handlers:
         try:
             reader = await request.multipart()
             async for part in reader:
-                if part.name == "image" and data is None:
+                if not isinstance(part, BodyPartReader):
+                    raise ValueError("nested multipart")
+                name = part.name
+                if name == "image" and data is None:
                     data = bytes(await part.read(decode=False))
-                elif part.name == "mode":
-                    mode = (await part.text()).strip()[:16]
+                elif name == "mode":
+                    # bytes, decoded here: a part's own charset (or encoding) is the client's claim
+                    mode = bytes(await part.read(decode=False))[:64].decode("utf-8").strip()[:16]
         except web.HTTPException:
-            raise
-        except (ValueError, AssertionError, RuntimeError) as exc:
-            raise json_error(400, "bad_request", f"malformed multipart body: {exc}") from None
+            raise  # the body is over the size limit (413)
+        except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted multipart is the client's
+            log.debug("malformed multipart body: %s: %s", type(exc).__name__, exc)
+            raise json_error(400, "bad_request", "malformed multipart body: send multipart/form-data with a "
+                             "field named 'image'") from None
         if not data:
             raise json_error(400, "missing_image", "the multipart field 'image' is missing or empty")
         if mode not in equalize.MODES:
@@ -193,9 +246,9 @@ class Handlers:
             await self._fail(job_id, owner, f"job exceeded {self.m.cfg.job_timeout:.0f}s")
         except JobFailed as exc:
             await self._fail(job_id, owner, str(exc))
-        except Exception as exc:
+        except Exception:
             log.exception("job %s failed", job_id)
-            await self._fail(job_id, owner, f"internal error: {type(exc).__name__}")
+            await self._fail(job_id, owner, "internal error; please resubmit")
         finally:
             self.m.running.pop(job_id, None)
 
@@ -329,8 +382,10 @@ class Handlers:
         holder = doc.get("master")
         if holder != self.m.cfg.name and holder in self.m.masters and not request.get("forwarded"):
             return doc, None, await self._forward(request, holder)
-        raise json_error(503, "result_unavailable", f"the result is held by {holder}, which is unavailable"
-                         if holder != self.m.cfg.name else "the result has expired")
+        if holder == self.m.cfg.name:  # results are kept job_retention seconds: a permanent condition
+            raise json_error(410, "result_expired", "the result has expired; submit the image again")
+        raise json_error(503, "result_unavailable", "the master holding this result is unavailable; try again "
+                         "shortly", headers={"Retry-After": "5"})
 
     async def result(self, request: web.Request) -> web.StreamResponse:
         doc, result, fwd = await self._result_or_forward(request)
@@ -410,13 +465,24 @@ class Handlers:
         return web.json_response({"kind": "drill", "drill": fields["drill"], "outcome": outcome}, status=201)
 
     async def events(self, request: web.Request) -> web.WebSocketResponse:
+        """The event stream: the same per-address limit and failure throttle as every route (429
+        before the upgrade), the token in the first message; the stream ends within a second or
+        two of its token's expiry or revocation."""
+        auth = self.m.auth
+        auth.gate(request)
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=16 * 1024)
         await ws.prepare(request)
         try:
-            msg = await asyncio.wait_for(ws.receive(), 10)
-            token = json.loads(msg.data).get("token", "") if msg.type == WSMsgType.TEXT else ""
-            principal = self.m.auth.verify_token(str(token), request)
-        except (asyncio.TimeoutError, ValueError, AttributeError, AuthError, KeysUnavailable):
+            try:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                token = json.loads(msg.data).get("token", "") if msg.type == WSMsgType.TEXT else ""
+            except (asyncio.TimeoutError, ValueError, AttributeError, TypeError):
+                token = ""
+            principal = auth.verify_token(token if isinstance(token, str) else "", request)
+        except KeysUnavailable:
+            await ws.close(code=1013, message=b"tokens cannot be verified right now")
+            return ws
+        except AuthError:
             await ws.close(code=4401, message=b"authentication required")
             return ws
         await ws.send_json({"type": "ready", "role": principal.role, "sub": principal.sub})
@@ -432,12 +498,21 @@ class Handlers:
             async for ev in self.m.events.subscribe():
                 if visible(ev):
                     await ws.send_json({"type": "event", "event": ev})
-        pumper = asyncio.get_running_loop().create_task(pump())
+        async def expire() -> None:
+            while not ws.closed:
+                if time.time() >= principal.exp or principal.jti in auth.revoked:
+                    why = b"token revoked" if principal.jti in auth.revoked else b"token expired"
+                    await ws.close(code=4401, message=why)
+                    return
+                await asyncio.sleep(STREAM_TOKEN_CHECK)
+        loop = asyncio.get_running_loop()
+        pumper, expirer = loop.create_task(pump()), loop.create_task(expire())
         try:
             async for _ in ws:  # the client says nothing more; this waits for it to close
                 pass
         finally:
             pumper.cancel()
+            expirer.cancel()
         return ws
 
     # -- forwarding to another master over the internal mTLS listener ---------------------------
@@ -447,15 +522,23 @@ class Handlers:
             raise json_error(503, "no_leader", "no leader master is available; try again shortly")
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
         headers["X-Histo-Client-Addr"] = client_addr(request)
-        body = await request.read()
+        principal = request.get(PRINCIPAL_KEY)
+        try:  # a body held in this master's memory: bounded per principal here too
+            with self.m.auth.admission.reading(principal.sub if principal else client_addr(request)):
+                body = await request.read()
+        except Refused as exc:
+            raise json_error(exc.status, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         try:
             reply = await self.m.client.request(request.method, member.endpoint + "/internal/v1/public"
                                                 + request.rel_url.path_qs, ("master",), headers=headers, data=body,
                                                 expect_host=target)
         except Exception as exc:
-            raise json_error(503, "leader_unreachable", f"cannot reach master {target}: {type(exc).__name__}") from None
+            log.warning("forwarding %s to %s failed: %s: %s", request.path, target, type(exc).__name__, exc)
+            raise json_error(503, "leader_unreachable", "another master must answer this and cannot be reached "
+                             "right now; try again shortly", headers={"Retry-After": "2"}) from None
+        kept = {k: v for k, v in reply.headers.items() if k in FORWARDED_REPLY_HEADERS}
         return web.Response(status=reply.status, body=reply.body,
-                            headers={"Content-Type": reply.content_type or "application/json"})
+                            headers={**kept, "Content-Type": reply.content_type or "application/json"})
 
 
 def _gone(stone: dict) -> web.HTTPException:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..edge.admission import Admission, Refused
 from ..edge.middleware import bearer_token, client_addr, json_error
 from ..edge.ratelimit import AuthFailureTracker, RateLimiter
 from ..edge.tokens import AuthError, KeysUnavailable, Principal, RevocationSet, TokenVerifier, vault_public_keys
@@ -31,6 +32,9 @@ class Authenticator:
                                            block_s=cfg.auth_block_seconds)
         self.per_address = RateLimiter(rate_per_s=cfg.rate_per_address, burst=cfg.burst_per_address)
         self.uploads = RateLimiter(rate_per_s=cfg.uploads_per_principal, burst=cfg.upload_burst)
+        self.admission = Admission(pixels=cfg.pixels_per_principal, window=cfg.pixel_window,
+                                   decodes=cfg.max_concurrent_decodes, jobs=cfg.max_running_jobs,
+                                   reads=cfg.uploads_in_flight)
 
     def _fetch_keys(self) -> dict[str, str]:
         return vault_public_keys(self.m.rt.vault.client)
@@ -64,7 +68,9 @@ class Authenticator:
             self.m.emit("auth_throttled", severity="critical", where=addr,
                         reason="repeated authentication failures; address throttled")
 
-    async def require(self, request: web.Request, roles: tuple[str, ...]) -> Principal:
+    def gate(self, request: web.Request) -> str:
+        """The per-address request limit and the failure throttle, before any credential is looked at
+        (HTTP routes and the event stream alike); the client's address."""
         addr = client_addr(request)
         ok, retry = self.per_address.check(addr)
         if not ok:
@@ -74,6 +80,10 @@ class Authenticator:
         if blocked:
             raise json_error(429, "throttled", "too many failed authentications from this address",
                              headers={"Retry-After": str(int(blocked) + 1)})
+        return addr
+
+    async def require(self, request: web.Request, roles: tuple[str, ...]) -> Principal:
+        addr = self.gate(request)
         token = bearer_token(request)
         if not token:
             self._failed(request, addr, "missing token")
@@ -93,14 +103,24 @@ class Authenticator:
             self.m.audit_decision(principal, request, f"{request.method} {request.path}", False,
                                   f"role {principal.role} not in {'/'.join(roles)}")
             raise json_error(403, "forbidden", f"role {principal.role} may not do this")
+        request["principal"] = principal
         return principal
 
     def limit_uploads(self, request: web.Request, principal: Principal) -> None:
-        if request.get("forwarded"):
-            return  # already counted by the master that forwarded it
+        """Counted once, where the work is admitted: on the leader, whichever master received the
+        upload (a standby forwards it with the caller's token, and the leader verifies and counts it)."""
+        if not self.m.is_leader:
+            return
         ok, retry = self.uploads.check(principal.sub)
         if not ok:
             self.m.emit("rate_limited", severity="warning", who=principal.sub, where=client_addr(request),
                         scope="principal")
             raise json_error(429, "rate_limited", "too many uploads; slow down",
                              headers={"Retry-After": str(int(retry) + 1)})
+
+    def refused(self, request: web.Request, principal: Principal, exc: Refused) -> web.HTTPException:
+        """An admission refusal as the JSON error it is answered with (and the event it makes)."""
+        self.m.emit("admission_refused", severity="warning", who=principal.sub, where=client_addr(request),
+                    reason=exc.code)
+        self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, f"admission: {exc.code}")
+        return json_error(exc.status, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)})

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import PEER, peer_check
+from .scheduler import RefusedResult
 from ..zk import acl as zkacl
 from ..tls.identity import IdentityError
 from . import api
@@ -42,7 +43,7 @@ def build_app(master: "Master") -> web.Application:
             request[CLIENT_ADDR] = request.headers.get("X-Histo-Client-Addr", "-")[:64]
         return await handler(request)
 
-    app = web.Application(client_max_size=max(master.cfg.max_upload_bytes, 512 * 1024 * 1024),
+    app = web.Application(client_max_size=master.cfg.max_upload_bytes,  # forwarded uploads; results read capped
                           middlewares=[json_errors, peer_check(master.cfg.trust_domain, allowed, refused), forwarded])
     app.router.add_post(RESULTS, lambda r: results(master, r))
     app.router.add_get("/internal/v1/ping", lambda r: ping(master, r))
@@ -75,14 +76,41 @@ async def results(master: "Master", request: web.Request) -> web.Response:
         hdr = TaskHeader.from_headers(request.headers)
     except ProtocolError as exc:
         raise json_error(400, "bad_result", str(exc)) from None
-    payload = await request.read()
-    refused = master.scheduler.accept_result(hdr, worker, payload) if master.scheduler else None
+    if master.scheduler is None:
+        raise json_error(409, "result_refused", "this master runs no jobs")
+    # Judged by its headers before its body is read: no pending attempt, no read at all; else the
+    # body is capped at what that attempt can carry.
+    admitted = master.scheduler.admit_result(hdr, worker)
+    if isinstance(admitted, RefusedResult):
+        _refused(master, request, worker, hdr, admitted.reason)
+        raise json_error(409, "result_refused", admitted.reason, headers={"Connection": "close"})
+    if request.content_length is not None and request.content_length > admitted:
+        _refused(master, request, worker, hdr, "result larger than its task attempt can be")
+        raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
+                         headers={"Connection": "close"})
+    if admitted == 0:
+        master.scheduler.accept_result(hdr, worker, b"")
+        return web.json_response({"accepted": True}, headers={"Connection": "close"})
+    payload = bytearray()
+    while len(payload) <= admitted:
+        chunk = await request.content.read(admitted + 1 - len(payload))
+        if not chunk:
+            break
+        payload += chunk
+    if len(payload) > admitted:
+        _refused(master, request, worker, hdr, "result larger than its task attempt can be")
+        raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
+                         headers={"Connection": "close"})
+    refused = master.scheduler.accept_result(hdr, worker, bytes(payload))
     if refused is not None:
-        master.emit("result_refused", severity="warning", worker=worker, job=hdr.job, task=hdr.task,
-                    reason=refused.reason)
-        master.audit.record(who=request[PEER].uri, role="worker", what="internal:result",
-                            where=request.remote or "-", decision="deny", why=refused.reason)
+        _refused(master, request, worker, hdr, refused.reason)
         raise json_error(409, "result_refused", refused.reason)
     return web.json_response({"accepted": True})
+
+
+def _refused(master: "Master", request: web.Request, worker: str, hdr: TaskHeader, reason: str) -> None:
+    master.emit("result_refused", severity="warning", worker=worker, job=hdr.job, task=hdr.task, reason=reason)
+    master.audit.record(who=request[PEER].uri, role="worker", what="internal:result",
+                        where=request.remote or "-", decision="deny", why=reason)
 
 

@@ -59,6 +59,14 @@ class RefusedResult:
     reason: str
 
 
+def result_size_bound(p: Pending) -> int:
+    """The largest body a result of `p` can have: the histogram as the worker writes it (JSON list of
+    256 * bands counts, each at most width * rows, ", "-separated), or the strip's raw pixels."""
+    if p.phase == "hist":
+        return 2 + 256 * p.bands * (len(str(p.width * p.rows)) + 2)
+    return p.width * p.rows * p.bands
+
+
 class Scheduler:
     def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, Member]],
                  on_task_state: Callable[[str, int, dict], None], on_progress: Callable[[str, float], None],
@@ -183,9 +191,29 @@ class Scheduler:
                 p = self.pending.get(key)
                 if p is not None and p.attempt == attempt:
                     del self.pending[key]
-        raise JobFailed(f"task {n} ({phase}) failed after {MAX_ATTEMPTS} attempts: {last_error}")
+        # The user is told what failed, not which worker or which exception (that is in the log).
+        log.warning("job %s task %d %s gave up: %s", job, n, phase, last_error)
+        raise JobFailed(f"task {n} ({phase}) failed after {MAX_ATTEMPTS} attempts; please resubmit")
 
     # -- results reported by workers --------------------------------------------------------
+    def admit_result(self, hdr: TaskHeader, worker: str) -> RefusedResult | int:
+        """Judged from the headers alone, before any byte of the body is read: the refusal, or the
+        most bytes this attempt's result can be (a histogram's JSON, or the strip's pixels)."""
+        key = (hdr.job, hdr.task, hdr.phase)
+        done_key = (hdr.job, hdr.task, hdr.phase, hdr.attempt)
+        if done_key in self.done:
+            return RefusedResult("replayed result: this task attempt already reported")
+        if self.abandoned.get(done_key) == worker:
+            return 0  # a cancelled job's late result: dropped quietly, unread (accept_result records it)
+        p = self.pending.get(key)
+        if p is None or p.attempt != hdr.attempt:
+            return RefusedResult("no such task attempt pending (stale or forged)")
+        if p.worker != worker:
+            return RefusedResult(f"task attempt assigned to {p.worker}, reported by {worker}")
+        if p.future.done():
+            return RefusedResult("task attempt already completed")
+        return result_size_bound(p)
+
     def accept_result(self, hdr: TaskHeader, worker: str, payload: bytes) -> RefusedResult | None:
         """Bind a reported result to its pending task attempt; anything else is refused."""
         key = (hdr.job, hdr.task, hdr.phase)

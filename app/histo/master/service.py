@@ -104,7 +104,7 @@ class Master:
             if doc.get("state") in ("queued", "running") and doc.get("master") != self.cfg.name:
                 await loop.run_in_executor(None, lambda d=doc: self.jobs.update_job(
                     d["id"], state="failed", finished=time.time(),
-                    reason=f"leader {d.get('master')} was lost before the job finished; please resubmit"))
+                    reason="the leader was lost before the job finished; please resubmit"))
                 self.emit("job_failed", severity="warning", job=doc["id"], audience=doc.get("owner"),
                           reason="leader lost")
 
