@@ -51,6 +51,20 @@ def cmd_vault_setup(a) -> None:
     print(json.dumps(out, sort_keys=True))
 
 
+def cmd_identity_revoke(a) -> None:
+    from .vault.revoke import revoke
+    client = _vault_client(a.vault_url, a.vault_ca, None)
+    text = _read_secret_file(a.token_file)
+    if text.startswith("{"):  # local mode's secret zero file (.histo/local/vault/init.json)
+        text = json.loads(text)["root_token"]
+    client.token = text
+    try:
+        out = revoke(client, serial=a.serial, host=a.host, block=a.block)
+    except ValueError as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
+
+
 def cmd_provision(a) -> None:
     from .vault.provision import wrapped_secret_id, write_credentials
     client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
@@ -197,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wrap-ttl", default="300s")
     vault_args(s)
     s.set_defaults(fn=cmd_provision)
+
+    ident = sub.add_parser("identity", help="workload identities").add_subparsers(dest="icmd", required=True)
+    s = ident.add_parser("revoke", help="revoke a certificate serial or every certificate of a host; peers "
+                                        "refuse it and close its connections within seconds")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--serial", help="a certificate serial (Vault's aa:bb:.. or plain hex)")
+    g.add_argument("--host", help="every unexpired certificate of this host")
+    s.add_argument("--block", action="store_true",
+                   help="with --host: also deny the host any new certificate (re-admit: vault-setup + provision)")
+    vault_args(s, token_help="file holding a token with the histo-provisioner policy (local mode: "
+                             ".histo/local/vault/init.json)")
+    s.set_defaults(fn=cmd_identity_revoke)
 
     tok = sub.add_parser("token").add_subparsers(dest="tcmd", required=True)
     s = tok.add_parser("issue")

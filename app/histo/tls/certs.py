@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .contexts import LiveContexts
+from .revocation import REVOKED
 from ..files import write_private
 
 log = logging.getLogger("histo.certs")
@@ -108,7 +109,15 @@ class CertManager:
         return s.not_before + RENEW_FRACTION * (s.not_after - s.not_before)
 
     async def run(self) -> None:
-        """Renew forever; when Vault is unavailable keep serving the current certificate and retry."""
+        """Renew forever, and follow Vault's CRL (revoked peers are refused and hung up on)."""
+        crl_source = self.source if hasattr(self.source, "crl_der") else None
+        if crl_source is None:
+            await self._renew_forever()
+            return
+        await asyncio.gather(self._renew_forever(), REVOKED.follow(crl_source, self.ca_path))
+
+    async def _renew_forever(self) -> None:
+        """When Vault is unavailable keep serving the current certificate and retry."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(max(0.0, self.renew_at() - time.time()))

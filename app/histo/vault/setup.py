@@ -331,10 +331,13 @@ class _Applier:
         rules = f'''# histo host {name} ({role}): its own certificate and its role's secrets, nothing else.
 path "{INT}/issue/host-{name}" {{
   capabilities = ["update"]
+  # required: a certificate always names the host's address (peers refuse one that does not), so a
+  # key taken off this machine is useless anywhere else
+  required_parameters = ["common_name", "ip_sans", "uri_sans"]
   allowed_parameters = {{
     "common_name" = ["{fqdn}"]
     "alt_names" = ["{name}", "{fqdn}", "{name},{fqdn}", "{fqdn},{name}", ""]
-    "ip_sans" = ["{addr}", ""]
+    "ip_sans" = ["{addr}"]
     "uri_sans" = ["{spiffe_id(role, name, self.td)}"]
     "ttl" = []
     "format" = ["pem"]
