@@ -120,7 +120,12 @@ class CertManager:
         """When Vault is unavailable keep serving the current certificate and retry."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.0, self.renew_at() - time.time()))
+            # Renew at 2/3 of the life, or at once when our own serial shows up on the CRL (an
+            # operator revoked it: a leaked key, not this host, is the reason; see vault/revoke.py).
+            while time.time() < self.renew_at() and not REVOKED.is_revoked(self.status.serial or None):
+                await asyncio.sleep(min(1.0, max(0.0, self.renew_at() - time.time())))
+            if REVOKED.is_revoked(self.status.serial or None):
+                log.warning("our certificate %s was revoked: fetching a new one", self.status.serial)
             try:
                 issued = await loop.run_in_executor(None, self.issue)
                 self.install(*issued)
