@@ -18,6 +18,7 @@ from hvac.exceptions import Forbidden
 from histo.rpc import InternalClient, PeerRefused
 from histo.testing.attacker import root_client, service_vault
 from histo.testing.cluster import sample_image
+from histo.tls.revocation import serial_int
 from histo.vault.revoke import revoke
 
 TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
@@ -224,12 +225,13 @@ def test_revoke_command_by_host(cluster, tmp_path):
     from histo.vault.revoke import host_serials
     root = root_client(cluster)
     c, k, current = _files(cluster, "worker2", tmp_path, "-revoked")
-    serials = host_serials(root, "worker2")
-    assert f"{current:x}" in {s.replace(":", "").lstrip("0") for s in serials}
-    others = set(host_serials(root, "worker1"))
+    serials = {serial_int(s) for s in host_serials(root, "worker2")}
+    assert current in serials
+    others = {serial_int(s) for s in host_serials(root, "worker1")}
     out = revoke(root, host="worker2")
-    assert set(out["revoked"]) >= set(serials) and not others & set(out["revoked"])
-    assert set(host_serials(root, "worker1")) >= others - set(out["revoked"])
+    revoked = {serial_int(s) for s in out["revoked"]}
+    assert revoked >= serials and not others & revoked
+    assert current not in {serial_int(s) for s in host_serials(root, "worker2")}
     w2 = cluster.config("worker2")["address"]
     assert _wait(lambda: _once(cluster, "master1", c, k, w2) == 403, timeout=10)
     got = _wait(lambda: (lambda f: f if f[2] != current else None)(_files(cluster, "worker2", tmp_path, "-n")),
