@@ -2,11 +2,9 @@
 
   --serial S    revokes that one certificate in Vault PKI (`pki_int/revoke`).
   --host H      revokes every unexpired certificate Vault issued to host H (any role).
-  --block       (with --host) also cuts H off from Vault: its policy is replaced by one that allows
-                nothing (in force at once, for the token it holds too) and its secret_ids are
-                destroyed, so it cannot obtain a new certificate. Re-admitting H is provisioning:
-                `histo vault-setup` restores its policy and `histo provision` delivers a new
-                secret_id.
+  --block       (with --host) also deletes H's PKI role first, so no token (H's own included) can
+                obtain a new certificate for H. Re-admitting H is provisioning: `make provision`
+                (histo vault-setup) re-creates the role.
 
 Without --block a host whose certificates were revoked fetches a fresh one by itself at its next
 renewal (the remedy for a certificate or key that leaked from a host that is itself still
@@ -23,15 +21,7 @@ from hvac.exceptions import InvalidPath
 
 from .. import TRUST_DOMAIN
 from ..tls.revocation import serial_int
-from .setup import APPROLE, INT
-
-BLOCKED_POLICY = '''# histo host {name}: BLOCKED by `histo identity revoke --block` ({when}).
-# Re-admit with `histo vault-setup` (restores the host policy) and `histo provision`.
-path "{mount}/issue/host-{name}" {{
-  capabilities = ["deny"]
-}}
-'''
-
+from .setup import INT
 
 def _colon(serial: str) -> str:
     h = f"{serial_int(serial):x}"
@@ -71,19 +61,10 @@ def host_serials(client: hvac.Client, host: str, trust_domain: str = TRUST_DOMAI
     return found
 
 
-def block_host(client: hvac.Client, host: str) -> int:
-    """Deny-all policy for the host (effective immediately) and its secret_ids destroyed."""
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    client.sys.create_or_update_policy(f"histo-{host}", BLOCKED_POLICY.format(name=host, when=when, mount=INT))
-    role = f"histo-{host}"
-    try:
-        accessors = (client.list(f"auth/{APPROLE}/role/{role}/secret-id") or {}).get("data", {}).get("keys") or []
-    except InvalidPath:
-        accessors = []
-    for acc in accessors:
-        client.write_data(f"auth/{APPROLE}/role/{role}/secret-id-accessor/destroy",
-                          data={"secret_id_accessor": acc})
-    return len(accessors)
+def block_host(client: hvac.Client, host: str) -> None:
+    """No new certificate for the host: its PKI role is deleted (in force at once, whatever token
+    asks). `histo vault-setup` (make provision) re-creates it: that is re-admitting the host."""
+    client.delete(f"{INT}/roles/host-{host}")
 
 
 def revoke(client: hvac.Client, *, serial: str | None = None, host: str | None = None, block: bool = False,
@@ -94,7 +75,7 @@ def revoke(client: hvac.Client, *, serial: str | None = None, host: str | None =
         raise ValueError("--block needs --host")
     out: dict[str, Any] = {"revoked": []}
     if block and host:  # first: no new certificate can be issued while we revoke the current ones
-        out["secret_ids_destroyed"] = block_host(client, host)
+        block_host(client, host)
         out["blocked"] = host
     serials = [serial] if serial else host_serials(client, str(host), trust_domain)
     for s in serials:
