@@ -25,7 +25,7 @@ PROVISIONER_PERIOD = "768h"  # 32 days between two provisioning runs before the 
 
 
 def provisioner_token(root: hvac.Client, period: str = PROVISIONER_PERIOD) -> str:
-    resp = root.auth.token.create(policies=[PROVISIONER_POLICY], no_default_policy=True, orphan=True,
+    resp = root.auth.token.create(policies=[PROVISIONER_POLICY], no_parent=True,
                                   period=period, display_name="histo-provisioner", renewable=True)
     return str(resp["auth"]["client_token"])
 

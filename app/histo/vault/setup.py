@@ -280,11 +280,17 @@ class _Applier:
         return data
 
     def _kv_exists(self, path: str) -> bool:
-        try:
-            self.c.secrets.kv.v2.read_secret_metadata(path, mount_point=KV)
-            return True
-        except InvalidPath:
-            return False
+        deadline = time.monotonic() + KV_UPGRADE_WAIT
+        while True:
+            try:
+                self.c.secrets.kv.v2.read_secret_metadata(path, mount_point=KV)
+                return True
+            except InvalidPath:
+                return False
+            except InvalidRequest as exc:  # a fresh mount: wait for the upgrade (see _kv_read)
+                if KV_UPGRADING not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def zk_credentials(self) -> None:
         self.mount(KV, "kv", options={"version": "2"})
