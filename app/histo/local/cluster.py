@@ -106,10 +106,12 @@ def _provisioner(root: Path, admin: hvac.Client) -> hvac.Client:
     """The provisioner token (policy histo-provisioner), kept 0600 beside, never inside, init.json."""
     path = root / "provisioner-token"
     client = hvac.Client(url=admin.url, verify=admin.session.verify)
-    client.token = path.read_text().strip() if path.exists() else None
-    if not client.token or not token_valid(client):
-        client.token = provisioner_token(admin)
-        write_private(path, client.token + "\n")
+    token = path.read_text().strip() if path.exists() else ""
+    client.token = token
+    if not token or not token_valid(client):
+        token = provisioner_token(admin)
+        client.token = token
+        write_private(path, token + "\n")
     return client
 
 

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +26,7 @@ log = logging.getLogger("histo.revocation")
 POLL_SECONDS = 2.0
 
 
+@runtime_checkable
 class CrlSource(Protocol):
     def crl_der(self) -> bytes: ...
 

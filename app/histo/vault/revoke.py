@@ -29,15 +29,19 @@ def _colon(serial: str) -> str:
     return ":".join(h[i:i + 2] for i in range(0, len(h), 2))
 
 
+def _d(resp: Any) -> dict[str, Any]:
+    return resp if isinstance(resp, dict) else {}
+
+
 def revoke_serial(client: hvac.Client, serial: str) -> dict[str, Any]:
     resp = client.write_data(f"{INT}/revoke", data={"serial_number": _colon(serial)})
-    return dict((resp or {}).get("data") or {})
+    return dict(_d(resp).get("data") or {})
 
 
 def host_serials(client: hvac.Client, host: str, trust_domain: str = TRUST_DOMAIN) -> list[str]:
     """Serials of the unexpired, unrevoked certificates Vault issued to `host`."""
     try:
-        keys = (client.list(f"{INT}/certs") or {}).get("data", {}).get("keys") or []
+        keys = _d(client.list(f"{INT}/certs")).get("data", {}).get("keys") or []
     except InvalidPath:
         return []
     now = datetime.now(timezone.utc)
@@ -45,7 +49,7 @@ def host_serials(client: hvac.Client, host: str, trust_domain: str = TRUST_DOMAI
     prefix = f"spiffe://{trust_domain}/"
     found = []
     for serial in keys:
-        data = (client.read(f"{INT}/cert/{serial}") or {}).get("data") or {}
+        data = _d(client.read(f"{INT}/cert/{serial}")).get("data") or {}
         if int(data.get("revocation_time") or 0) > 0 or not data.get("certificate"):
             continue
         cert = x509.load_pem_x509_certificate(data["certificate"].encode())
