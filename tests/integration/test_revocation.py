@@ -3,11 +3,16 @@ a host's own Vault token cannot get a certificate without its address; peers ref
 without an IP SAN on both ends; revoking worker1's serial is refused by every master within
 seconds and closes its open keep-alive connection, while worker2 (and worker1 with the fresh
 certificate it fetches by itself) keeps working."""
+from __future__ import annotations
+
 import asyncio
+import functools
 import http.client
 import json
 import ssl
 import time
+from typing import Any, Callable, cast
+from pathlib import Path
 
 import hvac
 import pytest
@@ -17,7 +22,7 @@ from hvac.exceptions import Forbidden
 
 from histo.rpc import InternalClient, PeerRefused
 from histo.testing.attacker import root_client, service_vault
-from histo.testing.cluster import sample_image
+from histo.testing.cluster import Cluster, sample_image
 from histo.tls.revocation import serial_int
 from histo.vault.revoke import revoke
 
@@ -28,13 +33,13 @@ RESULT = json.dumps([0] * 256).encode()
 MASTERS = ("master1", "master2")
 
 
-def _ctx(cluster, cert: str, key: str) -> ssl.SSLContext:
+def _ctx(cluster: Cluster, cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=cluster.ca)
     ctx.load_cert_chain(cert, key)
     return ctx
 
 
-def _files(cluster, name: str, tmp_path, tag: str = "") -> tuple[str, str, int]:
+def _files(cluster: Cluster, name: str, tmp_path: Path, tag: str = "") -> tuple[str, str, int]:
     """A stable copy of a service's current certificate and key (the service rotates its files)."""
     tls = cluster.service_dir(name) / "tls"
     for _ in range(20):
@@ -51,21 +56,21 @@ def _files(cluster, name: str, tmp_path, tag: str = "") -> tuple[str, str, int]:
     raise AssertionError(f"could not read {name}'s certificate")
 
 
-def _conn(cluster, target: str, ctx: ssl.SSLContext, source: str) -> http.client.HTTPSConnection:
+def _conn(cluster: Cluster, target: str, ctx: ssl.SSLContext, source: str) -> http.client.HTTPSConnection:
     cfg = cluster.config(target)
     return http.client.HTTPSConnection(cfg["address"], cfg["internal_port"], context=ctx, timeout=10,
                                        source_address=(source, 0))
 
 
 def _post(conn: http.client.HTTPSConnection, path: str = "/internal/v1/results", body: bytes = RESULT,
-          headers: dict | None = None) -> int:
+          headers: dict[str, str] | None = None) -> int:
     conn.request("POST", path, body=body, headers=headers or TASK_HEADERS)
     resp = conn.getresponse()
     resp.read()
     return resp.status
 
 
-def _once(cluster, target, cert, key, source, **kw) -> int:
+def _once(cluster: Cluster, target: str, cert: str, key: str, source: str, **kw: Any) -> int:
     conn = _conn(cluster, target, _ctx(cluster, cert, key), source)
     try:
         return _post(conn, **kw)
@@ -73,7 +78,7 @@ def _once(cluster, target, cert, key, source, **kw) -> int:
         conn.close()
 
 
-def test_a_host_cannot_issue_itself_a_certificate_without_its_address(cluster):
+def test_a_host_cannot_issue_itself_a_certificate_without_its_address(cluster: Cluster) -> None:
     vault = service_vault(cluster, "worker1")
     vault.login()
     base = {"common_name": "worker1.histo.internal", "uri_sans": "spiffe://histo.internal/worker/worker1",
@@ -84,19 +89,19 @@ def test_a_host_cannot_issue_itself_a_certificate_without_its_address(cluster):
         with pytest.raises((Forbidden, hvac.exceptions.InvalidRequest)):
             vault.client.write_data("pki_int/issue/host-worker1", data=params)
     # legitimate: with exactly its own address
-    data = vault.client.write_data("pki_int/issue/host-worker1",
-                                   data={**base, "ip_sans": cluster.config("worker1")["address"]})["data"]
+    data: Any = cast(Any, vault.client.write_data("pki_int/issue/host-worker1",
+                                   data={**base, "ip_sans": cluster.config("worker1")["address"]}))["data"]
     cert = x509.load_pem_x509_certificate(data["certificate"].encode())
     ips = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.IPAddress)
     assert [str(i) for i in ips] == [cluster.config("worker1")["address"]]
 
 
-def _no_ip_cert(cluster, tmp_path, host: str, role: str) -> tuple[str, str]:
+def _no_ip_cert(cluster: Cluster, tmp_path: Path, host: str, role: str) -> tuple[str, str]:
     """What a policy without the requirement would have handed out: our CA, no IP SAN."""
-    data = root_client(cluster).write_data(f"pki_int/issue/host-{host}", data={
+    data: Any = cast(Any, root_client(cluster).write_data(f"pki_int/issue/host-{host}", data={
         "common_name": f"{host}.histo.internal", "uri_sans": f"spiffe://histo.internal/{role}/{host}",
-        "ttl": "120s", "format": "pem", "private_key_format": "pkcs8"})["data"]
+        "ttl": "120s", "format": "pem", "private_key_format": "pkcs8"}))["data"]
     cert = x509.load_pem_x509_certificate(data["certificate"].encode())
     assert not cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.IPAddress)
@@ -105,7 +110,7 @@ def _no_ip_cert(cluster, tmp_path, host: str, role: str) -> tuple[str, str]:
     return str(tmp_path / f"{host}-noip.crt"), str(tmp_path / f"{host}-noip.key")
 
 
-def test_peers_refuse_a_client_certificate_without_ip_san(cluster, tmp_path):
+def test_peers_refuse_a_client_certificate_without_ip_san(cluster: Cluster, tmp_path: Path) -> None:
     w_cert, w_key = _no_ip_cert(cluster, tmp_path, "worker1", "worker")
     m_cert, m_key = _no_ip_cert(cluster, tmp_path, "master1", "master")
     w_addr, m_addr = cluster.config("worker1")["address"], cluster.config("master1")["address"]
@@ -126,23 +131,23 @@ def test_peers_refuse_a_client_certificate_without_ip_san(cluster, tmp_path):
     conn.close()
 
 
-def test_internal_client_refuses_a_server_certificate_without_ip_san(cluster, tmp_path):
+def test_internal_client_refuses_a_server_certificate_without_ip_san(cluster: Cluster, tmp_path: Path) -> None:
     s_cert, s_key = _no_ip_cert(cluster, tmp_path, "worker2", "worker")
     mc, mk, _ = _files(cluster, "master1", tmp_path)
     addr = "127.0.20.97"
 
-    async def run():
+    async def run() -> None:
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ctx.load_cert_chain(s_cert, s_key)
         app = web.Application()
-        async def status(_request):
+        async def status(_request: web.Request) -> web.Response:
             return web.json_response({"name": "worker2"})
         app.router.add_get("/internal/v1/status", status)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, addr, 0, ssl_context=server_ctx)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = runner.addresses[0][1]
         # even a client whose TLS layer does not match names (by-name URLs, a lax context) is refused
         lax = ssl.create_default_context(cafile=cluster.ca)
         lax.check_hostname = False
@@ -162,7 +167,11 @@ def test_internal_client_refuses_a_server_certificate_without_ip_san(cluster, tm
     asyncio.run(run())
 
 
-def _wait(pred, timeout: float, step: float = 0.2):
+def _refused(cluster: Cluster, target: str, cert: str, key: str, source: str) -> bool:
+    return _once(cluster, target, cert, key, source) == 403
+
+
+def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = pred()
@@ -172,7 +181,7 @@ def _wait(pred, timeout: float, step: float = 0.2):
     return None
 
 
-def test_revoking_a_serial_reaches_every_master_within_seconds(cluster, tmp_path):
+def test_revoking_a_serial_reaches_every_master_within_seconds(cluster: Cluster, tmp_path: Path) -> None:
     w1 = cluster.config("worker1")["address"]
     w2 = cluster.config("worker2")["address"]
     cert, key, serial = _files(cluster, "worker1", tmp_path, "-old")
@@ -187,7 +196,7 @@ def test_revoking_a_serial_reaches_every_master_within_seconds(cluster, tmp_path
 
     # every master refuses the revoked certificate on a new connection within seconds
     for master in MASTERS:
-        assert _wait(lambda m=master: _once(cluster, m, cert, key, w1) == 403, timeout=10), master
+        assert _wait(functools.partial(_refused, cluster, master, cert, key, w1), timeout=10), master
     refused_after = time.time() - t0
     assert refused_after < 10, refused_after
 
@@ -205,7 +214,7 @@ def test_revoking_a_serial_reaches_every_master_within_seconds(cluster, tmp_path
         assert _once(cluster, master, c2, k2, w2) == 409
 
     # worker1 noticed its own serial on the CRL and fetched a new certificate, which works
-    def renewed():
+    def renewed() -> tuple[str, str] | None:
         c, k, s = _files(cluster, "worker1", tmp_path, "-new")
         return (c, k) if s != serial else None
     got = _wait(renewed, timeout=15)
@@ -219,7 +228,7 @@ def test_revoking_a_serial_reaches_every_master_within_seconds(cluster, tmp_path
     assert cluster.wait_job(doc["id"])["state"] == "done"
 
 
-def test_revoke_command_by_host(cluster, tmp_path):
+def test_revoke_command_by_host(cluster: Cluster, tmp_path: Path) -> None:
     """`histo identity revoke --host worker2`: every unexpired certificate of worker2, none of another
     host's; without --block worker2 re-issues by itself and works again."""
     from histo.vault.revoke import host_serials

@@ -1,24 +1,34 @@
 """Secret zero does not linger, and key configuration changes reach the masters (issue 13, item 9)."""
+from __future__ import annotations
+
+import functools
 import time
+from typing import Any, Callable
+from pathlib import Path
 
 from histo.edge.tokens import issue_token
 from histo.testing.attacker import root_client
+from histo.testing.cluster import Cluster
 
 
-def _status(cluster, token: str, url: str) -> int:
-    return cluster.request("GET", "/api/v1/jobs", token=token, url=url)[0]
+def _status(cluster: Cluster, token: str, url: str) -> int:
+    return int(cluster.request("GET", "/api/v1/jobs", token=token, url=url)[0])
 
 
-def _until(pred, timeout: float) -> bool:
+def _ok(cluster: Cluster, token: str, url: str) -> bool:
+    return _status(cluster, token, url) == 200
+
+
+def _until(pred: Callable[[], bool], timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
             return True
         time.sleep(0.2)
-    return pred()
+    return bool(pred())
 
 
-def test_raised_min_decryption_version_reaches_every_master_within_seconds(cluster):
+def test_raised_min_decryption_version_reaches_every_master_within_seconds(cluster: Cluster) -> None:
     root = root_client(cluster)
     old = issue_token(root, role="uploader", subject="carol", ttl_seconds=900)
     for url in cluster.urls:
@@ -27,7 +37,7 @@ def test_raised_min_decryption_version_reaches_every_master_within_seconds(clust
     latest = int(root.secrets.transit.read_key("histo-tokens", mount_point="transit")["data"]["latest_version"])
     new = issue_token(root, role="uploader", subject="carol", ttl_seconds=900)
     for url in cluster.urls:  # the new version is in use everywhere before the old one is retired
-        assert _until(lambda u=url: _status(cluster, new, u) == 200, 5)
+        assert _until(functools.partial(_ok, cluster, new, url), 5)
     try:
         root.secrets.transit.update_key_configuration("histo-tokens", min_decryption_version=latest,
                                                       mount_point="transit")
@@ -46,14 +56,14 @@ def test_raised_min_decryption_version_reaches_every_master_within_seconds(clust
             assert _status(cluster, cluster.token("uploader"), url) == 200
 
 
-def _provisioner(cluster):
+def _provisioner(cluster: Cluster) -> tuple[Any, dict[str, Any]]:
     import hvac
     topo = __import__("json").loads((cluster.root / "topology.json").read_text())
     return hvac.Client(url=f"https://{topo['net']}.10:8200", verify=str(cluster.root / "vault" / "tls" / "ca.pem"),
                        token=(cluster.root / "provisioner-token").read_text().strip()), topo
 
 
-def test_the_provisioner_token_provisions_and_nothing_more(cluster, tmp_path):
+def test_the_provisioner_token_provisions_and_nothing_more(cluster: Cluster, tmp_path: Path) -> None:
     import hvac
     import pytest
     from hvac.exceptions import Forbidden
@@ -102,7 +112,7 @@ def test_the_provisioner_token_provisions_and_nothing_more(cluster, tmp_path):
                                                         "address": "127.0.20.39"}]})
 
 
-def test_retire_root_revokes_it_and_keeps_only_the_unseal_keys(tmp_path):
+def test_retire_root_revokes_it_and_keeps_only_the_unseal_keys(tmp_path: Path) -> None:
     """A fresh OpenBao of its own: setup with root, then root retired; the provisioner carries on,
     and after a restart the server unseals from the keys file (which holds no token)."""
     import json

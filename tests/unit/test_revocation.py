@@ -1,6 +1,7 @@
 """Address binding fails closed, and the CRL-following revocation list (histo.tls.revocation)."""
-import datetime
 import asyncio
+import datetime
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -15,7 +16,7 @@ from histo.vault.revoke import _colon
 URI = ("URI", "spiffe://histo.internal/worker/worker1")
 
 
-def test_certificate_without_ip_san_is_refused_when_the_address_is_checked():
+def test_certificate_without_ip_san_is_refused_when_the_address_is_checked() -> None:
     with pytest.raises(IdentityError, match="no IP address"):
         require_role({"subjectAltName": (URI,)}, ("worker",), peer_address="127.0.10.31")
     with pytest.raises(IdentityError, match="not its own address"):
@@ -26,24 +27,24 @@ def test_certificate_without_ip_san_is_refused_when_the_address_is_checked():
     assert ident.host == "worker1"
 
 
-def test_serial_spellings_agree():
+def test_serial_spellings_agree() -> None:
     assert serial_int("1a:2b:03") == serial_int("1A2B03") == 0x1A2B03
     assert peer_serial({"serialNumber": "1A2B03"}) == 0x1A2B03 and peer_serial({}) is None
     assert _colon("1A2B03") == "1a:2b:03" and _colon("A2B03") == "0a:2b:03"
 
 
 class FakeTransport:
-    def __init__(self):
+    def __init__(self) -> None:
         self.closed = False
 
-    def close(self):
+    def close(self) -> None:
         self.closed = True
 
-    def is_closing(self):
+    def is_closing(self) -> bool:
         return self.closed
 
 
-def test_update_closes_live_connections_of_newly_revoked_serials_only():
+def test_update_closes_live_connections_of_newly_revoked_serials_only() -> None:
     rl = RevocationList()
     bad, good = FakeTransport(), FakeTransport()
     rl.track(bad, 0xAA, "spiffe://histo.internal/worker/worker1")
@@ -54,7 +55,7 @@ def test_update_closes_live_connections_of_newly_revoked_serials_only():
     assert rl.live_count() == 1
 
 
-def _ca_and_crl(tmp_path, serials, signer=None):
+def _ca_and_crl(tmp_path: Path, serials: list[int], signer: ec.EllipticCurvePrivateKey | None = None) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "histo intermediate CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -71,7 +72,7 @@ def _ca_and_crl(tmp_path, serials, signer=None):
     return crl.public_bytes(serialization.Encoding.DER)
 
 
-def test_crl_must_be_signed_by_a_trusted_ca(tmp_path):
+def test_crl_must_be_signed_by_a_trusted_ca(tmp_path: Path) -> None:
     der = _ca_and_crl(tmp_path, [5, 7])
     assert parse_crl(der, tmp_path / "ca.pem") == {5, 7}
     (tmp_path / "other").mkdir()
@@ -80,12 +81,12 @@ def test_crl_must_be_signed_by_a_trusted_ca(tmp_path):
         parse_crl(forged, tmp_path / "ca.pem")
 
 
-def test_follow_keeps_the_last_list_while_vault_is_away(tmp_path):
+def test_follow_keeps_the_last_list_while_vault_is_away(tmp_path: Path) -> None:
     der = _ca_and_crl(tmp_path, [9])
-    calls = []
+    calls: list[int] = []
 
     class Source:
-        def crl_der(self):
+        def crl_der(self) -> bytes:
             calls.append(1)
             if len(calls) > 1:
                 raise RuntimeError("Vault down")
@@ -93,7 +94,7 @@ def test_follow_keeps_the_last_list_while_vault_is_away(tmp_path):
 
     rl = RevocationList()
 
-    async def run():
+    async def run() -> None:
         task = asyncio.create_task(rl.follow(Source(), tmp_path / "ca.pem", interval=0.01))
         await asyncio.sleep(0.1)
         task.cancel()
