@@ -29,6 +29,7 @@ from histo.testing.cluster import Cluster, sample_image
 from histo.vault.client import ServiceVault, VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
 
+from . import revocation
 from .outcome import Outcome, run_drills, summary
 
 
@@ -483,7 +484,12 @@ def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome
               ("expired certificate", lambda c: expired_certificate(c, _fresh(scratch, "cert"))),
               ("revoked token", revoked_token), ("flood", flood), ("connection flood", connection_flood),
               ("oversized result", oversized_result), ("decompression bombs", decompression_bombs),
-              ("event stream after revocation", stream_after_revocation)]
+              ("event stream after revocation", stream_after_revocation),
+              ("certificate without its address", revocation.addressless_issuance),
+              ("certificate without an IP SAN", revocation.addressless_certificate),
+              ("revoked certificate", revocation.revoked_identity),
+              ("provisioner token", revocation.provisioner_bounds),
+              ("retired key version", revocation.retired_key_version)]
     if disruptive:
         drills.append(("Vault sealed", vault_sealed))
     return run_drills([(name, functools.partial(d, cl)) for name, d in drills], post=lambda r: _post(cl, r))

@@ -45,9 +45,43 @@ def cmd_worker(a) -> None:
 
 
 def cmd_vault_setup(a) -> None:
+    from hvac.exceptions import Forbidden
     from .vault.setup import apply
     spec = json.loads(Path(a.spec).read_text())
-    out = apply(_vault_client(a.vault_url, a.vault_ca, a.token_file), spec)
+    try:
+        out = apply(_vault_client(a.vault_url, a.vault_ca, a.token_file), spec)
+    except Forbidden:
+        raise SystemExit("histo: Vault refused a configuration change: the spec changed or Vault drifted, and this "
+                         "token (histo-provisioner) may only verify it; a change needs a root token "
+                         "(docs/SECURITY.md: regenerate one with the unseal keys, revoke it after)") from None
+    print(json.dumps(out, sort_keys=True))
+
+
+def cmd_vault_retire_root(a) -> None:
+    from .vault.secretzero import retire_root
+    out = retire_root(_vault_client(a.vault_url, a.vault_ca, None), Path(a.init_file), Path(a.provisioner_file),
+                      Path(a.root_token_file) if a.root_token_file else None)
+    print(json.dumps(out, sort_keys=True))
+
+
+def cmd_vault_operator_token(a) -> None:
+    from .files import write_private
+    from .vault.secretzero import operator_token
+    tok = operator_token(_vault_client(a.vault_url, a.vault_ca, a.token_file), a.role, a.ttl, a.display_name)
+    write_private(Path(a.out), tok + "\n")
+
+
+def cmd_identity_revoke(a) -> None:
+    from .vault.revoke import revoke
+    client = _vault_client(a.vault_url, a.vault_ca, None)
+    text = _read_secret_file(a.token_file)
+    if text.startswith("{"):  # local mode's secret zero file (.histo/local/vault/init.json)
+        text = json.loads(text)["root_token"]
+    client.token = text
+    try:
+        out = revoke(client, serial=a.serial, host=a.host, block=a.block)
+    except ValueError as exc:
+        raise SystemExit(f"histo: {exc}") from None
     print(json.dumps(out, sort_keys=True))
 
 
@@ -190,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     vault_args(s)
     s.set_defaults(fn=cmd_vault_setup)
 
+    s = sub.add_parser("vault-retire-root", help="once setup is done: make the provisioner token, revoke the "
+                                                  "root token, keep only the unseal keys in the init file")
+    s.add_argument("--init-file", required=True)
+    s.add_argument("--provisioner-file", required=True)
+    s.add_argument("--root-token-file")
+    vault_args(s, token_required=False)
+    s.set_defaults(fn=cmd_vault_retire_root)
+
+    s = sub.add_parser("vault-operator-token", help="the operator's issuer or receipt-verifier token (0600 file), "
+                                                    "through its token role, with the provisioner token")
+    s.add_argument("--role", required=True, choices=("histo-issuer", "histo-receipt-verifier"))
+    s.add_argument("--ttl", default="72h")
+    s.add_argument("--display-name", default="histo-operator")
+    s.add_argument("--out", required=True)
+    vault_args(s)
+    s.set_defaults(fn=cmd_vault_operator_token)
+
     s = sub.add_parser("provision")
     s.add_argument("--host", required=True)
     s.add_argument("--address", required=True)
@@ -197,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wrap-ttl", default="300s")
     vault_args(s)
     s.set_defaults(fn=cmd_provision)
+
+    ident = sub.add_parser("identity", help="workload identities").add_subparsers(dest="icmd", required=True)
+    s = ident.add_parser("revoke", help="revoke a certificate serial or every certificate of a host; peers "
+                                        "refuse it and close its connections within seconds")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--serial", help="a certificate serial (Vault's aa:bb:.. or plain hex)")
+    g.add_argument("--host", help="every unexpired certificate of this host")
+    s.add_argument("--block", action="store_true",
+                   help="with --host: also deny the host any new certificate (re-admit: vault-setup + provision)")
+    vault_args(s, token_help="file holding a token with the histo-provisioner policy (local mode: "
+                             ".histo/local/vault/init.json)")
+    s.set_defaults(fn=cmd_identity_revoke)
 
     tok = sub.add_parser("token").add_subparsers(dest="tcmd", required=True)
     s = tok.add_parser("issue")

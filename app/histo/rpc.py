@@ -13,16 +13,26 @@ from yarl import URL
 
 from .edge.middleware import Handler, json_error
 
-from .tls.identity import Identity, IdentityError, identity_from_peercert, require_role
+from .tls.identity import Identity, IdentityError, check_address, identity_from_peercert, require_role
+from .tls.revocation import REVOKED, peer_serial
 
 
 PEER = "peer"  # the request key holding the caller's verified Identity
 
 
+class RevokedIdentity(IdentityError):
+    """The peer's certificate serial is on Vault's CRL."""
+
+
 def peer_identity(request: web.Request, allowed_roles: tuple[str, ...], trust_domain: str) -> Identity:
     """The verified identity of the client of an internal (mTLS) request, or IdentityError."""
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
-    return require_role(peercert, allowed_roles, trust_domain, peer_address=request.remote)
+    ident = require_role(peercert, allowed_roles, trust_domain, peer_address=request.remote)
+    serial = peer_serial(peercert)
+    if REVOKED.is_revoked(serial):
+        raise RevokedIdentity(f"certificate {serial:x} of {ident.uri} is revoked")
+    REVOKED.track(request.transport, serial, ident.uri)
+    return ident
 
 
 def peer_check(trust_domain: str, allowed: Callable[[web.Request], tuple[str, ...]],
@@ -37,7 +47,12 @@ def peer_check(trust_domain: str, allowed: Callable[[web.Request], tuple[str, ..
             request[PEER] = peer_identity(request, allowed(request), trust_domain)
         except IdentityError as exc:
             on_refused(request, exc)
-            raise json_error(403, "forbidden", "this peer identity may not call this endpoint") from None
+            err = json_error(403, "forbidden", "this peer identity may not call this endpoint")
+            if isinstance(exc, RevokedIdentity):  # answer, then hang up: no keep-alive for it
+                err.force_close()
+                if request.transport is not None:
+                    asyncio.get_running_loop().call_later(1.0, request.transport.close)
+            raise err from None
         return await handler(request)
     return check
 
@@ -71,15 +86,22 @@ class IdentityConnector(aiohttp.TCPConnector):
     async def _create_direct_connection(self, req, traces, timeout, **kwargs):
         transport, proto = await super()._create_direct_connection(req, traces, timeout, **kwargs)
         try:
-            ident = identity_from_peercert(transport.get_extra_info("peercert"), self.trust_domain)
+            peercert = transport.get_extra_info("peercert")
+            ident = identity_from_peercert(peercert, self.trust_domain)
             roles, host = _expected.get()
             if roles and ident.role not in roles:
                 raise IdentityError(f"{ident.uri} is not a {'/'.join(roles)}")
             if host is not None and ident.host != host:
                 raise IdentityError(f"{ident.uri} is not {host}")
+            peername = transport.get_extra_info("peername")
+            check_address(peercert, ident, str(peername[0]) if peername else "")
+            serial = peer_serial(peercert)
+            if REVOKED.is_revoked(serial):
+                raise IdentityError(f"certificate of {ident.uri} is revoked")
         except IdentityError as exc:
             transport.close()
             raise PeerRefused(f"server identity refused: {exc}") from None
+        REVOKED.track(transport, serial, ident.uri)
         self.identities[(req.host, req.port)] = ident
         return transport, proto
 

@@ -11,4 +11,4 @@ pytestmark = pytest.mark.disruptive
 def test_every_drill_holds(cluster, tmp_path):
     results = run_all(cluster, tmp_path)
     failed = [r.line() for r in results if not r.held]
-    assert len(results) == 16 and not failed, failed
+    assert len(results) == 21 and not failed, failed

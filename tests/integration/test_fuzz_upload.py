@@ -81,7 +81,9 @@ def _build(boundary: str, ps: list, tail: bool) -> bytes:
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(boundary=st.one_of(st.just("b0und"), st.text(st.characters(min_codepoint=33, max_codepoint=126),
                                                     min_size=0, max_size=80)),
-       declared=st.one_of(st.none(), st.text(max_size=30)), ps=parts, tail=st.booleans(),
+       # (an HTTP client cannot send CR or LF inside a header value)
+       declared=st.one_of(st.none(), st.text(st.characters(blacklist_characters="\r\n"), max_size=30)),
+       ps=parts, tail=st.booleans(),
        cut=st.integers(-1, 3000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
        url=st.integers(0, 1))
 def test_multipart_structure_never_5xx(cluster, boundary, declared, ps, tail, cut, flips, url):

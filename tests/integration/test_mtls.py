@@ -154,7 +154,8 @@ def test_refusal_at_a_worker_reaches_the_secops_stream(cluster):
                 while time.time() < deadline:
                     msg = await ws.receive_json(timeout=15)
                     ev = msg.get("event", {})
-                    if ev.get("kind") == "mtls_rejected" and ev.get("service") == "worker2":
+                    if ev.get("kind") == "mtls_rejected" and ev.get("service") == "worker2" \
+                            and "worker1" in ev.get("reason", ""):
                         return ev
         raise AssertionError("the worker's refusal never reached the dashboard")
     ev = asyncio.run(wait_event())

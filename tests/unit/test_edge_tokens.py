@@ -342,3 +342,24 @@ def test_ttl_parsing():
     assert parse_ttl("15m") == 900 and parse_ttl("1h") == 3600 and parse_ttl("90") == 90 and parse_ttl("9s") == 9
     with pytest.raises(ValueError):
         parse_ttl("forever")
+
+
+def test_a_raised_min_decryption_version_is_followed_without_a_new_version():
+    """Vault drops version 1 from the ring (min_decryption_version raised, no newer key): the
+    follow thread re-reads the ring and version-1 tokens stop verifying within an interval."""
+    import time as _time
+    keys = {"histo-tokens:1": PUB, "histo-tokens:2": pem(OTHER)}
+    v = TokenVerifier(lambda: dict(keys), clock=lambda: NOW)
+    v.refresh()
+    assert v.verify(token()).sub == "alice"
+    stop = v.follow(interval=0.02)
+    try:
+        del keys["histo-tokens:1"]
+        deadline = _time.time() + 2
+        while "histo-tokens:1" in v.kids and _time.time() < deadline:
+            _time.sleep(0.01)
+        with pytest.raises(AuthError, match="unknown_key"):
+            v.verify(token())
+        assert v.verify(token(key=OTHER, header={"kid": "histo-tokens:2"})).sub == "alice"
+    finally:
+        stop.set()

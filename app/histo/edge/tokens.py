@@ -26,6 +26,8 @@ MAX_TOKEN_LEN = 4096
 # An unknown kid may be a fresh rotation: look in Vault again, but at most this often, so a flood
 # of made-up kids never becomes a flood of Vault reads (1 s: a rotation is seen almost at once).
 REFETCH_INTERVAL = 1.0
+# The whole ring is re-read this often: a raised min_decryption_version reaches every master in seconds.
+KEY_FOLLOW_INTERVAL = 2.0
 _SUBJECT = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _KID = re.compile(r"(?P<key>[A-Za-z0-9_.-]{1,128}):(?P<version>[0-9]{1,9})")
 
@@ -181,6 +183,21 @@ class TokenVerifier:
             keys = {kid: k for kid, pem in fetched.items() if (k := _load_es256_key(pem)) is not None}
             # versions gone from Vault's ring (min_decryption_version raised) stop verifying here
             self._keys = keys
+
+    def follow(self, interval: float = KEY_FOLLOW_INTERVAL) -> threading.Event:
+        """Re-read the key ring every `interval` seconds on a daemon thread, so any change of the key's
+        configuration (min_decryption_version raised, a version trimmed) is in force here within
+        seconds, not only a newer version. Set the returned event to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.refresh()
+                except KeysUnavailable:
+                    pass  # Vault away: the cached keys stay in use
+        threading.Thread(target=loop, name="histo-token-keys", daemon=True).start()
+        return stop
 
     def _may_be_newer(self, kid: str) -> bool:
         """A kid worth a Vault look: our key name and a version above every one we hold. Versions

@@ -17,7 +17,8 @@ from ..files import private_dir, write_private
 from ..readiness import wait_ready
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
-from ..vault.setup import apply as vault_apply
+from ..vault.secretzero import operator_token, provisioner_token, token_valid
+from ..vault.setup import ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE, apply as vault_apply
 from ..zk.prepare import prepare_local
 from .zkserver import ZkServer
 from .. import procs
@@ -49,18 +50,22 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
     bao = BaoServer(private_dir(root / "vault"), f"{net}.10", VAULT_PORT)
     bao.start()
     bao.init_and_unseal()
-    admin = bao.root_client()  # root is used for setup and provisioning in local mode only
+    # Local mode keeps the root token (.histo/local/vault/init.json, 0600) for setup and for the tests'
+    # attack scenarios: a developer tool (docs/SECURITY.md). Provisioning uses the provisioner token,
+    # as on the deployed cluster, so its policy is exercised by every local run.
+    admin = bao.root_client()
     vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, "leaf_max_ttl": "24h",
                         "audit_log": str(root / "vault" / "audit.log")})
-    ca_pem = admin.secrets.pki.read_ca_certificate(mount_point="pki")
+    prov = _provisioner(root, admin)
+    ca_pem = prov.secrets.pki.read_ca_certificate(mount_point="pki")
     write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public
     _say(f"OpenBao ready at {bao.url}")
 
     def creds_for(host: dict) -> Path:
         creds = private_dir(root / host["name"] / "creds")
         if not (creds / "secret_id").exists() and not (creds / "secret_id.wrap").exists():
-            role_id = admin.auth.approle.read_role_id(f"histo-{host['name']}")["data"]["role_id"]
-            write_credentials(creds, role_id, wrapped_secret_id(admin, host["name"], host["address"]))
+            role_id = prov.auth.approle.read_role_id(f"histo-{host['name']}")["data"]["role_id"]
+            write_credentials(creds, role_id, wrapped_secret_id(prov, host["name"], host["address"]))
         return creds
 
     zk_host = hosts[0]
@@ -91,21 +96,32 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
 
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
     wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
-    env = write_env(root, admin, urls)
+    env = write_env(root, prov, urls)
     total = time.perf_counter() - t_start
     _say(f"ready in {total:.1f}s — {urls[0]}  (env: {root / 'env'})")
     return {"urls": urls, "env": env, "seconds": total}
 
 
-def write_env(root: Path, admin, urls: list[str]) -> dict:
-    issuer = admin.auth.token.create(policies=["histo-token-issuer"], ttl="24h", renewable=False,
-                                     display_name="histo-local-issuer")["auth"]["client_token"]
+def _provisioner(root: Path, admin: hvac.Client) -> hvac.Client:
+    """The provisioner token (policy histo-provisioner), kept 0600 beside, never inside, init.json."""
+    path = root / "provisioner-token"
+    client = hvac.Client(url=admin.url, verify=admin.session.verify)
+    token = path.read_text().strip() if path.exists() else ""
+    client.token = token
+    if not token or not token_valid(client):
+        token = provisioner_token(admin)
+        client.token = token
+        write_private(path, token + "\n")
+    return client
+
+
+def write_env(root: Path, prov, urls: list[str]) -> dict:
+    issuer = operator_token(prov, ISSUER_TOKEN_ROLE, "24h", "histo-local-issuer")
     write_private(root / "issuer-token", issuer + "\n")
     # `histo receipt verify --token-file .histo/local/receipt-verifier-token`: reads the receipt public keys only
-    verifier = admin.auth.token.create(policies=["histo-receipt-verifier"], ttl="24h", renewable=False,
-                                       display_name="histo-local-receipt-verifier")["auth"]["client_token"]
+    verifier = operator_token(prov, VERIFIER_TOKEN_ROLE, "24h", "histo-local-receipt-verifier")
     write_private(root / "receipt-verifier-token", verifier + "\n")
-    signer = hvac.Client(url=admin.url, verify=admin.session.verify)
+    signer = hvac.Client(url=prov.url, verify=prov.session.verify)
     signer.token = issuer
     tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL)
     return {"HISTO_URL": urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),

@@ -45,6 +45,7 @@ class Authenticator:
             self.verifier.refresh()
         except KeysUnavailable as exc:  # Vault away at start: keys are fetched on first use instead
             log.warning("token keys not fetched yet: %s", exc)
+        self.verifier.follow()  # key config changes (min_decryption_version) in force within seconds
         self.store.follow(self.revoked)
 
     def revoke(self, jti: str, exp: float) -> None:

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .contexts import LiveContexts
+from .revocation import REVOKED, CrlSource
 from ..files import write_private
 
 log = logging.getLogger("histo.certs")
@@ -108,10 +109,22 @@ class CertManager:
         return s.not_before + RENEW_FRACTION * (s.not_after - s.not_before)
 
     async def run(self) -> None:
-        """Renew forever; when Vault is unavailable keep serving the current certificate and retry."""
+        """Renew forever, and follow Vault's CRL (revoked peers are refused and hung up on)."""
+        if not isinstance(self.source, CrlSource):
+            await self._renew_forever()
+            return
+        await asyncio.gather(self._renew_forever(), REVOKED.follow(self.source, self.ca_path))
+
+    async def _renew_forever(self) -> None:
+        """When Vault is unavailable keep serving the current certificate and retry."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.0, self.renew_at() - time.time()))
+            # Renew at 2/3 of the life, or at once when our own serial shows up on the CRL (an
+            # operator revoked it: a leaked key, not this host, is the reason; see vault/revoke.py).
+            while time.time() < self.renew_at() and not REVOKED.is_revoked(self.status.serial or None):  # noqa: ASYNC110
+                await asyncio.sleep(min(1.0, max(0.0, self.renew_at() - time.time())))
+            if REVOKED.is_revoked(self.status.serial or None):
+                log.warning("our certificate %s was revoked: fetching a new one", self.status.serial)
             try:
                 issued = await loop.run_in_executor(None, self.issue)
                 self.install(*issued)

@@ -4,6 +4,7 @@ Peers authorize each other by these identities, never by IP address.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,27 @@ def require_role(peercert: PeerCert | None, allowed_roles: tuple[str, ...], trus
     if peer_address is not None:
         # Certificates carry their host's address (Vault issues no other): a certificate and key
         # copied to another machine are refused there even before the firewall drops them.
-        addresses = [v for k, v in (peercert or {}).get("subjectAltName", ()) if k == "IP Address"]
-        if addresses and peer_address not in addresses:
-            raise IdentityError(f"certificate of {ident.uri} presented from {peer_address}, not its own address")
+        check_address(peercert, ident, peer_address)
     return ident
+
+
+def ip_sans(peercert: PeerCert | None) -> list[str]:
+    return [str(v).strip() for k, v in (peercert or {}).get("subjectAltName", ()) if k == "IP Address"]
+
+
+def check_address(peercert: PeerCert | None, ident: Identity, peer_address: str) -> None:
+    """The certificate must name the address it is used from. A certificate without an IP SAN is
+    refused outright (Vault issues none such: a host's policy requires its address), so a key copied
+    off a machine does not work from anywhere else."""
+    addresses = ip_sans(peercert)
+    if not addresses:
+        raise IdentityError(f"certificate of {ident.uri} carries no IP address")
+    if _norm_ip(peer_address) not in {_norm_ip(a) for a in addresses}:
+        raise IdentityError(f"certificate of {ident.uri} presented from {peer_address}, not its own address")
+
+
+def _norm_ip(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address.strip()))
+    except ValueError:
+        return address.strip()

@@ -209,6 +209,16 @@ class ServiceVault:
                           key_pem=key_pem, not_before=cert.not_valid_before_utc,
                           not_after=cert.not_valid_after_utc, serial=data["serial_number"])
 
+    def crl_der(self) -> bytes:
+        """The intermediate's CRL (public, DER): what every peer follows to refuse revoked serials."""
+        try:
+            resp = self.client.session.get(f"{self.url.rstrip('/')}/v1/pki_int/crl", timeout=5)
+        except requests.RequestException as exc:
+            raise VaultUnavailable(f"Vault unreachable ({type(exc).__name__})") from None
+        if resp.status_code != 200:
+            raise VaultUnavailable(f"CRL fetch answered {resp.status_code}")
+        return resp.content
+
     def ca_chain_pem(self) -> str:
         """Root first, then the intermediate: everything a peer needs to verify our certificates."""
         root = self._call(self.client.read, "pki/cert/ca")["data"]["certificate"].strip()

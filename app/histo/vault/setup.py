@@ -37,6 +37,9 @@ QUORUM = "pki_zk_quorum"
 TOKEN_KEY = "histo-tokens"
 RECEIPT_KEY = "histo-receipts"  # signs job receipts (masters: sign only)
 ISSUER_POLICY = "histo-token-issuer"
+PROVISIONER_POLICY = "histo-provisioner"  # what provisioning needs after setup (the root token is revoked)
+# token roles through which the provisioner makes the operator's tokens (it does not hold their policies)
+ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE = "histo-issuer", "histo-receipt-verifier"
 RECEIPT_VERIFIER_POLICY = "histo-receipt-verifier"  # reads the receipt key's public keys, nothing else
 ROLES = ("master", "worker", "zookeeper")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
@@ -320,8 +323,27 @@ class _Applier:
         self.note(f"kv {path}")
         return data
 
+    def _kv_exists(self, path: str) -> bool:
+        deadline = time.monotonic() + KV_UPGRADE_WAIT
+        while True:
+            try:
+                self.c.secrets.kv.v2.read_secret_metadata(path, mount_point=KV)
+                return True
+            except InvalidPath:
+                return False
+            except InvalidRequest as exc:  # a fresh mount: wait for the upgrade (see _kv_read)
+                if KV_UPGRADING not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def zk_credentials(self) -> None:
         self.mount(KV, "kv", options={"version": "2"})
+        # Once everything exists, a re-apply reads no password (the provisioner may not read them).
+        paths = [f"histo/zk/{role}" for role in ZK_ROLES] + ["histo/zk/super"]
+        if all(self._kv_exists(p) for p in paths):
+            have_ids = self._kv_read("histo/zk/acl-ids") or {}
+            if all(have_ids.get(role) for role in ZK_ROLES):
+                return
         ids = {}
         for role in ZK_ROLES:
             user = f"histo-{role}"
@@ -375,10 +397,13 @@ class _Applier:
         rules = f'''# histo host {name} ({role}): its own certificate and its role's secrets, nothing else.
 path "{INT}/issue/host-{name}" {{
   capabilities = ["update"]
+  # required: a certificate always names the host's address (peers refuse one that does not), so a
+  # key taken off this machine is useless anywhere else
+  required_parameters = ["common_name", "ip_sans", "uri_sans"]
   allowed_parameters = {{
     "common_name" = ["{fqdn}"]
     "alt_names" = ["{name}", "{fqdn}", "{name},{fqdn}", "{fqdn},{name}", ""]
-    "ip_sans" = ["{addr}", ""]
+    "ip_sans" = ["{addr}"]
     "uri_sans" = ["{spiffe_id(role, name, self.td)}"]
     "ttl" = []
     "format" = ["pem"]
@@ -415,6 +440,17 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         return rules
+
+    def token_role(self, name: str, policy: str, max_ttl: str) -> None:
+        want = {"allowed_policies": [policy], "disallowed_policies": ["root"], "orphan": True,
+                "renewable": False, "token_explicit_max_ttl": _seconds(max_ttl), "token_type": "service"}
+        try:
+            have = _data(self.c.read(f"auth/token/roles/{name}"))
+        except InvalidPath:
+            have = {}
+        if _differs(have, want):
+            self.c.write_data(f"auth/token/roles/{name}", data=want)
+            self.note(f"token role {name}")
 
     def approle(self, host: dict) -> str:
         name, cidr = host["name"], host_cidr(host["address"])
@@ -457,11 +493,47 @@ path "{TRANSIT}/keys/{RECEIPT_KEY}" {{
   capabilities = ["read"]
 }}
 ''')  # noqa: E501 (the policy's comment line)
+        self.policy(PROVISIONER_POLICY, provisioner_policy())
+        self.token_role(ISSUER_TOKEN_ROLE, ISSUER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
+        self.token_role(VERIFIER_TOKEN_ROLE, RECEIPT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         role_ids = {}
         for host in self.spec["hosts"]:
             self.policy(f"histo-{host['name']}", self.host_policy(host))
             role_ids[host["name"]] = self.approle(host)
         return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids}
+
+
+def provisioner_policy() -> str:
+    """`make provision` after setup: verify the configuration (read-only), deliver response-wrapped
+    secret_ids, make the operator's tokens through their token roles, revoke or block a host's
+    certificates. Not: write any policy, read any ZooKeeper password, sign with transit, mint an
+    unwrapped secret_id or a token with a policy of its choosing. Changing the configuration itself
+    (a new host, a new policy) needs a root token: docs/SECURITY.md says how to regenerate one."""
+    ro = [("sys/mounts", "read"), ("sys/auth", "read"), ("sys/audit", "read\", \"sudo"), ("sys/policy/histo-*", "read"),
+          (f"{INT}/config/issuers", "read"), (f"{INT}/issuers", "list"),
+          (f"{ROOT}/config/urls", "read"), (f"{INT}/config/urls", "read"),
+          (f"{ROOT}/cert/ca", "read"), (f"{INT}/cert/ca_chain", "read"),
+          (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
+          (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
+          (f"auth/{APPROLE}/role/+", "read"), (f"auth/{APPROLE}/role/+/role-id", "read"),
+          ("auth/token/roles/histo-*", "read"), ("auth/token/renew-self", "update"),
+          (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
+          (f"auth/token/create/{ISSUER_TOKEN_ROLE}", "update"),
+          (f"auth/token/create/{VERIFIER_TOKEN_ROLE}", "update")]
+    rules = "# histo provisioner: provisioning after setup, nothing more (the root token is revoked)\n"
+    rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n' for p, c in ro)
+    rules += f'''# a host's PKI role: re-created by vault-setup, deleted by `histo identity revoke --block`
+path "{INT}/roles/host-*" {{
+  capabilities = ["read", "create", "update", "delete"]
+}}
+# secret_ids only response-wrapped: the provisioner never sees one
+path "auth/{APPROLE}/role/+/secret-id" {{
+  capabilities = ["update"]
+  min_wrapping_ttl = "1s"
+  max_wrapping_ttl = "15m"
+}}
+'''
+    return rules
 
 
 def apply(client: hvac.Client, spec: dict) -> dict:

@@ -1,0 +1,149 @@
+"""Revocation of workload identities: every peer follows Vault PKI's CRL and refuses, and hangs up
+on, any certificate whose serial is on it.
+
+One process-wide list (REVOKED): the internal listener's peer check and the InternalClient's
+connector consult it on every request and every new connection, and register each live TLS
+connection with its peer's serial, so a refresh that finds a serial newly revoked closes that
+identity's open keep-alive connections, on both the server and the client side, within one poll
+interval (POLL_SECONDS). The CRL comes from `pki_int/crl` (public, DER, signed by the intermediate:
+its signature is checked against the CA bundle the service trusts, so whoever sits between us and
+Vault cannot un-revoke anyone). While Vault is unreachable the last list stays in force.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+log = logging.getLogger("histo.revocation")
+
+POLL_SECONDS = 2.0
+
+
+@runtime_checkable
+class CrlSource(Protocol):
+    def crl_der(self) -> bytes: ...
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+def serial_int(serial: str | int) -> int:
+    """Vault's "1a:2b:..." and ssl's "1A2B..." spellings of a serial, as one integer."""
+    if isinstance(serial, int):
+        return serial
+    return int(serial.replace(":", "").replace("-", "").strip(), 16)
+
+
+def peer_serial(peercert: dict[str, Any] | None) -> int | None:
+    raw = (peercert or {}).get("serialNumber")
+    return serial_int(raw) if raw else None
+
+
+def _issuers(ca_path: Path) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(ca_path.read_bytes())
+    except (OSError, ValueError):
+        return []
+
+
+def parse_crl(der: bytes, ca_path: Path | None = None) -> set[int]:
+    """The serials a CRL lists; with `ca_path`, only if one of its certificates signed the CRL."""
+    crl = x509.load_der_x509_crl(der) if not der.lstrip().startswith(b"-----") else x509.load_pem_x509_crl(der)
+    if ca_path is not None:
+        signers = [c for c in _issuers(ca_path) if c.subject == crl.issuer]
+        if not any(_signed_by(crl, c) for c in signers):
+            raise ValueError("CRL not signed by a CA we trust")
+    return {r.serial_number for r in crl}
+
+
+def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    key = issuer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False
+    return crl.is_signature_valid(key)
+
+
+class RevocationList:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._revoked: frozenset[int] = frozenset()
+        self._live: dict[int, tuple[_Closable, int, str]] = {}  # id(transport) -> (transport, serial, who)
+        self.updated = 0.0
+        self.last_error = ""
+        self.on_close: Callable[[str, int], None] | None = None
+
+    # -- queries ----------------------------------------------------------------------------------
+    def is_revoked(self, serial: int | str | None) -> bool:
+        return serial is not None and serial_int(serial) in self._revoked
+
+    def snapshot(self) -> frozenset[int]:
+        return self._revoked
+
+    # -- live connections --------------------------------------------------------------------------
+    def track(self, transport: _Closable | None, serial: int | None, who: str = "") -> None:
+        """Remember a live TLS connection and its peer's serial, to hang up on it if revoked."""
+        if transport is None or serial is None:
+            return
+        with self._lock:
+            self._live[id(transport)] = (transport, serial, who)
+
+    def _sweep(self) -> list[tuple[_Closable, int, str]]:
+        """Forget closed connections; return the live ones of a revoked serial (to close)."""
+        doomed = []
+        with self._lock:
+            for key, (tr, serial, who) in list(self._live.items()):
+                if tr.is_closing():
+                    del self._live[key]
+                elif serial in self._revoked:
+                    del self._live[key]
+                    doomed.append((tr, serial, who))
+        return doomed
+
+    def live_count(self) -> int:
+        self._sweep()
+        return len(self._live)
+
+    # -- updates ------------------------------------------------------------------------------------
+    def update(self, serials: set[int] | frozenset[int]) -> int:
+        """Install a new list (closing newly revoked connections); returns how many were closed.
+        Call on the event loop's thread: closing a transport is not thread-safe."""
+        new = frozenset(serials) - self._revoked
+        self._revoked = frozenset(serials)
+        self.updated = time.time()
+        self.last_error = ""
+        closed = self._sweep()
+        for tr, serial, who in closed:
+            tr.close()
+            log.warning("closed a live connection of revoked certificate %x (%s)", serial, who or "peer")
+            if self.on_close:
+                self.on_close(who, serial)
+        if new:
+            log.warning("%d certificate serial(s) newly revoked", len(new))
+        return len(closed)
+
+    async def follow(self, source: CrlSource, ca_path: Path | None, interval: float = POLL_SECONDS) -> None:
+        """Fetch the CRL every `interval` seconds forever; keep the last list while Vault is away."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                der = await loop.run_in_executor(None, source.crl_der)
+                self.update(parse_crl(der, ca_path))
+            except Exception as exc:  # Vault down: the last list stays in force
+                self.last_error = f"CRL refresh failed: {exc}"
+                log.debug("CRL refresh failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"revoked": len(self._revoked), "updated": self.updated, "error": self.last_error or None}
+
+
+REVOKED = RevocationList()

@@ -1,0 +1,102 @@
+"""Address binding fails closed, and the CRL-following revocation list (histo.tls.revocation)."""
+import asyncio
+import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from histo.tls.identity import IdentityError, require_role
+from histo.tls.revocation import RevocationList, parse_crl, peer_serial, serial_int
+from histo.vault.revoke import _colon
+
+URI = ("URI", "spiffe://histo.internal/worker/worker1")
+
+
+def test_certificate_without_ip_san_is_refused_when_the_address_is_checked() -> None:
+    with pytest.raises(IdentityError, match="no IP address"):
+        require_role({"subjectAltName": (URI,)}, ("worker",), peer_address="127.0.10.31")
+    with pytest.raises(IdentityError, match="not its own address"):
+        require_role({"subjectAltName": (URI, ("IP Address", "127.0.10.31"))}, ("worker",),
+                     peer_address="127.0.10.99")
+    ident = require_role({"subjectAltName": (URI, ("IP Address", "127.0.10.31\n"))}, ("worker",),
+                         peer_address="127.0.10.31")
+    assert ident.host == "worker1"
+
+
+def test_serial_spellings_agree() -> None:
+    assert serial_int("1a:2b:03") == serial_int("1A2B03") == 0x1A2B03
+    assert peer_serial({"serialNumber": "1A2B03"}) == 0x1A2B03 and peer_serial({}) is None
+    assert _colon("1A2B03") == "1a:2b:03" and _colon("A2B03") == "0a:2b:03"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_update_closes_live_connections_of_newly_revoked_serials_only() -> None:
+    rl = RevocationList()
+    bad, good = FakeTransport(), FakeTransport()
+    rl.track(bad, 0xAA, "spiffe://histo.internal/worker/worker1")
+    rl.track(good, 0xBB, "spiffe://histo.internal/worker/worker2")
+    assert rl.update({0xAA}) == 1
+    assert bad.closed and not good.closed
+    assert rl.is_revoked("aa") and not rl.is_revoked("bb") and not rl.is_revoked(None)
+    assert rl.live_count() == 1
+
+
+def _ca_and_crl(tmp_path: Path, serials: list[int], signer: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "histo intermediate CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .sign(key, hashes.SHA256()))
+    b = x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now).next_update(
+        now + datetime.timedelta(hours=1))
+    for s in serials:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(s).revocation_date(now).build())
+    from cryptography.hazmat.primitives import serialization
+    crl = b.sign(signer or key, hashes.SHA256())
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_crl_must_be_signed_by_a_trusted_ca(tmp_path: Path) -> None:
+    der = _ca_and_crl(tmp_path, [5, 7])
+    assert parse_crl(der, tmp_path / "ca.pem") == {5, 7}
+    (tmp_path / "other").mkdir()
+    forged = _ca_and_crl(tmp_path / "other", [])  # same issuer name, another key
+    with pytest.raises(ValueError):
+        parse_crl(forged, tmp_path / "ca.pem")
+
+
+def test_follow_keeps_the_last_list_while_vault_is_away(tmp_path: Path) -> None:
+    der = _ca_and_crl(tmp_path, [9])
+    calls: list[int] = []
+
+    class Source:
+        def crl_der(self) -> bytes:
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("Vault down")
+            return der
+
+    rl = RevocationList()
+
+    async def run() -> None:
+        task = asyncio.create_task(rl.follow(Source(), tmp_path / "ca.pem", interval=0.01))
+        await asyncio.sleep(0.1)
+        task.cancel()
+    asyncio.run(run())
+    assert rl.is_revoked(9) and "Vault down" in rl.last_error
