@@ -513,6 +513,7 @@ def provisioner_policy() -> str:
           (f"{INT}/config/issuers", "read"), (f"{INT}/issuers", "list"),
           (f"{ROOT}/config/urls", "read"), (f"{INT}/config/urls", "read"),
           (f"{ROOT}/cert/ca", "read"), (f"{INT}/cert/ca_chain", "read"),
+          (f"{QUORUM}/config/urls", "read"), (f"{QUORUM}/cert/ca", "read"), (f"{QUORUM}/roles/quorum-*", "read"),
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
           (f"auth/{APPROLE}/role/+", "read"), (f"auth/{APPROLE}/role/+/role-id", "read"),
