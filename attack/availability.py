@@ -82,6 +82,7 @@ def connection_flood(d: Target) -> Outcome:
         proc.stdin.write(json.dumps({"host": leader.address, "port": 443, "a": a, "n": 2 * CONN_PER_ADDRESS,
                                      "wait": HANDSHAKE_TIMEOUT + 2}) + "\n")
         proc.stdin.close()
+        proc.stdin = None  # written and closed: communicate() must not flush it again
         time.sleep(1.0)
         legit_list = d.api.request("GET", "/api/v1/jobs", token=d.api.token("uploader"),
                                    url=f"https://{leader.address}")[0]
