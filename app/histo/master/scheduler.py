@@ -196,41 +196,43 @@ class Scheduler:
         raise JobFailed(f"task {n} ({phase}) failed after {MAX_ATTEMPTS} attempts; please resubmit")
 
     # -- results reported by workers --------------------------------------------------------
-    def admit_result(self, hdr: TaskHeader, worker: str) -> RefusedResult | int:
-        """Judged from the headers alone, before any byte of the body is read: the refusal, or the
-        most bytes this attempt's result can be (a histogram's JSON, or the strip's pixels)."""
-        key = (hdr.job, hdr.task, hdr.phase)
+    def _attempt(self, hdr: TaskHeader, worker: str) -> Pending | RefusedResult | None:
+        """The pending attempt `hdr` reports for `worker`, a refusal, or None for a late result of a
+        cancelled job from the worker it went to (dropped quietly). The one check both steps share."""
         done_key = (hdr.job, hdr.task, hdr.phase, hdr.attempt)
         if done_key in self.done:
             return RefusedResult("replayed result: this task attempt already reported")
         if self.abandoned.get(done_key) == worker:
-            return 0  # a cancelled job's late result: dropped quietly, unread (accept_result records it)
-        p = self.pending.get(key)
+            return None
+        p = self.pending.get((hdr.job, hdr.task, hdr.phase))
         if p is None or p.attempt != hdr.attempt:
             return RefusedResult("no such task attempt pending (stale or forged)")
         if p.worker != worker:
             return RefusedResult(f"task attempt assigned to {p.worker}, reported by {worker}")
         if p.future.done():
             return RefusedResult("task attempt already completed")
+        return p
+
+    def admit_result(self, hdr: TaskHeader, worker: str) -> RefusedResult | int:
+        """Judged from the headers alone, before any byte of the body is read: the refusal, or the
+        most bytes this attempt's result can be (a histogram's JSON, or the strip's pixels)."""
+        p = self._attempt(hdr, worker)
+        if p is None:
+            return 0  # a cancelled job's late result: dropped quietly, unread (accept_result records it)
+        if isinstance(p, RefusedResult):
+            return p
         return result_size_bound(p)
 
     def accept_result(self, hdr: TaskHeader, worker: str, payload: bytes) -> RefusedResult | None:
         """Bind a reported result to its pending task attempt; anything else is refused."""
-        key = (hdr.job, hdr.task, hdr.phase)
         done_key = (hdr.job, hdr.task, hdr.phase, hdr.attempt)
-        if done_key in self.done:
-            return RefusedResult("replayed result: this task attempt already reported")
-        if self.abandoned.get(done_key) == worker:  # its job was cancelled: the late result is dropped quietly
+        p = self._attempt(hdr, worker)
+        if p is None:  # its job was cancelled: the late result is dropped quietly
             del self.abandoned[done_key]
             self.done.add(done_key)
             return None
-        p = self.pending.get(key)
-        if p is None or p.attempt != hdr.attempt:
-            return RefusedResult("no such task attempt pending (stale or forged)")
-        if p.worker != worker:
-            return RefusedResult(f"task attempt assigned to {p.worker}, reported by {worker}")
-        if p.future.done():
-            return RefusedResult("task attempt already completed")
+        if isinstance(p, RefusedResult):
+            return p
         try:
             value = self._parse(p, payload)
         except ValueError as exc:
