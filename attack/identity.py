@@ -48,15 +48,15 @@ def stolen_certificate(d: Target) -> Outcome:
 def used_secret_id(d: Target) -> Outcome:
     from histo.vault.provision import wrapped_secret_id
     w2 = d.group("workers")[-1]
-    root = d.root_vault()  # what the provisioner holds (histo provision, roles/histo_app)
-    role_id = root.auth.approle.read_role_id(f"histo-{w2.name}")["data"]["role_id"]
-    wrap = wrapped_secret_id(root, w2.name, w2.address, wrap_ttl="60s")
+    prov = d.provisioner_vault()  # what `make provision` holds (histo provision, roles/histo_app)
+    role_id = prov.auth.approle.read_role_id(f"histo-{w2.name}")["data"]["role_id"]
+    wrap = wrapped_secret_id(prov, w2.name, w2.address, wrap_ttl="60s")
     try:
         r = d.inside(w2.name, "unwrap_twice", {"role_id": role_id, "wrap": wrap})
     finally:
         del wrap
     if r.get("secret_id"):  # the drill's extra secret_id must not outlive it
-        root.write_data(f"auth/approle/role/histo-{w2.name}/secret-id/destroy", data={"secret_id": r["secret_id"]})
+        prov.write_data(f"auth/approle/role/histo-{w2.name}/secret-id/destroy", data={"secret_id": r["secret_id"]})
     held = r.get("first") == "logged in" and r.get("second", "logged in") != "logged in"
     return Outcome("used secret_id", f"a wrapped secret_id delivered to {w2.name}, unwrapped there, then unwrapped "
                    "a second time (as an interceptor would)",

@@ -173,7 +173,8 @@ def provisioner_bounds(cl: Cluster) -> Outcome:
                      ("read the ZooKeeper super digest", lambda: prov.secrets.kv.v2.read_secret_version(
                          "histo/zk/super", mount_point="secret", raise_on_deleted_version=True)),
                      ("sign an API token", lambda: prov.secrets.transit.sign_data(
-                         "histo-tokens", "aGk=", mount_point="transit"))):
+                         "histo-tokens", "aGk=", mount_point="transit")),
+                     ("seal Vault", prov.sys.seal)):
         try:
             fn()
         except REFUSED:
@@ -181,9 +182,9 @@ def provisioner_bounds(cl: Cluster) -> Outcome:
     wrapped = prov.write_data("auth/approle/role/histo-worker2/secret-id", wrap_ttl="60s",
                               data={"cidr_list": [cl.config("worker2")["address"] + "/32"]})
     ok = bool(_d(wrapped)["wrap_info"]["token"])
-    return Outcome("provisioner token", "5 calls beyond provisioning with the provisioner token",
-                   f"refused {len(refused)}/5; a wrapped secret_id: {'delivered' if ok else 'refused'}",
-                   len(refused) == 5 and ok)
+    return Outcome("provisioner token", "6 calls beyond provisioning with the provisioner token",
+                   f"refused {len(refused)}/6; a wrapped secret_id: {'delivered' if ok else 'refused'}",
+                   len(refused) == 6 and ok)
 
 
 def retired_key_version(cl: Cluster) -> Outcome:

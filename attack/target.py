@@ -61,10 +61,16 @@ class Target:
     def token(self, role: str, subject: str, ttl: int = 600) -> str:
         return self._issue_token(self._issuer, role=role, subject=subject, ttl_seconds=ttl)
 
-    def root_vault(self) -> hvac.Client:
+    def provisioner_vault(self) -> hvac.Client:
+        """What `make provision` holds once the root token is retired (policy histo-provisioner)."""
         import hvac
         return hvac.Client(url=self.vault_url, verify=self.vault_ca,
-                           token=(self.cluster.state / "root-token").read_text().strip())
+                           token=(self.cluster.state / "provisioner-token").read_text().strip())
+
+    def vault(self) -> hvac.Client:
+        """No token: seal status and unsealing, as the unseal key holders reach Vault."""
+        import hvac
+        return hvac.Client(url=self.vault_url, verify=self.vault_ca)
 
     def leader(self) -> Machine:
         name = self.api.leader()

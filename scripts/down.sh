@@ -14,7 +14,8 @@ if command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then
 fi
 as_root bash vagrant/network.sh down
 state=.histo/vagrant
-rm -rf "$state/vault-init.json" "$state/root-token" "$state/issuer-token" "$state/env" "$state/ca.pem" \
+rm -rf "$state/vault-init.json" "$state/root-token" "$state/provisioner-token" "$state/root-accessors" \
+       "$state/issuer-token" "$state/env" "$state/ca.pem" \
        "$state/vault-spec.json" "$state/vault-tls" "$state/provision" \
        "$state/ssh" "$state/inventory"
 echo "down: machines, networks and the cluster's secrets removed"

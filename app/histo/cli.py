@@ -64,6 +64,15 @@ def cmd_vault_retire_root(a) -> None:
     print(json.dumps(out, sort_keys=True))
 
 
+def cmd_vault_generate_root(a) -> None:
+    from .vault.secretzero import generate_root
+    try:
+        out = generate_root(_vault_client(a.vault_url, a.vault_ca, a.token_file), Path(a.init_file), Path(a.out))
+    except RuntimeError as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
+
+
 def cmd_vault_operator_token(a) -> None:
     from .files import write_private
     from .vault.secretzero import operator_token
@@ -231,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root-token-file")
     vault_args(s, token_required=False)
     s.set_defaults(fn=cmd_vault_retire_root)
+
+    s = sub.add_parser("vault-generate-root", help="only when truly needed: a new root token from the unseal keys "
+                                                   "(0600 file); retire it again with vault-retire-root")
+    s.add_argument("--init-file", required=True, help="the unseal keys (vault-init.json)")
+    s.add_argument("--out", required=True, help="where to write the root token (0600)")
+    vault_args(s, token_help="the provisioner token: OpenBao starts a generation only for an authenticated "
+                             "caller; only the unseal keys complete it")
+    s.set_defaults(fn=cmd_vault_generate_root)
 
     s = sub.add_parser("vault-operator-token", help="the operator's issuer or receipt-verifier token (0600 file), "
                                                     "through its token role, with the provisioner token")

@@ -122,7 +122,7 @@ def test_retire_root_revokes_it_and_keeps_only_the_unseal_keys(tmp_path: Path) -
     from hvac.exceptions import Forbidden
 
     from histo.local.bao import BaoServer
-    from histo.vault.secretzero import retire_root
+    from histo.vault.secretzero import generate_root, retire_root
     from histo.vault.setup import apply
     bao = BaoServer(tmp_path / "vault", "127.0.20.9", 8200)
     bao.start()
@@ -160,6 +160,25 @@ def test_retire_root_revokes_it_and_keeps_only_the_unseal_keys(tmp_path: Path) -
                     break
             except (hvac.exceptions.VaultError, Exception):
                 time.sleep(0.2)
+        assert apply(prov, spec)["changed"] is False
+        # When truly needed: a root token regenerated from the unseal keys alone, then retired again.
+        first = (tmp_path / "root-accessors").read_text().split()
+        assert len(first) == 1
+        generate_root(prov, bao.init_path, tmp_path / "root-token")  # the provisioner starts it, the keys finish it
+        assert oct((tmp_path / "root-token").stat().st_mode & 0o777) == "0o600"
+        new_root = bao.client((tmp_path / "root-token").read_text().strip())
+        assert new_root.auth.token.lookup_self()["data"]["policies"] == ["root"]
+        with pytest.raises(hvac.exceptions.InvalidRequest):  # the first root token is gone for good
+            new_root.auth.token.lookup_accessor(first[0])
+        assert not prov.adapter.get("/v1/sys/generate-root-token/attempt")["data"]["started"]
+        with pytest.raises(Forbidden):  # the keys alone are not enough: generation is authenticated
+            bao.client().adapter.put("/v1/sys/generate-root-token/attempt", json={})
+        out = retire_root(bao.client(), bao.init_path, tmp_path / "provisioner-token", tmp_path / "root-token")
+        assert out["root_token"] == "revoked" and "provisioner_token" not in out  # the valid one is kept
+        with pytest.raises(Forbidden):
+            new_root.auth.token.lookup_self()
+        assert len((tmp_path / "root-accessors").read_text().split()) == 2
+        assert not (tmp_path / "root-token").exists() and set(json.loads(bao.init_path.read_text())) == {"keys"}
         assert apply(prov, spec)["changed"] is False
     finally:
         bao.stop()

@@ -520,12 +520,19 @@ def provisioner_policy() -> str:
           ("auth/token/roles/histo-*", "read"), ("auth/token/renew-self", "update"),
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
           (f"auth/token/create/{ISSUER_TOKEN_ROLE}", "update"),
-          (f"auth/token/create/{VERIFIER_TOKEN_ROLE}", "update")]
+          (f"auth/token/create/{VERIFIER_TOKEN_ROLE}", "update"),
+          # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
+          ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
+          ("sys/generate-root-token/update", "update")]
     rules = "# histo provisioner: provisioning after setup, nothing more (the root token is revoked)\n"
     rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n' for p, c in ro)
     rules += f'''# a host's PKI role: re-created by vault-setup, deleted by `histo identity revoke --block`
 path "{INT}/roles/host-*" {{
   capabilities = ["read", "create", "update", "delete"]
+}}
+# destroy a secret_id (a host rebuilt, a drill's extra one); never list or read them
+path "auth/{APPROLE}/role/+/secret-id/destroy" {{
+  capabilities = ["update"]
 }}
 # secret_ids only response-wrapped: the provisioner never sees one
 path "auth/{APPROLE}/role/+/secret-id" {{
