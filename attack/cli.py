@@ -28,6 +28,8 @@ FUNCTIONS = {"eavesdrop": network.eavesdrop, "stolen certificate": identity.stol
              "ssh lateral": lateral.ssh_lateral,
              "used secret_id": identity.used_secret_id, "copied secret_id": identity.copied_secret_id,
              "expired certificate": identity.expired_certificate, "revoked token": identity.revoked_token,
+             "certificate without its address": identity.addressless_issuance,
+             "revoked certificate": identity.revoked_certificate, "provisioner token": identity.provisioner_token,
              "flood": availability.flood, "connection flood": availability.connection_flood,
              "Vault sealed": availability.vault_sealed}
 DRILLS = tuple(FUNCTIONS)

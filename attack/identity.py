@@ -121,3 +121,51 @@ def revoked_token(d: Target) -> Outcome:
                    f"admin (answered {status}) and used again",
                    f"401 on {', '.join(f'{u} after {s}s' for u, s in seen.items()) or 'no master'}"
                    f"{f'; still accepted after 5 s by {sorted(pending)}' if pending else ''}", held)
+
+
+# -- address binding and revocation (issue 13, item 4) ----------------------------------------------------
+def addressless_issuance(d: Target) -> Outcome:
+    w1, w2 = d.group("workers")[:2]
+    r = d.inside(w1.name, "issue_variants", {"other": w2.address})
+    wrong = {k: v for k, v in r.items() if k != "its own address"}
+    held = all(v.startswith("refused") for v in wrong.values()) and r.get("its own address") == "issued"
+    return Outcome("certificate without its address", f"{w1.name}'s own Vault token asks for its certificate with no "
+                   f"IP SAN, an empty one, {w2.name}'s address, then its own",
+                   "; ".join(f"{k}: {v}" for k, v in r.items()), held)
+
+
+def revoked_certificate(d: Target) -> Outcome:
+    """`histo identity revoke --serial` (the provisioner token) against a certificate of worker1 that
+    holds keep-alive connections to every master."""
+    import uuid
+
+    from histo.vault.revoke import revoke
+    w1 = d.group("workers")[0]
+    masters = [m.address for m in d.group("masters")]
+    go = f"/run/histo-drill-go-{uuid.uuid4().hex}"
+    proc = d.start_inside(w1.name, "revocable", {"masters": masters, "port": d.ports["internal"], "go": go})
+    try:
+        ready = d.ready(proc)
+        if ready is None:
+            raise RuntimeError(f"in {w1.name}: the drill's certificate never held its connections")
+        revoke(d.provisioner_vault(), serial=ready["serial"])
+        w1.run(f"touch {go}")
+        r = d.finish(w1.name, proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        w1.run(f"rm -f {go}", check=False)
+    held = (all(s == 200 for s in r["before"].values()) and all(t < 10 for t in r["refused_after"].values())
+            and all(s == 403 for s, _ in r["refused_with"].values()) and r["held_closed"] == len(masters)
+            and all(s not in (None, 401, 403) for s, _ in r["own"].values()))
+    return Outcome("revoked certificate", f"a certificate of {w1.name}'s own identity revoked by serial (provisioner "
+                   "token) while it holds keep-alive connections to every master",
+                   f"joined before: {r['before']}; refused after {r['refused_after']} s "
+                   f"({summ([w for _s, w in r['refused_with'].values()])}); "
+                   f"held connections closed: {r['held_closed']}/{len(masters)}; {w1.name}'s own certificate: "
+                   f"{summ([str(s) for s, _ in r['own'].values()])}", held)
+
+
+def provisioner_token(d: Target) -> Outcome:
+    from .revocation import provisioner_bounds_with
+    return provisioner_bounds_with(d.provisioner_vault(), d.group("workers")[-1].name, d.group("workers")[-1].address)

@@ -165,6 +165,11 @@ def provisioner_bounds(cl: Cluster) -> Outcome:
     root = root_client(cl)
     prov = hvac.Client(url=root.url, verify=root.session.verify,
                        token=(cl.root / "provisioner-token").read_text().strip())
+    return provisioner_bounds_with(prov, "worker2", cl.config("worker2")["address"])
+
+
+def provisioner_bounds_with(prov: hvac.Client, host: str, address: str) -> Outcome:
+    """Local mode and the deployed cluster (attack/identity.py) alike: what `make provision` holds."""
     refused = []
     for what, fn in (("an unwrapped secret_id", lambda: prov.write_data("auth/approle/role/histo-worker1/secret-id")),
                      ("a token with a host policy", lambda: prov.auth.token.create(policies=["histo-master1"])),
@@ -179,9 +184,13 @@ def provisioner_bounds(cl: Cluster) -> Outcome:
             fn()
         except REFUSED:
             refused.append(what)
-    wrapped = prov.write_data("auth/approle/role/histo-worker2/secret-id", wrap_ttl="60s",
-                              data={"cidr_list": [cl.config("worker2")["address"] + "/32"]})
+    wrapped = prov.write_data(f"auth/approle/role/histo-{host}/secret-id", wrap_ttl="60s",
+                              data={"cidr_list": [address + "/32"]})
     ok = bool(_d(wrapped)["wrap_info"]["token"])
+    # Never delivered: the drill unwraps its own secret_id and destroys it, so nothing it made outlives it.
+    unwrapped = hvac.Client(url=prov.url, verify=prov.session.verify).sys.unwrap(_d(wrapped)["wrap_info"]["token"])
+    prov.write_data(f"auth/approle/role/histo-{host}/secret-id/destroy",
+                    data={"secret_id": _d(unwrapped)["data"]["secret_id"]})
     return Outcome("provisioner token", "6 calls beyond provisioning with the provisioner token",
                    f"refused {len(refused)}/6; a wrapped secret_id: {'delivered' if ok else 'refused'}",
                    len(refused) == 6 and ok)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,14 +82,33 @@ class Target:
     def inside(self, name: str, task: str, payload: dict[str, Any] | None = None,
                timeout: float = 120) -> dict[str, Any]:
         """Runs `task` of attack/remote/inside.py in machine `name` with its histo Python; its answer."""
-        stdin = json.dumps({"task": task, "payload": payload or {}}) + "\n" + INSIDE.read_text()
-        proc = self.machines[name].attach([MACHINE_PYTHON, "-c", BOOT], input=stdin, timeout=timeout)
-        for line in reversed(proc.stdout.splitlines()):
-            if line.startswith(remote.ANSWER):
-                answer: dict[str, Any] = json.loads(line[len(remote.ANSWER):])
-                return answer
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"in {name}: exit {proc.returncode}: {last[:300]}")
+        proc = self.machines[name].attach([MACHINE_PYTHON, "-c", BOOT], input=_request(task, payload), timeout=timeout)
+        return _answer(name, proc.returncode, proc.stdout, proc.stderr)
+
+    def start_inside(self, name: str, task: str, payload: dict[str, Any] | None = None) -> subprocess.Popen[str]:
+        """The same, left running: the caller reads up to the task's READY line (ready()), acts, and
+        collects the answer with finish()."""
+        m = self.machines[name]
+        proc = subprocess.Popen(["lxc-attach", "-n", m.container, "--clear-env", "--", MACHINE_PYTHON, "-c", BOOT],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdin is not None
+        proc.stdin.write(_request(task, payload))
+        proc.stdin.close()
+        return proc
+
+    @staticmethod
+    def ready(proc: subprocess.Popen[str]) -> dict[str, Any] | None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(remote.READY):
+                doc: dict[str, Any] = json.loads(line[len(remote.READY):])
+                return doc
+        return None
+
+    @staticmethod
+    def finish(name: str, proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+        out, err = proc.communicate(timeout=timeout)
+        return _answer(name, proc.returncode, out, err)
 
     def upload(self, image: bytes, mode: str = "gray", token: str | None = None) -> dict[str, Any]:
         """An upload that must be accepted, and its finished job."""
@@ -96,6 +116,19 @@ class Target:
         if status != 202:
             raise RuntimeError(f"upload answered {status}: {doc}")
         return self.api.wait_job(doc["id"], token=token, timeout=120, poll=0.3)
+
+
+def _request(task: str, payload: dict[str, Any] | None) -> str:
+    return json.dumps({"task": task, "payload": payload or {}}) + "\n" + INSIDE.read_text()
+
+
+def _answer(name: str, returncode: int | None, stdout: str, stderr: str) -> dict[str, Any]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(remote.ANSWER):
+            answer: dict[str, Any] = json.loads(line[len(remote.ANSWER):])
+            return answer
+    last = (stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"in {name}: exit {returncode}: {last[:300]}")
 
 
 def gray_noise(width: int = 160, height: int = 120) -> tuple[bytes, bytes]:

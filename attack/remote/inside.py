@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from histo.vault.client import ServiceVault
 
 ANSWER = "@@R@@"
+READY = "@@READY@@"  # a task that waits for the controller prints this line first (revocable)
 CFG: dict[str, Any] = {}  # /etc/histo/<role>.json, loaded by main()
 RESULT_HEADERS = {"X-Histo-Job": "0" * 24, "X-Histo-Task": "0", "X-Histo-Attempt": "0" * 16,
                   "X-Histo-Phase": "hist", "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
@@ -371,8 +372,81 @@ def expired(p: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+# -- address binding and revocation (issue 13, item 4) ----------------------------------------------------
+def issue_variants(p: dict[str, Any]) -> dict[str, Any]:
+    """This host's own Vault token asks for its own certificate without its address, with an empty
+    one, with another host's; then with its own (the legitimate path)."""
+    v = service_vault()
+    v.login()
+    base = {"common_name": f"{CFG['name']}.{CFG['trust_domain']}", "ttl": "60s", "format": "pem",
+            "uri_sans": f"spiffe://{CFG['trust_domain']}/{CFG['role']}/{CFG['name']}", "private_key_format": "pkcs8"}
+    r: dict[str, Any] = {}
+    for what, ip in (("no IP SAN", None), ("empty IP SAN", ""), ("another host's address", p["other"]),
+                     ("its own address", CFG["address"])):
+        try:
+            data: Any = v.client.write_data(f"pki_int/issue/host-{CFG['name']}",
+                                            data=base if ip is None else {**base, "ip_sans": ip})
+            r[what] = "issued" if data["data"]["certificate"] else "empty answer"
+        except Exception as exc:  # hvac's refusal, whatever its class
+            r[what] = "refused: " + type(exc).__name__
+    drop(v)
+    return r
+
+
+def _keepalive(ctx: ssl.SSLContext, addr: str, port: int) -> http.client.HTTPSConnection:
+    conn = http.client.HTTPSConnection(addr, port, context=ctx, timeout=6, source_address=(CFG["address"], 0))
+    conn.auto_open = 0  # this connection only: never a silent reconnect
+    conn.connect()
+    return conn
+
+
+def _join(conn: http.client.HTTPSConnection) -> int:
+    conn.request("POST", "/internal/v1/join", body=b"")
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
+def revocable(p: dict[str, Any]) -> dict[str, Any]:
+    """A second certificate of this host's own identity (so the service's own stays untouched) holds a
+    keep-alive connection to every master; once the controller has revoked its serial (it creates
+    p["go"]), new connections with it must be refused within seconds and the held ones closed, while
+    the service's own certificate is still accepted."""
+    v = service_vault()
+    v.login()
+    b = v.issue_cert("600s")
+    ca = v.ca_chain_pem()
+    drop(v)
+    r: dict[str, Any] = {"serial": b.serial}
+    with private_files(tls_files(b.cert_pem + b.chain_pem, b.key_pem, ca)) as d:
+        ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        ctx.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
+        kept = {m: _keepalive(ctx, m, p["port"]) for m in p["masters"]}
+        r["before"] = {m: _join(c) for m, c in kept.items()}
+        print(READY + json.dumps({"serial": b.serial}), flush=True)
+        deadline = time.time() + 60
+        while not Path(p["go"]).exists() and time.time() < deadline:
+            time.sleep(0.1)
+        t0 = time.time()
+        r["refused_after"] = {}
+        for m in p["masters"]:
+            while time.time() - t0 < 15 and https(m, p["port"], "/internal/v1/join", "POST", tls=d)[0] != 403:
+                time.sleep(0.2)
+            r["refused_after"][m] = round(time.time() - t0, 1)
+        r["refused_with"] = {m: list(https(m, p["port"], "/internal/v1/join", "POST", tls=d)) for m in p["masters"]}
+        r["held_closed"] = 0
+        for c in kept.values():
+            try:
+                _join(c)
+            except (http.client.HTTPException, OSError):
+                r["held_closed"] += 1
+            c.close()
+    r["own"] = {m: list(https(m, p["port"], "/internal/v1/join", "POST")) for m in p["masters"]}
+    return r
+
+
 TASKS = {f.__name__: f for f in (eavesdrop_worker, eavesdrop_master, read_tls, use_tls, own_tls, compromised, replay,
-                                 unwrap_twice, read_creds, login_with, expired)}
+                                 unwrap_twice, read_creds, login_with, expired, issue_variants, revocable)}
 
 
 def main() -> None:

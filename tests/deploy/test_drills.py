@@ -17,7 +17,8 @@ from attack.deployed import DeployedCluster
 
 # The drills, in the order `make attack` runs them (the disruptive one last); checked against --list.
 DRILLS = ["eavesdrop", "stolen certificate", "compromised worker", "forged / replayed result", "ssh lateral",
-          "used secret_id", "copied secret_id", "expired certificate", "revoked token", "flood", "connection flood",
+          "used secret_id", "copied secret_id", "expired certificate", "revoked token",
+          "certificate without its address", "revoked certificate", "provisioner token", "flood", "connection flood",
           "Vault sealed"]
 
 
