@@ -188,7 +188,8 @@ def provisioner_bounds_with(prov: hvac.Client, host: str, address: str) -> Outco
                               data={"cidr_list": [address + "/32"]})
     ok = bool(_d(wrapped)["wrap_info"]["token"])
     # Never delivered: the drill unwraps its own secret_id and destroys it, so nothing it made outlives it.
-    unwrapped = hvac.Client(url=prov.url, verify=prov.session.verify).sys.unwrap(_d(wrapped)["wrap_info"]["token"])
+    unwrapped = hvac.Client(url=prov.url, verify=prov.session.verify,
+                            token=_d(wrapped)["wrap_info"]["token"]).sys.unwrap()
     prov.write_data(f"auth/approle/role/histo-{host}/secret-id/destroy",
                     data={"secret_id": _d(unwrapped)["data"]["secret_id"]})
     return Outcome("provisioner token", "6 calls beyond provisioning with the provisioner token",

@@ -21,4 +21,4 @@ urls=()
 for u in $masters; do urls+=(--url "$u"); done
 .venv/bin/histo wait-ready "${urls[@]}" --ca "$STATE/ca.pem" --workers "$workers" \
   --masters "$(( ${#urls[@]} / 2 ))" --timeout "${HISTO_READY_TIMEOUT:-180}" >/dev/null
-echo "ready: ${#urls[@]} masters and $workers workers live"
+echo "ready: $(( ${#urls[@]} / 2 )) masters and $workers workers live"
