@@ -107,6 +107,7 @@ class Target:
 
     @staticmethod
     def finish(name: str, proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+        proc.stdin = None  # written and closed by start_inside: communicate() must not flush it again
         out, err = proc.communicate(timeout=timeout)
         return _answer(name, proc.returncode, out, err)
 
