@@ -81,9 +81,7 @@ down: ## remove the machines, the networks and the cluster's secrets
 	@bash scripts/down.sh
 
 provision: ## re-apply site.yml to the running machines (changed=0 when nothing drifted)
-	@PATH="$(CURDIR)/.venv-deploy/bin:$$PATH" VAGRANT_DEFAULT_PROVIDER=lxc \
-	  vagrant provision "$$(VAGRANT_DEFAULT_PROVIDER=lxc vagrant status --machine-readable | awk -F, '$$3=="state"{m=$$2} END{print m}')" \
-	  && bash scripts/ready.sh
+	@vagrant provision "$$(vagrant status --machine-readable | awk -F, '$$3=="state"{m=$$2} END{print m}')"
 
 deploy-test: ## the acceptance tests against the running cluster (tests/deploy)
 	$(DEPLOY_PY) -m pytest -p no:cacheprovider tests/deploy -q -ra --timeout=900

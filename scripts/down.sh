@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 export VAGRANT_DEFAULT_PROVIDER=lxc
-if command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then
+# --cleanup-only: what the Vagrantfile's destroy trigger calls once the last machine is gone.
+if [ "${1:-}" != --cleanup-only ] && command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then
   for inv in inventory/*/hosts.yml; do
     profile=$(basename "$(dirname "$inv")")
     HISTO_PROFILE=$profile HISTO_NO_PROVISION=1 vagrant destroy -f

@@ -73,6 +73,15 @@ def cmd_vault_generate_root(a) -> None:
     print(json.dumps(out, sort_keys=True))
 
 
+def cmd_vault_unseal(a) -> None:
+    from .vault.secretzero import unseal
+    try:
+        out = unseal(_vault_client(a.vault_url, a.vault_ca, None), Path(a.init_file))
+    except RuntimeError as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
+
+
 def cmd_vault_operator_token(a) -> None:
     from .files import write_private
     from .vault.secretzero import operator_token
@@ -248,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     vault_args(s, token_help="the provisioner token: OpenBao starts a generation only for an authenticated "
                              "caller; only the unseal keys complete it")
     s.set_defaults(fn=cmd_vault_generate_root)
+
+    s = sub.add_parser("vault-unseal", help="unseal Vault with the unseal keys (no token); idempotent")
+    s.add_argument("--init-file", required=True, help="the unseal keys (vault-init.json)")
+    vault_args(s, token_required=False)
+    s.set_defaults(fn=cmd_vault_unseal)
 
     s = sub.add_parser("vault-operator-token", help="the operator's issuer or receipt-verifier token (0600 file), "
                                                     "through its token role, with the provisioner token")
