@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from attack.deployed import ROOT
+from attack.deployed import ROOT, DeployedCluster, running
+
+from .api import upload
 
 pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None, reason="no vagrant on this host (make up)")
 
@@ -73,3 +75,21 @@ def test_a_missing_prerequisite_is_one_readable_line() -> None:
     assert "needs root on this host" in text, text[-1500:]
     assert ".rb:" not in text and "Traceback" not in text, text[-1500:]
     assert not made  # no machine, no state folder
+
+
+@pytest.mark.disruptive
+def test_halt_then_up_comes_back_ready_and_serves(cluster: DeployedCluster) -> None:
+    """`vagrant halt` of the whole cluster and a plain `vagrant up`: Vault comes back sealed and the
+    Vagrantfile's after-up step unseals it with the keys; every service gets a fresh certificate by
+    itself; `vagrant up` returns only once the cluster is ready, and an upload is accepted at once."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "HISTO_PROFILE": cluster.profile}
+    out = subprocess.run(["vagrant", "halt"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-800:]
+    assert not any(running(m.container) for m in cluster.machines.values())
+    out = subprocess.run(["vagrant", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, (out.stdout[-1500:], out.stderr[-800:])
+    assert "ready:" in out.stdout and "up: the cluster is at" in out.stdout, out.stdout[-1500:]
+    token = cluster.env.get("HISTO_TOKEN_UPLOADER")
+    assert token
+    status, raw = upload(cluster, token)
+    assert status == 202, raw
