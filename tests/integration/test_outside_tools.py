@@ -78,7 +78,8 @@ def test_schemathesis_finds_nothing(outside: Cluster, tmp_path: Path) -> None:
     proc = subprocess.run([str(ST), "--config-file", str(CONFIG), "run", "--no-color", "--report", "junit,har",
                            "--report-junit-path", str(junit), "--report-har-path", str(har),
                            f"{url}/api/v1/openapi.json"],
-                          capture_output=True, text=True, timeout=400, env=env, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=400, env=env, stdin=subprocess.DEVNULL,
+                          cwd=tmp_path)
     seconds = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     print(out[-6000:], f"\nschemathesis: {seconds:.0f} s")
