@@ -41,6 +41,12 @@ NOT_APPLICABLE = {
     "cert_expirationStatus": "short-lived certificates by design, renewed at 2/3 of their life",
     "cert_notAfter": "short-lived certificates by design, renewed at 2/3 of their life",
 }
+# OpenBao's listener (local mode and the vault role alike).
+VAULT_NOT_APPLICABLE = {
+    "cert_revocation": "OpenBao's listener certificate is signed by the bootstrap CA (histo/tls/selfsigned.py), a "
+                       "CA of its own that signs nothing else and that clients pin (VAULT_CACERT); it is replaced, "
+                       "never revoked, so it names no CRL or OCSP responder",
+}
 BAD_SEVERITIES = {"MEDIUM", "HIGH", "CRITICAL"}
 
 
@@ -103,9 +109,11 @@ def _openssl_with_cert(folder: Path, cert: str, key: str) -> Path:
 
 
 def scan(host: str, port: int, *, ca: str | None = None, cert: str | None = None, key: str | None = None,
-         not_applicable: dict[str, str] | None = None, timeout: float = 600) -> Scan:
+         not_applicable: dict[str, str] | None = None, netns_pid: int | None = None, timeout: float = 900) -> Scan:
     """testssl.sh against host:port (an IP address: no name is resolved); `ca` completes the chain of
-    trust, `cert` and `key` are presented as the client certificate; `not_applicable` as for judge()."""
+    trust, `cert` and `key` are presented as the client certificate; `not_applicable` as for judge().
+    `netns_pid`: run it (the controller's testssl, files and all) in that process's network namespace
+    only (nsenter --net), so that it connects from a machine that may reach the port."""
     with tempfile.TemporaryDirectory(prefix="histo-testssl-") as tmp:
         folder = Path(tmp)
         report = folder / "findings.json"
@@ -117,7 +125,8 @@ def scan(host: str, port: int, *, ca: str | None = None, cert: str | None = None
             cmd += ["--openssl", str(_openssl_with_cert(folder, cert, key))]
         t0 = time.monotonic()
         # testssl writes its temporary files under TMPDIR: ours, removed with it
-        proc = subprocess.run([*cmd, f"{host}:{port}"], capture_output=True, text=True, timeout=timeout,
+        prefix = ["nsenter", f"--target={netns_pid}", "--net", "--"] if netns_pid else []
+        proc = subprocess.run([*prefix, *cmd, f"{host}:{port}"], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "TMPDIR": tmp}, stdin=subprocess.DEVNULL)
         seconds = time.monotonic() - t0
         findings: list[dict[str, Any]] = json.loads(report.read_text()) if report.exists() else []

@@ -4,8 +4,9 @@
   running cluster: every check, every phase (examples, coverage, fuzzing, stateful), bounded and seeded
   (tests/integration/schemathesis.toml), zero failures.
 - **testssl.sh** (Debian) against the public listener, and with a master's client certificate against
-  a master's and a worker's internal mTLS listener: TLS 1.2 and 1.3 only, only AEAD suites, nothing
-  marked vulnerable (attack/tlsscan.py judges its findings).
+  a master's and a worker's internal mTLS listener and ZooKeeper's TLS port, and against OpenBao's
+  listener: TLS 1.2 and 1.3 only, only AEAD suites, nothing marked vulnerable (attack/tlsscan.py judges
+  its findings). The same on the deployed machines: tests/deploy/test_testssl.py.
 
 A cluster of its own (net 127.0.22.x), like `make local`, with its own principals (tokens of subject
 `schemathesis`) and a test setting of the limits, so that the tool reaches the logic behind every
@@ -120,9 +121,13 @@ def test_testssl_public_and_internal_listeners(outside: Cluster, tmp_path: Path)
                                              cert=cert, key=key),
         "internal worker1:8443 (mTLS)": dict(host=worker["address"], port=worker["internal_port"],
                                              cert=cert, key=key),
+        "ZooKeeper zk1:2281 (mTLS)": dict(host=f"{NET}.11", port=local_cluster.ZK_PORT, cert=cert, key=key),
+        "OpenBao :8200": dict(host=f"{NET}.10", port=local_cluster.VAULT_PORT,
+                              ca=str(outside.root / "vault" / "tls" / "ca.pem"),
+                              not_applicable=tlsscan.VAULT_NOT_APPLICABLE),
     }
-    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:  # about 80 s together
-        scans = dict(zip(targets, pool.map(lambda kw: tlsscan.scan(ca=outside.ca, **kw), targets.values())))
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:  # about 100 s together
+        scans = dict(zip(targets, pool.map(lambda kw: tlsscan.scan(**{"ca": outside.ca, **kw}), targets.values())))
     report = {name: {"seconds": round(s.seconds), "offers": s.ciphers(), "problems": s.problems}
               for name, s in scans.items()}
     print(json.dumps(report, indent=1))
@@ -130,5 +135,5 @@ def test_testssl_public_and_internal_listeners(outside: Cluster, tmp_path: Path)
         assert not s.problems, (name, s.problems, s.output[-4000:])
         assert any(c.startswith("TLSv1.3 ") for c in s.ciphers()) and any(c.startswith("TLSv1.2 ") for c in s.ciphers())
     # with the client certificate the handshake completed, so testssl saw the HTTP service behind it
-    for name in list(targets)[1:]:
+    for name in list(targets)[1:3]:
         assert any(f["id"] == "service" and f["finding"] == "HTTP" for f in scans[name].findings), name
