@@ -9,7 +9,7 @@ option, so for a listener that requires one (the internal mTLS listeners) `scan`
 certificate and key, so the handshakes complete and the HTTP checks run. testssl's own socket
 probes (a bare ClientHello) need no certificate: a server picks protocol and suite before it asks.
 
-    python -m attack.tlsscan HOST:PORT [--ca CA] [--cert CERT --key KEY]   # prints the verdict
+    python -m attack.tlsscan HOST:PORT [--ca CA] [--cert CERT --key KEY] [--openbao]   # prints the verdict
 """
 from __future__ import annotations
 
@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca", help="CA bundle that completes the server's chain")
     p.add_argument("--cert", help="client certificate (PEM) for a listener that requires one")
     p.add_argument("--key", help="its private key (PEM)")
+    p.add_argument("--openbao", action="store_true", help="OpenBao's listener (VAULT_NOT_APPLICABLE applies)")
     p.add_argument("--json", help="write testssl's findings here too")
     a = p.parse_args(argv)
     host, _, port = a.target.rpartition(":")
-    result = scan(host, int(port), ca=a.ca, cert=a.cert, key=a.key)
+    result = scan(host, int(port), ca=a.ca, cert=a.cert, key=a.key,
+                  not_applicable=VAULT_NOT_APPLICABLE if a.openbao else None)
     if a.json:
         Path(a.json).write_text(json.dumps(result.findings, indent=1))
     print(f"testssl.sh {result.target} ({result.seconds:.0f} s): offers {', '.join(result.ciphers())}")

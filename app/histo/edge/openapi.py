@@ -235,7 +235,8 @@ def _paths() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RevokeRequest")}}},
             "responses": {"200": _json("revoked", {"type": "object", "required": ["revoked"],
                                                    "properties": {"revoked": {"type": "string"}}}),
-                          "400": _err("bad body: not JSON, not a RevokeRequest"), **AUTH_ERRORS}}},
+                          "400": _err("bad body: not JSON, not a RevokeRequest, or larger than 4096 bytes"),
+                          **AUTH_ERRORS}}},
         "/api/v1/events": {
             "post": {"summary": "record an attack drill's outcome as a SecOps event of kind \"drill\" (admin)",
                      "operationId": "postDrillEvent", "tags": ["events", "security"], "security": BEARER,

@@ -41,7 +41,7 @@ PUBLIC_JOB_FIELDS = ("id", "owner", "state", "mode", "format", "width", "height"
                      "reason", "timings", "created", "finished")
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # POST /api/v1/events (admin): an attack drill's outcome on the SecOps dashboard. Fixed kind, bounded
-# fields (edge/openapi.py DRILL_EVENT), a bounded body.
+# fields (edge/openapi.py DRILL_EVENT), a bounded body (POST /api/v1/tokens/revoke too).
 DRILL_BODY_MAX = 4096
 # What a forwarded call's answer keeps of the other master's headers (besides its Content-Type).
 FORWARDED_REPLY_HEADERS = ("Retry-After", "WWW-Authenticate", "Location", "Content-Disposition")
@@ -427,7 +427,7 @@ class Handlers:
 
     async def revoke(self, request: web.Request) -> web.Response:
         principal = await self.m.auth.require(request, ("admin",))
-        body = validation.json_body(await request.read(), REVOKE_REQUEST,
+        body = validation.json_body(await _read_small(request), REVOKE_REQUEST,
                                     "JSON {\"jti\": \"<token id>\", \"exp\": <unix time>}")
         jti, exp = body["jti"], float(body.get("exp", time.time() + 3600))
         if not RevocationStore.valid_jti(jti):  # the schema's pattern is the store's: never reached
@@ -442,11 +442,8 @@ class Handlers:
         principal = await self.m.auth.require(request, ("admin",))
         if request.content_length is not None and request.content_length > DRILL_BODY_MAX:
             raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
-        raw = await request.content.read(DRILL_BODY_MAX + 1)
-        if len(raw) > DRILL_BODY_MAX:
-            raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
-        body = validation.json_body(raw, DRILL_EVENT, "JSON {\"drill\": str (<= 80), \"held\": bool, "
-                                                      "\"tried\": str (<= 300), \"happened\": str (<= 500)}")
+        usage = "JSON {\"drill\": str (<= 80), \"held\": bool, \"tried\": str (<= 300), \"happened\": str (<= 500)}"
+        body = validation.json_body(await _read_small(request), DRILL_EVENT, usage)
         held = body.pop("held")
         fields = body
         self.m.audit_decision(principal, request, "POST /api/v1/events", True, f"drill {fields['drill']}")
@@ -529,6 +526,18 @@ class Handlers:
         kept = {k: v for k, v in reply.headers.items() if k in FORWARDED_REPLY_HEADERS}
         return web.Response(status=reply.status, body=reply.body,
                             headers={**kept, "Content-Type": reply.content_type or "application/json"})
+
+
+async def _read_small(request: web.Request) -> bytes:
+    """A small JSON body, whole (chunk by chunk: one read() may return only what has arrived), at most
+    DRILL_BODY_MAX bytes, else a 400 (it is a bad request for these routes, not an upload)."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(4096):
+        size += len(chunk)
+        if size > DRILL_BODY_MAX:
+            raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _gone(stone: dict) -> web.HTTPException:
