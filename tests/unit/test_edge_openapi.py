@@ -37,6 +37,9 @@ def test_every_design_operation_is_described():
         if path == "/":
             assert s["x-ui"]["page"] == "/"  # the UI page is named, not an API operation
             continue
+        if (method, path) == ("get", "/api/v1/events"):  # the WebSocket: not an HTTP operation
+            assert path in s["x-websockets"] and method not in s["paths"][path]
+            continue
         assert method in s["paths"].get(path, {}), (method, path)
     assert "/api/v1/openapi.json" in s["paths"]
 
@@ -77,6 +80,8 @@ def test_response_shapes_match_what_the_master_sends():
     assert set(schemas["Histogram"]["required"]) == {"channels", "before", "after"}
     assert schemas["Health"]["properties"]["status"]["enum"][:2] == ["ok", "degraded"]
     assert schemas["WsAuth"]["properties"]["type"] == {"const": "auth"}
+    ws = spec()["x-websockets"]["/api/v1/events"]
+    assert ws["client"] == [{"$ref": "#/components/schemas/WsAuth"}] and set(ws["close"]) == {"4401", "1013"}
 
 
 def test_callers_get_their_own_copy():

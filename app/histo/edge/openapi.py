@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 description of the public API (served at /api/v1/openapi.json)."""
+"""The OpenAPI 3.1 description of the public API (served at /api/v1/openapi.json).
+
+The request schemas the handlers validate with (edge/validation.py) are defined here, once, and
+published as they are: REVOKE_REQUEST, DRILL_EVENT, WAIT. The WebSocket (GET /api/v1/events) is not
+an HTTP operation OpenAPI can describe: it is named under `x-websockets` (handshake, first message,
+close codes, messages), as the UI page is under `x-ui`."""
 from __future__ import annotations
 
 import copy
@@ -7,6 +12,22 @@ from typing import Any
 from ..compute.equalize import DEFAULT_MODE, MODES
 
 REF = "#/components/schemas/"
+# -- request schemas: published below and validated by the handlers (master/api.py) ------------------
+JTI_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # zk/revocations.py stores a token id as a znode name
+REVOKE_REQUEST: dict[str, Any] = {
+    "type": "object", "required": ["jti"], "additionalProperties": False, "properties": {
+        "jti": {"type": "string", "pattern": JTI_PATTERN, "description": "the token's id (its jti claim)"},
+        "exp": {"type": "number", "minimum": 0, "maximum": 1e10,
+                "description": "the token's expiry (Unix time); default: an hour from now"}}}
+DRILL_FIELDS = {"drill": 80, "tried": 300, "happened": 500}  # the text fields and their longest length
+DRILL_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["drill", "held"], "additionalProperties": False, "properties": {
+        "drill": {"type": "string", "minLength": 1, "maxLength": DRILL_FIELDS["drill"], "examples": ["flood"]},
+        "held": {"type": "boolean", "description": "whether the control held"},
+        "tried": {"type": "string", "maxLength": DRILL_FIELDS["tried"]},
+        "happened": {"type": "string", "maxLength": DRILL_FIELDS["happened"]}}}
+WAIT: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 60,
+                        "description": "seconds to wait for the job to end (long poll)"}
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 JOB_ID = {"name": "id", "in": "path", "required": True, "description": "a job id as returned by POST /api/v1/jobs",
           "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
@@ -117,10 +138,8 @@ def _schemas() -> dict[str, Any]:
             "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
             "audience": {"type": "string", "description": "\"secops\", or the owner of the job it is about"}},
             "additionalProperties": True},
-        "DrillEvent": {"type": "object", "required": ["drill", "held"], "maxProperties": 8, "properties": {
-            "drill": {"type": "string", "minLength": 1, "maxLength": 80, "examples": ["flood"]},
-            "held": {"type": "boolean", "description": "whether the control held"},
-            "tried": {"type": "string", "maxLength": 300}, "happened": {"type": "string", "maxLength": 500}}},
+        "DrillEvent": DRILL_EVENT,
+        "RevokeRequest": REVOKE_REQUEST,
         "WsAuth": {"type": "object", "required": ["type", "token"], "description": "client -> server, first message",
                    "properties": {"type": {"const": "auth"}, "token": {"type": "string"}}},
         "WsReady": {"type": "object", "required": ["type", "role"], "description": "server -> client",
@@ -158,7 +177,7 @@ def _paths() -> dict[str, Any]:
                      "requestBody": {"required": True, "content": {"multipart/form-data": {
                          "schema": {"type": "object", "required": ["image"], "properties": {
                              "image": {"type": "string", "contentMediaType": "application/octet-stream",
-                                       "description": "a JPEG or PNG"},
+                                       "minLength": 1, "description": "a JPEG or PNG"},
                              "mode": {"type": "string", "enum": list(MODES), "default": DEFAULT_MODE,
                                       "description": "gray: one channel; luma: equalize brightness, keep "
                                                      "colours; rgb: each channel on its own"}}},
@@ -181,9 +200,9 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "state, progress, timings (owner, admin); ?wait=S long-polls until the job ends",
                 "operationId": "getJob", "tags": ["jobs"], "security": BEARER,
-                "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False,
-                                        "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
-                "responses": {"200": _json("ok", _ref("Job")), **JOB_ERRORS}},
+                "parameters": [JOB_ID, {"name": "wait", "in": "query", "required": False, "schema": WAIT}],
+                "responses": {"200": _json("ok", _ref("Job")), "400": _err("wait is not a number from 0 to 60"),
+                              **JOB_ERRORS}},
             "delete": {
                 "summary": "delete the job and its stored data everywhere (owner, admin)",
                 "description": "Removes the job's record, task state, result, histograms and receipt from every "
@@ -213,11 +232,11 @@ def _paths() -> dict[str, Any]:
         "/api/v1/tokens/revoke": {"post": {
             "summary": "revoke a token by its jti, on every master (admin)", "operationId": "revokeToken",
             "tags": ["security"], "security": BEARER,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["jti"], "properties": {
-                    "jti": {"type": "string"}, "exp": {"type": "number", "description": "the token's expiry"}}}}}},
-            "responses": {"200": _json("revoked", {"type": "object", "properties": {"revoked": {"type": "string"}}}),
-                          "400": _err("bad body"), **AUTH_ERRORS}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RevokeRequest")}}},
+            "responses": {"200": _json("revoked", {"type": "object", "required": ["revoked"],
+                                                   "properties": {"revoked": {"type": "string"}}}),
+                          "400": _err("bad body: not JSON, not a RevokeRequest, or larger than 4096 bytes"),
+                          **AUTH_ERRORS}}},
         "/api/v1/events": {
             "post": {"summary": "record an attack drill's outcome as a SecOps event of kind \"drill\" (admin)",
                      "operationId": "postDrillEvent", "tags": ["events", "security"], "security": BEARER,
@@ -227,19 +246,24 @@ def _paths() -> dict[str, Any]:
                          "type": "object", "required": ["kind", "drill", "outcome"], "properties": {
                              "kind": {"const": "drill"}, "drill": {"type": "string"},
                              "outcome": {"type": "string", "enum": ["held", "failed"]}}}),
-                         "400": _err("bad body (not JSON, no drill or held, a field too long)"), **AUTH_ERRORS}},
-            "get": {
-                "summary": "WebSocket: job progress (own jobs) and SecOps events (viewer, admin)",
-                "description": "Browsers cannot set headers on a WebSocket, so the FIRST message must be "
-                               "WsAuth {\"type\":\"auth\",\"token\":...}. The server answers WsReady, or closes "
-                               "with code 4401. Then WsEvent messages follow, starting with recent history.",
-                "operationId": "events", "tags": ["events"], "security": [],
-                "parameters": [{"name": "Upgrade", "in": "header", "required": True,
-                                "schema": {"type": "string", "const": "websocket"}}],
-                "responses": {"101": {"description": "switching protocols; messages: WsAuth (client), "
-                                                     "WsReady and WsEvent (server)"},
-                              "400": _err("not a WebSocket handshake")}}},
+                         "400": _err("bad body (not JSON, no drill or held, a field too long)"), **AUTH_ERRORS}}},
     }
+
+
+def _websockets() -> dict[str, Any]:
+    """What OpenAPI 3.1 cannot say as an operation: the WebSocket, its handshake and its messages."""
+    return {"/api/v1/events": {
+        "summary": "WebSocket: job progress (own jobs) and SecOps events (viewer, admin)",
+        "description": "GET with a WebSocket handshake (RFC 6455). Browsers cannot set headers on a WebSocket, so "
+                       "the FIRST message must be WsAuth {\"type\":\"auth\",\"token\":...}. The server answers "
+                       "WsReady, or closes with code 4401 (no, bad, expired or revoked token; also when the token "
+                       "expires or is revoked later) or 1013 (tokens cannot be verified right now). Then WsEvent "
+                       "messages follow, starting with recent history. Before the handshake: 429 (rate limited or "
+                       "throttled address, Retry-After) or 400 (not a WebSocket handshake), with the Error body.",
+        "handshake": {"101": "switching protocols", "400": _ref("Error"), "429": _ref("Error")},
+        "client": [_ref("WsAuth")], "server": [_ref("WsReady"), _ref("WsEvent")],
+        "close": {"4401": "authentication required, token expired or revoked",
+                  "1013": "tokens cannot be verified right now; try again"}}}
 
 
 _SPEC: dict[str, Any] | None = None
@@ -268,5 +292,6 @@ def spec() -> dict[str, Any]:
                 "schemas": _schemas(),
             },
             "paths": _paths(),
+            "x-websockets": _websockets(),
         }
     return copy.deepcopy(_SPEC)

@@ -21,7 +21,8 @@ from ..edge.admission import Refused
 from ..compute.plot import plot_histograms
 from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
-from ..edge.openapi import spec as openapi_spec
+from ..edge import validation
+from ..edge.openapi import DRILL_EVENT, REVOKE_REQUEST, WAIT, spec as openapi_spec
 from ..edge.tokens import AuthError, KeysUnavailable, Principal
 from ..tls.identity import spiffe_id
 from ..zk.jobs import is_tombstone
@@ -39,8 +40,8 @@ VIEWERS = ("viewer", "admin")
 PUBLIC_JOB_FIELDS = ("id", "owner", "state", "mode", "format", "width", "height", "progress", "tiles",
                      "reason", "timings", "created", "finished")
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
-# POST /api/v1/events (admin): an attack drill's outcome on the SecOps dashboard. Fixed kind, bounded fields.
-DRILL_FIELDS = {"drill": 80, "tried": 300, "happened": 500}
+# POST /api/v1/events (admin): an attack drill's outcome on the SecOps dashboard. Fixed kind, bounded
+# fields (edge/openapi.py DRILL_EVENT), a bounded body (POST /api/v1/tokens/revoke too).
 DRILL_BODY_MAX = 4096
 # What a forwarded call's answer keeps of the other master's headers (besides its Content-Type).
 FORWARDED_REPLY_HEADERS = ("Retry-After", "WWW-Authenticate", "Location", "Content-Disposition")
@@ -269,8 +270,9 @@ class Handlers:
         mine.sort(key=lambda d: d.get("created") or 0, reverse=True)
         return web.json_response({"jobs": mine[:200]})
 
-    async def _job_for(self, request: web.Request) -> tuple[dict, object]:
-        principal = await self.m.auth.require(request, UPLOADERS)
+    async def _job_for(self, request: web.Request, principal: Principal | None = None) -> tuple[dict, object]:
+        """The job of the path's id, for its owner or an admin (`principal`: the caller, once authenticated)."""
+        principal = principal or await self.m.auth.require(request, UPLOADERS)
         job_id = request.match_info["id"]
         doc = None
         if len(job_id) <= 64 and job_id.isalnum():
@@ -291,11 +293,9 @@ class Handlers:
 
     async def get_job(self, request: web.Request) -> web.Response:
         """`?wait=S` (at most 60) long-polls: the answer comes when the job ends or S seconds pass."""
-        doc, _ = await self._job_for(request)
-        try:
-            wait = min(60.0, max(0.0, float(request.query.get("wait", 0))))
-        except ValueError:
-            raise json_error(400, "bad_request", "wait must be a number of seconds") from None
+        principal = await self.m.auth.require(request, UPLOADERS)
+        wait = validation.query_number(request, "wait", WAIT) or 0.0  # a bad request is one, whatever the job
+        doc, _ = await self._job_for(request, principal)
         task = self.m.running.get(doc["id"])
         holder = doc.get("master")
         if (wait and task is None and doc.get("state") in ("queued", "running") and holder != self.m.cfg.name
@@ -427,15 +427,11 @@ class Handlers:
 
     async def revoke(self, request: web.Request) -> web.Response:
         principal = await self.m.auth.require(request, ("admin",))
-        try:
-            body = await request.json()
-            jti, exp = body["jti"], body.get("exp", time.time() + 3600)
-            if not isinstance(jti, str) or not RevocationStore.valid_jti(jti):
-                raise ValueError("jti")
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-                raise ValueError("exp")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise json_error(400, "bad_request", "send JSON {\"jti\": \"<token id>\", \"exp\": <unix time>}") from None
+        body = validation.json_body(await _read_small(request), REVOKE_REQUEST,
+                                    "JSON {\"jti\": \"<token id>\", \"exp\": <unix time>}")
+        jti, exp = body["jti"], float(body.get("exp", time.time() + 3600))
+        if not RevocationStore.valid_jti(jti):  # the schema's pattern is the store's: never reached
+            raise json_error(400, "bad_request", "not a token id")
         await asyncio.get_running_loop().run_in_executor(None, self.m.auth.revoke, jti, exp)
         self.m.audit_decision(principal, request, "revoke token", True, f"jti {jti}")
         self.m.emit("token_revoked", severity="info", jti=jti, by=principal.sub)
@@ -446,19 +442,10 @@ class Handlers:
         principal = await self.m.auth.require(request, ("admin",))
         if request.content_length is not None and request.content_length > DRILL_BODY_MAX:
             raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
-        try:
-            raw = await request.content.read(DRILL_BODY_MAX + 1)
-            body = json.loads(raw)
-            if len(raw) > DRILL_BODY_MAX or not isinstance(body, dict) or not isinstance(body.get("held"), bool):
-                raise ValueError
-            fields = {k: body[k] for k in DRILL_FIELDS if k in body}
-            if not isinstance(fields.get("drill"), str) or not fields["drill"].strip() or any(
-                    not isinstance(v, str) or len(v) > DRILL_FIELDS[k] for k, v in fields.items()):
-                raise ValueError
-        except (ValueError, UnicodeDecodeError):
-            raise json_error(400, "bad_request", "send JSON {\"drill\": str (<= 80), \"held\": bool, "
-                                                 "\"tried\": str (<= 300), \"happened\": str (<= 500)}") from None
-        held = body["held"]
+        usage = "JSON {\"drill\": str (<= 80), \"held\": bool, \"tried\": str (<= 300), \"happened\": str (<= 500)}"
+        body = validation.json_body(await _read_small(request), DRILL_EVENT, usage)
+        held = body.pop("held")
+        fields = body
         self.m.audit_decision(principal, request, "POST /api/v1/events", True, f"drill {fields['drill']}")
         outcome = "held" if held else "failed"
         self.m.emit("drill", severity="info" if held else "critical", outcome=outcome, by=principal.sub, **fields)
@@ -539,6 +526,18 @@ class Handlers:
         kept = {k: v for k, v in reply.headers.items() if k in FORWARDED_REPLY_HEADERS}
         return web.Response(status=reply.status, body=reply.body,
                             headers={**kept, "Content-Type": reply.content_type or "application/json"})
+
+
+async def _read_small(request: web.Request) -> bytes:
+    """A small JSON body, whole (chunk by chunk: one read() may return only what has arrived), at most
+    DRILL_BODY_MAX bytes, else a 400 (it is a bad request for these routes, not an upload)."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(4096):
+        size += len(chunk)
+        if size > DRILL_BODY_MAX:
+            raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _gone(stone: dict) -> web.HTTPException:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors
+from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors, security_headers
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import PEER, peer_check
 from .scheduler import RefusedResult
@@ -44,7 +44,8 @@ def build_app(master: "Master") -> web.Application:
         return await handler(request)
 
     app = web.Application(client_max_size=master.cfg.max_upload_bytes,  # forwarded uploads; results read capped
-                          middlewares=[json_errors, peer_check(master.cfg.trust_domain, allowed, refused), forwarded])
+                          middlewares=[security_headers, json_errors,
+                                       peer_check(master.cfg.trust_domain, allowed, refused), forwarded])
     app.router.add_post(RESULTS, lambda r: results(master, r))
     app.router.add_get("/internal/v1/ping", lambda r: ping(master, r))
     app.router.add_post(JOIN, lambda r: join(master, r))

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..compute.tiles import tile_apply, tile_histogram
 from ..config import ServiceConfig
-from ..edge.middleware import json_errors
+from ..edge.middleware import json_errors, security_headers
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import InternalClient, PeerRefused, peer_check
 from ..runtime import ServiceRuntime
@@ -71,7 +71,7 @@ class Worker:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024 * 1024, middlewares=[
-            json_errors, peer_check(self.cfg.trust_domain, lambda _r: ("master",), self._refused)])
+            security_headers, json_errors, peer_check(self.cfg.trust_domain, lambda _r: ("master",), self._refused)])
         app.router.add_post("/internal/v1/tasks", self.handle_task)
         app.router.add_get("/internal/v1/status", self.handle_status)
         app.router.add_get("/internal/v1/ping", self.handle_ping)

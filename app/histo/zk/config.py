@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..files import private_dir, write_private as _write_private
+from ..tls.contexts import TLS12_SUITES_IANA, TLS13_SUITES
 
 
 ZK_JAR = "/usr/share/java/zookeeper.jar"
+# The TLS suites of tls/contexts.py (JSSE names), for the client port and the quorum alike.
+CIPHERSUITES = ",".join(TLS13_SUITES + TLS12_SUITES_IANA)
 # Debian's zookeeper.jar manifest misses what the TLS (Netty) server needs, and any log binding.
 EXTRA_JARS = ["netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-simple"]
 JAVA = shutil.which("java") or "/usr/bin/java"
@@ -78,6 +81,8 @@ class ZkConfig:
             # the name they connect from.
             "ssl.hostnameVerification=false",
             "ssl.protocol=TLSv1.2", "ssl.enabledProtocols=TLSv1.3,TLSv1.2",
+            # the suites of tls/contexts.py: ECDHE + AEAD in TLS 1.2, TLS 1.3's own
+            f"ssl.ciphersuites={CIPHERSUITES}",
             "authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider",
             f"DigestAuthenticationProvider.superDigest={super_digest}",
             "admin.enableServer=false",
@@ -95,6 +100,7 @@ class ZkConfig:
                       f"ssl.quorum.trustStore.location={conf / 'quorum-ca.pem'}", "ssl.quorum.trustStore.type=PEM",
                       "ssl.quorum.clientAuth=need",
                       "ssl.quorum.protocol=TLSv1.2", "ssl.quorum.enabledProtocols=TLSv1.3,TLSv1.2",
+                      f"ssl.quorum.ciphersuites={CIPHERSUITES}",
                       # Not on: ZooKeeper's outgoing quorum connections do not bind the server's address
                       # (on loopback they leave from 127.0.0.1), so an address check would refuse peers,
                       # and 3.8.0 falls back to reverse DNS when the IP check fails (CVE-2026-24281).
