@@ -1,6 +1,7 @@
 """The master's public HTTPS API (DESIGN.md, "Public API"). The same handlers are mounted on
 the internal mTLS listener under /internal/v1/public, where a standby master forwards the
-calls that only the leader (or the master holding a result) can answer."""
+calls that only the leader (or the master running a job) can answer. Job lifecycle decisions are
+master/runner.py's; these handlers translate requests and its RunnerError refusals."""
 from __future__ import annotations
 
 import asyncio

@@ -113,7 +113,14 @@ async def store_get(master: "Master", request: web.Request) -> web.Response:
 
 async def store_delete(master: "Master", request: web.Request) -> web.Response:
     job, _ = _blob_path(request, with_kind=False)
-    freed = await asyncio.get_running_loop().run_in_executor(None, master.store.delete, job)
+    loop = asyncio.get_running_loop()
+    held = await loop.run_in_executor(None, master.store.get, job, "upload")
+    if held is not None:  # its data key goes from this master's memory too
+        try:
+            master.keys.forget(parse(held).wrapped_key)
+        except BlobError:
+            pass
+    freed = await loop.run_in_executor(None, master.store.delete, job)
     return web.json_response({"deleted": job, "bytes": freed})
 
 

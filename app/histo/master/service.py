@@ -184,7 +184,7 @@ class Master:
                  self.cfg.internal_url, self.rt.timings["total"])
 
     def background(self) -> list:
-        return [self._watch_loop()]
+        return [self._watch_loop(), self._jobs_loop()]
 
     async def stopping(self) -> None:
         if self.election is not None:
@@ -233,8 +233,15 @@ class Master:
                     await self.loop.run_in_executor(None, self.auth.store.prune)
                 except Exception as exc:
                     log.debug("revocation prune: %s", exc)
-            await self._upkeep_jobs(ticks)
             await asyncio.sleep(1.0)
+
+    async def _jobs_loop(self) -> None:
+        """Job upkeep, apart from the watch loop (a long repair pass must not delay liveness probes)."""
+        ticks = 0
+        while True:
+            ticks += 1
+            await asyncio.sleep(1.0)
+            await self._upkeep_jobs(ticks)
 
     async def _upkeep_jobs(self, ticks: int) -> None:
         """The leader resumes what waits (an upload a peer held, a key while Vault was away) and applies
@@ -346,6 +353,12 @@ class Master:
         checks["masters"] = {"ok": registered, "count": len(live_masters), "live": live_masters,
                              "registered": len(self.masters),
                              "error": None if registered else "this master's membership node is not published yet"}
+        # uploads need store_quorum masters able to store them (degraded, not unready: results are served)
+        quorum = self.cfg.store_quorum
+        checks["store"] = {"ok": len(live_masters) >= quorum, "quorum": quorum, "masters": len(live_masters),
+                           "error": None if len(live_masters) >= quorum else
+                           f"{len(live_masters)} live master(s), {quorum} must store each upload: new uploads are "
+                           "refused (503 not_durable)"}
         ready = all(checks[k]["ok"] for k in ("zookeeper", "certificate", "leader"))
         return ready, checks
 
