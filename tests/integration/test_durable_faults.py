@@ -33,7 +33,7 @@ def masters_back(cluster: Cluster) -> Iterator[None]:
     for name in ("master1", "master2"):
         if not cluster.pid(name):
             cluster.restart(name)
-    _wait(lambda: _ready(cluster, "master1") and _ready(cluster, "master2"), 90, "both masters back")
+    _both_ready(cluster, 150, "both masters back")
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -46,6 +46,26 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _diagnose(cluster: Cluster) -> str:
+    out = []
+    for name in ("master1", "master2"):
+        try:
+            status, _, raw = cluster.request("GET", "/readyz", url=url_of(cluster, name), timeout=3)
+            out.append(f"{name} readyz {status} {raw[:600]!r}")
+        except OSError as exc:
+            out.append(f"{name} readyz: {exc}")
+        lines = (cluster.service_dir(name) / "service.log").read_text(errors="replace").splitlines()
+        out += [f"{name}: {ln}" for ln in lines[-12:]]
+    return "\n".join(out)
+
+
+def _both_ready(cluster: Cluster, timeout: float, what: str) -> None:
+    try:
+        _wait(lambda: _ready(cluster, "master1") and _ready(cluster, "master2"), timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_diagnose(cluster)}") from None
 
 
 def url_of(cluster: Cluster, name: str) -> str:
@@ -153,7 +173,7 @@ def test_results_survive_1000_other_jobs_and_a_restart_of_every_master(cluster: 
         os.kill(cluster.pid(name) or 0, signal.SIGKILL)
     for name in ("master1", "master2"):
         cluster.restart(name)
-    _wait(lambda: _ready(cluster, "master1") and _ready(cluster, "master2"), 90, "both masters back")
+    _both_ready(cluster, 150, "both masters back")
     for url in cluster.urls:
         assert result(cluster, first, url) == want
     assert {n: digest(blob_path(cluster, n, first, "result").read_bytes()) for n in tags} == tags
