@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def measure(label: str) -> dict[str, Any]:
                                 "per_job_both_masters": sum(stored) / jobs_run if stored else 0}
     finally:
         local_cluster.down(root / "c")
+        shutil.rmtree(root, ignore_errors=True)
     return out
 
 
@@ -103,8 +105,11 @@ def baseline(rev: str) -> dict[str, Any]:
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         tar.extractall(tmp, filter="data")
     env = {**os.environ, "PYTHONPATH": str(tmp / "app")}
-    res = subprocess.run([sys.executable, str(HERE / "durable.py"), "--measure", rev], cwd=tmp / "app", env=env,
-                         check=True, capture_output=True, text=True)
+    try:
+        res = subprocess.run([sys.executable, str(HERE / "durable.py"), "--measure", rev], cwd=tmp / "app",
+                             env=env, check=True, capture_output=True, text=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     measured: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
     return measured
 

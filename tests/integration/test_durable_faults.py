@@ -68,6 +68,14 @@ def _both_ready(cluster: Cluster, timeout: float, what: str) -> None:
         raise AssertionError(f"{exc}\n{_diagnose(cluster)}") from None
 
 
+def _kill(cluster: Cluster, name: str) -> None:
+    """SIGKILL, then wait until the process is gone (restart() starts only what does not run)."""
+    pid = cluster.pid(name)
+    assert pid, f"{name} is not running"
+    os.kill(pid, signal.SIGKILL)
+    _wait(lambda: not cluster.pid(name), 15, f"{name} to die")
+
+
 def url_of(cluster: Cluster, name: str) -> str:
     return f"https://{cluster.config(name)['address']}:4443"
 
@@ -95,7 +103,7 @@ def test_leader_killed_mid_job_the_job_completes(cluster: Cluster) -> None:
     assert blob_path(cluster, leader, job, "upload").exists() and blob_path(cluster, standby, job, "upload").exists()
     _wait(lambda: cluster.request("GET", f"/api/v1/jobs/{job}", token=cluster.token("uploader"),
                                   url=url_of(cluster, standby))[2].find(b'"running"') >= 0, 30, "the job to run")
-    os.kill(cluster.pid(leader) or 0, signal.SIGKILL)
+    _kill(cluster, leader)
     _wait(lambda: cluster.leader() == standby, 30, f"{standby} to lead")
     # with one master of two gone, an upload cannot be stored twice: refused with the reason, not lost
     status, refused = cluster.upload(sample_image(32, 32, "PNG"), url=url_of(cluster, standby))
@@ -113,7 +121,7 @@ def test_a_master_that_lost_its_store_catches_up(cluster: Cluster) -> None:
     _wait(lambda: _ready(cluster, "master1") and _ready(cluster, "master2"), 60, "both masters")
     job = done(cluster, sample_image(64, 48, "PNG"))
     tags = {k: digest(blob_path(cluster, "master1", job, k).read_bytes()) for k in ("upload", "result")}
-    os.kill(cluster.pid("master2") or 0, signal.SIGKILL)
+    _kill(cluster, "master2")
     shutil.rmtree(cluster.service_dir("master2") / "store")  # its disk replaced
     cluster.restart("master2")
     _wait(lambda: all(blob_path(cluster, "master2", job, k).exists() for k in tags), 60, "master2 to catch up")
@@ -128,7 +136,7 @@ def test_the_master_that_computed_a_result_killed_the_other_serves_it(cluster: C
     holder = cluster.leader()  # the leader ran the job and stored its result first
     assert holder
     other = "master2" if holder == "master1" else "master1"
-    os.kill(cluster.pid(holder) or 0, signal.SIGKILL)
+    _kill(cluster, holder)
     assert result(cluster, job, url_of(cluster, other)) == equalize_single(data, "rgb").image
     cluster.restart(holder)
     _wait(lambda: _ready(cluster, holder), 60, f"{holder} to come back")
@@ -170,7 +178,7 @@ def test_results_survive_1000_other_jobs_and_a_restart_of_every_master(cluster: 
     tags = {n: digest(blob_path(cluster, n, first, "result").read_bytes()) for n in ("master1", "master2")}
     # every master killed, then started again: the results are still there, bit-identical
     for name in ("master1", "master2"):
-        os.kill(cluster.pid(name) or 0, signal.SIGKILL)
+        _kill(cluster, name)
     for name in ("master1", "master2"):
         cluster.restart(name)
     _both_ready(cluster, 150, "both masters back")
