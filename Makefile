@@ -96,8 +96,9 @@ local-down: ## stop the local cluster
 local-status: ## the local cluster's processes
 	$(HISTO) local status
 
-bench: bootstrap ## the benchmark (bench/run.py)
+bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them)
 	$(PY) bench/run.py
+	$(PY) bench/durable.py --baseline 53f6f81
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local

@@ -447,6 +447,11 @@ def stream_after_revocation(cl: Cluster) -> Outcome:
 
 
 def vault_sealed(cl: Cluster) -> Outcome:
+    # a result stored before: each master has unwrapped its data key once (kept in memory)
+    status, doc = cl.upload(sample_image(80, 60, "JPEG"))
+    cl.wait_job(doc["id"])
+    result = f"/api/v1/jobs/{doc['id']}/result"
+    before = [cl.request("GET", result, token=cl.token("uploader"), url=u)[2] for u in cl.urls]
     root = root_client(cl)
     root.sys.seal()
     try:
@@ -456,8 +461,10 @@ def vault_sealed(cl: Cluster) -> Outcome:
             _, _, raw = cl.request("GET", "/readyz")
             degraded = json.loads(raw)["status"] == "degraded"
             time.sleep(0.5)
-        status, doc = cl.upload(sample_image(80, 60, "JPEG"))
-        served = status == 202 and cl.wait_job(doc["id"])["state"] == "done"
+        # stored results are still served; a new upload cannot be encrypted: a 503 that says why
+        served = [cl.request("GET", result, token=cl.token("uploader"), url=u)[2] for u in cl.urls] == before
+        status, refused = cl.upload(sample_image(80, 60, "JPEG"))
+        told = status == 503 and refused.get("error") == "vault_unavailable"
     finally:
         init = json.loads((cl.root / "vault" / "init.json").read_text())
         for key in init["keys"]:
@@ -469,8 +476,9 @@ def vault_sealed(cl: Cluster) -> Outcome:
         recovered = json.loads(raw)["checks"]["vault"]["ok"]
         time.sleep(0.5)
     return Outcome("Vault sealed", "sealing Vault while the cluster serves",
-                   f"readyz degraded: {degraded}; jobs still served: {served}; recovered after unseal: {recovered}",
-                   degraded and served and recovered)
+                   f"readyz degraded: {degraded}; stored results still served: {served}; new upload refused "
+                   f"with 503 vault_unavailable: {told}; recovered after unseal: {recovered}",
+                   degraded and served and told and recovered)
 
 
 def run_all(cl: Cluster, scratch: Path, disruptive: bool = True) -> list[Outcome]:

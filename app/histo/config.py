@@ -48,8 +48,20 @@ class ServiceConfig:
     upload_burst: int = 30
     auth_failures_before_block: int = 10
     auth_block_seconds: float = 60.0
-    # How long finished jobs (and their results) are kept.
-    job_retention: float = 3600.0
+    # How long finished jobs (and their stored results) are kept, then their tombstones (seconds).
+    job_retention: float = 86400.0
+    # The masters' store of sealed uploads and results ("" = <state_dir>/store); how many masters must
+    # hold a blob before an upload is accepted or a job is done; each owner's stored bytes (one copy);
+    # unwrapped data keys kept in memory (what is served while Vault is away); how many times a job
+    # is started (first run plus resumes after its master stopped); seconds between retention passes
+    # (leader) and between catch-up/repair passes (every master).
+    store_dir: str = ""
+    store_quorum: int = 2
+    store_quota_bytes: int = 2 << 30
+    key_cache_size: int = 4096
+    max_job_runs: int = 3
+    gc_interval: int = 30
+    repair_interval: int = 30
     # Connections (edge/conncap.py): open connections per client address and in all, on the public
     # listener and on the internal one; TLS handshake and idle keep-alive timeouts (seconds).
     conn_per_address: int = 64
@@ -82,6 +94,16 @@ class ServiceConfig:
         return f"https://{self.address}:{self.internal_port}"
 
     @property
+    def max_blob_bytes(self) -> int:
+        """The largest sealed blob a master stores for a peer: an upload, or a result (which may be
+        larger than its upload: raw pixels at worst, plus the plot and histograms)."""
+        return max(self.max_upload_bytes, self.max_pixels * 4) + (1 << 20)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store_dir) if self.store_dir else Path(self.state_dir) / "store"
+
+    @property
     def public_url(self) -> str:
         return f"https://{self.address}:{self.public_port}"
 
@@ -106,7 +128,9 @@ class ServiceConfig:
         if cfg.role not in ROLES:
             raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
         for name in ("conn_per_address", "conn_total", "internal_conn_per_address", "internal_conn_total",
-                     "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight"):
+                     "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight",
+                     "store_quorum", "store_quota_bytes", "key_cache_size", "max_job_runs", "gc_interval",
+                     "repair_interval"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer")
         if cfg.conn_per_address > cfg.conn_total or cfg.internal_conn_per_address > cfg.internal_conn_total:

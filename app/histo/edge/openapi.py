@@ -63,8 +63,8 @@ AUTH_ERRORS = {
     "503": _err("not ready, no leader or no workers, or tokens cannot be verified right now", "Retry-After"),
 }
 JOB_ERRORS = {**AUTH_ERRORS, "404": _err("unknown job, or another user's job (existence is not revealed)"),
-              "410": _err("the caller's job was deleted (by its owner or an admin; others get 404), or its "
-                                  "result has expired (result_expired)")}
+              "410": _err("the caller's job was deleted (by its owner or an admin; others get 404) or "
+                                  "removed when its retention ended")}
 
 
 def _schemas() -> dict[str, Any]:
@@ -93,7 +93,8 @@ def _schemas() -> dict[str, Any]:
             "created": {"type": "number", "description": "Unix time"},
             "finished": {"type": ["number", "null"], "description": "Unix time"}}},
         "JobList": {"type": "object", "required": ["jobs"], "properties": {
-            "jobs": {"type": "array", "items": _ref("Job")}}},
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"}}},
         "Histogram": {"type": "object", "required": ["channels", "before", "after"], "properties": {
             "id": {"type": "string"},
             "channels": {"type": "array", "items": {"type": "string"}, "examples": [["Y"], ["R", "G", "B"]]},
@@ -193,9 +194,17 @@ def _paths() -> dict[str, Any]:
                                    "503": _err("not ready, no leader or no workers, tokens cannot be verified, or "
                                                "the cluster is busy (busy: every decoder or job slot taken)",
                                                "Retry-After")}},
-            "get": {"summary": "the caller's jobs, newest first (admin: all)", "operationId": "listJobs",
+            "get": {"summary": "the caller's jobs, newest first (admin: all), a page at a time",
+                    "operationId": "listJobs",
                     "tags": ["jobs"], "security": BEARER,
-                    "responses": {"200": _json("ok", _ref("JobList")), **AUTH_ERRORS}}},
+                    "parameters": [
+                        {"name": "limit", "in": "query", "required": False, "description": "jobs per page",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "description": "the next_cursor of the previous page",
+                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}}],
+                    "responses": {"200": _json("ok", _ref("JobList")),
+                                  "400": _err("limit or cursor malformed"), **AUTH_ERRORS}}},
         "/api/v1/jobs/{id}": {
             "get": {
                 "summary": "state, progress, timings (owner, admin); ?wait=S long-polls until the job ends",

@@ -1,6 +1,7 @@
 """The master's public HTTPS API (DESIGN.md, "Public API"). The same handlers are mounted on
 the internal mTLS listener under /internal/v1/public, where a standby master forwards the
-calls that only the leader (or the master holding a result) can answer."""
+calls that only the leader (or the master running a job) can answer. Job lifecycle decisions are
+master/runner.py's; these handlers translate requests and its RunnerError refusals."""
 from __future__ import annotations
 
 import asyncio
@@ -8,27 +9,25 @@ import contextlib
 import hashlib
 import json
 import logging
-import secrets
 import time
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, TypeVar
 
 from aiohttp import BodyPartReader, web, WSMsgType
 
 from ..compute import equalize
+from ..compute.equalize import Result
 from ..compute.imageio import ImageError, check_pixels, decode, header_size, sniff_format
 from ..edge.admission import Refused
-from ..compute.plot import plot_histograms
 from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge import validation
 from ..edge.openapi import DRILL_EVENT, REVOKE_REQUEST, WAIT, spec as openapi_spec
 from ..edge.tokens import AuthError, KeysUnavailable, Principal
-from ..tls.identity import spiffe_id
-from ..zk.jobs import is_tombstone
+from ..zk.jobs import EXPIRED, is_tombstone
 from ..zk.membership import Member
 from ..zk.revocations import RevocationStore
-from .scheduler import JobFailed
+from .runner import RunnerError
 
 if TYPE_CHECKING:
     from .service import Master
@@ -47,7 +46,8 @@ DRILL_BODY_MAX = 4096
 FORWARDED_REPLY_HEADERS = ("Retry-After", "WWW-Authenticate", "Location", "Content-Disposition")
 PRINCIPAL_KEY = "principal"  # the request key of the authenticated caller (master/auth.py::require)
 STREAM_TOKEN_CHECK = 0.5  # seconds between checks of an open event stream's token (revoked, expired)
-RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
+DEFAULT_PAGE, MAX_PAGE = 50, 200  # GET /api/v1/jobs?limit=
+T = TypeVar("T")
 
 
 def build_app(master: "Master") -> web.Application:
@@ -90,7 +90,10 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
 class Handlers:
     def __init__(self, master: "Master") -> None:
         self.m = master
-        self.signer = receipts.VaultReceiptSigner(lambda: master.rt.vault.client)
+
+    @property
+    def signer(self) -> receipts.VaultReceiptSigner:
+        return self.m.signer
 
     # -- health ------------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
@@ -116,7 +119,7 @@ class Handlers:
         auth = self.m.auth
         auth.limit_uploads(request, principal)
         admission = auth.admission
-        mine = sum(1 for t in self.m.running.values() if getattr(t, "histo_owner", None) == principal.sub)
+        mine = self.m.runner.owned_running(principal.sub)
         t0 = time.perf_counter()
         holding = contextlib.ExitStack()  # the body counts against uploads_in_flight until it is decoded
         try:
@@ -130,23 +133,26 @@ class Handlers:
             holding.close()
             raise
         with holding:
+            await self._runner_call(self.m.runner.check_quota(principal.sub, len(data)))
             prepared, upload_sha256, mode, t_recv, t1 = await self._admit(request, principal, data, mode, t0)
-        del data
-        timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
-        loop = asyncio.get_running_loop()
-        job_id = secrets.token_hex(12)
-        width, height = prepared.work.size
-        doc = {"id": job_id, "owner": principal.sub, "state": "queued", "mode": mode, "format": prepared.fmt,
-               "width": width, "height": height, "progress": 0.0, "tiles": 0, "reason": None,
-               "timings": timings, "created": time.time(), "finished": None, "master": self.m.cfg.name,
-               "upload_sha256": upload_sha256}
-        await loop.run_in_executor(None, self.m.jobs.create_job, job_id, doc)
+            timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
+            try:
+                doc = await self.m.runner.submit(principal.sub, data, mode, prepared, upload_sha256, timings)
+            except RunnerError as exc:
+                self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
+                raise _refusal(exc) from None
+        del data, prepared
+        job_id = doc["id"]
         self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
-        task = loop.create_task(self._run(job_id, principal.sub, prepared, timings, doc))
-        task.histo_owner = principal.sub  # type: ignore[attr-defined]
-        self.m.running[job_id] = task
         return web.json_response({"id": job_id, "state": "queued"}, status=202,
                                  headers={"Location": f"/api/v1/jobs/{job_id}"})
+
+    @staticmethod
+    async def _runner_call(coro: Awaitable[T]) -> T:
+        try:
+            return await coro
+        except RunnerError as exc:
+            raise _refusal(exc) from None
 
     async def _admit(self, request: web.Request, principal: Principal, data: bytes, mode: str,
                      t0: float) -> tuple[equalize.Prepared, str, str, float, float]:
@@ -217,58 +223,22 @@ class Handlers:
             raise json_error(exc.status, exc.code, exc.message) from None
         return data, mode
 
-    async def _run(self, job_id: str, owner: str, prepared: equalize.Prepared, timings: dict, doc: dict) -> None:
-        loop = asyncio.get_running_loop()
-        jobs = self.m.jobs
-        try:
-            await loop.run_in_executor(None, lambda: jobs.update_job(job_id, state="running"))
-            self.m.emit("job_progress", severity="info", job=job_id, progress=0.05, state="running", audience=owner)
-            outcome = await asyncio.wait_for(self.m.scheduler.run(job_id, prepared, timings),
-                                             self.m.cfg.job_timeout)
-            self.m.results.put(job_id, outcome.result)
-            timings.update(outcome.timings)
-            timings["total"] = sum(timings.values())
-            finished = time.time()
-            receipt = await self._receipt_at_finish(doc, outcome, finished)
-            stored = await loop.run_in_executor(None, lambda: jobs.update_job(
-                job_id, state="done", progress=1.0, tiles=outcome.tiles, timings=timings, finished=finished,
-                **receipt))
-            if is_tombstone(stored):  # deleted while it ran: keep nothing of it
-                self.m.results.drop(job_id)
-                return
-            self.m.emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
-        except asyncio.CancelledError:
-            if getattr(asyncio.current_task(), "histo_deleted", False):
-                raise  # cancelled by DELETE: the tombstone is the job's last state
-            reason = "this master lost leadership while the job ran; please resubmit"
-            await self._fail(job_id, owner, reason)
-            raise
-        except asyncio.TimeoutError:
-            await self._fail(job_id, owner, f"job exceeded {self.m.cfg.job_timeout:.0f}s")
-        except JobFailed as exc:
-            await self._fail(job_id, owner, str(exc))
-        except Exception:
-            log.exception("job %s failed", job_id)
-            await self._fail(job_id, owner, "internal error; please resubmit")
-        finally:
-            self.m.running.pop(job_id, None)
-
-    async def _fail(self, job_id: str, owner: str, reason: str) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, lambda: self.m.jobs.update_job(
-                job_id, state="failed", reason=reason, finished=time.time()))
-        except Exception as exc:  # ZooKeeper gone: the next leader fails the job for us
-            log.warning("cannot record failure of job %s: %s", job_id, exc)
-        self.m.emit("job_failed", severity="warning", job=job_id, reason=reason, audience=owner)
-
     async def list_jobs(self, request: web.Request) -> web.Response:
+        """The caller's jobs (an admin: everyone's), newest first, `limit` (1-200, default 50) at a time;
+        `cursor` is the `next_cursor` of the page before. Reads the caller's own index only."""
         principal = await self.m.auth.require(request, UPLOADERS)
-        docs = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.list_jobs)
-        mine = [self._public(d) for d in docs if not is_tombstone(d)
-                and (principal.role == "admin" or d.get("owner") == principal.sub)]
-        mine.sort(key=lambda d: d.get("created") or 0, reverse=True)
-        return web.json_response({"jobs": mine[:200]})
+        try:
+            limit = int(request.query.get("limit", DEFAULT_PAGE))
+            if not 1 <= limit <= MAX_PAGE:
+                raise ValueError
+        except ValueError:
+            raise json_error(400, "bad_request", f"limit must be an integer from 1 to {MAX_PAGE}") from None
+        cursor = request.query.get("cursor") or None
+        if cursor is not None and not (len(cursor) <= 64 and cursor.isalnum() and cursor.isascii()):
+            raise json_error(400, "bad_request", "cursor must be the next_cursor of a previous page") from None
+        owner = None if principal.role == "admin" else principal.sub
+        docs, nxt = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.page, owner, limit, cursor)
+        return web.json_response({"jobs": [self._public(d) for d in docs], "next_cursor": nxt})
 
     async def _job_for(self, request: web.Request, principal: Principal | None = None) -> tuple[dict, object]:
         """The job of the path's id, for its owner or an admin (`principal`: the caller, once authenticated)."""
@@ -309,47 +279,27 @@ class Handlers:
         return web.json_response(self._public(doc))
 
     async def delete_job(self, request: web.Request) -> web.Response:
-        """Owner or admin: the job's record, task nodes, result and receipt go; a job still queued or
-        running is cancelled first. A small tombstone stays so its owner is told 410, not 404."""
+        """Owner or admin: the job's record, task nodes, stored upload and result (on every master) and
+        its wrapped data key go; a job still queued or running is cancelled first (by the master that
+        runs it). A small tombstone stays so its owner is told 410, not 404."""
         doc, principal = await self._job_for(request)
         holder = doc.get("master")
-        if holder != self.m.cfg.name and holder in self.m.masters and not request.get("forwarded"):
-            return await self._forward(request, holder)  # the master running it, or holding its result
-        loop = asyncio.get_running_loop()
-        stoned = await loop.run_in_executor(None, self.m.jobs.tombstone, doc["id"], principal.sub)
-        if stoned is None:
+        if (doc.get("state") in ("queued", "running") and holder != self.m.cfg.name and holder in self.m.masters
+                and not request.get("forwarded")):
+            return await self._forward(request, holder)  # the master running it cancels it
+        deleted = await self.m.runner.delete(doc["id"], principal.sub)
+        if deleted is None:
             raise json_error(404, "not_found", "no such job")
-        before, stone = stoned
+        before, stone, cancelled = deleted
         if before is stone:  # a concurrent DELETE won
             raise _gone(stone)
-        task = self.m.running.get(doc["id"])
-        cancelled = task is not None and not task.done()
-        if cancelled:
-            task.histo_deleted = True  # type: ignore[attr-defined]
-            task.cancel()
-        held = self.m.results.drop(doc["id"])
-        await loop.run_in_executor(None, self.m.jobs.drop_tasks, doc["id"])
         why = f"job {doc['id']} of {before.get('owner')} deleted" + (" (cancelled while running)" if cancelled else "")
         self.m.audit_decision(principal, request, f"DELETE job {doc['id']}", True, why)
         self.m.emit("job_deleted", severity="info", job=doc["id"], owner=before.get("owner"), by=principal.sub,
-                    state=before.get("state"), cancelled=cancelled, result_held=held)
+                    state=before.get("state"), cancelled=cancelled)
         return web.json_response({"id": doc["id"], "state": "deleted", "cancelled": cancelled})
 
     # -- receipts ----------------------------------------------------------------------------
-    async def _receipt_at_finish(self, doc: dict, outcome, finished: float) -> dict:
-        """Signed once, when the job finishes, and kept with the job. Vault away: the claims are kept
-        instead and signed on the first request for the receipt."""
-        td = self.m.cfg.trust_domain
-        claims = receipts.claims_for(doc, result_sha256=hashlib.sha256(outcome.result.image).hexdigest(),
-                                     workers=[spiffe_id("worker", w, td) for w in outcome.workers],
-                                     master=self.m.cfg.spiffe_id, finished=finished)
-        try:  # bounded: a Vault that hangs must not hold the job back
-            signing = asyncio.get_running_loop().run_in_executor(None, self.signer.sign, claims)
-            return {"receipt": await asyncio.wait_for(signing, RECEIPT_SIGN_TIMEOUT)}
-        except (receipts.SigningUnavailable, asyncio.TimeoutError) as exc:
-            log.warning("receipt of job %s not signed yet: %s", doc["id"], exc or "Vault too slow")
-            return {"receipt_claims": claims}
-
     async def receipt(self, request: web.Request) -> web.Response:
         doc, principal = await self._job_for(request)
         if doc.get("state") != "done":
@@ -372,43 +322,27 @@ class Handlers:
         return web.Response(text=jws, content_type=receipts.CONTENT_TYPE,
                             headers={"Content-Disposition": f'attachment; filename="{doc["id"]}.receipt.jws"'})
 
-    async def _result_or_forward(self, request: web.Request):
+    async def _result(self, request: web.Request) -> tuple[dict, Result, bytes]:
+        """Any master serves any result: its own copy, else a peer's (master/runner.py result)."""
         doc, _ = await self._job_for(request)
         if doc.get("state") != "done":
             raise json_error(409, "not_ready", f"job is {doc.get('state')}")
-        result = self.m.results.get(doc["id"])
-        if result is not None:
-            return doc, result, None
-        holder = doc.get("master")
-        if holder != self.m.cfg.name and holder in self.m.masters and not request.get("forwarded"):
-            return doc, None, await self._forward(request, holder)
-        if holder == self.m.cfg.name:  # results are kept job_retention seconds: a permanent condition
-            raise json_error(410, "result_expired", "the result has expired; submit the image again")
-        raise json_error(503, "result_unavailable", "the master holding this result is unavailable; try again "
-                         "shortly", headers={"Retry-After": "5"})
+        result, plot = await self._runner_call(self.m.runner.result(doc))
+        return doc, result, plot
 
     async def result(self, request: web.Request) -> web.StreamResponse:
-        doc, result, fwd = await self._result_or_forward(request)
-        if fwd is not None:
-            return fwd
+        doc, result, _ = await self._result(request)
         return web.Response(body=result.image, content_type=CONTENT_TYPES[result.fmt],
                             headers={"Content-Disposition": f'inline; filename="{doc["id"]}.{result.fmt.lower()}"'})
 
     async def histogram(self, request: web.Request) -> web.StreamResponse:
-        doc, result, fwd = await self._result_or_forward(request)
-        if fwd is not None:
-            return fwd
+        doc, result, _ = await self._result(request)
         return web.json_response({"id": doc["id"], "channels": result.channels, "before": result.hist_before,
                                   "after": result.hist_after})
 
     async def histogram_png(self, request: web.Request) -> web.StreamResponse:
-        doc, result, fwd = await self._result_or_forward(request)
-        if fwd is not None:
-            return fwd
-        loop = asyncio.get_running_loop()
-        png = await loop.run_in_executor(None, self.m.results.plot, doc["id"],
-                                         lambda r: plot_histograms(r.hist_before, r.hist_after, title=doc["id"]))
-        return web.Response(body=png, content_type="image/png")
+        _, _, plot = await self._result(request)
+        return web.Response(body=plot, content_type="image/png")
 
     # -- cluster and security -------------------------------------------------------------------
     async def cluster(self, request: web.Request) -> web.Response:
@@ -541,7 +475,15 @@ async def _read_small(request: web.Request) -> bytes:
 
 
 def _gone(stone: dict) -> web.HTTPException:
-    return json_error(410, "gone", f"job {stone.get('id')} was deleted on {_iso(stone.get('deleted')) or 'request'}")
+    when = _iso(stone.get("deleted")) or "request"
+    if stone.get("reason") == EXPIRED:
+        return json_error(410, "gone", f"job {stone.get('id')} was removed on {when}, when its retention ended")
+    return json_error(410, "gone", f"job {stone.get('id')} was deleted on {when}")
+
+
+def _refusal(exc: RunnerError) -> web.HTTPException:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return json_error(exc.status, exc.code, exc.message, headers=headers)
 
 
 def _iso(ts) -> str | None:

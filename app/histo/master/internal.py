@@ -11,6 +11,8 @@ from aiohttp import web
 from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors, security_headers
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import PEER, peer_check
+from .envelope import KINDS, BlobError, digest, parse, valid_job_id
+from .replication import STORE_PREFIX, TAG_HEADER
 from .scheduler import RefusedResult
 from ..zk import acl as zkacl
 from ..tls.identity import IdentityError
@@ -49,8 +51,78 @@ def build_app(master: "Master") -> web.Application:
     app.router.add_post(RESULTS, lambda r: results(master, r))
     app.router.add_get("/internal/v1/ping", lambda r: ping(master, r))
     app.router.add_post(JOIN, lambda r: join(master, r))
+    app.router.add_put(STORE_PREFIX + "/{job}/{kind}", lambda r: store_put(master, r))
+    app.router.add_get(STORE_PREFIX + "/{job}/{kind}", lambda r: store_get(master, r))
+    app.router.add_delete(STORE_PREFIX + "/{job}", lambda r: store_delete(master, r))
     api.add_routes(app, master, PUBLIC_PREFIX)
     return app
+
+
+# -- replicas of sealed blobs (master/replication.py): master identities only (peer_check above) --------
+def _blob_path(request: web.Request, with_kind: bool = True) -> tuple[str, str]:
+    job, kind = request.match_info["job"], request.match_info.get("kind", "upload")
+    if not valid_job_id(job) or (with_kind and kind not in KINDS):
+        raise json_error(400, "bad_request", "a store path is /internal/v1/store/<job id>/<upload|result>")
+    return job, kind
+
+
+def _replica_refused(master: "Master", request: web.Request, job: str, kind: str, reason: str) -> web.HTTPException:
+    master.emit("replica_refused", severity="warning", peer=request[PEER].host, job=job, blob=kind, reason=reason)
+    master.audit.record(who=request[PEER].uri, role="master", what=f"internal:store {job}/{kind}",
+                        where=request.remote or "-", decision="deny", why=reason)
+    return json_error(400, "replica_refused", reason, headers={"Connection": "close"})
+
+
+async def store_put(master: "Master", request: web.Request) -> web.Response:
+    """A peer master's replica: stored only if its bytes are its integrity tag's and it is a sealed
+    blob of the job and kind its path names."""
+    job, kind = _blob_path(request)
+    tag = request.headers.get(TAG_HEADER, "")
+    if len(tag) != 64 or any(c not in "0123456789abcdef" for c in tag):
+        raise _replica_refused(master, request, job, kind, f"no valid {TAG_HEADER} integrity tag")
+    cap = master.cfg.max_blob_bytes
+    if request.content_length is not None and request.content_length > cap:
+        raise json_error(413, "too_large", f"a stored blob is at most {cap} bytes", headers={"Connection": "close"})
+    blob = bytearray()
+    while True:
+        chunk = await request.content.read(1 << 20)
+        if not chunk:
+            break
+        blob += chunk
+        if len(blob) > cap:
+            raise json_error(413, "too_large", f"a stored blob is at most {cap} bytes", headers={"Connection": "close"})
+    data = bytes(blob)
+    if digest(data) != tag:
+        raise _replica_refused(master, request, job, kind, "replica does not match its integrity tag (altered)")
+    try:
+        header = parse(data)
+    except BlobError as exc:
+        raise _replica_refused(master, request, job, kind, f"not a sealed blob: {exc}") from None
+    if header.job != job or header.kind != kind:
+        raise _replica_refused(master, request, job, kind, "a sealed blob of another job or kind")
+    await asyncio.get_running_loop().run_in_executor(None, master.store.put, job, kind, data)
+    return web.json_response({"stored": tag}, status=201)
+
+
+async def store_get(master: "Master", request: web.Request) -> web.Response:
+    job, kind = _blob_path(request)
+    blob = await asyncio.get_running_loop().run_in_executor(None, master.store.get, job, kind)
+    if blob is None:
+        raise json_error(404, "not_found", "no such blob here")
+    return web.Response(body=blob, content_type="application/octet-stream", headers={TAG_HEADER: digest(blob)})
+
+
+async def store_delete(master: "Master", request: web.Request) -> web.Response:
+    job, _ = _blob_path(request, with_kind=False)
+    loop = asyncio.get_running_loop()
+    held = await loop.run_in_executor(None, master.store.get, job, "upload")
+    if held is not None:  # its data key goes from this master's memory too
+        try:
+            master.keys.forget(parse(held).wrapped_key)
+        except BlobError:
+            pass
+    freed = await loop.run_in_executor(None, master.store.delete, job)
+    return web.json_response({"deleted": job, "bytes": freed})
 
 
 async def join(master: "Master", request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@ and the internal mTLS endpoint where workers report results and masters forward 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -24,10 +25,20 @@ from ..zk.membership import Member, remove_stale, watch
 from ..zk.revocations import RevocationStore
 from . import api, internal, relay
 from .auth import Authenticator
-from .results import ResultStore
-from .scheduler import Scheduler
+from ..compute import equalize
+from ..compute.imageio import decode
+from ..compute.plot import plot_histograms
+from ..edge import receipts
+from ..tls.identity import spiffe_id
+from .blobstore import BlobStore
+from .datakeys import VaultDataKeys
+from .replication import MtlsTransport, Replicator
+from .runner import JobRunner, Settings
+from .scheduler import Outcome, Scheduler
 
 log = logging.getLogger("histo.master")
+
+RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
 
 
 class Master:
@@ -37,7 +48,10 @@ class Master:
         self.events = EventBus()
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
-        self.results = ResultStore(cfg.job_retention)
+        self.store = BlobStore(cfg.store_path)
+        self.keys = VaultDataKeys(lambda: self.rt.vault.client, cfg.key_cache_size)
+        self.signer = receipts.VaultReceiptSigner(lambda: self.rt.vault.client)
+        self.runner: JobRunner | None = None
         self.workers: dict[str, Member] = {}
         self.masters: dict[str, Member] = {}
         # name -> when its process last answered a liveness probe with the incarnation of its node
@@ -86,7 +100,7 @@ class Master:
         self.is_leader, self.leader = True, self.cfg.name
         log.info("%s is now the leader", self.cfg.name)
         self.emit("leader_changed", severity="info", leader=self.cfg.name)
-        self.loop.create_task(self._adopt_orphans())
+        self.loop.create_task(self._resume())
 
     def _stepped_down(self) -> None:
         was = self.is_leader
@@ -96,17 +110,39 @@ class Master:
             for task in list(self.running.values()):
                 task.cancel()
 
-    async def _adopt_orphans(self) -> None:
-        """Jobs a previous leader left queued or running cannot finish (their pixels died with it)."""
-        loop = asyncio.get_running_loop()
-        docs = await loop.run_in_executor(None, self.jobs.list_jobs)
-        for doc in docs:
-            if doc.get("state") in ("queued", "running") and doc.get("master") != self.cfg.name:
-                await loop.run_in_executor(None, lambda d=doc: self.jobs.update_job(
-                    d["id"], state="failed", finished=time.time(),
-                    reason="the leader was lost before the job finished; please resubmit"))
-                self.emit("job_failed", severity="warning", job=doc["id"], audience=doc.get("owner"),
-                          reason="leader lost")
+    async def _resume(self) -> None:
+        """Jobs a previous leader left queued or running are resumed from their stored uploads."""
+        try:
+            resumed = await self.runner.resume_all()
+        except Exception as exc:
+            log.warning("resuming jobs: %s: %s", type(exc).__name__, exc)
+            return
+        if resumed:
+            log.info("resumed %d job(s) left by a previous leader", len(resumed))
+
+    def _other_masters(self) -> dict[str, Member]:
+        return {n: m for n, m in self.masters.items() if n != self.cfg.name}
+
+    @staticmethod
+    def _prepare(max_pixels: int):
+        def prepare(data: bytes, mode: str) -> equalize.Prepared:
+            img, fmt = decode(data, max_pixels)
+            return equalize.prepare(img, fmt, mode)
+        return prepare
+
+    async def _receipt_at_finish(self, doc: dict, outcome: Outcome, finished: float) -> dict:
+        """Signed once, when the job finishes, and kept with the job. Vault away: the claims are kept
+        instead and signed on the first request for the receipt."""
+        td = self.cfg.trust_domain
+        claims = receipts.claims_for(doc, result_sha256=hashlib.sha256(outcome.result.image).hexdigest(),
+                                     workers=[spiffe_id("worker", w, td) for w in outcome.workers],
+                                     master=self.cfg.spiffe_id, finished=finished)
+        try:  # bounded: a Vault that hangs must not hold the job back
+            signing = asyncio.get_running_loop().run_in_executor(None, self.signer.sign, claims)
+            return {"receipt": await asyncio.wait_for(signing, RECEIPT_SIGN_TIMEOUT)}
+        except (receipts.SigningUnavailable, asyncio.TimeoutError) as exc:
+            log.warning("receipt of job %s not signed yet: %s", doc["id"], exc or "Vault too slow")
+            return {"receipt_claims": claims}
 
     # -- the service skeleton's hooks (histo.serve) ------------------------------------------
     async def setup(self) -> list[Listener]:
@@ -120,6 +156,16 @@ class Master:
         self.scheduler = Scheduler(self.client, self.cfg.internal_url, self.schedulable_workers,
                                    self._task_state, self._progress, self.cfg.task_timeout,
                                    self.cfg.tiles_per_worker, self.cfg.min_tile_pixels)
+        replicas = Replicator(self.cfg.name, self.store, MtlsTransport(lambda: self.client, self._other_masters,
+                                                              max_blob=self.cfg.max_blob_bytes),
+                              self.cfg.store_quorum, on_event=self.emit)
+        self.runner = JobRunner(
+            self.cfg.name, self.jobs, replicas, self.keys, self.scheduler.run, self._prepare(self.cfg.max_pixels),
+            lambda r, title: plot_histograms(r.hist_before, r.hist_after, title=title), self._receipt_at_finish,
+            Settings(retention=self.cfg.job_retention, quota=self.cfg.store_quota_bytes,
+                     job_timeout=self.cfg.job_timeout, max_runs=self.cfg.max_job_runs),
+            emit=self.emit)
+        self.running = self.runner.running
         self.auth = Authenticator(self, RevocationStore(zk))
         await self.loop.run_in_executor(None, self.auth.start)
         ctxs = self.rt.certs.contexts
@@ -138,7 +184,7 @@ class Master:
                  self.cfg.internal_url, self.rt.timings["total"])
 
     def background(self) -> list:
-        return [self._watch_loop()]
+        return [self._watch_loop(), self._jobs_loop()]
 
     async def stopping(self) -> None:
         if self.election is not None:
@@ -188,6 +234,32 @@ class Master:
                 except Exception as exc:
                     log.debug("revocation prune: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _jobs_loop(self) -> None:
+        """Job upkeep, apart from the watch loop (a long repair pass must not delay liveness probes)."""
+        ticks = 0
+        while True:
+            ticks += 1
+            await asyncio.sleep(1.0)
+            await self._upkeep_jobs(ticks)
+
+    async def _upkeep_jobs(self, ticks: int) -> None:
+        """The leader resumes what waits (an upload a peer held, a key while Vault was away) and applies
+        retention; every master catches up with the blobs it misses (soon after start, then regularly)."""
+        steps = []
+        if self.is_leader and ticks % 10 == 0:
+            steps.append(("resume", self.runner.resume_all))
+        if self.is_leader and ticks % self.cfg.gc_interval == 0:
+            steps.append(("retention", self.runner.retain))
+        if ticks == 3 or ticks % self.cfg.repair_interval == 0:
+            steps.append(("repair", self.runner.repair))
+        for what, step in steps:
+            try:
+                done = await step()
+                if done:
+                    log.info("%s: %s", what, done)
+            except Exception as exc:
+                log.warning("%s: %s: %s", what, type(exc).__name__, exc)
 
     async def _probe_members(self) -> None:
         members = [("workers", "worker", m) for m in list(self.workers.values())]
@@ -259,8 +331,7 @@ class Master:
                           decision="allow" if allowed else "deny", why=why)
 
     def _owner(self, job: str) -> str | None:
-        task = self.running.get(job)
-        return getattr(task, "histo_owner", None)
+        return self.runner.owners.get(job) if self.runner is not None else None
 
     def readiness(self) -> tuple[bool, dict]:
         """Only live participants count: a worker or master whose process answered with its node's
@@ -282,6 +353,12 @@ class Master:
         checks["masters"] = {"ok": registered, "count": len(live_masters), "live": live_masters,
                              "registered": len(self.masters),
                              "error": None if registered else "this master's membership node is not published yet"}
+        # uploads need store_quorum masters able to store them (degraded, not unready: results are served)
+        quorum = self.cfg.store_quorum
+        checks["store"] = {"ok": len(live_masters) >= quorum, "quorum": quorum, "masters": len(live_masters),
+                           "error": None if len(live_masters) >= quorum else
+                           f"{len(live_masters)} live master(s), {quorum} must store each upload: new uploads are "
+                           "refused (503 not_durable)"}
         ready = all(checks[k]["ok"] for k in ("zookeeper", "certificate", "leader"))
         return ready, checks
 

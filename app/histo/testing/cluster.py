@@ -3,6 +3,7 @@ env file's URLs, CA and tokens, each service's state folder and config, and plai
 Shared by tests/integration, the local attack drills (attack/local.py) and the benchmarks (bench/)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import ssl
@@ -138,3 +139,23 @@ def sample_image(width: int, height: int, fmt: str = "JPEG", mode: str = "RGB") 
     buf = io.BytesIO()
     img.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     return buf.getvalue()
+
+
+PIXEL_RUN = b"HISTO-KNOWN-PIXEL-RUN-" * 8  # a row of gray pixels no real image holds
+
+
+def png_with_pixel_run(width: int = 176, height: int = 48) -> bytes:
+    """A gray PNG saved without compression (its rows are in the file as they are, after PNG's one-byte
+    row filter) whose first row is PIXEL_RUN: stored in clear, it would be found on disk."""
+    pixels = bytes(40 + b % 90 for b in hashlib.shake_256(b"histo").digest(width * (height - 1)))
+    img = Image.frombytes("L", (width, height), PIXEL_RUN[:width] + pixels)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=0)
+    return buf.getvalue()
+
+
+def clear_probes(upload: bytes, result: bytes) -> list[bytes]:
+    """Byte runs that must not appear in a master's store: the known pixel run (decoded pixels), a
+    window of the upload's own bytes (its uncompressed rows) and a window of the result's bytes."""
+    mid, rmid = len(upload) // 2, len(result) // 2
+    return [PIXEL_RUN[:48], upload[mid:mid + 64], result[rmid:rmid + 64]]

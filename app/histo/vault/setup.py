@@ -36,6 +36,7 @@ ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approl
 QUORUM = "pki_zk_quorum"
 TOKEN_KEY = "histo-tokens"
 RECEIPT_KEY = "histo-receipts"  # signs job receipts (masters: sign only)
+STORE_KEY = "histo-store"  # wraps the per-job data keys of stored jobs (masters: datakey and decrypt only)
 ISSUER_POLICY = "histo-token-issuer"
 PROVISIONER_POLICY = "histo-provisioner"  # what provisioning needs after setup (the root token is revoked)
 # token roles through which the provisioner makes the operator's tokens (it does not hold their policies)
@@ -366,18 +367,20 @@ class _Applier:
         self.mount(TRANSIT, "transit")
         for key in (TOKEN_KEY, RECEIPT_KEY):
             self.transit_key(key)
+        # the key that wraps the masters' per-job data keys (envelope encryption of stored jobs)
+        self.transit_key(STORE_KEY, "aes256-gcm96")
 
-    def transit_key(self, key: str) -> None:
+    def transit_key(self, key: str, key_type: str = "ecdsa-p256") -> None:
         try:
             have = _data(self.c.secrets.transit.read_key(key, mount_point=TRANSIT))
         except InvalidPath:
-            # not exportable, no plaintext backup: the signing key never leaves Vault
-            self.c.secrets.transit.create_key(key, key_type="ecdsa-p256", exportable=False,
+            # not exportable, no plaintext backup: the key never leaves Vault
+            self.c.secrets.transit.create_key(key, key_type=key_type, exportable=False,
                                               allow_plaintext_backup=False, mount_point=TRANSIT)
             self.note(f"transit key {key}" if key != TOKEN_KEY else "transit key")
             return
-        if have.get("type") != "ecdsa-p256":
-            raise SetupError(f"transit key {key} is {have.get('type')}, expected ecdsa-p256")
+        if have.get("type") != key_type:
+            raise SetupError(f"transit key {key} is {have.get('type')}, expected {key_type}")
 
     # -- policies and AppRoles ---------------------------------------------------------------------------
     def policy(self, name: str, rules: str) -> None:
@@ -425,6 +428,10 @@ path "{INT}/cert/ca_chain" {{
                       f'path "{TRANSIT}/sign/{RECEIPT_KEY}" {{\n  capabilities = ["update"]\n'
                       f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
                       f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n')
+            # stored jobs: create a data key (plaintext + wrapped) and unwrap one; not encrypt, rewrap,
+            # read or export the key itself
+            rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
+                      f'path "{TRANSIT}/decrypt/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n')
         if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
             rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
@@ -516,6 +523,7 @@ def provisioner_policy() -> str:
           (f"{QUORUM}/config/urls", "read"), (f"{QUORUM}/cert/ca", "read"), (f"{QUORUM}/roles/quorum-*", "read"),
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
+          (f"{TRANSIT}/keys/{STORE_KEY}", "read"),
           (f"auth/{APPROLE}/role/+", "read"), (f"auth/{APPROLE}/role/+/role-id", "read"),
           ("auth/token/roles/histo-*", "read"), ("auth/token/renew-self", "update"),
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),

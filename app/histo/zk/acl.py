@@ -24,6 +24,8 @@ ZK_SYSTEM, ZK_QUOTA, ZK_CONFIG = "/zookeeper", "/zookeeper/quota", "/zookeeper/c
 SYSTEM_NODES = ("/", ZK_SYSTEM, ZK_QUOTA)  # exist in every ZooKeeper: ACLs set, never created
 ELECTION, MASTERS, WORKERS, JOBS, REVOKED = (f"{ROOT}/{p}" for p in ("election", "masters", "workers", "jobs",
                                                                   "revoked"))
+# the per-owner index of jobs (/histo/owners/<owner key>/<job id>) and the jobs not finished yet
+OWNERS, ACTIVE = f"{ROOT}/owners", f"{ROOT}/active"
 
 
 def _acl(perms: int, scheme: str, ident: str) -> ACL:
@@ -50,6 +52,8 @@ def tree_acls(ids: dict[str, str]) -> dict[str, list[ACL]]:
         WORKERS: [master_all(ids), worker(ids, r)],  # slots are created by masters (worker_slot)
         JOBS: [master_all(ids), worker(ids, r)],
         REVOKED: [master_all(ids), worker(ids, r)],
+        OWNERS: [master_all(ids)],                   # job indexes: masters only
+        ACTIVE: [master_all(ids)],
     }
 
 

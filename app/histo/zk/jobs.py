@@ -1,49 +1,192 @@
-"""Job and task state in ZooKeeper: small JSON documents, never pixels."""
+"""Job and task state in ZooKeeper: small JSON documents, never pixels.
+
+    /histo/jobs/<id>                 the job's document (a tombstone once deleted or expired)
+    /histo/jobs/<id>/tasks/<n>       the last attempt of each strip (at most 2 per worker; gone with the job)
+    /histo/owners/<owner key>        {"bytes": stored bytes of that owner} (the storage quota)
+    /histo/owners/<owner key>/<id>   the owner's index: GET /api/v1/jobs reads a page of it
+    /histo/active/<id>               jobs not finished yet: what a new leader resumes
+
+Job ids start with the creation time (12 hex digits of milliseconds), so a listing sorted by name is
+sorted by age: a page is a slice of one owner's index, and retention scans only the oldest names.
+Every node goes when retention ends (job_retention after a job finishes, and again after its
+tombstone): the tree holds at most a few nodes per job of the retention window."""
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import time
+from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
-from .acl import JOBS
+from .acl import ACTIVE, JOBS, OWNERS
 
 
+Doc = dict[str, Any]  # a job document as stored in its znode
 DELETED = "deleted"  # the state of a tombstone: what is left of a job its owner (or an admin) deleted
+EXPIRED = "expired"  # a tombstone's `reason` when retention removed the job
 
 
-def is_tombstone(doc: dict | None) -> bool:
+def is_tombstone(doc: Doc | None) -> bool:
     return doc is not None and doc.get("state") == DELETED
+
+
+def new_job_id(now: float | None = None) -> str:
+    """32 hex digits: the creation time in milliseconds (12), then 80 random bits."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(10)}"
+
+
+def created_of(job_id: str) -> float | None:
+    """The creation time a job id carries (None for an id of the older, random-only form)."""
+    if len(job_id) != 32:
+        return None
+    try:
+        return int(job_id[:12], 16) / 1000
+    except ValueError:
+        return None
+
+
+def owner_key(owner: str) -> str:
+    """An owner's index node name: any principal name, never a path component of its own."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 class JobStore:
     def __init__(self, client: KazooClient) -> None:
         self.zk = client
 
-    def create_job(self, job_id: str, doc: dict) -> None:
+    def create_job(self, job_id: str, doc: Doc) -> None:
+        """The job's node, its tasks folder, its entry in its owner's index and in the active jobs:
+        one transaction."""
+        owner = self._owner_node(str(doc.get("owner")))
         tx = self.zk.transaction()
         tx.create(f"{JOBS}/{job_id}", json.dumps(doc).encode())
         tx.create(f"{JOBS}/{job_id}/tasks", b"")
+        tx.create(f"{owner}/{job_id}", b"")
+        tx.create(f"{ACTIVE}/{job_id}", b"")
         results = tx.commit()
         for r in results:
             if isinstance(r, Exception):
                 raise r
 
-    def get_job(self, job_id: str) -> dict | None:
+    def _owner_node(self, owner: str) -> str:
+        path = f"{OWNERS}/{owner_key(owner)}"
+        try:
+            self.zk.create(path, json.dumps({"bytes": 0}).encode())
+        except NodeExistsError:
+            pass
+        return path
+
+    # -- the storage quota ---------------------------------------------------------------------
+    def usage(self, owner: str) -> int:
+        try:
+            data, _ = self.zk.get(f"{OWNERS}/{owner_key(owner)}")
+        except NoNodeError:
+            return 0
+        try:
+            return max(0, int(json.loads(data).get("bytes", 0)))
+        except (ValueError, AttributeError):
+            return 0
+
+    def add_usage(self, owner: str, delta: int) -> int:
+        path = self._owner_node(owner)
+        while True:
+            data, stat = self.zk.get(path)
+            try:
+                used = max(0, int(json.loads(data).get("bytes", 0)) + delta)
+            except (ValueError, AttributeError):
+                used = max(0, delta)
+            try:
+                self.zk.set(path, json.dumps({"bytes": used}).encode(), version=stat.version)
+                return used
+            except BadVersionError:
+                continue
+
+    # -- listing ----------------------------------------------------------------------------------
+    def page(self, owner: str | None, limit: int, cursor: str | None = None) -> tuple[list[Doc], str | None]:
+        """Up to `limit` jobs, newest first, older than `cursor` (a job id); the next cursor or None.
+        An owner's page reads that owner's index only; owner None (an admin) reads the job names."""
+        parent = JOBS if owner is None else f"{OWNERS}/{owner_key(owner)}"
+        try:
+            names = self.zk.get_children(parent)
+        except NoNodeError:
+            return [], None
+        names = sorted((n for n in names if cursor is None or n < cursor), reverse=True)
+        docs: list[Doc] = []
+        pos = 0
+        while len(docs) < limit and pos < len(names):  # tombstones (admin's listing) are skipped
+            chunk = names[pos:pos + limit - len(docs)]
+            pos += len(chunk)
+            asyncs = [self.zk.get_async(f"{JOBS}/{n}") for n in chunk]
+            for a in asyncs:
+                try:
+                    data, _ = a.get()
+                except NoNodeError:
+                    continue
+                doc = json.loads(data)
+                if not is_tombstone(doc):
+                    docs.append(doc)
+        more = pos < len(names)
+        return docs, (docs[-1]["id"] if docs and more else None)
+
+    def active(self) -> list[str]:
+        return sorted(self.zk.get_children(ACTIVE))
+
+    def job_names(self) -> list[str]:
+        return sorted(self.zk.get_children(JOBS))
+
+    def finish(self, job_id: str, **fields: Any) -> Doc:
+        """The job's last update (done or failed): its active entry goes (its task attempts stay, a
+        few small nodes, until the job is removed)."""
+        doc = self.update_job(job_id, **fields)
+        self._delete_quietly(f"{ACTIVE}/{job_id}")
+        return doc
+
+    def deactivate(self, job_id: str) -> None:
+        """Drop a stale entry of the active jobs (its job ended or is gone)."""
+        self._delete_quietly(f"{ACTIVE}/{job_id}")
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self.zk.delete(path)
+        except NoNodeError:
+            pass
+
+    def remove(self, job_id: str, owner: str | None) -> None:
+        """Forget a job entirely (its tombstone's retention is over)."""
+        if owner is not None:
+            self._delete_quietly(f"{OWNERS}/{owner_key(owner)}/{job_id}")
+        self._delete_quietly(f"{ACTIVE}/{job_id}")
+        try:
+            self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
+        except NoNodeError:
+            pass
+
+    def count_nodes(self, path: str = "/histo") -> int:
+        """Every znode under `path` (for tests and the bench: the tree stays bounded)."""
+        stat = self.zk.exists(path)
+        if stat is None:
+            return 0
+        return 1 + sum(self.count_nodes(f"{path}/{c}".replace("//", "/")) for c in self.zk.get_children(path))
+
+    def get_job(self, job_id: str) -> Doc | None:
         try:
             data, _ = self.zk.get(f"{JOBS}/{job_id}")
         except NoNodeError:
             return None
-        return json.loads(data)
+        doc: Doc = json.loads(data)
+        return doc
 
-    def update_job(self, job_id: str, **fields) -> dict:
+    def update_job(self, job_id: str, **fields: Any) -> Doc:
         """Merge `fields` into the job's document. A tombstone is never written over: the
         tombstone comes back unchanged, so a job finishing after its deletion stays deleted."""
         path = f"{JOBS}/{job_id}"
         while True:  # compare-and-set on the node version: no lost update
             data, stat = self.zk.get(path)
-            doc = json.loads(data)
+            doc: Doc = json.loads(data)
             if is_tombstone(doc):
                 return doc
             doc.update(fields)
@@ -53,15 +196,7 @@ class JobStore:
             except BadVersionError:
                 continue
 
-    def list_jobs(self) -> list[dict]:
-        out = []
-        for child in self.zk.get_children(JOBS):
-            doc = self.get_job(child)
-            if doc is not None:
-                out.append(doc)
-        return out
-
-    def put_task(self, job_id: str, n: int, doc: dict) -> None:
+    def put_task(self, job_id: str, n: int, doc: Doc) -> None:
         path = f"{JOBS}/{job_id}/tasks/{n}"
         data = json.dumps(doc).encode()
         try:
@@ -69,7 +204,7 @@ class JobStore:
         except NodeExistsError:
             self.zk.set(path, data)
 
-    def put_tasks(self, docs: dict[tuple[str, int], dict], created: set[tuple[str, int]]) -> None:
+    def put_tasks(self, docs: dict[tuple[str, int], Doc], created: set[tuple[str, int]]) -> None:
         """Write many task documents in one transaction (one ZooKeeper write, one fsync)."""
         tx = self.zk.transaction()
         for (job_id, n), doc in docs.items():
@@ -86,7 +221,7 @@ class JobStore:
                     pass  # the job was deleted meanwhile
         created.update(docs)
 
-    def get_tasks(self, job_id: str) -> dict[int, dict]:
+    def get_tasks(self, job_id: str) -> dict[int, Doc]:
         out = {}
         for child in self.zk.get_children(f"{JOBS}/{job_id}/tasks"):
             data, _ = self.zk.get(f"{JOBS}/{job_id}/tasks/{child}")
@@ -96,7 +231,7 @@ class JobStore:
     def delete_job(self, job_id: str) -> None:
         self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
 
-    def tombstone(self, job_id: str, by: str) -> tuple[dict, dict] | None:
+    def tombstone(self, job_id: str, by: str, reason: str = "deleted") -> tuple[Doc, Doc] | None:
         """Replace the job's document by a small tombstone (id, owner, when, by whom); its task nodes
         go with drop_tasks() once the job is stopped. Returns (the job as it was, the tombstone); None
         for an unknown job; for a job already deleted, (tombstone, tombstone). The tombstone lets the
@@ -111,12 +246,16 @@ class JobStore:
             if is_tombstone(doc):
                 return doc, doc
             stone = {"id": job_id, "owner": doc.get("owner"), "state": DELETED, "created": doc.get("created"),
-                     "deleted": time.time(), "deleted_by": by}
+                     "deleted": time.time(), "deleted_by": by, "reason": reason}
             try:
                 self.zk.set(path, json.dumps(stone).encode(), version=stat.version)
                 break
             except BadVersionError:
                 continue
+        # listed no more, resumed no more (the tombstone itself answers 410 until its retention ends)
+        if doc.get("owner") is not None:
+            self._delete_quietly(f"{OWNERS}/{owner_key(str(doc['owner']))}/{job_id}")
+        self._delete_quietly(f"{ACTIVE}/{job_id}")
         return doc, stone
 
     def drop_tasks(self, job_id: str, attempts: int = 20) -> None:

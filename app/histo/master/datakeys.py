@@ -1,0 +1,104 @@
+"""Per-job data keys from Vault's transit engine (`transit/datakey/plaintext/histo-store`), unwrapped
+with `transit/decrypt/histo-store`: the masters' policy allows these two calls on that key and nothing
+else, so a master can neither read the key nor encrypt or rewrap with it.
+
+The plaintext of a data key lives only in memory, in a bounded LRU cache (`cache_size` keys): while
+Vault is away, results whose key is cached are still served; anything else raises KeysUnavailable
+with the reason, which the API turns into a 503 that says why."""
+from __future__ import annotations
+
+import base64
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Protocol
+
+import requests
+from hvac import exceptions as hx
+
+from ..vault.setup import STORE_KEY, TRANSIT
+from .envelope import DataKey
+
+
+
+class KeysUnavailable(RuntimeError):
+    """No data key can be made or unwrapped right now (Vault away or refusing); the message says why."""
+
+
+class KeyService(Protocol):
+    def new_key(self) -> DataKey: ...
+    def unwrap(self, wrapped: str) -> bytes: ...
+    def forget(self, wrapped: str) -> None: ...
+
+
+class KeyCache:
+    """Unwrapped data keys by wrapped key, least recently used first out."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, wrapped: str) -> bytes | None:
+        with self._lock:
+            key = self._items.get(wrapped)
+            if key is not None:
+                self._items.move_to_end(wrapped)
+            return key
+
+    def put(self, wrapped: str, plaintext: bytes) -> None:
+        with self._lock:
+            self._items[wrapped] = plaintext
+            self._items.move_to_end(wrapped)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def drop(self, wrapped: str) -> None:
+        with self._lock:
+            self._items.pop(wrapped, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class VaultDataKeys:
+    """KeyService backed by Vault transit; `client` returns the service's current hvac client."""
+
+    def __init__(self, client: Callable[[], Any], cache_size: int = 4096, key_name: str = STORE_KEY,
+                 mount: str = TRANSIT) -> None:
+        self._client, self.key_name, self.mount = client, key_name, mount
+        self.cache = KeyCache(cache_size)
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except requests.RequestException as exc:
+            raise KeysUnavailable(f"Vault is unreachable, so data keys cannot be {what} "
+                                  f"({type(exc).__name__})") from None
+        except (hx.VaultDown, hx.InternalServerError, hx.BadGateway, hx.UnexpectedError) as exc:
+            raise KeysUnavailable(f"Vault is sealed or failing, so data keys cannot be {what} "
+                                  f"({type(exc).__name__})") from None
+        except hx.VaultError as exc:
+            raise KeysUnavailable(f"Vault refused to let data keys be {what} ({type(exc).__name__})") from None
+
+    def new_key(self) -> DataKey:
+        transit = self._client().secrets.transit
+        resp = self._call("created", lambda: transit.generate_data_key(self.key_name, key_type="plaintext", bits=256,
+                                                                       mount_point=self.mount))
+        plaintext = base64.b64decode(resp["data"]["plaintext"])
+        key = DataKey(plaintext=plaintext, wrapped=str(resp["data"]["ciphertext"]))
+        self.cache.put(key.wrapped, plaintext)
+        return key
+
+    def unwrap(self, wrapped: str) -> bytes:
+        cached = self.cache.get(wrapped)
+        if cached is not None:
+            return cached
+        transit = self._client().secrets.transit
+        resp = self._call("unwrapped", lambda: transit.decrypt_data(self.key_name, ciphertext=wrapped,
+                                                                    mount_point=self.mount))
+        plaintext = base64.b64decode(resp["data"]["plaintext"])
+        self.cache.put(wrapped, plaintext)
+        return plaintext
+
+    def forget(self, wrapped: str) -> None:
+        self.cache.drop(wrapped)
