@@ -144,7 +144,11 @@ def vault_sealed(d: Target) -> Outcome:
     if _sealed(vault) is not False:
         raise RuntimeError("Vault is not unsealed and serving: not touching it")
     vault_host = d.group("vault")[0]
-    degraded, served, unsealed = False, "not tried", False
+    # A result stored before: reading it from every master has each unwrap its data key (kept in memory).
+    job = d.upload(gray_noise(64, 48)[0])
+    result, tok = f"/api/v1/jobs/{job['id']}/result", d.api.token("uploader")
+    before = [d.api.request("GET", result, token=tok, url=u)[2] for u in d.api.urls]
+    degraded, served, told, unsealed = False, False, "not tried", False
     vault_host.run("systemctl restart openbao", timeout=60)
     sealed_at = time.time()
     try:
@@ -157,7 +161,11 @@ def vault_sealed(d: Target) -> Outcome:
                 time.sleep(0.5)
         # Long enough for every service's token check (every 5 s) to have met the sealed Vault.
         time.sleep(max(0.0, sealed_at + SEALED_AT_LEAST - time.time()))
-        served = d.upload(gray_noise(64, 48)[0])["state"]
+        # Stored results are still served; a new upload cannot be sealed without a data key: a 503 that says why.
+        served = [d.api.request("GET", result, token=tok, url=u)[2] for u in d.api.urls] == before
+        status, refused = d.api.upload(gray_noise(64, 48)[0], mode="gray", filename="drill.png",
+                                       content_type="image/png")
+        told = f"{status} {refused.get('error')}"
     finally:
         unsealed = _unseal(vault, d.cluster.state)
     sealed_for = time.time() - sealed_at
@@ -168,8 +176,9 @@ def vault_sealed(d: Target) -> Outcome:
         recovered = all(r.get("status") == "ok" for r in ready.values())
         if not recovered:
             time.sleep(0.5)
-    held = degraded and served == "done" and unsealed and recovered
+    held = degraded and served and told == "503 vault_unavailable" and unsealed and recovered
     return Outcome("Vault sealed", f"restarting {vault_host.name}'s Vault (it comes back sealed) and leaving it sealed "
                    f"for {sealed_for:.1f}s while the cluster serves",
-                   f"every master's /readyz degraded (vault): {degraded}; a job meanwhile: {served}; unsealed again: "
+                   f"every master's /readyz degraded (vault): {degraded}; a stored result served by every master: "
+                   f"{served}; a new upload: {told}; unsealed again: "
                    f"{unsealed}; every master ready again: {recovered} after {time.time() - t0:.0f}s", held)
