@@ -165,7 +165,7 @@ def test_list_jobs_is_paginated_by_owner(cluster: Cluster) -> None:
     assert seen == sorted(ids, reverse=True)  # newest first, each once, nobody else's
     status, _, raw = cluster.request("GET", "/api/v1/jobs", token=cluster.token("uploader"))
     assert status == 200 and not set(ids) & {j["id"] for j in json.loads(raw)["jobs"]}
-    for query in ("limit=0", "limit=201", "limit=two", "cursor=../../x", "cursor=" + "a" * 65):
+    for query in ("limit=0", "limit=201", "limit=two", "cursor=../../x", "cursor=", "cursor=" + "a" * 65):
         status, _, raw = cluster.request("GET", f"/api/v1/jobs?{query}", token=pager)
         assert status == 400 and json.loads(raw)["error"] == "bad_request", query
 

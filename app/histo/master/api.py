@@ -233,8 +233,8 @@ class Handlers:
                 raise ValueError
         except ValueError:
             raise json_error(400, "bad_request", f"limit must be an integer from 1 to {MAX_PAGE}") from None
-        cursor = request.query.get("cursor") or None
-        if cursor is not None and not (len(cursor) <= 64 and cursor.isalnum() and cursor.isascii()):
+        cursor = request.query.get("cursor")  # absent: the first page; present, it must be a next_cursor
+        if cursor is not None and not (0 < len(cursor) <= 64 and cursor.isalnum() and cursor.isascii()):
             raise json_error(400, "bad_request", "cursor must be the next_cursor of a previous page") from None
         owner = None if principal.role == "admin" else principal.sub
         docs, nxt = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.page, owner, limit, cursor)
