@@ -23,6 +23,27 @@ def _wait(pred, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture(autouse=True)
+def cluster_whole(cluster):
+    """Each fault starts from a whole cluster: a service an earlier disruptive test left stopped is
+    started again (as systemd would), and both masters answer ready, counting each other."""
+    for name in ("master1", "master2", "worker1", "worker2"):
+        if not cluster.pid(name):
+            cluster.restart(name)
+
+    def both_ready():
+        for u in cluster.urls:
+            try:
+                status, _, raw = cluster.request("GET", "/readyz", url=u, timeout=3)
+            except OSError:
+                return False
+            if status != 200 or json.loads(raw)["checks"]["masters"]["count"] != 2:
+                return False
+        return True
+    _wait(both_ready, 150, "both masters ready")
+    yield
+
+
 def _workers(cluster) -> set[str]:
     status, _, raw = cluster.request("GET", "/api/v1/cluster", token=cluster.token("viewer"))
     return {w["name"] for w in json.loads(raw)["workers"]} if status == 200 else set()
