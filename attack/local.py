@@ -28,6 +28,7 @@ from histo.testing.attacker import get_from, root_client, zk_client, zk_credenti
 from histo.testing.cluster import Cluster, sample_image
 from histo.vault.client import ServiceVault, VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
+from histo.vault.secretzero import unseal
 
 from . import revocation
 from .outcome import Outcome, run_drills, summary
@@ -466,9 +467,7 @@ def vault_sealed(cl: Cluster) -> Outcome:
         status, refused = cl.upload(sample_image(80, 60, "JPEG"))
         told = status == 503 and refused.get("error") == "vault_unavailable"
     finally:
-        init = json.loads((cl.root / "vault" / "init.json").read_text())
-        for key in init["keys"]:
-            root.sys.submit_unseal_key(key)
+        unseal(root, cl.root / "vault" / "init.json")
     deadline = time.time() + 40
     recovered = False
     while time.time() < deadline and not recovered:

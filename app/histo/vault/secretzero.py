@@ -98,8 +98,8 @@ def generate_root(client: hvac.Client, init_file: Path, out_file: Path) -> dict[
     finish it); HashiCorp Vault keeps the unauthenticated sys/generate-root. A half-done earlier attempt
     is cancelled first so a crashed run does not block this one."""
     keys = json.loads(init_file.read_text())["keys"]
-    base = _generation_path(client)
-    if _body(client.adapter.get(f"{base}/attempt")).get("started"):
+    base, progress = _generation_attempt(client)
+    if progress.get("started"):
         client.adapter.delete(f"{base}/attempt")
     attempt = _body(client.adapter.put(f"{base}/attempt", json={}))
     otp, nonce = str(attempt["otp"]), str(attempt["nonce"])
@@ -127,12 +127,12 @@ def _body(resp: Any) -> dict[str, Any]:
     return dict(doc["data"]) if isinstance(doc.get("data"), dict) else doc
 
 
-def _generation_path(client: hvac.Client) -> str:
+def _generation_attempt(client: hvac.Client) -> tuple[str, dict[str, Any]]:
+    """The generation endpoint this server serves, and the attempt under way there (one read)."""
     try:
-        client.adapter.get("/v1/sys/generate-root-token/attempt")
-        return "/v1/sys/generate-root-token"
+        return "/v1/sys/generate-root-token", _body(client.adapter.get("/v1/sys/generate-root-token/attempt"))
     except (InvalidPath, UnsupportedOperation):  # HashiCorp Vault
-        return "/v1/sys/generate-root"
+        return "/v1/sys/generate-root", _body(client.adapter.get("/v1/sys/generate-root/attempt"))
 
 
 def unseal(client: hvac.Client, init_file: Path) -> dict[str, Any]:
