@@ -27,12 +27,14 @@ print("# (management network) of the running machines and the cluster key; group
 print(json.dumps(doc, indent=1))
 PY
 mv "$inv/ssh.yml.tmp" "$inv/ssh.yml"
-read -r master vault <<< "$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
+read -r master vault public <<< "$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
 import sys, yaml
 inv = yaml.safe_load(open(f"inventory/{sys.argv[1]}/hosts.yml"))
 groups, port = inv["all"]["children"], inv["all"]["vars"]["histo_ports"]["vault"]
-print(",".join(f"https://{v['histo_address']}" for v in groups["masters"]["hosts"].values()),
-      next(f"https://{v['histo_address']}:{port}" for v in groups["vault"]["hosts"].values()))
+masters = [f"https://{v['histo_address']}" for v in groups["masters"]["hosts"].values()]
+floating = inv["all"]["vars"].get("histo_public_address")
+print(",".join(masters), next(f"https://{v['histo_address']}:{port}" for v in groups["vault"]["hosts"].values()),
+      f"https://{floating}" if floating and len(masters) > 1 else masters[0])
 PY
 )"
 if [ -f "$STATE/vault-init.json" ]; then
@@ -45,10 +47,10 @@ IFS=, read -r -a masters_list <<< "$master"
 for u in "${masters_list[@]}"; do urls+=(--url "$u"); done
 env_file="$STATE/env"
 .venv/bin/histo env write --out "$env_file" "${urls[@]}" --ca "$PWD/$STATE/ca.pem" \
-  --set "HISTO_PROFILE=$HISTO_PROFILE" --ttl "${HISTO_TOKEN_TTL:-1h}" \
+  --public-url "$public" --set "HISTO_PROFILE=$HISTO_PROFILE" --ttl "${HISTO_TOKEN_TTL:-1h}" \
   --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" --token-file "$STATE/issuer-token" >/dev/null
 cat <<MSG
-up: the cluster is at ${master%%,*}   (env: $env_file)
+up: the cluster is at $public   (env: $env_file)
   set -a; . $env_file; set +a
   curl --cacert "\$HISTO_CA" -H "Authorization: Bearer \$HISTO_TOKEN_UPLOADER" -F image=@photo.jpg "\$HISTO_URL/api/v1/jobs"
 MSG

@@ -144,7 +144,7 @@ def cmd_env_write(a) -> None:
         raise SystemExit("histo: env write: --set takes KEY=VALUE")
     extra = dict(kv.split("=", 1) for kv in a.set)
     write_env(Path(a.out), a.url, Path(a.ca), _vault_client(a.vault_url, a.vault_ca, a.token_file),
-              parse_duration(a.ttl), extra)
+              parse_duration(a.ttl), extra, a.public_url)
     print(json.dumps({"env": a.out}))
 
 def _read_file(path: str, what: str) -> bytes:
@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     envp = sub.add_parser("env").add_subparsers(dest="ecmd", required=True)
     s = envp.add_parser("write", help="the operator's env file (0600): URLs, CA and short-lived tokens")
     s.add_argument("--out", required=True)
-    s.add_argument("--url", action="append", required=True, help="a master's public URL (repeat; first is HISTO_URL)")
+    s.add_argument("--url", action="append", required=True, help="a master's public URL (repeat)")
+    s.add_argument("--public-url", help="the cluster's floating public URL (HISTO_URL; else the first --url)")
     s.add_argument("--ca", required=True, help="the CA bundle clients verify the masters with")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another line for the file")
     s.add_argument("--ttl", default="1h")

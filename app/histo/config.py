@@ -10,6 +10,7 @@ from .durations import parse_duration
 from .tls.identity import spiffe_id
 
 ROLES = ("master", "worker")
+PUBLIC_ADDRESS_MODES = ("keepalived", "shared")
 
 
 class ConfigError(ValueError):
@@ -84,6 +85,13 @@ class ServiceConfig:
     max_running_jobs: int = 16
     # Upload bodies of one principal read (held in memory) at once on one master (else 429).
     uploads_in_flight: int = 8
+    # The cluster's one public address (HISTO_URL), held by a healthy master (master/floating.py): ""
+    # for none. Its masters' certificates name it too. "keepalived": this master writes its state to
+    # `public_state_file` for keepalived's check (the deployed cluster, roles/keepalived); "shared":
+    # every serving master listens on it with SO_REUSEPORT (local mode, where all addresses are loopback).
+    public_address: str = ""
+    public_address_mode: str = "keepalived"
+    public_state_file: str = "/run/histo/public-state"
 
     @property
     def spiffe_id(self) -> str:
@@ -135,6 +143,10 @@ class ServiceConfig:
                 raise ConfigError(f"{name} must be a positive integer")
         if cfg.conn_per_address > cfg.conn_total or cfg.internal_conn_per_address > cfg.internal_conn_total:
             raise ConfigError("a per-address connection cap cannot exceed its total")
+        if cfg.public_address_mode not in PUBLIC_ADDRESS_MODES:
+            raise ConfigError(f"public_address_mode must be one of {PUBLIC_ADDRESS_MODES}")
+        if cfg.public_address and cfg.role != "master":
+            raise ConfigError("only a master serves the public address")
         try:
             parse_duration(cfg.cert_ttl)
         except ValueError as exc:

@@ -13,10 +13,14 @@ from .files import write_private
 ACCOUNTS = {"admin": "admin", "uploader": "alice", "viewer": "victor"}
 
 
-def render(urls: list[str], ca: Path, tokens: Mapping[str, str], extra: Mapping[str, str] | None = None) -> str:
+def render(urls: list[str], ca: Path, tokens: Mapping[str, str], extra: Mapping[str, str] | None = None,
+           public_url: str | None = None) -> str:
+    """HISTO_URL is the cluster's one public address (held by a healthy master) when it has one, else
+    the first master's; HISTO_URLS lists every master's own address."""
     if not urls:
         raise ValueError("at least one master URL is needed")
-    env = {"HISTO_URL": urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(Path(ca).resolve()), **(extra or {})}
+    env = {"HISTO_URL": public_url or urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(Path(ca).resolve()),
+           **(extra or {})}
     env.update({f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()})
     for key, value in env.items():
         if "\n" in value or "=" in key:
@@ -25,10 +29,10 @@ def render(urls: list[str], ca: Path, tokens: Mapping[str, str], extra: Mapping[
 
 
 def write_env(path: Path, urls: list[str], ca: Path, signer: Any, ttl_seconds: int,
-              extra: Mapping[str, str] | None = None) -> dict[str, str]:
+              extra: Mapping[str, str] | None = None, public_url: str | None = None) -> dict[str, str]:
     """Issue one token per account with `signer` (an hvac client holding an issuer token) and write
     the env file atomically, 0600. Returns the tokens by role."""
     tokens = {role: issue_token(signer, role=role, subject=sub, ttl_seconds=ttl_seconds)
               for role, sub in ACCOUNTS.items()}
-    write_private(Path(path), render(urls, ca, tokens, extra))
+    write_private(Path(path), render(urls, ca, tokens, extra, public_url))
     return tokens

@@ -25,6 +25,10 @@ class Listener(NamedTuple):
     port: int
     ssl_context: ssl.SSLContext
     public: bool = False  # the master's public listener (its own connection caps)
+    # The same app on a second address: a master's floating public address (master/floating.py),
+    # bound before this machine holds it (freebind) or shared with the other masters (reuse_port).
+    also: str = ""
+    also_shared: bool = False
 
 
 class Service(Protocol):
@@ -65,6 +69,10 @@ async def serve(service: Service) -> None:
             runners.append(runner)
             await CappedSite(runner, lst.address, lst.port, ssl_context=lst.ssl_context, limits=limits,
                              on_refused=report, backlog=512).start()
+            if lst.also:
+                await CappedSite(runner, lst.also, lst.port, ssl_context=lst.ssl_context, limits=limits,
+                                 on_refused=report, backlog=512, reuse_port=lst.also_shared,
+                                 freebind=not lst.also_shared).start()
         await service.started()
         await asyncio.gather(rt.upkeep(), *service.background())
     except asyncio.CancelledError:

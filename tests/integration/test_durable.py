@@ -213,3 +213,35 @@ def test_masters_may_create_and_unwrap_data_keys_and_nothing_else(cluster: Clust
         worker.client.secrets.transit.generate_data_key("histo-store", key_type="plaintext")
     with pytest.raises(Forbidden):
         worker.client.secrets.transit.decrypt_data("histo-store", ciphertext=key["ciphertext"])
+
+
+def test_storage_quota_refuses_before_anything_is_stored(cluster: Cluster) -> None:
+    """An owner whose stored jobs fill their quota gets 413 quota_exceeded with the JSON body, and
+    nothing of the refused upload is kept (no job, usage unchanged); other owners are not affected;
+    deleting a job frees its bytes and the next upload is accepted. The owner's usage is brought to
+    the edge of the quota through the same JobStore call the runner makes after storing."""
+    quota = int(cluster.config("master1").get("store_quota_bytes", 2 << 30))
+    zk = zk_client(cluster, "master1", zk_credentials(cluster, "master"))
+    try:
+        store = JobStore(zk)
+        full = issue(cluster, "uploader", "quota-full")
+        first = done(cluster, sample_image(32, 32, "PNG"), token=full)
+        used = store.usage("quota-full")
+        assert used > 0
+        store.add_usage("quota-full", quota - used - 100)  # 100 bytes left: less than any sealed upload
+        status, refused = cluster.upload(sample_image(32, 32, "PNG"), token=full)
+        assert status == 413 and refused["error"] == "quota_exceeded", refused
+        assert "quota" in refused["message"]
+        assert store.usage("quota-full") == quota - 100
+        status, _h, raw = cluster.request("GET", "/api/v1/jobs", token=full)
+        assert status == 200 and [j["id"] for j in json.loads(raw)["jobs"]] == [first]
+        status, other = cluster.upload(sample_image(32, 32, "PNG"), token=issue(cluster, "uploader", "quota-other"))
+        assert status == 202, other
+        status, _h, raw = cluster.request("DELETE", f"/api/v1/jobs/{first}", token=full)
+        assert status == 200, raw
+        store.add_usage("quota-full", -(quota - used - 100))  # what the test added goes too
+        assert store.usage("quota-full") == 0
+        assert done(cluster, sample_image(32, 32, "PNG"), token=full)
+    finally:
+        zk.stop()
+        zk.close()

@@ -65,6 +65,27 @@ def test_worker_killed_mid_job_job_completes(cluster):
     _wait(lambda: "worker1" in _workers(cluster), 30, "worker1 to rejoin")
 
 
+def test_public_address_survives_a_master(cluster):
+    """HISTO_URL (the floating public address every serving master also listens on in local mode)
+    keeps answering while a master dies: no request through it is refused, a stored result is served
+    and the job list read; the certificate it presents is valid for that address."""
+    status, doc = cluster.upload(sample_image(640, 480, "JPEG"), mode="rgb", url=cluster.public_url)
+    assert status == 202, doc
+    job = cluster.wait_job(doc["id"], timeout=60, url=cluster.public_url)
+    assert job["state"] == "done", job
+    victim = "master1"
+    os.kill(cluster.pid(victim), signal.SIGKILL)
+    answered = []
+    for _ in range(30):
+        status, _, body = cluster.request("GET", f"/api/v1/jobs/{doc['id']}/result", url=cluster.public_url,
+                                          token=cluster.token("uploader"), timeout=10)
+        answered.append(status)
+    assert answered == [200] * 30, answered
+    status, _, raw = cluster.request("GET", "/readyz", url=cluster.public_url, timeout=5)
+    assert status == 200, raw
+    cluster.restart(victim)
+
+
 def test_leader_killed_standby_takes_over(cluster):
     leader = cluster.leader()
     assert leader

@@ -103,3 +103,29 @@ def test_vault_configuration_is_idempotent(cluster):
                                        "leaf_max_ttl": "24h"})
     assert out["changed"] is False, out["changes"]
     assert set(out["role_ids"]) == {h["name"] for h in topo["hosts"]}
+
+
+def test_public_address_only_in_master_certificates(cluster):
+    """The floating public address (HISTO_URL) is named by the masters' certificates only: a
+    compromised worker cannot get a certificate for it, so even an address it steals on the network
+    (ARP, VRRP) serves nothing a client accepts; a master cannot name a third address."""
+    public = cluster.config("master1")["public_address"]
+    master = service_vault(cluster, "master1")
+    master.login()
+    bundle = master.issue_cert("60s")  # the legitimate path: its own address and the public one
+    cert = x509.load_pem_x509_certificate(bundle.cert_pem.encode())
+    ips = [str(ip) for ip in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+           .get_values_for_type(x509.IPAddress)]
+    assert ips == [cluster.config("master1")["address"], public]
+    worker = service_vault(cluster, "worker1")
+    worker.login()
+    own = cluster.config("worker1")["address"]
+    for ip_sans in (public, f"{own},{public}"):
+        with pytest.raises((Forbidden, hvac.exceptions.InvalidRequest)):
+            worker.client.write_data("pki_int/issue/host-worker1", data={
+                "common_name": "worker1.histo.internal", "ip_sans": ip_sans,
+                "uri_sans": "spiffe://histo.internal/worker/worker1"})
+    with pytest.raises((Forbidden, hvac.exceptions.InvalidRequest)):
+        master.client.write_data("pki_int/issue/host-master1", data={
+            "common_name": "master1.histo.internal", "uri_sans": "spiffe://histo.internal/master/master1",
+            "ip_sans": f"{cluster.config('master1')['address']},{cluster.config('worker1')['address']}"})

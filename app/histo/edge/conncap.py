@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,6 +28,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .middleware import CODES, SECURITY_HEADERS
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux <netinet/in.h>
 
 log = logging.getLogger("histo.conncap")
 
@@ -216,10 +219,14 @@ class CappedSite(web.TCPSite):
     """A TCPSite whose connections go through a ConnectionGate (see the module docstring)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 limits: ConnLimits, on_refused: OnRefused | None = None, backlog: int = 512) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
+                 limits: ConnLimits, on_refused: OnRefused | None = None, backlog: int = 512,
+                 reuse_port: bool = False, freebind: bool = False) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog, reuse_port=reuse_port)
         self.tls = ssl_context
         self.gate = ConnectionGate(limits, on_refused)
+        # Bind an address this machine does not hold yet (a floating address keepalived moves here
+        # later), per socket, rather than net.ipv4.ip_nonlocal_bind for the whole machine.
+        self.freebind = freebind
 
     def make_handler(self) -> JsonRequestHandler:
         server = self._runner.server
@@ -231,9 +238,20 @@ class CappedSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Gate(self), self._host, self._port, ssl=None,
-                                                backlog=self._backlog, reuse_address=self._reuse_address,
-                                                reuse_port=self._reuse_port)
+        if self.freebind:
+            sock = socket.socket(socket.AF_INET6 if ":" in str(self._host) else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                sock.bind((str(self._host), self._port))
+            except OSError:
+                sock.close()
+                raise
+            self._server = await loop.create_server(lambda: _Gate(self), sock=sock, ssl=None, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(lambda: _Gate(self), self._host, self._port, ssl=None,
+                                                    backlog=self._backlog, reuse_address=self._reuse_address,
+                                                    reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 

@@ -28,9 +28,15 @@ VAULT_PORT, ZK_PORT, PUBLIC_PORT, INTERNAL_PORT = 8200, 2281, 4443, 8443
 TOKEN_TTL = 3600
 
 
+def public_address(net: str = NET) -> str:
+    """The floating public address every serving master also listens on (master/floating.py)."""
+    return f"{net}.20"
+
+
 def topology(masters: int, workers: int, net: str = NET) -> list[dict]:
     hosts = [{"name": "zk1", "role": "zookeeper", "address": f"{net}.11"}]
-    hosts += [{"name": f"master{i}", "role": "master", "address": f"{net}.{20 + i}"} for i in range(1, masters + 1)]
+    hosts += [{"name": f"master{i}", "role": "master", "address": f"{net}.{20 + i}",
+               "public_address": public_address(net)} for i in range(1, masters + 1)]
     hosts += [{"name": f"worker{i}", "role": "worker", "address": f"{net}.{30 + i}"} for i in range(1, workers + 1)]
     return hosts
 
@@ -84,6 +90,8 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
                "vault_ca": str(bao.ca_path), "creds_dir": str(creds_for(host)), "state_dir": str(sdir),
                "zk_hosts": zk_hosts, "internal_port": INTERNAL_PORT, "public_port": PUBLIC_PORT,
                "cert_ttl": cert_ttl, "zk_session_timeout": zk_session_timeout, **(extra or {})}
+        if host.get("public_address"):
+            cfg.update(public_address=host["public_address"], public_address_mode="shared")
         (sdir / "config.json").write_text(json.dumps(cfg, indent=1))
         marker = f"--config {sdir / 'config.json'}"
         if procs.alive(sdir / "pid", marker):
@@ -96,9 +104,10 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
 
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
     wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
-    env = write_env(root, prov, urls)
+    public = f"https://{public_address(net)}:{PUBLIC_PORT}"
+    env = write_env(root, prov, urls, public)
     total = time.perf_counter() - t_start
-    _say(f"ready in {total:.1f}s — {urls[0]}  (env: {root / 'env'})")
+    _say(f"ready in {total:.1f}s — {public}  (env: {root / 'env'})")
     return {"urls": urls, "env": env, "seconds": total}
 
 
@@ -115,7 +124,7 @@ def _provisioner(root: Path, admin: hvac.Client) -> hvac.Client:
     return client
 
 
-def write_env(root: Path, prov, urls: list[str]) -> dict:
+def write_env(root: Path, prov, urls: list[str], public_url: str | None = None) -> dict:
     issuer = operator_token(prov, ISSUER_TOKEN_ROLE, "24h", "histo-local-issuer")
     write_private(root / "issuer-token", issuer + "\n")
     # `histo receipt verify --token-file .histo/local/receipt-verifier-token`: reads the receipt public keys only
@@ -123,8 +132,8 @@ def write_env(root: Path, prov, urls: list[str]) -> dict:
     write_private(root / "receipt-verifier-token", verifier + "\n")
     signer = hvac.Client(url=prov.url, verify=prov.session.verify)
     signer.token = issuer
-    tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL)
-    return {"HISTO_URL": urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),
+    tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL, public_url=public_url)
+    return {"HISTO_URL": public_url or urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),
             **{f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()}}
 
 

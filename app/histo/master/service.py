@@ -32,6 +32,7 @@ from ..edge import receipts
 from ..tls.identity import spiffe_id
 from .blobstore import BlobStore
 from .datakeys import VaultDataKeys
+from .floating import StateFile, state_of
 from .replication import MtlsTransport, Replicator
 from .runner import JobRunner, Settings
 from .scheduler import Outcome, Scheduler
@@ -67,6 +68,9 @@ class Master:
         self.election: LeaderElection | None = None
         self._task_batch: dict[tuple[str, int], dict] = {}
         self._tasks_created: set[tuple[str, int]] = set()
+        # keepalived's view of this master (master/floating.py); none in local mode or without the address
+        self.floating = (StateFile(cfg.public_state_file)
+                         if cfg.public_address and cfg.public_address_mode == "keepalived" else None)
 
     # -- events (thread-safe: kazoo callbacks run in their own threads) -----------------------
     def emit(self, kind: str, **fields) -> None:
@@ -169,7 +173,9 @@ class Master:
         self.auth = Authenticator(self, RevocationStore(zk))
         await self.loop.run_in_executor(None, self.auth.start)
         ctxs = self.rt.certs.contexts
-        return [Listener(api.build_app(self), self.cfg.address, self.cfg.public_port, ctxs.public_server),
+        return [Listener(api.build_app(self), self.cfg.address, self.cfg.public_port, ctxs.public_server,
+                         public=True, also=self.cfg.public_address,
+                         also_shared=self.cfg.public_address_mode == "shared"),
                 Listener(internal.build_app(self), self.cfg.address, self.cfg.internal_port,
                          ctxs.internal_server)]
 
@@ -187,6 +193,8 @@ class Master:
         return [self._watch_loop(), self._jobs_loop()]
 
     async def stopping(self) -> None:
+        if self.floating is not None:  # keepalived moves the public address away at its next check
+            self.floating.withdraw()
         if self.election is not None:
             self.election.stop()
         if self.client is not None:
@@ -226,6 +234,11 @@ class Master:
             except Exception:
                 self.leader = None
             await self._probe_members()
+            if self.floating is not None:
+                try:
+                    self.floating.publish(state_of(self.readiness()[0], self.is_leader))
+                except OSError as exc:
+                    log.warning("cannot publish the public address state: %s", exc)
             if self.is_leader and ticks % 3 == 0:
                 await self._collect_worker_events()
             if self.is_leader and ticks % 60 == 0:

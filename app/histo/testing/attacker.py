@@ -62,4 +62,5 @@ def get_from(cluster: Cluster, source: str, path: str, token: str,
 def service_vault(cluster: Cluster, name: str, source: str | None = None) -> ServiceVault:
     cfg = cluster.config(name)
     return ServiceVault(cfg["vault_url"], cfg["vault_ca"], host=name, role=cfg["role"],
-                        creds_dir=Path(cfg["creds_dir"]), source_address=source or cfg["address"])
+                        creds_dir=Path(cfg["creds_dir"]), source_address=source or cfg["address"],
+                        extra_ip_sans=(cfg["public_address"],) if cfg.get("public_address") else ())

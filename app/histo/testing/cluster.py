@@ -28,6 +28,13 @@ class Cluster:
 
     @property
     def url(self) -> str:
+        """The first master's own address: tests of one master's behaviour (its throttles, caps and
+        counters) must not be spread over two processes by the floating address."""
+        return self.urls[0]
+
+    @property
+    def public_url(self) -> str:
+        """HISTO_URL: the floating public address a user's client uses (master/floating.py)."""
         return self.env["HISTO_URL"]
 
     @property

@@ -78,10 +78,12 @@ def _pem_blocks(pem: str) -> list[str]:
 
 class ServiceVault:
     def __init__(self, url: str, ca_path: str, host: str, role: str, creds_dir: Path,
-                 source_address: str | None = None, trust_domain: str = TRUST_DOMAIN) -> None:
+                 source_address: str | None = None, trust_domain: str = TRUST_DOMAIN,
+                 extra_ip_sans: tuple[str, ...] = ()) -> None:
         self.url, self.ca_path, self.host, self.role = url, str(ca_path), host, role
         self.creds = Path(creds_dir)
         self.source_address, self.trust_domain = source_address, trust_domain
+        self.extra_ip_sans = extra_ip_sans  # a master's certificate also names the public address
         self.client = self._new_client()
         self._lock = threading.RLock()
         self._token_expires = 0.0
@@ -192,8 +194,9 @@ class ServiceVault:
         params = {"common_name": f"{self.host}.{self.trust_domain}", "alt_names": self.host,
                   "uri_sans": spiffe_id(self.role, self.host, self.trust_domain), "ttl": ttl,
                   "format": "pem", "private_key_format": "pkcs8"}
-        if self.source_address:
-            params["ip_sans"] = self.source_address
+        sans = [a for a in (self.source_address, *self.extra_ip_sans) if a]
+        if sans:
+            params["ip_sans"] = ",".join(sans)
         data = self._call(self.client.write_data, f"pki_int/issue/host-{self.host}", data=params)["data"]
         cert = x509.load_pem_x509_certificate(data["certificate"].encode())
         chain = [c.strip() for c in (data.get("ca_chain") or [data["issuing_ca"]])]

@@ -75,6 +75,12 @@ def host_cidr(address: str) -> str:
     return f"{ip}/{ip.max_prefixlen}"
 
 
+def host_addresses(host: dict) -> list[str]:
+    """The addresses a host's certificate may name: its own; a master's also the public (floating)
+    address, which any healthy master may hold (roles/keepalived)."""
+    return [host["address"], *([host["public_address"]] if host.get("public_address") else [])]
+
+
 def validate_spec(spec: dict) -> None:
     """Names and addresses end up inside policy HCL and PKI roles: accept only plain values."""
     td = spec.get("trust_domain", TRUST_DOMAIN)
@@ -90,10 +96,13 @@ def validate_spec(spec: dict) -> None:
             raise SetupError(f"bad or duplicate host name {name!r}")
         if role not in ROLES:
             raise SetupError(f"host {name}: role must be one of {', '.join(ROLES)}")
-        try:
-            ipaddress.ip_address(addr)
-        except ValueError:
-            raise SetupError(f"host {name}: bad address {addr!r}") from None
+        for a in (addr, *([h["public_address"]] if "public_address" in h else [])):
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise SetupError(f"host {name}: bad address {a!r}") from None
+        if "public_address" in h and role != "master":
+            raise SetupError(f"host {name}: only a master serves the public address")
         seen.add(name)
     for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl"):
         if key in spec:
@@ -270,7 +279,7 @@ class _Applier:
             self.note(f"{mount} urls")
 
     def pki_role(self, host: dict) -> None:
-        name, role, addr = host["name"], host["role"], host["address"]
+        name, role = host["name"], host["role"]
         want = {
             "key_type": "ec", "key_bits": 256,
             # exactly this host's names: FQDN and bare name, nothing below, no wildcards, no localhost
@@ -279,7 +288,7 @@ class _Applier:
             "allow_localhost": False, "allow_any_name": False, "enforce_hostnames": True,
             "cn_validations": ["hostname"],
             # OpenBao's role-level IP restriction; the host policy pins ip_sans too (defence in depth)
-            "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(addr)],
+            "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(a) for a in host_addresses(host)],
             "allowed_uri_sans": [spiffe_id(role, name, self.td)], "allowed_uri_sans_template": False,
             "allowed_other_sans": [],
             "server_flag": True, "client_flag": True, "code_signing_flag": False, "email_protection_flag": False,
@@ -406,7 +415,7 @@ path "{INT}/issue/host-{name}" {{
   allowed_parameters = {{
     "common_name" = ["{fqdn}"]
     "alt_names" = ["{name}", "{fqdn}", "{name},{fqdn}", "{fqdn},{name}", ""]
-    "ip_sans" = ["{addr}"]
+    "ip_sans" = [{", ".join(f'"{v}"' for v in dict.fromkeys([addr, ",".join(host_addresses(host))]))}]
     "uri_sans" = ["{spiffe_id(role, name, self.td)}"]
     "ttl" = []
     "format" = ["pem"]
