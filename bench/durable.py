@@ -96,9 +96,10 @@ def measure(label: str) -> dict[str, Any]:
     return out
 
 
-def baseline(rev: str) -> dict[str, Any]:
-    """This script run again on the package of revision `rev` (its cwd and PYTHONPATH point at it, so the
-    services it starts with `python -m histo.cli` run that code too)."""
+def baseline(rev: str, script: str = "durable.py") -> dict[str, Any]:
+    """`script` (of bench/) run again with `--measure REV` on the package of revision `rev` (its cwd and
+    PYTHONPATH point at it, so the services it starts with `python -m histo.cli` run that code too); what
+    it printed last, as JSON."""
     tmp = Path(tempfile.mkdtemp(prefix="histo-bench-base-"))
     raw = subprocess.run(["git", "archive", rev, "app/histo"], check=True, capture_output=True,
                          cwd=HERE.parent).stdout
@@ -106,7 +107,7 @@ def baseline(rev: str) -> dict[str, Any]:
         tar.extractall(tmp, filter="data")
     env = {**os.environ, "PYTHONPATH": str(tmp / "app")}
     try:
-        res = subprocess.run([sys.executable, str(HERE / "durable.py"), "--measure", rev], cwd=tmp / "app",
+        res = subprocess.run([sys.executable, str(HERE / script), "--measure", rev], cwd=tmp / "app",
                              env=env, check=True, capture_output=True, text=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -166,7 +166,10 @@ class Handlers:
         t1 = time.perf_counter()
         try:
             header = await asyncio.get_running_loop().run_in_executor(None, probe, data, self.m.cfg.max_pixels)
-            auth.admission.charge(principal.sub, header.pixels)
+            # Every master admits uploads and keeps its own buckets: each charges pixels x live masters, so
+            # the cluster admits at most one budget per principal however the uploads are spread.
+            budget = auth.admission.budget.capacity
+            auth.admission.charge(principal.sub, int(min(budget, header.pixels * self.m.live_masters())))
         except Refused as exc:
             raise auth.refused(request, principal, exc) from None
         except ImageError as exc:

@@ -341,6 +341,10 @@ class Master:
                 log.info("removed %s's node left by a previous process", member.name)
         return False
 
+    def live_masters(self) -> int:
+        """Masters whose process answered lately, this one included (at least 1)."""
+        return max(1, sum(1 for n in self.masters if self.is_live(n)))
+
     def is_live(self, name: str, within: float = 5.0) -> bool:
         return name == self.cfg.name or time.time() - self.live.get(name, 0.0) <= within
 
