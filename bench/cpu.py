@@ -9,19 +9,16 @@ REV` runs the same on the package of REV (the code before), in the same run. Not
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from durable import baseline  # bench/durable.py, beside this script
+from durable import arguments, baseline, up_cluster  # bench/durable.py, beside this script
 
 HERE = Path(__file__).resolve().parent
-NET = "127.0.30"
 LIMITS = {"rate_per_address": 10000.0, "burst_per_address": 20000, "uploads_per_principal": 1000.0,
           "upload_burst": 2000, "max_running_jobs": 64, "max_upload_bytes": 256 * 1024 * 1024, "job_timeout": 300.0}
 TICK = os.sysconf("SC_CLK_TCK")
@@ -51,11 +48,9 @@ def processes(root: Path) -> dict[str, int]:
 def measure(label: str) -> dict[str, Any]:
     from histo.compute.equalize import equalize_single
     from histo.local import cluster as local_cluster
-    from histo.testing.cluster import Cluster, sample_image
+    from histo.testing.cluster import sample_image
 
-    root = Path(tempfile.mkdtemp(prefix="histo-bench-cpu-"))
-    info = local_cluster.up(root / "c", masters=2, workers=2, cert_ttl="1h", net=NET, extra=LIMITS)
-    cl = Cluster(root=(root / "c").resolve(), env=info["env"])
+    root, cl = up_cluster("cpu", LIMITS)
     out: dict[str, Any] = {"label": label}
     try:
         _, _, raw = cl.request("GET", "/api/v1/cluster", token=cl.token("viewer"))
@@ -133,11 +128,7 @@ def report(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--baseline", default="", help="also measure this revision (the code before)")
-    ap.add_argument("--measure", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(HERE / "cpu.json"))
-    args = ap.parse_args()
+    args = arguments(HERE / "cpu.json")
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return

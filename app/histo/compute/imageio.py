@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from PIL import Image, ImageOps
 
@@ -101,7 +103,7 @@ def probe(data: bytes, max_pixels: int) -> Header:
     size = header_size(data, fmt)
     if size is not None:
         check_pixels(*size, max_pixels)
-    try:
+    with _client_errors(fmt):
         img = Image.open(io.BytesIO(data), formats=[fmt])
         check_pixels(*img.size, max_pixels)
         width, height = img.size
@@ -112,15 +114,25 @@ def probe(data: bytes, max_pixels: int) -> Header:
             Image.open(io.BytesIO(data), formats=[fmt]).verify()
         elif data.rfind(b"\xff\xd9") < data.find(b"\xff\xda"):  # EOI after the first SOS: not cut short
             raise ValueError("no end of image")
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(413, "too_many_pixels", "the image is too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the client's 400
-        raise ImageError(400, "bad_image", f"the {fmt} data is corrupt or truncated") from exc
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return Header(fmt, width, height, pixel_mode)
+
+
+@contextmanager
+def _client_errors(fmt: str) -> Iterator[None]:
+    """Untrusted bytes: any parser or decoder failure is the client's 400, a bomb its 413."""
+    try:
+        yield
+    except ImageError:
+        raise
+    # Pillow's own bomb guard (MAX_IMAGE_PIXELS) is a second line behind check_pixels. Its warning
+    # is only an exception where warnings are errors; we do not flip the filter with
+    # warnings.catch_warnings() because that is process-global and decode runs in thread pools.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(413, "too_many_pixels", "the image is too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure is the client's 400
+        raise ImageError(400, "bad_image", f"the {fmt} data is corrupt or truncated") from exc
 
 
 def _orientation(raw: object) -> int | None:
@@ -140,21 +152,12 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     size = header_size(data, fmt)
     if size is not None:  # refuse a bomb before Pillow allocates anything
         check_pixels(*size, max_pixels)
-    try:
+    with _client_errors(fmt):
         img = Image.open(io.BytesIO(data), formats=[fmt])
         check_pixels(*img.size, max_pixels)  # Image.open is lazy: the size is from the header only
         img.load()
         # Browsers honour the EXIF orientation and our output carries no EXIF: apply it to the pixels.
         ImageOps.exif_transpose(img, in_place=True)
-    except ImageError:
-        raise
-    # Pillow's own bomb guard (MAX_IMAGE_PIXELS) is a second line behind check_pixels. Its warning
-    # is only an exception where warnings are errors; we do not flip the filter with
-    # warnings.catch_warnings() because that is process-global and decode runs in thread pools.
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(413, "too_many_pixels", "the image is too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoder failure is the client's 400
-        raise ImageError(400, "bad_image", f"the {fmt} data is corrupt or truncated") from exc
     return img, fmt
 
 
