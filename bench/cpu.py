@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 LIMITS = {"rate_per_address": 10000.0, "burst_per_address": 20000, "uploads_per_principal": 1000.0,
           "upload_burst": 2000, "max_running_jobs": 64, "max_upload_bytes": 256 * 1024 * 1024, "job_timeout": 300.0}
 TICK = os.sysconf("SC_CLK_TCK")
-SIZES = ((1024, 10), (4096, 3))  # (side, jobs) of the JPEG sent one at a time
+SIZES = ((1024, 20), (4096, 4))  # (side, jobs) of the JPEG sent one at a time
+IDLE_S = 5.0  # seconds of no job, to tell each process's background CPU from its CPU per job
 
 
 def cpu_s(pid: int) -> float:
@@ -59,6 +60,12 @@ def measure(label: str) -> dict[str, Any]:
         standby = next(m for m in view["masters"] if m["name"] != leader)
         url = next(u for u in cl.urls if cl.config(standby["name"])["address"] in u)
         procs = processes(cl.root)
+        time.sleep(2.0)  # start-up upkeep (repair pass, first probes) out of the way
+        idle0, t_idle = {n: cpu_s(p) for n, p in procs.items()}, time.perf_counter()
+        time.sleep(IDLE_S)
+        idle_span = time.perf_counter() - t_idle
+        idle = {n: (cpu_s(p) - idle0[n]) / idle_span for n, p in procs.items()}  # CPU s per s, no job running
+        out["idle_cpu_per_s"] = idle
 
         def job(data: bytes) -> None:
             status, doc = cl.upload(data, url=url)
@@ -81,13 +88,12 @@ def measure(label: str) -> dict[str, Any]:
                 job(data)
             wall = (time.perf_counter() - t) / jobs
             per = {n: (cpu_s(p) - before[n]) / jobs for n, p in procs.items()}
-            roles = {"leader": per.get(leader, 0.0), "standby": per.get(standby["name"], 0.0),
-                     "workers": sum(v for n, v in per.items() if n.startswith("worker")),
-                     "zookeeper": sum(v for n, v in per.items() if n.startswith("zk")),
-                     "openbao": sum(v for n, v in per.items() if "bao" in n)}
-            roles["total"] = sum(per.values())
+            # net of what each process spends with no job at all (probes, upkeep, ZooKeeper's own ticks)
+            net = {n: max(0.0, v - idle[n] * wall) for n, v in per.items()}
+            roles = by_role(per, leader, standby["name"])
             out[f"jpeg_{side}"] = {"bytes": len(data), "single_process_cpu_s": single, "wall_s": wall,
                                    "per_process_cpu_s": per, "cpu_s": roles,
+                                   "net_of_idle_cpu_s": by_role(net, leader, standby["name"]),
                                    "leader_share_of_single": roles["leader"] / single,
                                    "total_over_single": roles["total"] / single,
                                    "scale_out_ceiling_workers": single / max(roles["leader"], 1e-9)}
@@ -95,6 +101,15 @@ def measure(label: str) -> dict[str, Any]:
     finally:
         local_cluster.down(root / "c")
     return out
+
+
+def by_role(per: dict[str, float], leader: str, standby: str) -> dict[str, float]:
+    roles = {"leader": per.get(leader, 0.0), "standby": per.get(standby, 0.0),
+             "workers": sum(v for n, v in per.items() if n.startswith("worker")),
+             "zookeeper": sum(v for n, v in per.items() if n.startswith("zk")),
+             "openbao": sum(v for n, v in per.items() if "bao" in n)}
+    roles["total"] = sum(per.values())
+    return roles
 
 
 def throughput(data: bytes, job: Any, single: Any, jobs: int = 40, clients: int = 8) -> dict[str, Any]:
@@ -115,10 +130,10 @@ def report(r: dict[str, Any]) -> None:
         m = r.get(label)
         if not m:
             continue
-        print(f"\n{label} ({m['label']}): CPU ms per job, sent to the standby")
+        print(f"\n{label} ({m['label']}): CPU ms per job, sent to the standby (net of idle in brackets)")
         for key in ("jpeg_1024", "jpeg_4096"):
             e = m[key]
-            cells = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in e["cpu_s"].items())
+            cells = ", ".join(f"{k} {v * 1e3:.0f} ({e['net_of_idle_cpu_s'][k] * 1e3:.0f})" for k, v in e["cpu_s"].items())
             print(f"  {key}: {cells}; one process {e['single_process_cpu_s'] * 1e3:.0f}; leader x"
                   f"{e['leader_share_of_single']:.2f}, total x{e['total_over_single']:.2f} of one process; "
                   f"scale-out ceiling {e['scale_out_ceiling_workers']:.1f} workers; wall {e['wall_s'] * 1e3:.0f} ms")
