@@ -133,7 +133,8 @@ def report(r: dict[str, Any]) -> None:
         print(f"\n{label} ({m['label']}): CPU ms per job, sent to the standby (net of idle in brackets)")
         for key in ("jpeg_1024", "jpeg_4096"):
             e = m[key]
-            cells = ", ".join(f"{k} {v * 1e3:.0f} ({e['net_of_idle_cpu_s'][k] * 1e3:.0f})" for k, v in e["cpu_s"].items())
+            net = e["net_of_idle_cpu_s"]
+            cells = ", ".join(f"{k} {v * 1e3:.0f} ({net[k] * 1e3:.0f})" for k, v in e["cpu_s"].items())
             print(f"  {key}: {cells}; one process {e['single_process_cpu_s'] * 1e3:.0f}; leader x"
                   f"{e['leader_share_of_single']:.2f}, total x{e['total_over_single']:.2f} of one process; "
                   f"scale-out ceiling {e['scale_out_ceiling_workers']:.1f} workers; wall {e['wall_s'] * 1e3:.0f} ms")
