@@ -10,9 +10,10 @@ from . import equalize, frame
 from .imageio import ImageError, decode
 from .plot import plot_histograms
 
-# Bytes per pixel a job holds at its peak on a worker (decoded RGB, its YCbCr planes, the output):
-# what a worker's memory budget charges for a job (worker/admission.py).
-PEAK_BYTES_PER_PIXEL = 7
+# Bytes per pixel a job holds at its peak on a worker, `luma` the worst mode: while the output is built,
+# the held Y, Cb, Cr (3) + the equalized Y (1) + the merged YCbCr (3) + its RGB (3); while preparing,
+# the decoded RGB (3) + its YCbCr (3) + the split planes (3). What the budget charges (worker/admission.py).
+PEAK_BYTES_PER_PIXEL = 10
 HELD_BYTES_PER_PIXEL = 3  # what stays held between the two steps (the work image and the chroma planes)
 
 
