@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def measure(label: str) -> dict[str, Any]:
         out["throughput"] = throughput(sample_image(1024, 1024, "JPEG"), job, equalize_single)
     finally:
         local_cluster.down(root / "c")
+        shutil.rmtree(root, ignore_errors=True)  # its env file, tokens and keys go with it
     return out
 
 
