@@ -84,6 +84,7 @@ class ServiceVault:
         self.source_address, self.trust_domain = source_address, trust_domain
         self.client = self._new_client()
         self._lock = threading.RLock()
+        self.lock = self._lock  # shared with vault/secretid.py: one Vault conversation at a time
         self._token_expires = 0.0
         self._login_ttl = 0  # the token's full life at login: renewal thresholds are fractions of it
 
@@ -109,6 +110,8 @@ class ServiceVault:
             raise VaultAuthError(f"Vault refused: {_reason(exc)}") from None
         except hx.VaultError as exc:
             raise VaultAuthError(f"Vault error: {_reason(exc)}") from None
+
+    call = _call  # the same error mapping for the modules beside this one (secretid.py)
 
     # -- login ----------------------------------------------------------------------------------
     def _read_cred(self, name: str) -> str:
