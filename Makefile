@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HISTO := $(VENV)/bin/histo
+LIFETIMES ?= standard
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 PYTEST_FLAGS ?= -q -ra --timeout=600
 DEPLOY_PY := .venv-deploy/bin/python
@@ -87,8 +88,8 @@ deploy-test: ## the acceptance tests against the running cluster (tests/deploy)
 	$(DEPLOY_PY) -m pytest -p no:cacheprovider tests/deploy -q -ra --timeout=900
 
 # -- local mode --------------------------------------------------------------------------------------
-local: bootstrap ## OpenBao, ZooKeeper, 2 masters and 2 workers as processes on loopback
-	$(HISTO) local up
+local: bootstrap ## OpenBao, ZooKeeper, 2 masters and 2 workers on loopback (LIFETIMES=compressed: every credential in minutes)
+	$(HISTO) local up --lifetimes $(LIFETIMES)
 
 local-down: ## stop the local cluster
 	@if [ -x $(HISTO) ]; then $(HISTO) local down; else echo "histo local: nothing to stop"; fi
