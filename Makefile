@@ -13,7 +13,7 @@ DEPLOY_PY := .venv-deploy/bin/python
 ROLE ?=
 
 .PHONY: help bootstrap venv check test test-python test-unit test-integration lint lint-python deploy-lint molecule \
-        molecule-clean test-cluster up down provision deploy-test local local-down local-status bench \
+        molecule-clean test-cluster up down provision deploy-test local local-down local-status bench soak \
         attack clean
 
 help: ## this list
@@ -96,6 +96,9 @@ local-down: ## stop the local cluster
 
 local-status: ## the local cluster's processes
 	$(HISTO) local status
+
+soak: bootstrap ## 20 minutes of load through compressed lifetimes, kills and outages (bench/soak.py; not in make test)
+	flock /tmp/histo-loopback.lock $(PY) bench/soak.py --minutes $(or $(SOAK_MINUTES),20)
 
 bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them)
 	$(PY) bench/run.py

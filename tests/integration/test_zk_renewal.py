@@ -17,11 +17,11 @@ from kazoo.client import KazooClient
 
 from histo.files import private_dir, write_private
 from histo.local.zkserver import ZkServer
-from histo.vault.client import ServiceVault
+from histo.vault.client import ServiceVault, VaultUnavailable
 from histo.vault.secretid import SecretIdKeeper
 from histo.zk.client import connect
 from histo.zk.prepare import host_vault, prepare
-from histo.zk.renew import ZkRenewer, cert_window, process_restart, ruok
+from histo.zk.renew import ZkRenewer, cert_window, process_restart, renewer, ruok
 
 from .vaultfix import configure, provisioned_service, provision, running_bao
 
@@ -87,8 +87,9 @@ def test_rolling_restart_renews_every_certificate_and_keeps_the_session(ensemble
     first_quorum = [cert_window(zk.dir / "conf" / "quorum.pem") for zk in servers]
     session = client.client_id[0]
     client.create("/renewal-probe", b"", ephemeral=True)
-    renewers = [ZkRenewer(zk, SecretIdKeeper(host_vault(json.loads(p.read_text()))), process_restart(p), slot=SLOT)
-                for zk, p in zip(servers, ensemble["configs"])]
+    renewers = [renewer(p, process_restart(p)) for p in ensemble["configs"]]
+    for r in renewers:
+        r.slot = SLOT
     stop = threading.Event()
     errors: list[str] = []
 
@@ -156,3 +157,27 @@ def test_a_server_does_not_restart_while_a_peer_is_down(ensemble: dict[str, Any]
     while not ruok(zr1, zr3.address, ZK_PORT) and time.time() < deadline:
         time.sleep(0.5)
     assert renewer.once(now=in_slot)["restarted"] is True and restarted == [1]  # the same pass, peer back
+
+
+def test_vault_away_at_the_renewal_moment_leaves_the_server_serving(ensemble: dict[str, Any]) -> None:
+    """Sealed Vault: the pass fails before anything is stopped; a start meanwhile (zk-prepare) goes on
+    with the valid certificates it has; after unsealing the pass renews."""
+    zr1, config = ensemble["servers"][0], ensemble["configs"][0]
+    restarted: list[int] = []
+    r = renewer(config, lambda: restarted.append(1))
+    r.slot = SLOT
+    expiry = cert_window(zr1.dir / "conf" / "server.pem").not_after
+    in_slot = (int(expiry // (SLOT * 3)) + 1) * 3 * SLOT + 0.5
+    prepare(config)  # fresh files (no renewer ran since the first test), so they are valid throughout
+    before = (zr1.dir / "conf" / "server.pem").read_text()
+    ensemble["bao"].seal()
+    try:
+        with pytest.raises(VaultUnavailable):
+            r.once(now=in_slot)
+        assert not restarted and ruok(zr1, zr1.address, ZK_PORT)
+        prepare(config)  # ExecStartPre with Vault away: the current, valid certificates stay
+        assert (zr1.dir / "conf" / "server.pem").read_text() == before
+    finally:
+        ensemble["bao"].unseal()
+    assert r.once(now=in_slot)["restarted"] is True and restarted == [1]
+    assert (zr1.dir / "conf" / "server.pem").read_text() != before  # issued before the restart

@@ -4,15 +4,18 @@ every start (`histo zk-prepare`, ExecStartPre on machines), so a restart gets a 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any, cast
 
-from ..vault.client import ServiceVault
+from ..vault.client import ServiceVault, VaultUnavailable
 from ..vault.setup import QUORUM
 from .config import ZkConfig
 
 # ZooKeeper 3.8.0 does not reload its client-port certificate: renewed by a restart (zk/renew.py).
 ZK_CERT_TTL = "24h"
+log = logging.getLogger("histo.zk.prepare")
 
 
 def quorum_identity(vault: ServiceVault, ttl: str = ZK_CERT_TTL) -> tuple[str, str, str]:
@@ -45,7 +48,21 @@ def prepare(config_path: Path) -> None:
     """Deployment entry point. The JSON config names the host, Vault, and the ensemble."""
     cfg = json.loads(config_path.read_text())
     zk = ZkConfig.from_json(cfg)
-    _write_from_vault(zk, host_vault(cfg), str(cfg.get("cert_ttl") or ZK_CERT_TTL))
+    try:
+        _write_from_vault(zk, host_vault(cfg), str(cfg.get("cert_ttl") or ZK_CERT_TTL))
+    except VaultUnavailable:
+        # A start while Vault is away (a reboot, a restart racing an outage) goes on with the
+        # certificates it has while they are valid; the renewer replaces them once Vault is back.
+        if not _still_valid(zk):
+            raise
+        log.warning("Vault unavailable: ZooKeeper starts on its current certificates")
+
+
+def _still_valid(zk: ZkConfig, now: float | None = None) -> bool:
+    from .renew import windows
+    now = time.time() if now is None else now
+    found = windows(zk)
+    return bool(found) and zk.cfg_path.exists() and all(w.not_after > now + 60 for w in found)
 
 
 def host_vault(cfg: dict[str, Any]) -> ServiceVault:

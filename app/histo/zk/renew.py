@@ -118,8 +118,12 @@ class ZkRenewer:
     every other server serving, a restart through `restart` when a certificate passed 2/3 of its life."""
 
     def __init__(self, zk: ZkConfig, keeper: SecretIdKeeper, restart: Callable[[], None],
-                 slot: float = 30.0, fraction: float = RENEW_FRACTION) -> None:
+                 slot: float = 30.0, fraction: float = RENEW_FRACTION,
+                 prepare: Callable[[], None] | None = None) -> None:
         self.zk, self.keeper, self.restart = zk, keeper, restart
+        # the new certificates are issued while the server still runs: with Vault away the pass fails
+        # here and the server keeps serving on its current ones (never stopped without a successor)
+        self.prepare = prepare or (lambda: None)
         self.slot, self.fraction = slot, fraction
         self.restarts = 0
         self.restarted_at: list[float] = []
@@ -134,6 +138,7 @@ class ZkRenewer:
         if may_restart(self.zk, now, self.slot, self.fraction):
             log.info("ZooKeeper certificate past %.0f%% of its life: restarting server %d to renew it",
                      100 * self.fraction, self.zk.server_id)
+            self.prepare()
             self.restart()
             self.restarts += 1
             self.restarted_at.append(now)
@@ -151,14 +156,12 @@ def systemd_restart(unit: str = "histo-zookeeper") -> Callable[[], None]:
 
 
 def process_restart(config_path: Path) -> Callable[[], None]:
-    """Local mode and the tests: the server process by its pid file, prepared the same way."""
+    """Local mode and the tests: the server process by its pid file (already prepared by the pass)."""
     from ..local.zkserver import ZkServer
-    from .prepare import prepare
 
     def restart() -> None:
         server = ZkServer.from_json(_json(config_path))
         server.stop()
-        prepare(config_path)
         server.start()
     return restart
 
@@ -172,10 +175,10 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def renewer(config_path: Path, restart: Callable[[], None]) -> ZkRenewer:
-    from .prepare import host_vault
+    from .prepare import host_vault, prepare
     cfg = _json(config_path)
     return ZkRenewer(ZkConfig.from_json(cfg), SecretIdKeeper(host_vault(cfg)), restart,
-                     slot=float(cfg.get("renew_slot", 30.0)))
+                     slot=float(cfg.get("renew_slot", 30.0)), prepare=lambda: prepare(config_path))
 
 
 def run(config_path: Path, restart: Callable[[], None], interval: float | None) -> None:
