@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from hvac import exceptions as hx
@@ -14,6 +14,7 @@ from histo.vault.client import VaultAuthError, VaultUnavailable
 from histo.local.bao import BaoServer
 from histo.vault.secretid import SecretIdInfo, SecretIdKeeper
 
+from .test_secret_zero import _until
 from .vaultfix import configure, default_hosts, provisioned_service, running_bao, service_vault
 
 HOSTS = {h["name"]: h for h in default_hosts()}
@@ -34,15 +35,6 @@ Vault = tuple[BaoServer, dict[str, str], Path]
 def _info(keeper: SecretIdKeeper) -> SecretIdInfo:
     assert keeper.info is not None
     return keeper.info
-
-
-def _until(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.5)
-    return pred()
 
 
 def test_renews_before_expiry_and_outlives_the_first_secret_id(vault: Vault) -> None:
