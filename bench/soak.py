@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--state", default=".histo/soak")
     ap.add_argument("--out", default=str(HERE / "soak.json"))
     a = ap.parse_args()
-    root = Path(a.state)
+    root = Path(a.state).resolve()  # the same absolute paths as up() (Vault renders its audit path from them)
     try:
         result = soak(a.minutes, root)
     finally:
