@@ -181,8 +181,7 @@ def cmd_receipt_verify(a) -> None:
         kid = receipts.kid_of(jws)
         if a.public_key:
             text = _read_file(a.public_key, "public key").decode("utf-8", "replace")
-            # a JSON map kid -> PEM (what `histo receipt keys` prints), or one PEM for the kid the receipt names
-            keys = json.loads(text) if text.lstrip().startswith("{") else {kid: text}
+            keys = receipts.load_keys(text, kid)
         else:
             keys = _receipt_keys(a)
         claims = receipts.verify(jws, keys)
@@ -333,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masters", type=int, required=True)
     s.add_argument("--timeout", type=float, default=120.0)
     s.set_defaults(fn=cmd_wait_ready)
+
+    from .client.commands import register as user_commands
+    user_commands(sub)  # login, upload, jobs, get, verify
 
     s = sub.add_parser("local")
     s.add_argument("action", choices=("up", "down", "status"))

@@ -160,6 +160,46 @@ def _job_get(summary: str, op_id: str, content: dict[str, Any], vault_503: bool 
                         "409": _err("the job has not finished (or failed)"), **errors}}}
 
 
+def _signin_paths() -> dict[str, Any]:
+    """Sign-in (master/signin.py) and the receipt keys (master/receiptkeys.py): no bearer token."""
+    token = {"type": "object", "required": ["access_token", "token_type", "expires_in", "sub", "role"],
+             "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+                            "expires_in": {"type": "integer"}, "sub": {"type": "string"},
+                            "role": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}
+    form = {"type": "object", "required": ["grant_type"], "properties": {
+        "grant_type": {"type": "string", "enum": ["authorization_code", "client_credentials"]},
+        "code": {"type": "string"}, "code_verifier": {"type": "string"}, "redirect_uri": {"type": "string"},
+        "nonce": {"type": "string"}, "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+        "scope": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}
+    return {
+        "/api/v1/signin": {"get": {
+            "summary": "what a client needs to start a sign-in at OpenBao (authorize URL, client id, scope)",
+            "operationId": "getSignin", "tags": ["security"], "security": [],
+            "responses": {"200": _json("ok", {"type": "object"}),
+                          "503": _err("sign-in unavailable (Vault away)", "Retry-After")}}},
+        "/api/v1/oauth/token": {"post": {
+            "summary": "a histo API token for a person (authorization code + PKCE, redeemed at OpenBao) or a "
+                       "script (client credentials; scope = the role asked for)",
+            "operationId": "oauthToken", "tags": ["security"], "security": [],
+            "requestBody": {"required": True,
+                            "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+            "responses": {"200": _json("signed in", token),
+                          "400": _err("bad form, unknown grant, or the provider refused the code or verifier"),
+                          "401": _err("bad client credentials, or the ID token does not verify"),
+                          "403": _err("no histo group (no_histo_role), or a scope the client lacks"),
+                          "429": _err("rate limited or throttled", "Retry-After"),
+                          "503": _err("sign-in unavailable (Vault away)", "Retry-After")}}},
+        "/api/v1/receipts/keys": {"get": {
+            "summary": "the public keys of every version of the receipt key (kid -> PEM), to verify offline",
+            "operationId": "getReceiptKeys", "tags": ["security"], "security": [],
+            "responses": {"200": _json("ok", {"type": "object", "required": ["key", "keys"], "properties": {
+                "key": {"const": "histo-receipts"},
+                "keys": {"type": "object", "additionalProperties": {"type": "string"}}}}),
+                "429": _err("rate limited or throttled", "Retry-After"),
+                "503": _err("Vault away and no key cached", "Retry-After")}}},
+    }
+
+
 def _paths() -> dict[str, Any]:
     health = {"content": {"application/json": {"schema": _ref("Health")}}}
     return {
@@ -238,6 +278,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/cluster": {"get": {"summary": "nodes, leader, certificate expiries (viewer, admin)",
                                     "operationId": "getCluster", "tags": ["cluster"], "security": BEARER,
                                     "responses": {"200": _json("ok", _ref("Cluster")), **AUTH_ERRORS}}},
+        **_signin_paths(),
         "/api/v1/tokens/revoke": {"post": {
             "summary": "revoke a token by its jti, on every master (admin)", "operationId": "revokeToken",
             "tags": ["security"], "security": BEARER,

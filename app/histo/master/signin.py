@@ -20,6 +20,7 @@ from ..edge.middleware import json_error
 from ..edge.oidc import Identity, RelyingParty, SignInError
 from ..edge.tokens import issue_token
 from ..vault import people
+from . import receiptkeys
 
 if TYPE_CHECKING:
     from .auth import Authenticator
@@ -142,6 +143,7 @@ class SignIn:
 
 
 def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
+    receiptkeys.add_routes(app, master, prefix)
     s = SignIn(master)
     app.router.add_get(prefix + "/api/v1/signin", s.config)
     app.router.add_post(prefix + "/api/v1/oauth/token", s.token)

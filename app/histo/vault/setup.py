@@ -436,7 +436,8 @@ path "{INT}/cert/ca_chain" {{
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
         if role == "master":  # public keys only, to verify API tokens; receipts: sign (ES256, JWS) only
-            rules += f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
+            rules += "".join(f'path "{TRANSIT}/keys/{key}" {{\n  capabilities = ["read"]\n}}\n'
+                             for key in (TOKEN_KEY, RECEIPT_KEY))  # public keys (receipts: GET /api/v1/receipts/keys)
             # receipts; and, for sign-in (OIDC, client credentials), the master's own API tokens
             rules += "".join(f'path "{TRANSIT}/sign/{key}" {{\n  capabilities = ["update"]\n'
                              f'  required_parameters = ["hash_algorithm", "marshaling_algorithm"]\n'
