@@ -4,7 +4,10 @@ path it is a variant of."""
 from __future__ import annotations
 
 import base64
+import http.client
+import itertools
 import json
+import ssl
 import time
 import urllib.parse
 from typing import Any, Callable, Iterator
@@ -36,10 +39,28 @@ def _code(cluster: Cluster, idp: dict[str, Any], name: str = "bob",
     return attempt, status, answer
 
 
+_SOURCES = itertools.cycle(f"127.0.20.{n}" for n in range(100, 200))
+
+
+def _call(cluster: Cluster, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+          url: str | None = None) -> tuple[int, bytes]:
+    """From a loopback source address of its own each time: the refusals these tests provoke count as
+    authentication failures, and must not throttle the address every other test uses."""
+    host, port = (url or cluster.url).split("//")[1].split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cluster.ca),
+                                       source_address=(next(_SOURCES), 0), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 def _redeem(cluster: Cluster, form: dict[str, str], url: str | None = None) -> tuple[int, dict[str, Any]]:
     body = urllib.parse.urlencode(form).encode()
-    status, _, raw = cluster.request("POST", "/api/v1/oauth/token", body=body, url=url,
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, raw = _call(cluster, "POST", "/api/v1/oauth/token", body, url=url,
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
     answer: dict[str, Any] = json.loads(raw)
     return status, answer
 
@@ -125,8 +146,7 @@ def test_state_mismatch_is_refused_by_the_client(cluster: Cluster, idp: dict[str
 def test_unknown_grant_and_bad_input_are_400s(cluster: Cluster) -> None:
     status, body = _redeem(cluster, {"grant_type": "password", "username": "bob"})
     assert status == 400 and body["error"] == "unsupported_grant_type"
-    status, _, raw = cluster.request("POST", "/api/v1/oauth/token", body=b"{}",
-                                     headers={"Content-Type": "application/json"})
+    status, raw = _call(cluster, "POST", "/api/v1/oauth/token", b"{}", {"Content-Type": "application/json"})
     assert status == 400 and json.loads(raw)["error"] == "invalid_request"
     status, body = _redeem(cluster, {"grant_type": "authorization_code", "code": "x"})
     assert status == 400 and body["error"] == "invalid_request"
@@ -216,9 +236,8 @@ def test_client_credentials_grant_its_scopes_only(cluster: Cluster) -> None:
     status, body = _redeem(cluster, {"grant_type": "client_credentials", **ci, "scope": "admin"})
     assert status == 403 and body["error"] == "insufficient_scope", body
     basic = base64.b64encode(f"{ci['client_id']}:{ci['client_secret']}".encode()).decode()
-    status, _, raw = cluster.request("POST", "/api/v1/oauth/token", body=b"grant_type=client_credentials&scope=viewer",
-                                     headers={"Content-Type": "application/x-www-form-urlencoded",
-                                              "Authorization": f"Basic {basic}"})
+    status, raw = _call(cluster, "POST", "/api/v1/oauth/token", b"grant_type=client_credentials&scope=viewer",
+                        {"Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Basic {basic}"})
     assert status == 200 and json.loads(raw)["role"] == "viewer"
 
 
@@ -232,3 +251,25 @@ def test_client_credentials_with_a_wrong_secret_is_refused(cluster: Cluster) -> 
 def test_passwords_and_client_secrets_are_private_files(cluster: Cluster) -> None:
     for f in (cluster.root / "people").iterdir():
         assert f.stat().st_mode & 0o077 == 0, f
+
+
+def test_sign_out_revokes_the_token_everywhere(cluster: Cluster, idp: dict[str, Any]) -> None:
+    attempt, _, answer = _code(cluster, idp, "bob")
+    status, body = _redeem(cluster, attempt.token_form(attempt.code_from(answer)))
+    token = body["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert _call(cluster, "GET", "/api/v1/jobs", headers=bearer)[0] == 200
+    assert _call(cluster, "POST", "/api/v1/signout", headers=bearer)[0] == 200
+    assert _call(cluster, "GET", "/api/v1/jobs", headers=bearer)[0] == 401
+    deadline = time.monotonic() + 10  # the other master learns it through ZooKeeper within seconds
+    while _call(cluster, "GET", "/api/v1/jobs", headers=bearer, url=cluster.urls[-1])[0] != 401:
+        assert time.monotonic() < deadline, "the other master still accepts a signed-out token"
+        time.sleep(0.2)
+    assert _call(cluster, "POST", "/api/v1/signout")[0] == 401  # nothing to sign out without a token
+
+
+def test_receipt_keys_are_public(cluster: Cluster) -> None:
+    status, raw = _call(cluster, "GET", "/api/v1/receipts/keys")
+    keys = json.loads(raw)["keys"]
+    assert status == 200 and keys and all(k.startswith("histo-receipts:") for k in keys)
+    assert all("BEGIN PUBLIC KEY" in pem and "PRIVATE" not in pem for pem in keys.values())

@@ -189,6 +189,12 @@ def _signin_paths() -> dict[str, Any]:
                           "403": _err("no histo group (no_histo_role), or a scope the client lacks"),
                           "429": _err("rate limited or throttled", "Retry-After"),
                           "503": _err("sign-in unavailable (Vault away)", "Retry-After")}}},
+        "/api/v1/signout": {"post": {
+            "summary": "sign out: the caller's own token is revoked on every master (any role)",
+            "operationId": "signOut", "tags": ["security"], "security": BEARER,
+            "responses": {"200": _json("revoked", {"type": "object", "required": ["revoked"],
+                                                   "properties": {"revoked": {"type": "string"}}}),
+                          **AUTH_ERRORS}}},
         "/api/v1/receipts/keys": {"get": {
             "summary": "the public keys of every version of the receipt key (kid -> PEM), to verify offline",
             "operationId": "getReceiptKeys", "tags": ["security"], "security": [],

@@ -1,6 +1,7 @@
 """Sign-in routes of the master (edge/oidc.py is the logic):
 
   GET  /api/v1/signin          what a browser or `histo login` needs to start (public, nothing secret)
+  POST /api/v1/signout         the caller's token revoked on every master (Sign out)
   POST /api/v1/oauth/token     form: grant_type=authorization_code (code, code_verifier, redirect_uri,
                                nonce) or grant_type=client_credentials (client_id, client_secret or
                                HTTP Basic, scope = a histo role); answers a histo API token
@@ -138,6 +139,14 @@ class SignIn:
                                   "sub": who.sub, "role": who.role},
                                  headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
+    async def signout(self, request: web.Request) -> web.Response:
+        """Sign out: the caller's own token is revoked on every master (any role may end its own)."""
+        principal = await self.auth.require(request, ("uploader", "viewer", "admin"))
+        await asyncio.get_running_loop().run_in_executor(None, self.auth.revoke, principal.jti, principal.exp)
+        self.m.audit_decision(principal, request, "sign out", True, f"jti {principal.jti}")
+        self.m.emit("signed_out", severity="info", who=principal.sub)
+        return web.json_response({"revoked": principal.jti})
+
     def _issue(self, who: Identity) -> str:
         return issue_token(self.m.rt.vault.client, role=who.role, subject=who.sub, ttl_seconds=TOKEN_TTL)
 
@@ -147,3 +156,4 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
     s = SignIn(master)
     app.router.add_get(prefix + "/api/v1/signin", s.config)
     app.router.add_post(prefix + "/api/v1/oauth/token", s.token)
+    app.router.add_post(prefix + "/api/v1/signout", s.signout)

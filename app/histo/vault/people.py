@@ -141,7 +141,12 @@ class _People:
 
     def run(self) -> dict[str, Any]:
         self.a.auth_method(USERPASS, "userpass")
-        accessor = self.c.sys.list_auth_methods()["data"][f"{USERPASS}/"]["accessor"]
+        mount = self.c.sys.list_auth_methods()["data"][f"{USERPASS}/"]
+        accessor = mount["accessor"]
+        if (mount.get("config") or {}).get("listing_visibility") != "unauth":
+            # OpenBao's sign-in page then offers username and password first (not a Vault token)
+            self.c.write_data(f"sys/auth/{USERPASS}/tune", data={"listing_visibility": "unauth"})
+            self.a.note("userpass on the sign-in page")
         members: dict[str, list[str]] = {r: [] for r in ROLES}
         entities = []
         for p in self.spec.get("people") or []:
