@@ -9,7 +9,8 @@ spec["oidc"] (absent: nothing of this is configured):
   people           [{"name": "alice", "groups": ["uploader"]}]; groups among uploader, viewer, admin
                    (none: the person signs in and histo refuses, with the reason)
   machine_clients  [{"name": "ci", "roles": ["uploader"]}]: the roles a script may ask for
-  secrets_dir      where a new person's password and a machine client's secret are written (0600)
+  secrets_dir      where a new person's password and a machine client's secret are written (0600),
+                   and `accounts` (name, groups, password file per line, in the spec's order)
 
 Passwords are generated here, on the controller, written to `secrets_dir/<name>.password` and given
 to Vault in the body of one API call: never on a command line. An existing account keeps its
@@ -155,6 +156,10 @@ class _People:
             for g in p.get("groups") or []:
                 members[g].append(eid)
         group_ids = self.groups(members)
+        # who is who, in the spec's order (no secret): `make up` and `make local` name the first account
+        listing = "".join(f"{p['name']} {','.join(p.get('groups') or []) or '-'} "
+                          f"{self.dir / (p['name'] + '.password')}\n" for p in self.spec.get("people") or [])
+        self._secret_file("accounts", listing)
         # Every listed person may sign in (so one without a histo group hears why histo refuses);
         # anyone else OpenBao refuses at its own authorize step.
         self.put(f"identity/oidc/assignment/{ASSIGNMENT}", {"entity_ids": sorted(entities), "group_ids": group_ids},
