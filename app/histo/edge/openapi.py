@@ -166,11 +166,16 @@ def _signin_paths() -> dict[str, Any]:
              "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
                             "expires_in": {"type": "integer"}, "sub": {"type": "string"},
                             "role": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}
-    form = {"type": "object", "required": ["grant_type"], "properties": {
-        "grant_type": {"type": "string", "enum": ["authorization_code", "client_credentials"]},
-        "code": {"type": "string"}, "code_verifier": {"type": "string"}, "redirect_uri": {"type": "string"},
-        "nonce": {"type": "string"}, "client_id": {"type": "string"}, "client_secret": {"type": "string"},
-        "scope": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}
+    text = {"type": "string", "minLength": 1, "maxLength": 2048}
+    form = {"oneOf": [
+        {"type": "object", "title": "person (authorization code + PKCE)",
+         "required": ["grant_type", "code", "code_verifier", "redirect_uri", "nonce"], "properties": {
+             "grant_type": {"const": "authorization_code"}, "code": text, "redirect_uri": text, "nonce": text,
+             "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{43,128}$"}}},
+        {"type": "object", "title": "script (client credentials; or client_id:client_secret as HTTP Basic)",
+         "required": ["grant_type", "client_id", "client_secret", "scope"], "properties": {
+             "grant_type": {"const": "client_credentials"}, "client_id": text, "client_secret": text,
+             "scope": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}]}
     return {
         "/api/v1/signin": {"get": {
             "summary": "what a client needs to start a sign-in at OpenBao (authorize URL, client id, scope)",
