@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import hvac
-from hvac.exceptions import InvalidPath
+from hvac.exceptions import Forbidden, InvalidPath
 
 from ..files import private_dir, write_private
 
@@ -115,9 +115,14 @@ class _People:
         """The person's userpass account and its entity (linked by an alias); returns the entity id."""
         if not _read(self.c, f"auth/{USERPASS}/users/{name}"):
             pw = password()
-            self._secret_file(f"{name}.password", pw + "\n")
-            self.c.write_data(f"auth/{USERPASS}/users/{name}",
-                              data={"password": pw, "token_ttl": SESSION_TTL, "token_max_ttl": SESSION_TTL})
+            path = self._secret_file(f"{name}.password", pw + "\n")  # first: a password Vault took is never lost
+            try:
+                self.c.write_data(f"auth/{USERPASS}/users/{name}",
+                                  data={"password": pw, "token_ttl": SESSION_TTL, "token_max_ttl": SESSION_TTL})
+            except Forbidden:
+                path.unlink()  # no account, so no password file that names none
+                raise PermissionError(f"creating the account {name} needs a root token (docs/SECURITY.md, "
+                                      "'Secret zero'): the provisioner token only verifies sign-in") from None
             self.a.note(f"person {name}")
         entity = self.put(f"identity/entity/name/{name}", {"metadata": {"histo": "person"}}, f"entity {name}")
         if not any(al.get("mount_accessor") == accessor for al in entity.get("aliases") or []):
