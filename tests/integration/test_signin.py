@@ -4,10 +4,8 @@ path it is a variant of."""
 from __future__ import annotations
 
 import base64
-import http.client
 import itertools
 import json
-import ssl
 import time
 import urllib.parse
 from typing import Any, Callable, Iterator
@@ -18,6 +16,7 @@ import requests
 
 from histo.client.pkce import Attempt, CallbackError
 from histo.edge.oidc import RelyingParty, SignInError
+from histo.testing.attacker import call_from
 from histo.testing.cluster import Cluster
 from histo.testing.signin import authorize, password_of, person_token
 
@@ -46,15 +45,8 @@ def _call(cluster: Cluster, method: str, path: str, body: bytes | None = None, h
           url: str | None = None) -> tuple[int, bytes]:
     """From a loopback source address of its own each time: the refusals these tests provoke count as
     authentication failures, and must not throttle the address every other test uses."""
-    host, port = (url or cluster.url).split("//")[1].split(":")
-    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cluster.ca),
-                                       source_address=(next(_SOURCES), 0), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    status, _, raw = call_from(cluster, next(_SOURCES), method, path, body, headers, url, timeout=30)
+    return status, raw
 
 
 def _redeem(cluster: Cluster, form: dict[str, str], url: str | None = None) -> tuple[int, dict[str, Any]]:

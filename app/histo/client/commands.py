@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..edge import receipts
 from .http import Api, ApiError, ProgressBody, multipart, progress_bar
@@ -137,16 +137,20 @@ def cmd_verify(a: argparse.Namespace) -> None:
     image = _read(a.result, "result")
     upload = _read(a.upload, "upload") if a.upload else None
     keys_path = a.keys or str(Path(a.receipt).parent / "receipt-keys.json")
+    def keys_for(kid: str) -> dict[str, str]:
+        return receipts.load_keys(_read(keys_path, "keys file").decode("utf-8", "replace"), kid)
+    print_verified(jws, keys_for, image, upload, "verify", keys_path)
+
+
+def print_verified(jws: str, keys_for: Callable[[str], dict[str, str]], image: bytes, upload: bytes | None,
+                   command: str, keys_name: str | None) -> None:
+    """`histo verify` and `histo receipt verify`: the summary line, or one line saying why not."""
     try:
-        kid = receipts.kid_of(jws)
-        keys = receipts.load_keys(_read(keys_path, "keys file").decode("utf-8", "replace"), kid)
-        claims = receipts.verify(jws, keys)
-        receipts.check_files(claims, image, upload)
+        print(receipts.verify_result(jws, keys_for, image, upload))
     except receipts.ReceiptError as exc:
-        raise _fail(f"verify: REJECTED: {exc}") from None
+        raise _fail(f"{command}: REJECTED: {exc}") from None
     except ValueError:
-        raise _fail(f"verify: {keys_path} is neither a PEM public key nor a key map") from None
-    print(receipts.summary(claims, kid) + (", upload matches" if upload is not None else ""))
+        raise _fail(f"{command}: {keys_name} is neither a PEM public key nor a JSON key map") from None
 
 
 def register(sub: Any) -> None:

@@ -183,6 +183,17 @@ def load_keys(text: str, kid: str) -> dict[str, str]:
     return keys
 
 
+def verify_result(receipt: str, keys_for: Callable[[str], Mapping[str, str]], image: bytes,
+                  upload: bytes | None = None) -> str:
+    """The whole offline check of `histo verify` and `histo receipt verify`: the receipt against the keys
+    `keys_for(kid)` gives, then the files against its hashes; the one-line summary. Raises ReceiptError
+    (and whatever `keys_for` raises when it cannot give keys)."""
+    kid = kid_of(receipt)
+    claims = verify(receipt, keys_for(kid))
+    check_files(claims, image, upload)
+    return summary(claims, kid) + (", upload matches" if upload is not None else "")
+
+
 def summary(claims: Mapping[str, Any], kid: str) -> str:
     names = ", ".join(w.rsplit("/", 1)[1] for w in claims["workers"])
     return (f"receipt ok: job {claims['job']} of {claims['sub']} (mode {claims['mode']}), result SHA-256 "
