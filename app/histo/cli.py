@@ -125,6 +125,15 @@ def cmd_vault_tls(a) -> None:
     print(json.dumps({"changed": before != after, "dir": a.dir}))
 
 
+def cmd_vault_seal_key(a) -> None:
+    from .vault.sealkey import ensure_seal_key
+    try:
+        changed = ensure_seal_key(Path(a.file))
+    except ValueError as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps({"changed": changed, "file": a.file}))
+
+
 def cmd_zk_prepare(a) -> None:
     from .zk.prepare import prepare
     prepare(Path(a.config))
@@ -242,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", action="append", default=[])
     s.add_argument("--leaf-dir", help="the node's own certificate folder (raft peers share the CA in --dir)")
     s.set_defaults(fn=cmd_vault_tls)
+
+    s = sub.add_parser("vault-seal-key", help="the static seal's key file (32 random bytes, 0600), made once")
+    s.add_argument("--file", required=True)
+    s.set_defaults(fn=cmd_vault_seal_key)
 
     s = sub.add_parser("vault-setup")
     s.add_argument("--spec", required=True)

@@ -12,7 +12,6 @@ shared audit.log, as the machines each write /var/log/openbao/audit.log.
 """
 from __future__ import annotations
 
-import secrets
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,22 +20,16 @@ import hvac
 import hvac.exceptions
 import requests
 
-from ..files import private_dir, write_private
+from ..files import private_dir
+from ..vault.sealkey import ensure_seal_key
 from .bao import BaoServer, VaultServerError
-
-
-def ensure_seal_key(path: Path) -> Path:
-    """The static seal's key: 32 random bytes, 0600, made once and never replaced (a new key
-    would make the data unreadable)."""
-    if not path.exists():
-        write_private(path, secrets.token_bytes(32))
-    return path
 
 
 class BaoCluster:
     def __init__(self, root: Path, addresses: Sequence[str], port: int = 8200) -> None:
         self.root = private_dir(Path(root))
-        seal_key = ensure_seal_key(self.root / "seal.key")
+        seal_key = self.root / "seal.key"
+        ensure_seal_key(seal_key)
         urls = [f"https://{a}:{port}" for a in addresses]
         self.nodes = [BaoServer(self.root / f"vault{i}", a, port, node_id=f"vault{i}",
                                 peers=[u for u in urls if u != urls[i - 1]], shared_dir=self.root,
