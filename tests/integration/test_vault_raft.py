@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from typing import Any, Iterator
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from histo.local import cluster as local_cluster
 from histo.local.raft import BaoCluster
 from histo.testing.cluster import Cluster, sample_image
+from histo.testing.waiting import wait_until
 
 NET = "127.0.26"
 
@@ -43,15 +43,6 @@ def _ready(cluster: Cluster) -> bool:
     except OSError:
         return False
     return status == 200
-
-
-def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_every_service_knows_the_three_nodes(raft: tuple[Cluster, BaoCluster]) -> None:
@@ -82,12 +73,12 @@ def test_active_node_killed_during_uploads_then_rejoins_unsealed(raft: tuple[Clu
 
     loader = threading.Thread(target=uploads, daemon=True)
     loader.start()
-    _wait(lambda: len(results) >= 3, 60, "the first uploads")
+    wait_until(lambda: len(results) >= 3, 60, "the first uploads")
     os.kill(pid, signal.SIGKILL)
     before_kill = len(results)
     new_active = vault.active(timeout=30)
     assert new_active is not active
-    _wait(lambda: len(results) >= before_kill + 5, 60, "uploads after the election")
+    wait_until(lambda: len(results) >= before_kill + 5, 60, "uploads after the election")
     stop.set()
     loader.join(60)
     bad = [(s, d) for s, d in results if s != 202]
@@ -95,13 +86,13 @@ def test_active_node_killed_during_uploads_then_rejoins_unsealed(raft: tuple[Clu
     for _, doc in results:
         job = cluster.wait_job(doc["id"], timeout=60)
         assert job["state"] == "done", job
-    _wait(lambda: _ready(cluster), 30, "the master ready again")
+    wait_until(lambda: _ready(cluster), 30, "the master ready again")
 
     # The killed node comes back by itself: started (as systemd would), it unseals from its seal key,
     # catches up through raft and is a voter again. No unseal key is submitted.
     active.start()
     vault.wait_unsealed(active, timeout=30)
-    _wait(lambda: {s["node_id"]: s["voter"] for s in vault.peers()}.get(active.node_id) is True, 30,
+    wait_until(lambda: {s["node_id"]: s["voter"] for s in vault.peers()}.get(active.node_id) is True, 30,
           f"{active.node_id} a voter again")
     health = vault.health(active)
     assert health and not health["sealed"] and health["standby"], health
