@@ -98,3 +98,37 @@ def test_active_node_killed_during_uploads_then_rejoins_unsealed(raft: tuple[Clu
     assert health and not health["sealed"] and health["standby"], health
     # and it serves: a request to it alone (a standby forwards it to the active node)
     assert "transit/" in active.root_client().sys.list_mounted_secrets_engines()["data"]
+
+
+def test_static_seal_recovery_keys_still_make_a_root_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With the static seal the init's shares are recovery keys: after the root token is retired they
+    still finish a root token generation (started by the provisioner token), and a restarted node
+    unseals itself — the keys are needed for neither."""
+    import hvac
+
+    from histo.local.bao import BaoServer
+    from histo.vault.sealkey import ensure_seal_key
+    from histo.vault.secretzero import generate_root, retire_root, unseal
+
+    from .vaultfix import configure, free_port
+
+    root = tmp_path_factory.mktemp("static")
+    ensure_seal_key(root / "seal.key")
+    bao = BaoServer(root / "v", f"{NET}.40", free_port(f"{NET}.40"), seal_key=root / "seal.key")
+    bao.start()
+    try:
+        bao.init_and_unseal(shares=3, threshold=2)
+        assert bao.client().sys.read_seal_status()["type"] == "static"
+        configure(bao)
+        retire_root(bao.client(), bao.init_path, root / "prov")
+        prov = hvac.Client(url=bao.url, verify=str(bao.ca_path), token=(root / "prov").read_text().strip())
+        assert generate_root(prov, bao.init_path, root / "root-token")["changed"]
+        regenerated = hvac.Client(url=bao.url, verify=str(bao.ca_path),
+                                  token=(root / "root-token").read_text().strip())
+        assert "root" in regenerated.auth.token.lookup_self()["data"]["policies"]
+        bao.stop()
+        bao.start()
+        wait_until(lambda: not bao.is_sealed(), 30, "the restarted node unsealed by its seal key")
+        assert unseal(bao.client(), bao.init_path) == {"changed": False, "sealed": False}
+    finally:
+        bao.stop()
