@@ -238,7 +238,9 @@ def cmd_audit_verify(a) -> None:
     anchored: list[str] = []
     if a.public_key:
         try:
-            keys = json.loads(_read_file(a.public_key, "public keys"))
+            keys = json.loads("\n".join(_lines(Path(a.public_key), "public keys")) or "null")
+            if not isinstance(keys, dict):
+                raise ValueError
         except ValueError:
             raise SystemExit(f"histo: audit: {a.public_key} is not the JSON of kid -> PEM") from None
     if a.token_file:
