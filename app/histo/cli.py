@@ -198,6 +198,15 @@ def cmd_receipt_keys(a) -> None:
     print(json.dumps(_receipt_keys(a), indent=1, sort_keys=True))
 
 
+def _inventory(path: str):
+    from .secops.sources import Inventory
+    try:
+        spec = json.loads("\n".join(_lines(Path(path), "inventory")) or "null")
+        return Inventory(spec["hosts"], spec.get("ports"))
+    except (ValueError, TypeError, KeyError):
+        raise SystemExit(f"histo: audit: {path} is no inventory (JSON with hosts: name, role, address)") from None
+
+
 def cmd_audit_collect(a) -> None:
     from .secops.checkpoint import VaultCheckpointSigner, VaultKvAnchor
     from .secops.collector import Collector
@@ -209,7 +218,8 @@ def cmd_audit_collect(a) -> None:
     client = lambda: vault.client  # noqa: E731 (the session's client, re-read after a re-login)
     try:
         collector = Collector(Path(a.log), VaultCheckpointSigner(client, a.host, spiffe_id("secops", a.host)),
-                              VaultKvAnchor(client, a.host), a.interval, upkeep=vault.renew_if_needed)
+                              VaultKvAnchor(client, a.host), a.interval, upkeep=vault.renew_if_needed,
+                              inventory=_inventory(a.inventory) if a.inventory else None)
     except ValueError as exc:  # the existing log's chain does not hold: never extend it
         raise SystemExit(f"histo: audit: refusing to extend {exc}") from None
     with (open(a.input, encoding="utf-8", errors="replace") if a.input else sys.stdin) as source:
@@ -406,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", type=float, default=5.0)
     s.add_argument("--input", default=None, help="a file instead of stdin (local mode)")
     s.add_argument("--confirm", action="store_true", help="answer OK per stored line (rsyslog omprog)")
+    s.add_argument("--inventory", default=None, help="JSON {hosts: [{name, role, address}], ports: {...}} "
+                                                     "(the Vault spec will do): attribute refusals to hosts")
     vault_args(s, False)
     s.set_defaults(fn=cmd_audit_collect)
     s = aud.add_parser("verify", help="check a log against its signed checkpoints; names the first bad entry")

@@ -19,6 +19,7 @@ from histo.files import write_private
 from histo.local.bao import BaoServer
 from histo.secops.checkpoint import anchor_path, key_name
 from histo.secops.collector import checkpoints_path
+from histo.secops.sources import Inventory, classify
 from histo.vault.secretzero import operator_token
 
 from .vaultfix import configure, default_hosts, provision, running_bao, service_vault
@@ -116,6 +117,16 @@ def test_the_collector_signs_with_its_own_key_and_nothing_else(vault: Vault, tmp
     with pytest.raises(hx.Forbidden):
         wrk.client.secrets.kv.v2.create_or_update_secret(anchor_path("secops1"), secret={"checkpoint": "forged"},
                                                          mount_point="secret")
+    # each refusal is in OpenBao's audit device, attributed by the collector to the AppRole's host
+    inv = Inventory(HOSTS)
+    found = [f for f in (classify(json.loads(x), inv) for x in bao.audit_path.read_text().splitlines()) if f]
+    mine = [(f["host"], f["spiffe"], f["path"]) for f in found if f["layer"] == "vault"]
+    assert ("secops1", "spiffe://histo.internal/secops/secops1", "transit/sign/histo-receipts") in mine
+    assert ("worker1", "spiffe://histo.internal/worker/worker1", f"secret/data/{anchor_path('secops1')}") in mine
+    # its refused read of the anchor is there; its legitimate write is no refusal
+    anchor_ops = {f["operation"] for f in found if f["host"] == "secops1"
+                  and f["path"] == f"secret/data/{anchor_path('secops1')}"}
+    assert "read" in anchor_ops and not anchor_ops & {"create", "update"}
     # the verifier reads keys and anchor, and signs nothing
     op = hvac.Client(url=bao.url, verify=str(bao.ca_path), token=Path(verifier).read_text().strip())
     assert op.secrets.transit.read_key(key_name("secops1"), mount_point="transit")["data"]["keys"]

@@ -16,6 +16,7 @@ from typing import IO, Any, Callable, Protocol
 from ..edge.events import plain
 from ..edge.receipts import SigningUnavailable
 from .chain import ChainLog, Head
+from .sources import Inventory, classify
 
 log = logging.getLogger("histo.secops.collector")
 MAX_LINE = 64 * 1024
@@ -48,9 +49,10 @@ def event_of(line: str) -> dict[str, Any]:
 
 class Collector:
     def __init__(self, log_path: Path, signer: Signer, anchor: Anchor | None, interval: float = 5.0,
-                 upkeep: Callable[[], None] | None = None) -> None:
+                 upkeep: Callable[[], None] | None = None, inventory: Inventory | None = None) -> None:
         self.log = ChainLog(log_path)
         self.signer, self.anchor, self.interval, self.upkeep = signer, anchor, interval, upkeep
+        self.inventory = inventory  # given: each refusal is attributed to its host and SPIFFE id
         cp = checkpoints_path(log_path)
         fd = os.open(cp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._cp = os.fdopen(fd, "a", encoding="ascii")
@@ -59,7 +61,11 @@ class Collector:
         self._ticker: threading.Thread | None = None
 
     def ingest(self, line: str) -> Head:
-        return self.log.append(event_of(line))
+        event = event_of(line)
+        found = classify(event, self.inventory) if self.inventory is not None else None
+        if found is not None:
+            event["secops"] = plain(found)
+        return self.log.append(event)
 
     def checkpoint(self) -> str | None:
         """Sign the head if it moved since the last checkpoint; None if nothing new or Vault cannot
