@@ -106,15 +106,20 @@ def test_leader_killed_the_public_address_moves_and_serves(cluster: DeployedClus
     victim = cluster.machines[_holders(cluster, address)[0]]
     victim.run("systemctl kill --signal=SIGKILL histo-master")
 
+    seen: list[str] = []  # what each attempt met, for the report: refused, timed out, a status
+
     def served() -> bool:
+        t = time.monotonic()
         try:
             status, _raw, _h = request(cluster, "GET", f"/api/v1/jobs/{job}/result",
                                        cluster.env["HISTO_TOKEN_UPLOADER"], timeout=3)
-        except OSError:
+        except OSError as exc:
+            seen.append(f"{type(exc).__name__}@{time.monotonic() - t:.1f}s")
             return False
+        seen.append(str(status))
         return status == 200
     took = _wait(served, 60, "HISTO_URL to serve the stored result again")
-    print(f"public address back in {took:.1f}s after the master holding it was killed")
+    print(f"public address back in {took:.1f}s after the master holding it was killed; attempts: {seen}")
     holders = _holders(cluster, address)
     assert len(holders) == 1, holders
     wait_ready(cluster)  # systemd restarted the victim; it rejoins (and, leading or not, the cluster is whole)
