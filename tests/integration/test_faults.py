@@ -68,7 +68,12 @@ def test_public_address_survives_a_master(cluster):
     job = cluster.wait_job(doc["id"], timeout=60, url=cluster.public_url)
     assert job["state"] == "done", job
     victim = "master1"
-    os.kill(cluster.pid(victim), signal.SIGKILL)
+    pid = cluster.pid(victim)
+    os.kill(pid, signal.SIGKILL)
+    # dead means dead: a connection the dying process had already accepted is reset, like a crashed
+    # machine's; from then on, no request through HISTO_URL may fail
+    _wait(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+          10, f"{victim} to be gone")
     answered = []
     for _ in range(30):
         status, _, body = cluster.request("GET", f"/api/v1/jobs/{doc['id']}/result", url=cluster.public_url,
