@@ -92,12 +92,10 @@ def claims_for(doc: Mapping[str, Any], *, result_sha256: str, workers: list[str]
             "created": doc.get("created"), "finished": finished}
 
 
-def encode(claims: Mapping[str, Any], version: int, sign: Callable[[bytes, int], str], now: float | None = None,
-           *, key: str = KEY, typ: str = TYP) -> str:
+def encode(claims: Mapping[str, Any], version: int, sign: Callable[[bytes, int], str], now: float | None = None) -> str:
     """The compact JWS of `claims` signed with key version `version`; `sign(signing_input, version)`
-    returns the base64url ES256 signature (r || s). `key`/`typ`: another document signed the same way
-    (the SecOps log's checkpoints)."""
-    header = {"alg": "ES256", "typ": typ, "kid": f"{key}:{version}"}
+    returns the base64url ES256 signature (r || s)."""
+    header = {"alg": "ES256", "typ": TYP, "kid": f"{KEY}:{version}"}
     body = {**claims, "iat": int(time.time() if now is None else now), "key_version": version}
     signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
                      + b64url(json.dumps(body, separators=(",", ":"), sort_keys=True).encode()))
@@ -169,31 +167,6 @@ def check_files(claims: Mapping[str, Any], image: bytes, upload: bytes | None = 
         raise ReceiptError("upload_mismatch", f"the upload is not the one job {claims['job']} was computed from "
                                               f"(SHA-256 {sha256_hex(upload)[:16]}..., receipt says "
                                               f"{claims['upload_sha256'][:16]}...)")
-
-
-def load_keys(text: str, kid: str) -> dict[str, str]:
-    """kid -> PEM from a keys file: the answer of GET /api/v1/receipts/keys ({"keys": {...}}), the map
-    `histo receipt keys` prints, or one PEM (taken as the key of `kid`). ValueError if none of these."""
-    if not text.lstrip().startswith("{"):
-        if "-----BEGIN PUBLIC KEY-----" not in text:
-            raise ValueError("not a PEM public key")
-        return {kid: text}
-    doc = json.loads(text)
-    keys = doc.get("keys", doc) if isinstance(doc, dict) else None
-    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
-        raise ValueError("not a key map")
-    return keys
-
-
-def verify_result(receipt: str, keys_for: Callable[[str], Mapping[str, str]], image: bytes,
-                  upload: bytes | None = None) -> str:
-    """The whole offline check of `histo verify` and `histo receipt verify`: the receipt against the keys
-    `keys_for(kid)` gives, then the files against its hashes; the one-line summary. Raises ReceiptError
-    (and whatever `keys_for` raises when it cannot give keys)."""
-    kid = kid_of(receipt)
-    claims = verify(receipt, keys_for(kid))
-    check_files(claims, image, upload)
-    return summary(claims, kid) + (", upload matches" if upload is not None else "")
 
 
 def summary(claims: Mapping[str, Any], kid: str) -> str:

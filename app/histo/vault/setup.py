@@ -28,9 +28,7 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
-from ..secops.checkpoint import anchor_path, key_name
 from ..tls.identity import spiffe_id
-from . import people
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
@@ -44,8 +42,7 @@ PROVISIONER_POLICY = "histo-provisioner"  # what provisioning needs after setup 
 # token roles through which the provisioner makes the operator's tokens (it does not hold their policies)
 ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE = "histo-issuer", "histo-receipt-verifier"
 RECEIPT_VERIFIER_POLICY = "histo-receipt-verifier"  # reads the receipt key's public keys, nothing else
-AUDIT_VERIFIER_POLICY = AUDIT_VERIFIER_TOKEN_ROLE = "histo-audit-verifier"  # `histo audit verify`: read only
-ROLES = ("master", "worker", "zookeeper", "secops")
+ROLES = ("master", "worker", "zookeeper")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
 NO_AUDIT = "<none>"
 # A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
@@ -110,11 +107,6 @@ def validate_spec(spec: dict) -> None:
     for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl"):
         if key in spec:
             _seconds(spec[key])
-    if "oidc" in spec:
-        try:
-            people.validate(spec["oidc"])
-        except people.SpecError as exc:
-            raise SetupError(str(exc)) from None
 
 
 def _data(resp: Any) -> dict:
@@ -341,12 +333,6 @@ class _Applier:
         self.note(f"kv {path}")
         return data
 
-    def kv_write(self, path: str, data: dict) -> None:
-        """Written when it differs (configuration, not a credential: a re-apply brings it to the spec)."""
-        if self._kv_read(path) != data:
-            self.c.secrets.kv.v2.create_or_update_secret(path, secret=data, mount_point=KV)
-            self.note(f"kv {path}")
-
     def _kv_exists(self, path: str) -> bool:
         deadline = time.monotonic() + KV_UPGRADE_WAIT
         while True:
@@ -392,9 +378,6 @@ class _Applier:
             self.transit_key(key)
         # the key that wraps the masters' per-job data keys (envelope encryption of stored jobs)
         self.transit_key(STORE_KEY, "aes256-gcm96")
-        for host in self.spec["hosts"]:  # each SecOps collector signs its log's checkpoints with its own key
-            if host["role"] == "secops":
-                self.transit_key(key_name(host["name"]))
 
     def transit_key(self, key: str, key_type: str = "ecdsa-p256") -> None:
         try:
@@ -446,29 +429,18 @@ path "{INT}/cert/ca_chain" {{
   capabilities = ["read"]
 }}
 '''
-        rules += self.secret_id_rules(name)
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
         if role == "master":  # public keys only, to verify API tokens; receipts: sign (ES256, JWS) only
-            rules += "".join(f'path "{TRANSIT}/keys/{key}" {{\n  capabilities = ["read"]\n}}\n'
-                             for key in (TOKEN_KEY, RECEIPT_KEY))  # public keys (receipts: GET /api/v1/receipts/keys)
-            # receipts; and, for sign-in (OIDC, client credentials), the master's own API tokens
-            rules += "".join(f'path "{TRANSIT}/sign/{key}" {{\n  capabilities = ["update"]\n'
-                             f'  required_parameters = ["hash_algorithm", "marshaling_algorithm"]\n'
-                             f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
-                             f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
-                             for key in (RECEIPT_KEY, TOKEN_KEY))
-            rules += people.master_policy()
+            rules += (f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
+                      f'path "{TRANSIT}/sign/{RECEIPT_KEY}" {{\n  capabilities = ["update"]\n'
+                      f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
+                      f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n')
             # stored jobs: create a data key (plaintext + wrapped) and unwrap one; not encrypt, rewrap,
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
                       f'path "{TRANSIT}/decrypt/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n')
-        if role == "secops":  # sign its own log's checkpoints; write (not read, delete) the anchored copy
-            rules += (f'path "{TRANSIT}/sign/{key_name(name)}" {{\n  capabilities = ["update"]\n'
-                      f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
-                      f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
-                      f'path "{KV}/data/{anchor_path(name)}" {{\n  capabilities = ["create", "update"]\n}}\n')
         if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
             rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
@@ -484,33 +456,6 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         return rules
-
-    @staticmethod
-    def secret_id_rules(name: str) -> str:
-        """Its own AppRole's next secret_id, before the one it holds expires (vault/secretid.py). No
-        parameter is allowed when minting (no cidr_list, metadata, ttl or num_uses of its choosing):
-        the new one carries the role's address binding and TTL. Lookup and destroy only on its own role.
-        Minting for another host's role stays the provisioner's, response-wrapped (secret zero)."""
-        role = f"auth/{APPROLE}/role/histo-{name}"
-        return f'''path "{role}/secret-id" {{
-  capabilities = ["update"]
-  denied_parameters = {{
-    "*" = []
-  }}
-}}
-path "{role}/secret-id/lookup" {{
-  capabilities = ["update"]
-  allowed_parameters = {{
-    "secret_id" = []
-  }}
-}}
-path "{role}/secret-id-accessor/destroy" {{
-  capabilities = ["update"]
-  allowed_parameters = {{
-    "secret_id_accessor" = []
-  }}
-}}
-'''
 
     def token_role(self, name: str, policy: str, max_ttl: str) -> None:
         want = {"allowed_policies": [policy], "disallowed_policies": ["root"], "orphan": True,
@@ -564,28 +509,14 @@ path "{TRANSIT}/keys/{RECEIPT_KEY}" {{
   capabilities = ["read"]
 }}
 ''')  # noqa: E501 (the policy's comment line)
-        self.policy(AUDIT_VERIFIER_POLICY, f'''# histo audit verifier: the collectors' checkpoint keys and anchored checkpoints, read only
-path "{TRANSIT}/keys/histo-secops-*" {{
-  capabilities = ["read"]
-}}
-path "{KV}/data/histo/secops/*" {{
-  capabilities = ["read"]
-}}
-path "{KV}/metadata/histo/secops/*" {{
-  capabilities = ["read"]
-}}
-''')  # noqa: E501 (the policy's comment line)
         self.policy(PROVISIONER_POLICY, provisioner_policy())
         self.token_role(ISSUER_TOKEN_ROLE, ISSUER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         self.token_role(VERIFIER_TOKEN_ROLE, RECEIPT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
-        self.token_role(AUDIT_VERIFIER_TOKEN_ROLE, AUDIT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         role_ids = {}
         for host in self.spec["hosts"]:
             self.policy(f"histo-{host['name']}", self.host_policy(host))
             role_ids[host["name"]] = self.approle(host)
-        oidc = people.apply(self, self.spec["oidc"]) if "oidc" in self.spec else None
-        return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids,
-                **({"oidc": oidc} if oidc else {})}
+        return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids}
 
 
 def provisioner_policy() -> str:
@@ -607,10 +538,6 @@ def provisioner_policy() -> str:
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
           (f"auth/token/create/{ISSUER_TOKEN_ROLE}", "update"),
           (f"auth/token/create/{VERIFIER_TOKEN_ROLE}", "update"),
-          # sign-in (vault/people.py): a re-apply verifies; a new person or client needs a root token
-          ("identity/oidc/*", "read"), ("identity/entity/name/*", "read"), ("identity/group/name/*", "read"),
-          ("auth/userpass/users/*", "read"), (f"{KV}/data/{people.MACHINE_CLIENTS_KV}", "read"),
-          (f"auth/token/create/{AUDIT_VERIFIER_TOKEN_ROLE}", "update"),
           # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
           ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
           ("sys/generate-root-token/update", "update")]

@@ -1,1 +1,0 @@
-"""SecOps collector side: the tamper-evident record (hash chain + signed checkpoints) and its verifier."""
