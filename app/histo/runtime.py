@@ -32,7 +32,7 @@ class ServiceRuntime:
         self.vault = ServiceVault(cfg.vault_url, cfg.vault_ca, host=cfg.name, role=cfg.role,
                                   creds_dir=Path(cfg.creds_dir), source_address=cfg.address,
                                   trust_domain=cfg.trust_domain,
-                                  extra_ip_sans=(cfg.public_address,) if cfg.public_address else ())
+                                  extra_ip_sans=(cfg.public_address,))
         self.certs = CertManager(self.vault, self.state_dir / "tls", cfg.cert_ttl, on_rotate=self._rotated)
         self.zk: KazooClient | None = None
         self.acl_ids: dict[str, str] = {}

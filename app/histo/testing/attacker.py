@@ -63,4 +63,4 @@ def service_vault(cluster: Cluster, name: str, source: str | None = None) -> Ser
     cfg = cluster.config(name)
     return ServiceVault(cfg["vault_url"], cfg["vault_ca"], host=name, role=cfg["role"],
                         creds_dir=Path(cfg["creds_dir"]), source_address=source or cfg["address"],
-                        extra_ip_sans=(cfg["public_address"],) if cfg.get("public_address") else ())
+                        extra_ip_sans=(cfg.get("public_address", ""),))

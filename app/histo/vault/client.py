@@ -83,7 +83,7 @@ class ServiceVault:
         self.url, self.ca_path, self.host, self.role = url, str(ca_path), host, role
         self.creds = Path(creds_dir)
         self.source_address, self.trust_domain = source_address, trust_domain
-        self.extra_ip_sans = extra_ip_sans  # a master's certificate also names the public address
+        self.extra_ip_sans = extra_ip_sans  # a master's certificate also names the public address ("": none)
         self.client = self._new_client()
         self._lock = threading.RLock()
         self._token_expires = 0.0
