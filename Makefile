@@ -99,6 +99,7 @@ local-status: ## the local cluster's processes
 bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them)
 	$(PY) bench/run.py
 	$(PY) bench/durable.py --baseline 53f6f81
+	$(PY) bench/cpu.py --baseline 17de71e
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local

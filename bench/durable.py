@@ -32,15 +32,24 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
+def up_cluster(name: str, limits: dict[str, Any]) -> tuple[Path, Any]:
+    """A local cluster of its own (2 masters, 2 workers) under a temporary folder: (folder, Cluster);
+    `local_cluster.down(folder / "c")` ends it."""
+    from histo.local import cluster as local_cluster
+    from histo.testing.cluster import Cluster
+
+    root = Path(tempfile.mkdtemp(prefix=f"histo-bench-{name}-"))
+    info = local_cluster.up(root / "c", masters=2, workers=2, cert_ttl="1h", net=NET, extra=limits)
+    return root, Cluster(root=(root / "c").resolve(), env=info["env"])
+
+
 def measure(label: str) -> dict[str, Any]:
     from histo.local import cluster as local_cluster
     from histo.testing.attacker import zk_client, zk_credentials
-    from histo.testing.cluster import Cluster, sample_image
+    from histo.testing.cluster import sample_image
     from histo.zk.jobs import JobStore
 
-    root = Path(tempfile.mkdtemp(prefix="histo-bench-durable-"))
-    info = local_cluster.up(root / "c", masters=2, workers=2, cert_ttl="1h", net=NET, extra=LIMITS)
-    cl = Cluster(root=(root / "c").resolve(), env=info["env"])
+    root, cl = up_cluster("durable", LIMITS)
     out: dict[str, Any] = {"label": label}
     try:
         for size in (256, 1024, 2048):
@@ -96,9 +105,10 @@ def measure(label: str) -> dict[str, Any]:
     return out
 
 
-def baseline(rev: str) -> dict[str, Any]:
-    """This script run again on the package of revision `rev` (its cwd and PYTHONPATH point at it, so the
-    services it starts with `python -m histo.cli` run that code too)."""
+def baseline(rev: str, script: str = "durable.py") -> dict[str, Any]:
+    """`script` (of bench/) run again with `--measure REV` on the package of revision `rev` (its cwd and
+    PYTHONPATH point at it, so the services it starts with `python -m histo.cli` run that code too); what
+    it printed last, as JSON."""
     tmp = Path(tempfile.mkdtemp(prefix="histo-bench-base-"))
     raw = subprocess.run(["git", "archive", rev, "app/histo"], check=True, capture_output=True,
                          cwd=HERE.parent).stdout
@@ -106,7 +116,7 @@ def baseline(rev: str) -> dict[str, Any]:
         tar.extractall(tmp, filter="data")
     env = {**os.environ, "PYTHONPATH": str(tmp / "app")}
     try:
-        res = subprocess.run([sys.executable, str(HERE / "durable.py"), "--measure", rev], cwd=tmp / "app",
+        res = subprocess.run([sys.executable, str(HERE / script), "--measure", rev], cwd=tmp / "app",
                              env=env, check=True, capture_output=True, text=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,12 +124,17 @@ def baseline(rev: str) -> dict[str, Any]:
     return measured
 
 
-def main() -> None:
+def arguments(out: Path) -> argparse.Namespace:
+    """The options of durable.py and cpu.py: --baseline REV, --out FILE (and --measure, for baseline())."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline", default="", help="also measure this revision (the code before)")
     ap.add_argument("--measure", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(HERE / "durable.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(out))
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments(HERE / "durable.json")
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return

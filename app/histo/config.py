@@ -40,6 +40,7 @@ class ServiceConfig:
     # fewer strips (a 1024x1024 image goes whole to one worker; many jobs still use every worker).
     min_tile_pixels: int = 1 << 20
     task_timeout: float = 30.0
+    worker_memory_bytes: int = 1536 << 20  # a worker's budget for decoded pixels (worker/admission.py)
     job_timeout: float = 120.0
     # Abuse resistance: requests per second (and burst) per client address, uploads per principal,
     # and failed authentications per address before it is throttled.

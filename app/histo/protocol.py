@@ -1,13 +1,17 @@
-"""The master<->worker task protocol: raw tile bytes in the body, the task's identity in headers.
+"""The master<->worker task protocol: the task's identity in headers, bytes in the body.
 
-Pixel data never travels as JSON or base64; each message names exactly one task attempt,
-so a result can be bound to it and a replay recognised."""
+A task is one upload's pixel work. `hist`: the body is the upload as the client sent it (the worker
+decodes it, keeps the prepared image and reports its histogram); `apply`: the body is the master's
+lookup table (`cached`: the worker kept the image) or the table followed by the upload again (the
+worker lost it, or another worker takes over). Pixel data never travels as JSON or base64; each
+message names exactly one task attempt, so a result can be bound to it and a replay recognised."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from .compute.equalize import MODES
 from .compute.tiles import WORK_MODES
 
 PHASES = ("hist", "apply")
@@ -31,6 +35,7 @@ class TaskHeader:
     rows: int
     reply_to: str
     cached: bool = False
+    mode: str = "luma"  # the equalization mode (gray, luma, rgb); image_mode is its work image's mode
 
     @property
     def bands(self) -> int:
@@ -42,6 +47,7 @@ class TaskHeader:
             "X-Histo-Phase": self.phase, "X-Histo-Image-Mode": self.image_mode,
             "X-Histo-Width": str(self.width), "X-Histo-Rows": str(self.rows),
             "X-Histo-Reply-To": self.reply_to, "X-Histo-Cached": "1" if self.cached else "0",
+            "X-Histo-Mode": self.mode,
         }
 
     @classmethod
@@ -50,12 +56,13 @@ class TaskHeader:
             hdr = cls(job=h["X-Histo-Job"], task=int(h["X-Histo-Task"]), attempt=h["X-Histo-Attempt"],
                       phase=h["X-Histo-Phase"], image_mode=h["X-Histo-Image-Mode"],
                       width=int(h["X-Histo-Width"]), rows=int(h["X-Histo-Rows"]),
-                      reply_to=h["X-Histo-Reply-To"], cached=h.get("X-Histo-Cached") == "1")
+                      reply_to=h["X-Histo-Reply-To"], cached=h.get("X-Histo-Cached") == "1",
+                      mode=h.get("X-Histo-Mode", "luma"))
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"missing or malformed task header: {exc}") from None
         if not (_ID.match(hdr.job) and _ID.match(hdr.attempt)):
             raise ProtocolError("malformed job or attempt id")
-        if hdr.phase not in PHASES or hdr.image_mode not in IMAGE_MODES:
+        if hdr.phase not in PHASES or hdr.image_mode not in IMAGE_MODES or hdr.mode not in MODES:
             raise ProtocolError("unknown phase or image mode")
         if not (0 <= hdr.task < 4096 and 0 < hdr.width <= 1 << 16 and 0 < hdr.rows <= 1 << 16):
             raise ProtocolError("task dimensions out of range")

@@ -17,7 +17,7 @@ def test_job_matches_single_process(cluster, fmt, mode):
     assert status == 202, doc
     job = cluster.wait_job(doc["id"])
     assert job["state"] == "done", job
-    assert job["tiles"] >= 2 and job["format"] == fmt and (job["width"], job["height"]) == (333, 257)
+    assert job["tiles"] == 1 and job["format"] == fmt and (job["width"], job["height"]) == (333, 257)
 
     status, headers, body = cluster.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cluster.token("uploader"))
     assert status == 200
@@ -36,14 +36,20 @@ def test_job_matches_single_process(cluster, fmt, mode):
     assert status == 200 and png.startswith(b"\x89PNG")
 
 
-def test_upload_through_standby_is_forwarded_to_leader(cluster):
+def test_upload_to_the_standby_is_stored_and_queued_there_and_run_by_the_leader(cluster):
     leader = cluster.leader()
     standby = [u for u in cluster.urls if not u.startswith(f"https://{cluster.config(leader)['address']}:")][0]
+    name = next(n for n in ("master1", "master2") if n != leader)
     data = sample_image(120, 90, "PNG")
     status, doc = cluster.upload(data, mode="rgb", url=standby)
     assert status == 202, doc
-    job = cluster.wait_job(doc["id"], url=standby)
+    job = cluster.wait_job(doc["id"], url=standby, long_poll=30)  # the standby long-polls on a ZooKeeper watch
     assert job["state"] == "done"
+    # the standby accepted it itself (audit: its own decision) and relayed nothing to the leader
+    audit = (cluster.service_dir(name) / "audit.log").read_text()
+    assert f"job {doc['id']}" in audit
+    leader_audit = (cluster.service_dir(leader) / "audit.log").read_text()
+    assert f"job {doc['id']}" not in leader_audit
     status, _, body = cluster.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cluster.token("uploader"),
                                       url=standby)
     assert status == 200 and body == equalize_single(data, "rgb").image

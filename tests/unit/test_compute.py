@@ -459,3 +459,61 @@ def test_decode_loads_pixels_and_applies_exif_orientation() -> None:
 def test_image_error_attributes() -> None:
     err = ImageError(413, "too_many_pixels", "too big")
     assert (err.status, err.code, err.message, str(err)) == (413, "too_many_pixels", "too big", "too big")
+
+
+# -- the master's header probe (compute/imageio.py probe): what it knows without decoding ---------------
+def test_probe_reads_format_size_and_work_mode_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from histo.compute.imageio import probe
+    rgb, gray = _save(_rgb(31, 17), "PNG"), _save(_rgb(31, 17).convert("L"), "JPEG")
+    loaded: list[object] = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(self))  # no pixel may be decoded
+    h = probe(rgb, 10**6)
+    assert (h.fmt, h.width, h.height, h.pixels) == ("PNG", 31, 17, 527)
+    assert [h.work_mode(m) for m in ("gray", "luma", "rgb")] == ["L", "L", "RGB"]
+    assert probe(gray, 10**6).work_mode("rgb") == "L"
+    assert not loaded
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_probe_refuses_what_decode_refuses(fmt: str) -> None:
+    from histo.compute.imageio import probe
+    data = _save(_rgb(64, 64), fmt)
+    for cut in (30, len(data) // 2, len(data) * 9 // 10):
+        with pytest.raises(ImageError) as e:
+            probe(data[:cut], 10**6)
+        assert (e.value.status, e.value.code) == (400, "bad_image"), cut
+    with pytest.raises(ImageError) as e:
+        probe(data, 4095)
+    assert (e.value.status, e.value.code) == (413, "too_many_pixels")
+    with pytest.raises(ImageError) as e:
+        probe(b"GIF89a" + data, 10**6)
+    assert e.value.status == 415
+
+
+def test_probe_size_is_the_decoded_size_after_exif_orientation() -> None:
+    from histo.compute.imageio import probe
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        _rgb(40, 30).save(buf, format=fmt, exif=exif.tobytes())
+        h = probe(buf.getvalue(), 10**6)
+        assert (h.width, h.height) == decode(buf.getvalue(), 10**6)[0].size == (30, 40)
+
+
+@pytest.mark.parametrize("mode", ["gray", "luma", "rgb"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_workers_two_steps_are_bit_identical_to_one_process(mode: str, fmt: str) -> None:
+    from histo.compute import frame
+    from histo.compute.imageio import probe
+    from histo.compute.work import apply_and_encode, decode_and_count
+    data = _save(_rgb(57, 33), fmt)
+    h = probe(data, 10**6)
+    decoded = decode_and_count(data, mode, h.width, h.height, h.work_mode(mode))
+    result, plot = frame.unpack_result(apply_and_encode(decoded, equalize.lut_from_histogram(decoded.histogram), "j"))
+    single = equalize.equalize_single(data, mode)
+    assert (result.image, result.hist_before) == (single.image, single.hist_before)
+    assert result.hist_after == single.hist_after
+    assert plot.startswith(b"\x89PNG")
+    with pytest.raises(ImageError):  # not the size its header said
+        decode_and_count(data, mode, h.width + 1, h.height, h.work_mode(mode))

@@ -4,6 +4,7 @@ import asyncio
 import pytest
 
 from histo.config import ConfigError, ServiceConfig
+from histo.compute import equalize, frame
 from histo.master.scheduler import Pending, Scheduler
 from histo.protocol import ProtocolError, TaskHeader
 from histo.tls.identity import IdentityError, identity_from_peercert, parse_spiffe, require_role
@@ -68,13 +69,28 @@ def test_result_is_bound_to_attempt_and_worker_and_not_replayable():
         loop.close()
 
 
-def test_apply_result_size_checked():
+def test_apply_result_must_be_a_framed_result_of_the_jobs_image_and_histogram():
     loop = asyncio.new_event_loop()
     try:
         sched, fut = _scheduler_with_pending(loop, "apply")
-        assert "mismatch" in sched.accept_result(_hdr(phase="apply"), "worker1", b"\0" * 7).reason
-        assert sched.accept_result(_hdr(phase="apply"), "worker1", b"\1" * 8) is None
-        assert fut.result() == b"\1" * 8
+        hist = [0] * 256
+        hist[7] = 8
+        p = sched.pending[("job1", 0, "apply")]
+        p.hist, p.fmt = hist, "PNG"
+        after = [0] * 256
+        after[255] = 8
+
+        def framed(**kw):
+            fields = {"image": b"png", "fmt": "PNG", "width": 4, "height": 2, "channels": ["L"],
+                      "hist_before": {"L": hist}, "hist_after": {"L": after}, **kw}
+            return frame.pack_result(equalize.Result(**fields), b"plot")
+        assert "malformed" in sched.accept_result(_hdr(phase="apply"), "worker1", b"\0" * 7).reason
+        for wrong in ({"width": 5}, {"fmt": "JPEG"}, {"hist_before": {"L": after}}, {"hist_after": {"L": hist[:255]}},
+                      {"channels": ["R", "G", "B"]}):
+            assert "does not match" in sched.accept_result(_hdr(phase="apply"), "worker1", framed(**wrong)).reason
+        assert sched.accept_result(_hdr(phase="apply"), "worker1", framed()) is None
+        result, body = fut.result()
+        assert result.image == b"png" and body == framed()
     finally:
         loop.close()
 

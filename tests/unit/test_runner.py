@@ -15,14 +15,14 @@ import pytest
 import requests
 
 from histo.compute import equalize
-from histo.compute.imageio import decode
+from histo.compute.imageio import decode, probe
 from histo.compute.plot import plot_histograms
 from histo.master.blobstore import BlobStore
 from histo.master.datakeys import KeysUnavailable, VaultDataKeys
 from histo.master.envelope import BlobError, DataKey, digest, open_blob, parse, seal
 from histo.master.replication import Replicator
 from histo.master.runner import JobRunner, RunnerError, Settings
-from histo.master.scheduler import Outcome
+from histo.master.scheduler import Outcome, Spec
 from histo.testing.cluster import PIXEL_RUN, clear_probes, png_with_pixel_run
 from histo.zk.jobs import DELETED, EXPIRED, created_of, is_tombstone, new_job_id
 
@@ -167,20 +167,18 @@ class Gate:
 
 
 def reference_compute(gate: Gate | None = None) -> Any:
-    async def compute(job_id: str, prepared: equalize.Prepared, timings: dict[str, float]) -> Outcome:
+    async def compute(job_id: str, upload: bytes, spec: Spec, timings: dict[str, float]) -> Outcome:
         if gate is not None and gate.hold:
             gate.started.set()
             await gate.release.wait()
+        img, fmt = decode(upload, 10**8)  # the worker's part, done here (compute/work.py has its own tests)
+        prepared = equalize.prepare(img, fmt, spec.mode)
+        assert (prepared.work.size, prepared.work.mode) == ((spec.width, spec.height), spec.work_mode)
         hist = prepared.work.histogram()
         out = prepared.work.point(equalize.lut_from_histogram(hist))
         return Outcome(result=equalize.finish_result(prepared, out, hist), timings={"apply": 0.0}, tiles=1,
                        workers=["worker1"])
     return compute
-
-
-def prepare(data: bytes, mode: str) -> equalize.Prepared:
-    img, fmt = decode(data, 10**8)
-    return equalize.prepare(img, fmt, mode)
 
 
 async def no_receipt(doc: Doc, outcome: Outcome, finished: float) -> Doc:
@@ -194,7 +192,7 @@ def make(tmp: Path, names: list[str], quorum: int = 2, **settings: Any) -> tuple
     for k in keys.values():  # one Vault behind every master's key service
         k.vault = keys[names[0]].vault
     runners = {n: JobRunner(n, jobs, Replicator(n, net.stores[n], FakeTransport(net, n), quorum), keys[n],
-                            reference_compute(gate), prepare,
+                            reference_compute(gate),
                             lambda r, title: plot_histograms(r.hist_before, r.hist_after, title=title),
                             no_receipt, Settings(**settings), clock=lambda: CLOCK[0])
                for n in names}
@@ -210,8 +208,7 @@ def probes(data: bytes) -> list[bytes]:
 
 
 async def submit(runner: JobRunner, data: bytes, owner: str = "alice", mode: str = "gray") -> Doc:
-    prepared = prepare(data, mode)
-    return await runner.submit(owner, data, mode, prepared, "sha", {"receive": 0.0, "decode": 0.0})
+    return await runner.submit(owner, data, mode, probe(data, 10**8), "sha", {"receive": 0.0, "header": 0.0})
 
 
 async def settle(runner: JobRunner) -> None:
@@ -246,6 +243,26 @@ def test_accepted_job_is_stored_sealed_on_the_quorum_and_done_only_with_its_resu
             for raw in files_of(net.stores[name].root):
                 assert not any(p in raw for p in probes(data)) and want.image[200:264] not in raw
         assert jobs.used["alice"] == done["bytes"]
+    asyncio.run(go())
+
+
+def test_a_standby_stores_and_queues_an_upload_and_the_leader_runs_it(tmp_path: Path) -> None:
+    async def go() -> None:
+        runners, jobs, net, _, _ = make(tmp_path, ["master1", "master2"])
+        data = image_with_run()
+        doc = await runners["master2"].submit(
+            "alice", data, "gray", probe(data, 10**8), "sha", {"receive": 0.0}, start=False)
+        assert not runners["master2"].running  # the standby runs nothing
+        queued = jobs.docs[doc["id"]]
+        assert (queued["state"], queued["master"], queued["runs"], queued["received_by"]) == ("queued", None, 0,
+                                                                                             "master2")
+        assert doc["id"] in jobs.active_ids and net.stores["master1"].get(doc["id"], "upload") is not None
+        assert await runners["master1"].resume_all() == [doc["id"]]  # the leader's watch on the active jobs
+        await settle(runners["master1"])
+        done = jobs.docs[doc["id"]]
+        assert (done["state"], done["master"], done["runs"]) == ("done", "master1", 1)
+        result, _ = await runners["master2"].result(done)  # served by the standby from its own replica
+        assert result.image == equalize_single(data).image
     asyncio.run(go())
 
 

@@ -1,15 +1,18 @@
-"""The scheduler names the workers that computed a job (for its receipt), and drops the late results
-of a cancelled job quietly — only from the worker each attempt went to (fakes for the workers)."""
+"""The scheduler names the workers that computed a job (for its receipt), drops the late results of a
+cancelled job quietly — only from the worker each attempt went to —, passes over a worker whose memory
+budget is full, fails a job whose image a worker cannot decode, and refuses a result that does not
+carry the histogram it merged (fakes for the workers' transport; their pixel work is the real one)."""
 import asyncio
 import io
+import json
 from typing import cast
 
 from PIL import Image
 
-from histo.compute import equalize
-from histo.compute.imageio import decode
-from histo.compute.tiles import tile_apply, tile_histogram
-from histo.master.scheduler import Scheduler
+from histo.compute import equalize, frame
+from histo.compute.imageio import ImageError, probe
+from histo.compute.work import apply_and_encode, decode_and_count
+from histo.master.scheduler import JobFailed, RefusedResult, Scheduler, Spec
 from histo.protocol import TaskHeader
 from histo.rpc import InternalClient, Reply
 from histo.tls.identity import Identity
@@ -21,12 +24,16 @@ NO_PEER = cast(Identity, None)  # the fake's replies name no peer
 
 
 class FakeWorkers:
-    """POST /internal/v1/tasks: answers 202 and reports the computed result a moment later, or never."""
+    """POST /internal/v1/tasks: answers 202 and reports the computed result a moment later, or never;
+    the workers named in `busy` answer 503 (budget full) that many times."""
 
-    def __init__(self, report: bool = True) -> None:
+    def __init__(self, report: bool = True, busy: dict[str, int] | None = None) -> None:
         self.sched: Scheduler | None
         self.sent: list[tuple[TaskHeader, str]]
         self.report, self.sched, self.sent = report, None, []
+        self.busy = busy or {}
+        self.tamper = False
+        self.refusals: list[RefusedResult | None] = []
 
     async def request(self, method: str, url: str, roles: tuple[str, ...], headers: dict[str, str] | None = None,
                       data: bytes | memoryview | None = None, expect_host: str | None = None) -> Reply:
@@ -34,16 +41,27 @@ class FakeWorkers:
         hdr = TaskHeader.from_headers(headers)
         worker = "worker1" if url.startswith("https://w1") else "worker2"
         self.sent.append((hdr, worker))
+        if self.busy.get(worker):
+            self.busy[worker] -= 1
+            return Reply(503, b'{"error": "busy"}', "application/json", NO_PEER)
         if hdr.cached:
-            return Reply(409, b"", "application/json", NO_PEER)  # no cache here: the table and tile come again
+            return Reply(409, b"", "application/json", NO_PEER)  # nothing held here: the table and upload again
         if self.report:
             body = bytes(data)
-            if hdr.phase == "hist":
-                payload = str(tile_histogram(body, hdr.image_mode, hdr.width, hdr.rows)).encode()
-            else:
-                payload = tile_apply(body[256:], hdr.image_mode, hdr.width, hdr.rows, list(body[:256]))
+            lut_len = 256 * hdr.bands if hdr.phase == "apply" else 0
+            failed = None
+            try:
+                decoded = decode_and_count(body[lut_len:], hdr.mode, hdr.width, hdr.rows, hdr.image_mode)
+                if self.tamper and hdr.phase == "apply":
+                    decoded.histogram.reverse()  # the same pixel count, not the histogram merged
+                payload = (json.dumps(decoded.histogram).encode() if hdr.phase == "hist"
+                           else apply_and_encode(decoded, list(body[:lut_len]), hdr.job))
+            except ImageError as exc:
+                failed, payload = exc.code, exc.message.encode()
             assert self.sched is not None
-            asyncio.get_running_loop().call_soon(self.sched.accept_result, hdr, worker, payload)
+            sched = self.sched
+            asyncio.get_running_loop().call_soon(
+                lambda: self.refusals.append(sched.accept_result(hdr, worker, payload, failed)))
         return Reply(202, b"", "application/json", NO_PEER)
 
 
@@ -54,38 +72,85 @@ def scheduler(fake: FakeWorkers) -> Scheduler:
     return sched
 
 
-def prepared() -> tuple[equalize.Prepared, bytes]:
+def upload(mode: str = "gray", fmt: str = "PNG") -> tuple[bytes, Spec]:
     buf = io.BytesIO()
-    Image.linear_gradient("L").resize((64, 40)).save(buf, format="PNG")
-    img, fmt = decode(buf.getvalue(), 10_000_000)
-    return equalize.prepare(img, fmt, "gray"), buf.getvalue()
+    Image.linear_gradient("L").resize((64, 40)).convert("RGB").save(buf, format=fmt)
+    data = buf.getvalue()
+    h = probe(data, 10_000_000)
+    return data, Spec(mode=mode, fmt=h.fmt, width=h.width, height=h.height, work_mode=h.work_mode(mode))
 
 
-def test_outcome_names_the_workers_that_computed() -> None:
-    fake = FakeWorkers()
-    prep, data = prepared()
-    outcome = asyncio.run(scheduler(fake).run("job1", prep, {}))
-    assert outcome.workers == ["worker1", "worker2"] and outcome.tiles == 4
+def test_one_worker_decodes_counts_applies_and_encodes_bit_identical_to_one_process() -> None:
+    for mode in equalize.MODES:
+        for fmt in ("PNG", "JPEG"):
+            fake = FakeWorkers()
+            data, spec = upload(mode, fmt)
+            outcome = asyncio.run(scheduler(fake).run("job1", data, spec, {}))
+            single = equalize.equalize_single(data, mode)
+            assert outcome.tiles == 1 and len(outcome.workers) == 1
+            assert outcome.result.image == single.image and outcome.result.hist_after == single.hist_after
+            assert outcome.framed is not None and frame.unpack_result(outcome.framed)[0].image == single.image
+            phases = [(h.phase, h.cached) for h, _ in fake.sent]
+            assert phases == [("hist", False), ("apply", True), ("apply", False)], phases  # 409: upload again
+
+
+def test_a_busy_worker_is_passed_over_without_counting_an_attempt() -> None:
+    fake = FakeWorkers(busy={"worker1": 6, "worker2": 6})  # both full for a while (more than MAX_ATTEMPTS)
+    data, spec = upload()
+    outcome = asyncio.run(scheduler(fake).run("job1", data, spec, {}))
     assert outcome.result.image == equalize.equalize_single(data, "gray").image
+    assert sum(1 for h, _ in fake.sent if h.phase == "hist") == 13  # 12 refusals, then the one that ran
+
+
+def test_an_image_a_worker_cannot_decode_fails_the_job_with_that_reason_at_once() -> None:
+    fake = FakeWorkers()
+    data, spec = upload()
+    bad = bytearray(data)
+    bad[bad.index(b"IDAT") + 8:bad.index(b"IDAT") + 40] = b"\x00" * 32  # CRC kept out of it: only a decode tells
+    try:
+        asyncio.run(scheduler(fake).run("job1", bytes(bad), spec, {}))
+    except JobFailed as exc:
+        assert "cannot be processed" in str(exc)
+    else:
+        raise AssertionError("a corrupt image must fail the job")
+    assert len(fake.sent) == 1  # not retried elsewhere: the image, not the worker, is at fault
+
+
+def test_a_result_without_the_merged_histogram_is_refused() -> None:
+    async def run() -> None:
+        fake = FakeWorkers()
+        sched = scheduler(fake)
+        fake.tamper = True  # the apply step reports a histogram other than the one merged
+        data, spec = upload()
+        job = asyncio.get_running_loop().create_task(sched.run("job1", data, spec, {}))
+        for _ in range(2000):  # polls the fake's calls, at most 2 s
+            if [r for r in fake.refusals if r is not None] or job.done():
+                break
+            await asyncio.sleep(0.001)
+        refused = [r for r in fake.refusals if r is not None][0]
+        assert "does not match the job's image and histogram" in refused.reason
+        assert not job.done() and sched.pending  # still waiting for a right answer
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+    asyncio.run(run())
 
 
 def test_late_results_of_a_cancelled_job_are_dropped_only_from_their_worker() -> None:
     async def run() -> None:
         fake = FakeWorkers(report=False)
         sched = scheduler(fake)
-        prep, _ = prepared()
-        job = asyncio.get_running_loop().create_task(sched.run("job1", prep, {}))
-        while len(fake.sent) < 4:  # noqa: ASYNC110 (polls the fake's list of calls)
+        data, spec = upload()
+        job = asyncio.get_running_loop().create_task(sched.run("job1", data, spec, {}))
+        while len(fake.sent) < 1:  # noqa: ASYNC110 (polls the fake's list of calls)
             await asyncio.sleep(0.01)
         job.cancel()
         await asyncio.gather(job, return_exceptions=True)
         assert not sched.pending
-        (hdr, worker), (hdr2, worker2) = fake.sent[0], fake.sent[1]
+        hdr, worker = fake.sent[0]
         other = "worker2" if worker == "worker1" else "worker1"
         forged = sched.accept_result(hdr, other, b"[]")  # not the worker it went to: refused as before
         assert forged is not None and "no such task attempt" in forged.reason
         assert sched.accept_result(hdr, worker, b"[]") is None  # its own worker, finishing late: dropped quietly
         replayed = sched.accept_result(hdr, worker, b"[]")
         assert replayed is not None and "replayed" in replayed.reason  # once
-        assert sched.accept_result(hdr2, worker2, b"[]") is None
     asyncio.run(run())

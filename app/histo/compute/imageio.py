@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 from PIL import Image, ImageOps
 
@@ -69,18 +72,58 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
                          f"{width}x{height} is more than the {max_pixels} pixels allowed")
 
 
-def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
-    """A fully loaded image and its format, or ImageError (415 type, 413 pixels, 400 corrupt)."""
+# Pixel modes that normalize to grayscale (compute/equalize.py normalize): their work image is L in every mode.
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations exif_transpose turns by 90 degrees
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the master knows of an upload without decoding it."""
+    fmt: str
+    width: int  # after the EXIF orientation, as decode() returns the image
+    height: int
+    pixel_mode: str  # Pillow's mode of the decoded image, before normalize()
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def work_mode(self, mode: str) -> str:
+        """The mode of the work image prepare() makes for equalization `mode` (L or RGB)."""
+        return "RGB" if mode == "rgb" and self.pixel_mode not in _GRAY_MODES else "L"
+
+
+def probe(data: bytes, max_pixels: int) -> Header:
+    """Format, size and pixel mode from the header, never a pixel decoded; the same refusals as
+    decode() for a bad type, a bomb, a broken header or a stream cut short (a PNG's chunk CRCs are
+    checked, a JPEG must end its scan). Damage inside the compressed pixels shows only when a worker
+    decodes them (the job then fails with that reason)."""
     fmt = sniff_format(data)
     size = header_size(data, fmt)
-    if size is not None:  # refuse a bomb before Pillow allocates anything
+    if size is not None:
         check_pixels(*size, max_pixels)
-    try:
+    with _client_errors(fmt):
         img = Image.open(io.BytesIO(data), formats=[fmt])
-        check_pixels(*img.size, max_pixels)  # Image.open is lazy: the size is from the header only
-        img.load()
-        # Browsers honour the EXIF orientation and our output carries no EXIF: apply it to the pixels.
-        ImageOps.exif_transpose(img, in_place=True)
+        check_pixels(*img.size, max_pixels)
+        width, height = img.size
+        pixel_mode = img.mode
+        orientation = _orientation(img.info.get("exif"))  # not getexif(): on a PNG it decodes the pixels
+        if fmt == "PNG":
+            # every chunk's CRC, IEND present, no pixel inflated (verify() must come right after open)
+            Image.open(io.BytesIO(data), formats=[fmt]).verify()
+        elif data.rfind(b"\xff\xd9") < data.find(b"\xff\xda"):  # EOI after the first SOS: not cut short
+            raise ValueError("no end of image")
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return Header(fmt, width, height, pixel_mode)
+
+
+@contextmanager
+def _client_errors(fmt: str) -> Iterator[None]:
+    """Untrusted bytes: any parser or decoder failure is the client's 400, a bomb its 413."""
+    try:
+        yield
     except ImageError:
         raise
     # Pillow's own bomb guard (MAX_IMAGE_PIXELS) is a second line behind check_pixels. Its warning
@@ -88,8 +131,33 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     # warnings.catch_warnings() because that is process-global and decode runs in thread pools.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(413, "too_many_pixels", "the image is too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoder failure is the client's 400
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure is the client's 400
         raise ImageError(400, "bad_image", f"the {fmt} data is corrupt or truncated") from exc
+
+
+def _orientation(raw: object) -> int | None:
+    """The EXIF orientation tag of the EXIF block read with the header (a PNG's eXIf chunk placed after its
+    pixel data is not read, and such an image fails on the worker if it turns)."""
+    if not isinstance(raw, bytes):
+        return None
+    exif = Image.Exif()
+    exif.load(raw)
+    value = exif.get(0x0112)
+    return value if isinstance(value, int) else None
+
+
+def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """A fully loaded image and its format, or ImageError (415 type, 413 pixels, 400 corrupt)."""
+    fmt = sniff_format(data)
+    size = header_size(data, fmt)
+    if size is not None:  # refuse a bomb before Pillow allocates anything
+        check_pixels(*size, max_pixels)
+    with _client_errors(fmt):
+        img = Image.open(io.BytesIO(data), formats=[fmt])
+        check_pixels(*img.size, max_pixels)  # Image.open is lazy: the size is from the header only
+        img.load()
+        # Browsers honour the EXIF orientation and our output carries no EXIF: apply it to the pixels.
+        ImageOps.exif_transpose(img, in_place=True)
     return img, fmt
 
 

@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web, WSMsgType
 
 from ..compute import equalize
 from ..compute.equalize import Result
-from ..compute.imageio import ImageError, check_pixels, decode, header_size, sniff_format
+from ..compute.imageio import Header, ImageError, probe, sniff_format
 from ..edge.admission import Refused
 from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
@@ -113,17 +113,17 @@ class Handlers:
 
     # -- jobs --------------------------------------------------------------------------------
     async def submit(self, request: web.Request) -> web.StreamResponse:
+        """Any master accepts an upload itself: stored on the quorum and recorded queued; the leader runs
+        it (a standby's job reaches the leader through its watch on /histo/active, not through a relay)."""
         principal = await self.m.auth.require(request, UPLOADERS)
-        if not self.m.is_leader:  # the leader admits (and counts) the work, once, whoever received it
-            return await self._forward(request, self.m.leader)
         auth = self.m.auth
         auth.limit_uploads(request, principal)
         admission = auth.admission
         mine = self.m.runner.owned_running(principal.sub)
         t0 = time.perf_counter()
-        holding = contextlib.ExitStack()  # the body counts against uploads_in_flight until it is decoded
+        holding = contextlib.ExitStack()  # the body counts against uploads_in_flight until it is stored
         try:
-            admission.check_jobs(len(self.m.running), mine)
+            admission.check_jobs(await self.m.jobs_in_flight(), mine)
             holding.enter_context(admission.reading(principal.sub))
             data, mode = await self._read_upload(request)
         except Refused as exc:
@@ -134,14 +134,15 @@ class Handlers:
             raise
         with holding:
             await self._runner_call(self.m.runner.check_quota(principal.sub, len(data)))
-            prepared, upload_sha256, mode, t_recv, t1 = await self._admit(request, principal, data, mode, t0)
-            timings = {"receive": t_recv, "decode": time.perf_counter() - t1}
+            header, upload_sha256, t_recv, t1 = await self._admit(request, principal, data, mode, t0)
+            timings = {"receive": t_recv, "header": time.perf_counter() - t1}
             try:
-                doc = await self.m.runner.submit(principal.sub, data, mode, prepared, upload_sha256, timings)
+                doc = await self.m.runner.submit(principal.sub, data, mode, header, upload_sha256, timings,
+                                                 start=self.m.is_leader)
             except RunnerError as exc:
                 self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
                 raise _refusal(exc) from None
-        del data, prepared
+        del data
         job_id = doc["id"]
         self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
         return web.json_response({"id": job_id, "state": "queued"}, status=202,
@@ -155,41 +156,27 @@ class Handlers:
             raise _refusal(exc) from None
 
     async def _admit(self, request: web.Request, principal: Principal, data: bytes, mode: str,
-                     t0: float) -> tuple[equalize.Prepared, str, str, float, float]:
-        """Admission by cost of a received upload, then its decode: (prepared, sha256, mode, receive s, t1)."""
+                     t0: float) -> tuple[Header, str, float, float]:
+        """Admission by cost of a received upload, from its header alone (the master never decodes):
+        (header, sha256, receive s, t1)."""
         auth = self.m.auth
-        admission = auth.admission
         t_recv = time.perf_counter() - t0
         if not self.m.schedulable_workers():
             raise json_error(503, "no_workers", "no workers are available; try again shortly")
-        loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
-        # The cost is charged from the header's size before any pixel is decoded.
-        size = header_size(data, sniff_format(data))
-        charged = 0
         try:
-            if size is not None:
-                check_pixels(*size, self.m.cfg.max_pixels)
-                admission.charge(principal.sub, size[0] * size[1])
-                charged = size[0] * size[1]
-            try:
-                async with admission.decode_slot(principal.sub):
-                    img, fmt = await loop.run_in_executor(None, decode, data, self.m.cfg.max_pixels)
-                    if size is None:  # no size in the header: charged for what was decoded
-                        admission.charge(principal.sub, img.size[0] * img.size[1])
-                    prepared = await loop.run_in_executor(None, equalize.prepare, img, fmt, mode)
-            except Refused as exc:
-                if exc.status == 503 and charged:
-                    admission.budget.refund(principal.sub, charged)  # busy: the work did not happen
-                raise
+            header = await asyncio.get_running_loop().run_in_executor(None, probe, data, self.m.cfg.max_pixels)
+            # Every master admits uploads and keeps its own buckets: each charges pixels x live masters, so
+            # the cluster admits at most one budget per principal however the uploads are spread.
+            budget = auth.admission.budget.capacity
+            auth.admission.charge(principal.sub, int(min(budget, header.pixels * self.m.live_masters())))
         except Refused as exc:
             raise auth.refused(request, principal, exc) from None
         except ImageError as exc:
             self.m.audit_decision(principal, request, "POST /api/v1/jobs", False, exc.code)
             raise json_error(exc.status, exc.code, exc.message) from None
         upload_sha256 = hashlib.sha256(data).hexdigest()  # named by the job's receipt
-        del img
-        return prepared, upload_sha256, mode, t_recv, t1
+        return header, upload_sha256, t_recv, t1
 
     async def _read_upload(self, request: web.Request) -> tuple[bytes, str]:
         ctype = request.headers.get("Content-Type", "")
@@ -266,14 +253,13 @@ class Handlers:
         principal = await self.m.auth.require(request, UPLOADERS)
         wait = validation.query_number(request, "wait", WAIT) or 0.0  # a bad request is one, whatever the job
         doc, _ = await self._job_for(request, principal)
-        task = self.m.running.get(doc["id"])
-        holder = doc.get("master")
-        if (wait and task is None and doc.get("state") in ("queued", "running") and holder != self.m.cfg.name
-                and holder in self.m.masters and not request.get("forwarded")):
-            return await self._forward(request, holder)  # the master running it can wait on it
-        if wait and task is not None and doc.get("state") in ("queued", "running"):
-            await asyncio.wait({task}, timeout=wait)
-            doc = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.get_job, doc["id"]) or doc
+        if wait and doc.get("state") in ("queued", "running"):
+            task = self.m.running.get(doc["id"])
+            if task is not None:  # it runs here
+                await asyncio.wait({task}, timeout=wait)
+                doc = await asyncio.get_running_loop().run_in_executor(None, self.m.jobs.get_job, doc["id"]) or doc
+            else:  # any master waits on the job's znode (a ZooKeeper watch), nothing is relayed
+                doc = await self.m.wait_job_end(doc["id"], wait) or doc
             if is_tombstone(doc):
                 raise _gone(doc)
         return web.json_response(self._public(doc))

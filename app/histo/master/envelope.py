@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..compute import frame
 from ..compute.equalize import Result
 
 MAGIC = b"HSTO\x01"
@@ -110,26 +111,9 @@ def open_blob(key_plaintext: bytes, blob: bytes, job: str, owner: str, kind: str
 
 
 # -- what a result blob holds ----------------------------------------------------------------------
-def pack_result(result: Result, plot: bytes) -> bytes:
-    meta = json.dumps({"fmt": result.fmt, "width": result.width, "height": result.height,
-                       "channels": result.channels, "hist_before": result.hist_before,
-                       "hist_after": result.hist_after, "image": len(result.image), "plot": len(plot)},
-                      separators=(",", ":")).encode()
-    return len(meta).to_bytes(4, "big") + meta + result.image + plot
-
-
 def unpack_result(data: bytes) -> tuple[Result, bytes]:
+    """compute/frame.py unpack_result, its refusals as BlobError (a stored result that does not parse)."""
     try:
-        size = int.from_bytes(data[:4], "big")
-        meta = json.loads(data[4:4 + size])
-        start = 4 + size
-        image = data[start:start + int(meta["image"])]
-        plot = data[start + int(meta["image"]):start + int(meta["image"]) + int(meta["plot"])]
-        result = Result(image=image, fmt=str(meta["fmt"]), width=int(meta["width"]), height=int(meta["height"]),
-                        channels=list(meta["channels"]), hist_before=dict(meta["hist_before"]),
-                        hist_after=dict(meta["hist_after"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BlobError(f"unreadable result ({type(exc).__name__})") from None
-    if len(image) != int(meta["image"]) or len(plot) != int(meta["plot"]):
-        raise BlobError("truncated result")
-    return result, plot
+        return frame.unpack_result(data)
+    except frame.FrameError as exc:
+        raise BlobError(str(exc)) from None

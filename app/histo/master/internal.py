@@ -13,7 +13,7 @@ from ..protocol import ProtocolError, TaskHeader
 from ..rpc import PEER, peer_check
 from .envelope import KINDS, BlobError, digest, parse, valid_job_id
 from .replication import STORE_PREFIX, TAG_HEADER
-from .scheduler import RefusedResult
+from .scheduler import FAILED_HEADER, RefusedResult
 from ..zk import acl as zkacl
 from ..tls.identity import IdentityError
 from . import api
@@ -157,6 +157,9 @@ async def results(master: "Master", request: web.Request) -> web.Response:
     if isinstance(admitted, RefusedResult):
         _refused(master, request, worker, hdr, admitted.reason)
         raise json_error(409, "result_refused", admitted.reason, headers={"Connection": "close"})
+    failed = request.headers.get(FAILED_HEADER)
+    if failed is not None and admitted:
+        failed, admitted = failed[:64], 512  # the image cannot be processed: a short reason, not a result
     if request.content_length is not None and request.content_length > admitted:
         _refused(master, request, worker, hdr, "result larger than its task attempt can be")
         raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
@@ -174,7 +177,7 @@ async def results(master: "Master", request: web.Request) -> web.Response:
         _refused(master, request, worker, hdr, "result larger than its task attempt can be")
         raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
                          headers={"Connection": "close"})
-    refused = master.scheduler.accept_result(hdr, worker, bytes(payload))
+    refused = master.scheduler.accept_result(hdr, worker, bytes(payload), failed)
     if refused is not None:
         _refused(master, request, worker, hdr, refused.reason)
         raise json_error(409, "result_refused", refused.reason)

@@ -27,12 +27,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
-from ..compute.equalize import Prepared, Result
+from ..compute.equalize import Result
+from ..compute.imageio import Header
 from ..zk.jobs import EXPIRED, created_of, is_tombstone, new_job_id
 from .datakeys import KeyService, KeysUnavailable
-from .envelope import BlobError, DataKey, digest, open_blob, pack_result, parse, seal, unpack_result
+from ..compute.frame import pack_result
+from .envelope import BlobError, DataKey, digest, open_blob, parse, seal, unpack_result
 from .replication import QuorumNotReached, Replicator
-from .scheduler import JobFailed, Outcome
+from .scheduler import JobFailed, Outcome, Spec
 
 Doc = dict[str, Any]  # a job document as stored in its znode
 log = logging.getLogger("histo.runner")
@@ -75,7 +77,7 @@ class Settings:
     store_timeout: float = 600.0  # how long a finished job waits for the quorum to store its result
 
 
-Compute = Callable[[str, Prepared, dict[str, float]], Awaitable[Outcome]]
+Compute = Callable[[str, bytes, Spec, dict[str, float]], Awaitable[Outcome]]
 Receipt = Callable[[Doc, Outcome, float], Awaitable[Doc]]
 
 
@@ -85,11 +87,11 @@ def _mb(n: int) -> str:
 
 class JobRunner:
     def __init__(self, name: str, jobs: JobRecords, replicas: Replicator, keys: KeyService, compute: Compute,
-                 prepare: Callable[[bytes, str], Prepared], plot: Callable[[Result, str], bytes], receipt: Receipt,
+                 plot: Callable[[Result, str], bytes], receipt: Receipt,
                  settings: Settings, emit: Callable[..., None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.name, self.jobs, self.replicas, self.keys = name, jobs, replicas, keys
-        self.compute, self.prepare, self.plot, self.receipt = compute, prepare, plot, receipt
+        self.compute, self.plot, self.receipt = compute, plot, receipt
         self.settings, self.clock = settings, clock
         self._emit = emit or (lambda kind, **kw: None)
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -111,9 +113,11 @@ class JobRunner:
                               f"and this upload needs {_mb(need)}: delete jobs you no longer need "
                               "(DELETE /api/v1/jobs/{id}) or wait until their retention ends")
 
-    async def submit(self, owner: str, data: bytes, mode: str, prepared: Prepared, upload_sha256: str,
-                     timings: dict[str, float]) -> Doc:
-        """Store the upload on the quorum, record the job, start it; the job's document."""
+    async def submit(self, owner: str, data: bytes, mode: str, header: Header, upload_sha256: str,
+                     timings: dict[str, float], start: bool = True) -> Doc:
+        """Store the upload on the quorum, record the job and, on the leader (`start`), start it; the job's
+        document. A job another master accepted is queued in /histo/active, where the leader's watch
+        picks it up (resume_all): its znode has no `master` and `runs` 0 until then."""
         await self.check_quota(owner, len(data))
         try:
             key: DataKey = await self._z(self.keys.new_key)
@@ -130,25 +134,27 @@ class JobRunner:
                 await self.replicas.delete(job_id)
                 raise RunnerError(503, "not_durable", f"the upload could not be stored durably: {exc}; "
                                   "try again shortly", retry_after=5) from None
-            width, height = prepared.work.size
-            doc = {"id": job_id, "owner": owner, "state": "queued", "mode": mode, "format": prepared.fmt,
-                   "width": width, "height": height, "progress": 0.0, "tiles": 0, "reason": None,
-                   "timings": timings, "created": self.clock(), "finished": None, "master": self.name,
-                   "upload_sha256": upload_sha256, "blobs": {"upload": digest(blob)}, "bytes": len(blob), "runs": 1}
+            doc = {"id": job_id, "owner": owner, "state": "queued", "mode": mode, "format": header.fmt,
+                   "width": header.width, "height": header.height, "work_mode": header.work_mode(mode),
+                   "progress": 0.0, "tiles": 0, "reason": None, "timings": timings, "created": self.clock(),
+                   "finished": None, "master": self.name if start else None, "received_by": self.name,
+                   "upload_sha256": upload_sha256, "blobs": {"upload": digest(blob)}, "bytes": len(blob),
+                   "runs": 1 if start else 0}
             try:
                 await self._z(self.jobs.create_job, job_id, doc)
             except BaseException:
                 await self.replicas.delete(job_id)
                 raise
             await self._z(self.jobs.add_usage, owner, len(blob))
-            self._start(job_id, owner, prepared, timings, doc, key)
+            if start:
+                self._start(job_id, owner, data, timings, doc, key)
         finally:
             self._submitting.discard(job_id)
         return doc
 
-    def _start(self, job_id: str, owner: str, prepared: Prepared, timings: dict[str, float], doc: Doc,
+    def _start(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
                key: DataKey) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job_id, owner, prepared, timings, doc, key))
+        task = asyncio.get_running_loop().create_task(self._run(job_id, owner, upload, timings, doc, key))
         self.running[job_id] = task
         self.owners[job_id] = owner
 
@@ -156,15 +162,20 @@ class JobRunner:
         return sum(1 for j, o in self.owners.items() if o == owner and j in self.running)
 
     # -- run ----------------------------------------------------------------------------------------
-    async def _run(self, job_id: str, owner: str, prepared: Prepared, timings: dict[str, float], doc: Doc,
+    async def _run(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
                    key: DataKey) -> None:
         try:
             await self._z(lambda: self.jobs.update_job(job_id, state="running"))
             self._emit("job_progress", severity="info", job=job_id, progress=0.05, state="running", audience=owner)
-            outcome = await asyncio.wait_for(self.compute(job_id, prepared, timings), self.settings.job_timeout)
-            del prepared
-            plot = await self._z(self.plot, outcome.result, job_id)
-            blob = await self._z(seal, key, job_id, owner, "result", pack_result(outcome.result, plot))
+            outcome = await asyncio.wait_for(self.compute(job_id, upload, Spec.of(doc), timings),
+                                             self.settings.job_timeout)
+            del upload
+            framed = outcome.framed  # as the worker framed it (and the scheduler checked it)
+            if framed is None:
+                plot = await self._z(self.plot, outcome.result, job_id)
+                framed = pack_result(outcome.result, plot)
+            blob = await self._z(seal, key, job_id, owner, "result", framed)
+            del framed
             await self._store_result(job_id, blob)
             timings.update(outcome.timings)
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
@@ -259,14 +270,14 @@ class JobRunner:
         except BlobError as exc:
             await self._fail(job_id, owner, f"the stored upload cannot be opened ({exc})")
             return False
-        prepared = await self._z(self.prepare, data, str(doc.get("mode")))
-        del data
         doc = await self._z(lambda: self.jobs.update_job(job_id, runs=runs + 1, master=self.name))
         if is_tombstone(doc):
             return False
-        timings = {k: v for k, v in (doc.get("timings") or {}).items() if k in ("receive", "decode")}
-        self._start(job_id, owner, prepared, timings, doc, key)
-        self._emit("job_resumed", severity="warning", job=job_id, master=self.name, run=runs + 1, audience=owner)
+        timings = {k: v for k, v in (doc.get("timings") or {}).items() if k in ("receive", "header")}
+        self._start(job_id, owner, data, timings, doc, key)
+        if runs:  # runs 0: a job another master accepted, started here for the first time
+            self._emit("job_resumed", severity="warning", job=job_id, master=self.name, run=runs + 1,
+                       audience=owner)
         return True
 
     # -- read back ------------------------------------------------------------------------------------

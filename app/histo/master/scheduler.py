@@ -1,9 +1,16 @@
-"""The leader's job runner: split the work image into row strips, send them to workers over
-mTLS, collect results reported back to the internal endpoint, merge, and assemble.
+"""The leader's scheduler: it places a job's pixel work on a worker and binds what comes back.
 
-Each task attempt has a random id and an assigned worker; only that worker may report its
-result, once. A worker that vanishes from ZooKeeper membership, refuses, or times out has its
-task re-assigned to another worker with a new attempt id."""
+The master never decodes nor encodes. A job is one task in two steps on one worker (compute/work.py):
+`hist` sends the upload's bytes, the worker decodes and prepares the image, keeps it and reports its
+histogram; the master turns the histogram into the lookup table; `apply` sends only the table, and the
+worker answers with the framed result (encoded image, histograms, plot), which the master checks
+against the histogram it merged before it accepts it. A worker that lost the image gets the table and
+the upload again. Why one worker per job and not row strips over several: docs/ARCHITECTURE.md.
+
+Each task attempt has a random id and an assigned worker; only that worker may report its result,
+once. A worker that vanishes from ZooKeeper membership, refuses, or times out has its task re-assigned
+to another worker with a new attempt id; a worker whose memory budget is full (503 busy) is passed
+over without counting an attempt."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +19,10 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-from ..compute import equalize, tiles
+from ..compute import equalize, frame, tiles
+from ..compute.work import result_bound
 from ..protocol import TaskHeader
 from ..rpc import InternalClient, PeerRefused
 from ..zk.membership import Member
@@ -22,6 +30,8 @@ from ..zk.membership import Member
 log = logging.getLogger("histo.scheduler")
 
 MAX_ATTEMPTS = 4
+BUSY_BACKOFF = 0.2  # seconds before asking again when every worker's budget is full
+FAILED_HEADER = "X-Histo-Failed"  # a worker reports that the image itself cannot be processed
 
 
 class JobFailed(Exception):
@@ -30,6 +40,29 @@ class JobFailed(Exception):
 
 class WorkerLost(Exception):
     pass
+
+
+class WorkerBusy(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the master knows of a job's image without decoding it (the job's znode, from the header)."""
+    mode: str
+    fmt: str
+    width: int
+    height: int
+    work_mode: str
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> "Spec":
+        return cls(mode=str(doc["mode"]), fmt=str(doc["format"]), width=int(doc["width"]),
+                   height=int(doc["height"]), work_mode=str(doc.get("work_mode") or "L"))
+
+    @property
+    def bands(self) -> int:
+        return tiles.bands_of(self.work_mode)
 
 
 @dataclass
@@ -42,8 +75,10 @@ class Pending:
     image_mode: str
     width: int
     rows: int
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     bands: int = 1
+    hist: list[int] | None = None  # apply: the histogram the result must carry as "before"
+    fmt: str = ""
 
 
 @dataclass
@@ -52,6 +87,7 @@ class Outcome:
     timings: dict[str, float]
     tiles: int
     workers: list[str] = field(default_factory=list)  # the workers whose results were accepted
+    framed: bytes | None = None  # the result as the worker framed it (image, histograms, plot)
 
 
 @dataclass
@@ -61,10 +97,10 @@ class RefusedResult:
 
 def result_size_bound(p: Pending) -> int:
     """The largest body a result of `p` can have: the histogram as the worker writes it (JSON list of
-    256 * bands counts, each at most width * rows, ", "-separated), or the strip's raw pixels."""
+    256 * bands counts, each at most width * rows, ", "-separated), or the framed result."""
     if p.phase == "hist":
         return 2 + 256 * p.bands * (len(str(p.width * p.rows)) + 2)
-    return p.width * p.rows * p.bands
+    return result_bound(p.width, p.rows)
 
 
 class Scheduler:
@@ -86,86 +122,74 @@ class Scheduler:
         self._rr = 0
 
     # -- the job ---------------------------------------------------------------------------
-    async def run(self, job_id: str, prepared: equalize.Prepared, timings: dict[str, float]) -> Outcome:
-        """Run one decoded, prepared job through the workers; `timings` already holds receive/decode."""
-        loop = asyncio.get_running_loop()
-        t = time.perf_counter()
-        work = prepared.work
-        width, height = work.size
-        raw = await loop.run_in_executor(None, work.tobytes)
-        bands = tiles.bands_of(work.mode)
-        alive = self.workers()
-        if not alive:
-            raise JobFailed("no workers available")
-        parts = min(len(alive) * self.tiles_per_worker, (width * height) // self.min_tile_pixels)
-        ranges = tiles.row_ranges(height, max(1, parts))
-        parts = tiles.split_rows(raw, width, bands, ranges)
-        timings["split"] = time.perf_counter() - t
-
+    async def run(self, job_id: str, upload: bytes, spec: Spec, timings: dict[str, float]) -> Outcome:
+        """Run one stored upload through a worker; `timings` already holds receive."""
         t = time.perf_counter()
         holders: dict[int, str] = {}
         computed_by: set[str] = set()
-        hist_results = await self._phase(job_id, "hist", work.mode, width, ranges, parts, None, holders,
-                                         computed_by)
-        hist_before = equalize.merge_histograms(hist_results)
-        lut = equalize.lut_from_histogram(hist_before)
-        timings["histogram"] = time.perf_counter() - t
+        hist = await self._drive(job_id, 0, "hist", spec, upload, None, holders, computed_by)
+        lut = equalize.lut_from_histogram(hist)
+        timings["histogram"] = time.perf_counter() - t  # decode and count, on the worker
         self.on_progress(job_id, 0.5)
-
         t = time.perf_counter()
-        out_parts = await self._phase(job_id, "apply", work.mode, width, ranges, parts, bytes(lut), holders,
-                                      computed_by)
-        timings["apply"] = time.perf_counter() - t
+        result, framed = await self._drive(job_id, 0, "apply", spec, upload, bytes(lut), holders, computed_by, hist)
+        timings["apply"] = time.perf_counter() - t  # table, output image, encode and plot, on the worker
+        return Outcome(result=result, timings=timings, tiles=1, workers=sorted(computed_by), framed=framed)
 
-        t = time.perf_counter()
-        equalized = await loop.run_in_executor(None, tiles.assemble, out_parts, work.mode, (width, height))
-        result = await loop.run_in_executor(None, equalize.finish_result, prepared, equalized, hist_before)
-        timings["encode"] = time.perf_counter() - t
-        return Outcome(result=result, timings=timings, tiles=len(ranges), workers=sorted(computed_by))
-
-    async def _phase(self, job: str, phase: str, image_mode: str, width: int, ranges, parts,
-                     lut: bytes | None, holders: dict[int, str], computed_by: set[str]) -> list:
-        coros = [self._drive(job, n, phase, image_mode, width, r1 - r0, parts[n], lut, holders, computed_by)
-                 for n, (r0, r1) in enumerate(ranges)]
-        return await asyncio.gather(*coros)
-
-    def _pick(self, prefer: str | None, avoid: set[str]) -> tuple[str, Member]:
+    def _pick(self, prefer: str | None, avoid: set[str]) -> tuple[str, Member] | None:
         alive = self.workers()
+        if not alive:
+            raise JobFailed("no workers available")
         if prefer in alive and prefer not in avoid:
             return prefer, alive[prefer]
-        names = sorted(n for n in alive if n not in avoid) or sorted(alive)
+        names = sorted(n for n in alive if n not in avoid)
         if not names:
-            raise JobFailed("no workers available")
+            return None
         self._rr += 1
         name = names[self._rr % len(names)]
         return name, alive[name]
 
-    async def _drive(self, job: str, n: int, phase: str, image_mode: str, width: int, rows: int,
-                     tile: memoryview, lut: bytes | None, holders: dict[int, str], computed_by: set[str]):
-        avoid: set[str] = set()
+    async def _drive(self, job: str, n: int, phase: str, spec: Spec, upload: bytes, lut: bytes | None,
+                     holders: dict[int, str], computed_by: set[str], hist: list[int] | None = None) -> Any:
+        avoid: set[str] = set()  # failed this task: not asked again
+        busy: set[str] = set()  # budget full: asked again after a pause
         last_error = ""
         cached = phase == "apply"
-        for _ in range(MAX_ATTEMPTS):
+        attempts = 0
+        while attempts < MAX_ATTEMPTS:
             prefer = holders.get(n) if phase == "apply" else None
-            worker, info = self._pick(prefer, avoid)
+            picked = self._pick(prefer, avoid | busy)
+            if picked is None:
+                if not busy:
+                    picked = self._pick(None, set())  # everyone failed once: try them again
+                else:
+                    busy.clear()
+                    await asyncio.sleep(BUSY_BACKOFF)
+                    continue
+            if picked is None:
+                raise JobFailed("no workers available")
+            worker, info = picked
             use_cache = cached and worker == prefer
             attempt = secrets.token_urlsafe(12)
-            hdr = TaskHeader(job=job, task=n, attempt=attempt, phase=phase, image_mode=image_mode,
-                             width=width, rows=rows, reply_to=self.reply_to, cached=use_cache)
-            fut = asyncio.get_running_loop().create_future()
+            hdr = TaskHeader(job=job, task=n, attempt=attempt, phase=phase, image_mode=spec.work_mode,
+                             width=spec.width, rows=spec.height, reply_to=self.reply_to, cached=use_cache,
+                             mode=spec.mode)
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             key = (job, n, phase)
-            self.pending[key] = Pending(job, n, phase, attempt, worker, image_mode, width, rows, fut,
-                                        tiles.bands_of(image_mode))
+            self.pending[key] = Pending(job, n, phase, attempt, worker, spec.work_mode, spec.width, spec.height, fut,
+                                        spec.bands, hist, spec.fmt)
             self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker, "state": "assigned"})
-            body = lut + bytes(tile) if (phase == "apply" and not use_cache) else (lut if use_cache else tile)
+            body = (lut or b"") if use_cache else (lut or b"") + upload
             try:
                 status, resp, *_ = await self.client.request(
                     "POST", info.endpoint + "/internal/v1/tasks", ("worker",),
                     headers=hdr.to_headers(), data=body, expect_host=worker)
                 if status == 409 and use_cache:
-                    cached = False  # the worker lost the tile: resend it with the table
-                    last_error = "tile not cached"
+                    cached = False  # the worker lost the image: resend the upload with the table
+                    last_error = "image not held"
                     continue
+                if status == 503:
+                    raise WorkerBusy(f"{worker}: {resp[:120]!r}")
                 if status != 202:
                     raise WorkerLost(f"{worker} answered {status}: {resp[:120]!r}")
                 result = await asyncio.wait_for(fut, self.task_timeout)
@@ -179,9 +203,14 @@ class Scheduler:
                     self.abandoned.clear()
                 self.abandoned[(job, n, phase, attempt)] = worker
                 raise
+            except JobFailed:
+                raise
+            except WorkerBusy as exc:
+                busy.add(worker)
+                self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker,
+                                            "state": "busy", "error": str(exc)[:200]})
             except (WorkerLost, PeerRefused, asyncio.TimeoutError, OSError, Exception) as exc:
-                if isinstance(exc, JobFailed):
-                    raise
+                attempts += 1
                 last_error = f"{worker}: {type(exc).__name__}: {exc}"
                 log.warning("job %s task %d %s attempt on %s failed: %s", job, n, phase, worker, last_error)
                 avoid.add(worker)
@@ -223,8 +252,10 @@ class Scheduler:
             return p
         return result_size_bound(p)
 
-    def accept_result(self, hdr: TaskHeader, worker: str, payload: bytes) -> RefusedResult | None:
-        """Bind a reported result to its pending task attempt; anything else is refused."""
+    def accept_result(self, hdr: TaskHeader, worker: str, payload: bytes,
+                      failed: str | None = None) -> RefusedResult | None:
+        """Bind a reported result (or `failed`: the worker's report that the image cannot be processed,
+        `payload` its reason) to its pending task attempt; anything else is refused."""
         done_key = (hdr.job, hdr.task, hdr.phase, hdr.attempt)
         p = self._attempt(hdr, worker)
         if p is None:  # its job was cancelled: the late result is dropped quietly
@@ -233,28 +264,44 @@ class Scheduler:
             return None
         if isinstance(p, RefusedResult):
             return p
-        try:
-            value = self._parse(p, payload)
-        except ValueError as exc:
-            return RefusedResult(f"malformed result: {exc}")
+        if failed is not None:
+            reason = "".join(c for c in payload[:300].decode("utf-8", "replace") if c.isprintable())
+            value: Any = JobFailed(f"the image cannot be processed: {reason or failed}")
+        else:
+            try:
+                value = self._parse(p, payload)
+            except ValueError as exc:
+                return RefusedResult(f"malformed result: {exc}")
         self.done.add(done_key)
         if len(self.done) > 100_000:
             self.done.clear()
-        p.future.set_result(value)
+        if isinstance(value, JobFailed):
+            p.future.set_exception(value)
+        else:
+            p.future.set_result(value)
         return None
 
     @staticmethod
-    def _parse(p: Pending, payload: bytes):
+    def _parse(p: Pending, payload: bytes) -> Any:
         if p.phase == "hist":
             hist = json.loads(payload)
             if (not isinstance(hist, list) or len(hist) != 256 * p.bands
                     or not all(isinstance(v, int) and 0 <= v <= p.width * p.rows for v in hist)
                     or sum(hist) != p.width * p.rows * p.bands):
-                raise ValueError("histogram does not match the tile")
+                raise ValueError("histogram does not match the image")
             return hist
-        if len(payload) != p.width * p.rows * p.bands:
-            raise ValueError("tile size mismatch")
-        return payload
+        try:
+            result, _plot = frame.unpack_result(payload)
+        except frame.FrameError as exc:
+            raise ValueError(str(exc)) from None
+        channels = result.channels
+        if (result.fmt != p.fmt or (result.width, result.height) != (p.width, p.rows) or len(channels) != p.bands
+                or p.hist is None
+                or result.hist_before != dict(zip(channels, equalize.split_histogram(p.hist, p.bands)))
+                or not all(isinstance(h, list) and len(h) == 256 and sum(h) == p.width * p.rows
+                           for h in result.hist_after.values()) or len(result.hist_after) != p.bands):
+            raise ValueError("the result does not match the job's image and histogram")
+        return result, payload
 
     def workers_lost(self, names: set[str]) -> None:
         """Called when workers leave membership: fail their attempts so they are re-assigned now."""

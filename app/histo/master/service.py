@@ -20,13 +20,14 @@ from ..runtime import ServiceRuntime
 from ..zk import acl as zkacl
 from ..serve import Listener, run as run_service
 from ..zk.election import LeaderElection
-from ..zk.jobs import JobStore
+from ..zk.acl import ACTIVE, JOBS
+from ..zk.jobs import JobStore, is_tombstone
 from ..zk.membership import Member, remove_stale, watch
 from ..zk.revocations import RevocationStore
 from . import api, internal, relay
 from .auth import Authenticator
-from ..compute import equalize
-from ..compute.imageio import decode
+from kazoo.recipe.watchers import ChildrenWatch
+
 from ..compute.plot import plot_histograms
 from ..edge import receipts
 from ..tls.identity import spiffe_id
@@ -66,6 +67,8 @@ class Master:
         self.auth: Authenticator | None = None
         self.running: dict[str, asyncio.Task] = {}
         self.election: LeaderElection | None = None
+        self._resume_lock = asyncio.Lock()
+        self._resume_again = False
         self._task_batch: dict[tuple[str, int], dict] = {}
         self._tasks_created: set[tuple[str, int]] = set()
         # keepalived's view of this master (master/floating.py); none in local mode or without the address
@@ -114,25 +117,66 @@ class Master:
             for task in list(self.running.values()):
                 task.cancel()
 
-    async def _resume(self) -> None:
-        """Jobs a previous leader left queued or running are resumed from their stored uploads."""
-        try:
-            resumed = await self.runner.resume_all()
-        except Exception as exc:
-            log.warning("resuming jobs: %s: %s", type(exc).__name__, exc)
-            return
-        if resumed:
-            log.info("resumed %d job(s) left by a previous leader", len(resumed))
+    async def _resume(self) -> list[str]:
+        """Jobs a previous leader left queued or running, and jobs another master accepted, are started
+        from their stored uploads. One pass at a time; a change seen during a pass runs another."""
+        if self._resume_lock.locked():
+            self._resume_again = True
+            return []
+        started: list[str] = []
+        async with self._resume_lock:
+            self._resume_again = True
+            while self._resume_again and self.is_leader:
+                self._resume_again = False
+                try:
+                    started += await self.runner.resume_all()
+                except Exception as exc:
+                    log.warning("resuming jobs: %s: %s", type(exc).__name__, exc)
+                    break
+        return started
+
+    def _active_changed(self, _children: list[str]) -> bool:
+        """The watch on /histo/active (a kazoo thread): a job queued by another master starts at once."""
+        if self.is_leader and self.loop is not None:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._resume()))
+        return True  # keep watching
+
+    async def jobs_in_flight(self) -> int:
+        """Jobs queued or running in the cluster, as the job admission counts them: the leader's own,
+        a standby's from /histo/active."""
+        if self.is_leader:
+            return len(self.running)
+        return len(await self.loop.run_in_executor(None, self.jobs.active))
+
+    async def wait_job_end(self, job_id: str, timeout: float) -> dict | None:
+        """The job's document once it is no longer queued or running, or after `timeout` seconds: a
+        ZooKeeper watch on its znode, so any master can long-poll any job."""
+        changed = asyncio.Event()
+        deadline = self.loop.time() + timeout
+        path = f"{JOBS}/{job_id}"
+
+        def fired(_event: object) -> None:
+            self.loop.call_soon_threadsafe(changed.set)
+        doc = None
+        while True:
+            changed.clear()
+            try:
+                raw, _ = await self.loop.run_in_executor(None, lambda: self.rt.zk.get(path, watch=fired))
+                doc = json.loads(raw)
+            except Exception:  # gone or unreadable: the caller answers from what it has
+                return doc
+            if is_tombstone(doc) or doc.get("state") not in ("queued", "running"):
+                return doc
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return doc
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except asyncio.TimeoutError:
+                return doc
 
     def _other_masters(self) -> dict[str, Member]:
         return {n: m for n, m in self.masters.items() if n != self.cfg.name}
-
-    @staticmethod
-    def _prepare(max_pixels: int):
-        def prepare(data: bytes, mode: str) -> equalize.Prepared:
-            img, fmt = decode(data, max_pixels)
-            return equalize.prepare(img, fmt, mode)
-        return prepare
 
     async def _receipt_at_finish(self, doc: dict, outcome: Outcome, finished: float) -> dict:
         """Signed once, when the job finishes, and kept with the job. Vault away: the claims are kept
@@ -164,7 +208,7 @@ class Master:
                                                               max_blob=self.cfg.max_blob_bytes),
                               self.cfg.store_quorum, on_event=self.emit)
         self.runner = JobRunner(
-            self.cfg.name, self.jobs, replicas, self.keys, self.scheduler.run, self._prepare(self.cfg.max_pixels),
+            self.cfg.name, self.jobs, replicas, self.keys, self.scheduler.run,
             lambda r, title: plot_histograms(r.hist_before, r.hist_after, title=title), self._receipt_at_finish,
             Settings(retention=self.cfg.job_retention, quota=self.cfg.store_quota_bytes,
                      job_timeout=self.cfg.job_timeout, max_runs=self.cfg.max_job_runs),
@@ -184,6 +228,7 @@ class Master:
         watch(zk, "workers", lambda m: self.loop.call_soon_threadsafe(self._workers_changed, m))
         watch(zk, "masters", lambda m: self.loop.call_soon_threadsafe(self._masters_changed, m))
         self.rt.join("masters", public=self.cfg.public_url, take_over=True)
+        ChildrenWatch(zk, ACTIVE, self._active_changed)
         self.election = LeaderElection(zk, self.cfg.name, on_elected=self._elected, on_lost=self._lost)
         await self.loop.run_in_executor(None, self.election.start)
         log.info("master %s ready: public %s internal %s (start %.2fs)", self.cfg.name, self.cfg.public_url,
@@ -261,7 +306,7 @@ class Master:
         retention; every master catches up with the blobs it misses (soon after start, then regularly)."""
         steps = []
         if self.is_leader and ticks % 10 == 0:
-            steps.append(("resume", self.runner.resume_all))
+            steps.append(("resume", self._resume))
         if self.is_leader and ticks % self.cfg.gc_interval == 0:
             steps.append(("retention", self.runner.retain))
         if ticks == 3 or ticks % self.cfg.repair_interval == 0:
@@ -308,6 +353,10 @@ class Master:
             if await self.loop.run_in_executor(None, remove_stale, self.rt.zk, kind, member):
                 log.info("removed %s's node left by a previous process", member.name)
         return False
+
+    def live_masters(self) -> int:
+        """Masters whose process answered lately, this one included (at least 1)."""
+        return max(1, sum(1 for n in self.masters if self.is_live(n)))
 
     def is_live(self, name: str, within: float = 5.0) -> bool:
         return name == self.cfg.name or time.time() - self.live.get(name, 0.0) <= within

@@ -1,5 +1,6 @@
-"""The histo worker: receives tiles from the leader master over mTLS, computes per-tile
-histograms or applies the lookup table, and reports results to the master that asked.
+"""The histo worker: receives a job's upload from the leader master over mTLS, decodes it and counts
+its histogram, then applies the master's lookup table and encodes the result (compute/work.py), and
+reports each step's result to the master that asked; it admits work by its memory budget.
 
 Only master identities may call it; it reports only to master identities."""
 from __future__ import annotations
@@ -13,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from ..compute.tiles import tile_apply, tile_histogram
+from ..compute.imageio import ImageError
+from ..compute.work import HELD_BYTES_PER_PIXEL, PEAK_BYTES_PER_PIXEL, Decoded, apply_and_encode, decode_and_count
 from ..config import ServiceConfig
 from ..edge.middleware import json_errors, security_headers
 from ..protocol import ProtocolError, TaskHeader
@@ -23,39 +25,18 @@ from ..serve import Listener, run
 from ..tls.identity import IdentityError
 from ..zk.acl import WORKERS, worker_slot
 from ..zk.membership import list_members
+from .admission import Busy, MemoryBudget
 
 log = logging.getLogger("histo.worker")
 
-CACHE_BYTES = 256 * 1024 * 1024
-
-
-class TileCache:
-    """Tiles kept between the histogram and the apply phase, so the master need not resend them."""
-
-    def __init__(self, limit: int = CACHE_BYTES) -> None:
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._size, self._limit = 0, limit
-
-    def put(self, key: tuple[str, int], data: bytes) -> None:
-        self.pop(key)
-        self._items[key] = data
-        self._size += len(data)
-        while self._size > self._limit and self._items:
-            _, old = self._items.popitem(last=False)
-            self._size -= len(old)
-
-    def pop(self, key: tuple[str, int]) -> bytes | None:
-        data = self._items.pop(key, None)
-        if data is not None:
-            self._size -= len(data)
-        return data
+FAILED_HEADER = "X-Histo-Failed"  # a task the image itself made fail: the reason, in a short body
 
 
 class Worker:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         self.rt = ServiceRuntime(cfg, on_event=self._security_event)
-        self.cache = TileCache()
+        self.budget: MemoryBudget[Decoded] = MemoryBudget(cfg.worker_memory_bytes)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
         self.seen: OrderedDict[str, None] = OrderedDict()  # (task, attempt, phase) already taken
         self.client: InternalClient | None = None
@@ -107,38 +88,61 @@ class Worker:
         key = f"{hdr.job}/{hdr.task}/{hdr.phase}/{hdr.attempt}"
         if key in self.seen:  # a task attempt runs once, even if delivered twice
             return web.json_response({"error": "duplicate", "message": "task attempt already taken"}, status=409)
-        body = await request.read()
-        if hdr.phase == "apply" and hdr.cached:
-            tile = self.cache.pop((hdr.job, hdr.task))
-            if tile is None:
-                return web.json_response({"error": "not_cached", "message": "tile not cached"}, status=409)
-            lut = body
-        elif hdr.phase == "apply":
-            lut_len = 256 * hdr.bands
-            lut, tile = body[:lut_len], body[lut_len:]
-        else:
-            tile, lut = body, b""
-        if len(tile) != hdr.width * hdr.rows * hdr.bands:
-            return web.json_response({"error": "bad_task", "message": "tile size mismatch"}, status=400)
+        pixels = hdr.width * hdr.rows
+        if pixels > self.cfg.max_pixels:
+            return web.json_response({"error": "bad_task", "message": "more pixels than a job may have"}, status=400)
+        lut_len = 256 * hdr.bands if hdr.phase == "apply" else 0
+        if request.content_length is not None and request.content_length > lut_len + self.cfg.max_upload_bytes:
+            return web.json_response({"error": "bad_task", "message": "body larger than an upload"}, status=413)
+        decoded = self.budget.take((hdr.job, hdr.task)) if hdr.phase == "apply" and hdr.cached else None
+        if hdr.phase == "apply" and hdr.cached and decoded is None:
+            return web.json_response({"error": "not_cached", "message": "image not held any more"}, status=409)
+        cost = PEAK_BYTES_PER_PIXEL * pixels
+        try:
+            self.budget.reserve(cost)
+        except Busy as exc:  # the scheduler places it on another worker
+            if decoded is not None:
+                self.budget.hold((hdr.job, hdr.task), decoded, HELD_BYTES_PER_PIXEL * pixels)
+            return web.json_response({"error": "busy", "message": str(exc)}, status=503)
+        try:
+            body = await request.read()
+        except BaseException:
+            self.budget.release(cost)
+            raise
+        lut, data = body[:lut_len], body[lut_len:]
+        if len(lut) != lut_len or (decoded is None and not data) or (decoded is not None and data):
+            self.budget.release(cost)
+            return web.json_response({"error": "bad_task", "message": "body does not match the task"}, status=400)
         self.seen[key] = None
         while len(self.seen) > 10000:
             self.seen.popitem(last=False)
-        asyncio.get_running_loop().create_task(self._run(hdr, tile, lut))
+        asyncio.get_running_loop().create_task(self._run(hdr, data, lut, decoded, cost))
         return web.json_response({"accepted": key}, status=202)
 
-    async def _run(self, hdr: TaskHeader, tile: bytes, lut: bytes) -> None:
+    def _work(self, hdr: TaskHeader, data: bytes, lut: bytes, decoded: Decoded | None) -> bytes:
+        """The pixel work of one task, in the compute pool: the result body."""
+        if decoded is None:
+            decoded = decode_and_count(data, hdr.mode, hdr.width, hdr.rows, hdr.image_mode)
+        del data
+        if hdr.phase == "hist":
+            self.budget.hold((hdr.job, hdr.task), decoded, HELD_BYTES_PER_PIXEL * hdr.width * hdr.rows)
+            return json.dumps(decoded.histogram).encode()
+        return apply_and_encode(decoded, lut, hdr.job)
+
+    async def _run(self, hdr: TaskHeader, data: bytes, lut: bytes, decoded: Decoded | None, cost: int) -> None:
         loop = asyncio.get_running_loop()
+        headers = hdr.to_headers()
         try:
-            if hdr.phase == "hist":
-                hist = await loop.run_in_executor(self.pool, tile_histogram, tile, hdr.image_mode, hdr.width, hdr.rows)
-                self.cache.put((hdr.job, hdr.task), tile)
-                payload: bytes = json.dumps(hist).encode()
-            else:
-                payload = await loop.run_in_executor(self.pool, tile_apply, tile, hdr.image_mode, hdr.width,
-                                                     hdr.rows, list(lut))
+            try:
+                payload = await loop.run_in_executor(self.pool, self._work, hdr, data, lut, decoded)
+            except ImageError as exc:  # the image itself: the job fails with this reason, no retry elsewhere
+                headers[FAILED_HEADER] = exc.code
+                payload = exc.message.encode()[:300]
+            finally:
+                self.budget.release(cost)
+            del data, decoded
             status, body, *_ = await self.client.request(
-                "POST", hdr.reply_to + "/internal/v1/results", ("master",),
-                headers=hdr.to_headers(), data=payload)
+                "POST", hdr.reply_to + "/internal/v1/results", ("master",), headers=headers, data=payload)
             if status != 200:
                 log.warning("master refused result %s/%s: %s %s", hdr.job, hdr.task, status, body[:200])
             self.tasks_done += 1

@@ -1,0 +1,53 @@
+"""A worker's pixel work on one upload, in the two steps the master's merge sits between: decode and
+prepare the image and count its histogram; then apply the master's table, rebuild the output, encode
+it and draw the plot. The same functions as equalize_single, in the same order, so the bytes match."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from . import equalize, frame
+from .imageio import ImageError, decode
+from .plot import plot_histograms
+
+# Bytes per pixel a job holds at its peak on a worker, `luma` the worst mode: while the output is built,
+# the held Y, Cb, Cr (3) + the equalized Y (1) + the merged YCbCr (3) + its RGB (3); while preparing,
+# the decoded RGB (3) + its YCbCr (3) + the split planes (3). What the budget charges (worker/admission.py).
+PEAK_BYTES_PER_PIXEL = 10
+HELD_BYTES_PER_PIXEL = 3  # what stays held between the two steps (the work image and the chroma planes)
+
+
+@dataclass
+class Decoded:
+    prepared: equalize.Prepared
+    histogram: list[int]
+
+
+def decode_and_count(data: bytes, mode: str, width: int, height: int, work_mode: str) -> Decoded:
+    """Step one. The image must be the size and work mode the master read from its header."""
+    img, fmt = decode(data, width * height)
+    if img.size != (width, height):
+        raise ImageError(400, "bad_image", f"the image decodes to {img.size[0]}x{img.size[1]}, its header says "
+                         f"{width}x{height}")
+    prepared = equalize.prepare(img, fmt, mode)
+    del img
+    if prepared.work.mode != work_mode:
+        raise ImageError(400, "bad_image", "the image's pixel mode differs from its header's")
+    return Decoded(prepared, prepared.work.histogram())
+
+
+def apply_and_encode(decoded: Decoded, lut: Sequence[int], title: str) -> bytes:
+    """Step two: the framed result (compute/frame.py): image, histograms before and after, plot."""
+    work = decoded.prepared.work
+    if len(lut) != 256 * len(work.getbands()):
+        raise ValueError(f"a {work.mode} table needs {256 * len(work.getbands())} entries, got {len(lut)}")
+    equalized = work.point(list(lut))
+    result = equalize.finish_result(decoded.prepared, equalized, decoded.histogram)
+    plot = plot_histograms(result.hist_before, result.hist_after, title=title)
+    return frame.pack_result(result, plot)
+
+
+def result_bound(width: int, height: int) -> int:
+    """The most bytes a framed result of a width x height image can take: the encoded image (PNG at
+    level 1 of RGBA pixels, plus its framing), the histograms' JSON, the plot."""
+    return width * height * 4 + height * 8 + (4 << 20)
