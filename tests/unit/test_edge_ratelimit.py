@@ -18,6 +18,19 @@ def test_token_bucket_refuses_past_burst_and_refills():
     assert not rl.check("a")[0]
 
 
+def test_a_cost_takes_that_many_tokens_and_never_more_than_the_burst():
+    # every master counts the uploads it receives at the number of live masters
+    now = [0.0]
+    rl = RateLimiter(rate_per_s=2, burst=5, clock=lambda: now[0])
+    assert [rl.check("a", cost=2)[0] for _ in range(3)] == [True, True, False]
+    ok, retry = rl.check("a", cost=2)
+    assert not ok and retry == pytest.approx(0.5)  # one token left, two needed, two a second
+    assert rl.check("b", cost=99)[0]  # a cost over the burst is the burst: a key is never locked out
+    assert not rl.check("b")[0]
+    now[0] += 0.5
+    assert rl.check("a", cost=2)[0]
+
+
 def test_bucket_never_holds_more_than_the_burst():
     now = [0.0]
     rl = RateLimiter(rate_per_s=10, burst=2, clock=lambda: now[0])

@@ -21,20 +21,21 @@ class RateLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, last seen)
         self._lock = threading.Lock()
 
-    def check(self, key: str) -> tuple[bool, float]:
-        """Take one token for `key`: (allowed, seconds until a request would be allowed)."""
+    def check(self, key: str, cost: float = 1.0) -> tuple[bool, float]:
+        """Take `cost` tokens (at most the burst) for `key`: (allowed, seconds until it would be allowed)."""
+        cost = min(float(self.burst), max(1.0, cost))
         now = self.clock()
         with self._lock:
             tokens, last = self._buckets.pop(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
-            allowed = tokens >= 1.0
+            allowed = tokens >= cost
             if allowed:
-                tokens -= 1.0
+                tokens -= cost
             self._buckets[key] = (tokens, now)  # most recently seen last
             while len(self._buckets) > self.max_keys:
                 # evicting a key only forgets its debt; a full bucket is what a new key gets anyway
                 self._buckets.popitem(last=False)
-        return allowed, 0.0 if allowed else (1.0 - tokens) / self.rate
+        return allowed, 0.0 if allowed else (cost - tokens) / self.rate
 
     def __len__(self) -> int:
         return len(self._buckets)

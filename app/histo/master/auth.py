@@ -108,11 +108,10 @@ class Authenticator:
         return principal
 
     def limit_uploads(self, request: web.Request, principal: Principal) -> None:
-        """Counted once, where the work is admitted: on the leader, whichever master received the
-        upload (a standby forwards it with the caller's token, and the leader verifies and counts it)."""
-        if not self.m.is_leader:
-            return
-        ok, retry = self.uploads.check(principal.sub)
+        """Counted by the master that received the upload (every master admits uploads itself): each
+        charges as many tokens as there are live masters, so the cluster allows one rate per principal
+        however the uploads are spread."""
+        ok, retry = self.uploads.check(principal.sub, cost=self.m.live_masters())
         if not ok:
             self.m.emit("rate_limited", severity="warning", who=principal.sub, where=client_addr(request),
                         scope="principal")
