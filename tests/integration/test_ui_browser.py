@@ -143,8 +143,12 @@ def _sign_in_upload_receipt(cluster, browser, tmp_path):
     _wait(lambda: link.is_displayed(), 30, "the receipt link")
     browser.save_screenshot(str(ARTIFACTS / "signin-result.png"))
     link.click()
-    _wait(lambda: any(p.name.endswith(".receipt.jws") for p in browser.downloads.iterdir()), 30, "the download")
-    jws = next(p for p in browser.downloads.iterdir() if p.name.endswith(".receipt.jws")).read_text()
+
+    def downloaded() -> str:  # the file appears before Chromium has finished writing it
+        done = [p.read_text().strip() for p in browser.downloads.iterdir() if p.name.endswith(".receipt.jws")]
+        return next((t for t in done if t.count(".") == 2), "")
+    _wait(lambda: bool(downloaded()), 30, "the download")
+    jws = downloaded()
     status, _, raw = cluster.request("GET", "/api/v1/receipts/keys")
     assert status == 200
     claims = receipts.verify(jws, json.loads(raw)["keys"])
