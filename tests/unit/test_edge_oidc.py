@@ -166,3 +166,10 @@ def test_receipt_key_files_in_every_published_form() -> None:
     for bad in ("hello", "[1, 2]", '{"keys": {"a": 1}}'):
         with pytest.raises(ValueError):
             receipts.load_keys(bad, "x")
+
+
+def test_the_provider_is_one_vault_node_even_when_the_address_lists_several() -> None:
+    from histo.master.signin import provider_url
+    assert provider_url("https://192.168.56.10:8200/") == "https://192.168.56.10:8200/v1/identity/oidc/provider/histo"
+    assert provider_url("https://192.168.56.10:8200, https://192.168.56.16:8200,https://192.168.56.17:8200") == \
+        "https://192.168.56.10:8200/v1/identity/oidc/provider/histo"

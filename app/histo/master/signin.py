@@ -62,8 +62,16 @@ def relying_party(master: "Master") -> RelyingParty:
         clients = data.get("clients") if isinstance(data, dict) else None
         return clients if isinstance(clients, dict) else {}
 
-    url = f"{vault.url.rstrip('/')}/v1/identity/oidc/provider/{people.PROVIDER}"
-    return RelyingParty(url, web_client, grants, post, get)
+    return RelyingParty(provider_url(vault.url), web_client, grants, post, get)
+
+
+def provider_url(vault_url: str) -> str:
+    """OpenBao's provider `<vault>/v1/identity/oidc/provider/histo` as the master reaches it. A Vault
+    address may list several nodes, comma-separated (a raft cluster): the provider is the first one,
+    the node vault_config names as the issuer (roles/vault_config: `issuer`), never the list pasted
+    into one URL (which made every sign-in answer 503 on a three-node Vault)."""
+    first = next((u.strip() for u in str(vault_url).split(",") if u.strip()), "")
+    return f"{first.rstrip('/')}/v1/identity/oidc/provider/{people.PROVIDER}"
 
 
 def _basic(request: web.Request) -> tuple[str, str] | None:
