@@ -96,10 +96,11 @@ local-down: ## stop the local cluster
 local-status: ## the local cluster's processes
 	$(HISTO) local status
 
-bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them)
+bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them; bench/cpu.py; bench/signin.py)
 	$(PY) bench/run.py
 	$(PY) bench/durable.py --baseline 53f6f81
 	$(PY) bench/cpu.py --baseline 17de71e
+	$(PY) bench/signin.py
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local

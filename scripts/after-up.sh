@@ -53,4 +53,6 @@ cat <<MSG
 up: the cluster is at $public   (env: $env_file)
   set -a; . $env_file; set +a
   curl --cacert "\$HISTO_CA" -H "Authorization: Bearer \$HISTO_TOKEN_UPLOADER" -F image=@photo.jpg "\$HISTO_URL/api/v1/jobs"
+sign in: $public/  (Sign in opens OpenBao's page at $vault/ui/; trust $STATE/ca.pem and $STATE/vault-tls/ca.pem)
+  first account (name, groups, password file): $(head -n 1 "$STATE/people/accounts" 2>/dev/null || echo "none: see roles/vault_config")
 MSG

@@ -177,21 +177,12 @@ def cmd_receipt_verify(a) -> None:
     jws = _read_file(a.receipt, "receipt").decode("ascii", "replace").strip()
     image = _read_file(a.image, "image")
     upload = _read_file(a.upload, "upload") if a.upload else None
-    try:
-        kid = receipts.kid_of(jws)
+    def keys_for(kid: str) -> dict[str, str]:
         if a.public_key:
-            text = _read_file(a.public_key, "public key").decode("utf-8", "replace")
-            # a JSON map kid -> PEM (what `histo receipt keys` prints), or one PEM for the kid the receipt names
-            keys = json.loads(text) if text.lstrip().startswith("{") else {kid: text}
-        else:
-            keys = _receipt_keys(a)
-        claims = receipts.verify(jws, keys)
-        receipts.check_files(claims, image, upload)
-    except receipts.ReceiptError as exc:
-        raise SystemExit(f"histo: receipt: REJECTED: {exc}") from None
-    except ValueError:
-        raise SystemExit(f"histo: receipt: {a.public_key} is neither a PEM public key nor a JSON key map") from None
-    print(receipts.summary(claims, kid) + (", upload matches" if upload is not None else ""))
+            return receipts.load_keys(_read_file(a.public_key, "public key").decode("utf-8", "replace"), kid)
+        return _receipt_keys(a)
+    from .client.commands import print_verified
+    print_verified(jws, keys_for, image, upload, "receipt", a.public_key)
 
 
 def cmd_receipt_keys(a) -> None:
@@ -334,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masters", type=int, required=True)
     s.add_argument("--timeout", type=float, default=120.0)
     s.set_defaults(fn=cmd_wait_ready)
+
+    from .client.commands import register as user_commands
+    user_commands(sub)  # login, upload, jobs, get, verify
 
     s = sub.add_parser("local")
     s.add_argument("action", choices=("up", "down", "status"))

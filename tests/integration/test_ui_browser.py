@@ -32,15 +32,23 @@ def browser(cluster):
     subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True)
     subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "histo-test-ca", "-i", cluster.ca],
                    check=True)
+    # OpenBao's own listener CA too: the sign-in page is OpenBao's (its UI), checked like any site
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "histo-test-vault-ca", "-i",
+                    cluster.config("master1")["vault_ca"]], check=True)
+    downloads = home / "downloads"
+    downloads.mkdir()
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={home / 'profile'}", "--window-size=1400,1500"):
         opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
     env = dict(os.environ, HOME=str(home))
     service = Service(shutil.which("chromedriver"), env=env)
     driver = webdriver.Chrome(service=service, options=opts)
+    driver.downloads = downloads  # where the receipt lands
     try:
         yield driver
     finally:
@@ -88,3 +96,64 @@ def test_ui_upload_result_and_secops_event(cluster, browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "ui.png"))
     assert (ARTIFACTS / "ui.png").stat().st_size > 10_000
+
+
+def test_ui_signs_in_through_openbao_uploads_and_downloads_the_receipt(cluster, browser, tmp_path):
+    """A person's whole path: Sign in -> OpenBao's page (userpass) -> back signed in with the role of
+    their group -> upload -> result -> the signed receipt downloaded and verified offline -> Sign out."""
+    try:
+        _sign_in_upload_receipt(cluster, browser, tmp_path)
+    except AssertionError:  # what the browser showed, as an artifact beside the screenshots
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "signin-failure.png"))
+        (ARTIFACTS / "signin-failure.html").write_text(browser.current_url + "\n" + browser.page_source)
+        raise
+
+
+def _sign_in_upload_receipt(cluster, browser, tmp_path):
+    import json
+    from selenium.webdriver.common.by import By
+
+    from histo.edge import receipts
+    from histo.testing.signin import password_of
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(sample_image(320, 200, "PNG"))
+    browser.get(cluster.url + "/")
+    browser.find_element(By.ID, "sign-in").click()
+    _wait(lambda: "/ui/vault/" in browser.current_url, 30, "OpenBao's sign-in page")
+    # OpenBao's production UI keeps ids, not data-test attributes; userpass is its first tab (vault/people.py)
+    _wait(lambda: browser.find_elements(By.ID, "username"), 60, "the username field of OpenBao's page")
+    browser.find_element(By.ID, "username").send_keys("bob")
+    browser.find_element(By.ID, "password").send_keys(password_of(cluster.root, "bob"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "signin-openbao.png"))
+    browser.find_element(By.ID, "auth-submit").click()
+    _wait(lambda: browser.current_url.startswith(cluster.url), 60, "the redirect back to histo")
+    _wait(lambda: "bob" in browser.find_element(By.ID, "who").text, 30, "signed in as bob")
+    assert "uploader" in browser.find_element(By.ID, "who").text
+    assert "code=" not in browser.current_url and "state=" not in browser.current_url  # the code left the URL
+
+    browser.find_element(By.ID, "image").send_keys(str(image))
+    browser.find_element(By.ID, "upload").click()
+    _wait(lambda: browser.find_element(By.ID, "job-state").text == "done", 90, "job done")
+    _wait(lambda: browser.execute_script("return document.getElementById('result-img').naturalWidth") > 0,
+          what="the result")
+    link = browser.find_element(By.ID, "receipt-link")
+    _wait(lambda: link.is_displayed(), 30, "the receipt link")
+    browser.save_screenshot(str(ARTIFACTS / "signin-result.png"))
+    link.click()
+
+    def downloaded() -> str:  # the file appears before Chromium has finished writing it
+        done = [p.read_text().strip() for p in browser.downloads.iterdir() if p.name.endswith(".receipt.jws")]
+        return next((t for t in done if t.count(".") == 2), "")
+    _wait(lambda: bool(downloaded()), 30, "the download")
+    jws = downloaded()
+    status, _, raw = cluster.request("GET", "/api/v1/receipts/keys")
+    assert status == 200
+    claims = receipts.verify(jws, json.loads(raw)["keys"])
+    assert claims["sub"] == "bob" and claims["upload_sha256"] == receipts.sha256_hex(image.read_bytes())
+
+    browser.find_element(By.ID, "sign-out").click()
+    _wait(lambda: "not signed in" in browser.find_element(By.ID, "who").text, 20, "signed out")
+    assert (ARTIFACTS / "signin-result.png").stat().st_size > 10_000

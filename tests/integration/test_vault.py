@@ -108,8 +108,13 @@ def test_master_login_certificate_and_zk_credentials(vault):
     assert sv.zk_credentials()[0] == "histo-master" and len(sv.zk_credentials()[1]) >= 43
     assert "master" in sv.zk_acl_ids() and "worker" in sv.zk_acl_ids()
     sv.client.secrets.transit.read_key("histo-tokens", mount_point="transit")  # public keys: allowed
-    with pytest.raises(hx.Forbidden):  # ... but not signing
-        sv.client.secrets.transit.sign_data("histo-tokens", "aGk=", mount_point="transit")
+    # signing its own API tokens for people who signed in (OIDC): ES256 JWS only, no other form
+    sv.client.secrets.transit.sign_data("histo-tokens", "aGk=", hash_algorithm="sha2-256",
+                                        marshaling_algorithm="jws", mount_point="transit")
+    with pytest.raises(hx.Forbidden):
+        sv.client.secrets.transit.sign_data("histo-tokens", "aGk=", mount_point="transit")  # no JWS marshaling
+    with pytest.raises(hx.Forbidden):
+        sv.client.secrets.transit.rotate_key("histo-tokens", mount_point="transit")
 
     # token upkeep: renewable service token, lookup/renew via the default policy
     assert 3500 < sv.token_ttl_remaining() <= 3600

@@ -160,6 +160,57 @@ def _job_get(summary: str, op_id: str, content: dict[str, Any], vault_503: bool 
                         "409": _err("the job has not finished (or failed)"), **errors}}}
 
 
+def _signin_paths() -> dict[str, Any]:
+    """Sign-in (master/signin.py) and the receipt keys (master/receiptkeys.py): no bearer token."""
+    token = {"type": "object", "required": ["access_token", "token_type", "expires_in", "sub", "role"],
+             "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+                            "expires_in": {"type": "integer"}, "sub": {"type": "string"},
+                            "role": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}
+    text = {"type": "string", "minLength": 1, "maxLength": 2048}
+    form = {"oneOf": [
+        {"type": "object", "title": "person (authorization code + PKCE)",
+         "required": ["grant_type", "code", "code_verifier", "redirect_uri", "nonce"], "properties": {
+             "grant_type": {"const": "authorization_code"}, "code": text, "redirect_uri": text, "nonce": text,
+             "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{43,128}$"}}},
+        {"type": "object", "title": "script (client credentials; or client_id:client_secret as HTTP Basic)",
+         "required": ["grant_type", "client_id", "client_secret", "scope"], "properties": {
+             "grant_type": {"const": "client_credentials"}, "client_id": text, "client_secret": text,
+             "scope": {"type": "string", "enum": ["uploader", "viewer", "admin"]}}}]}
+    return {
+        "/api/v1/signin": {"get": {
+            "summary": "what a client needs to start a sign-in at OpenBao (authorize URL, client id, scope)",
+            "operationId": "getSignin", "tags": ["security"], "security": [],
+            "responses": {"200": _json("ok", {"type": "object"}),
+                          "503": _err("sign-in unavailable (Vault away)", "Retry-After")}}},
+        "/api/v1/oauth/token": {"post": {
+            "summary": "a histo API token for a person (authorization code + PKCE, redeemed at OpenBao) or a "
+                       "script (client credentials; scope = the role asked for)",
+            "operationId": "oauthToken", "tags": ["security"], "security": [],
+            "requestBody": {"required": True,
+                            "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+            "responses": {"200": _json("signed in", token),
+                          "400": _err("bad form, unknown grant, or the provider refused the code or verifier"),
+                          "401": _err("bad client credentials, or the ID token does not verify"),
+                          "403": _err("no histo group (no_histo_role), or a scope the client lacks"),
+                          "429": _err("rate limited or throttled", "Retry-After"),
+                          "503": _err("sign-in unavailable (Vault away)", "Retry-After")}}},
+        "/api/v1/signout": {"post": {
+            "summary": "sign out: the caller's own token is revoked on every master (any role)",
+            "operationId": "signOut", "tags": ["security"], "security": BEARER,
+            "responses": {"200": _json("revoked", {"type": "object", "required": ["revoked"],
+                                                   "properties": {"revoked": {"type": "string"}}}),
+                          **AUTH_ERRORS}}},
+        "/api/v1/receipts/keys": {"get": {
+            "summary": "the public keys of every version of the receipt key (kid -> PEM), to verify offline",
+            "operationId": "getReceiptKeys", "tags": ["security"], "security": [],
+            "responses": {"200": _json("ok", {"type": "object", "required": ["key", "keys"], "properties": {
+                "key": {"const": "histo-receipts"},
+                "keys": {"type": "object", "additionalProperties": {"type": "string"}}}}),
+                "429": _err("rate limited or throttled", "Retry-After"),
+                "503": _err("Vault away and no key cached", "Retry-After")}}},
+    }
+
+
 def _paths() -> dict[str, Any]:
     health = {"content": {"application/json": {"schema": _ref("Health")}}}
     return {
@@ -238,6 +289,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/cluster": {"get": {"summary": "nodes, leader, certificate expiries (viewer, admin)",
                                     "operationId": "getCluster", "tags": ["cluster"], "security": BEARER,
                                     "responses": {"200": _json("ok", _ref("Cluster")), **AUTH_ERRORS}}},
+        **_signin_paths(),
         "/api/v1/tokens/revoke": {"post": {
             "summary": "revoke a token by its jti, on every master (admin)", "operationId": "revokeToken",
             "tags": ["security"], "security": BEARER,

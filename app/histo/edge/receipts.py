@@ -169,6 +169,31 @@ def check_files(claims: Mapping[str, Any], image: bytes, upload: bytes | None = 
                                               f"{claims['upload_sha256'][:16]}...)")
 
 
+def load_keys(text: str, kid: str) -> dict[str, str]:
+    """kid -> PEM from a keys file: the answer of GET /api/v1/receipts/keys ({"keys": {...}}), the map
+    `histo receipt keys` prints, or one PEM (taken as the key of `kid`). ValueError if none of these."""
+    if not text.lstrip().startswith("{"):
+        if "-----BEGIN PUBLIC KEY-----" not in text:
+            raise ValueError("not a PEM public key")
+        return {kid: text}
+    doc = json.loads(text)
+    keys = doc.get("keys", doc) if isinstance(doc, dict) else None
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+        raise ValueError("not a key map")
+    return keys
+
+
+def verify_result(receipt: str, keys_for: Callable[[str], Mapping[str, str]], image: bytes,
+                  upload: bytes | None = None) -> str:
+    """The whole offline check of `histo verify` and `histo receipt verify`: the receipt against the keys
+    `keys_for(kid)` gives, then the files against its hashes; the one-line summary. Raises ReceiptError
+    (and whatever `keys_for` raises when it cannot give keys)."""
+    kid = kid_of(receipt)
+    claims = verify(receipt, keys_for(kid))
+    check_files(claims, image, upload)
+    return summary(claims, kid) + (", upload matches" if upload is not None else "")
+
+
 def summary(claims: Mapping[str, Any], kid: str) -> str:
     names = ", ".join(w.rsplit("/", 1)[1] for w in claims["workers"])
     return (f"receipt ok: job {claims['job']} of {claims['sub']} (mode {claims['mode']}), result SHA-256 "

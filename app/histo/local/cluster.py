@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hvac
 
@@ -31,6 +32,19 @@ TOKEN_TTL = 3600
 def public_address(net: str = NET) -> str:
     """The floating public address every serving master also listens on (master/floating.py)."""
     return f"{net}.20"
+
+
+# Sign-in accounts of local mode (passwords generated into .histo/local/people/<name>.password, 0600):
+# one per histo role, and dave, who is in no histo group (sign-in refuses him, saying why).
+PEOPLE: list[dict[str, Any]] = [{"name": "alice", "groups": ["admin"]}, {"name": "bob", "groups": ["uploader"]},
+          {"name": "carol", "groups": ["viewer"]}, {"name": "dave", "groups": []}]
+MACHINE_CLIENTS: list[dict[str, Any]] = [{"name": "ci", "roles": ["uploader", "viewer"]}]
+CLI_REDIRECT = "http://127.0.0.1/callback"  # `histo login`: loopback, any port (RFC 8252)
+
+
+def oidc_spec(root: Path, urls: list[str]) -> dict:
+    return {"redirect_uris": [u + "/" for u in urls] + [CLI_REDIRECT], "secrets_dir": str(root / "people"),
+            "people": PEOPLE, "machine_clients": MACHINE_CLIENTS}
 
 
 def topology(masters: int, workers: int, net: str = NET) -> list[dict]:
@@ -60,8 +74,10 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
     # attack scenarios: a developer tool (docs/SECURITY.md). Provisioning uses the provisioner token,
     # as on the deployed cluster, so its policy is exercised by every local run.
     admin = bao.root_client()
+    urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
+    public = f"https://{public_address(net)}:{PUBLIC_PORT}"
     vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, "leaf_max_ttl": "24h",
-                        "audit_log": str(root / "vault" / "audit.log")})
+                        "audit_log": str(root / "vault" / "audit.log"), "oidc": oidc_spec(root, [public, *urls])})
     prov = _provisioner(root, admin)
     ca_pem = prov.secrets.pki.read_ca_certificate(mount_point="pki")
     write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public
@@ -102,12 +118,12 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
     if started:
         _say(f"started {', '.join(started)}")
 
-    urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
     wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
-    public = f"https://{public_address(net)}:{PUBLIC_PORT}"
     env = write_env(root, prov, urls, public)
     total = time.perf_counter() - t_start
     _say(f"ready in {total:.1f}s — {public}  (env: {root / 'env'})")
+    _say(f"sign in at {public}/ as {PEOPLE[0]['name']} (OpenBao's page; password in "
+         f"{root / 'people' / (PEOPLE[0]['name'] + '.password')}; OpenBao's CA: {bao.ca_path})")
     return {"urls": urls, "env": env, "seconds": total}
 
 

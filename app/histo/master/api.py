@@ -28,6 +28,7 @@ from ..zk.jobs import EXPIRED, is_tombstone
 from ..zk.membership import Member
 from ..zk.revocations import RevocationStore
 from .runner import RunnerError
+from . import signin
 
 if TYPE_CHECKING:
     from .service import Master
@@ -85,6 +86,7 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
     r.add_post(prefix + "/api/v1/tokens/revoke", h.revoke)
     r.add_post(prefix + "/api/v1/events", h.post_event)
     r.add_get(prefix + "/api/v1/events", h.events)
+    signin.add_routes(app, master, prefix)
 
 
 class Handlers:

@@ -58,10 +58,10 @@ class Authenticator:
         try:
             return self.verifier.verify(token)
         except AuthError as exc:
-            self._failed(request, addr, exc.reason)
+            self.failed(request, addr, exc.reason)
             raise
 
-    def _failed(self, request: web.Request, addr: str, reason: str) -> None:
+    def failed(self, request: web.Request, addr: str, reason: str) -> None:
         self.m.emit("auth_failure", severity="warning", where=addr, reason=reason, path=request.path)
         self.m.audit.record(who="-", role="-", what=f"{request.method} {request.path}", where=addr,
                             decision="deny", why=f"authentication failed: {reason}")
@@ -87,7 +87,7 @@ class Authenticator:
         addr = self.gate(request)
         token = bearer_token(request)
         if not token:
-            self._failed(request, addr, "missing token")
+            self.failed(request, addr, "missing token")
             raise json_error(401, "unauthorized", "a bearer token is required",
                              headers={"WWW-Authenticate": 'Bearer realm="histo"'})
         try:

@@ -57,6 +57,8 @@
 
   // -- session (token) ---------------------------------------------------------------------------
   function renderWho() {
+    $('sign-in').classList.toggle('hidden', signedIn());
+    $('sign-out').classList.toggle('hidden', !signedIn());
     const who = $('who');
     if (!signedIn()) { who.replaceChildren(el('span', '', 'not signed in')); return; }
     const c = state.claims;
@@ -112,6 +114,58 @@
     setStatus($('token-status'), 'The server refused the token: ' + msg, 'bad');
   }
 
+  // -- sign-in: authorization code + PKCE (S256) with state and nonce, at OpenBao's page ---------------
+  // The verifier, state and nonce stay in this tab's sessionStorage for the round trip; the state is
+  // checked here, the nonce by the master (in the ID token it redeems the code for).
+  const PENDING_KEY = 'histo.signin';
+  const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  const randomText = (n) => b64url(crypto.getRandomValues(new Uint8Array(n)));
+  const redirectUri = () => location.origin + '/';
+
+  async function signIn() {
+    setStatus($('token-status'), 'Opening the sign-in page…', '');
+    try {
+      const resp = await fetch('/api/v1/signin');
+      const conf = await resp.json();
+      if (!resp.ok) throw new Error(conf.message || resp.status);
+      const pending = { verifier: randomText(48), state: randomText(24), nonce: randomText(24) };
+      const challenge = b64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(pending.verifier)));
+      sessionStorage.setItem(PENDING_KEY, JSON.stringify(pending));
+      const q = new URLSearchParams({ client_id: conf.client_id, response_type: 'code', scope: conf.scope,
+        redirect_uri: redirectUri(), state: pending.state, nonce: pending.nonce, code_challenge: challenge,
+        code_challenge_method: 'S256' });
+      location.assign(conf.authorization_endpoint + '?' + q.toString());
+    } catch (e) { setStatus($('token-status'), 'Sign-in is unavailable: ' + e.message, 'bad'); }
+  }
+
+  async function finishSignIn(params) {
+    history.replaceState(null, '', '/');  // the code leaves the address bar (and the history) at once
+    const pending = JSON.parse(sessionStorage.getItem(PENDING_KEY) || 'null');
+    sessionStorage.removeItem(PENDING_KEY);
+    if (!pending || params.get('state') !== pending.state) {
+      setStatus($('token-status'), 'Sign-in refused: the answer is not for a sign-in started here (state mismatch).', 'bad');
+      return;
+    }
+    if (params.get('error')) {
+      setStatus($('token-status'), 'OpenBao refused: ' + (params.get('error_description') || params.get('error')), 'bad');
+      return;
+    }
+    const body = new URLSearchParams({ grant_type: 'authorization_code', code: params.get('code') || '',
+      code_verifier: pending.verifier, redirect_uri: redirectUri(), nonce: pending.nonce });
+    const resp = await fetch('/api/v1/oauth/token', { method: 'POST', body });
+    const answer = await resp.json().catch(() => ({}));
+    if (!resp.ok) { setStatus($('token-status'), 'Sign-in refused: ' + (answer.message || resp.status), 'bad'); return; }
+    useToken(answer.access_token);
+  }
+
+  $('sign-in').addEventListener('click', signIn);
+  async function signOut() {  // the master revokes this token on every master, then the tab forgets it
+    try { await api('/api/v1/signout', { method: 'POST' }); } catch (e) { /* forgotten here all the same */ }
+    forgetToken('Signed out: the token is revoked.', '');
+  }
+
+  $('sign-out').addEventListener('click', signOut);
   $('token-form').addEventListener('submit', (e) => { e.preventDefault(); useToken($('token').value); });
   $('forget-token').addEventListener('click', () => forgetToken());
 
@@ -206,6 +260,10 @@
       if (state.current !== id) { URL.revokeObjectURL(result); URL.revokeObjectURL(hist); return; }
       setUrl('result', $('result-img'), result);
       setUrl('hist', $('hist-img'), hist);
+      const receipt = await blobUrl(`/api/v1/jobs/${encodeURIComponent(id)}/receipt`);
+      const link = $('receipt-link');
+      if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href);
+      link.href = receipt; link.download = `${id}.receipt.jws`; link.classList.remove('hidden');
     } catch (e) { $('job-reason').textContent = 'result: ' + e.message; }
     const t = job.timings || {};
     $('timings').replaceChildren(...Object.entries(t).map(([k, v]) => {
@@ -416,6 +474,8 @@
   // -- start ------------------------------------------------------------------------------------------
   refreshReady();
   applyRole();
+  const params = new URLSearchParams(location.search);
   const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) useToken(saved);
+  if (params.has('state')) finishSignIn(params);
+  else if (saved) useToken(saved);
 })();

@@ -44,19 +44,26 @@ def zk_client(cluster: Cluster, as_service: str | None, creds: tuple[str, str] |
     return client
 
 
-def get_from(cluster: Cluster, source: str, path: str, token: str,
-             url: str | None = None) -> tuple[int, dict[str, str]]:
-    """A GET from a chosen loopback source address (throttles and bindings key on the client address)."""
+def call_from(cluster: Cluster, source: str, method: str, path: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None, url: str | None = None,
+              timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """A call from a chosen loopback source address (throttles and bindings key on the client address)."""
     host, port = (url or cluster.url).split("//")[1].split(":")
     conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=cluster.ca),
-                                       source_address=(source, 0), timeout=10)
+                                       source_address=(source, 0), timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        resp.read()
-        return resp.status, dict(resp.getheaders())
+        return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
+
+
+def get_from(cluster: Cluster, source: str, path: str, token: str,
+             url: str | None = None) -> tuple[int, dict[str, str]]:
+    """A GET with a bearer token from a chosen loopback source address."""
+    status, headers, _ = call_from(cluster, source, "GET", path, headers={"Authorization": f"Bearer {token}"}, url=url)
+    return status, headers
 
 
 def service_vault(cluster: Cluster, name: str, source: str | None = None) -> ServiceVault:

@@ -29,6 +29,7 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
 from ..tls.identity import spiffe_id
+from . import people
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
@@ -107,6 +108,11 @@ def validate_spec(spec: dict) -> None:
     for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl"):
         if key in spec:
             _seconds(spec[key])
+    if "oidc" in spec:
+        try:
+            people.validate(spec["oidc"])
+        except people.SpecError as exc:
+            raise SetupError(str(exc)) from None
 
 
 def _data(resp: Any) -> dict:
@@ -333,6 +339,12 @@ class _Applier:
         self.note(f"kv {path}")
         return data
 
+    def kv_write(self, path: str, data: dict) -> None:
+        """Written when it differs (configuration, not a credential: a re-apply brings it to the spec)."""
+        if self._kv_read(path) != data:
+            self.c.secrets.kv.v2.create_or_update_secret(path, secret=data, mount_point=KV)
+            self.note(f"kv {path}")
+
     def _kv_exists(self, path: str) -> bool:
         deadline = time.monotonic() + KV_UPGRADE_WAIT
         while True:
@@ -433,10 +445,15 @@ path "{INT}/cert/ca_chain" {{
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
         if role == "master":  # public keys only, to verify API tokens; receipts: sign (ES256, JWS) only
-            rules += (f'path "{TRANSIT}/keys/{TOKEN_KEY}" {{\n  capabilities = ["read"]\n}}\n'
-                      f'path "{TRANSIT}/sign/{RECEIPT_KEY}" {{\n  capabilities = ["update"]\n'
-                      f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
-                      f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n')
+            rules += "".join(f'path "{TRANSIT}/keys/{key}" {{\n  capabilities = ["read"]\n}}\n'
+                             for key in (TOKEN_KEY, RECEIPT_KEY))  # public keys (receipts: GET /api/v1/receipts/keys)
+            # receipts; and, for sign-in (OIDC, client credentials), the master's own API tokens
+            rules += "".join(f'path "{TRANSIT}/sign/{key}" {{\n  capabilities = ["update"]\n'
+                             f'  required_parameters = ["hash_algorithm", "marshaling_algorithm"]\n'
+                             f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
+                             f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
+                             for key in (RECEIPT_KEY, TOKEN_KEY))
+            rules += people.master_policy()
             # stored jobs: create a data key (plaintext + wrapped) and unwrap one; not encrypt, rewrap,
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
@@ -516,7 +533,9 @@ path "{TRANSIT}/keys/{RECEIPT_KEY}" {{
         for host in self.spec["hosts"]:
             self.policy(f"histo-{host['name']}", self.host_policy(host))
             role_ids[host["name"]] = self.approle(host)
-        return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids}
+        oidc = people.apply(self, self.spec["oidc"]) if "oidc" in self.spec else None
+        return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids,
+                **({"oidc": oidc} if oidc else {})}
 
 
 def provisioner_policy() -> str:
@@ -538,6 +557,9 @@ def provisioner_policy() -> str:
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
           (f"auth/token/create/{ISSUER_TOKEN_ROLE}", "update"),
           (f"auth/token/create/{VERIFIER_TOKEN_ROLE}", "update"),
+          # sign-in (vault/people.py): a re-apply verifies; a new person or client needs a root token
+          ("identity/oidc/*", "read"), ("identity/entity/name/*", "read"), ("identity/group/name/*", "read"),
+          ("auth/userpass/users/*", "read"), (f"{KV}/data/{people.MACHINE_CLIENTS_KV}", "read"),
           # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
           ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
           ("sys/generate-root-token/update", "update")]
