@@ -126,6 +126,13 @@ def cmd_zk_prepare(a) -> None:
     prepare(Path(a.config))
 
 
+def cmd_zk_renew(a) -> None:
+    from .zk import renew
+    config = Path(a.config)
+    restart = renew.process_restart(config) if a.restart == "process" else renew.systemd_restart()
+    renew.run(config, restart, a.loop)
+
+
 def cmd_zk_exec(a) -> None:
     from .zk.config import exec_server
     exec_server(Path(a.config))
@@ -208,7 +215,8 @@ def cmd_local(a) -> None:
     from .local import cluster
     root = Path(a.state or ".histo/local")
     if a.action == "up":
-        cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl)
+        from .lifetimes import profile
+        cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl, lifetimes=profile(a.lifetimes))
     elif a.action == "down":
         cluster.down(root)
     else:
@@ -225,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         s.add_argument("--config", required=True)
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("zk-renew", help="a ZooKeeper host's secret_id, and its certificates by a restart (zk/renew.py)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--restart", choices=("systemd", "process"), default="systemd",
+                   help="systemd: the histo-zookeeper unit; process: by pid file (local mode)")
+    s.add_argument("--loop", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS")
+    s.set_defaults(fn=cmd_zk_renew)
 
     def vault_args(s, token_required=True, token_help="file holding a Vault token (never on the command line)"):
         s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"))
@@ -340,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=None)
     s.add_argument("--masters", type=int, default=2)
     s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--cert-ttl", default="1h")
+    s.add_argument("--cert-ttl", default=None, help="the services' certificate life (default: the profile's)")
+    s.add_argument("--lifetimes", default=os.environ.get("HISTO_LIFETIMES", "standard"),
+                   help="standard, or compressed: every credential's life in minutes (lifetimes.py)")
     s.set_defaults(fn=cmd_local)
     return p
 

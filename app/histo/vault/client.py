@@ -86,6 +86,7 @@ class ServiceVault:
         self.extra_ip_sans = extra_ip_sans  # a master's certificate also names the public address ("": none)
         self.client = self._new_client()
         self._lock = threading.RLock()
+        self.lock = self._lock  # shared with vault/secretid.py: one Vault conversation at a time
         self._token_expires = 0.0
         self._login_ttl = 0  # the token's full life at login: renewal thresholds are fractions of it
 
@@ -111,6 +112,8 @@ class ServiceVault:
             raise VaultAuthError(f"Vault refused: {_reason(exc)}") from None
         except hx.VaultError as exc:
             raise VaultAuthError(f"Vault error: {_reason(exc)}") from None
+
+    call = _call  # the same error mapping for the modules beside this one (secretid.py)
 
     # -- login ----------------------------------------------------------------------------------
     def _read_cred(self, name: str) -> str:

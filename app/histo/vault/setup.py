@@ -429,6 +429,7 @@ path "{INT}/cert/ca_chain" {{
   capabilities = ["read"]
 }}
 '''
+        rules += self.secret_id_rules(name)
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
@@ -456,6 +457,33 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         return rules
+
+    @staticmethod
+    def secret_id_rules(name: str) -> str:
+        """Its own AppRole's next secret_id, before the one it holds expires (vault/secretid.py). No
+        parameter is allowed when minting (no cidr_list, metadata, ttl or num_uses of its choosing):
+        the new one carries the role's address binding and TTL. Lookup and destroy only on its own role.
+        Minting for another host's role stays the provisioner's, response-wrapped (secret zero)."""
+        role = f"auth/{APPROLE}/role/histo-{name}"
+        return f'''path "{role}/secret-id" {{
+  capabilities = ["update"]
+  denied_parameters = {{
+    "*" = []
+  }}
+}}
+path "{role}/secret-id/lookup" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id" = []
+  }}
+}}
+path "{role}/secret-id-accessor/destroy" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id_accessor" = []
+  }}
+}}
+'''
 
     def token_role(self, name: str, policy: str, max_ttl: str) -> None:
         want = {"allowed_policies": [policy], "disallowed_policies": ["root"], "orphan": True,
