@@ -18,6 +18,7 @@ from ..files import private_dir, write_private
 from ..readiness import wait_ready
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
+from .raft import BaoCluster
 from ..vault.secretzero import operator_token, provisioner_token, token_valid
 from ..vault.setup import ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE, apply as vault_apply
 from ..zk.prepare import prepare as zk_prepare
@@ -33,6 +34,9 @@ def public_address(net: str = NET) -> str:
     return f"{net}.20"
 
 
+VAULT_HOSTS = (10, 16, 17)  # last octets of vault1..3, as in DESIGN.md's topology
+
+
 def topology(masters: int, workers: int, net: str = NET) -> list[dict]:
     hosts = [{"name": "zk1", "role": "zookeeper", "address": f"{net}.11"}]
     hosts += [{"name": f"master{i}", "role": "master", "address": f"{net}.{20 + i}",
@@ -45,9 +49,17 @@ def _say(msg: str) -> None:
     print(f"histo local: {msg}", flush=True)
 
 
+def vault_server(root: Path, net: str, nodes: int) -> BaoServer | BaoCluster:
+    """One OpenBao node (Shamir seal, as make local has always run), or a raft cluster of `nodes` at
+    the default profile's vault1..3 addresses (.10, .16, .17) with the static seal the vault role uses."""
+    if nodes <= 1:
+        return BaoServer(root / "vault", f"{net}.10", VAULT_PORT)
+    return BaoCluster(root / "vault", [f"{net}.{i}" for i in VAULT_HOSTS[:nodes]], VAULT_PORT)
+
+
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = None, zk_session_timeout: float = 6.0,
        extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0,
-       lifetimes: Lifetimes | None = None) -> dict:
+       lifetimes: Lifetimes | None = None, vault_nodes: int = 1) -> dict:
     """`lifetimes`: the profile of every credential's life (lifetimes.py, default standard);
     `cert_ttl` overrides the services' certificate life alone."""
     t_start = time.perf_counter()
@@ -55,13 +67,16 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
     cert_ttl = cert_ttl or life.cert_ttl
     root = private_dir(root.resolve())
     hosts = topology(masters, workers, net)
-    (root / "topology.json").write_text(json.dumps({"net": net, "hosts": hosts}, indent=1))
+    (root / "topology.json").write_text(json.dumps({"net": net, "hosts": hosts, "vault_nodes": vault_nodes},
+                                                   indent=1))
     (root / "lifetimes.json").write_text(json.dumps({**life.as_dict(), "cert_ttl": cert_ttl}, indent=1))
     zk_addr = hosts[0]["address"]
 
-    bao = BaoServer(private_dir(root / "vault"), f"{net}.10", VAULT_PORT)
-    bao.start()
-    bao.init_and_unseal()
+    private_dir(root / "vault")
+    bao = vault_server(root, net, vault_nodes)
+    bao.start()  # a raft cluster initializes through vault1; the others join and unseal from the seal key
+    if isinstance(bao, BaoServer):
+        bao.init_and_unseal()
     # Local mode keeps the root token (.histo/local/vault/init.json, 0600) for setup and for the tests'
     # attack scenarios: a developer tool (docs/SECURITY.md). Provisioning uses the provisioner token,
     # as on the deployed cluster, so its policy is exercised by every local run.
@@ -191,11 +206,12 @@ def down(root: Path) -> None:
     for sdir in sorted(root.iterdir()):
         if (sdir / "config.json").exists() and procs.stop(sdir / "pid", f"--config {sdir / 'config.json'}"):
             stopped.append(sdir.name)
-    net = json.loads((root / "topology.json").read_text())["net"] if (root / "topology.json").exists() else NET
+    topo = json.loads((root / "topology.json").read_text()) if (root / "topology.json").exists() else {}
+    net = topo.get("net", NET)
     zk = ZkServer(root / "zk1", f"{net}.11", ZK_PORT)
     if zk.stop():
         stopped.append("zk1")
-    bao = BaoServer(root / "vault", f"{net}.10", VAULT_PORT)
+    bao = vault_server(root, net, int(topo.get("vault_nodes", 1)))
     if bao.stop():
         stopped.append("vault")
     _say(f"stopped {', '.join(stopped) or 'nothing (already down)'}")
