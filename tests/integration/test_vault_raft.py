@@ -6,13 +6,18 @@ run: every upload is accepted and every job completes, the master is ready again
 started again, joins and unseals itself (no key submitted) and is a voter again."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from histo import TRUST_DOMAIN
 from histo.local import cluster as local_cluster
 from histo.local.raft import BaoCluster
 from histo.testing.cluster import Cluster, sample_image
@@ -58,6 +63,33 @@ def test_every_service_knows_the_three_nodes(raft: tuple[Cluster, BaoCluster]) -
     # the seal is the static one: every node unsealed itself, no unseal key was ever submitted to vault2/3
     status = vault.nodes[1].client().sys.read_seal_status()
     assert status["type"] == "static" and not status["sealed"]
+
+
+def test_provisioner_second_setup_through_any_node_changes_nothing(raft: tuple[Cluster, BaoCluster],
+                                                                    tmp_path: Path) -> None:
+    """local.up configured Vault with the root token (through the active node); `histo vault-setup` with the
+    provisioner token and the same spec, as the vault_config role's second run does, reports no change
+    through every node, standbys included, and through all of them (the failover client). The PKI URLs
+    name every node, so they do not depend on the node the setup talks to (they did: drift)."""
+    cluster, vault = raft
+    topo = json.loads((cluster.root / "topology.json").read_text())
+    life = json.loads((cluster.root / "lifetimes.json").read_text())  # the lifetimes local.up applied
+    spec = {"trust_domain": TRUST_DOMAIN, "hosts": topo["hosts"], "vault_url": vault.url,
+            **{k: life[k] for k in ("leaf_max_ttl", "token_ttl", "token_max_ttl", "secret_id_ttl", "issuer_max_ttl")},
+            "audit_log": str(cluster.root / "vault" / "audit.log")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    active = vault.active()
+    for url in [*vault.urls, vault.url]:
+        proc = subprocess.run([sys.executable, "-m", "histo.cli", "vault-setup", f"--spec={tmp_path / 'spec.json'}",
+                               f"--vault-url={url}", f"--vault-ca={vault.ca_path}",
+                               f"--token-file={cluster.root / 'provisioner-token'}"],
+                              capture_output=True, text=True, timeout=120)
+        where = f"{url} ({'active' if url == active.url else 'standby' if ',' not in url else 'every node'})"
+        assert proc.returncode == 0, f"{where}: {proc.stderr[-1000:]}"
+        out = json.loads(proc.stdout)
+        assert out["changed"] is False, f"{where}: {out['changes']}"
+    urls = active.root_client().secrets.pki.read_urls(mount_point="pki_int")["data"]
+    assert urls["crl_distribution_points"] == [f"{u}/v1/pki_int/crl" for u in vault.urls], urls
 
 
 def test_active_node_killed_during_uploads_then_rejoins_unsealed(raft: tuple[Cluster, BaoCluster]) -> None:

@@ -89,3 +89,43 @@ def test_a_single_node_fails_at_once(nodes: dict[str, Any]) -> None:
     with pytest.raises(requests.ConnectionError):
         adapter.get("/v1/x")
     assert nodes["calls"] == [A]
+
+
+@pytest.mark.parametrize("trouble", [requests.ReadTimeout("no answer"), hx.VaultNotInitialized("not joined yet")])
+def test_a_node_that_times_out_or_has_not_joined_is_skipped(nodes: dict[str, Any], trouble: Exception) -> None:
+    nodes[A] = trouble
+    client = failover_client(f"{A},{B}", verify=False)
+    assert client.adapter.get("/v1/x") == {"node": B}
+    assert client.url == B
+
+
+def test_concurrent_requests_each_try_their_own_round(nodes: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread failing over must not redirect another thread's attempt: each request's round is its
+    own (the node being tried is per thread), and the shared starting node is the last that answered."""
+    import threading
+
+    client = failover_client(f"{A},{B},{C}", verify=False)
+    adapter = client.adapter
+    nodes[A] = requests.ConnectionError("refused")
+    seen: dict[str, list[str]] = {}
+    real = adapters.RawAdapter.request
+    barrier = threading.Barrier(2, timeout=5)
+
+    def slow(self: adapters.RawAdapter, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        name = threading.current_thread().name
+        seen.setdefault(name, []).append(self.base_uri)
+        if self.base_uri == A:
+            barrier.wait()  # both threads are on A at once, then both fail over
+        return real(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(adapters.RawAdapter, "request", slow)
+    out: dict[str, Any] = {}
+    threads = [threading.Thread(target=lambda n=n: out.__setitem__(n, adapter.get("/v1/x")), name=n)
+               for n in ("t1", "t2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert out == {"t1": {"node": B}, "t2": {"node": B}}
+    assert seen == {"t1": [A, B], "t2": [A, B]}
+    assert client.url == B

@@ -81,7 +81,8 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
     # attack scenarios: a developer tool (docs/SECURITY.md). Provisioning uses the provisioner token,
     # as on the deployed cluster, so its policy is exercised by every local run.
     admin = bao.root_client()
-    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, **life.spec(),
+    # vault_url: every node in the PKI URLs, not only the active one root_client() talks to
+    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, **life.spec(), "vault_url": bao.url,
                         "audit_log": str(root / "vault" / "audit.log")})
     prov = _provisioner(root, admin)
     ca_pem = prov.secrets.pki.read_ca_certificate(mount_point="pki")

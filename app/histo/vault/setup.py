@@ -11,7 +11,10 @@ spec (a plain dict, no local assumptions):
   leaf_max_ttl   "24h"       max life of a host certificate
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
-  vault_url      optional: base of the PKI issuing/CRL URLs (defaults to the client's URL)
+  vault_url      optional: the Vault node(s) named in the PKI issuing/CRL URLs, comma-separated for a
+                 raft cluster (default: every node the client was given, never just the node that
+                 answered: a failover client moves between nodes, and a second apply through another
+                 node must not see the URLs as drift)
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
+from .failover import split_urls
 from ..tls.identity import spiffe_id
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
@@ -121,6 +125,13 @@ def _norm(v: Any) -> Any:
     return str(v)
 
 
+def _client_urls(client: hvac.Client) -> str:
+    """Every node the client knows (vault/failover.py), in the order it was given: client.url is only
+    the node it talks to now, which changes with a failover or an election."""
+    urls = getattr(getattr(client, "adapter", None), "urls", None)
+    return ",".join(urls) if urls else str(client.url)
+
+
 def _differs(have: dict, want: dict) -> bool:
     """Compare only what the server knows: a field this Vault flavour does not echo back (e.g.
     allowed_ip_sans_cidr on HashiCorp Vault) must not make every apply report a change."""
@@ -133,7 +144,7 @@ class _Applier:
     def __init__(self, client: hvac.Client, spec: dict) -> None:
         self.c, self.spec = client, spec
         self.td = spec.get("trust_domain", TRUST_DOMAIN)
-        self.base_url = str(spec.get("vault_url") or client.url).rstrip("/")
+        self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
 
     def note(self, what: str) -> None:
@@ -271,8 +282,8 @@ class _Applier:
             self.note(f"{INT} default issuer")
 
     def urls(self, mount: str) -> None:
-        want = {"issuing_certificates": [f"{self.base_url}/v1/{mount}/ca"],
-                "crl_distribution_points": [f"{self.base_url}/v1/{mount}/crl"]}
+        want = {"issuing_certificates": [f"{u}/v1/{mount}/ca" for u in self.base_urls],
+                "crl_distribution_points": [f"{u}/v1/{mount}/crl" for u in self.base_urls]}
         have = _data(self.c.secrets.pki.read_urls(mount_point=mount))
         if any(list(have.get(k) or []) != v for k, v in want.items()):
             self.c.secrets.pki.set_urls(want, mount_point=mount)
