@@ -25,8 +25,8 @@ def _read_secret_file(path: str) -> str:
 
 
 def _vault_client(url: str, ca: str, token_file: str | None):
-    import hvac
-    client = hvac.Client(url=url, verify=ca)
+    from .vault.failover import failover_client
+    client = failover_client(url, verify=ca)  # one node, or every raft node comma-separated
     if token_file:
         client.token = _read_secret_file(token_file)
     return client
@@ -115,15 +115,35 @@ def cmd_provision(a) -> None:
 
 def cmd_vault_tls(a) -> None:
     from .tls.selfsigned import ensure_bootstrap_tls
-    before = {p.name: p.read_bytes() for p in Path(a.dir).glob("*.pem")} if Path(a.dir).exists() else {}
-    ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address)
-    after = {p.name: p.read_bytes() for p in Path(a.dir).glob("*.pem")}
+    dirs = [Path(a.dir)] + ([Path(a.leaf_dir)] if a.leaf_dir else [])
+
+    def pems() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for d in dirs if d.exists() for p in d.glob("*.pem")}
+    before = pems()
+    ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address, leaf_dir=Path(a.leaf_dir) if a.leaf_dir else None)
+    after = pems()
     print(json.dumps({"changed": before != after, "dir": a.dir}))
+
+
+def cmd_vault_seal_key(a) -> None:
+    from .vault.sealkey import ensure_seal_key
+    try:
+        changed = ensure_seal_key(Path(a.file))
+    except ValueError as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps({"changed": changed, "file": a.file}))
 
 
 def cmd_zk_prepare(a) -> None:
     from .zk.prepare import prepare
     prepare(Path(a.config))
+
+
+def cmd_zk_renew(a) -> None:
+    from .zk import renew
+    config = Path(a.config)
+    restart = renew.process_restart(config) if a.restart == "process" else renew.systemd_restart()
+    renew.run(config, restart, a.loop)
 
 
 def cmd_zk_exec(a) -> None:
@@ -199,7 +219,9 @@ def cmd_local(a) -> None:
     from .local import cluster
     root = Path(a.state or ".histo/local")
     if a.action == "up":
-        cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl)
+        from .lifetimes import profile
+        cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl, lifetimes=profile(a.lifetimes),
+                   vault_nodes=a.vault_nodes)
     elif a.action == "down":
         cluster.down(root)
     else:
@@ -217,8 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True)
         s.set_defaults(fn=fn)
 
+    s = sub.add_parser("zk-renew", help="a ZooKeeper host's secret_id, and its certificates by a restart (zk/renew.py)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--restart", choices=("systemd", "process"), default="systemd",
+                   help="systemd: the histo-zookeeper unit; process: by pid file (local mode)")
+    s.add_argument("--loop", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS")
+    s.set_defaults(fn=cmd_zk_renew)
+
     def vault_args(s, token_required=True, token_help="file holding a Vault token (never on the command line)"):
-        s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"))
+        s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"),
+                       help="one Vault node, or every raft node comma-separated (fails over)")
         s.add_argument("--vault-ca", default=os.environ.get("VAULT_CACERT", ".histo/local/vault/tls/ca.pem"))
         s.add_argument("--token-file", required=token_required, help=token_help)
 
@@ -226,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", required=True)
     s.add_argument("--hostname", action="append", required=True)
     s.add_argument("--address", action="append", default=[])
+    s.add_argument("--leaf-dir", help="the node's own certificate folder (raft peers share the CA in --dir)")
     s.set_defaults(fn=cmd_vault_tls)
+
+    s = sub.add_parser("vault-seal-key", help="the static seal's key file (32 random bytes, 0600), made once")
+    s.add_argument("--file", required=True)
+    s.set_defaults(fn=cmd_vault_seal_key)
 
     s = sub.add_parser("vault-setup")
     s.add_argument("--spec", required=True)
@@ -334,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=None)
     s.add_argument("--masters", type=int, default=2)
     s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--cert-ttl", default="1h")
+    s.add_argument("--cert-ttl", default=None, help="the services' certificate life (default: the profile's)")
+    s.add_argument("--lifetimes", default=os.environ.get("HISTO_LIFETIMES", "standard"),
+                   help="standard, or compressed: every credential's life in minutes (lifetimes.py)")
+    s.add_argument("--vault-nodes", type=int, choices=(1, 3), default=1,
+                   help="3: an OpenBao raft cluster with the static seal, as the default profile deploys")
     s.set_defaults(fn=cmd_local)
     return p
 

@@ -27,7 +27,9 @@ def _design_allows(cluster: DeployedCluster, src_group: str | None, src_name: st
     if port_name == "ssh":
         return False  # on the cluster network: never (SSH only on the management network)
     if g == "vault" and port_name == "vault":
-        return src_group in ("controller", "zookeeper", "masters", "workers")
+        return src_group in ("controller", "vault", "zookeeper", "masters", "workers")
+    if g == "vault" and port_name == "vault_cluster":
+        return src_group == "vault"  # raft between Vault peers only
     if g == "zookeeper" and port_name == "zk_client":
         return src_group in ("masters", "workers")
     if g == "zookeeper" and port_name in ("zk_quorum", "zk_election"):

@@ -11,7 +11,10 @@ spec (a plain dict, no local assumptions):
   leaf_max_ttl   "24h"       max life of a host certificate
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
-  vault_url      optional: base of the PKI issuing/CRL URLs (defaults to the client's URL)
+  vault_url      optional: the Vault node(s) named in the PKI issuing/CRL URLs, comma-separated for a
+                 raft cluster (default: every node the client was given, never just the node that
+                 answered: a failover client moves between nodes, and a second apply through another
+                 node must not see the URLs as drift)
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
+from .failover import split_urls
 from ..tls.identity import spiffe_id
 from . import people
 
@@ -127,6 +131,13 @@ def _norm(v: Any) -> Any:
     return str(v)
 
 
+def _client_urls(client: hvac.Client) -> str:
+    """Every node the client knows (vault/failover.py), in the order it was given: client.url is only
+    the node it talks to now, which changes with a failover or an election."""
+    urls = getattr(getattr(client, "adapter", None), "urls", None)
+    return ",".join(urls) if urls else str(client.url)
+
+
 def _differs(have: dict, want: dict) -> bool:
     """Compare only what the server knows: a field this Vault flavour does not echo back (e.g.
     allowed_ip_sans_cidr on HashiCorp Vault) must not make every apply report a change."""
@@ -139,7 +150,7 @@ class _Applier:
     def __init__(self, client: hvac.Client, spec: dict) -> None:
         self.c, self.spec = client, spec
         self.td = spec.get("trust_domain", TRUST_DOMAIN)
-        self.base_url = str(spec.get("vault_url") or client.url).rstrip("/")
+        self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
 
     def note(self, what: str) -> None:
@@ -277,8 +288,8 @@ class _Applier:
             self.note(f"{INT} default issuer")
 
     def urls(self, mount: str) -> None:
-        want = {"issuing_certificates": [f"{self.base_url}/v1/{mount}/ca"],
-                "crl_distribution_points": [f"{self.base_url}/v1/{mount}/crl"]}
+        want = {"issuing_certificates": [f"{u}/v1/{mount}/ca" for u in self.base_urls],
+                "crl_distribution_points": [f"{u}/v1/{mount}/crl" for u in self.base_urls]}
         have = _data(self.c.secrets.pki.read_urls(mount_point=mount))
         if any(list(have.get(k) or []) != v for k, v in want.items()):
             self.c.secrets.pki.set_urls(want, mount_point=mount)
@@ -441,6 +452,7 @@ path "{INT}/cert/ca_chain" {{
   capabilities = ["read"]
 }}
 '''
+        rules += self.secret_id_rules(name)
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
@@ -473,6 +485,33 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         return rules
+
+    @staticmethod
+    def secret_id_rules(name: str) -> str:
+        """Its own AppRole's next secret_id, before the one it holds expires (vault/secretid.py). No
+        parameter is allowed when minting (no cidr_list, metadata, ttl or num_uses of its choosing):
+        the new one carries the role's address binding and TTL. Lookup and destroy only on its own role.
+        Minting for another host's role stays the provisioner's, response-wrapped (secret zero)."""
+        role = f"auth/{APPROLE}/role/histo-{name}"
+        return f'''path "{role}/secret-id" {{
+  capabilities = ["update"]
+  denied_parameters = {{
+    "*" = []
+  }}
+}}
+path "{role}/secret-id/lookup" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id" = []
+  }}
+}}
+path "{role}/secret-id-accessor/destroy" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id_accessor" = []
+  }}
+}}
+'''
 
     def token_role(self, name: str, policy: str, max_ttl: str) -> None:
         want = {"allowed_policies": [policy], "disallowed_policies": ["root"], "orphan": True,
