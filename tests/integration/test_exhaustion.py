@@ -172,6 +172,36 @@ def test_decompression_bombs_are_admitted_by_cost_once_across_masters(cluster: C
     assert status == 429 and int(headers["Retry-After"]) >= 1 and json.loads(body)["error"] == "over_budget"
 
 
+def test_garbage_uploads_through_a_standby_are_throttled_per_principal(cluster: Cluster) -> None:
+    """A standby stores uploads itself (nothing is relayed to the leader), so it counts the uploads it
+    receives too: one token's stream of garbage through a standby's own address ends in 429, after at
+    most that master's share of the principal's rate, while another user is served there."""
+    leader = cluster.leader()
+    standby = next(n for n in ("master1", "master2") if n != leader)
+    url = next(u for u in cluster.urls if f"//{cluster.config(standby)['address']}:" in u)
+    cfg = cluster.config(standby)
+    burst, rate = cfg["upload_burst"], cfg["uploads_per_principal"]
+    flooder = issue(cluster, "uploader", "garbage-flooder")
+    garbage = _multipart(b"not an image at all")
+    statuses: list[int] = []
+    t0 = time.monotonic()
+    for _ in range(4 * burst):
+        status, headers, body = cluster.request("POST", "/api/v1/jobs", token=flooder, body=garbage, url=url,
+                                                headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+        statuses.append(status)
+        if status == 429:
+            break
+    elapsed = time.monotonic() - t0
+    assert statuses[-1] == 429, statuses[-5:]
+    assert json.loads(body)["error"] == "rate_limited" and int(headers["Retry-After"]) >= 1
+    refused = statuses[:-1]
+    assert refused and all(400 <= s < 500 and s != 429 for s in refused), sorted(set(refused))
+    # two live masters: each upload costs two tokens of this master's bucket (plus what refilled meanwhile)
+    assert len(refused) <= burst / 2 + rate * elapsed / 2 + 1, (len(refused), elapsed)
+    status, doc = cluster.upload(sample_image(40, 30, "PNG"), url=url)  # another principal, same master
+    assert status == 202 and cluster.wait_job(doc["id"], url=url)["state"] == "done"
+
+
 def _multipart(data: bytes) -> bytes:
     return (b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
             b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--b0undary--\r\n")
