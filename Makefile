@@ -100,6 +100,7 @@ bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs 
 	$(PY) bench/run.py
 	$(PY) bench/durable.py --baseline 53f6f81
 	$(PY) bench/cpu.py --baseline 17de71e
+	$(PY) bench/secops.py
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local
