@@ -135,3 +135,28 @@ def test_the_collector_signs_with_its_own_key_and_nothing_else(vault: Vault, tmp
     with pytest.raises(hx.Forbidden):
         op.secrets.kv.v2.create_or_update_secret(anchor_path("secops1"), secret={"checkpoint": "x"},
                                                  mount_point="secret")
+
+
+def test_a_second_provisioning_run_with_the_provisioner_token_changes_nothing(tmp_path: Path) -> None:
+    """What `make provision` does on a deployed cluster: vault-setup with root once, root retired, then
+    every later run with the histo-provisioner token alone. The collector's transit key is read back
+    on that run (it must exist); the provisioner may read it (public keys only), so the run is
+    unchanged instead of a 403 on transit/keys/histo-secops-secops1. It still may not sign with it."""
+    from histo.vault.secretzero import retire_root
+    from histo.vault.setup import apply
+
+    from .vaultfix import spec_for
+    with running_bao(tmp_path / "vault") as bao:
+        spec = spec_for(bao, HOSTS)
+        assert apply(bao.root_client(), spec)["changed"] is True
+        write_private(tmp_path / "root-token", bao.root_client().token + "\n")
+        retire_root(bao.client(), bao.init_path, tmp_path / "provisioner-token", tmp_path / "root-token")
+        prov = bao.client((tmp_path / "provisioner-token").read_text().strip())
+        again = apply(prov, spec)
+        assert (again["changed"], again["changes"]) == (False, [])
+        # the operator's audit-verifier token comes through its token role, from the provisioner
+        op = hvac.Client(url=bao.url, verify=str(bao.ca_path),
+                         token=operator_token(prov, "histo-audit-verifier", "10m", "it"))
+        assert op.auth.token.lookup_self()["data"]["policies"] == ["default", "histo-audit-verifier"]
+        with pytest.raises(hx.Forbidden):
+            prov.secrets.transit.sign_data(key_name("secops1"), "aGk=", mount_point="transit")

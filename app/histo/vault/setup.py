@@ -555,6 +555,8 @@ def provisioner_policy() -> str:
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
           (f"{TRANSIT}/keys/{STORE_KEY}", "read"),
+          # the SecOps collectors' checkpoint keys (a re-apply checks each exists; public keys only)
+          (f"{TRANSIT}/keys/{key_name('*')}", "read"),
           (f"auth/{APPROLE}/role/+", "read"), (f"auth/{APPROLE}/role/+/role-id", "read"),
           ("auth/token/roles/histo-*", "read"), ("auth/token/renew-self", "update"),
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
