@@ -276,6 +276,21 @@ def cmd_audit_verify(a) -> None:
     print(report.summary())
 
 
+def cmd_tls_files(a) -> None:
+    from .secops.tlsfiles import ensure
+    from .vault.client import ServiceVault, VaultAuthError, VaultUnavailable
+    vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role=a.role, creds_dir=Path(a.creds),
+                         source_address=a.source_address)
+    try:
+        result = ensure(vault, Path(a.out), a.ttl)
+    except (VaultAuthError, VaultUnavailable) as exc:
+        raise SystemExit(f"histo: tls-files: {exc}") from None
+    print(json.dumps(result, sort_keys=True))
+    import subprocess
+    if result["changed"] and a.restart:  # the reader of the files takes the new ones (a renewal)
+        subprocess.run(["systemctl", "try-restart", a.restart], check=True)
+
+
 def cmd_wait_ready(a) -> None:
     from .readiness import wait_ready
     wait_ready(a.url, Path(a.ca), a.workers, a.masters, a.timeout)
@@ -427,6 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public-key", help="JSON kid -> PEM of the collector's key (then no Vault, no anchor)")
     vault_args(s, False, "file holding a Vault token with the histo-audit-verifier policy")
     s.set_defaults(fn=cmd_audit_verify)
+
+    s = sub.add_parser("tls-files", help="this host's certificate, key and the histo CA chain as files (rsyslog's "
+                                         "RELP over TLS), issued with its own AppRole when missing or 2/3 through "
+                                         "its life; prints {\"changed\": ...}")
+    s.add_argument("--host", required=True, help="this host's inventory name (its AppRole and PKI role)")
+    s.add_argument("--role", required=True, choices=("master", "worker", "zookeeper", "secops", "vault"))
+    s.add_argument("--creds", required=True, help="its provisioned role_id and secret_id")
+    s.add_argument("--out", required=True, help="folder of cert.pem, key.pem (0600), ca.pem")
+    s.add_argument("--source-address", default=None, help="this host's cluster address (named in the certificate)")
+    s.add_argument("--ttl", default="24h")
+    s.add_argument("--restart", default=None, help="systemd unit to try-restart when the files changed")
+    vault_args(s, False)
+    s.set_defaults(fn=cmd_tls_files)
 
     s = sub.add_parser("wait-ready", help="until an upload through every master would be accepted (live members only)")
     s.add_argument("--url", action="append", required=True, help="a master's public URL (repeat)")

@@ -7,7 +7,7 @@ can obtain its own certificate and its role's ZooKeeper credentials, and nothing
 
 spec (a plain dict, no local assumptions):
   trust_domain   "histo.internal"
-  hosts          [{"name": "master1", "role": "master|worker|zookeeper", "address": "127.0.10.21"}, ...]
+  hosts          [{"name": "master1", "role": "master|worker|zookeeper|secops|vault", "address": "127.0.10.21"}, ...]
   leaf_max_ttl   "24h"       max life of a host certificate
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
@@ -44,7 +44,8 @@ PROVISIONER_POLICY = "histo-provisioner"  # what provisioning needs after setup 
 ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE = "histo-issuer", "histo-receipt-verifier"
 RECEIPT_VERIFIER_POLICY = "histo-receipt-verifier"  # reads the receipt key's public keys, nothing else
 AUDIT_VERIFIER_POLICY = AUDIT_VERIFIER_TOKEN_ROLE = "histo-audit-verifier"  # `histo audit verify`: read only
-ROLES = ("master", "worker", "zookeeper", "secops")
+# vault: a Vault node's own identity, its certificate only (what its log shipper presents, roles/logship)
+ROLES = ("master", "worker", "zookeeper", "secops", "vault")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
 NO_AUDIT = "<none>"
 # A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
