@@ -97,7 +97,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
                          logship_histo_bin=str(Path(sys.executable).with_name("histo")),
                          logship_record_path=str(record), logship_collector_host="secops1",
                          logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
-                         logship_confirm_timeout_ms=10000,
+                         logship_confirm_timeout_ms=10000, logship_files=[],
                          logship_permitted_shippers=[f"{h['name']}.histo.internal" for h in HOSTS
                                                      if h["role"] != "secops"])
     source = root / "auth.log"
@@ -137,7 +137,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
                             **_certs(bao, role_ids, WORKER2, root / "i"), logship_address=SECOPS["address"],
                             logship_histo_bin=str(sink), logship_record_path=str(impostor_record),
                             logship_collector_host="x", logship_vault_url="x", logship_vault_ca="x",
-                            logship_confirm_timeout_ms=10000,
+                            logship_confirm_timeout_ms=10000, logship_files=[],
                             logship_permitted_shippers=["worker1.histo.internal"])
         impostor.start()
         with source.open("a") as f:
