@@ -111,16 +111,21 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         with source.open("a") as f:
             f.write("Failed password for root from 127.0.10.32 port 2222 ssh2\n")
         got = _wait_for(record, 1)
-        assert len(got) == 1 and "Failed password for root" in str(got[0]["event"]), got
+        # at least once: under load the collector's first `histo audit collect` may miss omprog's confirm
+        # timeout while it starts (imports, Vault login), and rsyslog hands the message again — a
+        # duplicate of that line is allowed, anything else is not
+        assert got and all("Failed password for root" in str(e["event"]) for e in got), got
+        time.sleep(1)
+        first = len(_entries(record))
 
         # the collector away: the shipper queues, and delivers once it is back
         collector.stop()
         with source.open("a") as f:
             f.writelines(f"Invalid user probe{i} from 127.0.10.32\n" for i in range(5))
         time.sleep(2)
-        assert len(_entries(record)) == 1
+        assert len(_entries(record)) == first
         collector.start()
-        got = _wait_for(record, 6, timeout=60)
+        got = _wait_for(record, first + 5, timeout=60)
         # RELP is at-least-once: a message the collector stored but had not acknowledged when it stopped
         # comes again (a duplicate entry, never a gap)
         assert {f"probe{i}" for i in range(5)} <= {str(e["event"]).split("Invalid user ")[-1].split(" ")[0]

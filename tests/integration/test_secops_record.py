@@ -27,6 +27,7 @@ from .vaultfix import configure, default_hosts, provision, running_bao, service_
 SECOPS = {"name": "secops1", "role": "secops", "address": "127.0.10.40"}
 HOSTS = [*default_hosts(), SECOPS]
 WORKER = next(h for h in HOSTS if h["name"] == "worker1")
+VAULT_NODE = {"name": "vault1", "role": "vault", "address": "127.0.10.10"}  # its log shipper's identity
 
 
 Vault = tuple[BaoServer, dict[str, str], Path, Path]
@@ -147,7 +148,7 @@ def test_a_second_provisioning_run_with_the_provisioner_token_changes_nothing(tm
 
     from .vaultfix import spec_for
     with running_bao(tmp_path / "vault") as bao:
-        spec = spec_for(bao, HOSTS)
+        spec = spec_for(bao, [*HOSTS, VAULT_NODE])
         assert apply(bao.root_client(), spec)["changed"] is True
         write_private(tmp_path / "root-token", bao.root_client().token + "\n")
         retire_root(bao.client(), bao.init_path, tmp_path / "provisioner-token", tmp_path / "root-token")
@@ -160,3 +161,36 @@ def test_a_second_provisioning_run_with_the_provisioner_token_changes_nothing(tm
         assert op.auth.token.lookup_self()["data"]["policies"] == ["default", "histo-audit-verifier"]
         with pytest.raises(hx.Forbidden):
             prov.secrets.transit.sign_data(key_name("secops1"), "aGk=", mount_point="transit")
+
+
+def test_tls_files_issues_once_then_only_when_due_and_a_vault_node_gets_nothing_else(tmp_path: Path) -> None:
+    """`histo tls-files` (roles/logship): the host's own certificate, key (0600) and CA chain; a second
+    run changes nothing. A Vault node's identity (role vault) issues its own certificate, nothing else."""
+    with running_bao(tmp_path / "vault") as bao:
+        role_ids = configure(bao, [*HOSTS, VAULT_NODE])["role_ids"]
+        creds = provision(bao, role_ids, VAULT_NODE, tmp_path / "creds")
+        out = tmp_path / "tls"
+        argv = ["tls-files", "--host", "vault1", "--role", "vault", "--creds", str(creds), "--out", str(out),
+                "--source-address", VAULT_NODE["address"], "--ttl", "1h",
+                "--vault-url", bao.url, "--vault-ca", str(bao.ca_path)]
+        first = _histo(*argv)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["changed"] is True
+        assert oct((out / "key.pem").stat().st_mode & 0o777) == "0o600"
+        from cryptography import x509
+        cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "spiffe://histo.internal/vault/vault1" in sans.get_values_for_type(x509.UniformResourceIdentifier)
+        assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == [VAULT_NODE["address"]]
+        again = _histo(*argv)
+        assert again.returncode == 0 and json.loads(again.stdout) == {"changed": False}, again.stdout + again.stderr
+        node = service_vault(bao, VAULT_NODE, creds)
+        node.login()
+        for attempt in (lambda: node.client.write_data("pki_int/issue/host-worker1",
+                                                       data={"common_name": "worker1.histo.internal"}),
+                        lambda: node.client.secrets.kv.v2.read_secret_version("histo/zk/worker", mount_point="secret",
+                                                                              raise_on_deleted_version=True),
+                        lambda: node.client.secrets.transit.sign_data(key_name("secops1"), "aGk=",
+                                                                      mount_point="transit")):
+            with pytest.raises(hx.Forbidden):
+                attempt()
