@@ -74,7 +74,7 @@ molecule-clean: ## remove every mol-* instance, histo-mol0 and the cached base r
 test-cluster: bootstrap ## stage 3: make up, acceptance tests and drills, make down, teardown check
 	@bash scripts/cluster-test.sh
 
-# -- the Vagrant cluster (HISTO_PROFILE=small: 1 ZooKeeper, 1 master, 2 workers) ----------------------
+# -- the Vagrant cluster (HISTO_PROFILE=small: 1 ZooKeeper, 1 master, 2 workers, secops1) -------------
 up: ## the cluster on this host (Vagrant, lxc provider), provisioned by site.yml; idempotent
 	@bash scripts/up.sh
 
@@ -105,6 +105,7 @@ bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs 
 	$(PY) bench/durable.py --baseline 53f6f81
 	$(PY) bench/cpu.py --baseline 17de71e
 	$(PY) bench/signin.py
+	$(PY) bench/secops.py
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local

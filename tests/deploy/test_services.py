@@ -178,6 +178,8 @@ def test_vault_is_initialized_unsealed_audited(cluster: DeployedCluster):
 
 def test_services_run_hardened_as_their_own_users(cluster: DeployedCluster):
     for host in cluster.machines.values():
+        if host.group == "secops":
+            continue  # the collector is rsyslog (Debian runs it as root): test_the_collector_and_the_shippers
         unit = {"vault": "openbao", "zookeeper": "histo-zookeeper", "masters": "histo-master",
                 "workers": "histo-worker"}[host.group]
         props = dict(line.split("=", 1) for line in host.run(
@@ -190,6 +192,25 @@ def test_services_run_hardened_as_their_own_users(cluster: DeployedCluster):
             assert props["CapabilityBoundingSet"] == "cap_net_bind_service", (host.name, props)
         elif host.group in ("workers", "zookeeper"):
             assert props["CapabilityBoundingSet"] == "", (host.name, props)
+
+
+def test_the_collector_and_the_shippers(cluster: DeployedCluster):
+    """Every machine runs rsyslog with the logship configuration and its certificate renewal timer;
+    its key and AppRole credentials are root's alone. The collector (secops) listens for RELP on its
+    cluster address only, besides sshd and loopback, and hands every message to `histo audit collect`."""
+    port = cluster.ports["secops"]
+    for host in cluster.machines.values():
+        out = host.run("systemctl is-active rsyslog histo-logship-cert.timer; "
+                       "stat -c '%a %U' /etc/histo/logship/key.pem /etc/histo/logship/creds/secret_id; "
+                       "test -s /etc/rsyslog.d/60-histo-logship.conf && echo conf", check=False).stdout.split("\n")
+        assert out[:5] == ["active", "active", "600 root", "600 root", "conf"], (host.name, out)
+    for collector in cluster.group("secops"):
+        listening = [line.split()[3] for line in collector.run("ss -Hltn").stdout.splitlines() if line.strip()]
+        stray = [a for a in listening if not (a.endswith(":22") or a.startswith(("127.", "[::1]"))
+                                              or a == f"{collector.address}:{port}")]
+        assert not stray and f"{collector.address}:{port}" in listening, (collector.name, listening)
+        args = collector.run("ps -eo user,args", check=False).stdout
+        assert any(line.split()[0] == "root" and "histo audit collect" in line for line in args.splitlines()), args
 
 
 def test_sshd_is_hardened(cluster: DeployedCluster):

@@ -7,7 +7,7 @@ can obtain its own certificate and its role's ZooKeeper credentials, and nothing
 
 spec (a plain dict, no local assumptions):
   trust_domain   "histo.internal"
-  hosts          [{"name": "master1", "role": "master|worker|zookeeper", "address": "127.0.10.21"}, ...]
+  hosts          [{"name": "master1", "role": "master|worker|zookeeper|secops|vault", "address": "127.0.10.21"}, ...]
   leaf_max_ttl   "24h"       max life of a host certificate
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
@@ -31,9 +31,10 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
-from .failover import split_urls
+from ..secops.checkpoint import anchor_path, key_name
 from ..tls.identity import spiffe_id
 from . import people
+from .failover import split_urls
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
@@ -47,7 +48,9 @@ PROVISIONER_POLICY = "histo-provisioner"  # what provisioning needs after setup 
 # token roles through which the provisioner makes the operator's tokens (it does not hold their policies)
 ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE = "histo-issuer", "histo-receipt-verifier"
 RECEIPT_VERIFIER_POLICY = "histo-receipt-verifier"  # reads the receipt key's public keys, nothing else
-ROLES = ("master", "worker", "zookeeper")
+AUDIT_VERIFIER_POLICY = AUDIT_VERIFIER_TOKEN_ROLE = "histo-audit-verifier"  # `histo audit verify`: read only
+# vault: a Vault node's own identity, its certificate only (what its log shipper presents, roles/logship)
+ROLES = ("master", "worker", "zookeeper", "secops", "vault")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
 NO_AUDIT = "<none>"
 # A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
@@ -401,6 +404,9 @@ class _Applier:
             self.transit_key(key)
         # the key that wraps the masters' per-job data keys (envelope encryption of stored jobs)
         self.transit_key(STORE_KEY, "aes256-gcm96")
+        for host in self.spec["hosts"]:  # each SecOps collector signs its log's checkpoints with its own key
+            if host["role"] == "secops":
+                self.transit_key(key_name(host["name"]))
 
     def transit_key(self, key: str, key_type: str = "ecdsa-p256") -> None:
         try:
@@ -470,6 +476,11 @@ path "{INT}/cert/ca_chain" {{
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
                       f'path "{TRANSIT}/decrypt/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n')
+        if role == "secops":  # sign its own log's checkpoints; write (not read, delete) the anchored copy
+            rules += (f'path "{TRANSIT}/sign/{key_name(name)}" {{\n  capabilities = ["update"]\n'
+                      f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
+                      f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
+                      f'path "{KV}/data/{anchor_path(name)}" {{\n  capabilities = ["create", "update"]\n}}\n')
         if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
             rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
@@ -565,9 +576,21 @@ path "{TRANSIT}/keys/{RECEIPT_KEY}" {{
   capabilities = ["read"]
 }}
 ''')  # noqa: E501 (the policy's comment line)
+        self.policy(AUDIT_VERIFIER_POLICY, f'''# histo audit verifier: the collectors' checkpoint keys and anchored checkpoints, read only
+path "{TRANSIT}/keys/histo-secops-*" {{
+  capabilities = ["read"]
+}}
+path "{KV}/data/histo/secops/*" {{
+  capabilities = ["read"]
+}}
+path "{KV}/metadata/histo/secops/*" {{
+  capabilities = ["read"]
+}}
+''')  # noqa: E501 (the policy's comment line)
         self.policy(PROVISIONER_POLICY, provisioner_policy())
         self.token_role(ISSUER_TOKEN_ROLE, ISSUER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         self.token_role(VERIFIER_TOKEN_ROLE, RECEIPT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
+        self.token_role(AUDIT_VERIFIER_TOKEN_ROLE, AUDIT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         role_ids = {}
         for host in self.spec["hosts"]:
             self.policy(f"histo-{host['name']}", self.host_policy(host))
@@ -591,6 +614,8 @@ def provisioner_policy() -> str:
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
           (f"{TRANSIT}/keys/{STORE_KEY}", "read"),
+          # the SecOps collectors' checkpoint keys (a re-apply checks each exists; public keys only)
+          (f"{TRANSIT}/keys/{key_name('*')}", "read"),
           (f"auth/{APPROLE}/role/+", "read"), (f"auth/{APPROLE}/role/+/role-id", "read"),
           ("auth/token/roles/histo-*", "read"), ("auth/token/renew-self", "update"),
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
@@ -599,6 +624,7 @@ def provisioner_policy() -> str:
           # sign-in (vault/people.py): a re-apply verifies; a new person or client needs a root token
           ("identity/oidc/*", "read"), ("identity/entity/name/*", "read"), ("identity/group/name/*", "read"),
           ("auth/userpass/users/*", "read"), (f"{KV}/data/{people.MACHINE_CLIENTS_KV}", "read"),
+          (f"auth/token/create/{AUDIT_VERIFIER_TOKEN_ROLE}", "update"),
           # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
           ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
           ("sys/generate-root-token/update", "update")]
