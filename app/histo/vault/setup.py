@@ -156,6 +156,11 @@ class _Applier:
         self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
 
+    @property
+    def base_url(self) -> str:
+        """The first node: the OIDC issuer's default (vault/people.py), as vault_config names it."""
+        return self.base_urls[0]
+
     def note(self, what: str) -> None:
         self.changed.append(what)
 
