@@ -103,6 +103,9 @@ def test_active_vault_node_killed_during_uploads(cluster: DeployedCluster) -> No
     if len(nodes) < 3:
         pytest.skip(f"profile {cluster.profile} has {len(nodes)} Vault node(s); the drill needs a raft cluster")
     wait_ready(cluster)
+    # the drill before (Vault sealed) restarts every node: they may still be electing (all 429)
+    _until(lambda: sum(_vault_health(cluster, n) == 200 for n in nodes) == 1, 120, "one active Vault node",
+           lambda: ", ".join(f"{n.name}={_vault_health(cluster, n)}" for n in nodes))
     health_before = {n.name: _vault_health(cluster, n) for n in nodes}
     active = [n for n in nodes if health_before[n.name] == 200]
     assert len(active) == 1, health_before
