@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HISTO := $(VENV)/bin/histo
+LIFETIMES ?= standard
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 PYTEST_FLAGS ?= -q -ra --timeout=600
 DEPLOY_PY := .venv-deploy/bin/python
@@ -12,7 +13,7 @@ DEPLOY_PY := .venv-deploy/bin/python
 ROLE ?=
 
 .PHONY: help bootstrap venv check test test-python test-unit test-integration lint lint-python deploy-lint molecule \
-        molecule-clean test-cluster up down provision deploy-test local local-down local-status bench \
+        molecule-clean test-cluster up down provision deploy-test local local-down local-status bench soak \
         attack clean
 
 help: ## this list
@@ -73,7 +74,7 @@ molecule-clean: ## remove every mol-* instance, histo-mol0 and the cached base r
 test-cluster: bootstrap ## stage 3: make up, acceptance tests and drills, make down, teardown check
 	@bash scripts/cluster-test.sh
 
-# -- the Vagrant cluster (HISTO_PROFILE=small: 1 ZooKeeper, 1 master, 2 workers) ----------------------
+# -- the Vagrant cluster (HISTO_PROFILE=small: 1 ZooKeeper, 1 master, 2 workers, secops1) -------------
 up: ## the cluster on this host (Vagrant, lxc provider), provisioned by site.yml; idempotent
 	@bash scripts/up.sh
 
@@ -87,8 +88,8 @@ deploy-test: ## the acceptance tests against the running cluster (tests/deploy)
 	$(DEPLOY_PY) -m pytest -p no:cacheprovider tests/deploy -q -ra --timeout=900
 
 # -- local mode --------------------------------------------------------------------------------------
-local: bootstrap ## OpenBao, ZooKeeper, 2 masters and 2 workers as processes on loopback
-	$(HISTO) local up
+local: bootstrap ## OpenBao, ZooKeeper, 2 masters and 2 workers on loopback (LIFETIMES=compressed: every credential in minutes)
+	$(HISTO) local up --lifetimes $(LIFETIMES)
 
 local-down: ## stop the local cluster
 	@if [ -x $(HISTO) ]; then $(HISTO) local down; else echo "histo local: nothing to stop"; fi
@@ -96,11 +97,15 @@ local-down: ## stop the local cluster
 local-status: ## the local cluster's processes
 	$(HISTO) local status
 
+soak: bootstrap ## 20 minutes of load through compressed lifetimes, kills and outages (bench/soak.py; not in make test)
+	flock /tmp/histo-loopback.lock $(PY) bench/soak.py --minutes $(or $(SOAK_MINUTES),20)
+
 bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them; bench/cpu.py; bench/signin.py)
 	$(PY) bench/run.py
 	$(PY) bench/durable.py --baseline 53f6f81
 	$(PY) bench/cpu.py --baseline 17de71e
 	$(PY) bench/signin.py
+	$(PY) bench/secops.py
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local

@@ -138,18 +138,22 @@ SEALED_AT_LEAST = 7.0
 
 
 def vault_sealed(d: Target) -> Outcome:
-    """Vault's machine restarts its service (as after a crash or a reboot): it comes back sealed, and
-    no token exists that could seal it on purpose (the root token is retired after setup)."""
-    vault = d.vault()
-    if _sealed(vault) is not False:
-        raise RuntimeError("Vault is not unsealed and serving: not touching it")
-    vault_host = d.group("vault")[0]
+    """Every Vault node's service is stopped (the whole raft cluster away, as after a power cut) and
+    started again: with the static seal each node unseals itself (a restart alone no longer leaves a
+    sealed Vault), with the Shamir seal the keys unseal it; no token exists that could seal it on
+    purpose (the root token is retired after setup)."""
+    import hvac
+    nodes = d.group("vault")
+    clients = [hvac.Client(url=f"https://{n.address}:{d.ports['vault']}", verify=d.vault_ca) for n in nodes]
+    if any(_sealed(c) is not False for c in clients):
+        raise RuntimeError("Vault is not unsealed and serving on every node: not touching it")
     # A result stored before: reading it from every master has each unwrap its data key (kept in memory).
     job = d.upload(gray_noise(64, 48)[0])
     result, tok = f"/api/v1/jobs/{job['id']}/result", d.api.token("uploader")
     before = [d.api.request("GET", result, token=tok, url=u)[2] for u in d.api.urls]
     degraded, served, told, unsealed = False, False, "not tried", False
-    vault_host.run("systemctl restart openbao", timeout=60)
+    for n in nodes:
+        n.run("systemctl stop openbao", timeout=60)
     sealed_at = time.time()
     try:
         deadline = time.time() + 30
@@ -159,7 +163,7 @@ def vault_sealed(d: Target) -> Outcome:
                            for r in ready.values())
             if not degraded:
                 time.sleep(0.5)
-        # Long enough for every service's token check (every 5 s) to have met the sealed Vault.
+        # Long enough for every service's token check (every 5 s) to have met the absent Vault.
         time.sleep(max(0.0, sealed_at + SEALED_AT_LEAST - time.time()))
         # Stored results are still served; a new upload cannot be sealed without a data key: a 503 that says why.
         served = [d.api.request("GET", result, token=tok, url=u)[2] for u in d.api.urls] == before
@@ -167,7 +171,12 @@ def vault_sealed(d: Target) -> Outcome:
                                        content_type="image/png")
         told = f"{status} {refused.get('error')}"
     finally:
-        unsealed = _unseal(vault, d.cluster.state)
+        for n in nodes:
+            n.run("systemctl start openbao", timeout=60)
+        deadline = time.time() + 30  # static seal: each node unseals itself
+        while time.time() < deadline and not all(_sealed(c) is False for c in clients):
+            time.sleep(0.5)
+        unsealed = all([_sealed(c) is False or _unseal(c, d.cluster.state) for c in clients])
     sealed_for = time.time() - sealed_at
     t0 = time.time()
     recovered = False
@@ -177,8 +186,8 @@ def vault_sealed(d: Target) -> Outcome:
         if not recovered:
             time.sleep(0.5)
     held = degraded and served and told == "503 vault_unavailable" and unsealed and recovered
-    return Outcome("Vault sealed", f"restarting {vault_host.name}'s Vault (it comes back sealed) and leaving it sealed "
-                   f"for {sealed_for:.1f}s while the cluster serves",
+    return Outcome("Vault sealed", f"stopping Vault on {', '.join(n.name for n in nodes)} for {sealed_for:.1f}s "
+                   "while the cluster serves, then starting it (it unseals itself with the static seal)",
                    f"every master's /readyz degraded (vault): {degraded}; a stored result served by every master: "
-                   f"{served}; a new upload: {told}; unsealed again: "
+                   f"{served}; a new upload: {told}; every node unsealed again: "
                    f"{unsealed}; every master ready again: {recovered} after {time.time() - t0:.0f}s", held)

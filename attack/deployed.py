@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_NET = ipaddress.ip_network("192.168.56.0/24")
 BRIDGE = "histo-br0"
 # What `make up` leaves under .histo/vagrant that belongs to the cluster alone (gone after `make down`).
-SECRETS = ("root-token", "vault-init.json", "provisioner-token", "root-accessors", "issuer-token", "env", "provision",
-           "ssh", "inventory")
+SECRETS = ("root-token", "vault-init.json", "vault-seal.key", "provisioner-token", "root-accessors", "issuer-token",
+           "env", "provision", "ssh", "inventory")
 
 
 class NotUp(Exception):

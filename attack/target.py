@@ -30,20 +30,20 @@ TOKEN_TTL = 1800
 
 class Target:
     def __init__(self, cluster: DeployedCluster) -> None:
-        import hvac
-
         from histo.edge.tokens import issue_token
         from histo.testing.cluster import Cluster
+        from histo.vault.failover import failover_client
         self.cluster = cluster
         self.profile = cluster.profile
         self.ports = cluster.ports
         self.controller = cluster.controller
         self.machines = cluster.machines
-        vault = self.group("vault")[0]
-        self.vault_url = f"https://{vault.address}:{self.ports['vault']}"
+        # every Vault node, as the services have them: a drill fails over like they do (a standby
+        # forwards, a killed or restarting node is skipped)
+        self.vault_url = ",".join(f"https://{v.address}:{self.ports['vault']}" for v in self.group("vault"))
         self.vault_ca = str(cluster.state / "vault-tls" / "ca.pem")
-        issuer = hvac.Client(url=self.vault_url, verify=self.vault_ca,
-                             token=(cluster.state / "issuer-token").read_text().strip())
+        issuer = failover_client(self.vault_url, verify=self.vault_ca,
+                                 token=(cluster.state / "issuer-token").read_text().strip())
         # The drills' own principals (not the operator's tokens: a drill must never throttle them).
         tokens = {f"HISTO_TOKEN_{role.upper()}": issue_token(issuer, role=role, subject=f"drill-{role}",
                                                                ttl_seconds=TOKEN_TTL)
@@ -64,14 +64,14 @@ class Target:
 
     def provisioner_vault(self) -> hvac.Client:
         """What `make provision` holds once the root token is retired (policy histo-provisioner)."""
-        import hvac
-        return hvac.Client(url=self.vault_url, verify=self.vault_ca,
-                           token=(self.cluster.state / "provisioner-token").read_text().strip())
+        from histo.vault.failover import failover_client
+        return failover_client(self.vault_url, verify=self.vault_ca,
+                               token=(self.cluster.state / "provisioner-token").read_text().strip())
 
     def vault(self) -> hvac.Client:
-        """No token: seal status and unsealing, as the unseal key holders reach Vault."""
+        """No token: seal status and unsealing, as the unseal key holders reach Vault (the first node)."""
         import hvac
-        return hvac.Client(url=self.vault_url, verify=self.vault_ca)
+        return hvac.Client(url=self.vault_url.split(",")[0], verify=self.vault_ca)
 
     def leader(self) -> Machine:
         name = self.api.leader()

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${HISTO_VENV:-.venv}
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
-apt_install bootstrap zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools shellcheck testssl.sh
+apt_install bootstrap zookeeper default-jre-headless nftables iproute2 procps chromium chromium-driver libnss3-tools shellcheck testssl.sh rsyslog rsyslog-relp
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating virtualenv $VENV"
   python3 -m venv "$VENV"

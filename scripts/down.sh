@@ -15,7 +15,7 @@ if [ "${1:-}" != --cleanup-only ] && command -v vagrant >/dev/null 2>&1 && [ -d 
 fi
 as_root bash vagrant/network.sh down
 state=.histo/vagrant
-rm -rf "$state/vault-init.json" "$state/root-token" "$state/provisioner-token" "$state/root-accessors" \
+rm -rf "$state/vault-init.json" "$state/vault-seal.key" "$state/root-token" "$state/provisioner-token" "$state/root-accessors" \
        "$state/issuer-token" "$state/env" "$state/ca.pem" \
        "$state/vault-spec.json" "$state/vault-tls" "$state/provision" \
        "$state/ssh" "$state/inventory"

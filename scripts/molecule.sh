@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-ALL="common firewall vault vault_config histo_app zookeeper histo keepalived"
+ALL="common firewall vault vault_config histo_app zookeeper histo keepalived logship"
 roles=${*:-$ALL}
 [ "$(id -u)" -eq 0 ] || { echo "molecule: run as root (LXC containers, a host bridge)" >&2; exit 2; }
 # shellcheck source=scripts/lib.sh

@@ -3,7 +3,7 @@
 # the rest by itself (Vagrantfile: the lxc provider, vagrant/prepare.sh, one site.yml run, and
 # scripts/after-up.sh: ready, then the env file). Idempotent: a second run starts nothing new and
 # announces the running cluster again; `make provision` re-applies site.yml (changed=0).
-#   HISTO_PROFILE=small make up     # 1 ZooKeeper, 1 master, 2 workers (default: the full topology)
+#   HISTO_PROFILE=small make up     # 1 ZooKeeper, 1 master, 2 workers, secops1 (default: the full topology)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HISTO_PROFILE=${HISTO_PROFILE:-default}

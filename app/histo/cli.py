@@ -25,8 +25,8 @@ def _read_secret_file(path: str) -> str:
 
 
 def _vault_client(url: str, ca: str, token_file: str | None):
-    import hvac
-    client = hvac.Client(url=url, verify=ca)
+    from .vault.failover import failover_client
+    client = failover_client(url, verify=ca)  # one node, or every raft node comma-separated
     if token_file:
         client.token = _read_secret_file(token_file)
     return client
@@ -115,15 +115,35 @@ def cmd_provision(a) -> None:
 
 def cmd_vault_tls(a) -> None:
     from .tls.selfsigned import ensure_bootstrap_tls
-    before = {p.name: p.read_bytes() for p in Path(a.dir).glob("*.pem")} if Path(a.dir).exists() else {}
-    ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address)
-    after = {p.name: p.read_bytes() for p in Path(a.dir).glob("*.pem")}
+    dirs = [Path(a.dir)] + ([Path(a.leaf_dir)] if a.leaf_dir else [])
+
+    def pems() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for d in dirs if d.exists() for p in d.glob("*.pem")}
+    before = pems()
+    ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address, leaf_dir=Path(a.leaf_dir) if a.leaf_dir else None)
+    after = pems()
     print(json.dumps({"changed": before != after, "dir": a.dir}))
+
+
+def cmd_vault_seal_key(a) -> None:
+    from .vault.sealkey import ensure_seal_key
+    try:
+        changed = ensure_seal_key(Path(a.file))
+    except ValueError as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps({"changed": changed, "file": a.file}))
 
 
 def cmd_zk_prepare(a) -> None:
     from .zk.prepare import prepare
     prepare(Path(a.config))
+
+
+def cmd_zk_renew(a) -> None:
+    from .zk import renew
+    config = Path(a.config)
+    restart = renew.process_restart(config) if a.restart == "process" else renew.systemd_restart()
+    renew.run(config, restart, a.loop)
 
 
 def cmd_zk_exec(a) -> None:
@@ -189,6 +209,99 @@ def cmd_receipt_keys(a) -> None:
     print(json.dumps(_receipt_keys(a), indent=1, sort_keys=True))
 
 
+def _inventory(path: str):
+    from .secops.sources import Inventory
+    try:
+        spec = json.loads("\n".join(_lines(Path(path), "inventory")) or "null")
+        return Inventory(spec["hosts"], spec.get("ports"))
+    except (ValueError, TypeError, KeyError):
+        raise SystemExit(f"histo: audit: {path} is no inventory (JSON with hosts: name, role, address)") from None
+
+
+def cmd_audit_collect(a) -> None:
+    from .secops.checkpoint import VaultCheckpointSigner, VaultKvAnchor
+    from .secops.collector import Collector
+    from .tls.identity import spiffe_id
+    from .vault.client import ServiceVault
+    vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role="secops", creds_dir=Path(a.creds),
+                         source_address=a.source_address)
+    vault.login()
+    client = lambda: vault.client  # noqa: E731 (the session's client, re-read after a re-login)
+    try:
+        collector = Collector(Path(a.log), VaultCheckpointSigner(client, a.host, spiffe_id("secops", a.host)),
+                              VaultKvAnchor(client, a.host), a.interval, upkeep=vault.renew_if_needed,
+                              inventory=_inventory(a.inventory) if a.inventory else None)
+    except ValueError as exc:  # the existing log's chain does not hold: never extend it
+        raise SystemExit(f"histo: audit: refusing to extend {exc}") from None
+    with (open(a.input, encoding="utf-8", errors="replace") if a.input else sys.stdin) as source:
+        n = collector.run(source, sys.stdout if a.confirm else None)
+    print(json.dumps({"stored": n, "head": collector.log.head.seq}), file=sys.stderr)
+
+
+def _lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SystemExit(f"histo: audit: cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def cmd_audit_verify(a) -> None:
+    from .edge.tokens import vault_public_keys
+    from .secops.checkpoint import VaultKvAnchor, key_name
+    from .secops.collector import checkpoints_path
+    from .secops.verify import audit
+    from .tls.identity import spiffe_id
+    log_path = Path(a.log)
+    if not log_path.is_file():
+        raise SystemExit(f"histo: audit: no log at {log_path}")
+    anchored: list[str] = []
+    if a.public_key:
+        try:
+            keys = json.loads("\n".join(_lines(Path(a.public_key), "public keys")) or "null")
+            if not isinstance(keys, dict):
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"histo: audit: {a.public_key} is not the JSON of kid -> PEM") from None
+    if a.token_file:
+        try:
+            client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
+            if not a.public_key:
+                keys = vault_public_keys(client, key=key_name(a.host))
+            anchored = VaultKvAnchor(lambda: client, a.host).history()
+        except SystemExit:
+            raise
+        except Exception as exc:
+            raise SystemExit(f"histo: audit: cannot read the checkpoint keys or anchor from Vault "
+                             f"({type(exc).__name__})") from None
+    elif not a.public_key:
+        raise SystemExit("histo: audit: give --token-file (policy histo-audit-verifier) or --public-key FILE")
+    cps = Path(a.checkpoints) if a.checkpoints else checkpoints_path(log_path)
+    report = audit(_lines(log_path, "log"), _lines(cps, "checkpoints"), anchored, keys,
+                   collector=spiffe_id("secops", a.host))
+    for note in report.notes:
+        print(f"histo: audit: note: {note}", file=sys.stderr)
+    if not report.ok:
+        raise SystemExit(f"histo: audit: {report.summary()}")
+    print(report.summary())
+
+
+def cmd_tls_files(a) -> None:
+    from .secops.tlsfiles import ensure
+    from .vault.client import ServiceVault, VaultAuthError, VaultUnavailable
+    vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role=a.role, creds_dir=Path(a.creds),
+                         source_address=a.source_address)
+    try:
+        result = ensure(vault, Path(a.out), a.ttl)
+    except (VaultAuthError, VaultUnavailable) as exc:
+        raise SystemExit(f"histo: tls-files: {exc}") from None
+    print(json.dumps(result, sort_keys=True))
+    import subprocess
+    if result["changed"] and a.restart:  # the reader of the files takes the new ones (a renewal)
+        subprocess.run(["systemctl", "try-restart", a.restart], check=True)
+
+
 def cmd_wait_ready(a) -> None:
     from .readiness import wait_ready
     wait_ready(a.url, Path(a.ca), a.workers, a.masters, a.timeout)
@@ -199,7 +312,9 @@ def cmd_local(a) -> None:
     from .local import cluster
     root = Path(a.state or ".histo/local")
     if a.action == "up":
-        cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl)
+        from .lifetimes import profile
+        cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl, lifetimes=profile(a.lifetimes),
+                   vault_nodes=a.vault_nodes)
     elif a.action == "down":
         cluster.down(root)
     else:
@@ -217,8 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True)
         s.set_defaults(fn=fn)
 
+    s = sub.add_parser("zk-renew", help="a ZooKeeper host's secret_id, and its certificates by a restart (zk/renew.py)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--restart", choices=("systemd", "process"), default="systemd",
+                   help="systemd: the histo-zookeeper unit; process: by pid file (local mode)")
+    s.add_argument("--loop", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS")
+    s.set_defaults(fn=cmd_zk_renew)
+
     def vault_args(s, token_required=True, token_help="file holding a Vault token (never on the command line)"):
-        s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"))
+        s.add_argument("--vault-url", default=os.environ.get("VAULT_ADDR", "https://127.0.10.10:8200"),
+                       help="one Vault node, or every raft node comma-separated (fails over)")
         s.add_argument("--vault-ca", default=os.environ.get("VAULT_CACERT", ".histo/local/vault/tls/ca.pem"))
         s.add_argument("--token-file", required=token_required, help=token_help)
 
@@ -226,7 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", required=True)
     s.add_argument("--hostname", action="append", required=True)
     s.add_argument("--address", action="append", default=[])
+    s.add_argument("--leaf-dir", help="the node's own certificate folder (raft peers share the CA in --dir)")
     s.set_defaults(fn=cmd_vault_tls)
+
+    s = sub.add_parser("vault-seal-key", help="the static seal's key file (32 random bytes, 0600), made once")
+    s.add_argument("--file", required=True)
+    s.set_defaults(fn=cmd_vault_seal_key)
 
     s = sub.add_parser("vault-setup")
     s.add_argument("--spec", required=True)
@@ -256,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("vault-operator-token", help="the operator's issuer or receipt-verifier token (0600 file), "
                                                     "through its token role, with the provisioner token")
-    s.add_argument("--role", required=True, choices=("histo-issuer", "histo-receipt-verifier"))
+    s.add_argument("--role", required=True, choices=("histo-issuer", "histo-receipt-verifier",
+                                                            "histo-audit-verifier"))
     s.add_argument("--ttl", default="72h")
     s.add_argument("--display-name", default="histo-operator")
     s.add_argument("--out", required=True)
@@ -318,6 +447,41 @@ def build_parser() -> argparse.ArgumentParser:
     receipt_vault_args(s)
     s.set_defaults(fn=cmd_receipt_keys)
 
+    aud = sub.add_parser("audit", help="the SecOps log: collect, verify").add_subparsers(dest="acmd", required=True)
+    s = aud.add_parser("collect", help="append events (one a line, stdin or --input) to the hash-chained log, "
+                                       "signed checkpoints every --interval seconds")
+    s.add_argument("--log", required=True)
+    s.add_argument("--host", required=True, help="this collector's inventory host (its AppRole and transit key)")
+    s.add_argument("--creds", required=True, help="its provisioned role_id and secret_id")
+    s.add_argument("--source-address", default=None)
+    s.add_argument("--interval", type=float, default=5.0)
+    s.add_argument("--input", default=None, help="a file instead of stdin (local mode)")
+    s.add_argument("--confirm", action="store_true", help="answer OK per stored line (rsyslog omprog)")
+    s.add_argument("--inventory", default=None, help="JSON {hosts: [{name, role, address}], ports: {...}} "
+                                                     "(the Vault spec will do): attribute refusals to hosts")
+    vault_args(s, False)
+    s.set_defaults(fn=cmd_audit_collect)
+    s = aud.add_parser("verify", help="check a log against its signed checkpoints; names the first bad entry")
+    s.add_argument("--log", required=True)
+    s.add_argument("--host", required=True, help="the collector's inventory host")
+    s.add_argument("--checkpoints", default=None, help="default: <log>.checkpoints")
+    s.add_argument("--public-key", help="JSON kid -> PEM of the collector's key (then no Vault, no anchor)")
+    vault_args(s, False, "file holding a Vault token with the histo-audit-verifier policy")
+    s.set_defaults(fn=cmd_audit_verify)
+
+    s = sub.add_parser("tls-files", help="this host's certificate, key and the histo CA chain as files (rsyslog's "
+                                         "RELP over TLS), issued with its own AppRole when missing or 2/3 through "
+                                         "its life; prints {\"changed\": ...}")
+    s.add_argument("--host", required=True, help="this host's inventory name (its AppRole and PKI role)")
+    s.add_argument("--role", required=True, choices=("master", "worker", "zookeeper", "secops", "vault"))
+    s.add_argument("--creds", required=True, help="its provisioned role_id and secret_id")
+    s.add_argument("--out", required=True, help="folder of cert.pem, key.pem (0600), ca.pem")
+    s.add_argument("--source-address", default=None, help="this host's cluster address (named in the certificate)")
+    s.add_argument("--ttl", default="24h")
+    s.add_argument("--restart", default=None, help="systemd unit to try-restart when the files changed")
+    vault_args(s, False)
+    s.set_defaults(fn=cmd_tls_files)
+
     s = sub.add_parser("wait-ready", help="until an upload through every master would be accepted (live members only)")
     s.add_argument("--url", action="append", required=True, help="a master's public URL (repeat)")
     s.add_argument("--ca", required=True)
@@ -334,7 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=None)
     s.add_argument("--masters", type=int, default=2)
     s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--cert-ttl", default="1h")
+    s.add_argument("--cert-ttl", default=None, help="the services' certificate life (default: the profile's)")
+    s.add_argument("--lifetimes", default=os.environ.get("HISTO_LIFETIMES", "standard"),
+                   help="standard, or compressed: every credential's life in minutes (lifetimes.py)")
+    s.add_argument("--vault-nodes", type=int, choices=(1, 3), default=1,
+                   help="3: an OpenBao raft cluster with the static seal, as the default profile deploys")
     s.set_defaults(fn=cmd_local)
     return p
 

@@ -16,6 +16,7 @@ from kazoo.client import KazooClient, KazooState
 from .config import ServiceConfig
 from .tls.certs import CertManager, CertStatus
 from .vault.client import ServiceVault
+from .vault.secretid import SecretIdKeeper
 from .zk.acl import x509_id
 from .zk.client import connect as zk_connect
 from .zk.membership import Member, Membership
@@ -33,6 +34,7 @@ class ServiceRuntime:
                                   creds_dir=Path(cfg.creds_dir), source_address=cfg.address,
                                   trust_domain=cfg.trust_domain,
                                   extra_ip_sans=(cfg.public_address,))
+        self.secret_ids = SecretIdKeeper(self.vault)
         self.certs = CertManager(self.vault, self.state_dir / "tls", cfg.cert_ttl, on_rotate=self._rotated)
         self.zk: KazooClient | None = None
         self.acl_ids: dict[str, str] = {}
@@ -101,6 +103,9 @@ class ServiceRuntime:
             await asyncio.sleep(5)
             try:
                 await loop.run_in_executor(None, self.vault.renew_if_needed)
+                if await loop.run_in_executor(None, self.secret_ids.renew_if_needed):
+                    self._emit("secret_id_renewed", severity="info", service=self.cfg.name,
+                               renewals=self.secret_ids.renewals)
                 if not self.vault_ok:
                     self._emit("vault_recovered", severity="info", service=self.cfg.name)
                 self.vault_ok, self.vault_error = True, ""

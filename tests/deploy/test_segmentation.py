@@ -27,7 +27,9 @@ def _design_allows(cluster: DeployedCluster, src_group: str | None, src_name: st
     if port_name == "ssh":
         return False  # on the cluster network: never (SSH only on the management network)
     if g == "vault" and port_name == "vault":
-        return src_group in ("controller", "zookeeper", "masters", "workers")
+        return src_group in ("controller", "vault", "zookeeper", "masters", "workers", "secops")
+    if g == "vault" and port_name == "vault_cluster":
+        return src_group == "vault"  # raft between Vault peers only
     if g == "zookeeper" and port_name == "zk_client":
         return src_group in ("masters", "workers")
     if g == "zookeeper" and port_name in ("zk_quorum", "zk_election"):
@@ -38,6 +40,8 @@ def _design_allows(cluster: DeployedCluster, src_group: str | None, src_name: st
         return src_group in ("masters", "workers")
     if g == "workers" and port_name == "internal":
         return src_group == "masters"
+    if g == "secops" and port_name == "secops":  # every machine's log shipper, not the controller
+        return src_group in ("vault", "zookeeper", "masters", "workers", "secops")
     return False
 
 

@@ -3,24 +3,18 @@
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from histo.compute.equalize import equalize_single
 from histo.local.bao import BaoServer
 from histo.testing.cluster import sample_image
+from histo.testing.waiting import wait_until
 
 pytestmark = pytest.mark.disruptive
 
 
-def _wait(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = wait_until
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,23 @@ def test_openbao_config_has_listener_raft_and_declarative_audit() -> None:
     assert 'tls_min_version = "tls12"' in text and "log_level" not in text
 
 
+def test_a_single_node_has_no_peers_and_the_shamir_seal() -> None:
+    text = _hcl()
+    assert "retry_join" not in text and "seal" not in text.replace("unseal", "")
+
+
+def test_a_raft_node_joins_its_peers_over_tls_and_unseals_from_its_key() -> None:
+    peers = ["https://192.168.56.16:8200", "https://192.168.56.17:8200"]
+    text = _hcl(retry_join=peers, tls_ca_file="/etc/openbao/tls/ca.pem", seal_key_file="/etc/openbao/seal/unseal.key")
+    assert text.count("retry_join {") == 2
+    for peer in peers:
+        assert f'leader_api_addr     = "{peer}"' in text
+    assert text.count('leader_ca_cert_file = "/etc/openbao/tls/ca.pem"') == 2
+    assert 'seal "static"' in text and 'current_key    = "file:///etc/openbao/seal/unseal.key"' in text
+    with pytest.raises(ValueError, match="tls_ca_file"):  # never join a peer whose certificate is not checked
+        _hcl(retry_join=peers)
+
+
 def test_openbao_config_without_audit_device_for_hashicorp_and_with_log_level() -> None:
     text = _hcl(audit_file="", log_level="warn")
     assert "audit" not in text.replace("audit device", "") and 'log_level    = "warn"' in text

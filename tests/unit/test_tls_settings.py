@@ -47,3 +47,18 @@ def test_zookeeper_client_port_and_quorum_offer_the_same_suites() -> None:
     assert zk_config.CIPHERSUITES.split(",") == list(TLS13_SUITES + TLS12_SUITES_IANA)
     source = Path(zk_config.__file__).read_text()
     assert 'f"ssl.ciphersuites={CIPHERSUITES}"' in source and 'f"ssl.quorum.ciphersuites={CIPHERSUITES}"' in source
+
+
+def test_raft_peers_share_one_bootstrap_ca_and_keep_their_own_leaf(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from histo.tls.selfsigned import ensure_bootstrap_tls
+    ca1, cert1, _ = ensure_bootstrap_tls(tmp_path / "ca", ["vault1"], ["10.0.0.1"], leaf_dir=tmp_path / "v1")
+    ca2, cert2, _ = ensure_bootstrap_tls(tmp_path / "ca", ["vault2"], ["10.0.0.2"], leaf_dir=tmp_path / "v2")
+    assert ca1 == ca2 and cert1 != cert2
+    first = cert1.read_bytes()
+    ensure_bootstrap_tls(tmp_path / "ca", ["vault1"], ["10.0.0.1"], leaf_dir=tmp_path / "v1")
+    assert cert1.read_bytes() == first  # idempotent per node: the other node's run does not replace it
+    ca = x509.load_pem_x509_certificate(ca1.read_bytes())
+    for cert in (cert1, cert2):
+        x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(ca)

@@ -43,6 +43,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
     return redact(str(value))[:2000]
 
 
+plain = _plain  # the same rules for events collected from elsewhere (secops/collector.py)
+
+
 class EventBus:
     def __init__(self, history: int = 200, queue_size: int = 500) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -92,10 +92,12 @@ def claims_for(doc: Mapping[str, Any], *, result_sha256: str, workers: list[str]
             "created": doc.get("created"), "finished": finished}
 
 
-def encode(claims: Mapping[str, Any], version: int, sign: Callable[[bytes, int], str], now: float | None = None) -> str:
+def encode(claims: Mapping[str, Any], version: int, sign: Callable[[bytes, int], str], now: float | None = None,
+           *, key: str = KEY, typ: str = TYP) -> str:
     """The compact JWS of `claims` signed with key version `version`; `sign(signing_input, version)`
-    returns the base64url ES256 signature (r || s)."""
-    header = {"alg": "ES256", "typ": TYP, "kid": f"{KEY}:{version}"}
+    returns the base64url ES256 signature (r || s). `key`/`typ`: another document signed the same way
+    (the SecOps log's checkpoints)."""
+    header = {"alg": "ES256", "typ": typ, "kid": f"{key}:{version}"}
     body = {**claims, "iat": int(time.time() if now is None else now), "key_version": version}
     signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
                      + b64url(json.dumps(body, separators=(",", ":"), sort_keys=True).encode()))

@@ -12,6 +12,10 @@ OpenBao 2.7 facts this file is built on (checked against the bundled `bao`):
 
 State folder layout (0700): bao.hcl, bao.pid, bao.log, data/ (raft), tls/ (bootstrap CA),
 init.json (secret zero, 0600), audit.log (0600, values HMAC-ed by OpenBao).
+
+A node of a raft cluster (`peers` set; histo.local.raft) shares the CA folder, the init file and
+the static seal's key with its peers and keeps only its leaf certificate in its own tls/: it joins
+through `retry_join` and unseals itself from the key, as the vault role's nodes do.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hvac
 import hvac.exceptions
@@ -47,14 +51,18 @@ def bao_binary() -> str:
 
 class BaoServer:
     def __init__(self, state_dir: Path, address: str, port: int = 8200, hostnames: list[str] | None = None,
-                 audit_log: Path | None = None) -> None:
+                 audit_log: Path | None = None, *, node_id: str = "vault1", peers: Sequence[str] = (),
+                 shared_dir: Path | None = None, seal_key: Path | None = None) -> None:
         self.dir = Path(state_dir)
-        self.address, self.port = address, port
-        self.hostnames = hostnames or [f"vault.{TRUST_DOMAIN}", "vault1"]
+        self.address, self.port, self.node_id = address, port, node_id
+        self.peers = list(peers)  # the other nodes' API URLs (retry_join)
+        self.hostnames = hostnames or [f"vault.{TRUST_DOMAIN}", node_id]
+        self.shared = Path(shared_dir) if shared_dir else self.dir  # CA and secret zero, one per cluster
+        self.seal_key = Path(seal_key) if seal_key else None  # None: Shamir, unsealed from init.json
         self.config_path = self.dir / "bao.hcl"
         self.pid_path = self.dir / "bao.pid"
         self.log_path = self.dir / "bao.log"
-        self.init_path = self.dir / "init.json"
+        self.init_path = self.shared / "init.json"
         self.audit_path = Path(audit_log) if audit_log else self.dir / "audit.log"
 
     @property
@@ -63,19 +71,21 @@ class BaoServer:
 
     @property
     def ca_path(self) -> Path:
-        return self.dir / "tls" / "ca.pem"
+        return self.shared / "tls" / "ca.pem"
 
     # -- configuration ----------------------------------------------------------------------------
     def config_text(self, cert: Path, key: Path) -> str:
         """The vault role's configuration (histo/vault/openbao.hcl.j2), with this folder's paths."""
-        return render_hcl(node_id="vault1", data_dir=self.dir / "data", address=self.address, port=self.port,
-                          tls_cert_file=cert, tls_key_file=key, audit_file=self.audit_path, log_level="warn")
+        return render_hcl(node_id=self.node_id, data_dir=self.dir / "data", address=self.address, port=self.port,
+                          tls_cert_file=cert, tls_key_file=key, audit_file=self.audit_path, log_level="warn",
+                          retry_join=self.peers, tls_ca_file=self.ca_path, seal_key_file=self.seal_key)
 
     def write_config(self) -> None:
         private_dir(self.dir / "data")
         private_dir(self.dir)
         private_dir(self.audit_path.parent)
-        _, cert, key = ensure_bootstrap_tls(self.dir / "tls", self.hostnames, [self.address])
+        _, cert, key = ensure_bootstrap_tls(self.shared / "tls", self.hostnames, [self.address],
+                                            leaf_dir=self.dir / "tls")
         _write_private(self.config_path, self.config_text(cert, key))
 
     # -- process ---------------------------------------------------------------------------------
@@ -125,9 +135,14 @@ class BaoServer:
                 # operator mistake to look at, not something to paper over.
                 raise VaultServerError(f"{self.init_path} exists but Vault is not initialized; "
                                        "move it away if the data folder was reset on purpose")
-            doc = c.sys.initialize(shares, threshold)
-            _write_private(self.init_path, json.dumps({"keys": doc["keys"], "root_token": doc["root_token"]}))
-            del doc
+            if self.seal_key:  # auto-unseal: the shares are recovery keys (generate-root), not unseal keys
+                doc = c.sys.initialize(recovery_shares=shares, recovery_threshold=threshold)
+                keys = doc["recovery_keys"]
+            else:
+                doc = c.sys.initialize(shares, threshold)
+                keys = doc["keys"]
+            _write_private(self.init_path, json.dumps({"keys": keys, "root_token": doc["root_token"]}))
+            del doc, keys
         if c.sys.is_sealed():
             self.unseal()
         self.wait_active()

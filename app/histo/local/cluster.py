@@ -14,19 +14,20 @@ from typing import Any
 import hvac
 
 from .. import TRUST_DOMAIN, envfile
+from ..lifetimes import Lifetimes, profile, seconds
 from ..files import private_dir, write_private
 from ..readiness import wait_ready
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
+from .raft import BaoCluster
 from ..vault.secretzero import operator_token, provisioner_token, token_valid
 from ..vault.setup import ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE, apply as vault_apply
-from ..zk.prepare import prepare_local
+from ..zk.prepare import prepare as zk_prepare
 from .zkserver import ZkServer
 from .. import procs
 
 NET = "127.0.10"
 VAULT_PORT, ZK_PORT, PUBLIC_PORT, INTERNAL_PORT = 8200, 2281, 4443, 8443
-TOKEN_TTL = 3600
 
 
 def public_address(net: str = NET) -> str:
@@ -47,6 +48,9 @@ def oidc_spec(root: Path, urls: list[str]) -> dict:
             "people": PEOPLE, "machine_clients": MACHINE_CLIENTS}
 
 
+VAULT_HOSTS = (10, 16, 17)  # last octets of vault1..3, as in DESIGN.md's topology
+
+
 def topology(masters: int, workers: int, net: str = NET) -> list[dict]:
     hosts = [{"name": "zk1", "role": "zookeeper", "address": f"{net}.11"}]
     hosts += [{"name": f"master{i}", "role": "master", "address": f"{net}.{20 + i}",
@@ -59,24 +63,42 @@ def _say(msg: str) -> None:
     print(f"histo local: {msg}", flush=True)
 
 
-def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_session_timeout: float = 6.0,
-       extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0) -> dict:
+def vault_server(root: Path, net: str, nodes: int) -> BaoServer | BaoCluster:
+    """One OpenBao node (Shamir seal, as make local has always run), or a raft cluster of `nodes` at
+    the default profile's vault1..3 addresses (.10, .16, .17) with the static seal the vault role uses."""
+    if nodes <= 1:
+        return BaoServer(root / "vault", f"{net}.10", VAULT_PORT)
+    return BaoCluster(root / "vault", [f"{net}.{i}" for i in VAULT_HOSTS[:nodes]], VAULT_PORT)
+
+
+def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = None, zk_session_timeout: float = 6.0,
+       extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0,
+       lifetimes: Lifetimes | None = None, vault_nodes: int = 1) -> dict:
+    """`lifetimes`: the profile of every credential's life (lifetimes.py, default standard);
+    `cert_ttl` overrides the services' certificate life alone."""
     t_start = time.perf_counter()
+    life = lifetimes or profile("standard")
+    cert_ttl = cert_ttl or life.cert_ttl
     root = private_dir(root.resolve())
     hosts = topology(masters, workers, net)
-    (root / "topology.json").write_text(json.dumps({"net": net, "hosts": hosts}, indent=1))
+    (root / "topology.json").write_text(json.dumps({"net": net, "hosts": hosts, "vault_nodes": vault_nodes},
+                                                   indent=1))
+    (root / "lifetimes.json").write_text(json.dumps({**life.as_dict(), "cert_ttl": cert_ttl}, indent=1))
     zk_addr = hosts[0]["address"]
 
-    bao = BaoServer(private_dir(root / "vault"), f"{net}.10", VAULT_PORT)
-    bao.start()
-    bao.init_and_unseal()
+    private_dir(root / "vault")
+    bao = vault_server(root, net, vault_nodes)
+    bao.start()  # a raft cluster initializes through vault1; the others join and unseal from the seal key
+    if isinstance(bao, BaoServer):
+        bao.init_and_unseal()
     # Local mode keeps the root token (.histo/local/vault/init.json, 0600) for setup and for the tests'
     # attack scenarios: a developer tool (docs/SECURITY.md). Provisioning uses the provisioner token,
     # as on the deployed cluster, so its policy is exercised by every local run.
     admin = bao.root_client()
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
     public = f"https://{public_address(net)}:{PUBLIC_PORT}"
-    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, "leaf_max_ttl": "24h",
+    # vault_url: every node in the PKI URLs, not only the active one root_client() talks to
+    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, **life.spec(), "vault_url": bao.url,
                         "audit_log": str(root / "vault" / "audit.log"), "oidc": oidc_spec(root, [public, *urls])})
     prov = _provisioner(root, admin)
     ca_pem = prov.secrets.pki.read_ca_certificate(mount_point="pki")
@@ -90,11 +112,21 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
             write_credentials(creds, role_id, wrapped_secret_id(prov, host["name"], host["address"]))
         return creds
 
-    zk_host = hosts[0]
-    zk = ZkServer(private_dir(root / "zk1"), zk_addr, ZK_PORT)
+    # zk1 is prepared from the same zk.json as a machine's, and its renewer (`histo zk-renew`, a timer
+    # on machines) runs beside it: the host's secret_id, and new certificates by a restart.
+    zk_cfg = {"name": "zk1", "address": zk_addr, "secure_port": ZK_PORT, "state_dir": str(private_dir(root / "zk1")),
+              "vault_url": bao.url, "vault_ca": str(bao.ca_path), "creds_dir": str(creds_for(hosts[0])),
+              "cert_ttl": life.zk_cert_ttl, "renew_slot": 5}
+    renew_dir = private_dir(root / "zk-renew")
+    zk_json = renew_dir / "config.json"
+    zk_json.write_text(json.dumps(zk_cfg, indent=1))
+    zk = ZkServer.from_json(zk_cfg)
     if not zk.running():
-        prepare_local(zk, bao.url, str(bao.ca_path), creds_for(zk_host), zk_host["name"], zk_host["address"])
+        zk_prepare(zk_json)
         zk.start()
+    if not procs.alive(renew_dir / "pid", f"--config {zk_json}"):
+        procs.spawn([sys.executable, "-m", "histo.cli", "zk-renew", "--config", str(zk_json), "--restart", "process",
+                     "--loop", "5"], renew_dir / "service.log", renew_dir / "pid")
     _say(f"ZooKeeper ready at {zk_addr}:{ZK_PORT} (TLS only)")
 
     zk_hosts = f"{zk_addr}:{ZK_PORT}"
@@ -119,7 +151,7 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str = "1h", zk_
         _say(f"started {', '.join(started)}")
 
     wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
-    env = write_env(root, prov, urls, public)
+    env = write_env(root, prov, urls, life, public)
     total = time.perf_counter() - t_start
     _say(f"ready in {total:.1f}s — {public}  (env: {root / 'env'})")
     _say(f"sign in at {public}/ as {PEOPLE[0]['name']} (OpenBao's page; password in "
@@ -140,15 +172,18 @@ def _provisioner(root: Path, admin: hvac.Client) -> hvac.Client:
     return client
 
 
-def write_env(root: Path, prov, urls: list[str], public_url: str | None = None) -> dict:
-    issuer = operator_token(prov, ISSUER_TOKEN_ROLE, "24h", "histo-local-issuer")
+def write_env(root: Path, prov, urls: list[str], life: Lifetimes | None = None,
+              public_url: str | None = None) -> dict:
+    life = life or profile("standard")
+    issuer = operator_token(prov, ISSUER_TOKEN_ROLE, life.issuer_max_ttl, "histo-local-issuer")
     write_private(root / "issuer-token", issuer + "\n")
     # `histo receipt verify --token-file .histo/local/receipt-verifier-token`: reads the receipt public keys only
-    verifier = operator_token(prov, VERIFIER_TOKEN_ROLE, "24h", "histo-local-receipt-verifier")
+    verifier = operator_token(prov, VERIFIER_TOKEN_ROLE, life.issuer_max_ttl, "histo-local-receipt-verifier")
     write_private(root / "receipt-verifier-token", verifier + "\n")
     signer = hvac.Client(url=prov.url, verify=prov.session.verify)
     signer.token = issuer
-    tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, TOKEN_TTL, public_url=public_url)
+    tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, seconds(life.api_token_ttl),
+                               public_url=public_url)
     return {"HISTO_URL": public_url or urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),
             **{f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()}}
 
@@ -188,11 +223,12 @@ def down(root: Path) -> None:
     for sdir in sorted(root.iterdir()):
         if (sdir / "config.json").exists() and procs.stop(sdir / "pid", f"--config {sdir / 'config.json'}"):
             stopped.append(sdir.name)
-    net = json.loads((root / "topology.json").read_text())["net"] if (root / "topology.json").exists() else NET
+    topo = json.loads((root / "topology.json").read_text()) if (root / "topology.json").exists() else {}
+    net = topo.get("net", NET)
     zk = ZkServer(root / "zk1", f"{net}.11", ZK_PORT)
     if zk.stop():
         stopped.append("zk1")
-    bao = BaoServer(root / "vault", f"{net}.10", VAULT_PORT)
+    bao = vault_server(root, net, int(topo.get("vault_nodes", 1)))
     if bao.stop():
         stopped.append("vault")
     _say(f"stopped {', '.join(stopped) or 'nothing (already down)'}")

@@ -114,9 +114,11 @@ def _new_leaf(dirpath: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePriva
     write_private(dirpath / "cert.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
-def ensure_bootstrap_tls(dirpath: Path, hostnames: list[str], addresses: list[str]) -> tuple[Path, Path, Path]:
+def ensure_bootstrap_tls(dirpath: Path, hostnames: list[str], addresses: list[str],
+                         leaf_dir: Path | None = None) -> tuple[Path, Path, Path]:
     """(ca.pem, cert.pem, key.pem) for the Vault listener. Idempotent: files are reused (and left
-    untouched, modes included) while valid for these names; EC P-256, CA 10 years, leaf 1 year."""
+    untouched, modes included) while valid for these names; EC P-256, CA 10 years, leaf 1 year.
+    `leaf_dir` (default: `dirpath`) holds the leaf: raft peers share one CA, each has its own leaf."""
     if not hostnames:
         raise ValueError("at least one hostname is needed for Vault's listener certificate")
     dirpath = Path(dirpath)
@@ -124,6 +126,7 @@ def ensure_bootstrap_tls(dirpath: Path, hostnames: list[str], addresses: list[st
     os.chmod(dirpath, 0o700)
     loaded = _load_ca(dirpath)
     ca, ca_key = loaded if loaded else _new_ca(dirpath)
-    if loaded is None or not _leaf_ok(dirpath, ca, hostnames, addresses):
-        _new_leaf(dirpath, ca, ca_key, hostnames, addresses)
-    return dirpath / "ca.pem", dirpath / "cert.pem", dirpath / "key.pem"
+    leaf = private_dir(Path(leaf_dir)) if leaf_dir else dirpath
+    if loaded is None or not _leaf_ok(leaf, ca, hostnames, addresses):
+        _new_leaf(leaf, ca, ca_key, hostnames, addresses)
+    return dirpath / "ca.pem", leaf / "cert.pem", leaf / "key.pem"

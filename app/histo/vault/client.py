@@ -4,7 +4,10 @@ certificate, its ZooKeeper credentials, and keeping its token alive.
 The secret_id, once unwrapped, is kept 0600 in the service's credentials folder: it is bound to
 the host's address, so a restarted service logs in again by itself while a copy is useless
 anywhere else. Every failure surfaces as VaultUnavailable (down, sealed, unreachable: retry later)
-or VaultAuthError (refused: a configuration or security problem); messages never carry a token."""
+or VaultAuthError (refused: a configuration or security problem); messages never carry a token.
+
+`url` may name every node of a raft cluster, comma-separated: each call goes to the node that
+answered last and fails over to the others, riding through an election (vault/failover.py)."""
 from __future__ import annotations
 
 import re
@@ -25,6 +28,7 @@ from requests.adapters import HTTPAdapter
 from .. import TRUST_DOMAIN
 from ..files import write_private as _write_private
 from ..tls.identity import spiffe_id
+from .failover import failover_client
 
 # Vault side trouble (retry later) versus a refusal (our credentials or request are not accepted).
 _UNAVAILABLE = (hx.VaultDown, hx.VaultNotInitialized, hx.InternalServerError, hx.BadGateway,
@@ -86,6 +90,7 @@ class ServiceVault:
         self.extra_ip_sans = extra_ip_sans  # a master's certificate also names the public address ("": none)
         self.client = self._new_client()
         self._lock = threading.RLock()
+        self.lock = self._lock  # shared with vault/secretid.py: one Vault conversation at a time
         self._token_expires = 0.0
         self._login_ttl = 0  # the token's full life at login: renewal thresholds are fractions of it
 
@@ -96,7 +101,7 @@ class ServiceVault:
         if self.source_address:
             session.mount("https://", _SourceAddressAdapter(self.source_address))
             session.mount("http://", _SourceAddressAdapter(self.source_address))
-        return hvac.Client(url=self.url, verify=self.ca_path, token=token, session=session, timeout=10)
+        return failover_client(self.url, verify=self.ca_path, token=token, session=session, timeout=10)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -111,6 +116,8 @@ class ServiceVault:
             raise VaultAuthError(f"Vault refused: {_reason(exc)}") from None
         except hx.VaultError as exc:
             raise VaultAuthError(f"Vault error: {_reason(exc)}") from None
+
+    call = _call  # the same error mapping for the modules beside this one (secretid.py)
 
     # -- login ----------------------------------------------------------------------------------
     def _read_cred(self, name: str) -> str:
@@ -214,12 +221,9 @@ class ServiceVault:
 
     def crl_der(self) -> bytes:
         """The intermediate's CRL (public, DER): what every peer follows to refuse revoked serials."""
-        try:
-            resp = self.client.session.get(f"{self.url.rstrip('/')}/v1/pki_int/crl", timeout=5)
-        except requests.RequestException as exc:
-            raise VaultUnavailable(f"Vault unreachable ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise VaultUnavailable(f"CRL fetch answered {resp.status_code}")
+        resp = self._call(self.client.adapter.get, "/v1/pki_int/crl")  # a 5xx node: the next one
+        if not isinstance(resp, requests.Response) or resp.status_code != 200:
+            raise VaultUnavailable(f"CRL fetch answered {getattr(resp, 'status_code', 'JSON')}")
         return resp.content
 
     def ca_chain_pem(self) -> str:

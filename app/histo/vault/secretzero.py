@@ -23,7 +23,7 @@ import hvac
 from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest, UnsupportedOperation
 
 from ..files import write_private
-from .setup import ISSUER_TOKEN_ROLE, PROVISIONER_POLICY, VERIFIER_TOKEN_ROLE
+from .setup import AUDIT_VERIFIER_TOKEN_ROLE, ISSUER_TOKEN_ROLE, PROVISIONER_POLICY, VERIFIER_TOKEN_ROLE
 
 PROVISIONER_PERIOD = "768h"  # 32 days between two provisioning runs before the token lapses
 
@@ -85,7 +85,8 @@ def retire_root(client: hvac.Client, init_file: Path, provisioner_file: Path,
 def operator_token(provisioner: hvac.Client, role: str, ttl: str, display_name: str) -> str:
     """The operator's issuer or receipt-verifier token, through its token role (the provisioner
     itself holds neither policy)."""
-    policy = {ISSUER_TOKEN_ROLE: "histo-token-issuer", VERIFIER_TOKEN_ROLE: "histo-receipt-verifier"}[role]
+    policy = {ISSUER_TOKEN_ROLE: "histo-token-issuer", VERIFIER_TOKEN_ROLE: "histo-receipt-verifier",
+              AUDIT_VERIFIER_TOKEN_ROLE: "histo-audit-verifier"}[role]
     resp = provisioner.auth.token.create(role_name=role, policies=[policy], ttl=ttl, renewable=False,
                                          display_name=display_name)
     return str(resp["auth"]["client_token"])

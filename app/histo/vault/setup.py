@@ -7,11 +7,14 @@ can obtain its own certificate and its role's ZooKeeper credentials, and nothing
 
 spec (a plain dict, no local assumptions):
   trust_domain   "histo.internal"
-  hosts          [{"name": "master1", "role": "master|worker|zookeeper", "address": "127.0.10.21"}, ...]
+  hosts          [{"name": "master1", "role": "master|worker|zookeeper|secops|vault", "address": "127.0.10.21"}, ...]
   leaf_max_ttl   "24h"       max life of a host certificate
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
-  vault_url      optional: base of the PKI issuing/CRL URLs (defaults to the client's URL)
+  vault_url      optional: the Vault node(s) named in the PKI issuing/CRL URLs, comma-separated for a
+                 raft cluster (default: every node the client was given, never just the node that
+                 answered: a failover client moves between nodes, and a second apply through another
+                 node must not see the URLs as drift)
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
+from ..secops.checkpoint import anchor_path, key_name
 from ..tls.identity import spiffe_id
 from . import people
+from .failover import split_urls
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
@@ -43,7 +48,9 @@ PROVISIONER_POLICY = "histo-provisioner"  # what provisioning needs after setup 
 # token roles through which the provisioner makes the operator's tokens (it does not hold their policies)
 ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE = "histo-issuer", "histo-receipt-verifier"
 RECEIPT_VERIFIER_POLICY = "histo-receipt-verifier"  # reads the receipt key's public keys, nothing else
-ROLES = ("master", "worker", "zookeeper")
+AUDIT_VERIFIER_POLICY = AUDIT_VERIFIER_TOKEN_ROLE = "histo-audit-verifier"  # `histo audit verify`: read only
+# vault: a Vault node's own identity, its certificate only (what its log shipper presents, roles/logship)
+ROLES = ("master", "worker", "zookeeper", "secops", "vault")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
 NO_AUDIT = "<none>"
 # A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
@@ -127,6 +134,13 @@ def _norm(v: Any) -> Any:
     return str(v)
 
 
+def _client_urls(client: hvac.Client) -> str:
+    """Every node the client knows (vault/failover.py), in the order it was given: client.url is only
+    the node it talks to now, which changes with a failover or an election."""
+    urls = getattr(getattr(client, "adapter", None), "urls", None)
+    return ",".join(urls) if urls else str(client.url)
+
+
 def _differs(have: dict, want: dict) -> bool:
     """Compare only what the server knows: a field this Vault flavour does not echo back (e.g.
     allowed_ip_sans_cidr on HashiCorp Vault) must not make every apply report a change."""
@@ -139,8 +153,13 @@ class _Applier:
     def __init__(self, client: hvac.Client, spec: dict) -> None:
         self.c, self.spec = client, spec
         self.td = spec.get("trust_domain", TRUST_DOMAIN)
-        self.base_url = str(spec.get("vault_url") or client.url).rstrip("/")
+        self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        """The first node: the OIDC issuer's default (vault/people.py), as vault_config names it."""
+        return self.base_urls[0]
 
     def note(self, what: str) -> None:
         self.changed.append(what)
@@ -277,8 +296,8 @@ class _Applier:
             self.note(f"{INT} default issuer")
 
     def urls(self, mount: str) -> None:
-        want = {"issuing_certificates": [f"{self.base_url}/v1/{mount}/ca"],
-                "crl_distribution_points": [f"{self.base_url}/v1/{mount}/crl"]}
+        want = {"issuing_certificates": [f"{u}/v1/{mount}/ca" for u in self.base_urls],
+                "crl_distribution_points": [f"{u}/v1/{mount}/crl" for u in self.base_urls]}
         have = _data(self.c.secrets.pki.read_urls(mount_point=mount))
         if any(list(have.get(k) or []) != v for k, v in want.items()):
             self.c.secrets.pki.set_urls(want, mount_point=mount)
@@ -390,6 +409,9 @@ class _Applier:
             self.transit_key(key)
         # the key that wraps the masters' per-job data keys (envelope encryption of stored jobs)
         self.transit_key(STORE_KEY, "aes256-gcm96")
+        for host in self.spec["hosts"]:  # each SecOps collector signs its log's checkpoints with its own key
+            if host["role"] == "secops":
+                self.transit_key(key_name(host["name"]))
 
     def transit_key(self, key: str, key_type: str = "ecdsa-p256") -> None:
         try:
@@ -441,6 +463,7 @@ path "{INT}/cert/ca_chain" {{
   capabilities = ["read"]
 }}
 '''
+        rules += self.secret_id_rules(name)
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
@@ -458,6 +481,11 @@ path "{INT}/cert/ca_chain" {{
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
                       f'path "{TRANSIT}/decrypt/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n')
+        if role == "secops":  # sign its own log's checkpoints; write (not read, delete) the anchored copy
+            rules += (f'path "{TRANSIT}/sign/{key_name(name)}" {{\n  capabilities = ["update"]\n'
+                      f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
+                      f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
+                      f'path "{KV}/data/{anchor_path(name)}" {{\n  capabilities = ["create", "update"]\n}}\n')
         if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
             rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
@@ -473,6 +501,33 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         return rules
+
+    @staticmethod
+    def secret_id_rules(name: str) -> str:
+        """Its own AppRole's next secret_id, before the one it holds expires (vault/secretid.py). No
+        parameter is allowed when minting (no cidr_list, metadata, ttl or num_uses of its choosing):
+        the new one carries the role's address binding and TTL. Lookup and destroy only on its own role.
+        Minting for another host's role stays the provisioner's, response-wrapped (secret zero)."""
+        role = f"auth/{APPROLE}/role/histo-{name}"
+        return f'''path "{role}/secret-id" {{
+  capabilities = ["update"]
+  denied_parameters = {{
+    "*" = []
+  }}
+}}
+path "{role}/secret-id/lookup" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id" = []
+  }}
+}}
+path "{role}/secret-id-accessor/destroy" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id_accessor" = []
+  }}
+}}
+'''
 
     def token_role(self, name: str, policy: str, max_ttl: str) -> None:
         want = {"allowed_policies": [policy], "disallowed_policies": ["root"], "orphan": True,
@@ -526,9 +581,21 @@ path "{TRANSIT}/keys/{RECEIPT_KEY}" {{
   capabilities = ["read"]
 }}
 ''')  # noqa: E501 (the policy's comment line)
+        self.policy(AUDIT_VERIFIER_POLICY, f'''# histo audit verifier: the collectors' checkpoint keys and anchored checkpoints, read only
+path "{TRANSIT}/keys/histo-secops-*" {{
+  capabilities = ["read"]
+}}
+path "{KV}/data/histo/secops/*" {{
+  capabilities = ["read"]
+}}
+path "{KV}/metadata/histo/secops/*" {{
+  capabilities = ["read"]
+}}
+''')  # noqa: E501 (the policy's comment line)
         self.policy(PROVISIONER_POLICY, provisioner_policy())
         self.token_role(ISSUER_TOKEN_ROLE, ISSUER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         self.token_role(VERIFIER_TOKEN_ROLE, RECEIPT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
+        self.token_role(AUDIT_VERIFIER_TOKEN_ROLE, AUDIT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         role_ids = {}
         for host in self.spec["hosts"]:
             self.policy(f"histo-{host['name']}", self.host_policy(host))
@@ -552,6 +619,8 @@ def provisioner_policy() -> str:
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
           (f"{TRANSIT}/keys/{STORE_KEY}", "read"),
+          # the SecOps collectors' checkpoint keys (a re-apply checks each exists; public keys only)
+          (f"{TRANSIT}/keys/{key_name('*')}", "read"),
           (f"auth/{APPROLE}/role/+", "read"), (f"auth/{APPROLE}/role/+/role-id", "read"),
           ("auth/token/roles/histo-*", "read"), ("auth/token/renew-self", "update"),
           (f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
@@ -560,6 +629,7 @@ def provisioner_policy() -> str:
           # sign-in (vault/people.py): a re-apply verifies; a new person or client needs a root token
           ("identity/oidc/*", "read"), ("identity/entity/name/*", "read"), ("identity/group/name/*", "read"),
           ("auth/userpass/users/*", "read"), (f"{KV}/data/{people.MACHINE_CLIENTS_KV}", "read"),
+          (f"auth/token/create/{AUDIT_VERIFIER_TOKEN_ROLE}", "update"),
           # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
           ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
           ("sys/generate-root-token/update", "update")]

@@ -27,7 +27,9 @@ def connect(hosts: str, ca_path: str, cert_path: str, key_path: str, username: s
         auth_data=[("digest", f"{username}:{password}")],
         default_acl=default_acl(acl_ids, role, x509_id) if acl_ids else None,
         connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=2, ignore_expire=True),
-        command_retry=KazooRetry(max_tries=5, delay=0.1, max_delay=1),
+        # client.retry(op): retried through a reconnection or an election (a ZooKeeper server restarted
+        # to renew its certificate, zk/renew.py) for as long as the session itself would survive
+        command_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1, deadline=session_timeout),
     )
     try:
         client.start(timeout=timeout)

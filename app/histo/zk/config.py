@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..files import private_dir, write_private as _write_private
 from ..tls.contexts import TLS12_SUITES_IANA, TLS13_SUITES
@@ -46,7 +46,7 @@ class ZkConfig:
         self.pid_path = self.dir / "zk.pid"
 
     @classmethod
-    def from_json(cls, cfg: dict[str, Any]) -> ZkConfig:
+    def from_json(cls, cfg: dict[str, Any]) -> Self:
         """From a machine's zk.json (roles/zookeeper/templates/zk.json.j2)."""
         return cls(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
                    server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"))

@@ -1,0 +1,117 @@
+"""What each layer's refusal looks like, turned into one attributed SecOps event: the layer, what was
+refused, and who — the inventory host and its SPIFFE id, resolved from the AppRole (Vault) or the
+source address (firewall, sshd, ZooKeeper), never left as a bare address when the inventory knows it.
+
+classify() takes an event as the collector stored it (a JSON object, or {"msg": ..., "host": ...,
+"tag": ...} from rsyslog) and returns the attribution, or None for a line that is no refusal."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..edge.events import DEFAULT_SEVERITY
+from ..tls.identity import spiffe_id
+
+_KV = re.compile(r"\b([A-Z]+)=(\S*)")
+_SSHD = re.compile(r"(?:Failed (?:password|publickey|none) for (?:invalid user )?(?P<u1>\S+)|"
+                   r"Invalid user (?P<u2>\S*)|Connection closed by authenticating user (?P<u3>\S+)|"
+                   r"Disconnected from invalid user (?P<u4>\S+)) (?:from )?(?P<ip>[0-9a-f.:]+)")
+_ZK_AUDIT = re.compile(r"\b(user|ip|operation|znode|result)=(\S+)")
+_ZK_TEXT = re.compile(r"(Authentication failed|authentication failed|Unsuccessful handshake|"
+                      r"SSL handshake|Certificate verification failed|KeeperErrorCode = (?:NoAuth|AuthFailed))")
+_IP = re.compile(r"(?:/)?([0-9]{1,3}(?:\.[0-9]{1,3}){3})")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    role: str  # the SPIFFE role: master | worker | zookeeper | secops | vault
+
+
+class Inventory:
+    """Addresses and AppRoles -> hosts, from the hosts list of the Vault spec (name, role, address)."""
+
+    def __init__(self, hosts: Sequence[Mapping[str, Any]], ports: Mapping[str, int] | None = None) -> None:
+        self.by_address = {str(h["address"]): Host(str(h["name"]), str(h["role"])) for h in hosts}
+        self.by_name = {h.name: h for h in self.by_address.values()}
+        self.port_names = {int(v): k for k, v in (ports or {}).items()}
+
+    def who(self, host: Host | None, address: str | None = None) -> dict[str, Any]:
+        if host is None:
+            return {"host": "outside", "spiffe": None, "address": address}
+        return {"host": host.name, "spiffe": spiffe_id(host.role, host.name), "address": address}
+
+
+def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
+    if ev.get("type") != "response" or not ev.get("error"):
+        return None
+    req, auth = ev.get("request") or {}, ev.get("auth") or {}
+    role_name = str((auth.get("metadata") or {}).get("role_name") or "")
+    addr = str(req.get("remote_address") or "") or None
+    host = inv.by_name.get(role_name.removeprefix("histo-")) if role_name.startswith("histo-") else None
+    host = host or (inv.by_address.get(addr) if addr else None)
+    return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr),
+            "path": str(req.get("path", "")), "operation": str(req.get("operation", "")),
+            "why": str(ev["error"])[:200]}
+
+
+def _firewall(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
+    if "histo-drop:" not in msg:
+        return None
+    f = dict(_KV.findall(msg))
+    src, dst, port = f.get("SRC"), f.get("DST"), f.get("DPT")
+    target = inv.by_address.get(dst or "") or inv.by_name.get(at)
+    name = inv.port_names.get(int(port)) if port and port.isdigit() else None
+    src_host = inv.by_address.get(src or "")
+    return {"layer": "firewall", "kind": "firewall_drop", "severity": "warning", **inv.who(src_host, src),
+            "target": target.name if target else dst, "port": int(port) if port and port.isdigit() else None,
+            "proto": f.get("PROTO"),
+            "why": f"the segmentation matrix allows no {src_host.role if src_host else 'outside'} -> "
+                   f"{target.role if target else 'this machine'}:{name or port or f.get('PROTO', '?')}"}
+
+
+def _sshd(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
+    m = _SSHD.search(msg)
+    if not m:
+        return None
+    user = next((u for u in m.group("u1", "u2", "u3", "u4") if u is not None), "")
+    addr = m.group("ip")
+    return {"layer": "ssh", "kind": "ssh_refused", "severity": "warning", **inv.who(inv.by_address.get(addr), addr),
+            "target": at, "user": user[:64]}
+
+
+def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
+    audit = dict(_ZK_AUDIT.findall(msg))
+    if audit.get("result") == "Failure" or _ZK_TEXT.search(msg):
+        ipm = _IP.search(audit.get("ip", "")) or _IP.search(msg)
+        addr = ipm.group(1) if ipm else None
+        return {"layer": "zookeeper", "kind": "zk_refused", "severity": "critical",
+                **inv.who(inv.by_address.get(addr or ""), addr), "target": at,
+                "operation": audit.get("operation"), "znode": audit.get("znode"), "why": msg[:200]}
+    return None
+
+
+def classify(event: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
+    msg, at, tag = str(event.get("msg", "")), str(event.get("host", "")), str(event.get("tag", ""))
+    if "type" in event and "request" in event:  # already a Vault audit entry
+        return _vault(event, inv)
+    if msg.lstrip().startswith("{"):  # a JSON line shipped inside a syslog message (Vault's audit file)
+        try:
+            inner = json.loads(msg)
+        except ValueError:
+            inner = None
+        if isinstance(inner, dict):
+            return classify({**inner, "host": at}, inv)
+    if "histo-drop:" in msg:
+        return _firewall(msg, at, inv)
+    if tag.startswith("sshd") or "sshd" in msg[:40]:
+        return _sshd(msg, at, inv)
+    if tag.startswith("zookeeper") or "zookeeper" in tag:
+        return _zookeeper(msg, at, inv)
+    kind = str(event.get("kind", ""))
+    if kind in DEFAULT_SEVERITY and DEFAULT_SEVERITY[kind] != "info":  # the services' own events
+        host = inv.by_name.get(str(event.get("service_host") or event.get("host") or ""))
+        return {"layer": "service", "kind": kind, "severity": DEFAULT_SEVERITY[kind], **inv.who(host)}
+    return None

@@ -1,0 +1,53 @@
+"""Events per second the SecOps collector stores on this machine (issue 17 item 6, in part):
+`Collector.ingest` of a typical event line, (a) flushed only (a checkpoint fsyncs), (b) fsynced per
+event, as with omprog's confirmations (`histo audit collect --confirm`), and `walk` (the verifier)
+over the result. Signing is a local P-256 key here: one Vault call per checkpoint interval does not
+bound the rate. Writes bench/secops.json; nothing is asserted."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from histo.secops.chain import walk  # noqa: E402
+from histo.secops.collector import Collector  # noqa: E402
+from tests.unit.test_secops_chain import LocalSigner  # noqa: E402
+
+LINE = json.dumps({"kind": "zk_auth_failure", "host": "worker1", "spiffe": "spiffe://histo.internal/worker/worker1",
+                   "layer": "zookeeper", "detail": "digest auth failed for histo-worker from 192.168.56.31"})
+
+
+def rate(n: int, confirm: bool, d: Path) -> tuple[float, Path]:
+    c = Collector(d / f"log-{confirm}", LocalSigner(), None, interval=3600)
+    t = time.perf_counter()
+    for _ in range(n):
+        c.ingest(LINE)
+        if confirm:
+            c.log.sync()
+    elapsed = time.perf_counter() - t
+    c.close()
+    return n / elapsed, d / f"log-{confirm}"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        flushed, path = rate(20000, False, d)
+        confirmed, _ = rate(2000, True, d)
+        lines = path.read_text().splitlines()
+        t = time.perf_counter()
+        assert walk(lines, {})[1] is None
+        verify = len(lines) / (time.perf_counter() - t)
+    out = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
+           "events_per_s_flushed": round(flushed), "events_per_s_fsync_each": round(confirmed),
+           "verify_entries_per_s": round(verify)}
+    (Path(__file__).with_name("secops.json")).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

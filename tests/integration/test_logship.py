@@ -1,0 +1,168 @@
+"""Shipping with real rsyslog (the role's own templates): a shipper (worker1) sends RELP over TLS to
+the collector (secops1), both with certificates OpenBao issued to them; each side checks the other's
+name. What the shipper reads reaches the hash-chained record; a collector that is away is waited
+for (the shipper queues); an impostor collector (a valid histo certificate, the wrong name) gets
+nothing. Loopback only (127.0.10.x), processes stopped by their pid."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import jinja2
+import pytest
+
+from histo.files import write_private
+from histo.local.bao import BaoServer
+from histo.secops.chain import walk
+
+from .test_secops_record import SECOPS, WORKER
+from .vaultfix import configure, default_hosts, free_port, provision, running_bao, service_vault
+
+pytestmark = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "logship" / "templates"
+HOSTS = [*default_hosts(), SECOPS]
+WORKER2 = next(h for h in HOSTS if h["name"] == "worker2")
+
+
+def _certs(bao: BaoServer, role_ids: dict[str, str], host: dict[str, str], d: Path) -> dict[str, str]:
+    vault = service_vault(bao, host, provision(bao, role_ids, host, d / "creds"))
+    vault.login()
+    b = vault.issue_cert("1h")
+    write_private(d / "cert.pem", b.cert_pem)
+    write_private(d / "key.pem", b.key_pem)
+    write_private(d / "ca.pem", b.chain_pem)
+    return {"logship_cert": str(d / "cert.pem"), "logship_key": str(d / "key.pem"), "logship_ca": str(d / "ca.pem"),
+            "logship_creds_dir": str(d / "creds")}
+
+
+class Rsyslogd:
+    def __init__(self, d: Path, template: str, **vars: object) -> None:
+        self.dir = d
+        (d / "work").mkdir(parents=True, exist_ok=True)
+        text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
+            (ROLE / template).read_text()).render(logship_work_dir=str(d / "work"), **vars)
+        self.conf = d / "rsyslog.conf"
+        self.conf.write_text(text)
+        check = subprocess.run(["rsyslogd", "-N1", "-f", str(self.conf)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr  # what the role's validate runs
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["rsyslogd", "-n", "-f", str(self.conf), "-i", str(self.dir / "pid")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr", "ab"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+def _entries(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(path: Path, n: int, timeout: float = 30.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = _entries(path)
+        if len(got) >= n:
+            return got
+        time.sleep(0.2)
+    return _entries(path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BaoServer, dict[str, str], Path]]:
+    root = tmp_path_factory.mktemp("logship-it")
+    with running_bao(root / "vault") as bao:
+        yield bao, configure(bao, HOSTS)["role_ids"], root
+
+
+def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
+        env: tuple[BaoServer, dict[str, str], Path]) -> None:
+    bao, role_ids, root = env
+    port = free_port(SECOPS["address"])
+    record = root / "secops.log"
+    common = {"logship_port": port, "logship_queue_max_disk": "64m"}
+    collector = Rsyslogd(root / "collector", "collector.conf.j2", **common,
+                         **_certs(bao, role_ids, SECOPS, root / "c"), logship_address=SECOPS["address"],
+                         logship_histo_bin=str(Path(sys.executable).with_name("histo")),
+                         logship_record_path=str(record), logship_collector_host="secops1",
+                         logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
+                         logship_confirm_timeout_ms=10000, logship_files=[],
+                         logship_permitted_shippers=[f"{h['name']}.histo.internal" for h in HOSTS
+                                                     if h["role"] != "secops"])
+    source = root / "auth.log"
+    source.write_text("")
+    shipper = Rsyslogd(root / "shipper", "shipper.conf.j2", **common, **_certs(bao, role_ids, WORKER, root / "w"),
+                       logship_collector_address=SECOPS["address"], logship_collector_name="secops1.histo.internal",
+                       logship_files=[{"path": str(source), "tag": "sshd"}])
+    try:
+        collector.start()
+        shipper.start()
+        with source.open("a") as f:
+            f.write("Failed password for root from 127.0.10.32 port 2222 ssh2\n")
+        got = _wait_for(record, 1)
+        # at least once: under load the collector's first `histo audit collect` may miss omprog's confirm
+        # timeout while it starts (imports, Vault login), and rsyslog hands the message again — a
+        # duplicate of that line is allowed, anything else is not
+        assert got and all("Failed password for root" in str(e["event"]) for e in got), got
+        time.sleep(1)
+        first = len(_entries(record))
+
+        # the collector away: the shipper queues, and delivers once it is back
+        collector.stop()
+        with source.open("a") as f:
+            f.writelines(f"Invalid user probe{i} from 127.0.10.32\n" for i in range(5))
+        time.sleep(2)
+        assert len(_entries(record)) == first
+        collector.start()
+        got = _wait_for(record, first + 5, timeout=60)
+        # RELP is at-least-once: a message the collector stored but had not acknowledged when it stopped
+        # comes again (a duplicate entry, never a gap)
+        assert {f"probe{i}" for i in range(5)} <= {str(e["event"]).split("Invalid user ")[-1].split(" ")[0]
+                                                    for e in got}, got
+        assert walk(record.read_text().splitlines(), {})[1] is None  # one unbroken chain across restarts
+        collector.stop()
+
+        # an impostor collector: a genuine histo certificate, but worker2's name — the shipper sends nothing
+        impostor_record = root / "impostor.log"
+        sink = root / "sink.sh"  # what the impostor would do with a message: keep it
+        sink.write_text(f'#!/bin/sh\necho OK\nwhile read -r l; do echo "$l" >> {impostor_record}; echo OK; done\n')
+        sink.chmod(0o700)
+        impostor = Rsyslogd(root / "impostor", "collector.conf.j2", **common,
+                            **_certs(bao, role_ids, WORKER2, root / "i"), logship_address=SECOPS["address"],
+                            logship_histo_bin=str(sink), logship_record_path=str(impostor_record),
+                            logship_collector_host="x", logship_vault_url="x", logship_vault_ca="x",
+                            logship_confirm_timeout_ms=10000, logship_files=[],
+                            logship_permitted_shippers=["worker1.histo.internal"])
+        impostor.start()
+        with source.open("a") as f:
+            f.write("Failed password for admin from 127.0.10.32\n")
+        time.sleep(4)
+        impostor.stop()
+        assert not impostor_record.exists()
+        # the real collector comes back and gets that message from the queue. Observed with rsyslog
+        # 8.2302 / librelp 1.11: after the refused handshake the held message leaves with the next one
+        # (docs/SECURITY.md), so one more line follows; both must arrive, nothing is lost
+        collector.start()
+        time.sleep(1)
+        with source.open("a") as f:
+            f.write("Failed password for later from 127.0.10.32\n")
+        deadline = time.monotonic() + 60
+        while not all(any(f"Failed password for {who}" in str(e["event"]) for e in _entries(record))
+                      for who in ("admin", "later")):
+            assert time.monotonic() < deadline, _entries(record)
+            time.sleep(0.3)
+    finally:
+        for r in (shipper, collector):
+            r.stop()
+    assert os.stat(record).st_mode & 0o077 == 0

@@ -1,0 +1,63 @@
+"""Each layer's refusal attributed to its inventory host and SPIFFE id (sample lines in each layer's
+own format; the Vault one is checked against a real OpenBao in test_secops_record.py)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from histo.secops.collector import Collector
+from histo.secops.sources import Inventory, classify
+
+from .test_secops_chain import LocalSigner
+
+INV = Inventory([{"name": "worker1", "role": "worker", "address": "192.168.56.31"},
+                 {"name": "worker2", "role": "worker", "address": "192.168.56.32"},
+                 {"name": "zk1", "role": "zookeeper", "address": "192.168.56.11"}],
+                {"internal": 8443, "zk_client": 2281})
+W1 = "spiffe://histo.internal/worker/worker1"
+
+
+def test_nftables_drop_names_source_target_port_and_why() -> None:
+    msg = ("[12.3] histo-drop: IN=eth1 OUT= MAC=aa SRC=192.168.56.31 DST=192.168.56.32 LEN=60 TOS=0x00 "
+           "PROTO=TCP SPT=40000 DPT=8443 WINDOW=64240 SYN")
+    got = classify({"msg": msg, "host": "worker2", "tag": "kernel:"}, INV)
+    assert got and got["layer"] == "firewall" and got["host"] == "worker1" and got["spiffe"] == W1
+    assert got["target"] == "worker2" and got["port"] == 8443
+    assert got["why"] == "the segmentation matrix allows no worker -> worker:internal"
+    out = classify({"msg": msg.replace("192.168.56.31", "203.0.113.9"), "host": "worker2"}, INV)
+    assert out and out["host"] == "outside" and out["spiffe"] is None and out["address"] == "203.0.113.9"
+
+
+def test_sshd_failures_and_ordinary_lines() -> None:
+    for msg, user in (("Failed password for root from 192.168.56.31 port 50000 ssh2", "root"),
+                      ("Failed password for invalid user bob from 192.168.56.31 port 5 ssh2", "bob"),
+                      ("Invalid user admin from 192.168.56.31 port 6", "admin")):
+        got = classify({"msg": msg, "host": "zk1", "tag": "sshd[42]:"}, INV)
+        assert got and (got["layer"], got["host"], got["target"], got["user"]) == ("ssh", "worker1", "zk1", user)
+    assert classify({"msg": "Accepted publickey for vagrant from 192.168.56.1", "host": "zk1", "tag": "sshd"},
+                    INV) is None
+    assert classify({"msg": "CRON[1]: session opened", "host": "zk1", "tag": "CRON"}, INV) is None
+
+
+def test_zookeeper_audit_failure_and_vault_audit_line() -> None:
+    zk = "session=0x1 user=histo-worker ip=192.168.56.31 operation=setData znode=/histo/leader result=Failure"
+    got = classify({"msg": zk, "host": "zk1", "tag": "zookeeper-audit"}, INV)
+    assert got and (got["layer"], got["host"], got["operation"], got["znode"]) == (
+        "zookeeper", "worker1", "setData", "/histo/leader")
+    assert classify({"msg": zk.replace("Failure", "Success"), "host": "zk1", "tag": "zookeeper-audit"}, INV) is None
+    vault = {"type": "response", "error": "1 error occurred:\n\t* permission denied\n\n",
+             "auth": {"display_name": "approle", "metadata": {"role_name": "histo-worker1"}},
+             "request": {"path": "secret/data/histo/zk/super", "operation": "read", "remote_address": "10.9.9.9"}}
+    got = classify({"msg": json.dumps(vault), "host": "vault1", "tag": "vault-audit"}, INV)
+    assert got and (got["layer"], got["host"], got["spiffe"], got["path"]) == (
+        "vault", "worker1", W1, "secret/data/histo/zk/super")  # the AppRole wins over the address
+    assert classify({**vault, "error": ""}, INV) is None
+
+
+def test_collector_stores_the_attribution_with_the_event(tmp_path: Path) -> None:
+    c = Collector(tmp_path / "l.log", LocalSigner(), None, interval=3600, inventory=INV)
+    c.run(io.StringIO(json.dumps({"msg": "Invalid user x from 192.168.56.32 port 1", "host": "zk1",
+                                  "tag": "sshd"}) + "\n" + json.dumps({"msg": "hello", "host": "zk1"}) + "\n"))
+    first, second = (json.loads(x)["event"] for x in (tmp_path / "l.log").read_text().splitlines())
+    assert first["secops"]["host"] == "worker2" and "secops" not in second
