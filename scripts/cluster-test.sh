@@ -14,6 +14,9 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "cluster stage: needs root for lxc (run as root, or HISTO_SKIP_CLUSTER=1 make test)" >&2; exit 2
 fi
 export HISTO_PROFILE=${HISTO_PROFILE:-default}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+host_lxc_lock "cluster stage"
 DEPLOY_PY=.venv-deploy/bin/python
 PYTEST=(-m pytest -p no:cacheprovider -q -ra --timeout=1200)
 

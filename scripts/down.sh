@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+host_lxc_lock down
 export VAGRANT_DEFAULT_PROVIDER=lxc
 # --cleanup-only: what the Vagrantfile's destroy trigger calls once the last machine is gone.
 if [ "${1:-}" != --cleanup-only ] && command -v vagrant >/dev/null 2>&1 && [ -d .vagrant/machines ]; then

@@ -7,6 +7,9 @@
 #                                ansible-lint, yamllint), reinstalled only when the lock file changes
 #   vagrant_insecure_key private|public   the path of Vagrant's insecure key (the box, Molecule's SSH)
 #   as_root COMMAND...           runs COMMAND as root (through sudo when not root already)
+#   host_lxc_lock WHO            waits for, then holds until exit, the host's LXC lock: make up/down,
+#                                Molecule and the cluster stage share lxcbr0, the histo bridges and the
+#                                containers, so two checkouts (CI beside an operator) take turns
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -47,4 +50,17 @@ vagrant_insecure_key() {  # private|public: Vagrant's insecure key pair as Debia
   local keys=(/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant"$suffix")
   [ -f "${keys[0]}" ] || { echo "no Vagrant insecure key (Debian package vagrant)" >&2; return 1; }
   echo "${keys[0]}"
+}
+
+HISTO_LXC_LOCK=${HISTO_LXC_LOCK:-/run/lock/histo-lxc.lock}
+
+host_lxc_lock() {
+  # Held by a parent (the cluster stage runs up.sh and down.sh): the child inherits it.
+  [ "${HISTO_LXC_LOCK_HELD:-0}" = 1 ] && return 0
+  exec 9>>"$HISTO_LXC_LOCK"
+  if ! flock -n 9; then
+    echo "$1: waiting for another run that uses the host's LXC ($HISTO_LXC_LOCK)" >&2
+    flock 9
+  fi
+  export HISTO_LXC_LOCK_HELD=1
 }

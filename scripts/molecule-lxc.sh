@@ -146,6 +146,7 @@ case "${1:-}" in
     network_down
     ;;
   clean)
+    host_lxc_lock molecule-lxc
     for name in $(lxc-ls -1 2>/dev/null | grep '^mol-' || true); do
       lxc-stop -n "$name" -k 2>/dev/null || true; lxc-destroy -n "$name"
     done

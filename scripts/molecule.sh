@@ -11,6 +11,7 @@ roles=${*:-$ALL}
 [ "$(id -u)" -eq 0 ] || { echo "molecule: run as root (LXC containers, a host bridge)" >&2; exit 2; }
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+host_lxc_lock molecule
 # lxc + dnsmasq-base (lxcbr0), debootstrap + vagrant (the box and Vagrant's insecure key), clients.
 apt_install molecule lxc dnsmasq-base debootstrap vagrant iproute2 openssh-client curl openssl
 deploy_venv

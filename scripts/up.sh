@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 export HISTO_PROFILE=${HISTO_PROFILE:-default}
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+host_lxc_lock up
 [ -f "inventory/$HISTO_PROFILE/hosts.yml" ] || { echo "up: no inventory/$HISTO_PROFILE/hosts.yml" >&2; exit 2; }
 t0=$(date +%s)
 apt_install up lxc vagrant vagrant-lxc debootstrap nftables dnsmasq-base iproute2 bridge-utils openssh-client
