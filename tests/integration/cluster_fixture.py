@@ -4,12 +4,15 @@ It runs on its own loopback net (127.0.20.x) and state folder, so it never touch
 `make local` cluster, and it is stopped by pid at the end of the session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from histo.local import cluster as local_cluster
 from histo.testing.cluster import Cluster
 
-NET = "127.0.20"
+# HISTO_IT_NET: another /24 of loopback, so that a second checkout's integration tests (a helper, a CI
+# check) can run beside these; every address the tests use is derived from it.
+NET = os.environ.get("HISTO_IT_NET", "127.0.20")
 
 
 def start(root: Path, cert_ttl: str = "30s") -> Cluster:

@@ -15,6 +15,7 @@ from histo.edge.openapi import spec
 from histo.edge.tokens import issue_token
 from histo.testing.attacker import get_from
 from histo.testing.cluster import sample_image
+from .cluster_fixture import NET
 
 
 def issue(cluster, role: str, sub: str, ttl: int = 600) -> str:
@@ -56,7 +57,7 @@ def test_another_users_job_is_not_found_like_an_unknown_one(cluster):
 
 def test_revocation_reaches_every_master_within_seconds(cluster):
     carol = issue(cluster, "uploader", "carol")
-    src = "127.0.20.97"  # carol's refusals must not throttle the other tests' address
+    src = f"{NET}.97"  # carol's refusals must not throttle the other tests' address
     for url in cluster.urls:
         assert _from(cluster, src, "/api/v1/jobs", carol, url)[0] == 200
     jti = json.loads(__import__("base64").urlsafe_b64decode(carol.split(".")[1] + "==="))["jti"]
@@ -81,12 +82,12 @@ def _from(cluster, source: str, path: str, token: str, url: str | None = None) -
 
 
 def test_repeated_auth_failures_throttle_that_address_only(cluster):
-    attacker = "127.0.20.99"
+    attacker = f"{NET}.99"
     statuses = [_from(cluster, attacker, "/api/v1/jobs", "forged.token.value")[0] for _ in range(12)]
     assert statuses[0] == 401 and statuses[-1] == 429
     status, headers = _from(cluster, attacker, "/api/v1/jobs", cluster.token("uploader"))
     assert status == 429 and int(headers["Retry-After"]) > 0  # even a good token, from the throttled address
-    status, _ = _from(cluster, "127.0.20.98", "/api/v1/jobs", cluster.token("uploader"))
+    status, _ = _from(cluster, f"{NET}.98", "/api/v1/jobs", cluster.token("uploader"))
     assert status == 200  # everyone else still gets through
 
 

@@ -22,6 +22,7 @@ import aiohttp
 from histo.testing.cluster import Cluster, sample_image
 
 from .test_edge import issue
+from .cluster_fixture import NET
 
 
 def _hostport(url: str) -> tuple[str, int]:
@@ -41,7 +42,7 @@ def test_connection_cap_per_address_and_handshake_timeout(cluster: Cluster) -> N
     held = []
     try:
         for _ in range(cap + 10):  # plain TCP, no TLS: what costs an outsider nothing
-            s = socket.create_connection((host, port), timeout=5, source_address=("127.0.20.150", 0))
+            s = socket.create_connection((host, port), timeout=5, source_address=(f"{NET}.150", 0))
             held.append(s)
         time.sleep(0.3)
         closed = 0
@@ -79,7 +80,7 @@ def test_connection_cap_per_address_and_handshake_timeout(cluster: Cluster) -> N
         assert not open_left, f"{len(open_left)} silent sockets still open after the handshake timeout"
         # and the address may connect again
         ctx = cluster.ssl_context()
-        with socket.create_connection((host, port), timeout=5, source_address=("127.0.20.150", 0)) as raw:
+        with socket.create_connection((host, port), timeout=5, source_address=(f"{NET}.150", 0)) as raw:
             with ctx.wrap_socket(raw, server_hostname=host) as tls:
                 tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 assert tls.recv(64).startswith(b"HTTP/1.1 200")
@@ -92,7 +93,7 @@ def test_idle_keepalive_connection_is_closed(cluster: Cluster) -> None:
     host, port = _hostport(cluster.url)
     idle = cluster.config("master1").get("idle_timeout", 15.0)
     ctx = cluster.ssl_context()
-    with socket.create_connection((host, port), timeout=5, source_address=("127.0.20.151", 0)) as raw:
+    with socket.create_connection((host, port), timeout=5, source_address=(f"{NET}.151", 0)) as raw:
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
             tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert tls.recv(4096).startswith(b"HTTP/1.1 200")
@@ -218,7 +219,7 @@ async def _ws(cluster: Cluster, token: str, source: str,
 
 
 def test_event_stream_is_throttled_like_http(cluster: Cluster) -> None:
-    src = "127.0.20.160"
+    src = f"{NET}.160"
 
     async def run() -> list[Any]:
         out: list[Any] = []
@@ -238,7 +239,7 @@ def test_event_stream_is_throttled_like_http(cluster: Cluster) -> None:
     # the address is throttled for HTTP too; everyone else is served
     from histo.testing.attacker import get_from
     assert get_from(cluster, src, "/api/v1/jobs", cluster.token("uploader"))[0] == 429
-    assert get_from(cluster, "127.0.20.161", "/api/v1/jobs", cluster.token("uploader"))[0] == 200
+    assert get_from(cluster, f"{NET}.161", "/api/v1/jobs", cluster.token("uploader"))[0] == 200
 
 
 def test_event_stream_ends_on_revocation_and_on_expiry(cluster: Cluster) -> None:
@@ -247,9 +248,9 @@ def test_event_stream_ends_on_revocation_and_on_expiry(cluster: Cluster) -> None
     jti = json.loads(base64.urlsafe_b64decode(erin.split(".")[1] + "==="))["jti"]
 
     async def run() -> tuple[float, float, bool]:
-        s1, revoked = await _ws(cluster, erin, "127.0.20.162")
-        s2, expiring = await _ws(cluster, brief, "127.0.20.162", cluster.urls[1])
-        s3, legit = await _ws(cluster, cluster.token("viewer"), "127.0.20.163")
+        s1, revoked = await _ws(cluster, erin, f"{NET}.162")
+        s2, expiring = await _ws(cluster, brief, f"{NET}.162", cluster.urls[1])
+        s3, legit = await _ws(cluster, cluster.token("viewer"), f"{NET}.163")
         for ws in (revoked, expiring, legit):
             assert (await ws.receive_json(timeout=5))["type"] == "ready"
         t0 = time.time()
@@ -340,7 +341,7 @@ def test_what_aiohttp_parser_refuses_is_json_too(cluster: Cluster) -> None:
              b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
              b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(500)) + b"\r\n"]
     for raw in cases:
-        with socket.create_connection((host, port), timeout=5, source_address=("127.0.20.170", 0)) as s:
+        with socket.create_connection((host, port), timeout=5, source_address=(f"{NET}.170", 0)) as s:
             with ctx.wrap_socket(s, server_hostname=host) as tls:
                 tls.sendall(raw)
                 data = b""

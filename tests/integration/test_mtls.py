@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from histo.testing.cluster import sample_image
+from .cluster_fixture import NET
 
 TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
                 "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1",
-                "X-Histo-Reply-To": "https://127.0.20.21:8443"}
+                "X-Histo-Reply-To": f"https://{NET}.21:8443"}
 
 
 def _ctx(cluster, as_service: str | None = None, cert=None, key=None) -> ssl.SSLContext:
@@ -114,7 +115,7 @@ def test_certificate_from_another_ca_is_refused(cluster, tmp_path):
 
 
 def test_certificate_copied_to_another_address_is_refused(cluster):
-    thief = "127.0.20.99"
+    thief = f"{NET}.99"
     status, body = call(cluster, "worker1", "/internal/v1/status", as_service="master1", method="GET", source=thief)
     assert status == 403 and json.loads(body)["error"] == "forbidden"
     status, _ = call(cluster, "master2", "/internal/v1/results", as_service="worker1", headers=TASK_HEADERS,

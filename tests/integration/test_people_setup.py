@@ -12,12 +12,13 @@ from histo.vault.secretzero import provisioner_token
 from histo.vault.setup import apply
 
 from .vaultfix import configure, default_hosts, running_bao, spec_for
+from .cluster_fixture import NET
 
-ADDRESS = "127.0.20.70"
+ADDRESS = f"{NET}.70"
 
 
 def _oidc(tmp: Path, people: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"redirect_uris": ["https://127.0.20.21:4443/", "http://127.0.0.1/callback"],
+    return {"redirect_uris": [f"https://{NET}.21:4443/", "http://127.0.0.1/callback"],
             "secrets_dir": str(tmp / "people"), "people": people,
             "machine_clients": [{"name": "ci", "roles": ["uploader"]}]}
 
@@ -69,7 +70,7 @@ def test_deployed_shape_root_retired_provisioner_rerun_is_unchanged(tmp_path: Pa
              {"name": "master2", "role": "master", "address": f"{net}.22", "public_address": f"{net}.20"},
              {"name": "worker1", "role": "worker", "address": f"{net}.31"}]
     floating = f"https://{net}.20/"
-    with running_bao(tmp_path / "vault", "127.0.20.71") as bao:
+    with running_bao(tmp_path / "vault", f"{NET}.71") as bao:
         oidc = {"issuer": bao.url, "redirect_uris": [floating, f"https://{net}.21/", f"https://{net}.22/",
                                                      "http://127.0.0.1/callback"],
                 "people": [{"name": "alice", "groups": ["admin"]}, {"name": "bob", "groups": ["uploader"]}],

@@ -25,10 +25,11 @@ from histo.testing.attacker import root_client, service_vault
 from histo.testing.cluster import Cluster, sample_image
 from histo.tls.revocation import serial_int
 from histo.vault.revoke import revoke
+from .cluster_fixture import NET
 
 TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
                 "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1",
-                "X-Histo-Reply-To": "https://127.0.20.21:8443"}
+                "X-Histo-Reply-To": f"https://{NET}.21:8443"}
 RESULT = json.dumps([0] * 256).encode()
 MASTERS = ("master1", "master2")
 
@@ -83,8 +84,8 @@ def test_a_host_cannot_issue_itself_a_certificate_without_its_address(cluster: C
     vault.login()
     base = {"common_name": "worker1.histo.internal", "uri_sans": "spiffe://histo.internal/worker/worker1",
             "format": "pem", "private_key_format": "pkcs8", "ttl": "60s"}
-    for ip in (None, "", cluster.config("worker2")["address"], "127.0.20.99",
-               f"{cluster.config('worker1')['address']},127.0.20.99"):
+    for ip in (None, "", cluster.config("worker2")["address"], f"{NET}.99",
+               f"{cluster.config('worker1')['address']},{NET}.99"):
         params = dict(base) if ip is None else {**base, "ip_sans": ip}
         with pytest.raises((Forbidden, hvac.exceptions.InvalidRequest)):
             vault.client.write_data("pki_int/issue/host-worker1", data=params)
@@ -134,7 +135,7 @@ def test_peers_refuse_a_client_certificate_without_ip_san(cluster: Cluster, tmp_
 def test_internal_client_refuses_a_server_certificate_without_ip_san(cluster: Cluster, tmp_path: Path) -> None:
     s_cert, s_key = _no_ip_cert(cluster, tmp_path, "worker2", "worker")
     mc, mk, _ = _files(cluster, "master1", tmp_path)
-    addr = "127.0.20.97"
+    addr = f"{NET}.97"
 
     async def run() -> None:
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

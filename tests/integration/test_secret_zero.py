@@ -9,6 +9,7 @@ from pathlib import Path
 from histo.edge.tokens import issue_token
 from histo.testing.attacker import root_client
 from histo.testing.cluster import Cluster
+from .cluster_fixture import NET
 
 
 def _status(cluster: Cluster, token: str, url: str) -> int:
@@ -109,7 +110,7 @@ def test_the_provisioner_token_provisions_and_nothing_more(cluster: Cluster, tmp
     # a changed spec needs root: refused, nothing written
     with pytest.raises(Forbidden):
         apply(prov, {**spec, "hosts": spec["hosts"] + [{"name": "worker9", "role": "worker",
-                                                        "address": "127.0.20.39"}]})
+                                                        "address": f"{NET}.39"}]})
 
 
 def test_retire_root_revokes_it_and_keeps_only_the_unseal_keys(tmp_path: Path) -> None:
@@ -124,14 +125,14 @@ def test_retire_root_revokes_it_and_keeps_only_the_unseal_keys(tmp_path: Path) -
     from histo.local.bao import BaoServer
     from histo.vault.secretzero import generate_root, retire_root, unseal
     from histo.vault.setup import apply
-    bao = BaoServer(tmp_path / "vault", "127.0.20.9", 8200)
+    bao = BaoServer(tmp_path / "vault", f"{NET}.9", 8200)
     bao.start()
     try:
         bao.init_and_unseal()
         root = bao.root_client()
         root_token = root.token
         spec = {"trust_domain": "histo.internal", "hosts": [{"name": "worker1", "role": "worker",
-                                                             "address": "127.0.20.31"}],
+                                                             "address": f"{NET}.31"}],
                 "audit_log": str(bao.audit_path)}
         apply(root, spec)
         (tmp_path / "root-token").write_text(root_token + "\n")

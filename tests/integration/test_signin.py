@@ -19,6 +19,7 @@ from histo.edge.oidc import RelyingParty, SignInError
 from histo.testing.attacker import call_from
 from histo.testing.cluster import Cluster
 from histo.testing.signin import authorize, password_of, person_token
+from .cluster_fixture import NET
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _code(cluster: Cluster, idp: dict[str, Any], name: str = "bob",
     return attempt, status, answer
 
 
-_SOURCES = itertools.cycle(f"127.0.20.{n}" for n in range(100, 200))
+_SOURCES = itertools.cycle(f"{NET}.{n}" for n in range(100, 200))
 
 
 def _call(cluster: Cluster, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,

@@ -25,7 +25,7 @@ from histo.zk.renew import ZkRenewer, cert_window, process_restart, renewer, ruo
 
 from .vaultfix import configure, provisioned_service, provision, running_bao
 
-NET = "127.0.20"
+from .cluster_fixture import NET
 ZK_PORT = 2281
 ZK_CERT_TTL = 75  # seconds: due at 50 s, a 25 s margin for three restarts in 4 s slots
 SLOT = 4.0

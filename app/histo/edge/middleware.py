@@ -8,6 +8,8 @@ from typing import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from ..zk.client import COORDINATION_LOST
+
 log = logging.getLogger("histo.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,6 +123,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     except (ConnectionResetError, TimeoutError):
         raise  # the client went away; nothing to answer
+    except COORDINATION_LOST as exc:  # the cluster's state, not the request, is the problem: come back later
+        log.warning("%s %s: ZooKeeper unavailable (%s)", request.method, request.rel_url.path[:200],
+                    type(exc).__name__)
+        raise json_error(503, "coordination_unavailable", "the cluster's coordination service cannot be reached "
+                         "right now; nothing was changed by this request unless its answer said so; try again "
+                         "shortly", headers={"Retry-After": "2"}) from None
     except Exception:
         # the traceback goes to the server log only; the client learns nothing of the internals
         log.exception("unhandled error on %s %s", request.method, request.rel_url.path[:200])

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from ..compute.equalize import Result
 from ..compute.imageio import Header
+from ..zk.client import COORDINATION_LOST
 from ..zk.jobs import EXPIRED, created_of, is_tombstone, new_job_id
 from .datakeys import KeyService, KeysUnavailable
 from ..compute.frame import pack_result
@@ -200,6 +201,11 @@ class JobRunner:
             await self._fail(job_id, owner, f"job exceeded {self.settings.job_timeout:.0f}s")
         except JobFailed as exc:
             await self._fail(job_id, owner, str(exc))
+        except COORDINATION_LOST as exc:
+            # ZooKeeper away longer than a session's retries: not the job's fault. It stays in
+            # /histo/active and the leader's next resume pass (or the next leader) runs it again.
+            log.warning("job %s paused on %s: ZooKeeper unavailable (%s); resumed later", job_id, self.name,
+                        type(exc).__name__)
         except Exception:
             log.exception("job %s failed", job_id)
             await self._fail(job_id, owner, "internal error while running the job")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from ..zk import acl as zkacl
 from ..serve import Listener, run as run_service
 from ..zk.election import LeaderElection
 from ..zk.acl import ACTIVE, JOBS
+from ..zk.client import call as zkcall
 from ..zk.jobs import JobStore, is_tombstone
 from ..zk.membership import Member, remove_stale, watch
 from ..zk.revocations import RevocationStore
@@ -161,7 +163,8 @@ class Master:
         while True:
             changed.clear()
             try:
-                raw, _ = await self.loop.run_in_executor(None, lambda: self.rt.zk.get(path, watch=fired))
+                raw, _ = await self.loop.run_in_executor(None, lambda: zkcall(self.rt.zk, self.rt.zk.get, path,
+                                                                                 watch=fired))
                 doc = json.loads(raw)
             except Exception:  # gone or unreadable: the caller answers from what it has
                 return doc
@@ -195,6 +198,9 @@ class Master:
     # -- the service skeleton's hooks (histo.serve) ------------------------------------------
     async def setup(self) -> list[Listener]:
         self.loop = asyncio.get_running_loop()
+        # kazoo, Vault and blob calls share the default executor; its default size (cores + 4) is
+        # small enough for a few calls waiting out a ZooKeeper outage to starve every request
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="master-io"))
         self.events.bind(self.loop)
         zk = self.rt.zk
         await self.loop.run_in_executor(None, zkacl.bootstrap_tree, zk, self.rt.acl_ids)
@@ -275,7 +281,7 @@ class Master:
         while True:
             ticks += 1
             try:
-                self.leader = await self.loop.run_in_executor(None, self.election.leader)
+                self.leader = await self.loop.run_in_executor(None, zkcall, self.rt.zk, self.election.leader)
             except Exception:
                 self.leader = None
             await self._probe_members()

@@ -3,10 +3,12 @@ client certificate presented), digest credentials re-sent on every reconnect, de
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.retry import KazooRetry
+from kazoo.retry import KazooRetry, RetryFailedError
 
 from .acl import default_acl
 
@@ -15,6 +17,23 @@ log = logging.getLogger("histo.zk")
 
 class ZkUnavailable(RuntimeError):
     pass
+
+
+# What a ZooKeeper call raises once the session's retries are spent (zk/jobs.py): the coordination
+# service is away, which says nothing about the request or the job that met it.
+COORDINATION_LOST = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, RetryFailedError, KazooTimeoutError)
+
+
+def call(zk: KazooClient, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One ZooKeeper round trip, retried through a connection loss or a server restart for as long as
+    the session survives (command_retry below), then RetryFailedError. kazoo would queue a call made
+    while disconnected until the connection is back, however long that takes (a request thread held
+    for the whole outage): such a call fails at once instead, and the retry's deadline bounds the wait."""
+    def attempt() -> Any:
+        if not zk.connected:
+            raise ConnectionLoss("no ZooKeeper connection")
+        return fn(*args, **kwargs)
+    return zk.retry(attempt)
 
 
 def connect(hosts: str, ca_path: str, cert_path: str, key_path: str, username: str, password: str, role: str,

@@ -16,12 +16,13 @@ import hashlib
 import json
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from .acl import ACTIVE, JOBS, OWNERS
+from .client import call
 
 
 Doc = dict[str, Any]  # a job document as stored in its znode
@@ -58,24 +59,42 @@ class JobStore:
     def __init__(self, client: KazooClient) -> None:
         self.zk = client
 
+    def _r(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One ZooKeeper round trip (zk/client.py call: retried while the session survives). Each step
+        is safe to repeat: a create that already happened meets NodeExistsError, a delete NoNodeError,
+        a compare-and-set BadVersionError, and each caller handles those."""
+        return call(self.zk, fn, *args, **kwargs)
+
     def create_job(self, job_id: str, doc: Doc) -> None:
         """The job's node, its tasks folder, its entry in its owner's index and in the active jobs:
         one transaction."""
         owner = self._owner_node(str(doc.get("owner")))
-        tx = self.zk.transaction()
-        tx.create(f"{JOBS}/{job_id}", json.dumps(doc).encode())
-        tx.create(f"{JOBS}/{job_id}/tasks", b"")
-        tx.create(f"{owner}/{job_id}", b"")
-        tx.create(f"{ACTIVE}/{job_id}", b"")
-        results = tx.commit()
+        data = json.dumps(doc).encode()
+
+        def commit() -> list[Any]:  # a transaction commits once: a retry builds a new one
+            tx = self.zk.transaction()
+            tx.create(f"{JOBS}/{job_id}", data)
+            tx.create(f"{JOBS}/{job_id}/tasks", b"")
+            tx.create(f"{owner}/{job_id}", b"")
+            tx.create(f"{ACTIVE}/{job_id}", b"")
+            return list(tx.commit())
+        results = self._r(commit)
+        if results and isinstance(results[0], NodeExistsError) and self._holds(f"{JOBS}/{job_id}", data):
+            return  # the first attempt was applied before its connection was lost
         for r in results:
             if isinstance(r, Exception):
                 raise r
 
+    def _holds(self, path: str, data: bytes) -> bool:
+        try:
+            return bool(self._r(self.zk.get, path)[0] == data)
+        except NoNodeError:
+            return False
+
     def _owner_node(self, owner: str) -> str:
         path = f"{OWNERS}/{owner_key(owner)}"
         try:
-            self.zk.create(path, json.dumps({"bytes": 0}).encode())
+            self._r(self.zk.create, path, json.dumps({"bytes": 0}).encode())
         except NodeExistsError:
             pass
         return path
@@ -83,7 +102,7 @@ class JobStore:
     # -- the storage quota ---------------------------------------------------------------------
     def usage(self, owner: str) -> int:
         try:
-            data, _ = self.zk.get(f"{OWNERS}/{owner_key(owner)}")
+            data, _ = self._r(self.zk.get, f"{OWNERS}/{owner_key(owner)}")
         except NoNodeError:
             return 0
         try:
@@ -94,19 +113,23 @@ class JobStore:
     def add_usage(self, owner: str, delta: int) -> int:
         path = self._owner_node(owner)
         while True:
-            data, stat = self.zk.get(path)
+            data, stat = self._r(self.zk.get, path)
             try:
                 used = max(0, int(json.loads(data).get("bytes", 0)) + delta)
             except (ValueError, AttributeError):
                 used = max(0, delta)
             try:
-                self.zk.set(path, json.dumps({"bytes": used}).encode(), version=stat.version)
+                self._r(self.zk.set, path, json.dumps({"bytes": used}).encode(), version=stat.version)
                 return used
             except BadVersionError:
                 continue
 
     # -- listing ----------------------------------------------------------------------------------
     def page(self, owner: str | None, limit: int, cursor: str | None = None) -> tuple[list[Doc], str | None]:
+        result: tuple[list[Doc], str | None] = self._r(self._page, owner, limit, cursor)  # read-only: whole
+        return result
+
+    def _page(self, owner: str | None, limit: int, cursor: str | None) -> tuple[list[Doc], str | None]:
         """Up to `limit` jobs, newest first, older than `cursor` (a job id); the next cursor or None.
         An owner's page reads that owner's index only; owner None (an admin) reads the job names."""
         parent = JOBS if owner is None else f"{OWNERS}/{owner_key(owner)}"
@@ -133,10 +156,10 @@ class JobStore:
         return docs, (docs[-1]["id"] if docs and more else None)
 
     def active(self) -> list[str]:
-        return sorted(self.zk.get_children(ACTIVE))
+        return sorted(self._r(self.zk.get_children, ACTIVE))
 
     def job_names(self) -> list[str]:
-        return sorted(self.zk.get_children(JOBS))
+        return sorted(self._r(self.zk.get_children, JOBS))
 
     def finish(self, job_id: str, **fields: Any) -> Doc:
         """The job's last update (done or failed): its active entry goes (its task attempts stay, a
@@ -151,7 +174,7 @@ class JobStore:
 
     def _delete_quietly(self, path: str) -> None:
         try:
-            self.zk.delete(path)
+            self._r(self.zk.delete, path)
         except NoNodeError:
             pass
 
@@ -161,20 +184,24 @@ class JobStore:
             self._delete_quietly(f"{OWNERS}/{owner_key(owner)}/{job_id}")
         self._delete_quietly(f"{ACTIVE}/{job_id}")
         try:
-            self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
+            self._r(self.zk.delete, f"{JOBS}/{job_id}", recursive=True)
         except NoNodeError:
             pass
 
     def count_nodes(self, path: str = "/histo") -> int:
         """Every znode under `path` (for tests and the bench: the tree stays bounded)."""
+        n: int = self._r(self._count, path)
+        return n
+
+    def _count(self, path: str) -> int:
         stat = self.zk.exists(path)
         if stat is None:
             return 0
-        return 1 + sum(self.count_nodes(f"{path}/{c}".replace("//", "/")) for c in self.zk.get_children(path))
+        return 1 + sum(self._count(f"{path}/{c}".replace("//", "/")) for c in self.zk.get_children(path))
 
     def get_job(self, job_id: str) -> Doc | None:
         try:
-            data, _ = self.zk.get(f"{JOBS}/{job_id}")
+            data, _ = self._r(self.zk.get, f"{JOBS}/{job_id}")
         except NoNodeError:
             return None
         doc: Doc = json.loads(data)
@@ -185,13 +212,13 @@ class JobStore:
         tombstone comes back unchanged, so a job finishing after its deletion stays deleted."""
         path = f"{JOBS}/{job_id}"
         while True:  # compare-and-set on the node version: no lost update
-            data, stat = self.zk.get(path)
+            data, stat = self._r(self.zk.get, path)
             doc: Doc = json.loads(data)
             if is_tombstone(doc):
                 return doc
             doc.update(fields)
             try:
-                self.zk.set(path, json.dumps(doc).encode(), version=stat.version)
+                self._r(self.zk.set, path, json.dumps(doc).encode(), version=stat.version)
                 return doc
             except BadVersionError:
                 continue
@@ -200,20 +227,22 @@ class JobStore:
         path = f"{JOBS}/{job_id}/tasks/{n}"
         data = json.dumps(doc).encode()
         try:
-            self.zk.create(path, data)
+            self._r(self.zk.create, path, data)
         except NodeExistsError:
-            self.zk.set(path, data)
+            self._r(self.zk.set, path, data)
 
     def put_tasks(self, docs: dict[tuple[str, int], Doc], created: set[tuple[str, int]]) -> None:
         """Write many task documents in one transaction (one ZooKeeper write, one fsync)."""
-        tx = self.zk.transaction()
-        for (job_id, n), doc in docs.items():
-            path, data = f"{JOBS}/{job_id}/tasks/{n}", json.dumps(doc).encode()
-            if (job_id, n) in created:
-                tx.set_data(path, data)
-            else:
-                tx.create(path, data)
-        if any(isinstance(r, Exception) for r in tx.commit()):
+        def commit() -> list[Any]:
+            tx = self.zk.transaction()
+            for (job_id, n), doc in docs.items():
+                path, data = f"{JOBS}/{job_id}/tasks/{n}", json.dumps(doc).encode()
+                if (job_id, n) in created:
+                    tx.set_data(path, data)
+                else:
+                    tx.create(path, data)
+            return list(tx.commit())
+        if any(isinstance(r, Exception) for r in self._r(commit)):
             for (job_id, n), doc in docs.items():  # one stale assumption fails the batch: go one by one
                 try:
                     self.put_task(job_id, n, doc)
@@ -223,13 +252,13 @@ class JobStore:
 
     def get_tasks(self, job_id: str) -> dict[int, Doc]:
         out = {}
-        for child in self.zk.get_children(f"{JOBS}/{job_id}/tasks"):
-            data, _ = self.zk.get(f"{JOBS}/{job_id}/tasks/{child}")
+        for child in self._r(self.zk.get_children, f"{JOBS}/{job_id}/tasks"):
+            data, _ = self._r(self.zk.get, f"{JOBS}/{job_id}/tasks/{child}")
             out[int(child)] = json.loads(data)
         return out
 
     def delete_job(self, job_id: str) -> None:
-        self.zk.delete(f"{JOBS}/{job_id}", recursive=True)
+        self._r(self.zk.delete, f"{JOBS}/{job_id}", recursive=True)
 
     def tombstone(self, job_id: str, by: str, reason: str = "deleted") -> tuple[Doc, Doc] | None:
         """Replace the job's document by a small tombstone (id, owner, when, by whom); its task nodes
@@ -239,7 +268,7 @@ class JobStore:
         path = f"{JOBS}/{job_id}"
         while True:  # compare-and-set, like update_job: a concurrent update cannot resurrect the job
             try:
-                data, stat = self.zk.get(path)
+                data, stat = self._r(self.zk.get, path)
             except NoNodeError:
                 return None
             doc = json.loads(data)
@@ -248,7 +277,7 @@ class JobStore:
             stone = {"id": job_id, "owner": doc.get("owner"), "state": DELETED, "created": doc.get("created"),
                      "deleted": time.time(), "deleted_by": by, "reason": reason}
             try:
-                self.zk.set(path, json.dumps(stone).encode(), version=stat.version)
+                self._r(self.zk.set, path, json.dumps(stone).encode(), version=stat.version)
                 break
             except BadVersionError:
                 continue
@@ -263,7 +292,7 @@ class JobStore:
         the parent is not empty yet: try again); once the parent is gone, no task node can appear."""
         for _ in range(attempts):
             try:
-                self.zk.delete(f"{JOBS}/{job_id}/tasks", recursive=True)
+                self._r(self.zk.delete, f"{JOBS}/{job_id}/tasks", recursive=True)
                 return
             except NoNodeError:
                 return
