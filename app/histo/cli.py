@@ -141,8 +141,15 @@ def cmd_zk_prepare(a) -> None:
 
 def cmd_zk_renew(a) -> None:
     from .zk import renew
+    from .zk.config import ZkConfig
     config = Path(a.config)
-    restart = renew.process_restart(config) if a.restart == "process" else renew.systemd_restart()
+    if a.restart == "process":
+        restart = renew.process_restart(config)
+    elif a.restart == "request":
+        flag = a.restart_flag or str(Path(json.loads(config.read_text())["state_dir"]) / "restart-request")
+        restart = renew.requested_restart(Path(flag), ZkConfig.from_json(json.loads(config.read_text())))
+    else:
+        restart = renew.systemd_restart()
     renew.run(config, restart, a.loop)
 
 
@@ -334,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("zk-renew", help="a ZooKeeper host's secret_id, and its certificates by a restart (zk/renew.py)")
     s.add_argument("--config", required=True)
-    s.add_argument("--restart", choices=("systemd", "process"), default="systemd",
-                   help="systemd: the histo-zookeeper unit; process: by pid file (local mode)")
+    s.add_argument("--restart", choices=("systemd", "request", "process"), default="systemd",
+                   help="systemd: restart the histo-zookeeper unit (root); request: as the server's own user, "
+                        "ask the root path unit histo-zookeeper-restart.path by rewriting --restart-flag; "
+                        "process: by pid file (local mode)")
+    s.add_argument("--restart-flag", default=None, metavar="PATH",
+                   help="with --restart request: the file the path unit watches (default: <state_dir>/restart-request)")
     s.add_argument("--loop", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS")
     s.set_defaults(fn=cmd_zk_renew)
 

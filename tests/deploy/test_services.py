@@ -194,6 +194,21 @@ def test_services_run_hardened_as_their_own_users(cluster: DeployedCluster):
             assert props["CapabilityBoundingSet"] == "", (host.name, props)
 
 
+def test_zookeeper_renewer_runs_unprivileged_on_every_server(cluster: DeployedCluster):
+    """Nothing renews a ZooKeeper certificate unless histo-zk-renew runs: on every server, as the
+    server's own user (it reads the host's AppRole, never root), with the root path unit that performs
+    the one restart it may ask for; the request file is writable by that user alone."""
+    for host in cluster.group("zookeeper"):
+        props = dict(line.split("=", 1) for line in host.run(
+            "systemctl show histo-zk-renew -p ActiveState -p User -p NoNewPrivileges -p ProtectSystem"
+        ).stdout.splitlines() if "=" in line)
+        assert props == {"ActiveState": "active", "User": "zookeeper", "NoNewPrivileges": "yes",
+                         "ProtectSystem": "strict"}, (host.name, props)
+        assert host.run("systemctl is-active histo-zookeeper-restart.path").stdout.strip() == "active", host.name
+        denied = host.run("runuser -u nobody -- sh -c 'date > /var/lib/histo-zk/restart-request'", check=False)
+        assert denied.returncode != 0, host.name
+
+
 def test_the_collector_and_the_shippers(cluster: DeployedCluster):
     """Every machine runs rsyslog with the logship configuration and its certificate renewal timer;
     its key and AppRole credentials are root's alone. The collector (secops) listens for RELP on its

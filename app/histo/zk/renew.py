@@ -155,6 +155,29 @@ def systemd_restart(unit: str = "histo-zookeeper") -> Callable[[], None]:
     return restart
 
 
+def requested_restart(flag: Path, zk: ZkConfig, timeout: float = 180.0) -> Callable[[], None]:
+    """On machines: the renewer runs as the server's own user, which may not restart units. It asks by
+    rewriting `flag`; a root path unit (histo-zookeeper-restart.path) restarts the server, whose
+    ExecStartPre issues the new certificates. Done once the server answers `ruok` with a certificate
+    newer than the one it served before (no D-Bus needed); else OSError, which the renewal loop logs
+    before trying again at its next pass."""
+
+    def restart() -> None:
+        before = probe(zk, zk.address, zk.port)
+        tmp = flag.with_name(flag.name + ".tmp")
+        tmp.write_text(f"{time.time():.3f}\n")
+        tmp.replace(flag)  # one event for the path unit, never a half-written file
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = probe(zk, zk.address, zk.port)
+            if now is not None and (before is None or now.not_before > before.not_before):
+                return
+        raise OSError(f"ZooKeeper server {zk.server_id} was not restarted within {timeout:.0f}s of the "
+                      f"request in {flag}")
+    return restart
+
+
 def process_restart(config_path: Path) -> Callable[[], None]:
     """Local mode and the tests: the server process by its pid file (already prepared by the pass)."""
     from ..local.zkserver import ZkServer
