@@ -43,6 +43,26 @@ def _blocks(pem: str) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem.encode())
 
 
+def test_vault_rotates_every_transit_key_by_itself(vault):
+    """Nothing in histo may rotate a transit key, so Vault must: every key (tokens, receipts, the
+    store's wrapping key) carries auto_rotate_period, old versions stay usable (min_decryption_version
+    1), and the spec changes it idempotently; a period under Vault's floor is refused before any call."""
+    bao, _, _ = vault
+    root = bao.root_client()
+    for key in ("histo-tokens", "histo-receipts", "histo-store"):
+        data = root.secrets.transit.read_key(key, mount_point="transit")["data"]
+        assert int(data["auto_rotate_period"]) == 720 * 3600, (key, data["auto_rotate_period"])
+        assert int(data["min_decryption_version"]) == 1, key
+    changed = configure(bao, signing_key_rotation="2h")
+    assert "transit key histo-tokens rotation" in changed["changes"], changed["changes"]
+    assert int(root.secrets.transit.read_key("histo-receipts", mount_point="transit")["data"]["auto_rotate_period"]) == 7200
+    assert configure(bao, signing_key_rotation="2h")["changed"] is False
+    with pytest.raises(SetupError, match="at least 3600"):
+        configure(bao, signing_key_rotation="10m")
+    assert configure(bao)["changes"] == [f"transit key {k} rotation" for k in
+                                         ("histo-tokens", "histo-receipts", "histo-store")], "back to the default"
+
+
 def test_server_lifecycle_files_and_idempotent_setup(vault):
     bao, role_ids, root = vault
     assert set(role_ids) == set(HOSTS)

@@ -75,7 +75,8 @@ def test_provisioner_second_setup_through_any_node_changes_nothing(raft: tuple[C
     topo = json.loads((cluster.root / "topology.json").read_text())
     life = json.loads((cluster.root / "lifetimes.json").read_text())  # the lifetimes local.up applied
     spec = {"trust_domain": TRUST_DOMAIN, "hosts": topo["hosts"], "vault_url": vault.url,
-            **{k: life[k] for k in ("leaf_max_ttl", "token_ttl", "token_max_ttl", "secret_id_ttl", "issuer_max_ttl")},
+            **{k: life[k] for k in ("leaf_max_ttl", "token_ttl", "token_max_ttl", "secret_id_ttl", "issuer_max_ttl",
+                                      "signing_key_rotation")},
             "audit_log": str(cluster.root / "vault" / "audit.log")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     active = vault.active()

@@ -11,6 +11,7 @@ spec (a plain dict, no local assumptions):
   leaf_max_ttl   "24h"       max life of a host certificate
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
+  signing_key_rotation "720h"  Vault's auto_rotate_period of every transit key (0: off; else >= 1h)
   vault_url      optional: the Vault node(s) named in the PKI issuing/CRL URLs, comma-separated for a
                  raft cluster (default: every node the client was given, never just the node that
                  answered: a failover client moves between nodes, and a second apply through another
@@ -37,6 +38,10 @@ from . import people
 from .failover import split_urls
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
+# Vault's own rotation of every transit key (tokens, receipts, the store's wrapping key, checkpoints);
+# 0 turns it off, anything else is at least 1 h (Vault's floor for auto_rotate_period).
+DEFAULT_KEY_ROTATION = "720h"
+MIN_KEY_ROTATION = 3600
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
 # from it (role quorum-<host>, in their own policy), so no master's or worker's certificate joins.
 QUORUM = "pki_zk_quorum"
@@ -112,9 +117,11 @@ def validate_spec(spec: dict) -> None:
         if "public_address" in h and role != "master":
             raise SetupError(f"host {name}: only a master serves the public address")
         seen.add(name)
-    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl"):
+    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl", "signing_key_rotation"):
         if key in spec:
             _seconds(spec[key])
+    if "signing_key_rotation" in spec and 0 < _seconds(spec["signing_key_rotation"]) < MIN_KEY_ROTATION:
+        raise SetupError(f"signing_key_rotation must be 0 (off) or at least {MIN_KEY_ROTATION} s (Vault's floor)")
     if "oidc" in spec:
         try:
             people.validate(spec["oidc"])
@@ -421,9 +428,15 @@ class _Applier:
             self.c.secrets.transit.create_key(key, key_type=key_type, exportable=False,
                                               allow_plaintext_backup=False, mount_point=TRANSIT)
             self.note(f"transit key {key}" if key != TOKEN_KEY else "transit key")
-            return
+            have = {"type": key_type, "auto_rotate_period": 0}
         if have.get("type") != key_type:
             raise SetupError(f"transit key {key} is {have.get('type')}, expected {key_type}")
+        # Vault itself rotates the key (a new version signs or wraps; the old versions still verify and
+        # unwrap, as min_decryption_version stays 1): no histo process holds the rotate capability.
+        period = _seconds(str(self.spec.get("signing_key_rotation", DEFAULT_KEY_ROTATION)))
+        if int(have.get("auto_rotate_period") or 0) != period:
+            self.c.write(f"{TRANSIT}/keys/{key}/config", auto_rotate_period=f"{period}s")
+            self.note(f"transit key {key} rotation")
 
     # -- policies and AppRoles ---------------------------------------------------------------------------
     def policy(self, name: str, rules: str) -> None:
