@@ -57,6 +57,26 @@ def cmd_vault_setup(a) -> None:
     print(json.dumps(out, sort_keys=True))
 
 
+def cmd_pki(a) -> None:
+    """Rotate the PKI intermediate live, or prune retired ones whose certificates have all expired."""
+    from hvac.exceptions import Forbidden
+
+    from .durations import parse_duration
+    from .vault import pki
+    client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
+    try:
+        if a.action == "rotate":
+            out: object = pki.rotate(client, ttl=a.ttl)
+        else:
+            out = {"pruned": pki.prune(client, int(parse_duration(a.longest_leaf)))}
+    except Forbidden:
+        raise SystemExit("histo: Vault refused the PKI change: it needs a root token (docs/SECURITY.md: "
+                         "regenerate one with vault-generate-root, retire it after)") from None
+    except (pki.PkiError, ValueError) as exc:
+        raise SystemExit(f"histo: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
+
+
 def cmd_vault_retire_root(a) -> None:
     from .vault.secretzero import retire_root
     out = retire_root(_vault_client(a.vault_url, a.vault_ca, None), Path(a.init_file), Path(a.provisioner_file),
@@ -371,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True)
     vault_args(s)
     s.set_defaults(fn=cmd_vault_setup)
+
+    s = sub.add_parser("pki", help="rotate: a new PKI intermediate issues from now on, the old one is retired "
+                                   "(still trusted, still revoking) until its last certificate expires; prune: "
+                                   "delete retired intermediates older than the longest leaf life")
+    s.add_argument("action", choices=("rotate", "prune"))
+    s.add_argument("--ttl", default="43800h", help="rotate: the new intermediate's life (default 43800h)")
+    s.add_argument("--longest-leaf", default="24h", help="prune: the PKI roles' max_ttl (default 24h)")
+    vault_args(s, token_help="a root token (vault-generate-root): the provisioner token may not change the PKI")
+    s.set_defaults(fn=cmd_pki)
 
     s = sub.add_parser("vault-retire-root", help="once setup is done: make the provisioner token, revoke the "
                                                   "root token, keep only the unseal keys in the init file")

@@ -55,7 +55,8 @@ def test_vault_rotates_every_transit_key_by_itself(vault):
         assert int(data["min_decryption_version"]) == 1, key
     changed = configure(bao, signing_key_rotation="2h")
     assert "transit key histo-tokens rotation" in changed["changes"], changed["changes"]
-    assert int(root.secrets.transit.read_key("histo-receipts", mount_point="transit")["data"]["auto_rotate_period"]) == 7200
+    receipts = root.secrets.transit.read_key("histo-receipts", mount_point="transit")["data"]
+    assert int(receipts["auto_rotate_period"]) == 7200
     assert configure(bao, signing_key_rotation="2h")["changed"] is False
     with pytest.raises(SetupError, match="at least 3600"):
         configure(bao, signing_key_rotation="10m")

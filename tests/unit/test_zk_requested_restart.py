@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import time
+
 import pytest
 
 from histo.zk import renew
@@ -14,11 +16,12 @@ def _zk(tmp_path: Path) -> ZkConfig:
     return ZkConfig(tmp_path / "zk", "127.0.0.1", 2281, server_id=1)
 
 
-def test_request_rewrites_the_flag_and_waits_for_a_newer_certificate(tmp_path, monkeypatch):
+def test_request_rewrites_the_flag_and_waits_for_a_newer_certificate(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     old, new = renew.Window(100.0, 200.0), renew.Window(150.0, 250.0)
     answers = iter([old, None, old, new])  # before; restarting; still the old one; the new one
     monkeypatch.setattr(renew, "probe", lambda zk, a, p: next(answers))
-    monkeypatch.setattr(renew.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     flag = tmp_path / "restart-request"
     renew.requested_restart(flag, _zk(tmp_path), timeout=60)()
     assert flag.read_text().strip()  # one complete write (a rename), never a half-written file
@@ -27,11 +30,12 @@ def test_request_rewrites_the_flag_and_waits_for_a_newer_certificate(tmp_path, m
         next(answers)  # every answer was asked for: it did not return before the new certificate
 
 
-def test_no_restart_within_the_timeout_is_an_error_the_loop_logs(tmp_path, monkeypatch):
+def test_no_restart_within_the_timeout_is_an_error_the_loop_logs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     same = renew.Window(100.0, 200.0)
     monkeypatch.setattr(renew, "probe", lambda zk, a, p: same)
     clock = iter(float(t) for t in range(0, 1000, 5))
-    monkeypatch.setattr(renew.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(renew.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     with pytest.raises(OSError, match="not restarted within 20s"):
         renew.requested_restart(tmp_path / "flag", _zk(tmp_path), timeout=20)()

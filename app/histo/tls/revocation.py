@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger("histo.revocation")
@@ -29,6 +30,14 @@ POLL_SECONDS = 2.0
 @runtime_checkable
 class CrlSource(Protocol):
     def crl_der(self) -> bytes: ...
+
+
+def _every_crl(source: CrlSource) -> list[tuple[bytes, str | None]]:
+    """(CRL, its issuer's certificate or None): every intermediate's when the source knows them."""
+    many = getattr(source, "crl_bundles", None)
+    if callable(many):
+        return [(der, pem) for der, pem in many()]
+    return [(source.crl_der(), None)]
 
 
 class _Closable(Protocol):
@@ -55,14 +64,35 @@ def _issuers(ca_path: Path) -> list[x509.Certificate]:
         return []
 
 
-def parse_crl(der: bytes, ca_path: Path | None = None) -> set[int]:
-    """The serials a CRL lists; with `ca_path`, only if one of its certificates signed the CRL."""
+def parse_crl(der: bytes, ca_path: Path | None = None, issuer_pem: str | None = None) -> set[int]:
+    """The serials a CRL lists; with `ca_path`, only if one of its certificates signed the CRL, or
+    `issuer_pem` did and one of them (a root) signed that issuer (an intermediate newer than the bundle)."""
     crl = x509.load_der_x509_crl(der) if not der.lstrip().startswith(b"-----") else x509.load_pem_x509_crl(der)
     if ca_path is not None:
-        signers = [c for c in _issuers(ca_path) if c.subject == crl.issuer]
+        trusted = _issuers(ca_path)
+        signers = [c for c in trusted if c.subject == crl.issuer]
+        if issuer_pem:
+            signers += [c for c in _vouched(issuer_pem, trusted) if c.subject == crl.issuer]
         if not any(_signed_by(crl, c) for c in signers):
             raise ValueError("CRL not signed by a CA we trust")
     return {r.serial_number for r in crl}
+
+
+def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate]:
+    """`pem` if a self-signed certificate of `trusted` (a root) signed it directly, else nothing."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return []
+    for root in trusted:
+        if root.subject != root.issuer or root.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return [cert]
+    return []
 
 
 def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -135,8 +165,11 @@ class RevocationList:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                der = await loop.run_in_executor(None, source.crl_der)
-                self.update(parse_crl(der, ca_path))
+                crls = await loop.run_in_executor(None, _every_crl, source)
+                serials: set[int] = set()
+                for der, issuer in crls:  # every intermediate's (a retired one's too): each must verify
+                    serials |= parse_crl(der, ca_path, issuer)
+                self.update(serials)
             except Exception as exc:  # Vault down: the last list stays in force
                 self.last_error = f"CRL refresh failed: {exc}"
                 log.debug("CRL refresh failed: %s", exc)

@@ -93,6 +93,7 @@ class ServiceVault:
         self.lock = self._lock  # shared with vault/secretid.py: one Vault conversation at a time
         self._token_expires = 0.0
         self._login_ttl = 0  # the token's full life at login: renewal thresholds are fractions of it
+        self._issuer_pems: dict[str, str] = {}  # PKI issuer id -> its certificate, which never changes
 
     def _new_client(self, token: str | None = None) -> hvac.Client:
         session = requests.Session()
@@ -220,17 +221,37 @@ class ServiceVault:
                           not_after=cert.not_valid_after_utc, serial=data["serial_number"])
 
     def crl_der(self) -> bytes:
-        """The intermediate's CRL (public, DER): what every peer follows to refuse revoked serials."""
-        resp = self._call(self.client.adapter.get, "/v1/pki_int/crl")  # a 5xx node: the next one
+        """The default intermediate's CRL (public, DER)."""
+        return self._crl("/v1/pki_int/crl")
+
+    def crl_bundles(self) -> list[tuple[bytes, str]]:
+        """Every intermediate's CRL (public, DER) with that intermediate's certificate (PEM): what every
+        peer follows to refuse revoked serials. After an intermediate rotation (vault/pki.py) the
+        retired one still signs the revocations of what it issued until they expire, and a peer whose
+        CA bundle predates the new one still checks its CRL (the certificate against the root)."""
+        from .pki import issuer_pem, issuers
+        signing = [i for i, info in self._call(issuers, self.client).items() if info.get("key_id")]  # not the root
+        for i in signing:
+            if i not in self._issuer_pems:
+                self._issuer_pems[i] = self._call(issuer_pem, self.client, i)
+        return [(self._crl(f"/v1/pki_int/issuer/{i}/crl/der"), self._issuer_pems[i]) for i in sorted(signing)]
+
+    def _crl(self, path: str) -> bytes:
+        resp = self._call(self.client.adapter.get, path)  # a 5xx node: the next one
         if not isinstance(resp, requests.Response) or resp.status_code != 200:
             raise VaultUnavailable(f"CRL fetch answered {getattr(resp, 'status_code', 'JSON')}")
         return resp.content
 
     def ca_chain_pem(self) -> str:
-        """Root first, then the intermediate: everything a peer needs to verify our certificates."""
+        """The root first, then every intermediate (the current one, then any retired one still in its
+        overlap): everything a peer needs to verify any live certificate and any CRL."""
+        from .pki import intermediates_pem
         root = self._call(self.client.read, "pki/cert/ca")["data"]["certificate"].strip()
         chain = self._call(self.client.read, "pki_int/cert/ca_chain")["data"]["certificate"]
         blocks = [root] + [b for b in _pem_blocks(chain) if b.strip() != root]
+        for pem in self._call(intermediates_pem, self.client):
+            if all(pem.strip() != b.strip() for b in blocks):
+                blocks.append(pem.strip())
         return "\n".join(blocks) + "\n"
 
     def _kv(self, path: str) -> dict:

@@ -295,9 +295,13 @@ class _Applier:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
         have = _data(self.c.read(f"{INT}/config/issuers")).get("default") or ""
         issuers = _data(self.c.list(f"{INT}/issuers")).get("key_info") or {}
-        with_key = [iid for iid, info in issuers.items() if info.get("key_id")]
+        # after a rotation (vault/pki.py) the retired intermediates keep their key (they sign CRLs)
+        with_key = [iid for iid, info in issuers.items() if info.get("key_id")
+                    and not str(info.get("issuer_name") or "").startswith("retired-")]
+        if have in with_key:
+            return
         if len(with_key) != 1:
-            raise SetupError(f"{INT} has {len(with_key)} issuers with a key; expected exactly one")
+            raise SetupError(f"{INT} has {len(with_key)} current issuers with a key; expected exactly one")
         if have != with_key[0]:
             self.c.write_data(f"{INT}/config/issuers", data={"default": with_key[0]})
             self.note(f"{INT} default issuer")
