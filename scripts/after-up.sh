@@ -5,7 +5,8 @@
 #      cluster key, the inventory plain `ansible-playbook site.yml` uses (ansible.cfg);
 #   2. Vault unsealed with the unseal keys if it came back sealed (a halted or rebooted vault1);
 #   3. ready means ready: every master counts every member as live (scripts/ready.sh);
-#   4. the operator's env file (0600): URL, CA and short-lived tokens (`histo env write`).
+#   4. the operator's env file (0600): URL, CA and short-lived tokens (`histo env write`);
+#   5. its renewal: `histo env refresh --start` (envrefresh.py), a background process on the controller.
 # HISTO_SSH_ENDPOINTS: {"host": {"ansible_host": ..., "ansible_port": ...}} from Vagrant's ssh_info.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,8 @@ env_file="$STATE/env"
 .venv/bin/histo env write --out "$env_file" "${urls[@]}" --ca "$PWD/$STATE/ca.pem" \
   --public-url "$public" --set "HISTO_PROFILE=$HISTO_PROFILE" --ttl "${HISTO_TOKEN_TTL:-1h}" \
   --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" --token-file "$STATE/issuer-token" >/dev/null
+# 5. those tokens and the issuer token renewed at 2/3 of their life, in the background (make down stops it)
+.venv/bin/histo env refresh --start "$STATE" --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" >/dev/null
 cat <<MSG
 up: the cluster is at $public   (env: $env_file)
   set -a; . $env_file; set +a

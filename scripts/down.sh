@@ -16,7 +16,9 @@ if [ "${1:-}" != --cleanup-only ] && command -v vagrant >/dev/null 2>&1 && [ -d 
 fi
 as_root bash vagrant/network.sh down
 state=.histo/vagrant
-rm -rf "$state/vault-init.json" "$state/vault-seal.key" "$state/root-token" "$state/provisioner-token" "$state/root-accessors" \
+# the controller's token refresher (scripts/after-up.sh): nothing of the cluster keeps running
+if [ -x .venv/bin/histo ] && [ -d "$state/env-refresh" ]; then .venv/bin/histo env refresh --stop "$state" >/dev/null || true; fi
+rm -rf "$state/env-refresh" "$state/vault-init.json" "$state/vault-seal.key" "$state/root-token" "$state/provisioner-token" "$state/root-accessors" \
        "$state/issuer-token" "$state/env" "$state/ca.pem" \
        "$state/vault-spec.json" "$state/vault-tls" "$state/provision" \
        "$state/ssh" "$state/inventory"

@@ -194,6 +194,25 @@ def cmd_env_write(a) -> None:
               parse_duration(a.ttl), extra, a.public_url)
     print(json.dumps({"env": a.out}))
 
+def cmd_env_refresh(a) -> None:
+    from . import envrefresh
+    if a.stop:
+        print(json.dumps({"stopped": envrefresh.stop(Path(a.stop))}))
+        return
+    if a.start:
+        if not (a.vault_url and a.vault_ca):
+            raise SystemExit("histo: env refresh --start needs --vault-url and --vault-ca")
+        print(json.dumps({"started": envrefresh.start(Path(a.start), a.vault_url, a.vault_ca, a.loop or 30.0)}))
+        return
+    if not a.config:
+        raise SystemExit("histo: env refresh: give --config, --start STATE or --stop STATE")
+    try:
+        out = envrefresh.run(Path(a.config), a.loop)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise SystemExit(f"histo: env refresh: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
+
+
 def _read_file(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -470,6 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ttl", default="1h")
     vault_args(s)
     s.set_defaults(fn=cmd_env_write)
+    s = envp.add_parser("refresh", help="renew the env file's tokens and the issuer token at 2/3 of their life "
+                                        "(envrefresh.py); --loop keeps doing it")
+    s.add_argument("--config", required=False, help="JSON: env, issuer_token_file, provisioner_token_file, "
+                                                    "vault_url, vault_ca")
+    s.add_argument("--loop", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS")
+    s.add_argument("--start", metavar="STATE", help="instead: start the refresher of a state folder "
+                                                    "(.histo/vagrant) in the background, once")
+    s.add_argument("--stop", metavar="STATE", help="instead: stop the refresher of a state folder")
+    s.add_argument("--vault-url", help="with --start: every Vault node, comma-separated")
+    s.add_argument("--vault-ca", help="with --start: the CA of Vault's listener")
+    s.set_defaults(fn=cmd_env_refresh)
 
     rec = sub.add_parser("receipt", help="check a job receipt offline").add_subparsers(dest="rcmd", required=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import hvac
 
-from .. import TRUST_DOMAIN, envfile
+from .. import TRUST_DOMAIN, envfile, envrefresh
 from ..lifetimes import Lifetimes, profile, seconds
 from ..files import private_dir, write_private
 from ..readiness import wait_ready
@@ -184,6 +184,8 @@ def write_env(root: Path, prov, urls: list[str], life: Lifetimes | None = None,
     signer.token = issuer
     tokens = envfile.write_env(root / "env", urls, root / "ca.pem", signer, seconds(life.api_token_ttl),
                                public_url=public_url)
+    # the tokens above and the issuer token renewed at 2/3 of their life; `down` stops it (its --config)
+    envrefresh.start(root, prov.url, str(prov.session.verify))
     return {"HISTO_URL": public_url or urls[0], "HISTO_URLS": ",".join(urls), "HISTO_CA": str(root / "ca.pem"),
             **{f"HISTO_TOKEN_{role.upper()}": tok for role, tok in tokens.items()}}
 

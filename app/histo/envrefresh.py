@@ -1,0 +1,194 @@
+"""The operator's credentials on the controller, kept alive without a human (`histo env refresh`).
+
+Three credentials there have a lifetime: the API tokens in the env file (1 h), the issuer token that
+signs them (72 h, not renewable by design: a token role with a fixed life) and the provisioner token
+(periodic, 768 h). One pass of `Refresher.once` renews what is at 2/3 of its life:
+
+- the provisioner token renews itself (renew-self resets its period);
+- the issuer token is replaced through its token role with the provisioner token (the new one is
+  written 0600 before the old one is revoked, so a reader never meets a missing file);
+- the env file's tokens are all issued again, with the life they had, and the file is replaced
+  atomically (0600), every other line kept.
+
+Vault away: the pass fails with one logged line and the next pass tries again; the margin is the last
+third of each life (20 min of the env file's hour). In a loop (`--loop S`) nothing is fatal."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+
+from .edge.tokens import issue_token
+from .envfile import ACCOUNTS
+from .files import write_private
+
+log = logging.getLogger("histo.envrefresh")
+FRACTION = 2 / 3
+PREFIX = "HISTO_TOKEN_"
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """The claims of one of our own tokens, unverified (we only read its times to plan a renewal)."""
+    try:
+        part = token.split(".")[1]
+        doc = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def read_env(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def env_due(env: dict[str, str], now: float, fraction: float = FRACTION) -> bool:
+    """Any token of the file at `fraction` of its life, or one that cannot be read."""
+    for key, token in env.items():
+        if key.startswith(PREFIX):
+            c = _claims(token)
+            iat, exp = c.get("iat"), c.get("exp")
+            if not isinstance(iat, (int, float)) or not isinstance(exp, (int, float)) or exp <= iat:
+                return True
+            if now >= iat + fraction * (exp - iat):
+                return True
+    return False
+
+
+def token_ttl(env: dict[str, str], default: int = 3600) -> int:
+    lives = [int(c["exp"] - c["iat"]) for k, v in env.items() if k.startswith(PREFIX)
+             and isinstance((c := _claims(v)).get("exp"), (int, float)) and isinstance(c.get("iat"), (int, float))]
+    return max(lives) if lives else default
+
+
+@dataclass
+class Refresher:
+    env_path: Path
+    issuer_file: Path
+    vault_url: str
+    vault_ca: str
+    provisioner_file: Path | None = None
+    fraction: float = FRACTION
+
+    def _client(self, token: str) -> hvac.Client:
+        from .vault.failover import failover_client
+        return failover_client(self.vault_url, verify=self.vault_ca, token=token, timeout=10)
+
+    def _remaining(self, client: hvac.Client) -> tuple[int, int] | None:
+        """(ttl left, creation ttl) of the client's token, None when it is no longer valid."""
+        from hvac.exceptions import Forbidden, InvalidRequest
+        try:
+            data = client.auth.token.lookup_self()["data"]
+        except (Forbidden, InvalidRequest):
+            return None
+        return int(data.get("ttl") or 0), int(data.get("creation_ttl") or 0)
+
+    def provisioner(self) -> hvac.Client | None:
+        if self.provisioner_file is None or not self.provisioner_file.exists():
+            return None
+        prov = self._client(self.provisioner_file.read_text().strip())
+        left = self._remaining(prov)
+        if left is None:
+            log.warning("the provisioner token is no longer valid: `make provision` with a root token makes a new one")
+            return None
+        ttl, life = left
+        if life and ttl <= (1 - self.fraction) * life:
+            prov.auth.token.renew_self()
+        return prov
+
+    def issuer(self, prov: hvac.Client | None, now: float) -> tuple[hvac.Client, bool]:
+        from .vault.secretzero import operator_token
+        from .vault.setup import ISSUER_TOKEN_ROLE
+        old = self.issuer_file.read_text().strip()
+        signer = self._client(old)
+        left = self._remaining(signer)
+        if left is not None and (not left[1] or left[0] > (1 - self.fraction) * left[1]):
+            return signer, False
+        if prov is None:
+            if left is None:
+                raise RuntimeError(f"the issuer token in {self.issuer_file} is no longer valid and no provisioner "
+                                   "token is at hand to replace it")
+            return signer, False  # still valid: the env file can be refreshed meanwhile
+        life = left[1] if left else 72 * 3600
+        new = operator_token(prov, ISSUER_TOKEN_ROLE, f"{life}s", "histo-issuer")
+        write_private(self.issuer_file, new + "\n")
+        if left is not None:
+            try:
+                signer.auth.token.revoke_self()
+            except Exception:  # noqa: BLE001 - the old one expires by itself anyway
+                log.info("the previous issuer token could not be revoked now; it expires by itself")
+        log.info("issuer token replaced (it was at 2/3 of its life)")
+        return self._client(new), True
+
+    def env(self, signer: hvac.Client, now: float) -> bool:
+        env = read_env(self.env_path)
+        if not env_due(env, now, self.fraction):
+            return False
+        ttl = token_ttl(env)
+        for role, subject in ACCOUNTS.items():
+            env[f"{PREFIX}{role.upper()}"] = issue_token(signer, role=role, subject=subject, ttl_seconds=ttl)
+        write_private(self.env_path, "".join(f"{k}={v}\n" for k, v in env.items()))
+        log.info("env file tokens issued again (%d s each)", ttl)
+        return True
+
+    def once(self, now: float | None = None) -> dict[str, bool]:
+        now = time.time() if now is None else now
+        prov = self.provisioner()
+        signer, issuer_renewed = self.issuer(prov, now)
+        return {"issuer_renewed": issuer_renewed, "env_renewed": self.env(signer, now)}
+
+    @classmethod
+    def from_config(cls, path: Path) -> Refresher:
+        cfg = json.loads(Path(path).read_text())
+        prov = cfg.get("provisioner_token_file")
+        return cls(Path(cfg["env"]), Path(cfg["issuer_token_file"]), str(cfg["vault_url"]), str(cfg["vault_ca"]),
+                   Path(prov) if prov else None)
+
+
+def start(state: Path, vault_url: str, vault_ca: str, interval: float = 10.0) -> bool:
+    """The refresher of a state folder (`.histo/local`, `.histo/vagrant`) as a background process, its
+    config, pid and log in `<state>/env-refresh` (0700); started once (True when it started now)."""
+    import sys
+
+    from . import procs
+    from .files import private_dir
+    state = state.resolve()
+    sdir = private_dir(state / "env-refresh")
+    config = sdir / "config.json"
+    write_private(config, json.dumps({"env": str(state / "env"), "issuer_token_file": str(state / "issuer-token"),
+                                      "provisioner_token_file": str(state / "provisioner-token"),
+                                      "vault_url": vault_url, "vault_ca": str(Path(vault_ca).resolve())},
+                                     indent=1) + "\n")
+    if procs.alive(sdir / "pid", f"--config {config}"):
+        return False
+    procs.spawn([sys.executable, "-m", "histo.cli", "env", "refresh", "--config", str(config),
+                 "--loop", f"{interval:g}"], sdir / "service.log", sdir / "pid")
+    return True
+
+
+def stop(state: Path) -> bool:
+    from . import procs
+    sdir = state.resolve() / "env-refresh"
+    return procs.stop(sdir / "pid", f"--config {sdir / 'config.json'}")
+
+
+def run(config: Path, interval: float | None) -> dict[str, bool] | None:
+    r = Refresher.from_config(config)
+    if interval is None:
+        return r.once()
+    while True:
+        try:
+            r.once()
+        except Exception as exc:  # noqa: BLE001 - Vault away, a file being replaced: try again next pass
+            log.warning("env refresh pass failed (retrying in %.0fs): %s", interval, type(exc).__name__)
+        time.sleep(interval)
