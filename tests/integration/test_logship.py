@@ -92,19 +92,25 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     port = free_port(SECOPS["address"])
     record = root / "secops.log"
     common = {"logship_port": port, "logship_queue_max_disk": "64m"}
+    inventory = root / "inventory.json"  # what the role writes on the collector (attribution)
+    inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"vault": 8200, "internal": 8443}}))
     collector = Rsyslogd(root / "collector", "collector.conf.j2", **common,
                          **_certs(bao, role_ids, SECOPS, root / "c"), logship_address=SECOPS["address"],
                          logship_histo_bin=str(Path(sys.executable).with_name("histo")),
                          logship_record_path=str(record), logship_collector_host="secops1",
                          logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
-                         logship_confirm_timeout_ms=10000, logship_files=[],
+                         logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
+                         __logship_all_files=[],
                          logship_permitted_shippers=[f"{h['name']}.histo.internal" for h in HOSTS
                                                      if h["role"] != "secops"])
     source = root / "auth.log"
     source.write_text("")
+    audit = root / "audit.log"  # a Vault node's audit file (errors_only: the refusals, not the traffic)
+    audit.write_text("")
     shipper = Rsyslogd(root / "shipper", "shipper.conf.j2", **common, **_certs(bao, role_ids, WORKER, root / "w"),
                        logship_collector_address=SECOPS["address"], logship_collector_name="secops1.histo.internal",
-                       logship_files=[{"path": str(source), "tag": "sshd"}])
+                       __logship_all_files=[{"path": str(source), "tag": "sshd"},
+                                            {"path": str(audit), "tag": "vault-audit", "errors_only": True}])
     try:
         collector.start()
         shipper.start()
@@ -131,6 +137,26 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         assert {f"probe{i}" for i in range(5)} <= {str(e["event"]).split("Invalid user ")[-1].split(" ")[0]
                                                     for e in got}, got
         assert walk(record.read_text().splitlines(), {})[1] is None  # one unbroken chain across restarts
+
+        # Vault's audit file: a request, a granted response and a denied one; only the denial leaves the
+        # machine, and the collector names the host it came from (the inventory, by its AppRole)
+        before = len(_entries(record))
+        denied = {"type": "response", "error": "1 error occurred:\n\t* permission denied\n\n",
+                  "auth": {"metadata": {"role_name": "histo-worker1"}},
+                  "request": {"path": "secret/data/histo/zk/super", "operation": "read",
+                              "remote_address": WORKER["address"]}}
+        with audit.open("a") as f:  # compact JSON, one entry a line, as Vault writes it
+            for entry in ({"type": "request", "request": {"path": "pki_int/crl"}},
+                          {"type": "response", "request": {"path": "pki_int/crl"}, "response": {}}, denied):
+                f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        got = _wait_for(record, before + 1)
+        time.sleep(2)  # nothing else follows: the request and the granted response stayed on the machine
+        vault_events = [e["event"] for e in _entries(record)[before:]
+                        if isinstance(e["event"], dict) and "secops" in e["event"]]
+        assert len(_entries(record)) == before + 1 and len(vault_events) == 1, got[before:]
+        found = vault_events[0]["secops"]
+        assert (found["layer"], found["host"], found["path"]) == ("vault", "worker1", "secret/data/histo/zk/super")
+        assert found["spiffe"] == "spiffe://histo.internal/worker/worker1"
         collector.stop()
 
         # an impostor collector: a genuine histo certificate, but worker2's name — the shipper sends nothing
@@ -142,7 +168,8 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
                             **_certs(bao, role_ids, WORKER2, root / "i"), logship_address=SECOPS["address"],
                             logship_histo_bin=str(sink), logship_record_path=str(impostor_record),
                             logship_collector_host="x", logship_vault_url="x", logship_vault_ca="x",
-                            logship_confirm_timeout_ms=10000, logship_files=[],
+                            logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
+                            __logship_all_files=[],
                             logship_permitted_shippers=["worker1.histo.internal"])
         impostor.start()
         with source.open("a") as f:
