@@ -1,5 +1,6 @@
 """`make soak`: the local cluster with compressed lifetimes (lifetimes.py) under continuous load,
-through kill -9 of each kind of service, a ZooKeeper restart and Vault stopped for a minute. It
+through one live PKI intermediate rotation, kill -9 of each kind of service, a ZooKeeper restart and
+Vault stopped for a minute. It
 reports jobs run and failed, how many times each credential renewed (counted in Vault's own audit
 log: what Vault actually issued), and job latency (upload to done) near a renewal against steady
 state. Its own cluster on 127.0.31.x and state in .histo/soak; nothing here is asserted (the
@@ -102,8 +103,8 @@ def soak(minutes: float, root: Path) -> dict[str, Any]:
     start = time.time()
     end = start + minutes * 60
     load.start()
-    plan = [(0.15, "kill -9 worker1"), (0.30, "kill -9 master2"), (0.45, "restart zookeeper"),
-            (0.60, "stop vault 60s"), (0.80, "kill -9 master1")]
+    plan = [(0.10, "rotate the PKI intermediate"), (0.15, "kill -9 worker1"), (0.30, "kill -9 master2"),
+            (0.45, "restart zookeeper"), (0.60, "stop vault 60s"), (0.80, "kill -9 master1")]
     refreshed = time.time()
     for frac, what in plan + [(1.0, "end")]:
         while time.time() < start + frac * (end - start):
@@ -127,6 +128,11 @@ def soak(minutes: float, root: Path) -> dict[str, Any]:
                 os.kill(pid, signal.SIGKILL)
             time.sleep(2)
             cl.restart(name)
+        elif what == "rotate the PKI intermediate":
+            # one live rotation per run: every later renewal comes from the new one (vault/pki.py)
+            from histo.vault import pki
+            out = pki.rotate(_root(root))
+            print(f"soak: new intermediate {out['new']}, retired {out['retired']}", flush=True)
         elif what == "restart zookeeper":
             zk = ZkServer.from_json(json.loads((root / "zk-renew" / "config.json").read_text()))
             zk.stop()

@@ -28,14 +28,15 @@ print("# (management network) of the running machines and the cluster key; group
 print(json.dumps(doc, indent=1))
 PY
 mv "$inv/ssh.yml.tmp" "$inv/ssh.yml"
-read -r master vault public <<< "$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
+read -r master vault public vaults <<< "$("$DEPLOY_VENV/bin/python" - "$HISTO_PROFILE" <<'PY'
 import sys, yaml
 inv = yaml.safe_load(open(f"inventory/{sys.argv[1]}/hosts.yml"))
 groups, port = inv["all"]["children"], inv["all"]["vars"]["histo_ports"]["vault"]
 masters = [f"https://{v['histo_address']}" for v in groups["masters"]["hosts"].values()]
 floating = inv["all"]["vars"].get("histo_public_address")
-print(",".join(masters), next(f"https://{v['histo_address']}:{port}" for v in groups["vault"]["hosts"].values()),
-      f"https://{floating}" if floating and len(masters) > 1 else masters[0])
+nodes = [f"https://{v['histo_address']}:{port}" for v in groups["vault"]["hosts"].values()]
+print(",".join(masters), nodes[0], f"https://{floating}" if floating and len(masters) > 1 else masters[0],
+      ",".join(nodes))
 PY
 )"
 if [ -f "$STATE/vault-init.json" ]; then
@@ -51,7 +52,7 @@ env_file="$STATE/env"
   --public-url "$public" --set "HISTO_PROFILE=$HISTO_PROFILE" --ttl "${HISTO_TOKEN_TTL:-1h}" \
   --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" --token-file "$STATE/issuer-token" >/dev/null
 # 5. those tokens and the issuer token renewed at 2/3 of their life, in the background (make down stops it)
-.venv/bin/histo env refresh --start "$STATE" --vault-url "$vault" --vault-ca "$STATE/vault-tls/ca.pem" >/dev/null
+.venv/bin/histo env refresh --start "$STATE" --vault-url "$vaults" --vault-ca "$STATE/vault-tls/ca.pem" >/dev/null
 cat <<MSG
 up: the cluster is at $public   (env: $env_file)
   set -a; . $env_file; set +a

@@ -68,7 +68,7 @@ def cmd_pki(a) -> None:
         if a.action == "rotate":
             out: object = pki.rotate(client, ttl=a.ttl)
         else:
-            out = {"pruned": pki.prune(client, int(parse_duration(a.longest_leaf)))}
+            out = {"pruned": pki.prune(client, int(parse_duration(a.at_least)))}
     except Forbidden:
         raise SystemExit("histo: Vault refused the PKI change: it needs a root token (docs/SECURITY.md: "
                          "regenerate one with vault-generate-root, retire it after)") from None
@@ -276,7 +276,7 @@ def cmd_audit_collect(a) -> None:
     try:
         collector = Collector(Path(a.log), VaultCheckpointSigner(client, a.host, spiffe_id("secops", a.host)),
                               VaultKvAnchor(client, a.host), a.interval, upkeep=vault.renew_if_needed,
-                              inventory=_inventory(a.inventory) if a.inventory else None)
+                              inventory=_inventory(a.inventory) if a.inventory else None, self_host=a.host)
     except ValueError as exc:  # the existing log's chain does not hold: never extend it
         raise SystemExit(f"histo: audit: refusing to extend {exc}") from None
     with (open(a.input, encoding="utf-8", errors="replace") if a.input else sys.stdin) as source:
@@ -413,10 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pki", help="rotate: a new PKI intermediate issues from now on, the old one is retired "
                                    "(still trusted, still revoking) until its last certificate expires; prune: "
-                                   "delete retired intermediates older than the longest leaf life")
+                                   "delete retired intermediates once every certificate they issued has expired")
     s.add_argument("action", choices=("rotate", "prune"))
     s.add_argument("--ttl", default="43800h", help="rotate: the new intermediate's life (default 43800h)")
-    s.add_argument("--longest-leaf", default="24h", help="prune: the PKI roles' max_ttl (default 24h)")
+    s.add_argument("--at-least", default="0s", help="prune: wait at least this long after a retirement (the PKI "
+                                                    "roles' longest max_ttl, read from Vault, is always waited)")
     vault_args(s, token_help="a root token (vault-generate-root): the provisioner token may not change the PKI")
     s.set_defaults(fn=cmd_pki)
 

@@ -31,6 +31,7 @@ from .files import write_private
 log = logging.getLogger("histo.envrefresh")
 FRACTION = 2 / 3
 PREFIX = "HISTO_TOKEN_"
+DIRNAME = "env-refresh"  # <state>/env-refresh: the background refresher's config, pid and log
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def start(state: Path, vault_url: str, vault_ca: str, interval: float = 10.0) ->
     from . import procs
     from .files import private_dir
     state = state.resolve()
-    sdir = private_dir(state / "env-refresh")
+    sdir = private_dir(state / DIRNAME)
     config = sdir / "config.json"
     write_private(config, json.dumps({"env": str(state / "env"), "issuer_token_file": str(state / "issuer-token"),
                                       "provisioner_token_file": str(state / "provisioner-token"),
@@ -178,7 +179,7 @@ def start(state: Path, vault_url: str, vault_ca: str, interval: float = 10.0) ->
 
 def stop(state: Path) -> bool:
     from . import procs
-    sdir = state.resolve() / "env-refresh"
+    sdir = state.resolve() / DIRNAME
     return procs.stop(sdir / "pid", f"--config {sdir / 'config.json'}")
 
 
@@ -190,5 +191,7 @@ def run(config: Path, interval: float | None) -> dict[str, bool] | None:
         try:
             r.once()
         except Exception as exc:  # noqa: BLE001 - Vault away, a file being replaced: try again next pass
-            log.warning("env refresh pass failed (retrying in %.0fs): %s", interval, type(exc).__name__)
+            # the message says what to do (no provisioner token, Vault away); never a token (none is in one)
+            log.warning("env refresh pass failed (retrying in %.0fs): %s: %s", interval, type(exc).__name__,
+                        str(exc)[:200])
         time.sleep(interval)

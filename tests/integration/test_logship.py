@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import jinja2
 import pytest
@@ -141,7 +141,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         # Vault's audit file: a request, a granted response and a denied one; only the denial leaves the
         # machine, and the collector names the host it came from (the inventory, by its AppRole)
         before = len(_entries(record))
-        denied = {"type": "response", "error": "1 error occurred:\n\t* permission denied\n\n",
+        denied: dict[str, Any] = {"type": "response", "error": "1 error occurred:\n\t* permission denied\n\n",
                   "auth": {"metadata": {"role_name": "histo-worker1"}},
                   "request": {"path": "secret/data/histo/zk/super", "operation": "read",
                               "remote_address": WORKER["address"]}}
@@ -157,6 +157,18 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         found = vault_events[0]["secops"]
         assert (found["layer"], found["host"], found["path"]) == ("vault", "worker1", "secret/data/histo/zk/super")
         assert found["spiffe"] == "spiffe://histo.internal/worker/worker1"
+
+        # a denial padded past rsyslog's message limit (8 KiB): cut in pieces, none a whole entry; the
+        # pieces still leave the machine, and the collector records them as an unreadable audit entry
+        before = len(_entries(record))
+        with audit.open("a") as f:
+            f.write(json.dumps({**denied, "request": {**denied["request"], "path": "secret/data/" + "p" * 12000}},
+                               separators=(",", ":")) + "\n")
+        _wait_for(record, before + 1)
+        time.sleep(2)
+        kinds = [e["event"]["secops"]["kind"] for e in _entries(record)[before:]
+                 if isinstance(e["event"], dict) and "secops" in e["event"]]
+        assert "vault_audit_unparsed" in kinds, kinds
         collector.stop()
 
         # an impostor collector: a genuine histo certificate, but worker2's name — the shipper sends nothing

@@ -154,8 +154,10 @@ def test_intermediate_rotates_live(tmp_path: Path) -> None:
         assert apply(prov, spec_for(bao, default_hosts()))["changed"] is False
 
         # prune: not while leaves of the retired one may live; then it goes, the current one stays
-        assert pki.prune(root, longest_leaf_seconds=3600) == []
-        assert pki.prune(root, longest_leaf_seconds=0, now=time.time() + 2) == out["retired"]
+        assert pki.longest_leaf(root) == 24 * 3600  # the spec's leaf_max_ttl, read back from the roles
+        assert pki.prune(root, now=time.time() + 3600) == []  # its leaves may live 24 h
+        assert pki.prune(root, now=time.time() + 25 * 3600, at_least=26 * 3600) == []
+        assert pki.prune(root, now=time.time() + 25 * 3600) == out["retired"]
         assert {i for i, info in pki.issuers(root).items() if info.get("key_id")} == {out["new"]}
         assert apply(prov, spec_for(bao, default_hosts()))["changed"] is False
         assert worker.issue_cert("5m").serial

@@ -100,3 +100,53 @@ def test_follow_keeps_the_last_list_while_vault_is_away(tmp_path: Path) -> None:
         task.cancel()
     asyncio.run(run())
     assert rl.is_revoked(9) and "Vault down" in rl.last_error
+
+
+def _issuer(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _crl(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, serials: list[int]) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = x509.CertificateRevocationListBuilder().issuer_name(cert.subject).last_update(now).next_update(
+        now + datetime.timedelta(hours=1))
+    for s in serials:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(s).revocation_date(now).build())
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_each_issuer_keeps_its_revocations_until_a_valid_crl_of_its_own_changes_them(tmp_path: Path) -> None:
+    """Two intermediates (one retired after a rotation): a CRL that fails its check, an answer that
+    leaves an issuer out, or an empty answer never un-revokes; a good CRL of the other still applies."""
+    from cryptography.hazmat.primitives import serialization
+    (old_key, old), (new_key, new) = _issuer("old intermediate"), _issuer("new intermediate")
+    (tmp_path / "ca.pem").write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (old, new)))
+    rl = RevocationList()
+    assert rl.apply_crls([(_crl(old_key, old, [1]), None), (_crl(new_key, new, [2]), None)], tmp_path / "ca.pem") == []
+    assert rl.is_revoked(1) and rl.is_revoked(2)
+    forged_key, _ = _issuer("x")
+    bad = rl.apply_crls([(_crl(forged_key, old, []), None), (_crl(new_key, new, [2, 3]), None)], tmp_path / "ca.pem")
+    assert len(bad) == 1 and rl.is_revoked(1) and rl.is_revoked(3)  # the forgery changed nothing, the good one did
+    assert rl.apply_crls([(_crl(new_key, new, [2, 3]), None)], tmp_path / "ca.pem") == []
+    assert rl.is_revoked(1)  # the old issuer left out of this answer: its revocation stays
+
+    class Empty:
+        def crl_der(self) -> bytes:
+            raise AssertionError("crl_bundles is asked first")
+
+        def crl_bundles(self) -> list[tuple[bytes, str]]:
+            return []
+
+    async def run() -> None:
+        task = asyncio.create_task(rl.follow(Empty(), tmp_path / "ca.pem", interval=0.01))
+        await asyncio.sleep(0.05)
+        task.cancel()
+    asyncio.run(run())
+    assert rl.is_revoked(1) and rl.is_revoked(3) and "no CRL" in rl.last_error

@@ -61,3 +61,32 @@ def test_collector_stores_the_attribution_with_the_event(tmp_path: Path) -> None
                                   "tag": "sshd"}) + "\n" + json.dumps({"msg": "hello", "host": "zk1"}) + "\n"))
     first, second = (json.loads(x)["event"] for x in (tmp_path / "l.log").read_text().splitlines())
     assert first["secops"]["host"] == "worker2" and "secops" not in second
+
+
+def test_the_sending_address_not_the_declared_name_says_where_it_happened() -> None:
+    """With the collector's `from` (rsyslog's fromhost-ip): a worker that ships a Vault audit entry in
+    Vault's name, or claims another hostname, is itself the finding; a Vault node's entry, the
+    collector's own files and a cut piece of a long entry are attributed as they should be."""
+    inv = Inventory([*(dict(h) for h in ({"name": "worker1", "role": "worker", "address": "192.168.56.31"},
+                                          {"name": "master1", "role": "master", "address": "192.168.56.21"},
+                                          {"name": "vault1", "role": "vault", "address": "192.168.56.10"},
+                                          {"name": "secops1", "role": "secops", "address": "192.168.56.40"}))])
+    denied = json.dumps({"type": "response", "error": "permission denied",
+                         "auth": {"metadata": {"role_name": "histo-master1"}},
+                         "request": {"path": "transit/sign/histo-tokens", "operation": "update"}},
+                        separators=(",", ":"))
+    forged = classify({"msg": denied, "host": "vault1", "tag": "vault-audit", "from": "192.168.56.31"}, inv, "secops1")
+    assert forged and (forged["kind"], forged["host"], forged["severity"]) == ("forged_source", "worker1", "critical")
+    real = classify({"msg": denied, "host": "vault1", "tag": "vault-audit", "from": "192.168.56.10"}, inv, "secops1")
+    assert real and (real["kind"], real["host"]) == ("vault_denied", "master1")
+    wrong_tag = classify({"msg": denied, "host": "vault1", "tag": "sshd", "from": "192.168.56.10"}, inv, "secops1")
+    assert wrong_tag and wrong_tag["kind"] == "forged_source"
+    own = classify({"msg": denied, "host": "x", "tag": "vault-audit", "from": "127.0.0.1"}, inv, "secops1")
+    assert own and own["kind"] == "vault_denied"  # the collector's own files (a Vault node that collects too)
+    # an sshd refusal on worker1's auth.log, shipped by worker1 but naming master1 as the machine: worker1
+    ssh = classify({"msg": "Invalid user x from 192.168.56.40 port 1", "host": "master1", "tag": "sshd",
+                    "from": "192.168.56.31"}, inv, "secops1")
+    assert ssh and (ssh["host"], ssh["target"]) == ("secops1", "worker1")
+    piece = classify({"msg": '"error":"permission denied"}', "host": "vault1", "tag": "vault-audit",
+                      "from": "192.168.56.10"}, inv, "secops1")
+    assert piece and (piece["kind"], piece["host"]) == ("vault_audit_unparsed", "vault1")

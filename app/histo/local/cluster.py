@@ -194,11 +194,13 @@ def diagnose(root: Path) -> str:
     """The first service that is not running or logs trouble, with the last such line of its log."""
     for sdir in sorted(root.iterdir()):
         log_path = sdir / "service.log"
-        if not (sdir / "config.json").exists():
-            continue
+        if not (sdir / "config.json").exists() or sdir.name == envrefresh.DIRNAME:
+            continue  # the token refresher starts once the cluster is ready: it is no reason for not being ready
         if not procs.alive(sdir / "pid", f"--config {sdir / 'config.json'}"):
             return f"{sdir.name} is not running ({_last_trouble(log_path, last_resort=True) or 'no log'}); "
     for sdir in sorted(root.iterdir()):
+        if sdir.name == envrefresh.DIRNAME:
+            continue
         line = _last_trouble(sdir / "service.log")
         if line:
             return f"{sdir.name}: {line}; "

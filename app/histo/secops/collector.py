@@ -49,10 +49,12 @@ def event_of(line: str) -> dict[str, Any]:
 
 class Collector:
     def __init__(self, log_path: Path, signer: Signer, anchor: Anchor | None, interval: float = 5.0,
-                 upkeep: Callable[[], None] | None = None, inventory: Inventory | None = None) -> None:
+                 upkeep: Callable[[], None] | None = None, inventory: Inventory | None = None,
+                 self_host: str | None = None) -> None:
         self.log = ChainLog(log_path)
         self.signer, self.anchor, self.interval, self.upkeep = signer, anchor, interval, upkeep
         self.inventory = inventory  # given: each refusal is attributed to its host and SPIFFE id
+        self.self_host = self_host  # the collector's own host: what its local inputs (127.0.0.1) are
         cp = checkpoints_path(log_path)
         fd = os.open(cp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._cp = os.fdopen(fd, "a", encoding="ascii")
@@ -62,7 +64,7 @@ class Collector:
 
     def ingest(self, line: str) -> Head:
         event = event_of(line)
-        found = classify(event, self.inventory) if self.inventory is not None else None
+        found = classify(event, self.inventory, self.self_host) if self.inventory is not None else None
         if found is not None:
             event["secops"] = plain(found)
         return self.log.append(event)

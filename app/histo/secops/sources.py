@@ -93,8 +93,28 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
     return None
 
 
-def classify(event: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
+LOCAL_SENDERS = ("127.0.0.1", "::1", "")
+
+
+def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = None) -> dict[str, Any] | None:
+    """What a refusal was and whom it concerns. With `from` (the sending address, rsyslog's fromhost-ip
+    on the collector) the machine an event happened on is the one that sent it, never the name the
+    message declares, and a Vault audit entry counts only from a Vault node (or the collector's own
+    files): a shipper that sends one in another's name is itself the finding."""
     msg, at, tag = str(event.get("msg", "")), str(event.get("host", "")), str(event.get("tag", ""))
+    sent_from = event.get("from")
+    sender: Host | None = None
+    if sent_from is not None:
+        sent_from = str(sent_from)
+        local = sent_from in LOCAL_SENDERS
+        sender = inv.by_name.get(self_host or "") if local else inv.by_address.get(sent_from)
+        at = sender.name if sender else sent_from
+        event = {k: v for k, v in event.items() if k != "from"}
+        audit_json = ("type" in event and "request" in event) or msg.lstrip().startswith("{")
+        if audit_json and not (local or (sender is not None and sender.role == "vault"
+                                         and tag.startswith("vault-audit"))):
+            return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender, sent_from),
+                    "why": "a Vault audit entry sent by a machine that is no Vault node"}
     if "type" in event and "request" in event:  # already a Vault audit entry
         return _vault(event, inv)
     if msg.lstrip().startswith("{"):  # a JSON line shipped inside a syslog message (Vault's audit file)
@@ -104,6 +124,9 @@ def classify(event: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
             inner = None
         if isinstance(inner, dict):
             return classify({**inner, "host": at}, inv)
+    if tag.startswith("vault-audit"):  # not one whole entry: a piece of one longer than the shipper's limit
+        return {"layer": "vault", "kind": "vault_audit_unparsed", "severity": "warning",
+                **inv.who(sender, sent_from), "why": "an audit entry too long or cut: read it on the node"}
     if "histo-drop:" in msg:
         return _firewall(msg, at, inv)
     if tag.startswith("sshd") or "sshd" in msg[:40]:

@@ -67,6 +67,11 @@ def _issuers(ca_path: Path) -> list[x509.Certificate]:
 def parse_crl(der: bytes, ca_path: Path | None = None, issuer_pem: str | None = None) -> set[int]:
     """The serials a CRL lists; with `ca_path`, only if one of its certificates signed the CRL, or
     `issuer_pem` did and one of them (a root) signed that issuer (an intermediate newer than the bundle)."""
+    return crl_entries(der, ca_path, issuer_pem)[1]
+
+
+def crl_entries(der: bytes, ca_path: Path | None = None, issuer_pem: str | None = None) -> tuple[bytes, set[int]]:
+    """(the CRL issuer's name, DER; the serials it lists), checked as parse_crl says."""
     crl = x509.load_der_x509_crl(der) if not der.lstrip().startswith(b"-----") else x509.load_pem_x509_crl(der)
     if ca_path is not None:
         trusted = _issuers(ca_path)
@@ -75,7 +80,7 @@ def parse_crl(der: bytes, ca_path: Path | None = None, issuer_pem: str | None = 
             signers += [c for c in _vouched(issuer_pem, trusted) if c.subject == crl.issuer]
         if not any(_signed_by(crl, c) for c in signers):
             raise ValueError("CRL not signed by a CA we trust")
-    return {r.serial_number for r in crl}
+    return crl.issuer.public_bytes(), {r.serial_number for r in crl}
 
 
 def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate]:
@@ -83,6 +88,11 @@ def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError:
+        return []
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return []  # a leaf the root signed is no issuer of CRLs
+    except x509.ExtensionNotFound:
         return []
     for root in trusted:
         if root.subject != root.issuer or root.subject != cert.issuer:
@@ -106,6 +116,9 @@ class RevocationList:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._revoked: frozenset[int] = frozenset()
+        # per CRL issuer (its name): only a valid CRL of that issuer changes its serials, so an issuer
+        # missing from one answer, or a CRL that fails its check, never un-revokes anything
+        self._by_issuer: dict[bytes, frozenset[int]] = {}
         self._live: dict[int, tuple[_Closable, int, str]] = {}  # id(transport) -> (transport, serial, who)
         self.updated = 0.0
         self.last_error = ""
@@ -166,14 +179,30 @@ class RevocationList:
         while True:
             try:
                 crls = await loop.run_in_executor(None, _every_crl, source)
-                serials: set[int] = set()
-                for der, issuer in crls:  # every intermediate's (a retired one's too): each must verify
-                    serials |= parse_crl(der, ca_path, issuer)
-                self.update(serials)
+                if not crls:
+                    raise ValueError("Vault listed no CRL")
+                bad = self.apply_crls(crls, ca_path)
+                if bad:
+                    self.last_error = f"CRL refresh: {len(bad)} of {len(crls)} CRLs refused ({bad[0]})"
+                    log.warning("%s", self.last_error)
             except Exception as exc:  # Vault down: the last list stays in force
                 self.last_error = f"CRL refresh failed: {exc}"
                 log.debug("CRL refresh failed: %s", exc)
             await asyncio.sleep(interval)
+
+    def apply_crls(self, crls: list[tuple[bytes, str | None]], ca_path: Path | None) -> list[str]:
+        """Every CRL that passes its check replaces its issuer's serials; the rest keep theirs. Installs
+        the union (update) and returns why each refused CRL was refused."""
+        bad = []
+        for der, issuer in crls:  # every intermediate's (a retired one's too)
+            try:
+                name, serials = crl_entries(der, ca_path, issuer)
+            except Exception as exc:  # noqa: BLE001 - one bad CRL must not hold back the others
+                bad.append(str(exc)[:200])
+                continue
+            self._by_issuer[name] = frozenset(serials)
+        self.update(frozenset().union(*self._by_issuer.values()))
+        return bad
 
     def as_dict(self) -> dict[str, object]:
         return {"revoked": len(self._revoked), "updated": self.updated, "error": self.last_error or None}

@@ -8,7 +8,7 @@ still be revoked until they expire. Peers trust the root and present their own c
 either intermediate verifies everywhere; every issuer's CRL is followed (ServiceVault.crl_bundles),
 each with its intermediate, which must be signed by the root the peer trusts (tls/revocation.py).
 `prune` deletes a retired issuer (and its key) once every certificate it issued has expired (retired
-longer ago than the longest leaf life).
+longer ago than the longest leaf life any role allows, read from Vault).
 
 `histo pki rotate` / `histo pki prune` (cli.py) run these with a token allowed to manage pki_int and
 sign intermediates with the root: the root token, or a regenerated one (docs/SECURITY.md)."""
@@ -79,15 +79,26 @@ def _has_key(client: hvac.Client, issuer_id: str) -> bool:
     return bool(_data(client.read(f"{INT}/issuer/{issuer_id}")).get("key_id"))
 
 
-def prune(client: hvac.Client, longest_leaf_seconds: int, now: float | None = None) -> list[str]:
+def longest_leaf(client: hvac.Client, mount: str = INT) -> int:
+    """The longest life any PKI role of the mount may give a certificate (seconds): a retired issuer
+    may still have live leaves for that long after it stopped issuing."""
+    names = _data(client.list(f"{mount}/roles")).get("keys") or []
+    lives = [int(_data(client.read(f"{mount}/roles/{n}")).get("max_ttl") or 0) for n in names]
+    mount_max = int((_data(client.read(f"sys/mounts/{mount}/tune")).get("max_lease_ttl")) or 0)
+    return max([*lives, 0]) or mount_max
+
+
+def prune(client: hvac.Client, at_least: int = 0, now: float | None = None) -> list[str]:
     """Delete every retired issuer (and its key) whose last certificate has expired: retired longer
-    ago than the longest leaf life. The default issuer is never touched. Returns the deleted ids."""
+    ago than the longest leaf life any role of the mount allows (read from Vault, never guessed; `at_least`
+    only raises it). The default issuer is never touched. Returns the deleted ids."""
     now = time.time() if now is None else now
+    wait = max(int(at_least), longest_leaf(client))
     default = default_issuer(client)
     gone = []
     for iid, info in issuers(client).items():
         m = _RETIRED.fullmatch(str(info.get("issuer_name") or ""))
-        if iid == default or not m or now - int(m.group(1)) <= longest_leaf_seconds:
+        if iid == default or not m or now - int(m.group(1)) <= wait:
             continue
         key_id = info.get("key_id")
         client.delete(f"{INT}/issuer/{iid}")

@@ -100,8 +100,14 @@ def is_leader(zk: ZkConfig) -> bool:
 
 def may_restart(zk: ZkConfig, now: float, slot: float, fraction: float = RENEW_FRACTION) -> bool:
     """Due, in this server's slot, every other server serving; and the leader last (its restart costs
-    an election), unless its own certificate is into the last sixth of its life."""
-    mine = windows(zk)
+    an election), unless its own certificate is into the last sixth of its life. Due is judged by the
+    certificate the server *serves* (a pass that wrote new files but whose restart did not happen asks
+    again next time); a server that does not serve (stopped by an operator, starting) is left alone."""
+    served = probe(zk, zk.address, zk.port)
+    if served is None:
+        return False
+    conf = zk.dir / "conf"
+    mine = [served] + ([cert_window(conf / "quorum.pem")] if (conf / "quorum.pem").exists() else [])
     if not any(w.due(now, fraction) for w in mine) or not in_slot(zk, now, slot):
         return False
     peers = others(zk)
