@@ -166,8 +166,8 @@ def cmd_zk_renew(a) -> None:
     if a.restart == "process":
         restart = renew.process_restart(config)
     elif a.restart == "request":
-        flag = a.restart_flag or str(Path(json.loads(config.read_text())["state_dir"]) / "restart-request")
-        restart = renew.requested_restart(Path(flag), ZkConfig.from_json(json.loads(config.read_text())))
+        zk = ZkConfig.from_json(json.loads(config.read_text()))
+        restart = renew.requested_restart(Path(a.restart_flag) if a.restart_flag else zk.dir / "restart-request", zk)
     else:
         restart = renew.systemd_restart()
     renew.run(config, restart, a.loop)

@@ -53,22 +53,27 @@ def read_env(path: Path) -> dict[str, str]:
     return out
 
 
+def _times(token: str) -> tuple[float, float] | None:
+    """(iat, exp) of one of our tokens, None when they cannot be read."""
+    c = _claims(token)
+    iat, exp = c.get("iat"), c.get("exp")
+    if not isinstance(iat, (int, float)) or not isinstance(exp, (int, float)) or exp <= iat:
+        return None
+    return float(iat), float(exp)
+
+
 def env_due(env: dict[str, str], now: float, fraction: float = FRACTION) -> bool:
     """Any token of the file at `fraction` of its life, or one that cannot be read."""
     for key, token in env.items():
         if key.startswith(PREFIX):
-            c = _claims(token)
-            iat, exp = c.get("iat"), c.get("exp")
-            if not isinstance(iat, (int, float)) or not isinstance(exp, (int, float)) or exp <= iat:
-                return True
-            if now >= iat + fraction * (exp - iat):
+            t = _times(token)
+            if t is None or now >= t[0] + fraction * (t[1] - t[0]):
                 return True
     return False
 
 
 def token_ttl(env: dict[str, str], default: int = 3600) -> int:
-    lives = [int(c["exp"] - c["iat"]) for k, v in env.items() if k.startswith(PREFIX)
-             and isinstance((c := _claims(v)).get("exp"), (int, float)) and isinstance(c.get("iat"), (int, float))]
+    lives = [int(t[1] - t[0]) for k, v in env.items() if k.startswith(PREFIX) and (t := _times(v)) is not None]
     return max(lives) if lives else default
 
 

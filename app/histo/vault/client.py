@@ -247,11 +247,10 @@ class ServiceVault:
         overlap): everything a peer needs to verify any live certificate and any CRL."""
         from .pki import intermediates_pem
         root = self._call(self.client.read, "pki/cert/ca")["data"]["certificate"].strip()
-        chain = self._call(self.client.read, "pki_int/cert/ca_chain")["data"]["certificate"]
-        blocks = [root] + [b for b in _pem_blocks(chain) if b.strip() != root]
-        for pem in self._call(intermediates_pem, self.client):
-            if all(pem.strip() != b.strip() for b in blocks):
-                blocks.append(pem.strip())
+        blocks = [root]
+        for pem in self._call(intermediates_pem, self.client):  # pki_int holds a copy of the root too
+            if pem not in blocks:
+                blocks.append(pem)
         return "\n".join(blocks) + "\n"
 
     def _kv(self, path: str) -> dict:

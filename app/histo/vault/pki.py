@@ -33,6 +33,12 @@ def _data(resp: Any) -> dict[str, Any]:
     return resp.get("data", resp) if isinstance(resp, dict) else {}
 
 
+def retired_at(info: dict[str, Any]) -> int | None:
+    """When an issuer (its LIST key_info) was retired by `rotate`, or None for a current one."""
+    m = _RETIRED.fullmatch(str(info.get("issuer_name") or ""))
+    return int(m.group(1)) if m else None
+
+
 def issuers(client: hvac.Client, mount: str = INT) -> dict[str, dict[str, Any]]:
     """issuer id -> {issuer_name, key_id, ...} (LIST is unauthenticated in Vault's PKI)."""
     return dict(_data(client.list(f"{mount}/issuers")).get("key_info") or {})
@@ -68,7 +74,7 @@ def rotate(client: hvac.Client, ttl: str = INTERMEDIATE_TTL, now: float | None =
     client.write_data(f"{INT}/config/issuers", data={"default": new[0]})
     retired = []
     for iid, info in issuers(client).items():
-        if iid != new[0] and info.get("key_id") and not _RETIRED.fullmatch(str(info.get("issuer_name") or "")):
+        if iid != new[0] and info.get("key_id") and retired_at(info) is None:
             client.write_data(f"{INT}/issuer/{iid}", data={"issuer_name": f"retired-{stamp}",
                                                            "usage": "read-only,crl-signing"})
             retired.append(iid)
@@ -97,8 +103,8 @@ def prune(client: hvac.Client, at_least: int = 0, now: float | None = None) -> l
     default = default_issuer(client)
     gone = []
     for iid, info in issuers(client).items():
-        m = _RETIRED.fullmatch(str(info.get("issuer_name") or ""))
-        if iid == default or not m or now - int(m.group(1)) <= wait:
+        since = retired_at(info)
+        if iid == default or since is None or now - since <= wait:
             continue
         key_id = info.get("key_id")
         client.delete(f"{INT}/issuer/{iid}")
@@ -116,5 +122,5 @@ def intermediates_pem(client: hvac.Client, mount: str = INT) -> list[str]:
     """Every issuer's certificate of the mount (PEM), retired ones last. Both calls are unauthenticated
     in Vault's PKI, so a service needs no policy line for them."""
     found = issuers(client, mount)
-    ids = sorted(found, key=lambda i: bool(_RETIRED.fullmatch(str(found[i].get("issuer_name") or ""))))
+    ids = sorted(found, key=lambda i: retired_at(found[i]) is not None)
     return [issuer_pem(client, i, mount) for i in ids]

@@ -34,7 +34,7 @@ from .. import TRUST_DOMAIN
 from ..durations import parse_duration
 from ..secops.checkpoint import anchor_path, key_name
 from ..tls.identity import spiffe_id
-from . import people
+from . import people, pki
 from .failover import split_urls
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
@@ -293,11 +293,10 @@ class _Applier:
 
     def default_issuer(self) -> None:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
-        have = _data(self.c.read(f"{INT}/config/issuers")).get("default") or ""
-        issuers = _data(self.c.list(f"{INT}/issuers")).get("key_info") or {}
+        have = pki.default_issuer(self.c)
         # after a rotation (vault/pki.py) the retired intermediates keep their key (they sign CRLs)
-        with_key = [iid for iid, info in issuers.items() if info.get("key_id")
-                    and not str(info.get("issuer_name") or "").startswith("retired-")]
+        with_key = [iid for iid, info in pki.issuers(self.c).items()
+                    if info.get("key_id") and pki.retired_at(info) is None]
         if have in with_key:
             return
         if len(with_key) != 1:
