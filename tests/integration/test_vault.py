@@ -112,8 +112,10 @@ def test_master_login_certificate_and_zk_credentials(vault):
     assert set(sans.get_values_for_type(x509.DNSName)) == {f"master1.{TD}", "master1"}
     assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(host["address"])]
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and cert.public_key().curve.name == "secp256r1"
-    assert bundle.key_pem.startswith("-----BEGIN PRIVATE KEY-----")  # PKCS#8
     key = serialization.load_pem_private_key(bundle.key_pem.encode(), None)
+    # PKCS#8: the PEM is exactly the key's PKCS#8 encoding (not SEC1's "EC PRIVATE KEY")
+    assert bundle.key_pem.strip() == key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()).decode().strip()
     assert key.public_key() == cert.public_key()
     assert cert.serial_number == int(bundle.serial.replace(":", ""), 16)
     assert 200 < (bundle.not_after - bundle.not_before).total_seconds() <= 330  # 5m + 30s backdating
