@@ -3,6 +3,7 @@ belong and nowhere else, ZooKeeper TLS-only, Vault initialized, unsealed and aud
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 import ssl
 import time
@@ -233,9 +234,8 @@ def test_a_vault_refusal_reaches_the_record_attributed_to_the_machine_refused(cl
     """worker1 reads a secret with no token: Vault refuses it, its audit device records it on the active
     node, that node's shipper sends the denial (errors only) to secops1, and the record attributes it to
     worker1 and its SPIFFE id. The seconds it took are printed (issue 17 asks for 2)."""
-    import secrets as _secrets
     worker, collector, vault = cluster.group("workers")[0], cluster.group("secops")[0], cluster.group("vault")[0]
-    marker = f"histo-deploy-denied-{_secrets.token_hex(6)}"
+    marker = f"histo-deploy-denied-{secrets.token_hex(6)}"
     url = f"https://{vault.address}:{cluster.ports['vault']}/v1/secret/data/{marker}"
     probe = ("import ssl, urllib.request, urllib.error\n"
              "ctx = ssl.create_default_context(cafile='/etc/histo/vault-ca.pem')\n"

@@ -80,7 +80,8 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_vault_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hvac falls back to VAULT_TOKEN: every client here must use only the token file it was given."""
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
 
 

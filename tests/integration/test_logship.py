@@ -46,8 +46,8 @@ class Rsyslogd:
     def __init__(self, d: Path, template: str, **vars: object) -> None:
         self.dir = d
         (d / "work").mkdir(parents=True, exist_ok=True)
-        text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
-            (ROLE / template).read_text()).render(logship_work_dir=str(d / "work"), **vars)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, loader=jinja2.FileSystemLoader(ROLE))
+        text = env.get_template(template).render(logship_work_dir=str(d / "work"), **vars)
         self.conf = d / "rsyslog.conf"
         self.conf.write_text(text)
         check = subprocess.run(["rsyslogd", "-N1", "-f", str(self.conf)], capture_output=True, text=True)
