@@ -476,3 +476,29 @@ def test_vault_data_keys_are_cached_bounded() -> None:
     with pytest.raises(KeysUnavailable, match="unreachable"):
         keys.new_key()
     assert keys.unwrap(k3.wrapped) == k3.plaintext  # Vault away: a cached key still serves
+
+
+def test_pooled_data_keys_carry_uploads_through_a_vault_outage() -> None:
+    transit = _Transit()
+    now = [1000.0]
+
+    class Client:
+        secrets = type("S", (), {"transit": transit})()
+
+    keys = VaultDataKeys(lambda: Client(), cache_size=8, pool_size=3, pool_max_age=60, clock=lambda: now[0])
+    assert keys.refill() == 3 and keys.pooled() == 3 and len(keys.cache) == 0  # made ahead, not yet used
+    assert keys.refill() == 0 and transit.calls == 3  # a full pool asks Vault for nothing
+    transit.down = True
+    taken = [keys.new_key() for _ in range(3)]  # Vault away: the pool still serves every upload
+    assert len({k.wrapped for k in taken}) == 3 and keys.pooled() == 0
+    assert all(keys.unwrap(k.wrapped) == k.plaintext for k in taken)  # a taken key is cached for its job
+    with pytest.raises(KeysUnavailable, match="unreachable"):
+        keys.new_key()  # ... until it is empty: then the refusal says why
+    with pytest.raises(KeysUnavailable):
+        keys.refill()
+    transit.down = False
+    assert keys.refill() == 3
+    now[0] += 61  # unused keys age out, so a rotated transit key reaches new uploads
+    assert keys.pooled() == 0
+    fresh = keys.new_key()
+    assert fresh.wrapped not in {k.wrapped for k in taken} and transit.calls == 9  # 3 + 2 refused + 3 + 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..edge import receipts
-from .http import Api, ApiError, ProgressBody, multipart, progress_bar
+from .http import Api, ApiError, ProgressBody, multipart, progress_bar, retrying
 from .login import client_credentials, login
 from .pkce import CallbackError
 from .session import Session, SessionError, default_path
@@ -80,16 +80,18 @@ def cmd_upload(a: argparse.Namespace) -> None:
         raise _fail(f"{a.image} is empty")
     body, ctype = multipart({"mode": a.mode}, "image", Path(a.image).name, data)
     report = progress_bar() if not a.quiet else (lambda done, total: None)
-    doc = _run(lambda: api.json("POST", "/api/v1/jobs", body=ProgressBody(body, report),
-                                headers={"Content-Type": ctype}, length=len(body)))
+    # --timeout bounds the whole: a 503 with Retry-After (Vault or the store quorum away for a
+    # moment) and a refused connection (the public address moving) are asked again until then
+    deadline = time.monotonic() + a.timeout
+    doc = _run(retrying, lambda: api.json("POST", "/api/v1/jobs", body=ProgressBody(body, report),
+                                          headers={"Content-Type": ctype}, length=len(body)), deadline)
     job = doc.get("id")
     print(f"job {job} accepted (mode {a.mode})", file=sys.stderr)
     if a.no_wait:
         print(job)
         return
-    deadline = time.monotonic() + a.timeout
     while True:
-        state = _run(api.json, "GET", f"/api/v1/jobs/{job}?wait=20")
+        state = _run(retrying, lambda: api.json("GET", f"/api/v1/jobs/{job}?wait=20"), deadline, True)
         if state.get("state") in ("done", "failed") or time.monotonic() > deadline:
             break
     if state.get("state") != "done":

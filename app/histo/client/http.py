@@ -5,19 +5,60 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping, TypeVar
+
+
+RETRY_AFTER_CAP = 30.0  # seconds: a longer Retry-After is waited in steps, each a fresh attempt
+REFUSED_WAIT = 1.0  # seconds before asking again when the address refused the connection
 
 
 class ApiError(Exception):
-    """A refusal or an unreachable master: `status` (0 when none answered) and one readable sentence."""
+    """A refusal or an unreachable master: `status` (0 when none answered) and one readable sentence;
+    `retry_after` what a 503 asked for, `refused` when the connection was refused (nothing was sent)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None, refused: bool = False) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after, self.refused = status, retry_after, refused
+
+    def retry_in(self, idempotent: bool) -> float | None:
+        """Seconds to wait before the same request may be sent again, or None when it must not be:
+        a 503 with Retry-After was not carried out (the master says so); a refused connection never
+        reached one (the public address moving to another master); any other failure to reach a
+        master only for a request that may be repeated (GET) — an upload might have been accepted."""
+        if self.status == 503 and self.retry_after is not None:
+            return min(max(self.retry_after, 0.1), RETRY_AFTER_CAP)
+        if self.status == 0 and (self.refused or idempotent):
+            return REFUSED_WAIT
+        return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+T = TypeVar("T")
+
+
+def retrying(fn: Callable[[], T], deadline: float, idempotent: bool = False,
+             sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
+    """`fn()` again while the master asks to be asked later (ApiError.retry_in) and `deadline` (a
+    `clock()` time) allows; the last error otherwise."""
+    while True:
+        try:
+            return fn()
+        except ApiError as exc:
+            wait = exc.retry_in(idempotent)
+            if wait is None or clock() + wait > deadline:
+                raise
+            sleep(wait)
 
 
 class ProgressBody:
@@ -74,10 +115,11 @@ class Api:
             with urllib.request.urlopen(req, context=self.ctx, timeout=self.timeout) as resp:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as err:
-            raise ApiError(err.code, _error_text(err.code, err.read())) from None
+            raise ApiError(err.code, _error_text(err.code, err.read()), _retry_after(err.headers)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ApiError(0, f"cannot reach {self.url}: {reason}") from None
+            raise ApiError(0, f"cannot reach {self.url}: {reason}",
+                           refused=isinstance(reason, ConnectionRefusedError)) from None
 
     def json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         _, _, raw = self.call(method, path, **kw)

@@ -4,12 +4,19 @@ else, so a master can neither read the key nor encrypt or rewrap with it.
 
 The plaintext of a data key lives only in memory, in a bounded LRU cache (`cache_size` keys): while
 Vault is away, results whose key is cached are still served; anything else raises KeysUnavailable
-with the reason, which the API turns into a 503 that says why."""
+with the reason, which the API turns into a 503 that says why.
+
+New keys are made ahead (`pool_size`, refilled by the master's upkeep loop): an upload takes a key
+from the pool, so uploads are accepted while Vault is away for as long as the pool lasts (a minute
+of uploads by default) and no upload waits for a Vault round trip. A pooled key is the same kind of
+secret as a cached one (plaintext in this process's memory only, one job each), and is dropped
+unused after `pool_max_age` seconds, so a transit key rotation reaches new uploads within that."""
 from __future__ import annotations
 
 import base64
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from typing import Any, Callable, Protocol
 
 import requests
@@ -64,9 +71,13 @@ class VaultDataKeys:
     """KeyService backed by Vault transit; `client` returns the service's current hvac client."""
 
     def __init__(self, client: Callable[[], Any], cache_size: int = 4096, key_name: str = STORE_KEY,
-                 mount: str = TRANSIT) -> None:
+                 mount: str = TRANSIT, pool_size: int = 0, pool_max_age: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._client, self.key_name, self.mount = client, key_name, mount
         self.cache = KeyCache(cache_size)
+        self.pool_size, self.pool_max_age, self._clock = max(0, pool_size), pool_max_age, clock
+        self._pool: deque[tuple[float, DataKey]] = deque()  # (made at, key), oldest first
+        self._pool_lock = threading.Lock()
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -81,12 +92,48 @@ class VaultDataKeys:
             raise KeysUnavailable(f"Vault refused to let data keys be {what} ({type(exc).__name__})") from None
 
     def new_key(self) -> DataKey:
+        """A fresh key: from the pool when it holds one, else straight from Vault."""
+        key = self._take()
+        return key if key is not None else self._make()
+
+    def _take(self) -> DataKey | None:
+        with self._pool_lock:
+            self._expire()
+            if not self._pool:
+                return None
+            _, key = self._pool.popleft()
+        self.cache.put(key.wrapped, key.plaintext)
+        return key
+
+    def _expire(self) -> None:
+        oldest = self._clock() - self.pool_max_age
+        while self._pool and self._pool[0][0] < oldest:
+            self._pool.popleft()
+
+    def pooled(self) -> int:
+        with self._pool_lock:
+            self._expire()
+            return len(self._pool)
+
+    def refill(self) -> int:
+        """Top the pool up to `pool_size` (blocking; run off the event loop); how many keys it added.
+        Vault away: KeysUnavailable after the keys it did add (the pool keeps them)."""
+        added = 0
+        while self.pooled() < self.pool_size:
+            key = self._make(cache=False)
+            with self._pool_lock:
+                self._pool.append((self._clock(), key))
+            added += 1
+        return added
+
+    def _make(self, cache: bool = True) -> DataKey:
         transit = self._client().secrets.transit
         resp = self._call("created", lambda: transit.generate_data_key(self.key_name, key_type="plaintext", bits=256,
                                                                        mount_point=self.mount))
         plaintext = base64.b64decode(resp["data"]["plaintext"])
         key = DataKey(plaintext=plaintext, wrapped=str(resp["data"]["ciphertext"]))
-        self.cache.put(key.wrapped, plaintext)
+        if cache:  # a pooled key enters the cache when it is taken (a pool never evicts used keys)
+            self.cache.put(key.wrapped, plaintext)
         return key
 
     def unwrap(self, wrapped: str) -> bytes:

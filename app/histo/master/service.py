@@ -34,7 +34,7 @@ from ..compute.plot import plot_histograms
 from ..edge import receipts
 from ..tls.identity import spiffe_id
 from .blobstore import BlobStore
-from .datakeys import VaultDataKeys
+from .datakeys import KeysUnavailable, VaultDataKeys
 from .floating import StateFile, state_of
 from .replication import MtlsTransport, Replicator
 from .runner import JobRunner, Settings
@@ -53,7 +53,8 @@ class Master:
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
         self.store = BlobStore(cfg.store_path)
-        self.keys = VaultDataKeys(lambda: self.rt.vault.client, cfg.key_cache_size)
+        self.keys = VaultDataKeys(lambda: self.rt.vault.client, cfg.key_cache_size, pool_size=cfg.key_pool_size,
+                                  pool_max_age=cfg.key_pool_max_age)
         self.signer = receipts.VaultReceiptSigner(lambda: self.rt.vault.client)
         self.runner: JobRunner | None = None
         self.workers: dict[str, Member] = {}
@@ -310,7 +311,7 @@ class Master:
     async def _upkeep_jobs(self, ticks: int) -> None:
         """The leader resumes what waits (an upload a peer held, a key while Vault was away) and applies
         retention; every master catches up with the blobs it misses (soon after start, then regularly)."""
-        steps = []
+        steps = [("key pool", self._refill_keys)]
         if self.is_leader and ticks % 10 == 0:
             steps.append(("resume", self._resume))
         if self.is_leader and ticks % self.cfg.gc_interval == 0:
@@ -324,6 +325,15 @@ class Master:
                     log.info("%s: %s", what, done)
             except Exception as exc:
                 log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+
+    async def _refill_keys(self) -> str:
+        """Data keys made ahead while Vault answers (datakeys.py); quiet while it is away (the pool
+        is what carries uploads then, and an upload that finds it empty says why)."""
+        try:
+            added = await self.loop.run_in_executor(None, self.keys.refill)
+        except KeysUnavailable:
+            return ""
+        return f"{added} data keys made ahead" if added > 16 else ""
 
     async def _probe_members(self) -> None:
         members = [("workers", "worker", m) for m in list(self.workers.values())]
@@ -427,6 +437,8 @@ class Master:
                            "error": None if len(live_masters) >= quorum else
                            f"{len(live_masters)} live master(s), {quorum} must store each upload: new uploads are "
                            "refused (503 not_durable)"}
+        # how many uploads are accepted if Vault goes away now (master/datakeys.py)
+        checks["vault"]["keys_ahead"] = self.keys.pooled()
         ready = all(checks[k]["ok"] for k in ("zookeeper", "certificate", "leader"))
         return ready, checks
 
