@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -36,7 +37,13 @@ KINDS: dict[str, Callable[[str], bool]] = {
     "approle login": lambda p: p == "auth/approle/login",
     "secret_id": lambda p: p.startswith("auth/approle/role/histo-") and p.endswith("/secret-id"),
     "api token (env file)": lambda p: p == "transit/sign/histo-tokens",
+    "issuer token": lambda p: p == "auth/token/create/histo-issuer",
+    "receipt-verifier token": lambda p: p == "auth/token/create/histo-receipt-verifier",
 }
+# The renewals a job can meet (the operator's tokens are renewed on the controller, not in the path of a job).
+SERVICE_SIDE = ("service certificate", "zookeeper certificate", "zookeeper quorum certificate", "vault token renewal",
+                "approle login", "secret_id")
+RECOVERY = 20.0  # seconds after a fault (kill, restart; Vault: after its minute away) counted as "during faults"
 NEAR = 3.0  # seconds: a job is "during a renewal" when a renewal request falls within its run ± this
 
 
@@ -61,23 +68,60 @@ def _audit(path: Path) -> list[tuple[float, str]]:
 
 
 class Load(threading.Thread):
-    """Uploads one small image after the other, and waits for each job; never stops on an error."""
+    """Uploads one small image after the other through the public address, and waits for each job, as
+    the CLI does (client/http.py `retrying`): a 503 with Retry-After and a refused connection are asked
+    again, a status read after any failure to reach a master; the env file is read again before each
+    job (its tokens are renewed in place by `histo env refresh`). A job fails when it ends `failed`,
+    is refused otherwise, or is not done within JOB_DEADLINE seconds of its first attempt."""
 
-    def __init__(self, cl: Any, image: bytes) -> None:
+    JOB_DEADLINE = 180.0
+
+    def __init__(self, cl: Any, image: bytes, env_path: Path) -> None:
         super().__init__(daemon=True)
-        self.cl, self.image = cl, image
+        self.cl, self.image, self.env_path = cl, image, env_path
         self.stop = threading.Event()
         self.jobs: list[tuple[float, float, str]] = []  # (start, end, "done" | failure)
+        self.retries: dict[str, int] = {}  # what was asked again, and how often
+
+    def _again(self, why: str, wait: float) -> None:
+        self.retries[why] = self.retries.get(why, 0) + 1
+        time.sleep(wait)
+
+    def _upload(self, deadline: float) -> tuple[int, dict[str, Any]]:
+        import urllib.error
+        while True:
+            try:
+                status, doc = self.cl.upload(self.image, url=self.cl.public_url)
+            except urllib.error.URLError as exc:
+                if not isinstance(exc.reason, ConnectionRefusedError) or time.time() + 1 > deadline:
+                    raise
+                self._again("upload: connection refused", 1.0)
+                continue
+            if status == 503 and time.time() + 5 <= deadline:
+                self._again(f"upload 503 {doc.get('error')}", 5.0)  # every 503 of the API says Retry-After: 5
+                continue
+            return status, doc
+
+    def _wait(self, job_id: str, deadline: float) -> str:
+        while time.time() < deadline:
+            try:
+                return str(self.cl.wait_job(job_id, timeout=max(1.0, deadline - time.time()),
+                                            url=self.cl.public_url)["state"])
+            except AssertionError:
+                break
+            except OSError as exc:
+                self._again(f"status: {type(exc).__name__}", 1.0)
+        return "not done in time"
 
     def run(self) -> None:
+        from histo.envrefresh import read_env
         while not self.stop.is_set():
             t0 = time.time()
+            deadline = t0 + self.JOB_DEADLINE
             try:
-                status, doc = self.cl.upload(self.image)
-                if status != 202:
-                    outcome = f"upload {status} {doc.get('error')}"
-                else:
-                    outcome = self.cl.wait_job(doc["id"], timeout=120)["state"]
+                self.cl.env.update(read_env(self.env_path))
+                status, doc = self._upload(deadline)
+                outcome = self._wait(doc["id"], deadline) if status == 202 else f"upload {status} {doc.get('error')}"
             except Exception as exc:
                 outcome = f"{type(exc).__name__}: {exc}"[:120]
             self.jobs.append((t0, time.time(), outcome))
@@ -85,7 +129,7 @@ class Load(threading.Thread):
 
 
 def soak(minutes: float, root: Path) -> dict[str, Any]:
-    from histo.lifetimes import profile, seconds
+    from histo.lifetimes import profile
     from histo.local import cluster as local_cluster
     from histo.local.bao import BaoServer
     from histo.local.zkserver import ZkServer
@@ -98,25 +142,17 @@ def soak(minutes: float, root: Path) -> dict[str, Any]:
         return Cluster(root=root.resolve(), env=info["env"])
 
     cl = up()
-    load = Load(cl, sample_image(320, 240, "PNG"))
+    load = Load(cl, sample_image(320, 240, "PNG"), root / "env")
     events: list[tuple[float, str]] = []
     start = time.time()
     end = start + minutes * 60
     load.start()
     plan = [(0.10, "rotate the PKI intermediate"), (0.15, "kill -9 worker1"), (0.30, "kill -9 master2"),
             (0.45, "restart zookeeper"), (0.60, "stop vault 60s"), (0.80, "kill -9 master1")]
-    refreshed = time.time()
+    # the operator's side renews itself: local up started `histo env refresh` (envrefresh.py)
     for frac, what in plan + [(1.0, "end")]:
         while time.time() < start + frac * (end - start):
             time.sleep(1)
-            # the operator's side: the env file's API tokens renewed at 2/3 of their life
-            if time.time() - refreshed > 2 / 3 * seconds(life.api_token_ttl):
-                try:
-                    cl.env.update(local_cluster.write_env(root, local_cluster._provisioner(root, _root(root)),
-                                                          cl.urls, life))
-                    refreshed = time.time()
-                except Exception as exc:  # Vault away: the tokens held still have a third of their life
-                    print(f"soak: env tokens not renewed yet ({type(exc).__name__})", flush=True)
         if what == "end":
             break
         events.append((time.time(), what))
@@ -146,7 +182,10 @@ def soak(minutes: float, root: Path) -> dict[str, Any]:
     load.stop.set()
     load.join(timeout=150)
     local_cluster.down(root)
-    return report(load.jobs, _audit(root / "vault" / "audit.log"), events, start, minutes)
+    out = report(load.jobs, _audit(root / "vault" / "audit.log"), events, start, minutes)
+    out["asked_again"] = load.retries
+    out["lifetimes"] = life.as_dict()
+    return out
 
 
 def _root(root: Path) -> Any:
@@ -157,16 +196,25 @@ def _root(root: Path) -> Any:
 def report(jobs: list[tuple[float, float, str]], audit: list[tuple[float, str]], events: list[tuple[float, str]],
            start: float, minutes: float) -> dict[str, Any]:
     renewals = {kind: [t for t, p in audit if t >= start and match(p)] for kind, match in KINDS.items()}
-    marks = sorted(t for kind, ts in renewals.items() if kind != "api token (env file)" for t in ts)
+    marks = sorted(t for kind, ts in renewals.items() if kind in SERVICE_SIDE for t in ts)
 
     def near(a: float, b: float) -> bool:
         import bisect
         i = bisect.bisect_left(marks, a - NEAR)
         return i < len(marks) and marks[i] <= b + NEAR
 
+    # A fault's window: from its start until the cluster had time to recover (a killed service's
+    # restart and rejoin, ZooKeeper's sessions moving, Vault's minute away and its unseal).
+    faults = [(t, t + (60.0 if "vault" in w else 0.0) + RECOVERY) for t, w in events
+              if w != "rotate the PKI intermediate"]
+
+    def in_fault(a: float, b: float) -> bool:
+        return any(a <= hi and b >= lo for lo, hi in faults)
+
     done = [(a, b) for a, b, o in jobs if o == "done"]
-    during = [b - a for a, b in done if near(a, b)]
-    steady = [b - a for a, b in done if not near(a, b)]
+    faulty = [b - a for a, b in done if in_fault(a, b)]
+    during = [b - a for a, b in done if not in_fault(a, b) and near(a, b)]
+    steady = [b - a for a, b in done if not in_fault(a, b) and not near(a, b)]
     failures: dict[str, int] = {}
     for _, _, o in jobs:
         if o != "done":
@@ -175,6 +223,7 @@ def report(jobs: list[tuple[float, float, str]], audit: list[tuple[float, str]],
         "minutes": minutes, "jobs_run": len(jobs), "jobs_failed": sum(failures.values()), "failures": failures,
         "renewals": {k: len(v) for k, v in renewals.items()},
         "latency_s": {"steady": {"n": len(steady), "p50": _pct(steady, 0.5), "p99": _pct(steady, 0.99)},
+                      "during_faults": {"n": len(faulty), "p50": _pct(faulty, 0.5), "p99": _pct(faulty, 0.99)},
                       "during_renewal": {"n": len(during), "p50": _pct(during, 0.5), "p99": _pct(during, 0.99)},
                       "mean": round(statistics.fmean([b - a for a, b in done]), 3) if done else 0.0},
         "events": [{"at_s": round(t - start), "what": w} for t, w in events],
@@ -188,6 +237,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "soak.json"))
     a = ap.parse_args()
     root = Path(a.state).resolve()  # the same absolute paths as up() (Vault renders its audit path from them)
+    from histo.local import cluster as local_cluster
+    local_cluster.down(root)
+    # a fresh cluster each run: the last run's credentials have long expired (compressed lifetimes)
+    shutil.rmtree(root, ignore_errors=True)
     try:
         result = soak(a.minutes, root)
     finally:

@@ -1,12 +1,13 @@
 """The operator's credentials on the controller, kept alive without a human (`histo env refresh`).
 
-Three credentials there have a lifetime: the API tokens in the env file (1 h), the issuer token that
-signs them (72 h, not renewable by design: a token role with a fixed life) and the provisioner token
-(periodic, 768 h). One pass of `Refresher.once` renews what is at 2/3 of its life:
+Four credentials there have a lifetime: the API tokens in the env file (1 h), the issuer token that
+signs them and the receipt-verifier token (72 h each, not renewable by design: token roles with a
+fixed life) and the provisioner token (periodic, 768 h). One pass of `Refresher.once` renews what is at 2/3 of its life:
 
 - the provisioner token renews itself (renew-self resets its period);
-- the issuer token is replaced through its token role with the provisioner token (the new one is
-  written 0600 before the old one is revoked, so a reader never meets a missing file);
+- the issuer and receipt-verifier tokens are replaced through their token roles with the provisioner
+  token (the new one is written 0600 before the old one is revoked, so a reader never meets a
+  missing file);
 - the env file's tokens are all issued again, with the life they had, and the file is replaced
   atomically (0600), every other line kept.
 
@@ -84,6 +85,7 @@ class Refresher:
     vault_url: str
     vault_ca: str
     provisioner_file: Path | None = None
+    verifier_file: Path | None = None
     fraction: float = FRACTION
 
     def _client(self, token: str) -> hvac.Client:
@@ -113,27 +115,39 @@ class Refresher:
         return prov
 
     def issuer(self, prov: hvac.Client | None, now: float) -> tuple[hvac.Client, bool]:
-        from .vault.secretzero import operator_token
         from .vault.setup import ISSUER_TOKEN_ROLE
-        old = self.issuer_file.read_text().strip()
-        signer = self._client(old)
-        left = self._remaining(signer)
+        return self._replace(prov, self.issuer_file, ISSUER_TOKEN_ROLE, "histo-issuer")
+
+    def verifier(self, prov: hvac.Client | None) -> bool:
+        """The receipt-verifier token (the same kind of operator token: a token role, a fixed life)."""
+        from .vault.setup import VERIFIER_TOKEN_ROLE
+        if self.verifier_file is None or not self.verifier_file.exists():
+            return False
+        return self._replace(prov, self.verifier_file, VERIFIER_TOKEN_ROLE, "histo-receipt-verifier")[1]
+
+    def _replace(self, prov: hvac.Client | None, path: Path, role: str, display: str) -> tuple[hvac.Client, bool]:
+        """The operator token in `path` replaced through its token role at 2/3 of its life: (a client
+        with the current one, whether it was replaced now)."""
+        from .vault.secretzero import operator_token
+        old = path.read_text().strip()
+        current = self._client(old)
+        left = self._remaining(current)
         if left is not None and (not left[1] or left[0] > (1 - self.fraction) * left[1]):
-            return signer, False
+            return current, False
         if prov is None:
             if left is None:
-                raise RuntimeError(f"the issuer token in {self.issuer_file} is no longer valid and no provisioner "
+                raise RuntimeError(f"the {display} token in {path} is no longer valid and no provisioner "
                                    "token is at hand to replace it")
-            return signer, False  # still valid: the env file can be refreshed meanwhile
+            return current, False  # still valid: the env file can be refreshed meanwhile
         life = left[1] if left else 72 * 3600
-        new = operator_token(prov, ISSUER_TOKEN_ROLE, f"{life}s", "histo-issuer")
-        write_private(self.issuer_file, new + "\n")
+        new = operator_token(prov, role, f"{life}s", display)
+        write_private(path, new + "\n")
         if left is not None:
             try:
-                signer.auth.token.revoke_self()
+                current.auth.token.revoke_self()
             except Exception:  # noqa: BLE001 - the old one expires by itself anyway
-                log.info("the previous issuer token could not be revoked now; it expires by itself")
-        log.info("issuer token replaced (it was at 2/3 of its life)")
+                log.info("the previous %s token could not be revoked now; it expires by itself", display)
+        log.info("%s token replaced (it was at 2/3 of its life)", display)
         return self._client(new), True
 
     def env(self, signer: hvac.Client, now: float) -> bool:
@@ -151,14 +165,15 @@ class Refresher:
         now = time.time() if now is None else now
         prov = self.provisioner()
         signer, issuer_renewed = self.issuer(prov, now)
-        return {"issuer_renewed": issuer_renewed, "env_renewed": self.env(signer, now)}
+        return {"issuer_renewed": issuer_renewed, "verifier_renewed": self.verifier(prov),
+                "env_renewed": self.env(signer, now)}
 
     @classmethod
     def from_config(cls, path: Path) -> Refresher:
         cfg = json.loads(Path(path).read_text())
-        prov = cfg.get("provisioner_token_file")
+        prov, verifier = cfg.get("provisioner_token_file"), cfg.get("verifier_token_file")
         return cls(Path(cfg["env"]), Path(cfg["issuer_token_file"]), str(cfg["vault_url"]), str(cfg["vault_ca"]),
-                   Path(prov) if prov else None)
+                   Path(prov) if prov else None, Path(verifier) if verifier else None)
 
 
 def start(state: Path, vault_url: str, vault_ca: str, interval: float = 10.0) -> bool:
@@ -173,6 +188,7 @@ def start(state: Path, vault_url: str, vault_ca: str, interval: float = 10.0) ->
     config = sdir / "config.json"
     write_private(config, json.dumps({"env": str(state / "env"), "issuer_token_file": str(state / "issuer-token"),
                                       "provisioner_token_file": str(state / "provisioner-token"),
+                                      "verifier_token_file": str(state / "receipt-verifier-token"),
                                       "vault_url": vault_url, "vault_ca": str(Path(vault_ca).resolve())},
                                      indent=1) + "\n")
     if procs.alive(sdir / "pid", f"--config {config}"):

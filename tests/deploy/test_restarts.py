@@ -93,3 +93,48 @@ def test_rebooted_machine_comes_back_with_a_fresh_certificate(cluster: DeployedC
     assert serial not in before
     _wait_port(host, cluster.ports["internal"])
     _ready_and_accepting(cluster)
+
+
+# Run as the server's own user with histo's interpreter on a ZooKeeper host: the certificate the server
+# serves now (its notBefore), and the renewer's own restart request (zk/renew.py requested_restart:
+# rewrite the flag the root path unit watches, wait until the server serves a newer certificate).
+_ZK_PY = ("import json, sys; from pathlib import Path; from histo.zk import renew; "
+          "from histo.zk.config import ZkConfig; "
+          "zk = ZkConfig.from_json(json.loads(Path('/etc/histo/zk.json').read_text())); {}")
+_ZK_SERVED = _ZK_PY.format("w = renew.probe(zk, zk.address, zk.port); print(w.not_before if w else '')")
+_ZK_RENEW = _ZK_PY.format("renew.requested_restart(Path('/var/lib/histo-zk/restart-request'), zk)()")
+_ZK_QUORUM = _ZK_PY.format("print(renew.ruok(zk, zk.address, zk.port) and None not in renew.others(zk))")
+
+
+def _as_zookeeper(host: Machine, code: str, timeout: float = 60) -> str:
+    proc = host.run(f"runuser -u zookeeper -- /opt/histo/bin/python -c \"{code}\"", timeout=timeout, check=False)
+    assert proc.returncode == 0, (host.name, proc.stderr[-600:])
+    return proc.stdout.strip()
+
+
+def test_zookeeper_certificates_renewed_by_the_rolling_path_then_a_restarted_service_reconnects(
+        cluster: DeployedCluster):
+    """Issue 16's drill: every ZooKeeper server, one at a time, renews its certificates the way its
+    renewer does when they reach 2/3 of their life (the unprivileged request, the root path unit's
+    restart, fresh certificates from Vault at start), keeping quorum between servers; then a worker
+    and a master restarted afterwards must open new TLS sessions to the renewed servers and serve."""
+    servers = cluster.group("zookeeper")
+    before = {h.name: float(_as_zookeeper(h, _ZK_SERVED) or 0) for h in servers}
+    assert all(before.values()), f"a ZooKeeper server serves no certificate: {before}"
+    for host in servers:
+        t0 = time.monotonic()
+        _as_zookeeper(host, _ZK_RENEW, timeout=240)
+        served = float(_as_zookeeper(host, _ZK_SERVED) or 0)
+        assert served > before[host.name], (host.name, before[host.name], served)
+        deadline = time.monotonic() + 120  # the next server restarts only once the ensemble answers again
+        while _as_zookeeper(host, _ZK_QUORUM) != "True":
+            assert time.monotonic() < deadline, f"{host.name}: the ensemble did not answer after its restart"
+            time.sleep(2)
+        print(f"zookeeper drill: {host.name} renewed and back in {time.monotonic() - t0:.1f}s")
+    for group in ("workers", "masters"):
+        host = cluster.group(group)[0]
+        loaded = _serials(host)
+        host.run(f"systemctl restart {_unit(host)}", timeout=120)
+        _wait_new_identity(host, loaded)
+        _wait_port(host, cluster.ports["internal"])
+    _ready_and_accepting(cluster)

@@ -1,5 +1,5 @@
 """`histo env refresh` against a real OpenBao (issue 16 item 1): the env file's API tokens and the
-operator's issuer token are replaced at 2/3 of their life with the provisioner token, never earlier;
+operator's issuer and receipt-verifier tokens are replaced at 2/3 of their life with the provisioner token, never earlier;
 the new tokens verify with the transit key, every other line of the file stays, files stay 0600; a
 refresher without a provisioner token and with a dead issuer token says so in one line."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from histo.edge.tokens import TokenVerifier, vault_public_keys
 from histo.envfile import write_env
 from histo.envrefresh import Refresher, read_env
 from histo.vault.secretzero import operator_token, retire_root, token_valid
-from histo.vault.setup import ISSUER_TOKEN_ROLE
+from histo.vault.setup import ISSUER_TOKEN_ROLE, VERIFIER_TOKEN_ROLE
 
 from .vaultfix import NET, configure, running_bao
 
@@ -29,6 +29,8 @@ def test_env_tokens_and_issuer_token_renew_at_two_thirds(tmp_path: Path) -> None
         prov = bao.client((tmp_path / "provisioner-token").read_text().strip())
         issuer = operator_token(prov, ISSUER_TOKEN_ROLE, "9s", "test-issuer")
         (tmp_path / "issuer-token").write_text(issuer + "\n")
+        verifier_token = operator_token(prov, VERIFIER_TOKEN_ROLE, "9s", "test-verifier")
+        (tmp_path / "receipt-verifier-token").write_text(verifier_token + "\n")
         env_path = tmp_path / "env"
         write_env(env_path, ["https://127.0.0.1:1"], tmp_path / "ca.pem", bao.client(issuer), 12,
                   {"HISTO_PROFILE": "test"})
@@ -36,15 +38,21 @@ def test_env_tokens_and_issuer_token_renew_at_two_thirds(tmp_path: Path) -> None
         cfg = tmp_path / "refresh.json"
         cfg.write_text(json.dumps({"env": str(env_path), "issuer_token_file": str(tmp_path / "issuer-token"),
                                    "provisioner_token_file": str(tmp_path / "provisioner-token"),
+                                   "verifier_token_file": str(tmp_path / "receipt-verifier-token"),
                                    "vault_url": bao.url, "vault_ca": str(bao.ca_path)}))
         r = Refresher.from_config(cfg)
         # fresh: nothing to do (a renewal costs a Vault round trip and a file replace)
-        assert r.once() == {"issuer_renewed": False, "env_renewed": False}
+        assert r.once() == {"issuer_renewed": False, "verifier_renewed": False, "env_renewed": False}
         assert read_env(env_path) == before
 
         time.sleep(6.5)  # past 2/3 of the issuer token's 9 s and of the env tokens' 12 s... for the issuer
         out = r.once(now=time.time() + 2.0)  # ...and the env tokens at 8.5 s of 12
-        assert out == {"issuer_renewed": True, "env_renewed": True}
+        assert out == {"issuer_renewed": True, "verifier_renewed": True, "env_renewed": True}
+        new_verifier = (tmp_path / "receipt-verifier-token").read_text().strip()
+        assert new_verifier != verifier_token and not token_valid(bao.client(verifier_token))
+        # the replacement holds the receipt-verifier policy, and only it (not the issuer's)
+        assert bao.client(new_verifier).auth.token.lookup_self()["data"]["policies"] == \
+            ["default", "histo-receipt-verifier"]
         new_issuer = (tmp_path / "issuer-token").read_text().strip()
         assert new_issuer != issuer and token_valid(bao.client(new_issuer))
         assert not token_valid(bao.client(issuer))  # the old one revoked, not left to lapse
@@ -56,7 +64,7 @@ def test_env_tokens_and_issuer_token_renew_at_two_thirds(tmp_path: Path) -> None
             token = after[f"HISTO_TOKEN_{role.upper()}"]
             assert token != before[f"HISTO_TOKEN_{role.upper()}"]
             assert verifier.verify(token).role == role
-        for f in (env_path, tmp_path / "issuer-token"):
+        for f in (env_path, tmp_path / "issuer-token", tmp_path / "receipt-verifier-token"):
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
         # no provisioner and a dead issuer token: one readable line, exit 1, the env file untouched
