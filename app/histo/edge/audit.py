@@ -17,6 +17,7 @@ _SECRETISH = re.compile(
     r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"                  # Authorization header values
     r"|(?i:\b(?:token|secret_id|secret|password|passwd|client_token|wrapping_token|api_key)"
     r"(?:\s*=\s*|[\"']\s*:\s*[\"']?))[^\s\"',;&]+"                 # key=value, "key": "value"
+    r"|\bdigest[:,]'?[^:\s,']{1,64}:[A-Za-z0-9+/]{27}="             # a ZooKeeper digest id (SHA-1 of name:password)
 )
 REDACTED = "[redacted]"
 DECISIONS = ("allow", "deny")
@@ -29,6 +30,8 @@ def redact(text: str) -> str:
 
 def _replace(m: re.Match[str]) -> str:
     s = m.group(0)
+    if s.startswith(("digest:", "digest,")):
+        return s[: s.rindex(":") + 1] + REDACTED  # the name stays: whose digest it was
     # keep the name of a `key=value` pair so the line still says what was there
     kv = re.match(r"(?i)(\w+(?:\s*=\s*|[\"']\s*:\s*[\"']?))", s)
     return (kv.group(1) + REDACTED) if kv and not s.lower().startswith(("bearer", "basic", "eyj")) else REDACTED

@@ -22,12 +22,19 @@ from ..tls.contexts import TLS12_SUITES_IANA, TLS13_SUITES
 ZK_JAR = "/usr/share/java/zookeeper.jar"
 # The TLS suites of tls/contexts.py (JSSE names), for the client port and the quorum alike.
 CIPHERSUITES = ",".join(TLS13_SUITES + TLS12_SUITES_IANA)
-# Debian's zookeeper.jar manifest misses what the TLS (Netty) server needs, and any log binding.
-EXTRA_JARS = ["netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-simple"]
+# Debian's zookeeper.jar manifest misses what the TLS (Netty) server needs, and any log binding. The
+# binding is log4j 1.2 (Debian's, with its CVE fixes; libzookeeper-java depends on it): unlike
+# slf4j-simple (one sink) it writes stderr (the journal) and a size-bounded file beside it.
+EXTRA_JARS = ["netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-log4j12", "log4j-1.2"]
 JAVA = shutil.which("java") or "/usr/bin/java"
 # Small heap, serial GC and the C1 compiler only: a coordination service that starts in seconds.
-JVM_OPTIONS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-               "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true"]
+JVM_OPTIONS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+# The refusals file (ZkConfig.log_file): rotated by log4j itself, at most LOG_MAX_SIZE x (1 + LOG_BACKUPS).
+LOG_MAX_SIZE, LOG_BACKUPS = "10MB", 2
+# Where each entry of the refusals file starts (rsyslog's imfile startmsg.regex, roles/logship): every
+# line but a DEBUG one, and the only DEBUG lines written are "Closing <client address>", which
+# then travel with the "Exception caught" line before them: the reason and the address in one message.
+LOG_ENTRY_START = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[^ ]+ (FATAL|ERROR|WARN|INFO) "
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
@@ -37,8 +44,10 @@ class ZkServerError(RuntimeError):
 
 class ZkConfig:
     def __init__(self, state_dir: Path, address: str, secure_port: int = 2281, server_id: int = 1,
-                 peers: list[dict[str, Any]] | None = None, heap: str = "256m") -> None:
+                 peers: list[dict[str, Any]] | None = None, heap: str = "256m", log_file: Path | None = None) -> None:
         self.dir = Path(state_dir)
+        # ZooKeeper's own record of what it refused (TLS, authentication, ACLs), for the SecOps shipper
+        self.log_file = Path(log_file) if log_file else self.dir / "zookeeper.log"
         self.address, self.port, self.server_id = address, secure_port, server_id
         self.peers = peers or []  # [{"id": 1, "address": "...", "quorum_port": 2888, "election_port": 3888}]
         self.heap = heap
@@ -49,7 +58,8 @@ class ZkConfig:
     def from_json(cls, cfg: dict[str, Any]) -> Self:
         """From a machine's zk.json (roles/zookeeper/templates/zk.json.j2)."""
         return cls(Path(cfg["state_dir"]), cfg["address"], int(cfg.get("secure_port", 2281)),
-                   server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"))
+                   server_id=int(cfg.get("server_id", 1)), peers=cfg.get("peers"), heap=cfg.get("heap", "256m"),
+                   log_file=Path(cfg["log_file"]) if cfg.get("log_file") else None)
 
     def write_config(self, cert_pem: str, key_pem: str, ca_pem: str, super_digest: str,
                      quorum: tuple[str, str, str] | None = None) -> None:
@@ -111,17 +121,45 @@ class ZkConfig:
         else:
             lines.append("standaloneEnabled=true")
         _write_private(self.cfg_path, "\n".join(lines) + "\n")
-        (conf / "log4j.properties").write_text(
-            "log4j.rootLogger=WARN, FILE\n"
-            "log4j.appender.FILE=org.apache.log4j.RollingFileAppender\n"
-            f"log4j.appender.FILE.File={self.dir / 'zookeeper.log'}\n"
-            "log4j.appender.FILE.MaxFileSize=10MB\nlog4j.appender.FILE.MaxBackupIndex=3\n"
-            "log4j.appender.FILE.layout=org.apache.log4j.PatternLayout\n"
-            "log4j.appender.FILE.layout.ConversionPattern=%d{ISO8601} %p [%t] %c{1}: %m%n\n")
+        (conf / "log4j.properties").write_text(self.log4j_properties())
+
+    def log4j_properties(self) -> str:
+        """stderr as before (WARN and above: the journal on machines, stdout.log in local mode), and
+        the refusals file: WARN and above one line each (an exception's first line only: the reason),
+        plus NettyServerCnxnFactory's "Closing <address>" — ZooKeeper names the client of a refused
+        TLS handshake nowhere else. ACL denials come from the audit logger (failures at ERROR)."""
+        return "\n".join([
+            "log4j.rootLogger=WARN, STDERR, FILE",
+            "log4j.logger.org.apache.zookeeper.server.NettyServerCnxnFactory=DEBUG",
+            "log4j.logger.org.apache.zookeeper.server.PrepRequestProcessor=INFO",
+            "log4j.appender.STDERR=org.apache.log4j.ConsoleAppender",
+            "log4j.appender.STDERR.Target=System.err",
+            "log4j.appender.STDERR.Threshold=WARN",
+            "log4j.appender.STDERR.layout=org.apache.log4j.PatternLayout",
+            "log4j.appender.STDERR.layout.ConversionPattern=%p [%t] %c - %m%n",
+            "log4j.appender.FILE=org.apache.log4j.RollingFileAppender",
+            f"log4j.appender.FILE.File={self.log_file}",
+            f"log4j.appender.FILE.MaxFileSize={LOG_MAX_SIZE}",
+            f"log4j.appender.FILE.MaxBackupIndex={LOG_BACKUPS}",
+            "log4j.appender.FILE.layout=org.apache.log4j.EnhancedPatternLayout",
+            "log4j.appender.FILE.layout.ConversionPattern=%d{yyyy-MM-dd'T'HH:mm:ss.SSSZ} %p [%t] %c{1}: %m %throwable{1}%n",
+            # below WARN only two kinds of line get in: the address of a connection closed on an error
+            # (DEBUG), and a request refused by an ACL (INFO: the audit line does not say why a write
+            # failed — NoAuth, or an ordinary NodeExists / NoNode / BadVersion)
+            "log4j.appender.FILE.filter.1=org.apache.log4j.varia.StringMatchFilter",
+            "log4j.appender.FILE.filter.1.StringToMatch=Closing ",
+            "log4j.appender.FILE.filter.1.AcceptOnMatch=true",
+            "log4j.appender.FILE.filter.2=org.apache.log4j.varia.StringMatchFilter",
+            "log4j.appender.FILE.filter.2.StringToMatch=KeeperErrorCode = NoAuth",
+            "log4j.appender.FILE.filter.2.AcceptOnMatch=true",
+            "log4j.appender.FILE.filter.3=org.apache.log4j.varia.LevelRangeFilter",
+            "log4j.appender.FILE.filter.3.LevelMin=WARN",
+            "log4j.appender.FILE.filter.3.AcceptOnMatch=true",
+        ]) + "\n"
 
     def command(self) -> list[str]:
         """The server's argv: no secret on it (the super digest stays in the 0600 zoo.cfg)."""
-        return [JAVA, f"-Xmx{self.heap}", *JVM_OPTIONS,
+        return [JAVA, f"-Xmx{self.heap}", *JVM_OPTIONS, f"-Dlog4j.configuration=file:{self.dir / 'conf' / 'log4j.properties'}",
                 "-cp", ":".join([str(self.dir / "conf"), ZK_JAR] + [f"/usr/share/java/{j}.jar" for j in EXTRA_JARS]),
                 MAIN_CLASS, str(self.cfg_path)]
 
