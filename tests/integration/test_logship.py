@@ -2,13 +2,18 @@
 the collector (secops1), both with certificates OpenBao issued to them; each side checks the other's
 name. What the shipper reads reaches the hash-chained record; a collector that is away is waited
 for (the shipper queues); an impostor collector (a valid histo certificate, the wrong name) gets
-nothing. Loopback only (127.0.10.x), processes stopped by their pid."""
+nothing. A real ZooKeeper server's refusals, through the role's zookeeper_refusals filter, reach the
+record attributed to the refused host, and its ordinary traffic does not. Loopback only (127.0.10.x),
+processes stopped by their pid."""
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,10 +22,20 @@ from typing import Any, Iterator
 
 import jinja2
 import pytest
+import yaml  # type: ignore[import-untyped]
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NoAuthError, NodeExistsError, NoNodeError
+from kazoo.handlers import utils as kazoo_utils
+from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo.security import make_digest_acl_credential
 
 from histo.files import write_private
 from histo.local.bao import BaoServer
+from histo.local.zkserver import ZkServer
 from histo.secops.chain import walk
+from histo.tls.selfsigned import ensure_bootstrap_tls
+from histo.zk.acl import default_acl, tree_acls, worker_slot_acl
+from histo.zk.config import LOG_ENTRY_START
 
 from .test_secops_record import SECOPS, WORKER
 from .vaultfix import configure, default_hosts, free_port, provision, running_bao, service_vault
@@ -205,3 +220,160 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         for r in (shipper, collector):
             r.stop()
     assert os.stat(record).st_mode & 0o077 == 0
+
+
+class _BoundSocket:
+    """The socket module as kazoo uses it, with every socket bound to one loopback source address
+    (ZooKeeper names a client by the address it connects from)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def socket(self, family: int = socket.AF_INET, *args: Any) -> socket.socket:
+        s = socket.socket(family, *args)
+        s.bind((self.source, 0))
+        return s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+
+class _BoundHandler(SequentialThreadingHandler):  # type: ignore[misc]
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        return kazoo_utils.create_tcp_connection(_BoundSocket(self.source), *args, **kwargs)
+
+
+def _zk(address: str, port: int, source: str, tls: dict[str, str], digest: tuple[str, str]) -> KazooClient:
+    client = KazooClient(hosts=f"{address}:{port}", use_ssl=True, verify_certs=True, check_hostname=True,
+                         ca=tls["logship_ca"], certfile=tls["logship_cert"], keyfile=tls["logship_key"],
+                         auth_data=[("digest", f"{digest[0]}:{digest[1]}")], timeout=4,
+                         handler=_BoundHandler(source), connection_retry={"max_tries": 1, "delay": 0.2})
+    client.start(timeout=10)
+    return client
+
+
+def _handshake(address: str, port: int, source: str, ca: str, cert: tuple[Path, Path] | None) -> str:
+    """A raw TLS client from `source`: what the handshake ended with."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    try:
+        with socket.create_connection((address, port), timeout=5, source_address=(source, 0)) as raw, \
+                ctx.wrap_socket(raw, server_hostname=address) as s:
+            s.sendall(b"ruok")
+            return s.recv(4).decode() or "closed"
+    except (ssl.SSLError, OSError) as e:
+        return f"refused: {e}"
+
+
+def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
+        env: tuple[BaoServer, dict[str, str], Path]) -> None:
+    """A real ZooKeeper 3.8.0 server (local mode's ZkServer: TLS only, x509 + digest, ACLs): a client
+    without a certificate, one with a certificate of another CA and a worker writing where its ACL
+    forbids are refused; ZooKeeper's refusals file, read by a real rsyslog shipper with the role's
+    filter, brings exactly those to the collector, each attributed to its inventory host. The master's
+    operations succeed, and its ordinary failed writes (NodeExists, NoNode, BadVersion) and the worker's
+    writes in its own slot never leave the machine."""
+    bao, role_ids, root = env
+    zk_host = next(h for h in HOSTS if h["role"] == "zookeeper")
+    master, worker2 = (next(h for h in HOSTS if h["name"] == n) for n in ("master1", "worker2"))
+    outsider = f"{SECOPS['address'].rsplit('.', 1)[0]}.50"  # in no inventory
+    base = root / "zk-refusals"
+    zk_tls, m_tls, w_tls = (_certs(bao, role_ids, h, base / h["name"]) for h in (zk_host, master, WORKER))
+    foreign_ca, foreign_cert, foreign_key = ensure_bootstrap_tls(base / "foreign", ["worker1.histo.internal"],
+                                                                 [outsider])
+    secret = {r: secrets.token_urlsafe(24) for r in ("super", "histo-master", "histo-worker")}
+    ids = {"master": make_digest_acl_credential("histo-master", secret["histo-master"]),
+           "worker": make_digest_acl_credential("histo-worker", secret["histo-worker"])}
+    port = free_port(zk_host["address"])
+    zk = ZkServer(base / "zk", zk_host["address"], port)
+    ca_pem = Path(zk_tls["logship_ca"]).read_text()
+    zk.write_config(Path(zk_tls["logship_cert"]).read_text() + "\n" + ca_pem, Path(zk_tls["logship_key"]).read_text(),
+                    ca_pem, make_digest_acl_credential("super", secret["super"]))
+    zk.start()
+
+    record = root / "zk-secops.log"
+    relp = free_port(SECOPS["address"])
+    common = {"logship_port": relp, "logship_queue_max_disk": "64m"}
+    inventory = base / "inventory.json"
+    inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"zk_client": port}}))
+    collector = Rsyslogd(base / "collector", "collector.conf.j2", **common,
+                         **_certs(bao, role_ids, SECOPS, base / "c"), logship_address=SECOPS["address"],
+                         logship_histo_bin=str(Path(sys.executable).with_name("histo")),
+                         logship_record_path=str(record), logship_collector_host="secops1",
+                         logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
+                         logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
+                         __logship_all_files=[], logship_permitted_shippers=["zk1.histo.internal"])
+    # the role's own entry for ZooKeeper's file, at this server's path; the masters as the role computes them
+    defaults = yaml.safe_load((ROLE.parent / "defaults" / "main.yml").read_text())
+    role_entry = defaults["logship_group_files"]["zookeeper"][0]
+    assert role_entry["startmsg"] == LOG_ENTRY_START
+    shipper = Rsyslogd(base / "shipper", "shipper.conf.j2", **common, **zk_tls,
+                       logship_collector_address=SECOPS["address"], logship_collector_name="secops1.histo.internal",
+                       logship_source_address=zk_host["address"], logship_zk_masters=["master1"],
+                       __logship_all_files=[{**role_entry, "path": str(zk.log_file)}])
+    m = w = None
+    try:
+        collector.start()
+        shipper.start()
+        time.sleep(2)  # imfile has the file open before anything happens
+        m = _zk(zk_host["address"], port, master["address"], m_tls, ("histo-master", secret["histo-master"]))
+        m.create("/histo", b"", acl=tree_acls(ids)["/histo"])
+        m.create("/histo/jobs", b"", acl=tree_acls(ids)["/histo/jobs"])
+        m.create("/histo/workers", b"", acl=tree_acls(ids)["/histo/workers"])
+        m.create("/histo/workers/worker1", b"", acl=worker_slot_acl(ids, "worker1", "histo.internal"))
+        m.create("/histo/jobs/j1", b"{}", acl=default_acl(ids, "master"))
+        m.set("/histo/jobs/j1", b'{"state": "done"}')
+        # a master's ordinary failed writes: ZooKeeper audits them as failures too
+        with pytest.raises(NodeExistsError):
+            m.create("/histo/jobs/j1", b"")
+        with pytest.raises(NoNodeError):
+            m.delete("/histo/jobs/nope")
+        with pytest.raises(BadVersionError):
+            m.set("/histo/jobs/j1", b"", version=99)
+
+        # the refusals: no certificate (worker2), another CA (an address in no inventory)
+        no_cert = _handshake(zk_host["address"], port, worker2["address"], zk_tls["logship_ca"], None)
+        assert no_cert.startswith("refused"), no_cert
+        assert _handshake(zk_host["address"], port, outsider, zk_tls["logship_ca"],
+                          (foreign_cert, foreign_key)).startswith("refused")
+        # worker1, authenticated (its certificate, the workers' digest): its own slot is its to write,
+        # a job is not
+        w = _zk(zk_host["address"], port, WORKER["address"], w_tls, ("histo-worker", secret["histo-worker"]))
+        w.create("/histo/workers/worker1/member", b"{}", ephemeral=True)
+        with pytest.raises(NodeExistsError):  # ordinary, in its own slot: stays on the machine
+            w.create("/histo/workers/worker1/member", b"{}", ephemeral=True)
+        with pytest.raises(NoAuthError):
+            w.set("/histo/jobs/j1", b'{"state": "forged"}')
+        assert m.get("/histo/jobs/j1")[0] == b'{"state": "done"}'  # the legitimate path still works
+
+        got = _wait_for(record, 3, timeout=60)
+        time.sleep(3)  # nothing else follows
+        found = [e["event"]["secops"] for e in _entries(record) if isinstance(e["event"], dict)
+                 and "secops" in e["event"]]
+        summary = sorted((f["kind"], f["host"], f.get("znode") or "") for f in found)
+        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs/j1"),
+                           ("zk_tls_refused", "outside", ""), ("zk_tls_refused", "worker2", "")], got
+        assert len(_entries(record)) == 3, got  # no ordinary line was shipped
+        denied = next(f for f in found if f["kind"] == "zk_acl_denied")
+        assert (denied["spiffe"], denied["operation"], denied["certificate"], denied["target"]) == (
+            "spiffe://histo.internal/worker/worker1", "setData", "worker1", "zk1")
+        reasons = {f["host"]: f["why"] for f in found if f["kind"] == "zk_tls_refused"}
+        assert "no client certificate" in reasons["worker2"] and "another CA" in reasons["outside"]
+        assert next(f for f in found if f["host"] == "outside")["address"] == outsider
+        # no secret in ZooKeeper's file, nor in the record
+        for text in (zk.log_file.read_text(), record.read_text()):
+            assert not any(s in text for s in secret.values())
+            assert not any(i.split(":", 1)[1] in text for i in ids.values())
+    finally:
+        for c in (m, w):
+            if c is not None:
+                c.stop()
+                c.close()
+        for r in (shipper, collector):
+            r.stop()
+        zk.stop()

@@ -1,12 +1,16 @@
 """Each layer's refusal attributed to its inventory host and SPIFFE id (sample lines in each layer's
-own format; the Vault one is checked against a real OpenBao in test_secops_record.py)."""
+own format; the Vault one is checked against a real OpenBao in test_secops_record.py; ZooKeeper's are
+real lines of the real server, as tests/integration/test_logship.py received them)."""
 from __future__ import annotations
 
 import io
 import json
 from pathlib import Path
+from typing import Any
 
-from histo.secops.collector import Collector
+from kazoo.security import make_digest_acl_credential
+
+from histo.secops.collector import Collector, event_of
 from histo.secops.sources import Inventory, classify
 
 from .test_secops_chain import LocalSigner
@@ -40,12 +44,7 @@ def test_sshd_failures_and_ordinary_lines() -> None:
     assert classify({"msg": "CRON[1]: session opened", "host": "zk1", "tag": "CRON"}, INV) is None
 
 
-def test_zookeeper_audit_failure_and_vault_audit_line() -> None:
-    zk = "session=0x1 user=histo-worker ip=192.168.56.31 operation=setData znode=/histo/leader result=Failure"
-    got = classify({"msg": zk, "host": "zk1", "tag": "zookeeper-audit"}, INV)
-    assert got and (got["layer"], got["host"], got["operation"], got["znode"]) == (
-        "zookeeper", "worker1", "setData", "/histo/leader")
-    assert classify({"msg": zk.replace("Failure", "Success"), "host": "zk1", "tag": "zookeeper-audit"}, INV) is None
+def test_vault_audit_line() -> None:
     vault = {"type": "response", "error": "1 error occurred:\n\t* permission denied\n\n",
              "auth": {"display_name": "approle", "metadata": {"role_name": "histo-worker1"}},
              "request": {"path": "secret/data/histo/zk/super", "operation": "read", "remote_address": "10.9.9.9"}}
@@ -53,6 +52,94 @@ def test_zookeeper_audit_failure_and_vault_audit_line() -> None:
     assert got and (got["layer"], got["host"], got["spiffe"], got["path"]) == (
         "vault", "worker1", W1, "secret/data/histo/zk/super")  # the AppRole wins over the address
     assert classify({**vault, "error": ""}, INV) is None
+
+
+# ZooKeeper 3.8.0's own lines (Debian's 3.8.0-11+deb12u2, the server local mode runs, its refusals file
+# as histo.zk.config writes it), as the collector received them through the role's shipper and filter in
+# tests/integration/test_logship.py: rsyslog escaped the audit line's tabs as #011, and the shipper's
+# input joined a refused handshake's "Closing <address>" line to the exception line with a literal \n.
+ZK_INV = Inventory([{"name": "zk1", "role": "zookeeper", "address": "127.0.10.11"},
+                    {"name": "master1", "role": "master", "address": "127.0.10.21"},
+                    {"name": "worker1", "role": "worker", "address": "127.0.10.31"},
+                    {"name": "worker2", "role": "worker", "address": "127.0.10.32"}])
+ZK_NO_CERT = (r" 2026-12-06T05:35:41.133+0000 WARN [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Exception caught "
+              r"io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: Empty client "
+              r"certificate chain\n\n2026-12-06T05:35:41.137+0000 DEBUG [nioEventLoopGroup-4-3] "
+              r"NettyServerCnxnFactory: Closing  /127.0.10.32:51439[0](queued=0,recved=0,sent=0) ")
+ZK_OTHER_CA = (r" 2026-12-06T05:35:41.228+0000 WARN [nioEventLoopGroup-4-4] NettyServerCnxnFactory: Exception caught "
+               r"io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: PKIX path building "
+               r"failed: sun.security.provider.certpath.SunCertPathBuilderException: unable to find valid "
+               r"certification path to requested target\n\n2026-12-06T05:35:41.231+0000 DEBUG [nioEventLoopGroup-4-4] "
+               r"NettyServerCnxnFactory: Closing  /127.0.10.50:48329[0](queued=0,recved=0,sent=0) ")
+# an expired certificate of the server's own CA (the experiment of this change, on 127.0.80.x; rsyslog
+# imfile output, before RELP)
+ZK_EXPIRED = (r"2026-12-06T05:31:21.810+0000 WARN [nioEventLoopGroup-4-1] NettyServerCnxnFactory: Exception caught "
+              r"io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: PKIX path validation "
+              r"failed: java.security.cert.CertPathValidatorException: validity check failed\n\n"
+              r"2026-12-06T05:31:21.812+0000 DEBUG [nioEventLoopGroup-4-1] NettyServerCnxnFactory: Closing  "
+              r"/127.0.10.31:52251[0](queued=0,recved=0,sent=0) ")
+ZK_DENIED = (" 2026-12-06T05:35:41.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10000c9f29c0001"
+             "#011user=CN=worker1.histo.internal,histo-worker,127.0.10.31#011ip=127.0.10.31#011operation=setData"
+             "#011znode=/histo/jobs/j1#011result=failure ")
+ZK_NO_SCHEME = ("2026-12-06T05:31:25.242+0000 WARN [nioEventLoopGroup-4-4] ZooKeeperServer: No authentication "
+                "provider for scheme: foo has x509 ip digest  ")
+ZK1 = "127.0.10.11"
+
+
+def _zk(msg: str, sent_from: str = ZK1) -> dict[str, Any] | None:
+    return classify({"msg": msg, "host": "vm", "tag": "zookeeper", "from": sent_from}, ZK_INV, "secops1")
+
+
+def test_zookeeper_tls_refusals_name_the_client_from_the_joined_closing_line() -> None:
+    for msg, host, address, what in ((ZK_NO_CERT, "worker2", "127.0.10.32", "no client certificate"),
+                                     (ZK_OTHER_CA, "outside", "127.0.10.50", "another CA"),
+                                     (ZK_EXPIRED, "worker1", "127.0.10.31", "validity")):
+        got = _zk(msg)
+        assert got and (got["layer"], got["kind"], got["host"], got["address"], got["target"]) == (
+            "zookeeper", "zk_tls_refused", host, address, "zk1"), got
+        assert what in got["why"]
+    assert _zk(ZK_NO_CERT)["spiffe"] == "spiffe://histo.internal/worker/worker2"  # type: ignore[index]
+    # a "Closing" line of another thread (another connection) joined by chance: no address rather than a wrong one
+    crossed = ZK_NO_CERT.replace("DEBUG [nioEventLoopGroup-4-3]", "DEBUG [nioEventLoopGroup-4-1]")
+    got = _zk(crossed)
+    assert got and (got["kind"], got["host"], got["address"]) == ("zk_tls_refused", "unknown", None)
+
+
+def test_zookeeper_acl_refusal_names_host_znode_operation_and_certificate() -> None:
+    got = _zk(ZK_DENIED)
+    assert got and (got["kind"], got["host"], got["spiffe"], got["operation"], got["znode"]) == (
+        "zk_acl_denied", "worker1", W1, "setData", "/histo/jobs/j1")
+    assert (got["certificate"], got["claimed"], got["severity"]) == ("worker1", ["histo-worker"], "critical")
+    # the same line as ZooKeeper writes it (tabs), e.g. from the collector's own file
+    raw = ZK_DENIED.replace("#011", "\t").strip()
+    assert {**(_zk(raw, "127.0.0.1") or {}), "target": "zk1"} == got
+    # a wrong digest password: the name the client claimed is what ZooKeeper shows
+    wrong = ZK_DENIED.replace("histo-worker", "histo-master")
+    assert _zk(wrong)["claimed"] == ["histo-master"]  # type: ignore[index]
+
+
+def test_zookeeper_auth_refusal_and_redacted_acl() -> None:
+    got = _zk(ZK_NO_SCHEME)
+    assert got and (got["kind"], got["host"], got["address"]) == ("zk_auth_failed", "unknown", None)
+    assert "scheme: foo" in got["why"]
+    # a refused setAcl: ZooKeeper's line carries the requested ACL's digest id (SHA-1 of name:password);
+    # the shipper sends acl=[redacted], and the record's own redaction catches it if it ever arrives
+    digest = make_digest_acl_credential("a", "b")
+    line = ZK_DENIED.replace("operation=setData#011znode=/histo/jobs/j1",
+                             f"operation=setAcl#011znode=/histo/jobs#011acl=digest:{digest}:cdrwa")
+    stored = event_of(json.dumps({"msg": line, "tag": "zookeeper"}))
+    assert digest.split(":")[1] not in json.dumps(stored) and "digest:a:[redacted]" in stored["msg"]
+    found = _zk(line)
+    assert found and (found["operation"], found["znode"]) == ("setAcl", "/histo/jobs")
+
+
+def test_a_zookeeper_line_from_another_machine_is_forged() -> None:
+    got = _zk(ZK_DENIED, sent_from="127.0.10.32")
+    assert got and (got["kind"], got["host"], got["severity"]) == ("forged_source", "worker2", "critical")
+    assert _zk(ZK_DENIED, sent_from="127.0.0.1")["kind"] == "zk_acl_denied"  # type: ignore[index]
+    # ZooKeeper's ordinary lines are no refusal (the shipper does not send them; if one came, nothing)
+    assert _zk("2026-12-06T05:35:37.669+0000 WARN [main] QuorumPeerMain: Either no config or no quorum defined "
+               "in config, running in standalone mode ") is None
 
 
 def test_collector_stores_the_attribution_with_the_event(tmp_path: Path) -> None:

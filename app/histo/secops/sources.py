@@ -18,9 +18,17 @@ _KV = re.compile(r"\b([A-Z]+)=(\S*)")
 _SSHD = re.compile(r"(?:Failed (?:password|publickey|none) for (?:invalid user )?(?P<u1>\S+)|"
                    r"Invalid user (?P<u2>\S*)|Connection closed by authenticating user (?P<u3>\S+)|"
                    r"Disconnected from invalid user (?P<u4>\S+)) (?:from )?(?P<ip>[0-9a-f.:]+)")
-_ZK_AUDIT = re.compile(r"\b(user|ip|operation|znode|result)=(\S+)")
-_ZK_TEXT = re.compile(r"(Authentication failed|authentication failed|Unsuccessful handshake|"
-                      r"SSL handshake|Certificate verification failed|KeeperErrorCode = (?:NoAuth|AuthFailed))")
+# ZooKeeper 3.8.0's refusals file (histo.zk.config), as the shipper's zookeeper_refusals filter keeps it.
+# Fields of an audit line are tab-separated (rsyslog may have escaped the tab as #011).
+_ZK_AUDIT = re.compile(r"(?:^|\t|#011|\s)(session|user|ip|operation|znode|result)=(.*?)(?=\t|#011|\s*$)")
+_ZK_LINE = re.compile(r"^\S+ (?P<level>[A-Z]+) \[(?P<thread>[^\]]*)\] (?P<logger>\S+): (?P<text>.*)$")
+# A refused handshake: "Exception caught <exception>: <reason>", then (joined by the shipper, same thread)
+# "Closing  /<address>:<port>[0](queued=0,recved=0,sent=0)", the only line where ZooKeeper names the client.
+_ZK_CLOSING = re.compile(r"\[(?P<thread>[^\]]*)\] NettyServerCnxnFactory: Closing +/(?P<ip>[0-9a-fA-F.:]+?):\d+\[")
+_ZK_TLS_REASONS = (("Empty client certificate chain", "no client certificate"),
+                   ("PKIX path building failed", "a certificate from another CA"),
+                   ("validity check failed", "a certificate out of its validity (expired or not yet valid)"),
+                   ("NotSslRecordException", "not TLS (plaintext on the TLS port)"))
 _IP = re.compile(r"(?:/)?([0-9]{1,3}(?:\.[0-9]{1,3}){3})")
 
 
@@ -82,14 +90,41 @@ def _sshd(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
             "target": at, "user": user[:64]}
 
 
+def _zk_who(inv: Inventory, addr: str | None) -> dict[str, Any]:
+    if addr is None:  # ZooKeeper named no client: the refusal is known, the refused is not
+        return {"host": "unknown", "spiffe": None, "address": None}
+    return inv.who(inv.by_address.get(addr), addr)
+
+
 def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
-    audit = dict(_ZK_AUDIT.findall(msg))
-    if audit.get("result") == "Failure" or _ZK_TEXT.search(msg):
-        ipm = _IP.search(audit.get("ip", "")) or _IP.search(msg)
-        addr = ipm.group(1) if ipm else None
-        return {"layer": "zookeeper", "kind": "zk_refused", "severity": "critical",
-                **inv.who(inv.by_address.get(addr or ""), addr), "target": at,
-                "operation": audit.get("operation"), "znode": audit.get("znode"), "why": msg[:200]}
+    """ZooKeeper's refusals (real lines: tests/unit/test_secops_sources.py). A failed write reaches the
+    collector only when its writer had no right to try it (the shipper's filter decides: ZooKeeper's
+    audit line does not say why a write failed), so every audit failure here is an ACL refusal."""
+    lines = re.split(r"\\n|#012|\n", msg)
+    head = _ZK_LINE.match(lines[0].strip())
+    text = head.group("text") if head else msg
+    if "Slf4jAuditLogger" in lines[0] and "result=failure" in text:
+        f = {k: v.strip() for k, v in _ZK_AUDIT.findall(text)}
+        addr = f.get("ip") or None
+        ids = [u for u in f.get("user", "").split(",") if u]
+        cert = next((u.removeprefix("CN=").split(".")[0] for u in ids if u.startswith("CN=")), None)
+        return {"layer": "zookeeper", "kind": "zk_acl_denied", "severity": "critical", **_zk_who(inv, addr),
+                "target": at, "operation": f.get("operation"), "znode": f.get("znode"),
+                "certificate": cert,  # the x509 identity ZooKeeper saw (the certificate's host name)
+                # digest user names as the client claimed them: a wrong password still shows the name
+                "claimed": [u for u in ids if not u.startswith("CN=") and u != addr],
+                "why": f"a {f.get('operation') or 'write'} on {f.get('znode') or '?'} that this identity may not make"}
+    if "Exception caught" in text and ("javax.net.ssl." in text or "NotSslRecordException" in text):
+        reason = text.rsplit("Exception: ", 1)[-1].strip()[:200]
+        closing = next((m for m in map(_ZK_CLOSING.search, lines[1:]) if m), None)
+        # the address counts only from the same thread (the same connection), never a neighbour's
+        addr = closing.group("ip") if closing and head and closing.group("thread") == head.group("thread") else None
+        what = next((w for k, w in _ZK_TLS_REASONS if k in text), "refused")
+        return {"layer": "zookeeper", "kind": "zk_tls_refused", "severity": "warning", **_zk_who(inv, addr),
+                "target": at, "why": f"TLS handshake refused: {what} ({reason})"}
+    if "No authentication provider for scheme" in text or "Authentication failed for" in text:
+        return {"layer": "zookeeper", "kind": "zk_auth_failed", "severity": "warning", **_zk_who(inv, None),
+                "target": at, "why": text.strip()[:200]}
     return None
 
 
@@ -115,6 +150,9 @@ def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = N
                                          and tag.startswith("vault-audit"))):
             return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender, sent_from),
                     "why": "a Vault audit entry sent by a machine that is no Vault node"}
+        if tag.startswith("zookeeper") and not (local or (sender is not None and sender.role == "zookeeper")):
+            return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender, sent_from),
+                    "why": "a ZooKeeper line sent by a machine that is no ZooKeeper server"}
     if "type" in event and "request" in event:  # already a Vault audit entry
         return _vault(event, inv)
     if msg.lstrip().startswith("{"):  # a JSON line shipped inside a syslog message (Vault's audit file)
@@ -131,7 +169,7 @@ def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = N
         return _firewall(msg, at, inv)
     if tag.startswith("sshd") or "sshd" in msg[:40]:
         return _sshd(msg, at, inv)
-    if tag.startswith("zookeeper") or "zookeeper" in tag:
+    if tag.startswith("zookeeper"):
         return _zookeeper(msg, at, inv)
     kind = str(event.get("kind", ""))
     if kind in DEFAULT_SEVERITY and DEFAULT_SEVERITY[kind] != "info":  # the services' own events

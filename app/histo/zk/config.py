@@ -35,6 +35,8 @@ LOG_MAX_SIZE, LOG_BACKUPS = "10MB", 2
 # line but a DEBUG one, and the only DEBUG lines written are "Closing <client address>", which
 # then travel with the "Exception caught" line before them: the reason and the address in one message.
 LOG_ENTRY_START = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[^ ]+ (FATAL|ERROR|WARN|INFO) "
+# one line an entry in the file, an exception's first line only (its reason), the thread that logged it
+FILE_PATTERN = "%d{yyyy-MM-dd'T'HH:mm:ss.SSSZ} %p [%t] %c{1}: %m %throwable{1}%n"
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
@@ -44,7 +46,8 @@ class ZkServerError(RuntimeError):
 
 class ZkConfig:
     def __init__(self, state_dir: Path, address: str, secure_port: int = 2281, server_id: int = 1,
-                 peers: list[dict[str, Any]] | None = None, heap: str = "256m", log_file: Path | None = None) -> None:
+                 peers: list[dict[str, Any]] | None = None, heap: str = "256m",
+                 log_file: Path | None = None) -> None:
         self.dir = Path(state_dir)
         # ZooKeeper's own record of what it refused (TLS, authentication, ACLs), for the SecOps shipper
         self.log_file = Path(log_file) if log_file else self.dir / "zookeeper.log"
@@ -142,7 +145,7 @@ class ZkConfig:
             f"log4j.appender.FILE.MaxFileSize={LOG_MAX_SIZE}",
             f"log4j.appender.FILE.MaxBackupIndex={LOG_BACKUPS}",
             "log4j.appender.FILE.layout=org.apache.log4j.EnhancedPatternLayout",
-            "log4j.appender.FILE.layout.ConversionPattern=%d{yyyy-MM-dd'T'HH:mm:ss.SSSZ} %p [%t] %c{1}: %m %throwable{1}%n",
+            "log4j.appender.FILE.layout.ConversionPattern=" + FILE_PATTERN,
             # below WARN only two kinds of line get in: the address of a connection closed on an error
             # (DEBUG), and a request refused by an ACL (INFO: the audit line does not say why a write
             # failed — NoAuth, or an ordinary NodeExists / NoNode / BadVersion)
@@ -159,7 +162,8 @@ class ZkConfig:
 
     def command(self) -> list[str]:
         """The server's argv: no secret on it (the super digest stays in the 0600 zoo.cfg)."""
-        return [JAVA, f"-Xmx{self.heap}", *JVM_OPTIONS, f"-Dlog4j.configuration=file:{self.dir / 'conf' / 'log4j.properties'}",
+        return [JAVA, f"-Xmx{self.heap}", *JVM_OPTIONS,
+                f"-Dlog4j.configuration=file:{self.dir / 'conf' / 'log4j.properties'}",
                 "-cp", ":".join([str(self.dir / "conf"), ZK_JAR] + [f"/usr/share/java/{j}.jar" for j in EXTRA_JARS]),
                 MAIN_CLASS, str(self.cfg_path)]
 
