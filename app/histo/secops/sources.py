@@ -29,7 +29,6 @@ _ZK_TLS_REASONS = (("Empty client certificate chain", "no client certificate"),
                    ("PKIX path building failed", "a certificate from another CA"),
                    ("validity check failed", "a certificate out of its validity (expired or not yet valid)"),
                    ("NotSslRecordException", "not TLS (plaintext on the TLS port)"))
-_IP = re.compile(r"(?:/)?([0-9]{1,3}(?:\.[0-9]{1,3}){3})")
 
 
 @dataclass(frozen=True)
