@@ -486,7 +486,8 @@ def test_pooled_data_keys_carry_uploads_through_a_vault_outage() -> None:
         secrets = type("S", (), {"transit": transit})()
 
     keys = VaultDataKeys(lambda: Client(), cache_size=8, pool_size=3, pool_max_age=60, clock=lambda: now[0])
-    assert keys.refill() == 3 and keys.pooled() == 3 and len(keys.cache) == 0  # made ahead, not yet used
+    assert keys.refill(limit=2) == 2 and keys.refill() == 1  # a limit spreads a fill over calls
+    assert keys.pooled() == 3 and len(keys.cache) == 0  # made ahead, not yet used
     assert keys.refill() == 0 and transit.calls == 3  # a full pool asks Vault for nothing
     transit.down = True
     taken = [keys.new_key() for _ in range(3)]  # Vault away: the pool still serves every upload

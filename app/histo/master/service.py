@@ -42,6 +42,7 @@ from .scheduler import Outcome, Scheduler
 
 log = logging.getLogger("histo.master")
 
+KEY_REFILL_PER_TICK = 32  # data keys made ahead per second at most (datakeys.py pool)
 RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
 
 
@@ -330,10 +331,11 @@ class Master:
         """Data keys made ahead while Vault answers (datakeys.py); quiet while it is away (the pool
         is what carries uploads then, and an upload that finds it empty says why)."""
         try:
-            added = await self.loop.run_in_executor(None, self.keys.refill)
+            # a few dozen a second: a fresh master fills its pool over seconds, never in one burst at Vault
+            await self.loop.run_in_executor(None, self.keys.refill, KEY_REFILL_PER_TICK)
         except KeysUnavailable:
-            return ""
-        return f"{added} data keys made ahead" if added > 16 else ""
+            pass
+        return ""
 
     async def _probe_members(self) -> None:
         members = [("workers", "worker", m) for m in list(self.workers.values())]
