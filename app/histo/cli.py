@@ -336,10 +336,16 @@ def cmd_audit_verify(a) -> None:
 def cmd_tls_files(a) -> None:
     from .secops.tlsfiles import ensure
     from .vault.client import ServiceVault, VaultAuthError, VaultUnavailable
+    from .vault.secretid import SecretIdKeeper
     vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role=a.role, creds_dir=Path(a.creds),
                          source_address=a.source_address)
     try:
         result = ensure(vault, Path(a.out), a.ttl)
+        # the credentials the files are issued with have a life too (720 h): the same timer keeps the
+        # stored secret_id alive (a new one at 2/3, proven by a login, the old one destroyed)
+        if not vault.client.token:
+            vault.login()
+        result["secret_id_renewed"] = SecretIdKeeper(vault).renew_if_needed()
     except (VaultAuthError, VaultUnavailable) as exc:
         raise SystemExit(f"histo: tls-files: {exc}") from None
     print(json.dumps(result, sort_keys=True))
