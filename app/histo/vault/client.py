@@ -243,13 +243,13 @@ class ServiceVault:
         return resp.content
 
     def ca_chain_pem(self) -> str:
-        """The root first, then every intermediate (the current one, then any retired one still in its
-        overlap): everything a peer needs to verify any live certificate and any CRL."""
-        from .pki import intermediates_pem
-        root = self._call(self.client.read, "pki/cert/ca")["data"]["certificate"].strip()
-        blocks = [root]
-        for pem in self._call(intermediates_pem, self.client):  # pki_int holds a copy of the root too
-            if pem not in blocks:
+        """Every root (the current one first, then any other still in a root rotation's overlap, staged
+        or retired: vault/pki.py), then every intermediate (the current one, then any staged or retired
+        one): everything a peer needs to verify any live certificate and any CRL."""
+        from .pki import intermediates_pem, roots_pem
+        blocks: list[str] = []
+        for pem in [*self._call(roots_pem, self.client), *self._call(intermediates_pem, self.client)]:
+            if pem not in blocks:  # pki_int holds a copy of each root that signed one of its intermediates
                 blocks.append(pem)
         return "\n".join(blocks) + "\n"
 
