@@ -289,9 +289,13 @@ def root_finish(client: hvac.Client, wait: int | None = None, now: float | None 
 
 def roots_pem(client: hvac.Client) -> list[str]:
     """Every root of `pki` (PEM), the default first: during a root rotation's overlap, both."""
-    default = default_issuer(client, ROOT)
-    ids = sorted(issuers(client, ROOT), key=lambda i: i != default)
-    return [issuer_pem(client, i, ROOT) for i in ids]
+    # every read here is unauthenticated in Vault's PKI (config/issuers is not): a service needs no policy
+    pems = [str(_data(client.read(f"{ROOT}/cert/ca"))["certificate"]).strip()]
+    for i in sorted(issuers(client, ROOT)):
+        pem = issuer_pem(client, i, ROOT)
+        if pem not in pems:
+            pems.append(pem)
+    return pems
 
 
 def issuer_pem(client: hvac.Client, issuer_id: str, mount: str = INT) -> str:
