@@ -68,9 +68,11 @@ def cmd_pki(a) -> None:
         client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
         if a.action == "roots":  # public certificates: no token needed
             pems = pki.roots_pem(client)
-            if a.out:
-                write_private(Path(a.out), "\n".join(pems) + "\n", mode=0o644)
-            out: object = {"roots": len(pems), "out": a.out}
+            text = "\n".join(pems) + "\n"
+            changed = bool(a.out) and not (Path(a.out).is_file() and Path(a.out).read_text() == text)
+            if changed:  # a CA certificate is public; rewritten only when it changed (provisioning's re-runs)
+                write_private(Path(a.out), text, mode=0o644)
+            out: object = {"roots": len(pems), "out": a.out, "changed": changed}
         elif not a.token_file:
             raise SystemExit(f"histo: pki {a.action} needs --token-file (a root token)")
         elif a.action == "rotate":

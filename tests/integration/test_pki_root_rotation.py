@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from histo.files import write_private
+from histo.local.bao import BaoServer
 from histo.tls.contexts import LiveContexts
 from histo.tls.revocation import RevocationList, parse_crl
 from histo.vault import pki
@@ -35,7 +36,7 @@ NET = os.environ.get("HISTO_IT_NET", "127.0.20")  # a /24 of its own per checkou
 HOSTS = {h["name"]: h for h in default_hosts(NET)}
 
 
-def _histo_pki(bao, token_file: Path, *args: str) -> subprocess.CompletedProcess:
+def _histo_pki(bao: BaoServer, token_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "histo.cli", "pki", *args, f"--vault-url={bao.url}",
                            f"--vault-ca={bao.ca_path}", f"--token-file={token_file}"],
                           capture_output=True, text=True, timeout=60)
@@ -98,7 +99,7 @@ def test_root_rotates_live(tmp_path: Path) -> None:
         master = provisioned_service(bao, role_ids, HOSTS["master1"], tmp_path / "m-creds")
         worker = provisioned_service(bao, role_ids, HOSTS["worker1"], tmp_path / "w-creds")
         worker2 = provisioned_service(bao, role_ids, HOSTS["worker2"], tmp_path / "w2-creds")
-        old_root = x509.load_pem_x509_certificate(root.read("pki/cert/ca")["data"]["certificate"].encode())
+        old_root = x509.load_pem_x509_certificate(pki.roots_pem(root)[0].encode())
         # leaves and bundles from before the rotation
         old_ctx, old_serial, old_int = _identity(master, tmp_path / "master1")
         stale_ctx, _, _ = _identity(worker2, tmp_path / "worker2-stale")  # a peer that will not renew in time
@@ -153,7 +154,14 @@ def test_root_rotates_live(tmp_path: Path) -> None:
                                 f"--vault-ca={bao.ca_path}", f"--out={tmp_path / 'histo-ca.pem'}"],
                                capture_output=True, text=True, timeout=60)
         assert roots.returncode == 0, roots.stderr
+        assert json.loads(roots.stdout)["changed"] is True
         assert _roots((tmp_path / "histo-ca.pem").read_text()) == _roots(worker.ca_chain_pem())
+        assert json.loads(subprocess.run(roots.args, capture_output=True, text=True, timeout=60).stdout)["changed"] \
+            is False  # what provisioning re-runs: nothing rewritten
+        # a step that changes the PKI without a token: one line, no traceback
+        bare = subprocess.run([sys.executable, "-m", "histo.cli", "pki", "root-stage", f"--vault-url={bao.url}",
+                               f"--vault-ca={bao.ca_path}"], capture_output=True, text=True, timeout=60)
+        assert bare.returncode != 0 and bare.stderr.strip() == "histo: pki root-stage needs --token-file (a root token)"
 
         # revocation across the overlap: a leaf of each chain revoked, each CRL vouched for by its own
         # root in the peer's bundle; the peer refuses both serials (what rpc.peer_check consults)

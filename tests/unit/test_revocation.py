@@ -172,7 +172,8 @@ def test_during_a_root_rotation_either_root_in_the_bundle_vouches_for_its_interm
     def pem(c: x509.Certificate) -> str:
         return c.public_bytes(serialization.Encoding.PEM).decode()
     keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in ("r1", "r2", "rx", "i1", "i2", "ix", "iy", "nr")}
-    r1, r2, rx = _ca("histo root CA", keys["r1"]), _ca("histo root CA 2", keys["r2"]), _ca("histo root CA 3", keys["rx"])
+    r1, r2 = _ca("histo root CA", keys["r1"]), _ca("histo root CA 2", keys["r2"])
+    rx = _ca("histo root CA 3", keys["rx"])
     i1 = _ca("histo intermediate CA", keys["i1"], r1, keys["r1"])
     i2 = _ca("histo intermediate CA 2", keys["i2"], r2, keys["r2"])
     ix = _ca("histo intermediate CA 3", keys["ix"], rx, keys["rx"])
