@@ -116,6 +116,9 @@ def test_root_rotates_live(tmp_path: Path) -> None:
         mid_ctx, _, mid_int = _identity(master, tmp_path / "master1-mid")  # a renewal during the overlap
         assert mid_int.subject == old_int.subject  # still the old chain: the staged intermediate issues nothing
         assert apply(root, spec)["changed"] is False  # vault setup sees no drift in a staged rotation
+        # a peer that has not renewed since the stage follows every CRL it is given without a refusal
+        # (the staged intermediate, which issued nothing, is not among them)
+        assert RevocationList().apply_crls(list(master.crl_bundles()), tmp_path / "worker2-stale" / "ca.pem") == []
         with pytest.raises(pki.PkiError, match="root-finish"):
             pki.rotate(root)  # an intermediate rotation now would retire the staged one
 

@@ -229,8 +229,11 @@ class ServiceVault:
         peer follows to refuse revoked serials. After an intermediate rotation (vault/pki.py) the
         retired one still signs the revocations of what it issued until they expire, and a peer whose
         CA bundle predates the new one still checks its CRL (the certificate against the root)."""
-        from .pki import issuer_pem, issuers
-        signing = [i for i, info in self._call(issuers, self.client).items() if info.get("key_id")]  # not the root
+        from .pki import issuer_pem, issuers, staged_at
+        # not the root's copy (no key); not a root rotation's staged intermediate: it has issued nothing,
+        # and a peer whose bundle lacks the new root yet would refuse its CRL at every poll
+        signing = [i for i, info in self._call(issuers, self.client).items()
+                   if info.get("key_id") and staged_at(info) is None]
         for i in signing:
             if i not in self._issuer_pems:
                 self._issuer_pems[i] = self._call(issuer_pem, self.client, i)
