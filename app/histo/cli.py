@@ -58,15 +58,29 @@ def cmd_vault_setup(a) -> None:
 
 
 def cmd_pki(a) -> None:
-    """Rotate the PKI intermediate live, or prune retired ones whose certificates have all expired."""
+    """Rotate the PKI intermediate or root live, or prune retired ones whose certificates have all expired."""
     from hvac.exceptions import Forbidden
 
     from .durations import parse_duration
+    from .files import write_private
     from .vault import pki
-    client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
     try:
-        if a.action == "rotate":
-            out: object = pki.rotate(client, ttl=a.ttl)
+        client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
+        if a.action == "roots":  # public certificates: no token needed
+            pems = pki.roots_pem(client)
+            text = "\n".join(pems) + "\n"
+            changed = bool(a.out) and not (Path(a.out).is_file() and Path(a.out).read_text() == text)
+            if changed:  # a CA certificate is public; rewritten only when it changed (provisioning's re-runs)
+                write_private(Path(a.out), text, mode=0o644)
+            out: object = {"roots": len(pems), "out": a.out, "changed": changed}
+        elif not a.token_file:
+            raise SystemExit(f"histo: pki {a.action} needs --token-file (a root token)")
+        elif a.action == "rotate":
+            out = pki.rotate(client, ttl=a.ttl)
+        elif a.action == "root-stage":
+            out = pki.root_stage(client, root_ttl=a.root_ttl, ttl=a.ttl)
+        elif a.action == "root-finish":
+            out = pki.root_finish(client, wait=None if a.wait is None else int(parse_duration(a.wait)))
         else:
             out = {"pruned": pki.prune(client, int(parse_duration(a.at_least)))}
     except Forbidden:
@@ -419,12 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pki", help="rotate: a new PKI intermediate issues from now on, the old one is retired "
                                    "(still trusted, still revoking) until its last certificate expires; prune: "
-                                   "delete retired intermediates once every certificate they issued has expired")
-    s.add_argument("action", choices=("rotate", "prune"))
-    s.add_argument("--ttl", default="43800h", help="rotate: the new intermediate's life (default 43800h)")
+                                   "delete retired intermediates and roots once every certificate they issued has "
+                                   "expired; root-stage, then root-finish: a new root, published before anything "
+                                   "it signs is used; roots: every root, for clients of the public API")
+    s.add_argument("action", choices=("rotate", "prune", "root-stage", "root-finish", "roots"))
+    s.add_argument("--ttl", default="43800h", help="rotate, root-stage: the new intermediate's life (default 43800h)")
+    s.add_argument("--root-ttl", default="87600h", help="root-stage: the new root's life (default 87600h)")
+    s.add_argument("--wait", help="root-finish: at least this long after root-stage (default and safe: the PKI "
+                                  "roles' longest max_ttl, read from Vault: every peer has renewed its bundle)")
     s.add_argument("--at-least", default="0s", help="prune: wait at least this long after a retirement (the PKI "
                                                     "roles' longest max_ttl, read from Vault, is always waited)")
-    vault_args(s, token_help="a root token (vault-generate-root): the provisioner token may not change the PKI")
+    s.add_argument("--out", help="roots: write them (PEM, 0644) to this file, e.g. the HISTO_CA file")
+    vault_args(s, token_required=False,
+               token_help="a root token (vault-generate-root): the provisioner token may not change the PKI")
     s.set_defaults(fn=cmd_pki)
 
     s = sub.add_parser("vault-retire-root", help="once setup is done: make the provisioner token, revoke the "

@@ -17,6 +17,7 @@ from .. import TRUST_DOMAIN, envfile, envrefresh
 from ..lifetimes import Lifetimes, profile, seconds
 from ..files import private_dir, write_private
 from ..readiness import wait_ready
+from ..vault.pki import roots_pem as pki_roots
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
 from .raft import BaoCluster
@@ -101,7 +102,8 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
     vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, **life.spec(), "vault_url": bao.url,
                         "audit_log": str(root / "vault" / "audit.log"), "oidc": oidc_spec(root, [public, *urls])})
     prov = _provisioner(root, admin)
-    ca_pem = prov.secrets.pki.read_ca_certificate(mount_point="pki")
+    # every root: during a root rotation (vault/pki.py) clients of either chain's masters are served
+    ca_pem = "\n".join(pki_roots(prov))
     write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public
     _say(f"OpenBao ready at {bao.url}")
 

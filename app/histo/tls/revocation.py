@@ -84,18 +84,15 @@ def crl_entries(der: bytes, ca_path: Path | None = None, issuer_pem: str | None 
 
 
 def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate]:
-    """`pem` if a self-signed certificate of `trusted` (a root) signed it directly, else nothing."""
+    """`pem` if a self-signed CA certificate of `trusted` (a root, any of them) signed it directly, else nothing."""
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError:
         return []
-    try:
-        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return []  # a leaf the root signed is no issuer of CRLs
-    except x509.ExtensionNotFound:
-        return []
-    for root in trusted:
-        if root.subject != root.issuer or root.subject != cert.issuer:
+    if not _is_ca(cert):
+        return []  # a leaf the root signed is no issuer of CRLs
+    for root in trusted:  # during a root rotation's overlap the bundle holds two roots: either vouches
+        if root.subject != root.issuer or root.subject != cert.issuer or not _is_ca(root):
             continue
         try:
             cert.verify_directly_issued_by(root)
@@ -103,6 +100,13 @@ def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate
             continue
         return [cert]
     return []
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:

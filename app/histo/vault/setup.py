@@ -295,8 +295,9 @@ class _Applier:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
         have = pki.default_issuer(self.c)
         # after a rotation (vault/pki.py) the retired intermediates keep their key (they sign CRLs)
+        # and a root rotation's staged intermediate issues nothing until root-finish
         with_key = [iid for iid, info in pki.issuers(self.c).items()
-                    if info.get("key_id") and pki.retired_at(info) is None]
+                    if info.get("key_id") and pki.retired_at(info) is None and pki.staged_at(info) is None]
         if have in with_key:
             return
         if len(with_key) != 1:
