@@ -142,8 +142,8 @@ class ServiceConfig:
             raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
         for name in ("conn_per_address", "conn_total", "internal_conn_per_address", "internal_conn_total",
                      "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight",
-                     "store_quorum", "store_quota_bytes", "key_cache_size", "key_pool_max_age", "max_job_runs", "gc_interval",
-                     "repair_interval"):
+                     "store_quorum", "store_quota_bytes", "key_cache_size", "key_pool_max_age", "max_job_runs",
+                     "gc_interval", "repair_interval"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer")
         if not isinstance(cfg.key_pool_size, int) or isinstance(cfg.key_pool_size, bool) or cfg.key_pool_size < 0:
