@@ -61,6 +61,9 @@ class ServiceConfig:
     store_quorum: int = 2
     store_quota_bytes: int = 2 << 30
     key_cache_size: int = 4096
+    # This service's own security events as JSON lines, for the machine's log shipper ("" = none;
+    # machines: /var/log/histo/secops-events.jsonl, edge/events.py EventFile).
+    secops_events_file: str = ""
     # Fresh data keys made ahead (datakeys.py): uploads go on while Vault is away, up to this many;
     # an unused one is dropped after key_pool_max_age seconds.
     key_pool_size: int = 256

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import jinja2
 import pytest
 
+from histo.edge.events import EventBus, EventFile
 from histo.files import write_private
 from histo.local.bao import BaoServer
 from histo.secops.chain import walk
@@ -107,10 +108,13 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     source.write_text("")
     audit = root / "audit.log"  # a Vault node's audit file (errors_only: the refusals, not the traffic)
     audit.write_text("")
+    events = root / "secops-events.jsonl"  # a service's own refusals (edge/events.py EventFile)
+    event_file = EventFile(events)
     shipper = Rsyslogd(root / "shipper", "shipper.conf.j2", **common, **_certs(bao, role_ids, WORKER, root / "w"),
                        logship_collector_address=SECOPS["address"], logship_collector_name="secops1.histo.internal",
                        __logship_all_files=[{"path": str(source), "tag": "sshd"},
-                                            {"path": str(audit), "tag": "vault-audit", "errors_only": True}])
+                                            {"path": str(audit), "tag": "vault-audit", "errors_only": True},
+                                            {"path": str(events), "tag": "histo-events"}])
     try:
         collector.start()
         shipper.start()
@@ -169,6 +173,20 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         kinds = [e["event"]["secops"]["kind"] for e in _entries(record)[before:]
                  if isinstance(e["event"], dict) and "secops" in e["event"]]
         assert "vault_audit_unparsed" in kinds, kinds
+
+        # the service's own refusal, as a worker's EventFile writes it: one JSON line shipped, the identity
+        # refused the peer it names (worker2); an info event (a rotation) is never written, so never shipped
+        before = len(_entries(record))
+        bus = EventBus(sink=event_file.write)
+        bus.publish("cert_rotated", serial="1a")
+        bus.publish("mtls_rejected", severity="warning", reason="not a master", peer=f"{WORKER2['address']}:40100")
+        _wait_for(record, before + 1)
+        time.sleep(2)
+        found = [e["event"]["secops"] for e in _entries(record)[before:]
+                 if isinstance(e["event"], dict) and "secops" in e["event"]]
+        assert [(f["layer"], f["kind"], f["host"], f["spiffe"]) for f in found] == \
+            [("service", "mtls_rejected", "worker2", "spiffe://histo.internal/worker/worker2")], found
+        assert len(_entries(record)) == before + 1
         collector.stop()
 
         # an impostor collector: a genuine histo certificate, but worker2's name — the shipper sends nothing

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..config import ServiceConfig
 from ..edge.audit import AuditLog
 from ..edge.middleware import client_addr
-from ..edge.events import EventBus
+from ..edge.events import EventBus, EventFile
 from ..rpc import InternalClient, PeerRefused
 from ..runtime import ServiceRuntime
 from ..zk import acl as zkacl
@@ -50,7 +50,8 @@ class Master:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.events = EventBus()
+        self.event_file = EventFile(cfg.secops_events_file) if cfg.secops_events_file else None
+        self.events = EventBus(sink=self.event_file.write if self.event_file else None)
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
         self.store = BlobStore(cfg.store_path)

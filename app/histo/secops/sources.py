@@ -94,6 +94,35 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
 
 
 LOCAL_SENDERS = ("127.0.0.1", "::1", "")
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_ADDR_FIELDS = ("peer", "where", "remote", "client")  # where a service's event names the party it refused
+
+
+def _service(msg: str, at: str, sender: Host | None, trusted: bool, inv: Inventory) -> dict[str, Any] | None:
+    """A master's or worker's own security event (edge/events.py EventFile, one JSON line): it
+    happened on the machine that sent it; the identity refused is the party the event names by
+    address (an mTLS peer, an HTTP client), resolved through the inventory, or a user (`who`)."""
+    if not trusted and (sender is None or sender.role not in ("master", "worker")):
+        return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender),
+                "why": "a service event sent by a machine that runs no histo service"}
+    try:
+        ev = json.loads(msg)
+    except ValueError:
+        return None
+    if not isinstance(ev, dict) or not _KIND.fullmatch(str(ev.get("kind", ""))):
+        return None
+    severity = str(ev.get("severity") or DEFAULT_SEVERITY.get(str(ev["kind"]), "info"))
+    if severity not in ("warning", "critical"):
+        return None
+    addr = next((m.group(1) for f in _ADDR_FIELDS if isinstance(ev.get(f), str)
+                 for m in [_IP.search(str(ev[f]))] if m), None)
+    refused = inv.by_address.get(addr) if addr else (inv.by_name.get(str(ev.get("peer"))) if ev.get("peer") else None)
+    out: dict[str, Any] = {"layer": "service", "kind": str(ev["kind"]), "severity": severity,
+                           **inv.who(refused, addr), "target": at}
+    for key in ("reason", "path", "who", "role", "scope"):
+        if isinstance(ev.get(key), (str, int)):
+            out[key] = str(ev[key])[:200]
+    return out
 
 
 def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = None) -> dict[str, Any] | None:
@@ -110,6 +139,8 @@ def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = N
         sender = inv.by_name.get(self_host or "") if local else inv.by_address.get(sent_from)
         at = sender.name if sender else sent_from
         event = {k: v for k, v in event.items() if k != "from"}
+        if tag.startswith("histo-events"):
+            return _service(msg, at, sender, local, inv)
         audit_json = ("type" in event and "request" in event) or msg.lstrip().startswith("{")
         if audit_json and not (local or (sender is not None and sender.role == "vault"
                                          and tag.startswith("vault-audit"))):
