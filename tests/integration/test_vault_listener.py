@@ -15,12 +15,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import requests
 from cryptography import x509
 from hvac.exceptions import Forbidden, InvalidRequest
 
+from histo.local.bao import BaoServer
 from histo.vault.listener import ListenerConfig, ListenerRenewer
 from histo.vault.setup import LISTENER
 
@@ -41,8 +43,11 @@ def _served(address: str, port: int, ca: Path, name: str = "vault.histo.internal
     return [x509.load_der_x509_certificate(der)]
 
 
+Fixture = tuple[BaoServer, dict[str, Any], list[dict[str, str]], Path]
+
+
 @pytest.fixture()
-def listener(tmp_path: Path):
+def listener(tmp_path: Path) -> Iterator[Fixture]:
     vault_host = {"name": "vault1", "role": "vault", "address": f"{NET}.10"}
     hosts = default_hosts(NET) + [vault_host]
     with running_bao(tmp_path / "vault", vault_host["address"]) as bao:
@@ -57,7 +62,7 @@ def listener(tmp_path: Path):
         yield bao, result, hosts, cfg_path
 
 
-def test_listener_renews_through_pki_vault_without_a_failed_request(listener, tmp_path: Path) -> None:
+def test_listener_renews_through_pki_vault_without_a_failed_request(listener: Fixture, tmp_path: Path) -> None:
     bao, result, hosts, cfg_path = listener
     assert f"{LISTENER} intermediate" in result["changes"]
     before = _served(bao.address, bao.port, bao.ca_path)[0]
@@ -82,7 +87,8 @@ def test_listener_renews_through_pki_vault_without_a_failed_request(listener, tm
         out = renewer.once()  # the bootstrap-made certificate is replaced at the first pass
         assert out["changed"] and out["reloaded"] and out["serving"], out
         first = _served(bao.address, bao.port, bao.ca_path)[0]
-        assert first.serial_number != before.serial_number and first.serial_number == int(str(out["serial"]).replace(":", ""), 16)
+        assert first.serial_number != before.serial_number
+        assert first.serial_number == int(str(out["serial"]).replace(":", ""), 16)
         assert first.issuer != before.issuer  # pki_vault's intermediate, which chains to the bootstrap CA
 
         # not due: nothing issued, nothing signalled, the files untouched
@@ -122,7 +128,7 @@ def test_listener_renews_through_pki_vault_without_a_failed_request(listener, tm
     assert _served(bao.address, bao.port, bao.ca_path)[0].serial_number == second.serial_number
 
 
-def test_only_the_vault_hosts_identity_issues_a_listener_certificate(listener, tmp_path: Path) -> None:
+def test_only_the_vault_hosts_identity_issues_a_listener_certificate(listener: Fixture, tmp_path: Path) -> None:
     bao, result, hosts, cfg_path = listener
     by_name = {h["name"]: h for h in hosts}
     params = {"common_name": "vault.histo.internal", "alt_names": "vault1", "ip_sans": f"{NET}.10", "ttl": "30s"}
@@ -133,8 +139,8 @@ def test_only_the_vault_hosts_identity_issues_a_listener_certificate(listener, t
     # the Vault host's own identity: its names and address only
     renewer = ListenerRenewer(ListenerConfig.from_file(cfg_path))
     renewer.vault.login()
-    ok = renewer.vault.client.write_data(f"{LISTENER}/issue/listener-vault1", data=params)["data"]
-    assert x509.load_pem_x509_certificate(ok["certificate"].encode())
+    ok = renewer.vault.client.write_data(f"{LISTENER}/issue/listener-vault1", data=params)
+    assert isinstance(ok, dict) and x509.load_pem_x509_certificate(ok["data"]["certificate"].encode())
     for bad in ({"ip_sans": f"{NET}.21"}, {"ip_sans": f"{NET}.10,{NET}.21"}, {"common_name": "master1.histo.internal"},
                 {"alt_names": "master1"}, {"alt_names": "*.histo.internal"}, {"alt_names": "localhost"}):
         with pytest.raises((Forbidden, InvalidRequest)):
@@ -145,13 +151,13 @@ def test_only_the_vault_hosts_identity_issues_a_listener_certificate(listener, t
                                                                            "ip_sans": f"{NET}.21"})
 
 
-def test_setup_is_idempotent_and_a_second_apply_signs_nothing(listener) -> None:
+def test_setup_is_idempotent_and_a_second_apply_signs_nothing(listener: Fixture) -> None:
     bao, _result, hosts, _cfg = listener
     again = configure(bao, hosts, listener_ca_dir=str(bao.ca_path.parent), vault_listener_ttl=TTL)
     assert again["changed"] is False, again["changes"]
 
 
-def test_renewer_with_vault_away_fails_in_one_line(listener, tmp_path: Path) -> None:
+def test_renewer_with_vault_away_fails_in_one_line(listener: Fixture, tmp_path: Path) -> None:
     bao, _result, _hosts, cfg_path = listener
     bao.stop()
     cli = subprocess.run([sys.executable, "-m", "histo.cli", "vault-listener-renew", "--config", str(cfg_path)],

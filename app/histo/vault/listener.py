@@ -26,7 +26,7 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,13 +65,12 @@ class ListenerConfig:
     server_marker: str = ""
     server_unit: str = ""  # machines: the systemd unit whose main process gets SIGHUP
     trust_domain: str = TRUST_DOMAIN
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: Path) -> ListenerConfig:
         try:
             doc = json.loads(Path(path).read_text())
-            known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc and k != "extra"}
+            known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
             cfg = cls(**known)
             parse_duration(cfg.ttl)
         except OSError as exc:
