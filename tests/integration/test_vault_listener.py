@@ -169,3 +169,22 @@ def test_renewer_with_vault_away_fails_in_one_line(listener: Fixture, tmp_path: 
     cli = subprocess.run([sys.executable, "-m", "histo.cli", "vault-listener-renew", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_files_the_server_does_not_serve_are_reloaded_and_a_stray_key_is_replaced(listener: Fixture) -> None:
+    bao, _result, _hosts, cfg_path = listener
+    cfg = ListenerConfig.from_file(cfg_path)
+    renewer = ListenerRenewer(cfg)
+    assert renewer.once()["serving"]
+    # new files written without a signal (a lost SIGHUP): the next pass only reloads, issues nothing
+    renewer.vault.login()
+    cert_text, key_pem, serial = renewer.issue()
+    Path(cfg.key).write_text(key_pem)
+    Path(cfg.cert).write_text(cert_text)
+    out = renewer.once()
+    assert out == {"changed": False, "reloaded": True}, out
+    assert renewer.wait_served(int(serial.replace(":", ""), 16))
+    # a key that does not pair with the certificate: replaced at once (the server could not load it)
+    Path(cfg.key).write_text(renewer.issue()[1])
+    out = renewer.once()
+    assert out["changed"] and out["why"] == "key does not match the certificate" and out["serving"], out

@@ -150,6 +150,15 @@ class ListenerRenewer:
     def served(self) -> x509.Certificate | None:
         return served_certificate(self.cfg.address, self.cfg.port, self.cfg.vault_ca)
 
+    def _key_problem(self, cert_pem: bytes | None) -> str | None:
+        """The key file must pair with the certificate file, or the server cannot load either."""
+        try:
+            key = serialization.load_pem_private_key(Path(self.cfg.key).read_bytes(), None)
+            cert = x509.load_pem_x509_certificate(cert_pem or b"")
+        except (OSError, ValueError, TypeError):
+            return "key missing or unreadable"
+        return None if key.public_key() == cert.public_key() else "key does not match the certificate"
+
     def _file_pem(self) -> bytes | None:
         try:
             return Path(self.cfg.cert).read_bytes()
@@ -177,15 +186,21 @@ class ListenerRenewer:
         now = now or datetime.now(timezone.utc)
         file_pem = self._file_pem()
         served = self.served()
-        why = (file_due(file_pem, self.ca, self.cfg.hostnames, self.cfg.address, now)
-               or served_due(served, now))
+        why = file_due(file_pem, self.ca, self.cfg.hostnames, self.cfg.address, now) or self._key_problem(file_pem)
         out: dict[str, object] = {"changed": False}
         if why is None:
             leaf = x509.load_pem_x509_certificate(file_pem or b"")
             if served is not None and served.serial_number != leaf.serial_number:
-                out["reloaded"] = self.reload()  # the file is newer than what is served
-            self._keep_secret_id()
-            return out
+                # the files are newer than what is served: a lost signal, or files the server will not
+                # load; the second shows as a served certificate that ages into its last third
+                why = served_due(served, now)
+                if why is None:
+                    out["reloaded"] = self.reload()
+                    self._keep_secret_id()
+                    return out
+            else:
+                self._keep_secret_id()
+                return out
         self.vault.login()
         cert_text, key_pem, serial = self.issue()
         # key first: a server (re)started between the two writes fails to pair them and systemd
