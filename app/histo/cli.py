@@ -148,7 +148,15 @@ def cmd_provision(a) -> None:
 
 
 def cmd_vault_tls(a) -> None:
-    from .tls.selfsigned import ensure_bootstrap_tls
+    from .tls.selfsigned import ensure_bootstrap_tls, listener_problem, load_ca
+    if a.check_installed:
+        # the certificate a node has installed, on stdin (public): keep it, or install the fallback?
+        try:
+            why = listener_problem(sys.stdin.buffer.read(), load_ca(Path(a.dir)), a.hostname, a.address)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"histo: vault-tls: {exc}") from None
+        print(json.dumps({"install": why is not None, "why": why or ""}))
+        return
     dirs = [Path(a.dir)] + ([Path(a.leaf_dir)] if a.leaf_dir else [])
 
     def pems() -> dict[str, bytes]:
@@ -157,6 +165,18 @@ def cmd_vault_tls(a) -> None:
     ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address, leaf_dir=Path(a.leaf_dir) if a.leaf_dir else None)
     after = pems()
     print(json.dumps({"changed": before != after, "dir": a.dir}))
+
+
+def cmd_vault_listener_renew(a) -> None:
+    from .vault import listener
+    from .vault.client import VaultAuthError, VaultUnavailable
+    if a.loop is not None and a.loop <= 0:
+        raise SystemExit("histo: vault-listener-renew: --loop takes a positive number of seconds")
+    try:
+        out = listener.run(Path(a.config), a.loop)
+    except (listener.ListenerError, VaultAuthError, VaultUnavailable) as exc:
+        raise SystemExit(f"histo: vault-listener-renew: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
 
 
 def cmd_vault_seal_key(a) -> None:
@@ -420,7 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hostname", action="append", required=True)
     s.add_argument("--address", action="append", default=[])
     s.add_argument("--leaf-dir", help="the node's own certificate folder (raft peers share the CA in --dir)")
+    s.add_argument("--check-installed", action="store_true",
+                   help="read an installed listener certificate on stdin and print whether the fallback "
+                        "must replace it (missing, not chained to the CA, other names, or in its last third)")
     s.set_defaults(fn=cmd_vault_tls)
+
+    s = sub.add_parser("vault-listener-renew",
+                       help="this Vault node's listener certificate from pki_vault at 2/3 of its life, then "
+                            "SIGHUP to the server (vault/listener.py)")
+    s.add_argument("--config", required=True, help="JSON: host, address, port, hostnames, vault_url, vault_ca, "
+                                                   "creds_dir, cert, key, ttl, server_unit or server_pid_file")
+    s.add_argument("--loop", type=float, default=None, help="seconds between passes (default: one pass)")
+    s.set_defaults(fn=cmd_vault_listener_renew)
 
     s = sub.add_parser("vault-seal-key", help="the static seal's key file (32 random bytes, 0600), made once")
     s.add_argument("--file", required=True)

@@ -12,6 +12,10 @@ spec (a plain dict, no local assumptions):
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
   signing_key_rotation "720h"  Vault's auto_rotate_period of every transit key (0: off; else >= 1h)
+  listener_ca_dir  optional, on the controller: the bootstrap CA folder (ca.pem, ca-key.pem; histo
+                 vault-tls). Given, Vault gets pki_vault, its listener intermediate (CSR made in Vault,
+                 signed here with the bootstrap CA), and one role listener-<host> per vault host.
+  vault_listener_ttl "720h"  max life of a Vault listener certificate (vault/listener.py renews at 2/3)
   vault_url      optional: the Vault node(s) named in the PKI issuing/CRL URLs, comma-separated for a
                  raft cluster (default: every node the client was given, never just the node that
                  answered: a failover client moves between nodes, and a second apply through another
@@ -25,15 +29,18 @@ import ipaddress
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import hvac
+from cryptography import x509
 from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
 from ..secops.checkpoint import anchor_path, key_name
 from ..tls.identity import spiffe_id
+from ..tls.selfsigned import RENEW_AT, sign_intermediate
 from . import people, pki
 from .failover import split_urls
 
@@ -45,6 +52,11 @@ MIN_KEY_ROTATION = 3600
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
 # from it (role quorum-<host>, in their own policy), so no master's or worker's certificate joins.
 QUORUM = "pki_zk_quorum"
+# Vault's own listener certificates: an intermediate signed by the bootstrap CA (which clients trust
+# as vault-ca.pem), so a renewed listener certificate needs no change of any client's trust. Only a
+# Vault host's own identity may issue from it, for its own names and address (listener_role).
+LISTENER = "pki_vault"
+LISTENER_CN = "histo vault listener CA"
 TOKEN_KEY = "histo-tokens"
 RECEIPT_KEY = "histo-receipts"  # signs job receipts (masters: sign only)
 STORE_KEY = "histo-store"  # wraps the per-job data keys of stored jobs (masters: datakey and decrypt only)
@@ -117,7 +129,8 @@ def validate_spec(spec: dict) -> None:
         if "public_address" in h and role != "master":
             raise SetupError(f"host {name}: only a master serves the public address")
         seen.add(name)
-    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl", "signing_key_rotation"):
+    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl", "signing_key_rotation",
+                "vault_listener_ttl"):
         if key in spec:
             _seconds(spec[key])
     if "signing_key_rotation" in spec and 0 < _seconds(spec["signing_key_rotation"]) < MIN_KEY_ROTATION:
@@ -162,6 +175,7 @@ class _Applier:
         self.td = spec.get("trust_domain", TRUST_DOMAIN)
         self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
+        self.listener = bool(spec.get("listener_ca_dir"))
 
     @property
     def base_url(self) -> str:
@@ -250,6 +264,8 @@ class _Applier:
         for host in self.spec["hosts"]:
             self.pki_role(host)
         self.quorum_pki()
+        if self.listener:
+            self.listener_pki()
 
     def quorum_pki(self) -> None:
         """A CA of its own for ZooKeeper's quorum (ports 2888/3888): a separate root, so a
@@ -290,6 +306,69 @@ class _Applier:
         if _differs(have, want):
             self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=QUORUM)
             self.note(f"pki role {QUORUM}/{path}")
+
+    def listener_pki(self) -> None:
+        """pki_vault: Vault generates the key and CSR, the controller signs it with the bootstrap CA
+        (the CA key never leaves the controller). A new intermediate only when none is there or the
+        current one is in its last third (then it becomes the default issuer; the old one stays until
+        its leaves expire)."""
+        self.mount(LISTENER, "pki", "87600h")
+        pem = self._ca_pem(LISTENER)
+        due = not pem
+        if pem:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+            start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+            due = time.time() >= (start + (end - start) * RENEW_AT).timestamp()
+        if due:
+            csr = self.c.write_data(f"{LISTENER}/intermediate/generate/internal",
+                                    data={"common_name": LISTENER_CN, "key_type": "ec", "key_bits": 256})["data"]["csr"]
+            try:
+                signed = sign_intermediate(self.spec["listener_ca_dir"], csr, LISTENER_CN)
+            except (OSError, ValueError) as exc:
+                raise SetupError(f"{LISTENER}: cannot sign its intermediate: {exc}") from None
+            ca_pem = (Path(self.spec["listener_ca_dir"]) / "ca.pem").read_text().strip()
+            resp = self.c.write_data(f"{LISTENER}/intermediate/set-signed",
+                                     data={"certificate": signed.strip() + "\n" + ca_pem})
+            imported = [i for i in ((resp or {}).get("data") or {}).get("imported_issuers") or []]
+            for iid in imported:  # the intermediate, not the bootstrap CA copy (which has no key here)
+                info = _data(self.c.read(f"{LISTENER}/issuer/{iid}"))
+                if info.get("key_id"):
+                    self.c.write_data(f"{LISTENER}/config/issuers", data={"default": iid})
+            self.note(f"{LISTENER} intermediate")
+        for host in self.spec["hosts"]:
+            if host["role"] == "vault":
+                self.listener_role(host)
+
+    def listener_names(self, host: dict) -> list[str]:
+        """What a Vault node's listener certificate names: its inventory name, its FQDN and the
+        cluster's Vault name (the vault role's vault_hostnames; local mode's BaoServer hostnames)."""
+        return [host["name"], f"{host['name']}.{self.td}", f"vault.{self.td}"]
+
+    def listener_role(self, host: dict) -> None:
+        want = {
+            "key_type": "ec", "key_bits": 256,
+            "allowed_domains": self.listener_names(host), "allow_bare_domains": True,
+            "allow_subdomains": False, "allow_glob_domains": False, "allow_wildcard_certificates": False,
+            "allow_localhost": False, "allow_any_name": False, "enforce_hostnames": True,
+            "cn_validations": ["hostname"],
+            "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(host["address"])],
+            "allowed_uri_sans": [], "allowed_other_sans": [],
+            # a TLS server only: raft's joins reach the API as clients with no certificate of their own,
+            # and the cluster port (8201) uses OpenBao's own internal certificates
+            "server_flag": True, "client_flag": False, "code_signing_flag": False, "email_protection_flag": False,
+            "key_usage": ["DigitalSignature"],
+            "max_ttl": _seconds(self.spec.get("vault_listener_ttl", "720h")),
+            "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
+            "use_csr_common_name": False, "use_csr_sans": False,
+        }
+        path = f"listener-{host['name']}"
+        try:
+            have = _data(self.c.secrets.pki.read_role(path, mount_point=LISTENER))
+        except InvalidPath:
+            have = {}
+        if _differs(have, want):
+            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=LISTENER)
+            self.note(f"pki role {LISTENER}/{path}")
 
     def default_issuer(self) -> None:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
@@ -503,6 +582,21 @@ path "{INT}/cert/ca_chain" {{
                       f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
                       f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
                       f'path "{KV}/data/{anchor_path(name)}" {{\n  capabilities = ["create", "update"]\n}}\n')
+        if role == "vault" and self.listener:  # its own listener certificate (vault/listener.py)
+            names = self.listener_names(host)
+            rules += f'''path "{LISTENER}/issue/listener-{name}" {{
+  capabilities = ["update"]
+  required_parameters = ["common_name", "ip_sans"]
+  allowed_parameters = {{
+    "common_name" = [{", ".join(f'"{n}"' for n in names)}]
+    "alt_names" = []
+    "ip_sans" = ["{addr}"]
+    "ttl" = []
+    "format" = ["pem"]
+    "private_key_format" = ["pkcs8"]
+  }}
+}}
+'''
         if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
             rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
@@ -633,6 +727,7 @@ def provisioner_policy() -> str:
           (f"{ROOT}/config/urls", "read"), (f"{INT}/config/urls", "read"),
           (f"{ROOT}/cert/ca", "read"), (f"{INT}/cert/ca_chain", "read"),
           (f"{QUORUM}/config/urls", "read"), (f"{QUORUM}/cert/ca", "read"), (f"{QUORUM}/roles/quorum-*", "read"),
+          (f"{LISTENER}/cert/ca", "read"), (f"{LISTENER}/roles/listener-*", "read"),
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
           (f"{TRANSIT}/keys/{STORE_KEY}", "read"),
