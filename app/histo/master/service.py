@@ -26,7 +26,7 @@ from ..zk.client import call as zkcall
 from ..zk.jobs import JobStore, is_tombstone
 from ..zk.membership import Member, remove_stale, watch
 from ..zk.revocations import RevocationStore
-from . import api, internal, relay
+from . import api, internal, relay, secopsfeed
 from .auth import Authenticator
 from kazoo.recipe.watchers import ChildrenWatch
 
@@ -51,6 +51,7 @@ class Master:
         self.cfg = cfg
         self.loop: asyncio.AbstractEventLoop | None = None
         self.events = EventBus()
+        self.secops = secopsfeed.SecopsFeed(self.emit)  # the collector's record, as its relay pushes it
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
         self.store = BlobStore(cfg.store_path)
