@@ -15,6 +15,7 @@ from histo.master import secopsfeed
 from histo.secops import relay
 from histo.secops.chain import ChainLog
 
+R = "ab" * 32  # a record id
 REFUSAL = {"layer": "vault", "kind": "vault_denied", "severity": "warning", "host": "worker1",
            "spiffe": "spiffe://histo.internal/worker/worker1", "address": "192.168.56.31",
            "path": "secret/data/x", "operation": "read", "why": "permission denied"}
@@ -43,7 +44,7 @@ def test_an_attributed_entry_becomes_a_bounded_event_and_others_are_not_relayed(
     odd = {"layer": "nonsense", "kind": "Weird Kind!" * 9, "severity": "panic", "host": None, "spiffe": "http://x",
            "address": "not an address", "why": "w" * 5000}
     ev = relay.from_entry({"seq": 10, "ts": 3, "event": {"msg": "m", "host": "bad host name", "secops": odd}})
-    assert ev is not None and secopsfeed.parse_batch(json.dumps({"events": [ev]}).encode())
+    assert ev is not None and secopsfeed.parse_batch(json.dumps({"record": R, "events": [ev]}).encode())
     assert (ev["layer"], ev["severity"], ev["host"], ev["spiffe"], ev["address"], ev["where"]) == (
         "secops", "warning", "outside", None, None, None)
     assert len(ev["why"]) == 300 and len(ev["kind"]) <= 40
@@ -77,13 +78,13 @@ class FakeMasters:
         self.down: set[str] = set()
         self.calls: list[tuple[str, int]] = []
 
-    async def push(self, master: str, events: list[dict[str, Any]]) -> tuple[int, bytes, dict[str, str]]:
+    async def push(self, master: str, record: str, events: list[dict[str, Any]]) -> tuple[int, bytes, dict[str, str]]:
         if master in self.down:
             raise ConnectionRefusedError("down")
         self.calls.append((master, len(events)))
         try:
-            batch = secopsfeed.parse_batch(json.dumps({"events": events}).encode())
-            pushed = self.feeds[master].push("secops1", batch)
+            rec, batch = secopsfeed.parse_batch(json.dumps({"record": record, "events": events}).encode())
+            pushed = self.feeds[master].push("secops1", rec, batch)
         except secopsfeed.FeedRefused as exc:
             return exc.status, exc.message.encode(), {}
         return 200, json.dumps({"high": pushed.high}).encode(), {}
@@ -189,18 +190,20 @@ def _ev(seq: int, **over: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("body, why", [
     (b"not json", "not JSON"),
     (b"[]", "send JSON"),
-    (json.dumps({"events": []}).encode(), "1 to 100"),
-    (json.dumps({"events": [_ev(i) for i in range(1, 102)]}).encode(), "1 to 100"),
-    (json.dumps({"events": [_ev(1)], "more": 1}).encode(), "send JSON"),
-    (json.dumps({"events": [_ev(1, token="s.abc")]}).encode(), "unknown field"),
-    (json.dumps({"events": [_ev(1, extra={"nested": 1})]}).encode(), "unknown field"),
-    (json.dumps({"events": [_ev(1, layer="kernel")]}).encode(), "layer"),
-    (json.dumps({"events": [_ev(1, host="a b")]}).encode(), "host"),
-    (json.dumps({"events": [_ev(1, why="x" * 301)]}).encode(), "why"),
-    (json.dumps({"events": [_ev(0)]}).encode(), "record_seq"),
-    (json.dumps({"events": [_ev(True)]}).encode(), "record_seq"),
-    (json.dumps({"events": [_ev(2), _ev(1)]}).encode(), "increasing"),
-    (json.dumps({"events": [_ev(1, spiffe="spiffe://x/../../etc")]}).encode(), "spiffe"),
+    (json.dumps({"events": [_ev(1)]}).encode(), "send JSON"),
+    (json.dumps({"record": "x", "events": [_ev(1)]}).encode(), "send JSON"),
+    (json.dumps({"record": R, "events": []}).encode(), "1 to 100"),
+    (json.dumps({"record": R, "events": [_ev(i) for i in range(1, 102)]}).encode(), "1 to 100"),
+    (json.dumps({"record": R, "events": [_ev(1)], "more": 1}).encode(), "send JSON"),
+    (json.dumps({"record": R, "events": [_ev(1, token="s.abc")]}).encode(), "unknown field"),
+    (json.dumps({"record": R, "events": [_ev(1, extra={"nested": 1})]}).encode(), "unknown field"),
+    (json.dumps({"record": R, "events": [_ev(1, layer="kernel")]}).encode(), "layer"),
+    (json.dumps({"record": R, "events": [_ev(1, host="a b")]}).encode(), "host"),
+    (json.dumps({"record": R, "events": [_ev(1, why="x" * 301)]}).encode(), "why"),
+    (json.dumps({"record": R, "events": [_ev(0)]}).encode(), "record_seq"),
+    (json.dumps({"record": R, "events": [_ev(True)]}).encode(), "record_seq"),
+    (json.dumps({"record": R, "events": [_ev(2), _ev(1)]}).encode(), "increasing"),
+    (json.dumps({"record": R, "events": [_ev(1, spiffe="spiffe://x/../../etc")]}).encode(), "spiffe"),
 ])
 def test_a_malformed_push_is_a_400_naming_why(body: bytes, why: str) -> None:
     with pytest.raises(secopsfeed.FeedRefused) as err:
@@ -218,14 +221,14 @@ def test_the_feed_redacts_publishes_once_and_pages_by_sequence() -> None:
     published: list[tuple[str, dict[str, Any]]] = []
     feed = secopsfeed.SecopsFeed(lambda kind, **f: published.append((kind, f)), capacity=50, rate=1e6, burst=10**6)
     secret = "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
-    got = feed.push("secops1", [_ev(1, why=f"denied {secret}"), _ev(2, layer="firewall", host="worker2",
+    got = feed.push("secops1", R, [_ev(1, why=f"denied {secret}"), _ev(2, layer="firewall", host="worker2",
                                                                        severity="critical")])
     assert (got.accepted, got.duplicates, got.high) == (2, 0, 2)
     assert "eyJ" not in json.dumps(published) and "eyJ" not in json.dumps(list(feed.events))
     kind, fields = published[0]
     assert kind == "vault_denied" and fields["record_seq"] == 1 and fields["layer"] == "vault"
     assert fields["host"] == "worker1" and fields["spiffe"].endswith("/worker/worker1") and fields["where"] == "vault1"
-    again = feed.push("secops1", [_ev(2), _ev(3)])
+    again = feed.push("secops1", R, [_ev(2), _ev(3)])
     assert (again.accepted, again.duplicates, again.high) == (1, 1, 3) and len(published) == 3
     assert [e["record_seq"] for e in feed.query()["events"]] == [1, 2, 3]
     assert [e["record_seq"] for e in feed.query(layer="firewall")["events"]] == [2]
@@ -235,14 +238,16 @@ def test_the_feed_redacts_publishes_once_and_pages_by_sequence() -> None:
     assert page["next_since"] == 2 and page["more"] and page["head"] == 3
     assert [e["record_seq"] for e in feed.query(since=page["next_since"])["events"]] == [3]
     for i in range(4, 120):  # bounded: the oldest go
-        feed.push("secops1", [_ev(i)])
+        feed.push("secops1", R, [_ev(i)])
     assert len(feed.events) == 50 and feed.query(limit=500)["events"][0]["record_seq"] == 70
+    # a record started anew (another first entry): its entry 1 is new, not a duplicate of the old one's
+    assert feed.push("secops1", "cd" * 32, [_ev(1)]).accepted == 1
 
 
 def test_the_feed_rate_refuses_a_whole_batch_with_retry_after() -> None:
     feed = secopsfeed.SecopsFeed(lambda *a, **k: None, rate=10, burst=20)
-    feed.push("secops1", [_ev(i) for i in range(1, 21)])
+    feed.push("secops1", R, [_ev(i) for i in range(1, 21)])
     with pytest.raises(secopsfeed.FeedRefused) as err:
-        feed.push("secops1", [_ev(21)])
+        feed.push("secops1", R, [_ev(21)])
     assert err.value.status == 429 and err.value.retry_after and err.value.retry_after >= 1
-    assert feed.high["secops1"] == 20  # nothing of the refused batch was taken
+    assert feed.high[("secops1", R)] == 20  # nothing of the refused batch was taken

@@ -170,6 +170,8 @@ def _schemas() -> dict[str, Any]:
             *SECOPS_EVENT["required"], "collector", "received"], "properties": {
             **SECOPS_EVENT["properties"],
             "collector": {"type": "string", "description": "the collector host whose relay pushed it"},
+            "record": {"type": "string", "description": "the record it is in (the first 16 hex digits of the "
+                                                        "hash of the record's first entry)"},
             "received": {"type": "number", "description": "when this master received it (Unix time)"}}},
         "SecopsEvents": {"type": "object", "required": ["events", "next_since", "head"], "properties": {
             "events": {"type": "array", "items": _ref("SecopsEvent")},

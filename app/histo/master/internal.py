@@ -142,7 +142,7 @@ async def secops_events(master: "Master", request: web.Request) -> web.Response:
             if len(body) > secopsfeed.MAX_BODY:
                 raise secopsfeed.FeedRefused(413, "too_large", f"a push is at most {secopsfeed.MAX_BODY} bytes")
         raw = bytes(body)
-        pushed = master.secops.push(collector, secopsfeed.parse_batch(raw))
+        pushed = master.secops.push(collector, *secopsfeed.parse_batch(raw))
     except secopsfeed.FeedRefused as exc:
         if exc.status != 429:  # a malformed push from the collector's identity is itself worth seeing
             master.emit("secops_push_refused", severity="warning", collector=collector, reason=exc.message[:200])

@@ -205,14 +205,24 @@ def save_state(path: Path, state: Mapping[str, Any]) -> None:
     write_private(path, (json.dumps(state, sort_keys=True) + "\n").encode())
 
 
-# (status, body) of one push to one master; raises on a connection or identity failure
-Push = Callable[[str, list[dict[str, Any]]], Awaitable[tuple[int, bytes, Mapping[str, str]]]]
+# (status, body, headers) of one push (master, record id, events); raises on a connection or identity failure
+Push = Callable[[str, str, list[dict[str, Any]]], Awaitable[tuple[int, bytes, Mapping[str, str]]]]
+
+
+def record_id(fd: int) -> str | None:
+    """The record's id: the hash of its first entry (None while it has none). Masters count sequences per
+    record, so a record started anew is not taken for the old one's duplicates."""
+    head = os.pread(fd, 8192, 0).split(b"\n", 1)
+    entry = _entry(head[0]) if len(head) == 2 else None
+    digest = entry.get("hash") if entry is not None and entry["seq"] == 1 else None
+    return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
 class Relay:
     def __init__(self, fd: int, masters: Sequence[str], push: Push, state_dir: Path, backlog: int = 0,
                  interval: float = 0.5, max_pending: int = 5000) -> None:
-        self.push, self.interval, self.masters = push, interval, list(masters)
+        self.push, self.interval, self.masters, self.fd = push, interval, list(masters), fd
+        self.record: str | None = None
         self.state_path = Path(state_dir) / STATE_FILE
         saved = load_state(self.state_path)
         if saved is not None:
@@ -268,8 +278,12 @@ class Relay:
             return False
         moved = False
         while events := self.box.batch(master):
+            self.record = self.record or record_id(self.fd)
+            if self.record is None:  # entries but no readable first one: the record is not ours to relay
+                self._wait(master, now, "the record's first entry is unreadable")
+                return moved
             try:
-                status, body, headers = await self.push(master, events)
+                status, body, headers = await self.push(master, self.record, events)
             except Exception as exc:  # connection refused, TLS or identity refused, timeout
                 self._wait(master, now, f"{type(exc).__name__}: {str(exc)[:200]}")
                 return moved
@@ -347,14 +361,15 @@ async def serve(fd: int, masters: Mapping[str, str], ca: Path, cert: Path, key: 
     client = InternalClient(ctx, trust_domain, source_address=source_address, timeout=15)
     mtime = _mtime(cert)
 
-    async def push(master: str, events: list[dict[str, Any]]) -> tuple[int, bytes, Mapping[str, str]]:
+    async def push(master: str, record: str, events: list[dict[str, Any]]) -> tuple[int, bytes, Mapping[str, str]]:
         nonlocal mtime
         if _mtime(cert) != mtime:  # renewed in place: new connections present the new one
             mtime = _mtime(cert)
             ctx.load_cert_chain(str(cert), str(key))
             ctx.load_verify_locations(cafile=str(ca))
-        reply = await client.request("POST", masters[master] + PATH, ("master",), json={"events": events},
-                                     expect_host=master, timeout=15, max_body=4096)
+        reply = await client.request("POST", masters[master] + PATH, ("master",),
+                                     json={"record": record, "events": events}, expect_host=master, timeout=15,
+                                     max_body=4096)
         return reply.status, reply.body, reply.headers
 
     relay = Relay(fd, list(masters), push, state_dir, backlog=backlog, interval=interval)
