@@ -183,7 +183,7 @@ class Outbox:
     def state(self) -> dict[str, Any]:
         low = min(self.sent.values(), default=0)
         safe = self.scanned if not self.pending and low >= self.scanned[0] else self.safe
-        return {"sent": dict(self.sent), "safe": list(safe)}
+        return {"sent": dict(self.sent), "safe": list(safe), "read": self.scanned[0]}
 
 
 def load_state(path: Path) -> dict[str, Any] | None:
@@ -311,9 +311,9 @@ class Relay:
 
     async def step(self) -> bool:
         """Read what is new, push it; True when anything moved."""
+        before = self.box.state()
         self.read()
         now = asyncio.get_running_loop().time()
-        before = self.box.state()
         moved = await asyncio.gather(*(self._serve(m, now) for m in self.masters))
         if self.box.state() != before:
             self._save()
