@@ -65,6 +65,7 @@ def from_entry(entry: Mapping[str, Any]) -> dict[str, Any] | None:
     # where it happened: the machine that refused (firewall, sshd, ZooKeeper name their target; a Vault
     # denial is the Vault node that shipped it)
     where = found.get("target") or (event.get("host") if isinstance(event, dict) else None)
+    what: str | None
     if layer == "vault":
         what = " ".join(str(found.get(k)) for k in ("operation", "path") if found.get(k))
     elif layer == "firewall":

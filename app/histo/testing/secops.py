@@ -38,9 +38,10 @@ def issue_identity(cluster: Cluster, out: Path, name: str = "secops1", ttl: str 
     h = host(cluster, name)
     client = root_client(cluster)
     _Applier(client, {"trust_domain": TRUST_DOMAIN}).pki_role(h)
-    data = client.write_data(f"{INT}/issue/host-{name}", data={
+    answer: Any = client.write_data(f"{INT}/issue/host-{name}", data={
         "common_name": f"{name}.{TRUST_DOMAIN}", "ip_sans": h["address"], "uri_sans": spiffe_id("secops", name),
-        "ttl": ttl, "format": "pem", "private_key_format": "pkcs8"})["data"]
+        "ttl": ttl, "format": "pem", "private_key_format": "pkcs8"})
+    data = answer["data"]
     out.mkdir(parents=True, exist_ok=True)
     chain = [c.strip() for c in (data.get("ca_chain") or [data["issuing_ca"]])]
     write_private(out / "key.pem", data["private_key"].strip() + "\n")
