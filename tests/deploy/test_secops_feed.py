@@ -7,7 +7,7 @@ import json
 import secrets
 import shlex
 import time
-from typing import Any
+from typing import Any, Callable
 
 from attack.deployed import DeployedCluster
 
@@ -23,7 +23,8 @@ def _head(cluster: DeployedCluster, url: str) -> int:
     return int(json.loads(raw)["head"])
 
 
-def _find(cluster: DeployedCluster, url: str, since: int, query: str, match) -> dict[str, Any] | None:
+def _find(cluster: DeployedCluster, url: str, since: int, query: str,
+          match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
     nxt = since
     while True:
         status, raw, _h = request(cluster, "GET", f"/api/v1/secops/events?limit=500&since={nxt}&{query}",
@@ -38,7 +39,8 @@ def _find(cluster: DeployedCluster, url: str, since: int, query: str, match) -> 
         nxt = page["next_since"]
 
 
-def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_secops_api(cluster: DeployedCluster):
+def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_secops_api(
+        cluster: DeployedCluster) -> None:
     worker, other = cluster.group("workers")[:2]
     collector, vault = cluster.group("secops")[0], cluster.group("vault")[0]
     assert collector.run("systemctl is-active histo-secops-relay.service", check=False).stdout.strip() == "active"
@@ -64,7 +66,7 @@ def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_seco
     t_drop = time.monotonic()
     assert worker.run(f"python3 -c {shlex.quote(probe)}").stdout.strip() == "timeout"
 
-    wanted = {
+    wanted: dict[str, tuple[float, str, Callable[[dict[str, Any]], bool]]] = {
         "vault": (t_vault, "layer=vault", lambda ev: marker in (ev.get("what") or "")),
         "firewall": (t_drop, f"layer=firewall&host={worker.name}",
                      lambda ev: ev.get("where") == other.name and ev.get("what") == f"port {port}/TCP"),

@@ -137,6 +137,36 @@ def test_new_entries_only_in_batches_then_a_restart_resends_nothing_and_loses_no
     os.close(fd)
 
 
+def test_a_master_that_hangs_does_not_delay_the_others(tmp_path: Path) -> None:
+    path, state = tmp_path / "r.log", tmp_path / "state"
+    state.mkdir()
+    log = ChainLog(path)
+    masters = FakeMasters(["master1", "master2"])
+
+    async def push(master: str, record: str, events: list[dict[str, Any]]) -> tuple[int, bytes, dict[str, str]]:
+        if master == "master2":
+            await asyncio.sleep(30)  # a connect that times out
+        return await masters.push(master, record, events)
+
+    async def go() -> float:
+        fd = os.open(path, os.O_RDONLY)
+        r = relay.Relay(fd, ["master1", "master2"], push, state, interval=0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(r.run(stop))
+        await asyncio.sleep(0.2)
+        t0 = asyncio.get_running_loop().time()
+        _append(log, 3)
+        for _ in range(250):  # polls the fake's feed (no event to wait on there)
+            if len(masters.seqs("master1")) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        took = asyncio.get_running_loop().time() - t0
+        task.cancel()
+        os.close(fd)
+        return took
+    assert asyncio.run(go()) < 1.0
+
+
 def test_a_crash_before_the_state_is_written_is_at_least_once_and_the_master_takes_each_once(tmp_path: Path) -> None:
     path, state = tmp_path / "r.log", tmp_path / "state"
     state.mkdir()

@@ -311,7 +311,8 @@ class Relay:
         log.warning("push to %s failed (%s): again in %.0f s", master, why, delay)
 
     async def step(self) -> bool:
-        """Read what is new, push it; True when anything moved."""
+        """One round (read what is new, push it to every master, together); True when anything moved.
+        run() does the same with a sender of its own per master."""
         before = self.box.state()
         self.read()
         now = asyncio.get_running_loop().time()
@@ -321,12 +322,31 @@ class Relay:
         return any(moved)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if not await self.step():
-                try:
-                    await asyncio.wait_for(stop.wait(), self.interval)
-                except asyncio.TimeoutError:
-                    pass
+        """One reader of the record and one sender per master, each on its own: a master that does not
+        answer (a connect timeout, its back-off) never delays the others."""
+        loop = asyncio.get_running_loop()
+
+        async def pause(seconds: float) -> None:
+            try:
+                await asyncio.wait_for(stop.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
+
+        async def reader() -> None:
+            while not stop.is_set():
+                before = self.box.state()
+                self.read()
+                if self.box.state() != before:
+                    self._save()
+                await pause(self.interval)
+
+        async def sender(master: str) -> None:
+            while not stop.is_set():
+                if await self._serve(master, loop.time()):
+                    self._save()
+                await pause(self.interval)
+
+        await asyncio.gather(reader(), *(sender(m) for m in self.masters))
         self._save()
 
 
