@@ -198,6 +198,27 @@ def test_a_state_that_does_not_match_the_record_reads_it_again(tmp_path: Path) -
     os.close(fd)
 
 
+def test_a_record_started_anew_is_relayed_from_its_start(tmp_path: Path) -> None:
+    path, state = tmp_path / "r.log", tmp_path / "state"
+    state.mkdir()
+    log = ChainLog(path)
+    masters = FakeMasters(["master1"])
+    fd = os.open(path, os.O_RDONLY)
+    r = relay.Relay(fd, ["master1"], masters.push, state)
+    _append(log, 6)
+    _run(r)
+    assert masters.seqs("master1") == [1, 2, 3, 4, 5, 6]
+    os.close(fd)
+    log.close()
+    path.unlink()  # the collector's record begun again (a reinstalled secops1): sequences restart at 1
+    log = ChainLog(path)
+    _append(log, 2)
+    fd = os.open(path, os.O_RDONLY)
+    _run(relay.Relay(fd, ["master1"], masters.push, state))
+    assert masters.seqs("master1") == [1, 2, 3, 4, 5, 6, 1, 2]  # the master counts them in the new record
+    os.close(fd)
+
+
 def test_backlog_on_first_start(tmp_path: Path) -> None:
     path, state = tmp_path / "r.log", tmp_path / "state"
     state.mkdir()

@@ -193,7 +193,8 @@ def load_state(path: Path) -> dict[str, Any] | None:
         sent, safe = doc["sent"], doc["safe"]
         if (isinstance(sent, dict) and all(isinstance(v, int) for v in sent.values())
                 and isinstance(safe, list) and len(safe) == 2 and all(isinstance(v, int) for v in safe)):
-            return {"sent": sent, "safe": (safe[0], safe[1])}
+            record = doc.get("record")
+            return {"sent": sent, "safe": (safe[0], safe[1]), "record": record if isinstance(record, str) else None}
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, OSError):
@@ -226,16 +227,22 @@ class Relay:
         self.record: str | None = None
         self.state_path = Path(state_dir) / STATE_FILE
         saved = load_state(self.state_path)
+        current = record_id(fd)
+        if saved is not None and saved.get("record") not in (None, current):
+            # another record than the one the state counts in (the collector's record started anew):
+            # everything in it is new to the masters
+            log.warning("the record is not the one the relay state describes: relaying it from its start")
+            saved = {"sent": {}, "safe": (0, 0)}
         if saved is not None:
             self.box = Outbox(self.masters, saved["sent"], saved["safe"], max_pending=max_pending)
             self.follower = self._resume(fd, saved["safe"])
-        else:  # new entries only, besides the last `backlog` attributed ones
+        else:  # new entries only, besides the last `backlog` attributed ones (streamed: a record may be large)
             self.follower = RecordFollower(fd)
-            entries = []
+            keep: deque[tuple[int, dict[str, Any]]] = deque(maxlen=max(backlog, 0) or 1)
+            head: tuple[int, Mapping[str, Any]] = (0, {"seq": 0})
             while batch := self.follower.poll():
-                entries += batch
-            keep = [(o, e) for o, e in entries if from_entry(e) is not None][-backlog:] if backlog else []
-            head = entries[-1] if entries else (0, {"seq": 0})
+                head = batch[-1]
+                keep.extend((o, e) for o, e in batch if backlog and from_entry(e) is not None)
             start = (int(keep[0][1]["seq"]) - 1) if keep else int(head[1]["seq"])
             self.box = Outbox(self.masters, {m: start for m in self.masters}, max_pending=max_pending)
             for o, e in keep:
@@ -243,7 +250,8 @@ class Relay:
             self.box.scanned = (int(head[1]["seq"]), head[0])
             if not keep:
                 self.box.safe = self.box.scanned
-            self._save()
+        self.record = current
+        self._save()
         self._retry_at: dict[str, float] = {m: 0.0 for m in self.masters}
         self._backoff: dict[str, float] = {m: 1.0 for m in self.masters}
         self.pushed = 0
@@ -263,7 +271,7 @@ class Relay:
         return follower
 
     def _save(self) -> None:
-        save_state(self.state_path, self.box.state())
+        save_state(self.state_path, {**self.box.state(), "record": self.record})
 
     def read(self) -> int:
         n = 0
