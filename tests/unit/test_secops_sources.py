@@ -130,3 +130,21 @@ def test_the_event_file_is_bounded(tmp_path: Path) -> None:
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["e.jsonl", "e.jsonl.1"] and all((tmp_path / f).stat().st_size <= 4096 for f in files)
     ef.close()
+
+
+def test_a_workers_security_events_reach_its_file_however_they_name_the_service(tmp_path: Path) -> None:
+    """The runtime's Vault loop emits with service=... itself (runtime.py); the worker's own refusals
+    without: both are written once, and neither raises (a raise there ended the Vault loop)."""
+    from types import SimpleNamespace
+
+    from histo.edge.events import EventBus, EventFile
+    from histo.worker.service import Worker
+    w = object.__new__(Worker)
+    w.cfg = SimpleNamespace(name="worker1")
+    w.event_file, w._events, w.pending_events = EventFile(tmp_path / "e.jsonl"), EventBus(history=1), []
+    w._security_event("vault_unavailable", severity="warning", service="worker1", reason="Vault unreachable")
+    w._security_event("mtls_rejected", severity="warning", reason="not a master", peer="192.168.56.32")
+    w._security_event("vault_recovered", severity="info", service="worker1")
+    lines = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [(e["kind"], e["service"]) for e in lines] == [("vault_unavailable", "worker1"), ("mtls_rejected", "worker1")]
+    assert [e["kind"] for e in w.pending_events] == ["vault_unavailable", "mtls_rejected", "vault_recovered"]

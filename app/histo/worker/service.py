@@ -50,11 +50,13 @@ class Worker:
 
     # -- security events go to the leader's dashboard through the master that calls next
     def _security_event(self, kind: str, **fields) -> None:
+        # the runtime names the service itself (its Vault loop's vault_unavailable): one `service` only
+        fields["service"] = self.cfg.name
         if self.event_file is not None:
-            event = self._events.make_event(kind, service=self.cfg.name, **fields)
+            event = self._events.make_event(kind, **fields)
             if shipped(event):
                 self.event_file.write(event)
-        fields.update(kind=kind, service=self.cfg.name, ts=time.time())
+        fields.update(kind=kind, ts=time.time())
         log.warning("security event %s", json.dumps(fields))
         self.pending_events.append(fields)
         del self.pending_events[:-50]
