@@ -140,11 +140,12 @@ def test_a_workers_security_events_reach_its_file_however_they_name_the_service(
     from histo.edge.events import EventBus, EventFile
     from histo.worker.service import Worker
     w = object.__new__(Worker)
-    w.cfg = SimpleNamespace(name="worker1")
+    w.cfg = SimpleNamespace(name="worker1")  # type: ignore[assignment]  # only its name is read
     w.event_file, w._events, w.pending_events = EventFile(tmp_path / "e.jsonl"), EventBus(history=1), []
     w._security_event("vault_unavailable", severity="warning", service="worker1", reason="Vault unreachable")
     w._security_event("mtls_rejected", severity="warning", reason="not a master", peer="192.168.56.32")
     w._security_event("vault_recovered", severity="info", service="worker1")
     lines = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
-    assert [(e["kind"], e["service"]) for e in lines] == [("vault_unavailable", "worker1"), ("mtls_rejected", "worker1")]
+    assert [(e["kind"], e["service"]) for e in lines] == [("vault_unavailable", "worker1"),
+                                                          ("mtls_rejected", "worker1")]
     assert [e["kind"] for e in w.pending_events] == ["vault_unavailable", "mtls_rejected", "vault_recovered"]
