@@ -97,23 +97,31 @@ def rotate(client: hvac.Client, ttl: str = INTERMEDIATE_TTL, now: float | None =
     if staged(client):  # its intermediate would be retired before ever issuing
         raise PkiError("a root rotation is staged: run `histo pki root-finish` first")
     stamp = int(now)
+    new = _new_intermediate(client, f"{ROOT}/root/sign-intermediate",
+                            lambda: str(_data(client.read(f"{ROOT}/cert/ca"))["certificate"]), ttl, stamp)
+    client.write_data(f"{INT}/issuer/{new}", data={"issuer_name": f"intermediate-{stamp}"})
+    # the new one issues from now on; the old one may sign CRLs (revocations of what it issued) only
+    client.write_data(f"{INT}/config/issuers", data={"default": new})
+    retired = _retire_others(client, INT, new, stamp)
+    return {"new": new, "retired": retired, "previous_default": old}
+
+
+def _new_intermediate(client: hvac.Client, sign_path: str, root_pem: Callable[[], str], ttl: str,
+                      stamp: int) -> str:
+    """A new key and CSR in pki_int, signed at `sign_path` (a root issuer of pki), imported with that
+    root's certificate: the id of the one imported issuer that has a key (the intermediate)."""
     csr = _data(client.write_data(f"{INT}/intermediate/generate/internal", data={
         "common_name": f"histo intermediate CA {stamp}", "key_type": "ec", "key_bits": 256,
         "key_name": f"intermediate-{stamp}"}))["csr"]
-    signed = _data(client.write_data(f"{ROOT}/root/sign-intermediate", data={
+    signed = _data(client.write_data(sign_path, data={
         "csr": csr, "common_name": f"histo intermediate CA {stamp}", "ttl": ttl, "format": "pem",
         "max_path_length": 0}))
-    root_pem = str(_data(client.read(f"{ROOT}/cert/ca"))["certificate"]).strip()
     imported = _data(client.write_data(f"{INT}/intermediate/set-signed", data={
-        "certificate": str(signed["certificate"]).strip() + "\n" + root_pem + "\n"}))
+        "certificate": str(signed["certificate"]).strip() + "\n" + root_pem().strip() + "\n"}))
     new = [i for i in imported.get("imported_issuers") or [] if _has_key(client, i)]
     if len(new) != 1:
         raise PkiError(f"the signed intermediate was imported as {imported.get('imported_issuers')!r}")
-    client.write_data(f"{INT}/issuer/{new[0]}", data={"issuer_name": f"intermediate-{stamp}"})
-    # the new one issues from now on; the old one may sign CRLs (revocations of what it issued) only
-    client.write_data(f"{INT}/config/issuers", data={"default": new[0]})
-    retired = _retire_others(client, INT, new[0], stamp)
-    return {"new": new[0], "retired": retired, "previous_default": old}
+    return str(new[0])
 
 
 def _retire_others(client: hvac.Client, mount: str, keep: str, stamp: int) -> list[str]:
@@ -239,22 +247,13 @@ def root_stage(client: hvac.Client, root_ttl: str = ROOT_TTL, ttl: str = INTERME
             "issuer_name": f"root-{stamp}", "key_name": f"root-{stamp}"}))["issuer_id"])
         _keep_default(client, ROOT, old_root)
     fresh = int(now)  # key names are unique in a mount: a retried stage makes its key under a new one
-    csr = _data(client.write_data(f"{INT}/intermediate/generate/internal", data={
-        "common_name": f"histo intermediate CA {fresh}", "key_type": "ec", "key_bits": 256,
-        "key_name": f"intermediate-{fresh}"}))["csr"]
-    signed = _data(client.write_data(f"{ROOT}/issuer/{root_id}/sign-intermediate", data={
-        "csr": csr, "common_name": f"histo intermediate CA {fresh}", "ttl": ttl, "format": "pem",
-        "max_path_length": 0}))
-    imported = _data(client.write_data(f"{INT}/intermediate/set-signed", data={
-        "certificate": str(signed["certificate"]).strip() + "\n" + issuer_pem(client, root_id, ROOT) + "\n"}))
-    new = [i for i in imported.get("imported_issuers") or [] if _has_key(client, i)]
-    if len(new) != 1:
-        raise PkiError(f"the signed intermediate was imported as {imported.get('imported_issuers')!r}")
+    new = _new_intermediate(client, f"{ROOT}/issuer/{root_id}/sign-intermediate",
+                            lambda: issuer_pem(client, root_id, ROOT), ttl, fresh)
     # named as staged and kept from issuing until root-finish: no leaf of the new chain before every
     # peer's bundle holds the new root
-    client.write_data(f"{INT}/issuer/{new[0]}", data={"issuer_name": f"staged-{stamp}", "usage": RETIRED_USAGE})
+    client.write_data(f"{INT}/issuer/{new}", data={"issuer_name": f"staged-{stamp}", "usage": RETIRED_USAGE})
     _keep_default(client, INT, old_int)
-    return {"changed": True, "root": root_id, "staged": new[0], "staged_at": stamp}
+    return {"changed": True, "root": root_id, "staged": new, "staged_at": stamp}
 
 
 def root_finish(client: hvac.Client, wait: int | None = None, now: float | None = None) -> dict[str, Any]:

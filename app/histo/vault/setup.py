@@ -298,14 +298,7 @@ class _Applier:
             "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
             "use_csr_common_name": False, "use_csr_sans": False,
         }
-        path = f"quorum-{name}"
-        try:
-            have = _data(self.c.secrets.pki.read_role(path, mount_point=QUORUM))
-        except InvalidPath:
-            have = {}
-        if _differs(have, want):
-            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=QUORUM)
-            self.note(f"pki role {QUORUM}/{path}")
+        self._pki_role(QUORUM, f"quorum-{name}", want)
 
     def listener_pki(self) -> None:
         """pki_vault: Vault generates the key and CSR, the controller signs it with the bootstrap CA
@@ -361,14 +354,7 @@ class _Applier:
             "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
             "use_csr_common_name": False, "use_csr_sans": False,
         }
-        path = f"listener-{host['name']}"
-        try:
-            have = _data(self.c.secrets.pki.read_role(path, mount_point=LISTENER))
-        except InvalidPath:
-            have = {}
-        if _differs(have, want):
-            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=LISTENER)
-            self.note(f"pki role {LISTENER}/{path}")
+        self._pki_role(LISTENER, f"listener-{host['name']}", want)
 
     def default_issuer(self) -> None:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
@@ -413,14 +399,17 @@ class _Applier:
             "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
             "use_csr_common_name": False, "use_csr_sans": False,
         }
-        path = f"host-{name}"
+        self._pki_role(INT, f"host-{name}", want, label=f"host-{name}")
+
+    def _pki_role(self, mount: str, path: str, want: dict, label: str | None = None) -> None:
+        """A PKI role made or brought back to `want`; untouched (and unreported) when it already is."""
         try:
-            have = _data(self.c.secrets.pki.read_role(path, mount_point=INT))
+            have = _data(self.c.secrets.pki.read_role(path, mount_point=mount))
         except InvalidPath:
             have = {}
         if _differs(have, want):
-            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=INT)
-            self.note(f"pki role {path}")
+            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=mount)
+            self.note(f"pki role {label or f'{mount}/{path}'}")
 
     # -- KV: ZooKeeper credentials ------------------------------------------------------------------
     def _kv_read(self, path: str) -> dict | None:
