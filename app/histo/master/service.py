@@ -17,6 +17,7 @@ from ..edge.audit import AuditLog
 from ..edge.middleware import client_addr
 from ..edge.events import EventBus, EventFile
 from ..rpc import InternalClient, PeerRefused
+from ..tls.revocation import REVOKED
 from ..runtime import ServiceRuntime
 from ..zk import acl as zkacl
 from ..serve import Listener, run as run_service
@@ -36,6 +37,7 @@ from ..tls.identity import spiffe_id
 from .blobstore import BlobStore
 from .datakeys import KeysUnavailable, VaultDataKeys
 from .floating import StateFile, state_of
+from .quarantine import QuarantineFollower, remove_member
 from .replication import MtlsTransport, Replicator
 from .runner import JobRunner, Settings
 from .scheduler import Outcome, Scheduler
@@ -79,6 +81,7 @@ class Master:
         # keepalived's view of this master (master/floating.py); none in local mode or without the address
         self.floating = (StateFile(cfg.public_state_file)
                          if cfg.public_address and cfg.public_address_mode == "keepalived" else None)
+        self.quarantine = QuarantineFollower(lambda: self.rt.vault.client, self._quarantine_changed)
 
     # -- events (thread-safe: kazoo callbacks run in their own threads) -----------------------
     def emit(self, kind: str, **fields) -> None:
@@ -87,6 +90,7 @@ class Master:
 
     # -- membership and leadership ------------------------------------------------------------
     def _workers_changed(self, members: dict[str, Member]) -> None:
+        members = {n: m for n, m in members.items() if not REVOKED.is_denied(n)}  # quarantined: never scheduled
         gone = set(self.workers) - set(members)
         joined = set(members) - set(self.workers)
         self.workers = members
@@ -97,8 +101,36 @@ class Master:
         for name in joined:
             self.emit("worker_joined", severity="info", worker=name)
 
+    def _quarantine_changed(self, hosts: frozenset[str], records: dict[str, dict]) -> None:
+        """SecOps quarantined (or an operator released) hosts (master/quarantine.py): refuse them and
+        hang up on them, move their tasks elsewhere now, remove their nodes from the tree."""
+        before = REVOKED.denied()
+        closed = REVOKED.deny_hosts(hosts)
+        lost = {n for n in self.workers if n in hosts}
+        if lost:
+            self.workers = {n: m for n, m in self.workers.items() if n not in hosts}
+            if self.scheduler is not None:
+                self.scheduler.workers_lost(lost)
+        for host in sorted(hosts - before):
+            role = "master" if host in self.masters else "worker"
+            self.live.pop(host, None)
+            self.emit("host_quarantined", severity="warning", host=host, role=role, closed=closed,
+                      incident=str(records.get(host, {}).get("incident", ""))[:64])
+            self.loop.run_in_executor(None, self._remove_quarantined, role, host)
+        self.masters = {n: m for n, m in self.masters.items() if n not in hosts}
+        for host in sorted(before - hosts):
+            self.emit("host_released", severity="info", host=host)
+
+    def _remove_quarantined(self, role: str, host: str) -> None:
+        try:
+            removed = zkcall(self.rt.zk, lambda: remove_member(self.rt.zk, role, host))
+            if removed:
+                log.warning("quarantined %s: removed %s", host, ", ".join(removed))
+        except Exception as exc:  # the next change, or its session's end, removes them
+            log.warning("quarantined %s: its nodes not removed yet: %s", host, exc)
+
     def _masters_changed(self, members: dict[str, Member]) -> None:
-        self.masters = members
+        self.masters = {n: m for n, m in members.items() if not REVOKED.is_denied(n)}
         if self.election is not None:
             self.leader = self.election.leader()
 
@@ -244,7 +276,7 @@ class Master:
                  self.cfg.internal_url, self.rt.timings["total"])
 
     def background(self) -> list:
-        return [self._watch_loop(), self._jobs_loop()]
+        return [self._watch_loop(), self._jobs_loop(), self.quarantine.follow()]
 
     async def stopping(self) -> None:
         if self.floating is not None:  # keepalived moves the public address away at its next check

@@ -124,6 +124,8 @@ class RevocationList:
         # missing from one answer, or a CRL that fails its check, never un-revokes anything
         self._by_issuer: dict[bytes, frozenset[int]] = {}
         self._live: dict[int, tuple[_Closable, int, str]] = {}  # id(transport) -> (transport, serial, who)
+        # hosts SecOps quarantined (secops/contain.py): every certificate of theirs, listed on a CRL or not
+        self._denied: frozenset[str] = frozenset()
         self.updated = 0.0
         self.last_error = ""
         self.on_close: Callable[[str, int], None] | None = None
@@ -134,6 +136,12 @@ class RevocationList:
 
     def snapshot(self) -> frozenset[int]:
         return self._revoked
+
+    def is_denied(self, host: str | None) -> bool:
+        return host is not None and host in self._denied
+
+    def denied(self) -> frozenset[str]:
+        return self._denied
 
     # -- live connections --------------------------------------------------------------------------
     def track(self, transport: _Closable | None, serial: int | None, who: str = "") -> None:
@@ -150,7 +158,7 @@ class RevocationList:
             for key, (tr, serial, who) in list(self._live.items()):
                 if tr.is_closing():
                     del self._live[key]
-                elif serial in self._revoked:
+                elif serial in self._revoked or _host_of(who) in self._denied:
                     del self._live[key]
                     doomed.append((tr, serial, who))
         return doomed
@@ -167,14 +175,25 @@ class RevocationList:
         self._revoked = frozenset(serials)
         self.updated = time.time()
         self.last_error = ""
+        closed = self._close_doomed()
+        if new:
+            log.warning("%d certificate serial(s) newly revoked", len(new))
+        return closed
+
+    def deny_hosts(self, hosts: set[str] | frozenset[str]) -> int:
+        """Install the quarantined hosts (closing their live connections, whatever certificate they
+        hold); returns how many were closed. On the event loop's thread, as update()."""
+        self._denied = frozenset(hosts)
+        return self._close_doomed()
+
+    def _close_doomed(self) -> int:
         closed = self._sweep()
         for tr, serial, who in closed:
             tr.close()
-            log.warning("closed a live connection of revoked certificate %x (%s)", serial, who or "peer")
+            log.warning("closed a live connection of %s certificate %x (%s)",
+                        "quarantined" if _host_of(who) in self._denied else "revoked", serial, who or "peer")
             if self.on_close:
                 self.on_close(who, serial)
-        if new:
-            log.warning("%d certificate serial(s) newly revoked", len(new))
         return len(closed)
 
     async def follow(self, source: CrlSource, ca_path: Path | None, interval: float = POLL_SECONDS) -> None:
@@ -209,7 +228,13 @@ class RevocationList:
         return bad
 
     def as_dict(self) -> dict[str, object]:
-        return {"revoked": len(self._revoked), "updated": self.updated, "error": self.last_error or None}
+        return {"revoked": len(self._revoked), "updated": self.updated, "error": self.last_error or None,
+                "quarantined": sorted(self._denied)}
+
+
+def _host_of(who: str) -> str:
+    """The host of a tracked connection's SPIFFE id (spiffe://<domain>/<role>/<host>)."""
+    return who.rsplit("/", 1)[-1] if who.startswith("spiffe://") else ""
 
 
 REVOKED = RevocationList()
