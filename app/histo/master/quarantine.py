@@ -69,11 +69,13 @@ def remove_member(zk: KazooClient, role: str, host: str) -> list[str]:
     return removed
 
 
+OnChange = Callable[[frozenset[str], dict[str, dict[str, Any]]], None]
+
+
 class QuarantineFollower:
     """Reads the list every POLL seconds and calls `on_change(hosts, records)` when it changes."""
 
-    def __init__(self, client: Callable[[], Any], on_change: Callable[[frozenset[str], dict[str, dict[str, Any]]], None],
-                 interval: float = POLL) -> None:
+    def __init__(self, client: Callable[[], Any], on_change: OnChange, interval: float = POLL) -> None:
         self._client, self.on_change, self.interval = client, on_change, interval
         self.hosts: frozenset[str] = frozenset()
         self.records: dict[str, dict[str, Any]] = {}
