@@ -367,6 +367,18 @@ def cmd_audit_verify(a) -> None:
     print(report.summary())
 
 
+def cmd_secops_rules_check(a) -> None:
+    """Validate a rules file (the packaged one by default): one line on the first fault, else a summary."""
+    from .secops.rules import RulesError, load_rules
+    try:
+        rules = load_rules(a.rules)
+    except RulesError as exc:
+        raise SystemExit(f"histo: rules: {exc}") from None
+    print(json.dumps({"rules": len(rules), "quarantine": [r.name for r in rules if r.response == "quarantine"],
+                      "alert": [r.name for r in rules if r.response == "alert"],
+                      "detail": [r.summary() for r in rules]}, indent=1))
+
+
 def cmd_tls_files(a) -> None:
     from .secops.tlsfiles import ensure
     from .vault.client import ServiceVault, VaultAuthError, VaultUnavailable
@@ -597,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public-key", help="JSON kid -> PEM of the collector's key (then no Vault, no anchor)")
     vault_args(s, False, "file holding a Vault token with the histo-audit-verifier policy")
     s.set_defaults(fn=cmd_audit_verify)
+
+    sec = sub.add_parser("secops", help="the SecOps detection rules").add_subparsers(dest="scmd", required=True)
+    s = sec.add_parser("rules-check", help="validate the detection rules (the packaged rules.yaml, or --rules "
+                                           "FILE); prints a JSON summary, or one line naming the fault")
+    s.add_argument("--rules", default=None, metavar="FILE")
+    s.set_defaults(fn=cmd_secops_rules_check)
 
     s = sub.add_parser("tls-files", help="this host's certificate, key and the histo CA chain as files (rsyslog's "
                                          "RELP over TLS), issued with its own AppRole when missing or 2/3 through "

@@ -96,6 +96,7 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
 LOCAL_SENDERS = ("127.0.0.1", "::1", "")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _ADDR_FIELDS = ("peer", "where", "remote", "client")  # where a service's event names the party it refused
+_NAME_FIELDS = ("peer", "worker")  # ... or names it by host
 
 
 def _service(msg: str, at: str, sender: Host | None, trusted: bool, inv: Inventory) -> dict[str, Any] | None:
@@ -116,7 +117,10 @@ def _service(msg: str, at: str, sender: Host | None, trusted: bool, inv: Invento
         return None
     addr = next((m.group(1) for f in _ADDR_FIELDS if isinstance(ev.get(f), str)
                  for m in [_IP.search(str(ev[f]))] if m), None)
-    refused = inv.by_address.get(addr) if addr else (inv.by_name.get(str(ev.get("peer"))) if ev.get("peer") else None)
+    # no address: the party may be named by its certificate's host name (a peer, or the worker whose
+    # task result the leader refused: result_refused names it so, checked by mTLS)
+    refused = inv.by_address.get(addr) if addr else next(
+        (inv.by_name[ev[f]] for f in _NAME_FIELDS if isinstance(ev.get(f), str) and ev[f] in inv.by_name), None)
     out: dict[str, Any] = {"layer": "service", "kind": str(ev["kind"]), "severity": severity,
                            **inv.who(refused, addr), "target": at}
     for key in ("reason", "path", "who", "role", "scope"):
