@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import hvac
 import pytest
@@ -51,8 +51,13 @@ def _histo(*args: str) -> subprocess.CompletedProcess[str]:
                           env=env)
 
 
+def _d(resp: Any) -> dict[str, Any]:
+    assert isinstance(resp, dict), resp
+    return resp
+
+
 def _capabilities(client: hvac.Client, path: str) -> list[str]:
-    return list(client.write_data("sys/capabilities-self", data={"paths": [path]})["data"][path])
+    return list(_d(client.write_data("sys/capabilities-self", data={"paths": [path]}))["data"][path])
 
 
 def test_the_collector_may_write_the_quarantine_text_and_nothing_else(vault: Vault, tmp_path: Path) -> None:
@@ -102,10 +107,10 @@ def test_the_provisioner_lists_accessors_but_still_mints_only_wrapped(vault: Vau
         prov.write_data("auth/approle/role/histo-worker2/secret-id", data={"cidr_list": [f"{NET}.32/32"]})
     wrapped = wrapped_secret_id(prov, "worker2", HOST["worker2"]["address"])  # the legitimate way still works
     assert wrapped
-    keys = prov.list("auth/approle/role/histo-worker2/secret-id")["data"]["keys"]
+    keys = _d(prov.list("auth/approle/role/histo-worker2/secret-id"))["data"]["keys"]
     assert keys  # accessors, with no secret_id in the answer
-    info = prov.write_data("auth/approle/role/histo-worker2/secret-id-accessor/lookup",
-                           data={"secret_id_accessor": keys[0]})["data"]
+    info = _d(prov.write_data("auth/approle/role/histo-worker2/secret-id-accessor/lookup",
+                              data={"secret_id_accessor": keys[0]}))["data"]
     assert info["creation_time"] and "secret_id" not in info
     with pytest.raises(Forbidden):  # still no policy write
         prov.sys.create_or_update_acl_policy("histo-worker2", QUARANTINED_POLICY)
@@ -143,7 +148,7 @@ def test_contain_cuts_worker1_off_and_release_waits_for_a_fresh_identity(vault: 
     with pytest.raises(VaultAuthError):  # its stored secret_id: no new login
         service_vault(bao, HOST["worker1"], tmp_path / "worker1").login()
     for serial in serials:
-        assert int(root.read(f"pki_int/cert/{_colon(serial)}")["data"]["revocation_time"]) > 0
+        assert int(_d(root.read(f"pki_int/cert/{_colon(serial)}"))["data"]["revocation_time"]) > 0
     assert root.read("pki_int/roles/host-worker1") is None
     # the record, which a master reads
     record = list_quarantined(master)["worker1"]

@@ -46,7 +46,7 @@ def test_never_the_last_master() -> None:
 
 
 class _Sys:
-    def __init__(self, log: list) -> None:
+    def __init__(self, log: list[Any]) -> None:
         self.log = log
 
     def create_or_update_acl_policy(self, name: str, policy: str) -> None:
@@ -55,10 +55,10 @@ class _Sys:
 
 
 class _KV2:
-    def __init__(self, log: list) -> None:
+    def __init__(self, log: list[Any]) -> None:
         self.log = log
 
-    def create_or_update_secret(self, path: str, secret: dict, mount_point: str) -> None:
+    def create_or_update_secret(self, path: str, secret: dict[str, Any], mount_point: str) -> None:
         self.log.append(("kv", f"{mount_point}/{path}", json.loads(json.dumps(secret))))
 
 
@@ -70,11 +70,11 @@ class _Client:
         self.sys = _Sys(self.log)
         self.secrets = type("S", (), {"kv": type("K", (), {"v2": _KV2(self.log)})()})()
 
-    def list(self, path: str) -> dict:
+    def list(self, path: str) -> dict[str, Any]:
         self.log.append(("list", path))
         return {"data": {"keys": ["acc-1", "acc-2"]}} if path.endswith("/secret-id") else {"data": {"keys": []}}
 
-    def write_data(self, path: str, data: dict) -> None:
+    def write_data(self, path: str, data: dict[str, Any]) -> None:
         self.log.append(("write", path, data))
 
     def delete(self, path: str) -> None:
