@@ -754,7 +754,8 @@ path "{KV}/metadata/histo/secops/*" {{
 def provisioner_policy() -> str:
     """`make provision` after setup: verify the configuration (read-only), deliver response-wrapped
     secret_ids, make the operator's tokens through their token roles, revoke or block a host's
-    certificates. Not: write any policy, read any ZooKeeper password, sign with transit, mint an
+    certificates, release a quarantined host once it holds a fresh identity (vault/quarantine.py).
+    Not: write any policy, read any ZooKeeper password, sign with transit, mint an
     unwrapped secret_id or a token with a policy of its choosing. Changing the configuration itself
     (a new host, a new policy) needs a root token: docs/SECURITY.md says how to regenerate one."""
     ro = [("sys/mounts", "read"), ("sys/auth", "read"), ("sys/audit", "read\", \"sudo"), ("sys/policy/histo-*", "read"),
