@@ -125,16 +125,65 @@ def cmd_vault_operator_token(a) -> None:
 
 def cmd_identity_revoke(a) -> None:
     from .vault.revoke import revoke
-    client = _vault_client(a.vault_url, a.vault_ca, None)
-    text = _read_secret_file(a.token_file)
-    if text.startswith("{"):  # local mode's secret zero file (.histo/local/vault/init.json)
-        text = json.loads(text)["root_token"]
-    client.token = text
+    client = _token_client(a)
     try:
         out = revoke(client, serial=a.serial, host=a.host, block=a.block)
     except ValueError as exc:
         raise SystemExit(f"histo: {exc}") from None
     print(json.dumps(out, sort_keys=True))
+
+
+def _token_client(a):
+    """A client holding the --token-file's token (local mode: the root token of its init.json)."""
+    client = _vault_client(a.vault_url, a.vault_ca, None)
+    text = _read_secret_file(a.token_file)
+    if text.startswith("{"):  # local mode's secret zero file (.histo/local/vault/init.json)
+        text = json.loads(text)["root_token"]
+    client.token = text
+    return client
+
+
+def cmd_quarantine(a) -> None:
+    """`histo quarantine list | contain HOST --reason TEXT | release HOST` (vault/quarantine.py)."""
+    import time
+
+    from hvac.exceptions import VaultError
+
+    from .vault import quarantine as q
+    client = _token_client(a)
+    try:
+        if a.qcmd == "list":
+            out: object = q.list_quarantined(client)
+        elif a.qcmd == "contain":
+            if not a.force:
+                if not a.inventory:
+                    raise SystemExit("histo: quarantine contain: give --inventory FILE (the guard rails need "
+                                     "every host's role) or --force")
+                why = q.guard(_inventory_hosts(a.inventory), q.quarantined_hosts(client), a.host)
+                if why:
+                    raise SystemExit(f"histo: quarantine contain: refused: {why} (--force to contain it anyway)")
+            out = q.contain(client, a.host, {"id": f"manual-{int(time.time())}", "rule": "manual",
+                                             "reason": a.reason})
+        else:
+            out = q.release(client, a.host)
+    except q.QuarantineError as exc:
+        raise SystemExit(f"histo: quarantine {a.qcmd}: {exc}") from None
+    except VaultError as exc:
+        raise SystemExit(f"histo: quarantine {a.qcmd}: Vault refused ({q._reason(exc)})") from None
+    print(json.dumps(out, sort_keys=True))
+    if isinstance(out, dict) and out.get("contained") is False:
+        failed = ", ".join(x["name"] for x in out["actions"] if not x["ok"])
+        raise SystemExit(f"histo: quarantine contain: {a.host} only partly contained (failed: {failed})")
+
+
+def _inventory_hosts(path: str) -> list[dict]:
+    try:
+        hosts = json.loads(Path(path).read_text())["hosts"]
+        return [{"name": str(h["name"]), "role": str(h["role"])} for h in hosts]
+    except OSError as exc:
+        raise SystemExit(f"histo: cannot read {path}: {exc.strerror}") from None
+    except (ValueError, TypeError, KeyError):
+        raise SystemExit(f"histo: {path} is no inventory (JSON with hosts: name, role)") from None
 
 
 def cmd_provision(a) -> None:
@@ -541,6 +590,28 @@ def build_parser() -> argparse.ArgumentParser:
     vault_args(s, token_help="file holding a token with the histo-provisioner policy (local mode: "
                              ".histo/local/vault/init.json)")
     s.set_defaults(fn=cmd_identity_revoke)
+
+    quar = sub.add_parser("quarantine", help="a compromised host's Vault identity cut off, and given back "
+                                             "(vault/quarantine.py)").add_subparsers(dest="qcmd", required=True)
+    q_token = ("file holding a Vault token (list: a master's or the provisioner's; contain: the SecOps "
+               "collector's; release: the provisioner's; local mode: .histo/local/vault/init.json)")
+    s = quar.add_parser("list", help="the quarantined hosts and their records")
+    vault_args(s, token_help=q_token)
+    s.set_defaults(fn=cmd_quarantine)
+    s = quar.add_parser("contain", help="quarantine a host now: its policy emptied, secret_ids destroyed, PKI role "
+                                        "deleted, certificates revoked, a record written")
+    s.add_argument("host")
+    s.add_argument("--reason", required=True, help="why (kept in the quarantine record)")
+    s.add_argument("--inventory", help="JSON with hosts (name, role): the guard rails need it unless --force")
+    s.add_argument("--force", action="store_true", help="contain even what the guard rails refuse (a vault, "
+                                                        "zookeeper or secops host, the last master or worker)")
+    vault_args(s, token_help=q_token)
+    s.set_defaults(fn=cmd_quarantine)
+    s = quar.add_parser("release", help="end a quarantine once vault-setup and provision gave the host a fresh "
+                                        "identity (refused before)")
+    s.add_argument("host")
+    vault_args(s, token_help=q_token)
+    s.set_defaults(fn=cmd_quarantine)
 
     tok = sub.add_parser("token").add_subparsers(dest="tcmd", required=True)
     s = tok.add_parser("issue")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import json
 import re
 import secrets
 import time
@@ -69,6 +70,8 @@ AUDIT_VERIFIER_POLICY = AUDIT_VERIFIER_TOKEN_ROLE = "histo-audit-verifier"  # `h
 # vault: a Vault node's own identity, its certificate only (what its log shipper presents, roles/logship)
 ROLES = ("master", "worker", "zookeeper", "secops", "vault")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
+CONTAINABLE_ROLES = ("master", "worker")  # what a SecOps collector may quarantine (vault/quarantine.py)
+QUARANTINE_KV = "histo/quarantine"  # KV v2 under secret/: one record per quarantined host
 NO_AUDIT = "<none>"
 # A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
 KV_UPGRADING = "Upgrading from non-versioned to versioned data"
@@ -562,6 +565,9 @@ path "{INT}/cert/ca_chain" {{
                              f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
                              for key in (RECEIPT_KEY, TOKEN_KEY))
             rules += people.master_policy()
+            # the quarantine list (vault/quarantine.py): masters follow it
+            rules += (f'path "{KV}/data/{QUARANTINE_KV}/*" {{\n  capabilities = ["read"]\n}}\n'
+                      f'path "{KV}/metadata/{QUARANTINE_KV}" {{\n  capabilities = ["list"]\n}}\n')
             # stored jobs: create a data key (plaintext + wrapped) and unwrap one; not encrypt, rewrap,
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
@@ -571,6 +577,7 @@ path "{INT}/cert/ca_chain" {{
                       f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
                       f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
                       f'path "{KV}/data/{anchor_path(name)}" {{\n  capabilities = ["create", "update"]\n}}\n')
+            rules += self.responder_rules()
         if role == "vault" and self.listener:  # its own listener certificate (vault/listener.py)
             names = self.listener_names(host)
             rules += f'''path "{LISTENER}/issue/listener-{name}" {{
@@ -600,6 +607,45 @@ path "{INT}/cert/ca_chain" {{
   }}
 }}
 '''
+        return rules
+
+    def responder_rules(self) -> str:
+        """A SecOps collector's quarantine powers (vault/quarantine.py::contain), per containable host
+        (master, worker) of the spec and nothing for a zookeeper, vault or secops host: overwrite the
+        host's policy with the quarantine text and no other (allowed_parameters: this exact value),
+        destroy its secret_ids by accessor, delete its PKI role, revoke certificates (pki_int/revoke
+        takes any serial: Vault cannot bind it to a host), write its quarantine record."""
+        from .quarantine import QUARANTINED_POLICY  # (quarantine -> revoke -> setup: imported late)
+        rules = "# quarantine responder (vault/quarantine.py)\n"
+        for host in self.spec["hosts"]:
+            if host["role"] not in CONTAINABLE_ROLES:
+                continue
+            h = host["name"]
+            rules += f'''path "sys/policies/acl/histo-{h}" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "policy" = [{json.dumps(QUARANTINED_POLICY)}]
+  }}
+}}
+path "auth/{APPROLE}/role/histo-{h}/secret-id/" {{
+  capabilities = ["list"]
+}}
+path "auth/{APPROLE}/role/histo-{h}/secret-id-accessor/destroy" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id_accessor" = []
+  }}
+}}
+path "{INT}/roles/host-{h}" {{
+  capabilities = ["delete"]
+}}
+path "{KV}/data/{QUARANTINE_KV}/{h}" {{
+  capabilities = ["create", "update"]
+}}
+'''
+        rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n'
+                         for p, c in ((f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
+                                      (f"{KV}/metadata/{QUARANTINE_KV}", "list")))
         return rules
 
     @staticmethod
@@ -708,7 +754,8 @@ path "{KV}/metadata/histo/secops/*" {{
 def provisioner_policy() -> str:
     """`make provision` after setup: verify the configuration (read-only), deliver response-wrapped
     secret_ids, make the operator's tokens through their token roles, revoke or block a host's
-    certificates. Not: write any policy, read any ZooKeeper password, sign with transit, mint an
+    certificates, release a quarantined host once it holds a fresh identity (vault/quarantine.py).
+    Not: write any policy, read any ZooKeeper password, sign with transit, mint an
     unwrapped secret_id or a token with a policy of its choosing. Changing the configuration itself
     (a new host, a new policy) needs a root token: docs/SECURITY.md says how to regenerate one."""
     ro = [("sys/mounts", "read"), ("sys/auth", "read"), ("sys/audit", "read\", \"sudo"), ("sys/policy/histo-*", "read"),
@@ -733,16 +780,26 @@ def provisioner_policy() -> str:
           (f"auth/token/create/{AUDIT_VERIFIER_TOKEN_ROLE}", "update"),
           # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
           ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
-          ("sys/generate-root-token/update", "update")]
+          ("sys/generate-root-token/update", "update"),
+          # `histo quarantine release` (vault/quarantine.py): the host's identity restored? then the record goes
+          ("sys/policies/acl/histo-*", "read"), (f"auth/{APPROLE}/role/+/secret-id-accessor/lookup", "update"),
+          (f"{KV}/data/{QUARANTINE_KV}/*", "read"), (f"{KV}/metadata/{QUARANTINE_KV}", "list"),
+          (f"{KV}/metadata/{QUARANTINE_KV}/*", "delete")]
     rules = "# histo provisioner: provisioning after setup, nothing more (the root token is revoked)\n"
     rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n' for p, c in ro)
     rules += f'''# a host's PKI role: re-created by vault-setup, deleted by `histo identity revoke --block`
 path "{INT}/roles/host-*" {{
   capabilities = ["read", "create", "update", "delete"]
 }}
-# destroy a secret_id (a host rebuilt, a drill's extra one); never list or read them
+# destroy a secret_id (a host rebuilt, a drill's extra one); never read one
 path "auth/{APPROLE}/role/+/secret-id/destroy" {{
   capabilities = ["update"]
+}}
+# list a role's secret_id accessors (not the secret_ids: quarantine release looks up their creation
+# times). Its own stanza: the one below holds the wrapping constraint, which Vault applies to every
+# operation of its path (a list there would have to be response-wrapped); a list's path ends in '/'.
+path "auth/{APPROLE}/role/+/secret-id/" {{
+  capabilities = ["list"]
 }}
 # secret_ids only response-wrapped: the provisioner never sees one
 path "auth/{APPROLE}/role/+/secret-id" {{
