@@ -347,6 +347,28 @@ def _inventory(path: str):
         raise SystemExit(f"histo: audit: {path} is no inventory (JSON with hosts: name, role, address)") from None
 
 
+def _responder(a, client):
+    """Detection (the rules file) and the response (--respond quarantine; alert: a dry run)."""
+    from .secops.detect import Detector
+    from .secops.respond import Responder
+    from .secops.rules import RulesError, load_rules
+    from .vault.quarantine import contain, guard, quarantined_hosts
+    if not a.inventory:
+        raise SystemExit("histo: audit: --respond needs --inventory (who is who, and the guard rails)")
+    try:
+        rules = load_rules(a.rules)
+    except RulesError as exc:
+        raise SystemExit(f"histo: rules: {exc}") from None
+    hosts = json.loads("\n".join(_lines(Path(a.inventory), "inventory")))["hosts"]
+    try:
+        held = quarantined_hosts(client())
+    except Exception:  # Vault away now: the guard rails count what this collector contains from here on
+        held = set()
+    return Detector(rules), Responder(contain=lambda host, inc: contain(client(), host, inc),
+                                      guard=lambda host, now_held: guard(hosts, now_held, host),
+                                      record=lambda event: None, held=held, dry_run=a.respond == "alert")
+
+
 def cmd_audit_collect(a) -> None:
     from .secops.checkpoint import VaultCheckpointSigner, VaultKvAnchor
     from .secops.collector import Collector
@@ -356,10 +378,14 @@ def cmd_audit_collect(a) -> None:
                          source_address=a.source_address)
     vault.login()
     client = lambda: vault.client  # noqa: E731 (the session's client, re-read after a re-login)
+    detector, responder = _responder(a, client) if a.respond != "off" else (None, None)
     try:
         collector = Collector(Path(a.log), VaultCheckpointSigner(client, a.host, spiffe_id("secops", a.host)),
                               VaultKvAnchor(client, a.host), a.interval, upkeep=vault.renew_if_needed,
-                              inventory=_inventory(a.inventory) if a.inventory else None, self_host=a.host)
+                              inventory=_inventory(a.inventory) if a.inventory else None, self_host=a.host,
+                              detector=detector, responder=responder)
+        if responder is not None:
+            responder.record = collector.record
     except ValueError as exc:  # the existing log's chain does not hold: never extend it
         raise SystemExit(f"histo: audit: refusing to extend {exc}") from None
     with (open(a.input, encoding="utf-8", errors="replace") if a.input else sys.stdin) as source:
@@ -671,6 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--confirm", action="store_true", help="answer OK per stored line (rsyslog omprog)")
     s.add_argument("--inventory", default=None, help="JSON {hosts: [{name, role, address}], ports: {...}} "
                                                      "(the Vault spec will do): attribute refusals to hosts")
+    s.add_argument("--respond", choices=("off", "alert", "quarantine"), default="off",
+                   help="detect with the rules and respond: quarantine as each rule says, or alert only (a dry "
+                        "run); every decision goes into the log")
+    s.add_argument("--rules", default=None, help="the rules file (default: the packaged secops/rules.yaml)")
     vault_args(s, False)
     s.set_defaults(fn=cmd_audit_collect)
     s = aud.add_parser("verify", help="check a log against its signed checkpoints; names the first bad entry")

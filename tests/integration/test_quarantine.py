@@ -6,6 +6,7 @@ while jobs keep completing on worker2. Release is refused until re-provisioning 
 identity; after it worker1 serves again. Disruptive: it re-provisions the session cluster."""
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ from hvac.exceptions import Forbidden, InvalidRequest
 
 from histo.testing.attacker import root_client, service_vault
 from histo.testing.cluster import Cluster, sample_image
+from histo.vault.client import VaultAuthError
 from histo.vault.quarantine import QuarantineError, contain, release
 from .cluster_fixture import start
 
@@ -83,6 +85,14 @@ def _live_workers(cluster: Cluster, master: str) -> list[str]:
     return live
 
 
+def _refuses(cluster: Cluster, master: str, cert: str, key: str) -> bool:
+    return _once(cluster, "worker1", master, cert, key) != 200
+
+
+def _gone(cluster: Cluster, master: str) -> bool:
+    return "worker1" not in _live_workers(cluster, master)
+
+
 def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_reprovisioning(
         cluster: Cluster, tmp_path: Path) -> None:
     root = root_client(cluster)
@@ -121,7 +131,7 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
         assert all(a["ok"] for a in out["actions"]), out
         # every master refuses worker1, even on the certificate it holds, and hung up on the open ones
         for master in MASTERS:
-            assert _wait(lambda m=master: _once(cluster, "worker1", m, cert, key) != 200, timeout=10), master
+            assert _wait(functools.partial(_refuses, cluster, master, cert, key), timeout=10), master
         refused_after = time.time() - t0
         for master, conn in kept.items():
             conn.auto_open = 0
@@ -130,14 +140,14 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
                 raise AssertionError(f"{master} answered {status} on worker1's open connection")
             conn.close()
         for master in MASTERS:
-            assert _wait(lambda m=master: "worker1" not in _live_workers(cluster, m), timeout=10), master
+            assert _wait(functools.partial(_gone, cluster, master), timeout=10), master
         # the token worker1 holds can do nothing it could; its secret_id logs in no more
         with pytest.raises((Forbidden, InvalidRequest)):
             vault1.client.write_data("pki_int/issue/host-worker1", data={
                 "common_name": "worker1.histo.internal", "ip_sans": cluster.config("worker1")["address"],
                 "uri_sans": "spiffe://histo.internal/worker/worker1", "format": "pem",
                 "private_key_format": "pkcs8"})
-        with pytest.raises(Exception):
+        with pytest.raises(VaultAuthError, match="refused|error"):  # the destroyed secret_id
             service_vault(cluster, "worker1").login()
         # release before re-provisioning: refused, saying why
         with pytest.raises(QuarantineError):
@@ -153,16 +163,18 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
     # legitimate path: re-provision worker1 (a fresh secret_id; setup restores its policy and PKI role),
     # release it, restart it: it serves again
     (Path(cluster.config("worker1")["creds_dir"]) / "secret_id").unlink(missing_ok=True)
-    start(cluster.root)  # what `make provision` is for the local cluster: idempotent setup + credentials
+    start(cluster.root, wait=False)  # what `make provision` is for the local cluster: idempotent setup + credentials
     checked = release(root, "worker1")
     assert checked
+    with pytest.raises(Forbidden):  # the token worker1 held when contained did not come back with its policy
+        vault1.client.auth.token.lookup_self()
     pid = cluster.pid("worker1")
     if pid:
         os.kill(pid, signal.SIGTERM)
         assert _wait(lambda: cluster.pid("worker1") is None, timeout=20)
     cluster.restart("worker1")
     for master in MASTERS:
-        assert _wait(lambda m=master: "worker1" in _live_workers(cluster, m), timeout=60), master
+        assert _wait(lambda: "worker1" in _live_workers(cluster, master), timeout=60), master  # noqa: B023
     fresh, fresh_key = _files(cluster, "worker1", tmp_path)
     assert _once(cluster, "worker1", "master1", fresh, fresh_key) == 200
     status, doc = cluster.upload(sample_image(80, 60, "PNG"), mode="gray")

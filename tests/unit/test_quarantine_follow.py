@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from hvac.exceptions import InvalidPath, VaultDown
 
-from histo.master.quarantine import KV_PATH, QuarantineFollower
+from histo.master.quarantine import QuarantineFollower
+from histo.vault.quarantine import KV_PREFIX as KV_PATH
 from histo.rpc import RevokedIdentity, peer_identity
 from histo.tls.revocation import REVOKED, RevocationList
 

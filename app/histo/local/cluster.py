@@ -74,9 +74,10 @@ def vault_server(root: Path, net: str, nodes: int) -> BaoServer | BaoCluster:
 
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = None, zk_session_timeout: float = 6.0,
        extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0,
-       lifetimes: Lifetimes | None = None, vault_nodes: int = 1) -> dict:
+       lifetimes: Lifetimes | None = None, vault_nodes: int = 1, wait: bool = True) -> dict:
     """`lifetimes`: the profile of every credential's life (lifetimes.py, default standard);
-    `cert_ttl` overrides the services' certificate life alone."""
+    `cert_ttl` overrides the services' certificate life alone. `wait` False: provision and start what is
+    not running, without waiting for every service to be ready (a host kept out, as a quarantined one)."""
     t_start = time.perf_counter()
     life = lifetimes or profile("standard")
     cert_ttl = cert_ttl or life.cert_ttl
@@ -157,6 +158,8 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
         started.append(name)
     if started:
         _say(f"started {', '.join(started)}")
+    if not wait:
+        return {"urls": urls, "env": root / "env", "seconds": time.perf_counter() - t_start}
 
     wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
     env = write_env(root, prov, urls, life, public)

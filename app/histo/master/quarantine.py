@@ -16,35 +16,20 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from hvac.exceptions import Forbidden, InvalidPath
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError, NotEmptyError
 
+from ..vault.quarantine import list_quarantined
 from ..zk.acl import ELECTION, MASTERS, worker_slot
 
 log = logging.getLogger("histo.quarantine")
 
 POLL = 2.0  # seconds between reads of the list (as the CRL's)
-KV_MOUNT, KV_PATH = "secret", "histo/quarantine"
 
 
 def read_list(client: Any) -> dict[str, dict[str, Any]]:
     """{host: record} from Vault KV; {} when nobody is quarantined. Raises when Vault cannot say."""
-    kv = client.secrets.kv.v2
-    try:
-        names = kv.list_secrets(KV_PATH, mount_point=KV_MOUNT)["data"]["keys"]
-    except InvalidPath:  # nothing listed under it (never written, or every record released)
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name in names:
-        if name.endswith("/"):
-            continue
-        try:
-            out[name] = dict(kv.read_secret_version(f"{KV_PATH}/{name}", mount_point=KV_MOUNT,
-                                                    raise_on_deleted_version=True)["data"]["data"])
-        except (InvalidPath, Forbidden):  # released (deleted) between the list and the read
-            continue
-    return out
+    return list_quarantined(client)
 
 
 def remove_member(zk: KazooClient, role: str, host: str) -> list[str]:

@@ -36,8 +36,9 @@ class Incident(Protocol):
 class Responder:
     def __init__(self, contain: Callable[[str, dict[str, Any]], dict[str, Any]],
                  guard: Callable[[str, set[str]], str | None], record: Callable[[dict[str, Any]], None],
-                 held: set[str] | None = None, clock: Callable[[], float] = time.time) -> None:
-        self._contain, self._guard, self._record, self._clock = contain, guard, record, clock
+                 held: set[str] | None = None, clock: Callable[[], float] = time.time, dry_run: bool = False) -> None:
+        self._contain, self._guard, self.record, self._clock = contain, guard, record, clock
+        self.dry_run = dry_run  # every quarantine decided, none carried out (rules tried on live traffic)
         self.held: set[str] = set(held or ())  # hosts quarantined now (read at start, then ours)
         self._queue: queue.Queue[Incident | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -70,6 +71,8 @@ class Responder:
         why = None
         if incident.response == "quarantine":
             why = "already quarantined" if incident.host in self.held else self._guard(incident.host, self.held)
+            if why is None and self.dry_run:
+                why = "dry run: this rule would quarantine the host (the collector responds with alerts only)"
         if incident.response != "quarantine" or why is not None:
             incident.state = "alerted"
             incident.actions.append({"name": "alert", "ok": True,
@@ -87,7 +90,7 @@ class Responder:
         event = {**incident.as_event(), "kind": kind, "severity": "critical", "decided": now,
                  "to_detect": round(incident.detected - incident.first_seen, 3),
                  "to_contain": round(now - incident.first_seen, 3) if kind == "incident_contained" else None}
-        self._record(event)
+        self.record(event)
         self.decided.append(event)
         log.warning("incident %s (%s, %s): %s", incident.id, incident.rule, incident.host, incident.state)
         return event

@@ -123,6 +123,26 @@ def contain(client: hvac.Client, host: str, incident: Mapping[str, Any], *,
     return {"host": host, "since": since, "contained": all(a["ok"] for a in actions), "actions": actions}
 
 
+def revoke_tokens_of(client: hvac.Client, host: str) -> int:
+    """Revoke every token that carries the host's policy (a root token: listing accessors needs sudo).
+    Run before the quarantined policy is restored: otherwise the tokens the host held when it was
+    contained would get their capabilities back with it. Returns how many were revoked."""
+    try:
+        found = _dict(client.list("auth/token/accessors")).get("data", {}).get("keys") or []
+    except InvalidPath:
+        return 0
+    revoked = 0
+    for acc in found:
+        try:
+            info = _dict(client.write_data("auth/token/lookup-accessor", data={"accessor": acc})).get("data") or {}
+        except (InvalidPath, hvac.exceptions.InvalidRequest):  # expired meanwhile
+            continue
+        if policy_name(host) in (info.get("policies") or []):
+            client.write_data("auth/token/revoke-accessor", data={"accessor": acc})
+            revoked += 1
+    return revoked
+
+
 def quarantined_hosts(client: hvac.Client) -> set[str]:
     """The names on the quarantine list (list only: what the collector's own policy allows)."""
     try:

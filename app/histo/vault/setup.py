@@ -520,6 +520,11 @@ class _Applier:
         except InvalidPath:
             have = None
         if (have or "").strip() != rules.strip():
+            from .quarantine import QUARANTINED_POLICY, revoke_tokens_of
+            if have is not None and have.strip() == QUARANTINED_POLICY.strip():
+                # re-admitting a contained host: the tokens it held then must not get their powers back
+                n = revoke_tokens_of(self.c, name.removeprefix("histo-"))
+                self.note(f"revoked {n} token(s) of quarantined {name}")
             self.c.sys.create_or_update_policy(name, rules)
             self.note(f"policy {name}")
 
