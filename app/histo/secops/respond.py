@@ -35,7 +35,7 @@ class Incident(Protocol):
 
 class Responder:
     def __init__(self, contain: Callable[[str, dict[str, Any]], dict[str, Any]],
-                 guard: Callable[[str, set[str]], str | None], record: Callable[[dict[str, Any]], None],
+                 guard: Callable[[str, set[str]], str | None], record: Callable[[dict[str, Any]], object],
                  held: set[str] | None = None, clock: Callable[[], float] = time.time, dry_run: bool = False) -> None:
         self._contain, self._guard, self.record, self._clock = contain, guard, record, clock
         self.dry_run = dry_run  # every quarantine decided, none carried out (rules tried on live traffic)
