@@ -221,8 +221,8 @@ def test_rules_check_cli(tmp_path: Path) -> None:
 
 
 # -- the detector ----------------------------------------------------------------------------------
-def detector(rules: list[Rule] | None = None) -> Detector:
-    return Detector(RULES if rules is None else rules, clock=lambda: 5000.0)
+def detector(rules: list[Rule] | None = None, quiet: float = 10_000.0) -> Detector:
+    return Detector(RULES if rules is None else rules, clock=lambda: 5000.0, quiet=quiet)
 
 
 def test_every_rule_has_a_scenario() -> None:
@@ -275,6 +275,17 @@ def test_one_open_incident_per_identity_evidence_bounded_and_closing() -> None:
     assert feed_all(det, SCENARIOS["firewall-drop-cluster-machine"][0], 1, start=4000.0, seq=700) == []
     (other,) = feed_all(det, nft(ADDR["worker2"], ADDR["zk1"], 2888), 1, start=4000.0, seq=701)
     assert (other.host, again.host, len(det.open_incidents)) == ("worker2", "worker1", 2)
+
+
+def test_an_incident_ends_after_a_quiet_period_and_later_evidence_is_tied_to_it() -> None:
+    raw = SCENARIOS["forged-task-result"][0]
+    det = detector(quiet=60.0)
+    (inc,) = feed_all(det, raw, 1, start=1000.0)
+    assert feed_all(det, raw, 1, start=1050.0, seq=2) == [] and det.joined is not None
+    assert det.joined[0] is inc and det.joined[1]["seq"] == 2  # what the collector records as evidence
+    assert feed_all(det, raw, 1, start=1100.0, seq=3) == []  # 50 s after the last: still the same one
+    (later,) = feed_all(det, raw, 1, start=1161.0, seq=4)  # 61 s of quiet: a new incident
+    assert later is not inc and inc.state == "quiet" and det.joined is None
 
 
 def test_an_alert_incident_is_escalated_by_quarantine_evidence() -> None:

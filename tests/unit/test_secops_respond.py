@@ -58,9 +58,14 @@ def test_a_worker_denied_by_vault_is_contained_and_the_decision_recorded(tmp_pat
     c.ingest(json.dumps(vault_audit("1 error occurred:\n\t* permission denied\n\n", "histo-worker1",
                                     "secret/data/histo/zk/super", ADDR["worker1"])))
     wait_decided(responder, 1)
+    c.ingest(json.dumps(vault_audit("permission denied", "histo-worker1", "transit/sign/histo-receipts",
+                                    ADDR["worker1"])))  # the same machine again: evidence of its incident
     c.close()
     kinds = [e.get("kind") for e in entries(tmp_path / "record.log")]
     assert kinds.count("incident_opened") == 1 and kinds.count("incident_contained") == 1
+    (joined,) = [e for e in entries(tmp_path / "record.log") if e.get("kind") == "incident_evidence"]
+    assert joined["incident"] == responder.decided[0]["incident"]
+    assert joined["evidence"]["path"] == "transit/sign/histo-receipts"
     decided = responder.decided[0]
     assert contained == ["worker1"] and decided["host"] == "worker1" and decided["state"] == "contained"
     assert decided["to_contain"] is not None and decided["to_contain"] >= decided["to_detect"] >= 0

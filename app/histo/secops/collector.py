@@ -104,6 +104,12 @@ class Collector:
                 self.record({"kind": "incident_opened", **incident.as_event()})
                 if self.responder is not None:
                     self.responder.submit(incident)
+            joined = getattr(self.detector, "joined", None)
+            if joined is not None:  # more evidence for an identity's open incident: tied to it in the record
+                incident, item = joined
+                self.record({"kind": "incident_evidence", "layer": "secops", "incident": incident.id,
+                             "rule": incident.rule, "host": incident.host, "spiffe": incident.spiffe,
+                             "state": incident.state, "evidence": item})
         return head
 
     def record(self, event: dict[str, Any]) -> Head:

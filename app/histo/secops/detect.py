@@ -18,6 +18,7 @@ from .rules import NO_IDENTITY, Rule
 
 MAX_EVIDENCE = 20  # items kept per incident; the rest only counted (the record has every event anyway)
 MAX_OPEN = 1000  # open incidents kept; beyond, the oldest alert-only one is let go (spoofed sources)
+QUIET = 300.0  # seconds without new evidence after which an identity's incident ends (the next one is new)
 _SUMMARY = ("address", "target", "path", "operation", "znode", "port", "proto", "reason", "why", "user", "who",
             "scope", "certificate")
 _RANK = {"warning": 1, "critical": 2}
@@ -73,6 +74,7 @@ class Incident:
     address: str | None = None  # an outside identity's address (an inventory host's too, when known)
     escalated_from: str | None = None  # the alert rule this incident opened with, before a quarantine rule
     evidence_dropped: int = 0  # items beyond MAX_EVIDENCE
+    last_seen: float = 0.0  # the latest evidence's time, kept or not (what `quiet` counts from)
     _seen: set[tuple[Any, ...]] = field(default_factory=set, repr=False, compare=False)
 
     def add(self, items: Iterable[dict[str, Any]]) -> None:
@@ -81,6 +83,7 @@ class Incident:
             if mark in self._seen:  # one event that matched two rules is one piece of evidence
                 continue
             self._seen.add(mark)
+            self.last_seen = max(self.last_seen, float(item.get("ts") or 0.0))
             if len(self.evidence) < MAX_EVIDENCE:
                 self.evidence.append(item)
             else:
@@ -97,10 +100,13 @@ class Incident:
 
 
 class Detector:
-    def __init__(self, rules: list[Rule], clock: Callable[[], float] = time.time) -> None:
-        self.rules, self.clock = list(rules), clock
+    def __init__(self, rules: list[Rule], clock: Callable[[], float] = time.time, quiet: float = QUIET) -> None:
+        self.rules, self.clock, self.quiet = list(rules), clock, quiet
         self._windows: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self._open: dict[str, Incident] = {}  # identity key -> its open incident
+        # the open incident the last event joined as evidence (without opening or escalating it), and
+        # that evidence: the collector records it, so the record ties every later refusal to its incident
+        self.joined: tuple[Incident, dict[str, Any]] | None = None
 
     @property
     def open_incidents(self) -> list[Incident]:
@@ -118,6 +124,7 @@ class Detector:
     def feed(self, event: Mapping[str, Any], seq: int | None = None, at: float | None = None) -> list[Incident]:
         """The incidents this event opens or escalates (alert -> quarantine); [] for an event no rule
         matches, one no identity is named in, or more evidence for an identity's open incident."""
+        self.joined = None
         who = identity_of(event)
         if who is None:
             return []
@@ -131,8 +138,12 @@ class Detector:
             else self.clock()
         item = evidence_of(event, seq, t)
         out: list[Incident] = []
-        if who.key in self._open:
-            self._open[who.key].add([item])
+        current = self._open.get(who.key)
+        if current is not None and t - current.last_seen > self.quiet:
+            self.close(current.id, "quiet")  # nothing for `quiet` seconds: what comes now is a new incident
+            current = None
+        if current is not None:
+            current.add([item])
         for rule in matched:
             window = self._windows.setdefault((rule.name, who.key), deque())
             window.append(item)
@@ -146,6 +157,8 @@ class Detector:
             if inc is not None and inc not in out:
                 out.append(inc)
         self._sweep(t)
+        if current is not None and current not in out:
+            self.joined = (current, item)
         return out
 
     def _fire(self, rule: Rule, who: Identity, items: list[dict[str, Any]]) -> Incident | None:
