@@ -66,8 +66,22 @@ class Rsyslogd:
         self.proc = None
 
 
-def _entries(path: Path) -> list[dict[str, object]]:
+def _all(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _is_incident(entry: dict[str, Any]) -> bool:
+    event = entry["event"]
+    return isinstance(event, dict) and str(event.get("kind", "")).startswith("incident_")
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """What was shipped (the collector's own incident entries apart: _incidents)."""
+    return [e for e in _all(path) if not _is_incident(e)]
+
+
+def _incidents(path: Path) -> list[dict[str, Any]]:
+    return [e["event"] for e in _all(path) if _is_incident(e)]
 
 
 def _wait_for(path: Path, n: int, timeout: float = 30.0) -> list[dict[str, object]]:
@@ -92,7 +106,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     bao, role_ids, root = env
     port = free_port(SECOPS["address"])
     record = root / "secops.log"
-    common = {"logship_port": port, "logship_queue_max_disk": "64m"}
+    common = {"logship_port": port, "logship_queue_max_disk": "64m", "logship_collector_respond": "alert"}
     inventory = root / "inventory.json"  # what the role writes on the collector (attribution)
     inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"vault": 8200, "internal": 8443}}))
     collector = Rsyslogd(root / "collector", "collector.conf.j2", **common,
@@ -161,6 +175,15 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         found = vault_events[0]["secops"]
         assert (found["layer"], found["host"], found["path"]) == ("vault", "worker1", "secret/data/histo/zk/super")
         assert found["spiffe"] == "spiffe://histo.internal/worker/worker1"
+        # detected: the rule for a cluster machine's Vault denial opened an incident for worker1, and the
+        # collector (--respond alert, the role's default) recorded what it would do without doing it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(i["kind"] == "incident_alerted" for i in _incidents(record)):
+            time.sleep(0.2)
+        opened = [i for i in _incidents(record) if i["kind"] == "incident_opened" and i["host"] == "worker1"]
+        assert opened and opened[-1]["rule"] == "vault-policy-denied", _incidents(record)
+        decided = [i for i in _incidents(record) if i["kind"] == "incident_alerted" and i["host"] == "worker1"]
+        assert decided and "dry run" in json.dumps(decided[-1]["actions"]), _incidents(record)
 
         # a denial padded past rsyslog's message limit (8 KiB): cut in pieces, none a whole entry; the
         # pieces still leave the machine, and the collector records them as an unreadable audit entry
