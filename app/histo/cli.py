@@ -143,6 +143,36 @@ def _token_client(a):
     return client
 
 
+def cmd_quarantine_sync(a) -> None:
+    """`histo quarantine sync`: this machine's firewall drops the quarantined hosts (secops/fence.py)."""
+    import shlex
+
+    from .secops.fence import Fence, NftSet
+    from .vault.client import ServiceVault
+    from .vault.quarantine import quarantined_hosts
+    try:
+        hosts = json.loads(Path(a.hosts_file).read_text())["hosts"]
+        me = next(h for h in hosts if h["name"] == a.host)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        raise SystemExit(f"histo: quarantine sync: {a.hosts_file} does not list {a.host} "
+                         "(JSON {hosts: [{name, role, address}]})") from None
+    vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role=me["role"], creds_dir=Path(a.creds),
+                         source_address=a.source_address or me["address"])
+
+    def names() -> set[str]:
+        vault.renew_if_needed()  # logs in again when the token is gone (a restart, its max TTL)
+        return quarantined_hosts(vault.client)
+    fence = Fence(names, hosts, a.host, NftSet(shlex.split(a.nft)), a.interval)
+    if a.once:
+        changed = fence.sync()
+        print(json.dumps({"dropped": sorted(fence.applied or ()), "changed": changed, "error": fence.error or None}))
+        if fence.error:
+            raise SystemExit(f"histo: quarantine sync: {fence.error}")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    fence.run()
+
+
 def cmd_quarantine(a) -> None:
     """`histo quarantine list | contain HOST --reason TEXT | release HOST` (vault/quarantine.py)."""
     import time
@@ -638,6 +668,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("host")
     vault_args(s, token_help=q_token)
     s.set_defaults(fn=cmd_quarantine)
+    s = quar.add_parser("sync", help="keep this machine's nftables set of quarantined addresses equal to the list "
+                                     "(every machine, a service of roles/logship)")
+    s.add_argument("--host", required=True, help="this machine's inventory name (its AppRole)")
+    s.add_argument("--hosts-file", required=True, help="JSON {hosts: [{name, role, address}]}: names to addresses")
+    s.add_argument("--creds", required=True, help="this machine's role_id and secret_id (the logship ones)")
+    s.add_argument("--source-address", default=None, help="default: this host's address in --hosts-file")
+    s.add_argument("--interval", type=float, default=2.0)
+    s.add_argument("--nft", default="nft", help="the nft command (tests: 'ip netns exec NS nft')")
+    s.add_argument("--once", action="store_true", help="one pass, then print what is dropped")
+    vault_args(s, False)
+    s.set_defaults(fn=cmd_quarantine_sync)
 
     tok = sub.add_parser("token").add_subparsers(dest="tcmd", required=True)
     s = tok.add_parser("issue")

@@ -557,6 +557,8 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         rules += self.secret_id_rules(name)
+        # the quarantine list, names only: every machine's firewall drops who is on it (secops/fence.py)
+        rules += f'path "{KV}/metadata/{QUARANTINE_KV}" {{\n  capabilities = ["list"]\n}}\n'
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
@@ -571,8 +573,7 @@ path "{INT}/cert/ca_chain" {{
                              for key in (RECEIPT_KEY, TOKEN_KEY))
             rules += people.master_policy()
             # the quarantine list (vault/quarantine.py): masters follow it
-            rules += (f'path "{KV}/data/{QUARANTINE_KV}/*" {{\n  capabilities = ["read"]\n}}\n'
-                      f'path "{KV}/metadata/{QUARANTINE_KV}" {{\n  capabilities = ["list"]\n}}\n')
+            rules += f'path "{KV}/data/{QUARANTINE_KV}/*" {{\n  capabilities = ["read"]\n}}\n'
             # stored jobs: create a data key (plaintext + wrapped) and unwrap one; not encrypt, rewrap,
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
@@ -649,8 +650,7 @@ path "{KV}/data/{QUARANTINE_KV}/{h}" {{
 }}
 '''
         rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n'
-                         for p, c in ((f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update"),
-                                      (f"{KV}/metadata/{QUARANTINE_KV}", "list")))
+                         for p, c in ((f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update")))
         return rules
 
     @staticmethod
