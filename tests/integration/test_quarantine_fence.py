@@ -38,7 +38,8 @@ class FakeNft:
     def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         if "-j" in argv:
             elem = sorted(self.elements)
-            body = {"nftables": [{"metainfo": {}}, {"set": {"name": "quarantined", **({"elem": elem} if elem else {})}}]}
+            found = {"name": "quarantined", **({"elem": elem} if elem else {})}
+            body = {"nftables": [{"metainfo": {}}, {"set": found}]}
             return subprocess.CompletedProcess(argv, 0, json.dumps(body), "")
         self.scripts.append(kw["input"])
         self.elements = set()
