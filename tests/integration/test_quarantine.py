@@ -28,6 +28,7 @@ from .cluster_fixture import start
 
 pytestmark = pytest.mark.disruptive
 MASTERS = ("master1", "master2")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
@@ -93,8 +94,27 @@ def _gone(cluster: Cluster, master: str) -> bool:
     return "worker1" not in _live_workers(cluster, master)
 
 
+def _incidents(cluster: Cluster) -> list[dict[str, Any]]:
+    status, _, raw = cluster.request("GET", "/api/v1/cluster", token=cluster.token("viewer"))
+    assert status == 200
+    found: list[dict[str, Any]] = json.loads(raw)["incidents"]
+    return found
+
+
+def _show_incidents(cluster: Cluster, browser: Any, expect: str) -> None:
+    """The SecOps dashboard's incidents panel, in the real browser, as an admin sees it."""
+    from selenium.webdriver.common.by import By
+    browser.get(cluster.url + "/")
+    browser.find_element(By.ID, "token").send_keys(cluster.token("admin"))
+    browser.find_element(By.ID, "use-token").click()
+
+    def panel() -> str:
+        return str(browser.find_element(By.ID, "incidents").text)
+    assert _wait(lambda: "worker1" in panel() and expect in panel(), timeout=20), panel()
+
+
 def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_reprovisioning(
-        cluster: Cluster, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path, browser: Any) -> None:
     root = root_client(cluster)
     failures: list[str] = []
     done = [0]
@@ -149,6 +169,13 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
                 "private_key_format": "pkcs8"})
         with pytest.raises(VaultAuthError, match="refused|error"):  # the destroyed secret_id
             service_vault(cluster, "worker1").login()
+        # the dashboard: worker1 contained, the evidence and actions beside it, and what gives it back
+        (shown,) = [i for i in _incidents(cluster) if i["host"] == "worker1"]
+        assert shown["state"] == "contained" and shown["incident"] == "it-drill", shown
+        assert "histo quarantine release worker1" in shown["release"]
+        _show_incidents(cluster, browser, "histo quarantine release worker1")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "incidents.png"))
         # release before re-provisioning: refused, saying why
         with pytest.raises(QuarantineError):
             release(root, "worker1")
@@ -168,6 +195,8 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
     assert checked
     with pytest.raises(Forbidden):  # the token worker1 held when contained did not come back with its policy
         vault1.client.auth.token.lookup_self()
+    assert _wait(lambda: [i["state"] for i in _incidents(cluster) if i["host"] == "worker1"] == ["released"],
+                 timeout=10), _incidents(cluster)
     pid = cluster.pid("worker1")
     if pid:
         os.kill(pid, signal.SIGTERM)

@@ -82,6 +82,8 @@ class Master:
         self.floating = (StateFile(cfg.public_state_file)
                          if cfg.public_address and cfg.public_address_mode == "keepalived" else None)
         self.quarantine = QuarantineFollower(lambda: self.rt.vault.client, self._quarantine_changed)
+        self._contained: dict[str, dict] = {}  # host -> its quarantine record (master/quarantine.py)
+        self.released: dict[str, dict] = {}  # host -> its last record, with when it was released
 
     # -- events (thread-safe: kazoo callbacks run in their own threads) -----------------------
     def emit(self, kind: str, **fields) -> None:
@@ -120,6 +122,24 @@ class Master:
         self.masters = {n: m for n, m in self.masters.items() if n not in hosts}
         for host in sorted(before - hosts):
             self.emit("host_released", severity="info", host=host)
+            self.released[host] = {**self._contained.get(host, {"host": host}), "released": time.time()}
+            while len(self.released) > 20:  # the dashboard's recent releases, not a history (the record is)
+                self.released.pop(next(iter(self.released)))
+        for host in hosts:
+            self.released.pop(host, None)
+        self._contained = dict(records)
+
+    def incidents(self) -> list[dict]:
+        """The quarantined hosts (contained, or partly) and the recent releases, newest first, each with
+        what the operator runs to give it back (the SecOps dashboard's incidents panel)."""
+        out = []
+        for host, rec in self._contained.items():
+            ok = all(a.get("ok") for a in rec.get("actions", []))
+            out.append({**rec, "host": host, "state": "contained" if ok else "partly contained",
+                        "release": f"make provision (root token: vault-generate-root), then "
+                                   f"histo quarantine release {host}"})
+        out += [{**rec, "state": "released"} for rec in self.released.values()]
+        return sorted(out, key=lambda r: float(r.get("released") or r.get("since") or 0), reverse=True)
 
     def _remove_quarantined(self, role: str, host: str) -> None:
         try:

@@ -114,6 +114,14 @@ def contain(client: hvac.Client, host: str, incident: Mapping[str, Any], *,
               "since": since, "actions": [{"name": a["name"], "ok": a["ok"]} for a in actions]}
     if incident.get("reason"):
         record["reason"] = str(incident["reason"])
+    # what the dashboard shows beside the host: a few of the refusals that convicted it (already
+    # summarised and redacted by the detector: secops/detect.py evidence_of), and when it was seen
+    evidence = incident.get("evidence")
+    if isinstance(evidence, list):
+        record["evidence"] = [dict(e) for e in evidence[:5] if isinstance(e, Mapping)]
+    for key in ("first_seen", "detected"):
+        if isinstance(incident.get(key), (int, float)):
+            record[key] = incident[key]
 
     def write_record() -> str:
         client.secrets.kv.v2.create_or_update_secret(record_path(host), secret=record, mount_point=KV_MOUNT)
