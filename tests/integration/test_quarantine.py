@@ -170,7 +170,9 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
         with pytest.raises(VaultAuthError, match="refused|error"):  # the destroyed secret_id
             service_vault(cluster, "worker1").login()
         # the dashboard: worker1 contained, the evidence and actions beside it, and what gives it back
-        (shown,) = [i for i in _incidents(cluster) if i["host"] == "worker1"]
+        listed = _wait(lambda: [i for i in _incidents(cluster) if i["host"] == "worker1"], timeout=10)
+        assert listed, _incidents(cluster)
+        (shown,) = listed
         assert shown["state"] == "contained" and shown["incident"] == "it-drill", shown
         assert "histo quarantine release worker1" in shown["release"]
         _show_incidents(cluster, browser, "histo quarantine release worker1")
