@@ -71,10 +71,17 @@ class QuarantineFollower:
         try:
             records = read_list(self._client())
         except Exception as exc:  # Vault away or refusing: the last list stays in force
-            self.error = f"{type(exc).__name__}: {exc}"[:200]
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            if error != self.error:
+                log.warning("quarantine list unreadable (the last one stays in force): %s", error)
+            self.error = error
             return False
+        if self.error:
+            log.info("quarantine list readable again")
         self.error = ""
         changed = frozenset(records) != self.hosts
+        if changed:
+            log.warning("quarantined hosts: %s (were %s)", sorted(records) or "none", sorted(self.hosts) or "none")
         self.hosts, self.records = frozenset(records), records
         return changed
 
