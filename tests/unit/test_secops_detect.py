@@ -32,9 +32,9 @@ ADDR = {h.name: a for a, h in INV.by_address.items()}
 RULES = load_rules()
 EXPECTED = {"vault-policy-denied": "quarantine", "vault-token-refused": "alert",
             "zookeeper-acl-denied": "quarantine", "zookeeper-auth-refused": "alert",
-            "firewall-drop-cluster-machine": "quarantine", "firewall-drop-infrastructure": "alert",
+            "firewall-drop-cluster-machine": "alert", "firewall-drop-infrastructure": "alert",
             "forged-task-result": "quarantine", "stale-task-results": "alert",
-            "mtls-refused-repeatedly": "quarantine", "forged-source": "quarantine",
+            "mtls-refused-repeatedly": "alert", "forged-source": "alert", "vault-denied-by-address": "alert",
             "ssh-refused": "alert", "outside-refused": "alert"}
 
 
@@ -106,6 +106,8 @@ def feed_all(det: Detector, raw: dict[str, Any], times: int, start: float = 1000
 SCENARIOS: dict[str, tuple[dict[str, Any], int, str]] = {
     "vault-policy-denied": (vault_audit("1 error occurred:\n\t* permission denied\n\n", "histo-worker1",
                                         "secret/data/histo/zk/super", "192.168.56.31"), 1, "worker1"),
+    "vault-denied-by-address": (vault_audit("1 error occurred:\n\t* permission denied\n\n", None,
+                                            "secret/data/histo/zk/super", "192.168.56.31"), 1, "worker1"),
     "vault-token-refused": (vault_audit("2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n", None,
                                         "secret/data/histo/worker1", "192.168.56.31"), 5, "worker1"),
     "zookeeper-acl-denied": (zk(ZK_DENIED, ZK_DENIED_SHORT), 1, "worker1"),
@@ -375,3 +377,24 @@ def test_evidence_is_redacted() -> None:
     text = json.dumps(inc.as_event())
     assert inc.rule == "vault-policy-denied" and "[redacted]" in text
     assert token not in text and "CAESIJ" not in text and secret not in text
+
+
+def test_a_borrowed_address_never_gets_a_healthy_machine_contained() -> None:
+    """Root on worker1 can send with worker2's source address (the same network segment): a firewall
+    drop, mTLS refusals and an anonymous Vault denial that all name worker2 by address. None of them
+    may quarantine worker2 — only evidence bound to worker2's own secrets does (its AppRole token)."""
+    det = detector()
+    w2 = ADDR["worker2"]
+    borrowed = [nft(w2, ADDR["zk1"], 2888), sshd(w2),
+                vault_audit("1 error occurred:\n\t* permission denied\n\n", None, "secret/data/histo/zk/super", w2),
+                *[service("mtls_rejected", "master1", reason="peer is not a master", peer=w2,
+                          path="/internal/v1/replicas")] * 3,
+                {**vault_audit("permission denied", "histo-master1", "transit/sign/histo-tokens", "x"), "from": w2}]
+    opened: list[Incident] = []
+    for i, raw in enumerate(borrowed):
+        opened += det.feed(attributed(raw, 1000.0 + i), seq=i)
+    assert opened and all(inc.response == "alert" for inc in det.open_incidents), det.open_incidents
+    # legitimate: worker2's own token refused a path outside its policy is evidence enough
+    (own,) = det.feed(attributed(vault_audit("1 error occurred:\n\t* permission denied\n\n", "histo-worker2",
+                                             "secret/data/histo/zk/super", w2), 1100.0), seq=99)
+    assert (own.host, own.response, own.rule) == ("worker2", "quarantine", "vault-policy-denied")

@@ -51,8 +51,12 @@ def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
     role_name = str((auth.get("metadata") or {}).get("role_name") or "")
     addr = str(req.get("remote_address") or "") or None
     host = inv.by_name.get(role_name.removeprefix("histo-")) if role_name.startswith("histo-") else None
+    # how the identity is known: by the AppRole of the token Vault refused (a secret only that machine
+    # holds), or only by the address the request came from (which a root machine on the same network
+    # segment can borrow): rules contain on the first, alert on the second
+    by = "approle" if host is not None else "address"
     host = host or (inv.by_address.get(addr) if addr else None)
-    return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr),
+    return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr), "by": by,
             "path": str(req.get("path", "")), "operation": str(req.get("operation", "")),
             "why": str(ev["error"])[:200]}
 
