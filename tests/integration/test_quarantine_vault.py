@@ -186,3 +186,40 @@ def test_contain_cuts_worker1_off_and_release_waits_for_a_fresh_identity(vault: 
     assert again.issue_cert("10m").serial and again.zk_credentials()[0] == "histo-worker"
     with pytest.raises(QuarantineError, match="worker1 is not quarantined"):
         release(prov, "worker1")
+
+
+def test_every_machine_may_list_the_names_and_its_firewall_follows(vault: Vault, tmp_path: Path) -> None:
+    """`histo quarantine sync --once` on zk1 (any machine: its own AppRole, which may list the
+    quarantined names and read nothing else) puts worker2's address — from its own hosts file, not from
+    the record — into a real nft set, in a network namespace of the test's own."""
+    import json
+    import shutil
+    import uuid
+    if shutil.which("nft") is None or shutil.which("ip") is None:
+        pytest.skip("nft and iproute2 are needed")
+    bao, role_ids, _ = vault
+    zk = provisioned_service(bao, role_ids, HOST["zk1"], tmp_path / "zk1")
+    with pytest.raises(Forbidden):  # the names, not the records
+        zk.client.secrets.kv.v2.read_secret_version("histo/quarantine/worker2", mount_point="secret",
+                                                    raise_on_deleted_version=True)
+    contain(bao.root_client(), "worker2", INCIDENT)
+    ns = f"histo-sync-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], check=True, text=True,
+                       input="table inet histo {\n  set quarantined {\n    type ipv4_addr\n  }\n}\n")
+        hosts = tmp_path / "hosts.json"
+        hosts.write_text(json.dumps({"hosts": HOSTS}))
+        out = _histo("quarantine", "sync", "--once", "--host=zk1", f"--hosts-file={hosts}",
+                     f"--creds={tmp_path / 'zk1'}", f"--nft=ip netns exec {ns} nft", f"--vault-url={bao.url}",
+                     f"--vault-ca={bao.ca_path}")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["dropped"] == [HOST["worker2"]["address"]]
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "set", "inet", "histo", "quarantined"],
+                                capture_output=True, text=True, check=True).stdout
+        assert HOST["worker2"]["address"] in listed and HOST["worker1"]["address"] not in listed
+        bad = _histo("quarantine", "sync", "--once", "--host=nobody", f"--hosts-file={hosts}",
+                     f"--creds={tmp_path / 'zk1'}", f"--vault-url={bao.url}", f"--vault-ca={bao.ca_path}")
+        assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
