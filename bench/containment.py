@@ -32,14 +32,12 @@ sys.path.insert(0, str(HERE.parent))  # tests.unit.test_secops_chain's local sig
 NET = "127.0.34"
 
 
-def _until(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    raise TimeoutError("timed out")
+def _until(pred: Callable[[], Any], timeout: float) -> Any:
+    from histo.testing.cluster import until
+    got = until(pred, timeout, step=0.05)
+    if not got:
+        raise TimeoutError("timed out")
+    return got
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -15,13 +15,13 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hvac.exceptions import Forbidden, InvalidRequest
 
-from histo.testing.attacker import root_client, service_vault
-from histo.testing.cluster import Cluster, sample_image
+from histo.testing.attacker import root_client, service_vault, stable_tls
+from histo.testing.cluster import Cluster, sample_image, until as _wait
 from histo.vault.client import VaultAuthError
 from histo.vault.quarantine import QuarantineError, contain, release
 from .cluster_fixture import start
@@ -31,28 +31,9 @@ MASTERS = ("master1", "master2")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return None
-
-
-def _files(cluster: Cluster, name: str, tmp_path: Path) -> tuple[str, str]:
-    tls = cluster.service_dir(name) / "tls"
-    for _ in range(20):
-        cert, key = (tls / "cert.pem").read_bytes(), (tls / "key.pem").read_bytes()
-        (tmp_path / f"{name}.crt").write_bytes(cert)
-        (tmp_path / f"{name}.key").write_bytes(key)
-        try:
-            ssl.create_default_context().load_cert_chain(str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"))
-            return str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key")
-        except ssl.SSLError:
-            time.sleep(0.1)  # torn read during a rotation
-    raise AssertionError(f"could not read {name}'s certificate")
+def _files(cluster: Cluster, name: str) -> tuple[str, str]:
+    tls = stable_tls(cluster, name)
+    return str(tls / "cert.pem"), str(tls / "key.pem")
 
 
 def _conn(cluster: Cluster, source: str, target: str, cert: str, key: str) -> http.client.HTTPSConnection:
@@ -136,7 +117,7 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
             except Exception as exc:  # noqa: BLE001 - a dropped connection is a failure too
                 failures.append(f"{type(exc).__name__}: {exc}")
 
-    cert, key = _files(cluster, "worker1", tmp_path)
+    cert, key = _files(cluster, "worker1")
     kept = {m: _conn(cluster, "worker1", m, cert, key) for m in MASTERS}
     for conn in kept.values():
         assert _join(conn) == 200  # worker1's open keep-alive connections, working
@@ -206,7 +187,7 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
     cluster.restart("worker1")
     for master in MASTERS:
         assert _wait(lambda: "worker1" in _live_workers(cluster, master), timeout=60), master  # noqa: B023
-    fresh, fresh_key = _files(cluster, "worker1", tmp_path)
+    fresh, fresh_key = _files(cluster, "worker1")
     assert _once(cluster, "worker1", "master1", fresh, fresh_key) == 200
     status, doc = cluster.upload(sample_image(80, 60, "PNG"), mode="gray")
     assert status == 202 and cluster.wait_job(doc["id"])["state"] == "done"

@@ -14,17 +14,10 @@ from histo.vault.quarantine import KV_PREFIX as KV_PATH
 from histo.rpc import RevokedIdentity, peer_identity
 from histo.tls.revocation import REVOKED, RevocationList
 
+from .test_revocation import FakeTransport as RevocationFakeTransport
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.closed = False
 
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
+class FakeTransport(RevocationFakeTransport):
     def get_extra_info(self, name: str) -> Any:
         if name == "peercert":
             return {"subjectAltName": (("URI", "spiffe://histo.internal/worker/worker1"),
