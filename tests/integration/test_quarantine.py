@@ -85,7 +85,11 @@ def _incidents(cluster: Cluster) -> list[dict[str, Any]]:
 def _show_incidents(cluster: Cluster, browser: Any, expect: str) -> None:
     """The SecOps dashboard's incidents panel, in the real browser, as an admin sees it."""
     from selenium.webdriver.common.by import By
-    browser.get(cluster.url + "/")
+
+    def loaded() -> bool:  # the page itself (a load that met a busy master is tried again)
+        browser.get(cluster.url + "/")
+        return bool(browser.find_elements(By.ID, "token"))
+    assert _wait(loaded, timeout=60, step=1), browser.page_source[:500]
     browser.find_element(By.ID, "token").send_keys(cluster.token("admin"))
     browser.find_element(By.ID, "use-token").click()
 
