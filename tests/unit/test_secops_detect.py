@@ -32,6 +32,7 @@ ADDR = {h.name: a for a, h in INV.by_address.items()}
 RULES = load_rules()
 EXPECTED = {"vault-policy-denied": "quarantine", "vault-token-refused": "alert",
             "zookeeper-acl-denied": "quarantine", "zookeeper-auth-refused": "alert",
+            "zookeeper-write-denied-by-address": "alert",
             "firewall-drop-cluster-machine": "alert", "firewall-drop-infrastructure": "alert",
             "forged-task-result": "quarantine", "stale-task-results": "alert",
             "mtls-refused-repeatedly": "alert", "forged-source": "alert", "vault-denied-by-address": "alert",
@@ -110,7 +111,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], int, str]] = {
                                             "secret/data/histo/zk/super", "192.168.56.31"), 1, "worker1"),
     "vault-token-refused": (vault_audit("2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n", None,
                                         "secret/data/histo/worker1", "192.168.56.31"), 5, "worker1"),
-    "zookeeper-acl-denied": (zk(ZK_DENIED, ZK_DENIED_SHORT), 1, "worker1"),
+    "zookeeper-acl-denied": (zk(ZK_DENIED), 1, "worker1"),
+    "zookeeper-write-denied-by-address": (zk(ZK_DENIED_SHORT), 1, "worker1"),
     "zookeeper-auth-refused": (zk(ZK_NO_CERT, ZK_NO_CERT_SHORT), 1, "worker2"),
     "firewall-drop-cluster-machine": (nft(ADDR["worker1"], ADDR["zk1"], 2888), 1, "worker1"),
     "firewall-drop-infrastructure": (nft(ADDR["zk1"], ADDR["worker1"], 8443), 1, "zk1"),
@@ -389,11 +391,15 @@ def test_a_borrowed_address_never_gets_a_healthy_machine_contained() -> None:
                 vault_audit("1 error occurred:\n\t* permission denied\n\n", None, "secret/data/histo/zk/super", w2),
                 *[service("mtls_rejected", "master1", reason="peer is not a master", peer=w2,
                           path="/internal/v1/replicas")] * 3,
-                {**vault_audit("permission denied", "histo-master1", "transit/sign/histo-tokens", "x"), "from": w2}]
+                {**vault_audit("permission denied", "histo-master1", "transit/sign/histo-tokens", "x"), "from": w2},
+                zk(ZK_DENIED_SHORT.replace(ADDR["worker1"], w2))]  # a ZooKeeper write no certificate names
     opened: list[Incident] = []
     for i, raw in enumerate(borrowed):
         opened += det.feed(attributed(raw, 1000.0 + i), seq=i)
     assert opened and all(inc.response == "alert" for inc in det.open_incidents), det.open_incidents
+    # worker1's own certificate in a session from worker2's address: worker1 is named, never worker2
+    framed = attributed(zk(ZK_DENIED.replace("ip=" + ADDR["worker1"], "ip=" + w2)), 1050.0)
+    assert (framed["host"], framed["by"]) == ("worker1", "certificate")
     # legitimate: worker2's own token refused a path outside its policy is evidence enough
     (own,) = det.feed(attributed(vault_audit("1 error occurred:\n\t* permission denied\n\n", "histo-worker2",
                                              "secret/data/histo/zk/super", w2), 1100.0), seq=99)

@@ -86,14 +86,23 @@ def _sshd(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
             "target": at, "user": user[:64]}
 
 
+_ZK_CN = re.compile(r"CN=([A-Za-z0-9-]+)\.")
+
+
 def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
     audit = dict(_ZK_AUDIT.findall(msg))
-    if audit.get("result") == "Failure" or _ZK_TEXT.search(msg):
+    if audit.get("result", "").lower() == "failure" or _ZK_TEXT.search(msg):
         ipm = _IP.search(audit.get("ip", "")) or _IP.search(msg)
         addr = ipm.group(1) if ipm else None
-        return {"layer": "zookeeper", "kind": "zk_refused", "severity": "critical",
-                **inv.who(inv.by_address.get(addr or ""), addr), "target": at,
-                "operation": audit.get("operation"), "znode": audit.get("znode"), "why": msg[:200]}
+        # the session's certificate names the machine (ZooKeeper's x509 user, CN=<host>.<domain>): bound
+        # to a key only that machine holds; else only the address it came from
+        cn = _ZK_CN.search(audit.get("user", ""))
+        host = inv.by_name.get(cn.group(1)) if cn else None
+        by = "certificate" if host is not None else "address"
+        host = host or inv.by_address.get(addr or "")
+        return {"layer": "zookeeper", "kind": "zk_refused", "severity": "critical", **inv.who(host, addr),
+                "by": by, "target": at, "operation": audit.get("operation"), "znode": audit.get("znode"),
+                "why": msg[:200]}
     return None
 
 
