@@ -33,11 +33,18 @@ def browser(cluster):
     nssdb = home / ".pki" / "nssdb"
     nssdb.mkdir(parents=True)
     subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "histo-test-ca", "-i", cluster.ca],
-                   check=True)
-    # OpenBao's own listener CA too: the sign-in page is OpenBao's (its UI), checked like any site
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "histo-test-vault-ca", "-i",
-                    cluster.config("master1")["vault_ca"]], check=True)
+    # every root of the bundle (certutil -A takes the first certificate of a file only: after a root
+    # rotation the cluster's CA file holds two, and the masters' leaves chain to the second), and
+    # OpenBao's own listener CA: the sign-in page is OpenBao's (its UI), checked like any site
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    vault_ca = cluster.config("master1")["vault_ca"]
+    for name, path in (("histo-test-ca", Path(cluster.ca)), ("histo-test-vault-ca", Path(vault_ca))):
+        for i, cert in enumerate(x509.load_pem_x509_certificates(path.read_bytes())):
+            one = home / f"{name}-{i}.pem"
+            one.write_bytes(cert.public_bytes(Encoding.PEM))
+            subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"{name}-{i}", "-i",
+                            str(one)], check=True)
     downloads = home / "downloads"
     downloads.mkdir()
     opts = webdriver.ChromeOptions()
