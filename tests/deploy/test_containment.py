@@ -27,24 +27,31 @@ RECORD = "/var/lib/histo/secops/secops.log"
 RSYSLOG_CONF = "/etc/rsyslog.d/60-histo-logship.conf"
 
 
-def _until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+def _until(pred: Callable[[], Any], timeout: float, what: str, report: Callable[[], str] = lambda: "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
         time.sleep(0.5)
-    raise AssertionError(f"timed out ({timeout:.0f} s) waiting for {what}")
+    raise AssertionError(f"timed out ({timeout:.0f} s) waiting for {what}\n{report()}")
 
 
 def _incidents(collector: Machine, host: str) -> list[dict[str, Any]]:
-    out = collector.run(f"grep -F '\"incident_' {RECORD} | grep -F '\"host\": \"{host}\"' || true").stdout
+    """The record's incident entries about `host` (its lines are compact JSON: filtered here, not by grep)."""
+    out = collector.run(f"grep -F '\"kind\":\"incident_' {RECORD} || true").stdout
     found = []
     for line in out.splitlines():
         event = json.loads(line)["event"]
         if isinstance(event, dict) and event.get("host") == host:
             found.append(event)
     return found
+
+
+def _record_tail(collector: Machine) -> str:
+    """What the collector made of the last refusals and incidents (a failure's report)."""
+    return collector.run(f"grep -F -e '\"secops\":' -e '\"kind\":\"incident_' {RECORD} | tail -n 15 | cut -c1-600 "
+                         "|| true").stdout
 
 
 def _live_workers(cluster: DeployedCluster) -> list[str]:
@@ -105,7 +112,8 @@ def test_a_compromised_worker_is_detected_and_contained_while_jobs_complete(clus
         def contained() -> dict[str, Any] | None:
             return next((e for e in _incidents(collector, victim.name)
                          if e.get("kind") == "incident_contained" and e.get("incident") not in before), None)
-        decision = _until(contained, 120, f"{victim.name} contained (an incident_contained in the record)")
+        decision = _until(contained, 120, f"{victim.name} contained (an incident_contained in the record)",
+                          lambda: _record_tail(collector))
         # every master refuses it; every other machine's firewall drops it (its ZooKeeper session ends)
         _until(lambda: victim.name not in _live_workers(cluster), 60, f"{victim.name} out of the masters' workers")
         others = [m for m in cluster.machines.values() if m.name != victim.name]
