@@ -124,6 +124,8 @@ def test_the_collector_signs_with_its_own_key_and_nothing_else(vault: Vault, tmp
     mine = [(f["host"], f["spiffe"], f["path"]) for f in found if f["layer"] == "vault"]
     assert ("secops1", "spiffe://histo.internal/secops/secops1", "transit/sign/histo-receipts") in mine
     assert ("worker1", "spiffe://histo.internal/worker/worker1", f"secret/data/{anchor_path('secops1')}") in mine
+    # known by the AppRole of the token refused (what the quarantine rules require), not by an address
+    assert {f["by"] for f in found if f["layer"] == "vault" and f["host"] in ("secops1", "worker1")} == {"approle"}
     # its refused read of the anchor is there; its legitimate write is no refusal
     anchor_ops = {f["operation"] for f in found if f["host"] == "secops1"
                   and f["path"] == f"secret/data/{anchor_path('secops1')}"}
