@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -172,6 +173,7 @@ def main() -> None:
         stop.set()
         loader.join(120)
         local_cluster.down(root / "c")
+        shutil.rmtree(root, ignore_errors=True)  # its Vault's root token and keys go with it
     out = {"date": time.strftime("%Y-%m-%d"), "rounds": rounds,
            "detect": _stats([r["detect_s"] for r in rounds]), "contain": _stats([r["contain_s"] for r in rounds]),
            "refused_by_every_master": _stats([r["refused_s"] for r in rounds]),
