@@ -85,22 +85,19 @@ def test_guard_rails_dry_run_and_a_failed_step_are_alerts_that_say_why(tmp_path:
     assert contained == [] and responder.decided[0]["kind"] == "incident_alerted"
     assert "last" in json.dumps(responder.decided[0]["actions"])
 
-    (tmp_path / "b").mkdir()
-    c, responder = collector(tmp_path / "b", contained, dry_run=True)
-    c.start()
-    c.ingest(json.dumps(vault_audit("permission denied", "histo-worker1", "secret/data/histo/zk/super",
-                                    ADDR["worker1"])))
-    wait_decided(responder, 1)
-    c.close()
-    assert contained == [] and "dry run" in json.dumps(responder.decided[0]["actions"])
+    def one_denial(folder: str, **kw: bool) -> Responder:
+        (tmp_path / folder).mkdir()
+        c, responder = collector(tmp_path / folder, contained, **kw)
+        c.start()
+        c.ingest(json.dumps(vault_audit("permission denied", "histo-worker1", "secret/data/histo/zk/super",
+                                        ADDR["worker1"])))
+        wait_decided(responder, 1)
+        c.close()
+        return responder
 
-    (tmp_path / "c").mkdir()
-    c, responder = collector(tmp_path / "c", contained, fail=True)
-    c.start()
-    c.ingest(json.dumps(vault_audit("permission denied", "histo-worker1", "secret/data/histo/zk/super",
-                                    ADDR["worker1"])))
-    wait_decided(responder, 1)
-    c.close()
+    responder = one_denial("b", dry_run=True)
+    assert contained == [] and "dry run" in json.dumps(responder.decided[0]["actions"])
+    responder = one_denial("c", fail=True)
     assert contained == ["worker1"] and responder.decided[0]["state"] == "containment_partial"
     assert "worker1" not in responder.held  # not counted as contained: the guard rails still count it
 

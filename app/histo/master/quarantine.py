@@ -27,11 +27,6 @@ log = logging.getLogger("histo.quarantine")
 POLL = 2.0  # seconds between reads of the list (as the CRL's)
 
 
-def read_list(client: Any) -> dict[str, dict[str, Any]]:
-    """{host: record} from Vault KV; {} when nobody is quarantined. Raises when Vault cannot say."""
-    return list_quarantined(client)
-
-
 def remove_member(zk: KazooClient, role: str, host: str) -> list[str]:
     """Remove a quarantined host's nodes from the coordination tree (masters administer it); the paths
     removed. A worker's slot goes with its member node; a master's election contender goes too."""
@@ -69,7 +64,7 @@ class QuarantineFollower:
     def poll(self) -> bool:
         """One read (blocking); True if the list changed. Keeps the last list when Vault cannot answer."""
         try:
-            records = read_list(self._client())
+            records = list_quarantined(self._client())  # raises when Vault cannot say
         except Exception as exc:  # Vault away or refusing: the last list stays in force
             error = f"{type(exc).__name__}: {exc}"[:200]
             if error != self.error:
