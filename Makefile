@@ -106,6 +106,7 @@ bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs 
 	$(PY) bench/cpu.py --baseline 17de71e
 	$(PY) bench/signin.py
 	$(PY) bench/secops.py
+	$(PY) bench/containment.py
 
 clean: local-down ## stop the local cluster and remove its state
 	rm -rf .histo/local

@@ -147,6 +147,14 @@ def vault_sealed(d: Target) -> Outcome:
     clients = [hvac.Client(url=f"https://{n.address}:{d.ports['vault']}", verify=d.vault_ca) for n in nodes]
     if any(_sealed(c) is not False for c in clients):
         raise RuntimeError("Vault is not unsealed and serving on every node: not touching it")
+    # Every worker live first: a worker still coming back from an earlier drill needs Vault for its
+    # certificate, so stopping Vault now would measure that drill, not this one (a 503 no_workers).
+    workers = len(d.group("workers"))
+    deadline = time.time() + 120
+    while not all(r.get("checks", {}).get("workers", {}).get("count") == workers for r in _readyz(d).values()):
+        if time.time() > deadline:
+            raise RuntimeError("not every worker is live on every master: not touching Vault")
+        time.sleep(1)
     # A result stored before: reading it from every master has each unwrap its data key (kept in memory).
     job = d.upload(gray_noise(64, 48)[0])
     result, tok = f"/api/v1/jobs/{job['id']}/result", d.api.token("uploader")

@@ -24,7 +24,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from histo.edge.tokens import issue_token
-from histo.testing.attacker import get_from, root_client, zk_client, zk_credentials
+from histo.testing.attacker import get_from, root_client, stable_tls, zk_client, zk_credentials
 from histo.testing.cluster import Cluster, sample_image
 from histo.vault.client import ServiceVault, VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
@@ -42,7 +42,7 @@ def _net(cl: Cluster) -> str:
 def _internal(cl: Cluster, target: str, path: str, as_service: str, source: str, method: str = "GET",
               body: bytes = b"", headers: dict[str, str] | None = None, cert_dir: Path | None = None) -> int:
     cfg = cl.config(target)
-    tls = cert_dir or cl.service_dir(as_service) / "tls"
+    tls = cert_dir or stable_tls(cl, as_service)
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
     conn = http.client.HTTPSConnection(cfg["address"], cfg["internal_port"], context=ctx, timeout=10,
@@ -223,7 +223,7 @@ def zookeeper_own_nodes(cl: Cluster) -> Outcome:
 
 
 def _ruok(cl: Cluster) -> str:
-    tls = cl.service_dir("worker1") / "tls"
+    tls = stable_tls(cl, "worker1")
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
     address = f"{_net(cl)}.11"
@@ -362,7 +362,7 @@ def connection_flood(cl: Cluster) -> Outcome:
 def oversized_result(cl: Cluster) -> Outcome:
     """worker1 (its own certificate, its own address) announces a 512 MiB result for no pending attempt."""
     leader = cl.leader() or "master1"
-    cfg, tls = cl.config(leader), cl.service_dir("worker1") / "tls"
+    cfg, tls = cl.config(leader), stable_tls(cl, "worker1")
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
     hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "apply",

@@ -43,9 +43,10 @@ NOT_APPLICABLE = {
 }
 # OpenBao's listener (local mode and the vault role alike).
 VAULT_NOT_APPLICABLE = {
-    "cert_revocation": "OpenBao's listener certificate is signed by the bootstrap CA (histo/tls/selfsigned.py), a "
-                       "CA of its own that signs nothing else and that clients pin (VAULT_CACERT); it is replaced, "
-                       "never revoked, so it names no CRL or OCSP responder",
+    "cert_revocation": "OpenBao's listener certificate comes from pki_vault, an intermediate of the bootstrap CA "
+                       "(histo/tls/selfsigned.py, the fallback signed by the CA itself), a CA of its own that clients "
+                       "pin (VAULT_CACERT) and that signs nothing else; it is renewed at 2/3 of its life "
+                       "(vault/listener.py), never revoked, so it names no CRL or OCSP responder",
 }
 BAD_SEVERITIES = {"MEDIUM", "HIGH", "CRITICAL"}
 

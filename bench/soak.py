@@ -33,6 +33,7 @@ KINDS: dict[str, Callable[[str], bool]] = {
     "service certificate": lambda p: p.startswith(("pki_int/issue/host-master", "pki_int/issue/host-worker")),
     "zookeeper certificate": lambda p: p.startswith("pki_int/issue/host-zk"),
     "zookeeper quorum certificate": lambda p: p.startswith("pki_zk_quorum/issue/"),
+    "vault listener certificate": lambda p: p.startswith("pki_vault/issue/listener-"),
     "vault token renewal": lambda p: p == "auth/token/renew-self",
     "approle login": lambda p: p == "auth/approle/login",
     "secret_id": lambda p: p.startswith("auth/approle/role/histo-") and p.endswith("/secret-id"),

@@ -8,8 +8,9 @@ import pytest
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `disruptive` (they kill, stop or seal parts of a cluster that the session shares)
-    run after every other test, in their collected order; the others keep theirs. trylast: after
-    pytest's own reordering by fixture scope, so nothing moves them back."""
-    calm = [item for item in items if item.get_closest_marker("disruptive") is None]
-    disruptive = [item for item in items if item.get_closest_marker("disruptive") is not None]
-    items[:] = calm + disruptive
+    run after every other test, in their collected order; the others keep theirs; tests marked
+    `containing` (they leave a machine quarantined) after those. trylast: after pytest's own
+    reordering by fixture scope, so nothing moves them back."""
+    def rank(item: pytest.Item) -> int:
+        return 2 if item.get_closest_marker("containing") else 1 if item.get_closest_marker("disruptive") else 0
+    items[:] = sorted(items, key=rank)  # sorted() is stable: each group keeps its order

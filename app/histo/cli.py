@@ -58,15 +58,29 @@ def cmd_vault_setup(a) -> None:
 
 
 def cmd_pki(a) -> None:
-    """Rotate the PKI intermediate live, or prune retired ones whose certificates have all expired."""
+    """Rotate the PKI intermediate or root live, or prune retired ones whose certificates have all expired."""
     from hvac.exceptions import Forbidden
 
     from .durations import parse_duration
+    from .files import write_private
     from .vault import pki
-    client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
     try:
-        if a.action == "rotate":
-            out: object = pki.rotate(client, ttl=a.ttl)
+        client = _vault_client(a.vault_url, a.vault_ca, a.token_file)
+        if a.action == "roots":  # public certificates: no token needed
+            pems = pki.roots_pem(client)
+            text = "\n".join(pems) + "\n"
+            changed = bool(a.out) and not (Path(a.out).is_file() and Path(a.out).read_text() == text)
+            if changed:  # a CA certificate is public; rewritten only when it changed (provisioning's re-runs)
+                write_private(Path(a.out), text, mode=0o644)
+            out: object = {"roots": len(pems), "out": a.out, "changed": changed}
+        elif not a.token_file:
+            raise SystemExit(f"histo: pki {a.action} needs --token-file (a root token)")
+        elif a.action == "rotate":
+            out = pki.rotate(client, ttl=a.ttl)
+        elif a.action == "root-stage":
+            out = pki.root_stage(client, root_ttl=a.root_ttl, ttl=a.ttl)
+        elif a.action == "root-finish":
+            out = pki.root_finish(client, wait=None if a.wait is None else int(parse_duration(a.wait)))
         else:
             out = {"pruned": pki.prune(client, int(parse_duration(a.at_least)))}
     except Forbidden:
@@ -111,16 +125,95 @@ def cmd_vault_operator_token(a) -> None:
 
 def cmd_identity_revoke(a) -> None:
     from .vault.revoke import revoke
-    client = _vault_client(a.vault_url, a.vault_ca, None)
-    text = _read_secret_file(a.token_file)
-    if text.startswith("{"):  # local mode's secret zero file (.histo/local/vault/init.json)
-        text = json.loads(text)["root_token"]
-    client.token = text
+    client = _token_client(a)
     try:
         out = revoke(client, serial=a.serial, host=a.host, block=a.block)
     except ValueError as exc:
         raise SystemExit(f"histo: {exc}") from None
     print(json.dumps(out, sort_keys=True))
+
+
+def _token_client(a):
+    """A client holding the --token-file's token (local mode: the root token of its init.json)."""
+    client = _vault_client(a.vault_url, a.vault_ca, None)
+    text = _read_secret_file(a.token_file)
+    if text.startswith("{"):  # local mode's secret zero file (.histo/local/vault/init.json)
+        text = json.loads(text)["root_token"]
+    client.token = text
+    return client
+
+
+def cmd_quarantine_sync(a) -> None:
+    """`histo quarantine sync`: this machine's firewall drops the quarantined hosts (secops/fence.py)."""
+    import shlex
+
+    from .secops.fence import Fence, NftSet
+    from .vault.client import ServiceVault
+    from .vault.quarantine import quarantined_hosts
+    try:
+        hosts = json.loads(Path(a.hosts_file).read_text())["hosts"]
+        me = next(h for h in hosts if h["name"] == a.host)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        raise SystemExit(f"histo: quarantine sync: {a.hosts_file} does not list {a.host} "
+                         "(JSON {hosts: [{name, role, address}]})") from None
+    vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role=me["role"], creds_dir=Path(a.creds),
+                         source_address=a.source_address or me["address"])
+
+    def names() -> set[str]:
+        vault.renew_if_needed()  # logs in again when the token is gone (a restart, its max TTL)
+        return quarantined_hosts(vault.client)
+    fence = Fence(names, hosts, a.host, NftSet(shlex.split(a.nft)), a.interval)
+    if a.once:
+        changed = fence.sync()
+        print(json.dumps({"dropped": sorted(fence.applied or ()), "changed": changed, "error": fence.error or None}))
+        if fence.error:
+            raise SystemExit(f"histo: quarantine sync: {fence.error}")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    fence.run()
+
+
+def cmd_quarantine(a) -> None:
+    """`histo quarantine list | contain HOST --reason TEXT | release HOST` (vault/quarantine.py)."""
+    import time
+
+    from hvac.exceptions import VaultError
+
+    from .vault import quarantine as q
+    client = _token_client(a)
+    try:
+        if a.qcmd == "list":
+            out: object = q.list_quarantined(client)
+        elif a.qcmd == "contain":
+            if not a.force:
+                if not a.inventory:
+                    raise SystemExit("histo: quarantine contain: give --inventory FILE (the guard rails need "
+                                     "every host's role) or --force")
+                why = q.guard(_inventory_hosts(a.inventory), q.quarantined_hosts(client), a.host)
+                if why:
+                    raise SystemExit(f"histo: quarantine contain: refused: {why} (--force to contain it anyway)")
+            out = q.contain(client, a.host, {"id": f"manual-{int(time.time())}", "rule": "manual",
+                                             "reason": a.reason})
+        else:
+            out = q.release(client, a.host)
+    except q.QuarantineError as exc:
+        raise SystemExit(f"histo: quarantine {a.qcmd}: {exc}") from None
+    except VaultError as exc:
+        raise SystemExit(f"histo: quarantine {a.qcmd}: Vault refused ({q._reason(exc)})") from None
+    print(json.dumps(out, sort_keys=True))
+    if isinstance(out, dict) and out.get("contained") is False:
+        failed = ", ".join(x["name"] for x in out["actions"] if not x["ok"])
+        raise SystemExit(f"histo: quarantine contain: {a.host} only partly contained (failed: {failed})")
+
+
+def _inventory_hosts(path: str) -> list[dict]:
+    try:
+        hosts = json.loads(Path(path).read_text())["hosts"]
+        return [{"name": str(h["name"]), "role": str(h["role"])} for h in hosts]
+    except OSError as exc:
+        raise SystemExit(f"histo: cannot read {path}: {exc.strerror}") from None
+    except (ValueError, TypeError, KeyError):
+        raise SystemExit(f"histo: {path} is no inventory (JSON with hosts: name, role)") from None
 
 
 def cmd_provision(a) -> None:
@@ -134,7 +227,15 @@ def cmd_provision(a) -> None:
 
 
 def cmd_vault_tls(a) -> None:
-    from .tls.selfsigned import ensure_bootstrap_tls
+    from .tls.selfsigned import ensure_bootstrap_tls, listener_problem, load_ca
+    if a.check_installed:
+        # the certificate a node has installed, on stdin (public): keep it, or install the fallback?
+        try:
+            why = listener_problem(sys.stdin.buffer.read(), load_ca(Path(a.dir)), a.hostname, a.address)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"histo: vault-tls: {exc}") from None
+        print(json.dumps({"install": why is not None, "why": why or ""}))
+        return
     dirs = [Path(a.dir)] + ([Path(a.leaf_dir)] if a.leaf_dir else [])
 
     def pems() -> dict[str, bytes]:
@@ -143,6 +244,18 @@ def cmd_vault_tls(a) -> None:
     ensure_bootstrap_tls(Path(a.dir), a.hostname, a.address, leaf_dir=Path(a.leaf_dir) if a.leaf_dir else None)
     after = pems()
     print(json.dumps({"changed": before != after, "dir": a.dir}))
+
+
+def cmd_vault_listener_renew(a) -> None:
+    from .vault import listener
+    from .vault.client import VaultAuthError, VaultUnavailable
+    if a.loop is not None and a.loop <= 0:
+        raise SystemExit("histo: vault-listener-renew: --loop takes a positive number of seconds")
+    try:
+        out = listener.run(Path(a.config), a.loop)
+    except (listener.ListenerError, VaultAuthError, VaultUnavailable) as exc:
+        raise SystemExit(f"histo: vault-listener-renew: {exc}") from None
+    print(json.dumps(out, sort_keys=True))
 
 
 def cmd_vault_seal_key(a) -> None:
@@ -264,6 +377,28 @@ def _inventory(path: str):
         raise SystemExit(f"histo: audit: {path} is no inventory (JSON with hosts: name, role, address)") from None
 
 
+def _responder(a, client):
+    """Detection (the rules file) and the response (--respond quarantine; alert: a dry run)."""
+    from .secops.detect import Detector
+    from .secops.respond import Responder
+    from .secops.rules import RulesError, load_rules
+    from .vault.quarantine import contain, guard, quarantined_hosts
+    if not a.inventory:
+        raise SystemExit("histo: audit: --respond needs --inventory (who is who, and the guard rails)")
+    try:
+        rules = load_rules(a.rules)
+    except RulesError as exc:
+        raise SystemExit(f"histo: rules: {exc}") from None
+    hosts = json.loads("\n".join(_lines(Path(a.inventory), "inventory")))["hosts"]
+    try:
+        held = quarantined_hosts(client())
+    except Exception:  # Vault away now: the guard rails count what this collector contains from here on
+        held = set()
+    return Detector(rules), Responder(contain=lambda host, inc: contain(client(), host, inc),
+                                      guard=lambda host, now_held: guard(hosts, now_held, host),
+                                      record=lambda event: None, held=held, dry_run=a.respond == "alert")
+
+
 def cmd_audit_collect(a) -> None:
     from .secops.checkpoint import VaultCheckpointSigner, VaultKvAnchor
     from .secops.collector import Collector
@@ -273,10 +408,14 @@ def cmd_audit_collect(a) -> None:
                          source_address=a.source_address)
     vault.login()
     client = lambda: vault.client  # noqa: E731 (the session's client, re-read after a re-login)
+    detector, responder = _responder(a, client) if a.respond != "off" else (None, None)
     try:
         collector = Collector(Path(a.log), VaultCheckpointSigner(client, a.host, spiffe_id("secops", a.host)),
                               VaultKvAnchor(client, a.host), a.interval, upkeep=vault.renew_if_needed,
-                              inventory=_inventory(a.inventory) if a.inventory else None, self_host=a.host)
+                              inventory=_inventory(a.inventory) if a.inventory else None, self_host=a.host,
+                              detector=detector, responder=responder)
+        if responder is not None:
+            responder.record = collector.record
     except ValueError as exc:  # the existing log's chain does not hold: never extend it
         raise SystemExit(f"histo: audit: refusing to extend {exc}") from None
     with (open(a.input, encoding="utf-8", errors="replace") if a.input else sys.stdin) as source:
@@ -333,13 +472,31 @@ def cmd_audit_verify(a) -> None:
     print(report.summary())
 
 
+def cmd_secops_rules_check(a) -> None:
+    """Validate a rules file (the packaged one by default): one line on the first fault, else a summary."""
+    from .secops.rules import RulesError, load_rules
+    try:
+        rules = load_rules(a.rules)
+    except RulesError as exc:
+        raise SystemExit(f"histo: rules: {exc}") from None
+    print(json.dumps({"rules": len(rules), "quarantine": [r.name for r in rules if r.response == "quarantine"],
+                      "alert": [r.name for r in rules if r.response == "alert"],
+                      "detail": [r.summary() for r in rules]}, indent=1))
+
+
 def cmd_tls_files(a) -> None:
     from .secops.tlsfiles import ensure
     from .vault.client import ServiceVault, VaultAuthError, VaultUnavailable
+    from .vault.secretid import SecretIdKeeper
     vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role=a.role, creds_dir=Path(a.creds),
                          source_address=a.source_address)
     try:
         result = ensure(vault, Path(a.out), a.ttl)
+        # the credentials the files are issued with have a life too (720 h): the same timer keeps the
+        # stored secret_id alive (a new one at 2/3, proven by a login, the old one destroyed)
+        if not vault.client.token:
+            vault.login()
+        result["secret_id_renewed"] = SecretIdKeeper(vault).renew_if_needed()
     except (VaultAuthError, VaultUnavailable) as exc:
         raise SystemExit(f"histo: tls-files: {exc}") from None
     print(json.dumps(result, sort_keys=True))
@@ -400,7 +557,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hostname", action="append", required=True)
     s.add_argument("--address", action="append", default=[])
     s.add_argument("--leaf-dir", help="the node's own certificate folder (raft peers share the CA in --dir)")
+    s.add_argument("--check-installed", action="store_true",
+                   help="read an installed listener certificate on stdin and print whether the fallback "
+                        "must replace it (missing, not chained to the CA, other names, or in its last third)")
     s.set_defaults(fn=cmd_vault_tls)
+
+    s = sub.add_parser("vault-listener-renew",
+                       help="this Vault node's listener certificate from pki_vault at 2/3 of its life, then "
+                            "SIGHUP to the server (vault/listener.py)")
+    s.add_argument("--config", required=True, help="JSON: host, address, port, hostnames, vault_url, vault_ca, "
+                                                   "creds_dir, cert, key, ttl, server_unit or server_pid_file")
+    s.add_argument("--loop", type=float, default=None, help="seconds between passes (default: one pass)")
+    s.set_defaults(fn=cmd_vault_listener_renew)
 
     s = sub.add_parser("vault-seal-key", help="the static seal's key file (32 random bytes, 0600), made once")
     s.add_argument("--file", required=True)
@@ -413,12 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pki", help="rotate: a new PKI intermediate issues from now on, the old one is retired "
                                    "(still trusted, still revoking) until its last certificate expires; prune: "
-                                   "delete retired intermediates once every certificate they issued has expired")
-    s.add_argument("action", choices=("rotate", "prune"))
-    s.add_argument("--ttl", default="43800h", help="rotate: the new intermediate's life (default 43800h)")
+                                   "delete retired intermediates and roots once every certificate they issued has "
+                                   "expired; root-stage, then root-finish: a new root, published before anything "
+                                   "it signs is used; roots: every root, for clients of the public API")
+    s.add_argument("action", choices=("rotate", "prune", "root-stage", "root-finish", "roots"))
+    s.add_argument("--ttl", default="43800h", help="rotate, root-stage: the new intermediate's life (default 43800h)")
+    s.add_argument("--root-ttl", default="87600h", help="root-stage: the new root's life (default 87600h)")
+    s.add_argument("--wait", help="root-finish: at least this long after root-stage (default and safe: the PKI "
+                                  "roles' longest max_ttl, read from Vault: every peer has renewed its bundle)")
     s.add_argument("--at-least", default="0s", help="prune: wait at least this long after a retirement (the PKI "
                                                     "roles' longest max_ttl, read from Vault, is always waited)")
-    vault_args(s, token_help="a root token (vault-generate-root): the provisioner token may not change the PKI")
+    s.add_argument("--out", help="roots: write them (PEM, 0644) to this file, e.g. the HISTO_CA file")
+    vault_args(s, token_required=False,
+               token_help="a root token (vault-generate-root): the provisioner token may not change the PKI")
     s.set_defaults(fn=cmd_pki)
 
     s = sub.add_parser("vault-retire-root", help="once setup is done: make the provisioner token, revoke the "
@@ -471,6 +646,39 @@ def build_parser() -> argparse.ArgumentParser:
     vault_args(s, token_help="file holding a token with the histo-provisioner policy (local mode: "
                              ".histo/local/vault/init.json)")
     s.set_defaults(fn=cmd_identity_revoke)
+
+    quar = sub.add_parser("quarantine", help="a compromised host's Vault identity cut off, and given back "
+                                             "(vault/quarantine.py)").add_subparsers(dest="qcmd", required=True)
+    q_token = ("file holding a Vault token (list: a master's or the provisioner's; contain: the SecOps "
+               "collector's; release: the provisioner's; local mode: .histo/local/vault/init.json)")
+    s = quar.add_parser("list", help="the quarantined hosts and their records")
+    vault_args(s, token_help=q_token)
+    s.set_defaults(fn=cmd_quarantine)
+    s = quar.add_parser("contain", help="quarantine a host now: its policy emptied, secret_ids destroyed, PKI role "
+                                        "deleted, certificates revoked, a record written")
+    s.add_argument("host")
+    s.add_argument("--reason", required=True, help="why (kept in the quarantine record)")
+    s.add_argument("--inventory", help="JSON with hosts (name, role): the guard rails need it unless --force")
+    s.add_argument("--force", action="store_true", help="contain even what the guard rails refuse (a vault, "
+                                                        "zookeeper or secops host, the last master or worker)")
+    vault_args(s, token_help=q_token)
+    s.set_defaults(fn=cmd_quarantine)
+    s = quar.add_parser("release", help="end a quarantine once vault-setup and provision gave the host a fresh "
+                                        "identity (refused before)")
+    s.add_argument("host")
+    vault_args(s, token_help=q_token)
+    s.set_defaults(fn=cmd_quarantine)
+    s = quar.add_parser("sync", help="keep this machine's nftables set of quarantined addresses equal to the list "
+                                     "(every machine, a service of roles/logship)")
+    s.add_argument("--host", required=True, help="this machine's inventory name (its AppRole)")
+    s.add_argument("--hosts-file", required=True, help="JSON {hosts: [{name, role, address}]}: names to addresses")
+    s.add_argument("--creds", required=True, help="this machine's role_id and secret_id (the logship ones)")
+    s.add_argument("--source-address", default=None, help="default: this host's address in --hosts-file")
+    s.add_argument("--interval", type=float, default=2.0)
+    s.add_argument("--nft", default="nft", help="the nft command (tests: 'ip netns exec NS nft')")
+    s.add_argument("--once", action="store_true", help="one pass, then print what is dropped")
+    vault_args(s, False)
+    s.set_defaults(fn=cmd_quarantine_sync)
 
     tok = sub.add_parser("token").add_subparsers(dest="tcmd", required=True)
     s = tok.add_parser("issue")
@@ -530,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--confirm", action="store_true", help="answer OK per stored line (rsyslog omprog)")
     s.add_argument("--inventory", default=None, help="JSON {hosts: [{name, role, address}], ports: {...}} "
                                                      "(the Vault spec will do): attribute refusals to hosts")
+    s.add_argument("--respond", choices=("off", "alert", "quarantine"), default="off",
+                   help="detect with the rules and respond: quarantine as each rule says, or alert only (a dry "
+                        "run); every decision goes into the log")
+    s.add_argument("--rules", default=None, help="the rules file (default: the packaged secops/rules.yaml)")
     vault_args(s, False)
     s.set_defaults(fn=cmd_audit_collect)
     s = aud.add_parser("verify", help="check a log against its signed checkpoints; names the first bad entry")
@@ -539,6 +751,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public-key", help="JSON kid -> PEM of the collector's key (then no Vault, no anchor)")
     vault_args(s, False, "file holding a Vault token with the histo-audit-verifier policy")
     s.set_defaults(fn=cmd_audit_verify)
+
+    sec = sub.add_parser("secops", help="the SecOps detection rules").add_subparsers(dest="scmd", required=True)
+    s = sec.add_parser("rules-check", help="validate the detection rules (the packaged rules.yaml, or --rules "
+                                           "FILE); prints a JSON summary, or one line naming the fault")
+    s.add_argument("--rules", default=None, metavar="FILE")
+    s.set_defaults(fn=cmd_secops_rules_check)
 
     s = sub.add_parser("tls-files", help="this host's certificate, key and the histo CA chain as files (rsyslog's "
                                          "RELP over TLS), issued with its own AppRole when missing or 2/3 through "

@@ -61,6 +61,9 @@ class ServiceConfig:
     store_quorum: int = 2
     store_quota_bytes: int = 2 << 30
     key_cache_size: int = 4096
+    # This service's own security events as JSON lines, for the machine's log shipper ("" = none;
+    # machines: /var/log/histo/secops-events.jsonl, edge/events.py EventFile).
+    secops_events_file: str = ""
     # Fresh data keys made ahead (datakeys.py): uploads go on while Vault is away, up to this many;
     # an unused one is dropped after key_pool_max_age seconds.
     key_pool_size: int = 256
@@ -142,8 +145,8 @@ class ServiceConfig:
             raise ConfigError(f"role must be one of {ROLES}, not {cfg.role!r}")
         for name in ("conn_per_address", "conn_total", "internal_conn_per_address", "internal_conn_total",
                      "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight",
-                     "store_quorum", "store_quota_bytes", "key_cache_size", "key_pool_max_age", "max_job_runs", "gc_interval",
-                     "repair_interval"):
+                     "store_quorum", "store_quota_bytes", "key_cache_size", "key_pool_max_age", "max_job_runs",
+                     "gc_interval", "repair_interval"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer")
         if not isinstance(cfg.key_pool_size, int) or isinstance(cfg.key_pool_size, bool) or cfg.key_pool_size < 0:

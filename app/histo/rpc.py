@@ -31,6 +31,8 @@ def peer_identity(request: web.Request, allowed_roles: tuple[str, ...], trust_do
     serial = peer_serial(peercert)
     if REVOKED.is_revoked(serial):
         raise RevokedIdentity(f"certificate {serial:x} of {ident.uri} is revoked")
+    if REVOKED.is_denied(ident.host):
+        raise RevokedIdentity(f"{ident.uri} is quarantined by SecOps")
     REVOKED.track(request.transport, serial, ident.uri)
     return ident
 
@@ -98,6 +100,8 @@ class IdentityConnector(aiohttp.TCPConnector):
             serial = peer_serial(peercert)
             if REVOKED.is_revoked(serial):
                 raise IdentityError(f"certificate of {ident.uri} is revoked")
+            if REVOKED.is_denied(ident.host):
+                raise IdentityError(f"{ident.uri} is quarantined by SecOps")
         except IdentityError as exc:
             transport.close()
             raise PeerRefused(f"server identity refused: {exc}") from None

@@ -31,7 +31,9 @@ def _design_allows(cluster: DeployedCluster, src_group: str | None, src_name: st
     if g == "vault" and port_name == "vault_cluster":
         return src_group == "vault"  # raft between Vault peers only
     if g == "zookeeper" and port_name == "zk_client":
-        return src_group in ("masters", "workers")
+        # and the other ZooKeeper servers: the renewer's ruok before a rolling restart (DESIGN.md's
+        # matrix leaves zk -> zk:2281 blank; zk/renew.py needs it, or no server ever restarts to renew)
+        return src_group in ("masters", "workers", "zookeeper")
     if g == "zookeeper" and port_name in ("zk_quorum", "zk_election"):
         return src_group == "zookeeper"
     if g == "masters" and port_name == "public":

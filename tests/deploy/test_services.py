@@ -256,6 +256,20 @@ def test_a_vault_refusal_reaches_the_record_attributed_to_the_machine_refused(cl
     assert found is not None, f"no attributed record of {marker} after 60 s"
     assert (found["layer"], found["host"], found["spiffe"]) == (
         "vault", worker.name, f"spiffe://histo.internal/worker/{worker.name}"), found
+    # detected (issue 18): the refusal is evidence of an incident of that machine, in the same record — a
+    # new one, or one already open for it (incident_evidence); the collector's default response is alert
+    incident = None
+    while incident is None and time.monotonic() - t0 < 60:
+        for line in collector.run(f"grep -F {marker} /var/lib/histo/secops/secops.log || true").stdout.splitlines():
+            event = json.loads(line)["event"]
+            if isinstance(event, dict) and str(event.get("kind", "")).startswith("incident_"):
+                incident = event
+        if incident is None:
+            time.sleep(0.5)
+    print(f"... and was evidence of incident {incident and incident.get('incident')} after "
+          f"{time.monotonic() - t0:.1f} s")
+    assert incident is not None, f"no incident names {marker}"
+    assert (incident["host"], incident["spiffe"]) == (worker.name, f"spiffe://histo.internal/worker/{worker.name}")
 
 
 def test_sshd_is_hardened(cluster: DeployedCluster):

@@ -15,8 +15,9 @@ from histo.testing.cluster import Cluster
 NET = os.environ.get("HISTO_IT_NET", "127.0.20")
 
 
-def start(root: Path, cert_ttl: str = "30s") -> Cluster:
-    info = local_cluster.up(root, masters=2, workers=2, cert_ttl=cert_ttl, zk_session_timeout=4.0, net=NET,
+def start(root: Path, cert_ttl: str = "30s", wait: bool = True) -> Cluster:
+    """`wait` False: provisioning only (the cluster is up; a host kept out is not waited for)."""
+    info = local_cluster.up(root, masters=2, workers=2, cert_ttl=cert_ttl, zk_session_timeout=4.0, net=NET, wait=wait,
                             extra={"task_timeout": 20.0, "job_timeout": 90.0, "rate_per_address": 1000.0,
                                    "burst_per_address": 2000, "uploads_per_principal": 100.0,
                                    "upload_burst": 200, "max_upload_bytes": 16 * 1024 * 1024,

@@ -1,6 +1,6 @@
 """`histo env refresh` against a real OpenBao (issue 16 item 1): the env file's API tokens and the
-operator's issuer and receipt-verifier tokens are replaced at 2/3 of their life with the provisioner token, never earlier;
-the new tokens verify with the transit key, every other line of the file stays, files stay 0600; a
+operator's issuer and receipt-verifier tokens are replaced at 2/3 of their life with the provisioner
+token, never earlier; the new tokens verify with the transit key, every other line of the file stays, files stay 0600; a
 refresher without a provisioner token and with a dead issuer token says so in one line."""
 from __future__ import annotations
 

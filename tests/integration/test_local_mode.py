@@ -1,5 +1,13 @@
-"""`make local` run again on a running cluster starts nothing new and everything keeps working."""
+"""`make local` run again on a running cluster starts nothing new and everything keeps working; its
+Vault serves a listener certificate of pki_vault, which its own renewer put there."""
+import json
+import time
+
+from cryptography import x509
+
+from histo import procs
 from histo.local import cluster as local_cluster
+from histo.vault.listener import served_certificate
 from histo.testing.cluster import sample_image
 
 from .cluster_fixture import NET
@@ -20,3 +28,20 @@ def test_up_twice_is_harmless(cluster):
         assert f"{key}=" in env
     status, doc = cluster.upload(sample_image(50, 40, "JPEG"), token=info["env"]["HISTO_TOKEN_UPLOADER"])
     assert status == 202 and cluster.wait_job(doc["id"])["state"] == "done"
+
+
+def test_local_vault_serves_its_renewers_certificate(cluster):
+    """`make local` starts one listener renewer per Vault node (and `down` stops it, as any service):
+    its first pass replaces the bootstrap CA's fallback with a pki_vault certificate."""
+    sdir = cluster.root / "vault1-listener"
+    assert procs.alive(sdir / "pid", f"--config {sdir / 'config.json'}")
+    cfg = json.loads((sdir / "config.json").read_text())
+    deadline, served = time.time() + 30, None
+    while time.time() < deadline:
+        served = served_certificate(cfg["address"], cfg["port"], cfg["vault_ca"])
+        if served is not None and served.issuer.rfc4514_string() == "CN=histo vault listener CA":
+            break
+        time.sleep(0.5)
+    assert served is not None and served.issuer.rfc4514_string() == "CN=histo vault listener CA"
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == [cfg["address"]]

@@ -29,6 +29,7 @@ from kazoo.handlers import utils as kazoo_utils
 from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.security import make_digest_acl_credential
 
+from histo.edge.events import EventBus, EventFile
 from histo.files import write_private
 from histo.local.bao import BaoServer
 from histo.local.zkserver import ZkServer
@@ -80,8 +81,22 @@ class Rsyslogd:
         self.proc = None
 
 
-def _entries(path: Path) -> list[dict[str, object]]:
+def _all(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _is_incident(entry: dict[str, Any]) -> bool:
+    event = entry["event"]
+    return isinstance(event, dict) and str(event.get("kind", "")).startswith("incident_")
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """What was shipped (the collector's own incident entries apart: _incidents)."""
+    return [e for e in _all(path) if not _is_incident(e)]
+
+
+def _incidents(path: Path) -> list[dict[str, Any]]:
+    return [e["event"] for e in _all(path) if _is_incident(e)]
 
 
 def _wait_for(path: Path, n: int, timeout: float = 30.0) -> list[dict[str, object]]:
@@ -106,7 +121,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     bao, role_ids, root = env
     port = free_port(SECOPS["address"])
     record = root / "secops.log"
-    common = {"logship_port": port, "logship_queue_max_disk": "64m"}
+    common = {"logship_port": port, "logship_queue_max_disk": "64m", "logship_collector_respond": "alert"}
     inventory = root / "inventory.json"  # what the role writes on the collector (attribution)
     inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"vault": 8200, "internal": 8443}}))
     collector = Rsyslogd(root / "collector", "collector.conf.j2", **common,
@@ -122,10 +137,13 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     source.write_text("")
     audit = root / "audit.log"  # a Vault node's audit file (errors_only: the refusals, not the traffic)
     audit.write_text("")
+    events = root / "secops-events.jsonl"  # a service's own refusals (edge/events.py EventFile)
+    event_file = EventFile(events)
     shipper = Rsyslogd(root / "shipper", "shipper.conf.j2", **common, **_certs(bao, role_ids, WORKER, root / "w"),
                        logship_collector_address=SECOPS["address"], logship_collector_name="secops1.histo.internal",
                        __logship_all_files=[{"path": str(source), "tag": "sshd"},
-                                            {"path": str(audit), "tag": "vault-audit", "errors_only": True}])
+                                            {"path": str(audit), "tag": "vault-audit", "errors_only": True},
+                                            {"path": str(events), "tag": "histo-events"}])
     try:
         collector.start()
         shipper.start()
@@ -172,6 +190,15 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         found = vault_events[0]["secops"]
         assert (found["layer"], found["host"], found["path"]) == ("vault", "worker1", "secret/data/histo/zk/super")
         assert found["spiffe"] == "spiffe://histo.internal/worker/worker1"
+        # detected: the rule for a cluster machine's Vault denial opened an incident for worker1, and the
+        # collector (--respond alert, the role's default) recorded what it would do without doing it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(i["kind"] == "incident_alerted" for i in _incidents(record)):
+            time.sleep(0.2)
+        opened = [i for i in _incidents(record) if i["kind"] == "incident_opened" and i["host"] == "worker1"]
+        assert opened and opened[-1]["rule"] == "vault-policy-denied", _incidents(record)
+        decided = [i for i in _incidents(record) if i["kind"] == "incident_alerted" and i["host"] == "worker1"]
+        assert decided and "dry run" in json.dumps(decided[-1]["actions"]), _incidents(record)
 
         # a denial padded past rsyslog's message limit (8 KiB): cut in pieces, none a whole entry; the
         # pieces still leave the machine, and the collector records them as an unreadable audit entry
@@ -184,6 +211,20 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         kinds = [e["event"]["secops"]["kind"] for e in _entries(record)[before:]
                  if isinstance(e["event"], dict) and "secops" in e["event"]]
         assert "vault_audit_unparsed" in kinds, kinds
+
+        # the service's own refusal, as a worker's EventFile writes it: one JSON line shipped, the identity
+        # refused the peer it names (worker2); an info event (a rotation) is never written, so never shipped
+        before = len(_entries(record))
+        bus = EventBus(sink=event_file.write)
+        bus.publish("cert_rotated", serial="1a")
+        bus.publish("mtls_rejected", severity="warning", reason="not a master", peer=f"{WORKER2['address']}:40100")
+        _wait_for(record, before + 1)
+        time.sleep(2)
+        found = [e["event"]["secops"] for e in _entries(record)[before:]
+                 if isinstance(e["event"], dict) and "secops" in e["event"]]
+        assert [(f["layer"], f["kind"], f["host"], f["spiffe"]) for f in found] == \
+            [("service", "mtls_rejected", "worker2", "spiffe://histo.internal/worker/worker2")], found
+        assert len(_entries(record)) == before + 1
         collector.stop()
 
         # an impostor collector: a genuine histo certificate, but worker2's name — the shipper sends nothing

@@ -11,7 +11,7 @@ import http.client
 import json
 import ssl
 import time
-from typing import Any, Callable, cast
+from typing import Any, cast
 from pathlib import Path
 
 import hvac
@@ -22,7 +22,7 @@ from hvac.exceptions import Forbidden
 
 from histo.rpc import InternalClient, PeerRefused
 from histo.testing.attacker import root_client, service_vault
-from histo.testing.cluster import Cluster, sample_image
+from histo.testing.cluster import Cluster, sample_image, until as _wait
 from histo.tls.revocation import serial_int
 from histo.vault.revoke import revoke
 from .cluster_fixture import NET
@@ -170,16 +170,6 @@ def test_internal_client_refuses_a_server_certificate_without_ip_san(cluster: Cl
 
 def _refused(cluster: Cluster, target: str, cert: str, key: str, source: str) -> bool:
     return _once(cluster, target, cert, key, source) == 403
-
-
-def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return None
 
 
 def test_revoking_a_serial_reaches_every_master_within_seconds(cluster: Cluster, tmp_path: Path) -> None:

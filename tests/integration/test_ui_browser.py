@@ -3,10 +3,7 @@ histogram plot and the SecOps event of a failed attempt; save a screenshot as a 
 
 The browser trusts the cluster's CA through its own NSS database (certutil), so TLS is checked
 as a user's browser checks it — no --ignore-certificate-errors."""
-import os
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,41 +16,6 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")
                                      and shutil.which("certutil")),
                                 reason="chromium, chromium-driver and libnss3-tools are installed by bootstrap")
-
-
-@pytest.fixture
-def browser(cluster):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    home = Path(tempfile.mkdtemp(prefix="histo-browser-"))
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "histo-test-ca", "-i", cluster.ca],
-                   check=True)
-    # OpenBao's own listener CA too: the sign-in page is OpenBao's (its UI), checked like any site
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "histo-test-vault-ca", "-i",
-                    cluster.config("master1")["vault_ca"]], check=True)
-    downloads = home / "downloads"
-    downloads.mkdir()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={home / 'profile'}", "--window-size=1400,1500"):
-        opts.add_argument(arg)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
-    env = dict(os.environ, HOME=str(home))
-    service = Service(shutil.which("chromedriver"), env=env)
-    driver = webdriver.Chrome(service=service, options=opts)
-    driver.downloads = downloads  # where the receipt lands
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _wait(pred, timeout=30, what=""):

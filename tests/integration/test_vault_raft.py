@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +23,7 @@ from histo.local import cluster as local_cluster
 from histo.local.raft import BaoCluster
 from histo.testing.cluster import Cluster, sample_image
 from histo.testing.waiting import wait_until
+from histo.vault.listener import served_certificate
 
 NET = "127.0.26"
 
@@ -63,6 +65,18 @@ def test_every_service_knows_the_three_nodes(raft: tuple[Cluster, BaoCluster]) -
     # the seal is the static one: every node unsealed itself, no unseal key was ever submitted to vault2/3
     status = vault.nodes[1].client().sys.read_seal_status()
     assert status["type"] == "static" and not status["sealed"]
+    # each node's own renewer replaced the controller's fallback with its own pki_vault certificate
+    deadline = time.time() + 60
+    issuers: dict[str, str] = {}
+    while time.time() < deadline:
+        issuers = {}
+        for node in vault.nodes:
+            served = served_certificate(node.address, node.port, str(vault.ca_path))
+            issuers[node.node_id] = served.issuer.rfc4514_string() if served else ""
+        if set(issuers.values()) == {"CN=histo vault listener CA"}:
+            break
+        time.sleep(1)
+    assert set(issuers.values()) == {"CN=histo vault listener CA"}, issuers
 
 
 def test_provisioner_second_setup_through_any_node_changes_nothing(raft: tuple[Cluster, BaoCluster],
@@ -74,9 +88,11 @@ def test_provisioner_second_setup_through_any_node_changes_nothing(raft: tuple[C
     cluster, vault = raft
     topo = json.loads((cluster.root / "topology.json").read_text())
     life = json.loads((cluster.root / "lifetimes.json").read_text())  # the lifetimes local.up applied
-    spec = {"trust_domain": TRUST_DOMAIN, "hosts": topo["hosts"], "vault_url": vault.url,
+    # the Vault nodes too, and pki_vault's CA folder: the provisioner verifies the listener PKI unchanged
+    spec = {"trust_domain": TRUST_DOMAIN, "hosts": topo["hosts"] + [h for h, _ in local_cluster.vault_nodes_of(vault)],
+            "vault_url": vault.url, "listener_ca_dir": str(vault.ca_path.parent),
             **{k: life[k] for k in ("leaf_max_ttl", "token_ttl", "token_max_ttl", "secret_id_ttl", "issuer_max_ttl",
-                                      "signing_key_rotation")},
+                                      "signing_key_rotation", "vault_listener_ttl")},
             "audit_log": str(cluster.root / "vault" / "audit.log")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     active = vault.active()

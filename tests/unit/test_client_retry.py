@@ -2,6 +2,8 @@
 refused before anything was sent, is sent again within the deadline; nothing else is."""
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 
 from histo.client.http import REFUSED_WAIT, RETRY_AFTER_CAP, ApiError, retrying
@@ -17,8 +19,8 @@ class Clock:
         self.now += s
 
 
-def failing(errors: list[ApiError], result: str = "ok"):
-    calls = []
+def failing(errors: list[ApiError], result: str = "ok") -> tuple[Callable[[], str], list[int]]:
+    calls: list[int] = []
 
     def fn() -> str:
         calls.append(1)

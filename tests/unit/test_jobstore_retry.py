@@ -4,10 +4,11 @@ as a conflict. A fake client (pure logic); tests/integration/test_zk_outage.py r
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kazoo.exceptions import ConnectionLoss, NodeExistsError, RolledBackError
+from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError, RolledBackError
 from kazoo.retry import KazooRetry, RetryFailedError
 
 from histo.zk.jobs import JobStore
@@ -18,6 +19,7 @@ class FlakyZk:
 
     def __init__(self, lose: int = 0, down: bool = False) -> None:
         self.nodes: dict[str, bytes] = {}
+        self.versions: dict[str, int] = {}
         self.lose, self.down = lose, down
         self.calls = 0
         self.connected = True
@@ -44,7 +46,22 @@ class FlakyZk:
         return self._step(apply)  # type: ignore[no-any-return]
 
     def get(self, path: str) -> tuple[bytes, Any]:
-        return self._step(lambda: (self.nodes[path], None))  # type: ignore[no-any-return]
+        return self._step(lambda: (self.nodes[path], SimpleNamespace(version=self.versions.get(path, 0))))  # type: ignore[no-any-return]
+
+    def set(self, path: str, data: bytes, version: int = -1) -> None:
+        def apply() -> None:
+            if version not in (-1, self.versions.get(path, 0)):
+                raise BadVersionError()
+            self.nodes[path] = data
+            self.versions[path] = self.versions.get(path, 0) + 1
+        self._step(apply)
+
+    def delete(self, path: str) -> None:
+        def apply() -> None:
+            if path not in self.nodes:
+                raise NoNodeError()
+            del self.nodes[path]
+        self._step(apply)
 
     def transaction(self) -> "Tx":
         return Tx(self)
@@ -103,3 +120,19 @@ def test_zookeeper_away_ends_in_retry_failed_not_a_hang() -> None:
     with pytest.raises(RetryFailedError):
         store.get_job("j1")
     assert zk.calls == 5  # max_tries: every try met the outage, then it gave up
+
+
+def test_a_fenced_finish_applied_before_its_reply_was_lost_counts_as_written() -> None:
+    """The retry of a compare-and-set meets its own write (a newer version, no longer open): that is
+    this run's finish, so the job leaves /histo/active; a finish another run made is refused."""
+    zk = FlakyZk()
+    store = JobStore(zk)
+    store.create_job("j1", {**DOC, "state": "running", "runs": 1})
+    open_run_1 = lambda d: d["state"] in ("queued", "running") and d["runs"] == 1  # noqa: E731
+    zk.lose = 1  # the set is applied, its reply lost
+    done = store.finish("j1", when=open_run_1, state="done", finished=5.0, timings={"total": 0.1})
+    assert done["state"] == "done" and done["finished"] == 5.0
+    assert "/histo/active/j1" not in zk.nodes
+    late = store.finish("j1", when=open_run_1, state="failed", finished=6.0)  # a stale run, after it
+    assert late["state"] == "done" and late["finished"] == 5.0
+    assert json.loads(zk.nodes["/histo/jobs/j1"])["state"] == "done"

@@ -150,3 +150,44 @@ def test_each_issuer_keeps_its_revocations_until_a_valid_crl_of_its_own_changes_
         task.cancel()
     asyncio.run(run())
     assert rl.is_revoked(1) and rl.is_revoked(3) and "no CRL" in rl.last_error
+
+
+def _ca(cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None = None,
+        signer: ec.EllipticCurvePrivateKey | None = None, ca: bool = True) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(signer or key, hashes.SHA256()))
+
+
+def test_during_a_root_rotation_either_root_in_the_bundle_vouches_for_its_intermediates_crl(tmp_path: Path) -> None:
+    """The bundle holds the old and the new root (vault/pki.py root-stage): a CRL of an intermediate of
+    either, brought with that intermediate, is accepted; one of a root not in the bundle (a stranger's,
+    or the old root once pruned), or of a self-signed certificate that is no CA, is refused."""
+    from cryptography.hazmat.primitives import serialization
+
+    def pem(c: x509.Certificate) -> str:
+        return c.public_bytes(serialization.Encoding.PEM).decode()
+    keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in ("r1", "r2", "rx", "i1", "i2", "ix", "iy", "nr")}
+    r1, r2 = _ca("histo root CA", keys["r1"]), _ca("histo root CA 2", keys["r2"])
+    rx = _ca("histo root CA 3", keys["rx"])
+    i1 = _ca("histo intermediate CA", keys["i1"], r1, keys["r1"])
+    i2 = _ca("histo intermediate CA 2", keys["i2"], r2, keys["r2"])
+    ix = _ca("histo intermediate CA 3", keys["ix"], rx, keys["rx"])
+    not_ca = _ca("histo root CA 4", keys["nr"], ca=False)  # self-signed, but no CA
+    iy = _ca("histo intermediate CA 4", keys["iy"], not_ca, keys["nr"])
+    both = tmp_path / "both.pem"
+    both.write_text(pem(r1) + pem(r2) + pem(not_ca))
+    assert parse_crl(_crl(keys["i1"], i1, [1]), both, pem(i1)) == {1}
+    assert parse_crl(_crl(keys["i2"], i2, [2]), both, pem(i2)) == {2}
+    for key, cert in ((keys["ix"], ix), (keys["iy"], iy)):
+        with pytest.raises(ValueError):
+            parse_crl(_crl(key, cert, [3]), both, pem(cert))
+    pruned = tmp_path / "pruned.pem"
+    pruned.write_text(pem(r2))
+    with pytest.raises(ValueError):
+        parse_crl(_crl(keys["i1"], i1, [1]), pruned, pem(i1))
+    assert parse_crl(_crl(keys["i2"], i2, [2]), pruned, pem(i2)) == {2}

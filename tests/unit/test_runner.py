@@ -47,15 +47,20 @@ class FakeJobs:
         doc = self.docs.get(job_id)
         return copy.deepcopy(doc) if doc is not None else None
 
-    def update_job(self, job_id: str, **fields: Any) -> Doc:
-        doc = self.docs[job_id]
-        if not is_tombstone(doc):
-            doc.update(copy.deepcopy(fields))
-        return copy.deepcopy(doc)
+    def update_job(self, job_id: str, when: Any = None, **fields: Any) -> Doc:
+        return self._merge(job_id, when, fields)[0]
 
-    def finish(self, job_id: str, **fields: Any) -> Doc:
-        doc = self.update_job(job_id, **fields)
-        self.active_ids.discard(job_id)
+    def _merge(self, job_id: str, when: Any, fields: dict[str, Any]) -> tuple[Doc, bool]:
+        doc = self.docs[job_id]
+        if is_tombstone(doc) or (when is not None and not when(copy.deepcopy(doc))):
+            return copy.deepcopy(doc), False
+        doc.update(copy.deepcopy(fields))
+        return copy.deepcopy(doc), True
+
+    def finish(self, job_id: str, when: Any = None, **fields: Any) -> Doc:
+        doc, written = self._merge(job_id, when, fields)
+        if written:
+            self.active_ids.discard(job_id)
         return doc
 
     def tombstone(self, job_id: str, by: str, reason: str = "deleted") -> tuple[Doc, Doc] | None:
@@ -341,6 +346,49 @@ def test_a_new_leader_resumes_an_interrupted_job_bit_identical(tmp_path: Path) -
     asyncio.run(go())
 
 
+def test_a_run_cancelled_by_a_lost_leadership_cannot_undo_the_run_that_took_over(tmp_path: Path) -> None:
+    """Cancelling a task does not stop a ZooKeeper write already in its executor thread: master1's run
+    may reach ZooKeeper after master2 resumed the job, or after master2 finished it. The run number
+    fences it: the stale run neither reopens a finished job nor finishes one another run holds."""
+    async def go() -> None:
+        runners, jobs, _, _, gate = make(tmp_path, ["master1", "master2"])
+        data = image_with_run()
+        gate.hold = True
+        doc = await submit(runners["master1"], data)
+        await gate.started.wait()
+        stale = runners["master1"].running[doc["id"]]  # master1 stalls mid-job; its task is not cancelled
+        gate.hold = False
+        assert await runners["master2"].resume_all() == [doc["id"]]  # run 2 takes the job over
+        await settle(runners["master2"])
+        done = copy.deepcopy(jobs.docs[doc["id"]])
+        assert done["state"] == "done" and done["runs"] == 2 and doc["id"] not in jobs.active_ids
+        gate.release.set()  # run 1 completes late: it writes nothing
+        await asyncio.gather(stale, return_exceptions=True)
+        assert jobs.docs[doc["id"]] == done
+        assert (await runners["master1"].result(done))[0].image == equalize_single(data).image
+        # a run that starts late (its "running" write after the job finished) stands down at once
+        CLOCK[0] += 1
+        await runners["master1"]._run(doc["id"], "alice", data, {}, {**doc, "runs": 1}, keys_of(runners, done))
+        assert jobs.docs[doc["id"]] == done
+        # and a second resume of the same run number starts nothing
+        jobs.docs[doc["id"]].update(state="running", runs=3, master="master2")
+        jobs.active_ids.add(doc["id"])
+        first = runners["master1"].resume(copy.deepcopy(jobs.docs[doc["id"]]))
+        jobs.docs[doc["id"]].update(runs=4)  # master2 resumed it meanwhile
+        assert await first is False
+        assert jobs.docs[doc["id"]]["runs"] == 4 and not runners["master1"].running
+    asyncio.run(go())
+
+
+def keys_of(runners: dict[str, JobRunner], doc: Doc) -> DataKey:
+    """The data key of the job's stored upload, as its runner unwraps it."""
+    runner = runners["master2"]
+    blob = runner.replicas.store.get(str(doc["id"]), "upload")
+    assert blob is not None
+    wrapped = parse(blob).wrapped_key
+    return DataKey(plaintext=runner.keys.unwrap(wrapped), wrapped=wrapped)
+
+
 def test_a_job_interrupted_max_runs_times_fails_with_that_reason(tmp_path: Path) -> None:
     async def go() -> None:
         runners, jobs, _, _, gate = make(tmp_path, ["master1", "master2"], max_runs=2)
@@ -486,7 +534,8 @@ def test_pooled_data_keys_carry_uploads_through_a_vault_outage() -> None:
         secrets = type("S", (), {"transit": transit})()
 
     keys = VaultDataKeys(lambda: Client(), cache_size=8, pool_size=3, pool_max_age=60, clock=lambda: now[0])
-    assert keys.refill() == 3 and keys.pooled() == 3 and len(keys.cache) == 0  # made ahead, not yet used
+    assert keys.refill(limit=2) == 2 and keys.refill() == 1  # a limit spreads a fill over calls
+    assert keys.pooled() == 3 and len(keys.cache) == 0  # made ahead, not yet used
     assert keys.refill() == 0 and transit.calls == 3  # a full pool asks Vault for nothing
     transit.down = True
     taken = [keys.new_key() for _ in range(3)]  # Vault away: the pool still serves every upload

@@ -15,10 +15,10 @@ from histo.secops.sources import Inventory, classify
 
 from .test_secops_chain import LocalSigner
 
-INV = Inventory([{"name": "worker1", "role": "worker", "address": "192.168.56.31"},
-                 {"name": "worker2", "role": "worker", "address": "192.168.56.32"},
-                 {"name": "zk1", "role": "zookeeper", "address": "192.168.56.11"}],
-                {"internal": 8443, "zk_client": 2281})
+INV_HOSTS = [{"name": "worker1", "role": "worker", "address": "192.168.56.31"},
+             {"name": "worker2", "role": "worker", "address": "192.168.56.32"},
+             {"name": "zk1", "role": "zookeeper", "address": "192.168.56.11"}]
+INV = Inventory(INV_HOSTS, {"internal": 8443, "zk_client": 2281})
 W1 = "spiffe://histo.internal/worker/worker1"
 
 
@@ -177,3 +177,60 @@ def test_the_sending_address_not_the_declared_name_says_where_it_happened() -> N
     piece = classify({"msg": '"error":"permission denied"}', "host": "vault1", "tag": "vault-audit",
                       "from": "192.168.56.10"}, inv, "secops1")
     assert piece and (piece["kind"], piece["host"]) == ("vault_audit_unparsed", "vault1")
+
+
+def test_a_services_own_refusal_is_attributed_to_the_party_it_refused(tmp_path: Path) -> None:
+    """A worker's mTLS refusal as its EventFile writes it: it happened on worker2 (the sender), the
+    identity refused is the peer it names (worker1); info and relayed events never reach the file."""
+    from histo.edge.events import EventBus, EventFile
+    inv = Inventory([*INV_HOSTS, {"name": "master1", "role": "master", "address": "192.168.56.21"}])
+    ef = EventFile(tmp_path / "log" / "secops-events.jsonl")
+    bus = EventBus(sink=ef.write)
+    bus.publish("mtls_rejected", severity="warning", reason="not a master", peer="192.168.56.31:40100")
+    bus.publish("cert_rotated", serial="1a")  # info: stays on the dashboard
+    bus.publish("mtls_rejected", severity="warning", reason="x", relayed_from="worker2")  # the worker ships its own
+    bus.publish("auth_failure", where="203.0.113.7", reason="expired token token=abc.def.ghi")
+    lines = (tmp_path / "log" / "secops-events.jsonl").read_text().splitlines()
+    assert oct((tmp_path / "log" / "secops-events.jsonl").stat().st_mode & 0o777) == "0o640"
+    assert [json.loads(line)["kind"] for line in lines] == ["mtls_rejected", "auth_failure"]
+    assert "abc.def.ghi" not in lines[1]  # the bus's redaction holds in the file too
+    got = classify({"msg": lines[0], "host": "worker2", "tag": "histo-events", "from": "192.168.56.32"}, inv)
+    assert got and (got["layer"], got["kind"], got["host"], got["spiffe"], got["target"]) == \
+        ("service", "mtls_rejected", "worker1", W1, "worker2")
+    edge = classify({"msg": lines[1], "host": "master1", "tag": "histo-events", "from": "192.168.56.21"}, inv)
+    assert edge and (edge["host"], edge["address"], edge["target"]) == ("outside", "203.0.113.7", "master1")
+    # the same line sent by a ZooKeeper server: no histo service runs there, so the sender is the finding
+    forged = classify({"msg": lines[0], "host": "zk1", "tag": "histo-events", "from": "192.168.56.11"}, inv)
+    assert forged and forged["kind"] == "forged_source" and forged["host"] == "zk1"
+    assert classify({"msg": "not json", "tag": "histo-events", "from": "192.168.56.32"}, inv) is None
+    ef.close()
+
+
+def test_the_event_file_is_bounded(tmp_path: Path) -> None:
+    from histo.edge.events import EventBus, EventFile
+    ef = EventFile(tmp_path / "e.jsonl", max_bytes=4096, backups=1)
+    bus = EventBus(sink=ef.write)
+    for i in range(500):
+        bus.publish("auth_failure", where=f"203.0.113.{i % 250}", reason="r" * 50)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["e.jsonl", "e.jsonl.1"] and all((tmp_path / f).stat().st_size <= 4096 for f in files)
+    ef.close()
+
+
+def test_a_workers_security_events_reach_its_file_however_they_name_the_service(tmp_path: Path) -> None:
+    """The runtime's Vault loop emits with service=... itself (runtime.py); the worker's own refusals
+    without: both are written once, and neither raises (a raise there ended the Vault loop)."""
+    from types import SimpleNamespace
+
+    from histo.edge.events import EventBus, EventFile
+    from histo.worker.service import Worker
+    w = object.__new__(Worker)
+    w.cfg = SimpleNamespace(name="worker1")  # type: ignore[assignment]  # only its name is read
+    w.event_file, w._events, w.pending_events = EventFile(tmp_path / "e.jsonl"), EventBus(history=1), []
+    w._security_event("vault_unavailable", severity="warning", service="worker1", reason="Vault unreachable")
+    w._security_event("mtls_rejected", severity="warning", reason="not a master", peer="192.168.56.32")
+    w._security_event("vault_recovered", severity="info", service="worker1")
+    lines = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [(e["kind"], e["service"]) for e in lines] == [("vault_unavailable", "worker1"),
+                                                          ("mtls_rejected", "worker1")]
+    assert [e["kind"] for e in w.pending_events] == ["vault_unavailable", "mtls_rejected", "vault_recovered"]

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import logging.handlers
+import os
 import threading
 import time
 from collections import deque
-from typing import Any, AsyncGenerator
+from pathlib import Path
+from typing import Any, AsyncGenerator, Callable
 
 from .audit import redact
 
@@ -46,8 +50,43 @@ def _plain(value: Any, depth: int = 0) -> Any:
 plain = _plain  # the same rules for events collected from elsewhere (secops/collector.py)
 
 
+class EventFile:
+    """This service's own security events (never info, never relayed ones) as JSON lines in one file,
+    which the machine's log shipper sends to the SecOps collector (roles/logship, tag histo-events).
+    Bounded: rotated at `max_bytes`, `backups` old files kept; created 0640 (rsyslog reads as root)."""
+
+    def __init__(self, path: str | Path, max_bytes: int = 8 << 20, backups: int = 2) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            os.close(fd)
+        self._handler = logging.handlers.RotatingFileHandler(self.path, maxBytes=max_bytes, backupCount=backups,
+                                                             encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def write(self, event: Event) -> None:
+        line = json.dumps({k: v for k, v in event.items() if k != "audience"}, separators=(",", ":"),
+                          sort_keys=True)
+        try:
+            self._handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.WARNING}))
+        except Exception:  # noqa: BLE001 - a full disk must not take the request path down with it
+            log.debug("security event not written to %s", self.path)
+
+    def close(self) -> None:
+        self._handler.close()
+
+
+def shipped(event: Event) -> bool:
+    """What goes to the event file: this service's own refusals and warnings (a relayed worker event
+    is the worker's to ship; info — rotations and the like — stays on the dashboard)."""
+    return event.get("severity") != "info" and event.get("audience") == SECOPS and "relayed_from" not in event
+
+
 class EventBus:
-    def __init__(self, history: int = 200, queue_size: int = 500) -> None:
+    def __init__(self, history: int = 200, queue_size: int = 500,
+                 sink: Callable[[Event], None] | None = None) -> None:
+        self._sink = sink  # EventFile.write: what the machine's shipper sends to the collector
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: set[asyncio.Queue[Event]] = set()
         self.history: deque[Event] = deque(maxlen=history)
@@ -81,6 +120,8 @@ class EventBus:
         event = self.make_event(kind, **fields)
         if event["severity"] != "info" and event["audience"] == SECOPS:
             log.warning("secops %s %s", kind, {k: v for k, v in event.items() if k not in ("ts", "kind", "seq")})
+        if self._sink is not None and shipped(event):
+            self._sink(event)
         loop = self._loop
         if loop is None or loop.is_closed():
             self.history.append(event)  # deque.append is atomic; no subscriber can exist without a loop

@@ -128,7 +128,16 @@ def _schemas() -> dict[str, Any]:
         "Cluster": {"type": "object", "required": ["leader", "masters", "workers"], "properties": {
             "leader": {"type": ["string", "null"]}, "masters": {"type": "array", "items": _ref("Master")},
             "workers": {"type": "array", "items": _ref("Node")},
-            "self": {"type": "object", "description": "the answering master and its certificate"}}},
+            "self": {"type": "object", "description": "the answering master and its certificate"},
+            "incidents": {"type": "array", "items": _ref("Incident"),
+                          "description": "quarantined hosts and recent releases (SecOps containment)"}}},
+        "Incident": {"type": "object", "required": ["host", "state"], "properties": {
+            "host": {"type": "string"}, "state": {"type": "string",
+                                                  "enum": ["contained", "partly contained", "released"]},
+            "incident": {"type": "string"}, "rule": {"type": "string"}, "since": {"type": "number"},
+            "released": {"type": "number"}, "release": {"type": "string", "description": "what gives it back"},
+            "actions": {"type": "array", "items": {"type": "object"}},
+            "evidence": {"type": "array", "items": {"type": "object"}}}},
         "Health": {"type": "object", "required": ["status"], "properties": {
             "status": {"type": "string", "enum": ["ok", "degraded", "not_ready"]},
             "checks": {"type": "object", "additionalProperties": {"type": "object"}}}},

@@ -17,6 +17,7 @@ from .. import TRUST_DOMAIN, envfile, envrefresh
 from ..lifetimes import Lifetimes, profile, seconds
 from ..files import private_dir, write_private
 from ..readiness import wait_ready
+from ..vault.pki import roots_pem as pki_roots
 from ..vault.provision import wrapped_secret_id, write_credentials
 from .bao import BaoServer
 from .raft import BaoCluster
@@ -73,9 +74,10 @@ def vault_server(root: Path, net: str, nodes: int) -> BaoServer | BaoCluster:
 
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = None, zk_session_timeout: float = 6.0,
        extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0,
-       lifetimes: Lifetimes | None = None, vault_nodes: int = 1) -> dict:
+       lifetimes: Lifetimes | None = None, vault_nodes: int = 1, wait: bool = True) -> dict:
     """`lifetimes`: the profile of every credential's life (lifetimes.py, default standard);
-    `cert_ttl` overrides the services' certificate life alone."""
+    `cert_ttl` overrides the services' certificate life alone. `wait` False: provision and start what is
+    not running, without waiting for every service to be ready (a host kept out, as a quarantined one)."""
     t_start = time.perf_counter()
     life = lifetimes or profile("standard")
     cert_ttl = cert_ttl or life.cert_ttl
@@ -97,13 +99,13 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
     admin = bao.root_client()
     urls = [f"https://{h['address']}:{PUBLIC_PORT}" for h in hosts if h["role"] == "master"]
     public = f"https://{public_address(net)}:{PUBLIC_PORT}"
-    # vault_url: every node in the PKI URLs, not only the active one root_client() talks to
-    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts, **life.spec(), "vault_url": bao.url,
+    # vault_url: every node in the PKI URLs, not only the active one root_client() talks to;
+    # listener_ca_dir: pki_vault's intermediate signed here with the bootstrap CA, as on the controller
+    nodes = vault_nodes_of(bao)
+    vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts + [n for n, _ in nodes], **life.spec(),
+                        "vault_url": bao.url, "listener_ca_dir": str(bao.ca_path.parent),
                         "audit_log": str(root / "vault" / "audit.log"), "oidc": oidc_spec(root, [public, *urls])})
     prov = _provisioner(root, admin)
-    ca_pem = prov.secrets.pki.read_ca_certificate(mount_point="pki")
-    write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public
-    _say(f"OpenBao ready at {bao.url}")
 
     def creds_for(host: dict) -> Path:
         creds = private_dir(root / host["name"] / "creds")
@@ -111,6 +113,13 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
             role_id = prov.auth.approle.read_role_id(f"histo-{host['name']}")["data"]["role_id"]
             write_credentials(creds, role_id, wrapped_secret_id(prov, host["name"], host["address"]))
         return creds
+
+    # every root: during a root rotation (vault/pki.py) clients of either chain's masters are served
+    ca_pem = "\n".join(pki_roots(prov))
+    write_private(root / "ca.pem", ca_pem.strip() + "\n", mode=0o644)  # a CA certificate is public
+    _say(f"OpenBao ready at {bao.url}")
+    for host, node in nodes:  # each node's listener certificate from pki_vault, renewed at 2/3 (SIGHUP)
+        start_listener_renewer(root, host, node, bao.url, creds_for(host), life.vault_listener_ttl)
 
     # zk1 is prepared from the same zk.json as a machine's, and its renewer (`histo zk-renew`, a timer
     # on machines) runs beside it: the host's secret_id, and new certificates by a restart.
@@ -149,6 +158,8 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
         started.append(name)
     if started:
         _say(f"started {', '.join(started)}")
+    if not wait:
+        return {"urls": urls, "env": root / "env", "seconds": time.perf_counter() - t_start}
 
     wait_ready(urls, root / "ca.pem", workers, masters, timeout=ready_timeout, diagnose=lambda: diagnose(root))
     env = write_env(root, prov, urls, life, public)
@@ -157,6 +168,30 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
     _say(f"sign in at {public}/ as {PEOPLE[0]['name']} (OpenBao's page; password in "
          f"{root / 'people' / (PEOPLE[0]['name'] + '.password')}; OpenBao's CA: {bao.ca_path})")
     return {"urls": urls, "env": env, "seconds": total}
+
+
+def vault_nodes_of(bao: BaoServer | BaoCluster) -> list[tuple[dict, BaoServer]]:
+    """Each OpenBao node as a Vault host of the spec (role vault: its listener certificate only)."""
+    nodes = bao.nodes if isinstance(bao, BaoCluster) else [bao]
+    return [({"name": n.node_id, "role": "vault", "address": n.address}, n) for n in nodes]
+
+
+def start_listener_renewer(root: Path, host: dict, node: BaoServer, vault_url: str, creds: Path, ttl: str,
+                           interval: float = 5.0) -> bool:
+    """`histo vault-listener-renew --loop` beside one node (a service+timer on machines); its folder
+    <root>/<node>-listener holds config.json, so `down` stops it as it stops every service."""
+    sdir = private_dir(root / f"{host['name']}-listener")
+    config = sdir / "config.json"
+    write_private(config, json.dumps({
+        "host": host["name"], "address": node.address, "port": node.port, "hostnames": node.hostnames,
+        "vault_url": vault_url, "vault_ca": str(node.ca_path), "creds_dir": str(creds),
+        "cert": str(node.dir / "tls" / "cert.pem"), "key": str(node.dir / "tls" / "key.pem"), "ttl": ttl,
+        "server_pid_file": str(node.pid_path), "server_marker": str(node.config_path)}, indent=1) + "\n")
+    if procs.alive(sdir / "pid", f"--config {config}"):
+        return False
+    procs.spawn([sys.executable, "-m", "histo.cli", "vault-listener-renew", "--config", str(config),
+                 "--loop", f"{interval:g}"], sdir / "service.log", sdir / "pid")
+    return True
 
 
 def _provisioner(root: Path, admin: hvac.Client) -> hvac.Client:

@@ -345,6 +345,7 @@ class Handlers:
             "masters": [view(d, leader=(n == leader)) for n, d in sorted(self.m.masters.items())],
             "workers": [view(d) for _, d in sorted(self.m.workers.items())],
             "self": {"name": self.m.cfg.name, "certificate": self.m.rt.certs.status.as_dict()},
+            "incidents": self.m.incidents(),
         })
 
     async def revoke(self, request: web.Request) -> web.Response:

@@ -115,11 +115,12 @@ class VaultDataKeys:
             self._expire()
             return len(self._pool)
 
-    def refill(self) -> int:
-        """Top the pool up to `pool_size` (blocking; run off the event loop); how many keys it added.
-        Vault away: KeysUnavailable after the keys it did add (the pool keeps them)."""
+    def refill(self, limit: int | None = None) -> int:
+        """Top the pool up towards `pool_size`, at most `limit` keys this call (blocking; run off the
+        event loop); how many keys it added. Vault away: KeysUnavailable after the keys it did add
+        (the pool keeps them)."""
         added = 0
-        while self.pooled() < self.pool_size:
+        while self.pooled() < self.pool_size and (limit is None or added < limit):
             key = self._make(cache=False)
             with self._pool_lock:
                 self._pool.append((self._clock(), key))

@@ -44,6 +44,15 @@ ENVELOPE_OVERHEAD = 512  # bytes a sealed blob adds to its plaintext (header, wr
 ORPHAN_GRACE = 600.0  # seconds a blob without a job znode is kept (its upload may still be in progress)
 
 
+def _run_of(run: int | None) -> Callable[[Doc], bool]:
+    """A job document still open (queued or running) and, with `run`, still in that run: the fence that
+    keeps a run cancelled by a lost leadership (its ZooKeeper writes may land late) from writing over
+    the run that took the job over, or a finished job from running again."""
+    def check(doc: Doc) -> bool:
+        return doc.get("state") in ("queued", "running") and (run is None or int(doc.get("runs", 1)) == run)
+    return check
+
+
 class RunnerError(Exception):
     """A refusal the API shows as a JSON error: HTTP status, error code, a message that says why."""
 
@@ -57,7 +66,7 @@ class JobRecords(Protocol):
 
     def create_job(self, job_id: str, doc: Doc) -> None: ...
     def get_job(self, job_id: str) -> Doc | None: ...
-    def update_job(self, job_id: str, **fields: Any) -> Doc: ...
+    def update_job(self, job_id: str, when: Callable[[Doc], bool] | None = None, **fields: Any) -> Doc: ...
     def finish(self, job_id: str, **fields: Any) -> Doc: ...
     def tombstone(self, job_id: str, by: str, reason: str = ...) -> tuple[Doc, Doc] | None: ...
     def drop_tasks(self, job_id: str, attempts: int = ...) -> None: ...
@@ -165,8 +174,14 @@ class JobRunner:
     # -- run ----------------------------------------------------------------------------------------
     async def _run(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
                    key: DataKey) -> None:
+        run = int(doc.get("runs", 1))
+        ours = _run_of(run)
         try:
-            await self._z(lambda: self.jobs.update_job(job_id, state="running"))
+            started = await self._z(lambda: self.jobs.update_job(job_id, when=ours, state="running"))
+            if not ours(started):
+                log.info("job %s: run %d on %s stands down (the job is %s, run %s)", job_id, run, self.name,
+                         started.get("state"), started.get("runs"))
+                return
             self._emit("job_progress", severity="info", job=job_id, progress=0.05, state="running", audience=owner)
             outcome = await asyncio.wait_for(self.compute(job_id, upload, Spec.of(doc), timings),
                                              self.settings.job_timeout)
@@ -177,6 +192,11 @@ class JobRunner:
                 framed = pack_result(outcome.result, plot)
             blob = await self._z(seal, key, job_id, owner, "result", framed)
             del framed
+            now = await self._z(self.jobs.get_job, job_id)
+            if now is None or not ours(now):  # taken over (or finished) while this run computed
+                log.info("job %s: run %d on %s computed, but the job moved on; its result is dropped", job_id,
+                         run, self.name)
+                return
             await self._store_result(job_id, blob)
             timings.update(outcome.timings)
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
@@ -184,10 +204,13 @@ class JobRunner:
             receipt = await self.receipt(doc, outcome, finished)
             blobs = {**doc.get("blobs", {}), "result": digest(blob)}
             stored = await self._z(lambda: self.jobs.finish(
-                job_id, state="done", progress=1.0, tiles=outcome.tiles, timings=timings, finished=finished,
-                blobs=blobs, bytes=int(doc.get("bytes", 0)) + len(blob), **receipt))
+                job_id, when=ours, state="done", progress=1.0, tiles=outcome.tiles, timings=timings,
+                finished=finished, blobs=blobs, bytes=int(doc.get("bytes", 0)) + len(blob), **receipt))
             if is_tombstone(stored):  # deleted while it ran: keep nothing of it
                 await self.replicas.delete(job_id)
+                return
+            if stored.get("finished") != finished:  # another run holds the job now: its result counts
+                log.info("job %s: run %d on %s was overtaken by run %s", job_id, run, self.name, stored.get("runs"))
                 return
             await self._z(self.jobs.add_usage, owner, len(blob))
             self._emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
@@ -198,9 +221,9 @@ class JobRunner:
                 log.info("job %s interrupted on %s; the next leader resumes it", job_id, self.name)
             raise
         except asyncio.TimeoutError:
-            await self._fail(job_id, owner, f"job exceeded {self.settings.job_timeout:.0f}s")
+            await self._fail(job_id, owner, f"job exceeded {self.settings.job_timeout:.0f}s", run)
         except JobFailed as exc:
-            await self._fail(job_id, owner, str(exc))
+            await self._fail(job_id, owner, str(exc), run)
         except COORDINATION_LOST as exc:
             # ZooKeeper away longer than a session's retries: not the job's fault. It stays in
             # /histo/active and the leader's next resume pass (or the next leader) runs it again.
@@ -208,7 +231,7 @@ class JobRunner:
                         type(exc).__name__)
         except Exception:
             log.exception("job %s failed", job_id)
-            await self._fail(job_id, owner, "internal error while running the job")
+            await self._fail(job_id, owner, "internal error while running the job", run)
         finally:
             self.running.pop(job_id, None)
             self.owners.pop(job_id, None)
@@ -226,11 +249,19 @@ class JobRunner:
                 log.warning("result of job %s not on the quorum yet: %s", job_id, exc)
                 await asyncio.sleep(1.0)
 
-    async def _fail(self, job_id: str, owner: str, reason: str) -> None:
+    async def _fail(self, job_id: str, owner: str, reason: str, run: int | None = None) -> None:
+        """Fail the job, unless it already ended or (`run` given) another run took it over."""
+        finished = self.clock()
         try:
-            await self._z(lambda: self.jobs.finish(job_id, state="failed", reason=reason, finished=self.clock()))
+            stored = await self._z(lambda: self.jobs.finish(job_id, when=_run_of(run), state="failed", reason=reason,
+                                                            finished=finished))
         except Exception as exc:  # ZooKeeper gone: the job stays active and the next leader resumes it
             log.warning("cannot record failure of job %s: %s", job_id, exc)
+            return
+        if stored.get("finished") != finished:
+            log.info("job %s: not failed (%s): it is %s, run %s", job_id, reason, stored.get("state"),
+                     stored.get("runs"))
+            return
         self._emit("job_failed", severity="warning", job=job_id, reason=reason, audience=owner)
 
     # -- resume (a new leader) -----------------------------------------------------------------------
@@ -276,8 +307,9 @@ class JobRunner:
         except BlobError as exc:
             await self._fail(job_id, owner, f"the stored upload cannot be opened ({exc})")
             return False
-        doc = await self._z(lambda: self.jobs.update_job(job_id, runs=runs + 1, master=self.name))
-        if is_tombstone(doc):
+        # compare-and-set on the run number: of two masters resuming the same run, one starts it
+        doc = await self._z(lambda: self.jobs.update_job(job_id, when=_run_of(runs), runs=runs + 1, master=self.name))
+        if is_tombstone(doc) or int(doc.get("runs", 1)) != runs + 1 or doc.get("master") != self.name:
             return False
         timings = {k: v for k, v in (doc.get("timings") or {}).items() if k in ("receive", "header")}
         self._start(job_id, owner, data, timings, doc, key)

@@ -15,8 +15,9 @@ from aiohttp import web
 from ..config import ServiceConfig
 from ..edge.audit import AuditLog
 from ..edge.middleware import client_addr
-from ..edge.events import EventBus
+from ..edge.events import EventBus, EventFile
 from ..rpc import InternalClient, PeerRefused
+from ..tls.revocation import REVOKED
 from ..runtime import ServiceRuntime
 from ..zk import acl as zkacl
 from ..serve import Listener, run as run_service
@@ -36,12 +37,14 @@ from ..tls.identity import spiffe_id
 from .blobstore import BlobStore
 from .datakeys import KeysUnavailable, VaultDataKeys
 from .floating import StateFile, state_of
+from .quarantine import QuarantineFollower, remove_member
 from .replication import MtlsTransport, Replicator
 from .runner import JobRunner, Settings
 from .scheduler import Outcome, Scheduler
 
 log = logging.getLogger("histo.master")
 
+KEY_REFILL_PER_TICK = 32  # data keys made ahead per second at most (datakeys.py pool)
 RECEIPT_SIGN_TIMEOUT = 5.0  # seconds; slower, and the receipt is signed on its first request instead
 
 
@@ -49,7 +52,8 @@ class Master:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.events = EventBus()
+        self.event_file = EventFile(cfg.secops_events_file) if cfg.secops_events_file else None
+        self.events = EventBus(sink=self.event_file.write if self.event_file else None)
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
         self.store = BlobStore(cfg.store_path)
@@ -77,6 +81,9 @@ class Master:
         # keepalived's view of this master (master/floating.py); none in local mode or without the address
         self.floating = (StateFile(cfg.public_state_file)
                          if cfg.public_address and cfg.public_address_mode == "keepalived" else None)
+        self.quarantine = QuarantineFollower(lambda: self.rt.vault.client, self._quarantine_changed)
+        self._contained: dict[str, dict] = {}  # host -> its quarantine record (master/quarantine.py)
+        self.released: dict[str, dict] = {}  # host -> its last record, with when it was released
 
     # -- events (thread-safe: kazoo callbacks run in their own threads) -----------------------
     def emit(self, kind: str, **fields) -> None:
@@ -85,6 +92,7 @@ class Master:
 
     # -- membership and leadership ------------------------------------------------------------
     def _workers_changed(self, members: dict[str, Member]) -> None:
+        members = {n: m for n, m in members.items() if not REVOKED.is_denied(n)}  # quarantined: never scheduled
         gone = set(self.workers) - set(members)
         joined = set(members) - set(self.workers)
         self.workers = members
@@ -95,8 +103,54 @@ class Master:
         for name in joined:
             self.emit("worker_joined", severity="info", worker=name)
 
+    def _quarantine_changed(self, hosts: frozenset[str], records: dict[str, dict]) -> None:
+        """SecOps quarantined (or an operator released) hosts (master/quarantine.py): refuse them and
+        hang up on them, move their tasks elsewhere now, remove their nodes from the tree."""
+        before = REVOKED.denied()
+        closed = REVOKED.deny_hosts(hosts)
+        lost = {n for n in self.workers if n in hosts}
+        if lost:
+            self.workers = {n: m for n, m in self.workers.items() if n not in hosts}
+            if self.scheduler is not None:
+                self.scheduler.workers_lost(lost)
+        for host in sorted(hosts - before):
+            role = "master" if host in self.masters else "worker"
+            self.live.pop(host, None)
+            self.emit("host_quarantined", severity="warning", host=host, role=role, closed=closed,
+                      incident=str(records.get(host, {}).get("incident", ""))[:64])
+            self.loop.run_in_executor(None, self._remove_quarantined, role, host)
+        self.masters = {n: m for n, m in self.masters.items() if n not in hosts}
+        for host in sorted(before - hosts):
+            self.emit("host_released", severity="info", host=host)
+            self.released[host] = {**self._contained.get(host, {"host": host}), "released": time.time()}
+            while len(self.released) > 20:  # the dashboard's recent releases, not a history (the record is)
+                self.released.pop(next(iter(self.released)))
+        for host in hosts:
+            self.released.pop(host, None)
+        self._contained = dict(records)
+
+    def incidents(self) -> list[dict]:
+        """The quarantined hosts (contained, or partly) and the recent releases, newest first, each with
+        what the operator runs to give it back (the SecOps dashboard's incidents panel)."""
+        out = []
+        for host, rec in self._contained.items():
+            ok = all(a.get("ok") for a in rec.get("actions", []))
+            out.append({**rec, "host": host, "state": "contained" if ok else "partly contained",
+                        "release": f"make provision (root token: vault-generate-root), then "
+                                   f"histo quarantine release {host}"})
+        out += [{**rec, "state": "released"} for rec in self.released.values()]
+        return sorted(out, key=lambda r: float(r.get("released") or r.get("since") or 0), reverse=True)
+
+    def _remove_quarantined(self, role: str, host: str) -> None:
+        try:
+            removed = zkcall(self.rt.zk, lambda: remove_member(self.rt.zk, role, host))
+            if removed:
+                log.warning("quarantined %s: removed %s", host, ", ".join(removed))
+        except Exception as exc:  # the next change, or its session's end, removes them
+            log.warning("quarantined %s: its nodes not removed yet: %s", host, exc)
+
     def _masters_changed(self, members: dict[str, Member]) -> None:
-        self.masters = members
+        self.masters = {n: m for n, m in members.items() if not REVOKED.is_denied(n)}
         if self.election is not None:
             self.leader = self.election.leader()
 
@@ -242,7 +296,7 @@ class Master:
                  self.cfg.internal_url, self.rt.timings["total"])
 
     def background(self) -> list:
-        return [self._watch_loop(), self._jobs_loop()]
+        return [self._watch_loop(), self._jobs_loop(), self.quarantine.follow()]
 
     async def stopping(self) -> None:
         if self.floating is not None:  # keepalived moves the public address away at its next check
@@ -330,10 +384,11 @@ class Master:
         """Data keys made ahead while Vault answers (datakeys.py); quiet while it is away (the pool
         is what carries uploads then, and an upload that finds it empty says why)."""
         try:
-            added = await self.loop.run_in_executor(None, self.keys.refill)
+            # a few dozen a second: a fresh master fills its pool over seconds, never in one burst at Vault
+            await self.loop.run_in_executor(None, self.keys.refill, KEY_REFILL_PER_TICK)
         except KeysUnavailable:
-            return ""
-        return f"{added} data keys made ahead" if added > 16 else ""
+            pass
+        return ""
 
     async def _probe_members(self) -> None:
         members = [("workers", "worker", m) for m in list(self.workers.values())]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Callable, Protocol
 
@@ -47,11 +48,40 @@ def event_of(line: str) -> dict[str, Any]:
     return out if isinstance(out, dict) else {"msg": str(out)}
 
 
+class Detects(Protocol):
+    def feed(self, event: dict[str, Any], seq: int | None = None, at: float | None = None) -> list[Any]: ...
+
+
+class Responds(Protocol):
+    def submit(self, incident: Any) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def event_time(event: dict[str, Any]) -> float | None:
+    """When the source says it happened: a service's unix `ts`, rsyslog's RFC 3339 timereported, or
+    a Vault audit entry's `time`; None when it says nothing readable."""
+    for key in ("ts", "time"):
+        value = event.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
 class Collector:
     def __init__(self, log_path: Path, signer: Signer, anchor: Anchor | None, interval: float = 5.0,
                  upkeep: Callable[[], None] | None = None, inventory: Inventory | None = None,
-                 self_host: str | None = None) -> None:
+                 self_host: str | None = None, detector: Detects | None = None,
+                 responder: Responds | None = None) -> None:
         self.log = ChainLog(log_path)
+        # the detector sees every attributed refusal as it is stored; the responder acts off this thread
+        self.detector, self.responder = detector, responder
+        self._append = threading.Lock()  # ingest and the responder's decisions share the chain
         self.signer, self.anchor, self.interval, self.upkeep = signer, anchor, interval, upkeep
         self.inventory = inventory  # given: each refusal is attributed to its host and SPIFFE id
         self.self_host = self_host  # the collector's own host: what its local inputs (127.0.0.1) are
@@ -67,15 +97,34 @@ class Collector:
         found = classify(event, self.inventory, self.self_host) if self.inventory is not None else None
         if found is not None:
             event["secops"] = plain(found)
-        return self.log.append(event)
+        head = self.record(event)
+        if found is not None and self.detector is not None:
+            at = event_time(event)
+            for incident in self.detector.feed(event["secops"], seq=head.seq, at=at):
+                self.record({"kind": "incident_opened", **incident.as_event()})
+                if self.responder is not None:
+                    self.responder.submit(incident)
+            joined = getattr(self.detector, "joined", None)
+            if joined is not None:  # more evidence for an identity's open incident: tied to it in the record
+                incident, item = joined
+                self.record({"kind": "incident_evidence", "layer": "secops", "incident": incident.id,
+                             "rule": incident.rule, "host": incident.host, "spiffe": incident.spiffe,
+                             "state": incident.state, "evidence": item})
+        return head
+
+    def record(self, event: dict[str, Any]) -> Head:
+        """Append one event to the chain (the ingest thread's and the responder's, one at a time)."""
+        with self._append:
+            return self.log.append(event)
 
     def checkpoint(self) -> str | None:
         """Sign the head if it moved since the last checkpoint; None if nothing new or Vault cannot
         sign now (the entries are on disk and chained: the next checkpoint covers them)."""
-        head = self.log.head
-        if head.seq == 0 or head == self.signed:
-            return None
-        self.log.sync()  # never sign what is not durable
+        with self._append:  # the head as appended and synced, never a half-written entry
+            head = self.log.head
+            if head.seq == 0 or head == self.signed:
+                return None
+            self.log.sync()  # never sign what is not durable
         try:
             jws = self.signer.sign_head(head)
         except SigningUnavailable as exc:
@@ -104,6 +153,8 @@ class Collector:
     def start(self) -> None:
         self._ticker = threading.Thread(target=self._tick, name="secops-checkpoint", daemon=True)
         self._ticker.start()
+        if self.responder is not None:
+            self.responder.start()
 
     def run(self, source: IO[str], reply: IO[str] | None = None) -> int:
         """Ingest until EOF; `reply`: answer each stored line with OK (omprog's protocol, which
@@ -120,7 +171,8 @@ class Collector:
                 self.ingest(line)
                 n += 1
                 if reply is not None:
-                    self.log.sync()
+                    with self._append:
+                        self.log.sync()
                     reply.write("OK\n")
                     reply.flush()
         finally:
@@ -128,6 +180,8 @@ class Collector:
         return n
 
     def close(self) -> None:
+        if self.responder is not None:  # decisions under way are recorded before the last checkpoint
+            self.responder.stop()
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()

@@ -20,6 +20,7 @@ _SSHD = re.compile(r"(?:Failed (?:password|publickey|none) for (?:invalid user )
                    r"Disconnected from invalid user (?P<u4>\S+)) (?:from )?(?P<ip>[0-9a-f.:]+)")
 # ZooKeeper 3.8.0's refusals file (histo.zk.config), as the shipper's zookeeper_refusals filter keeps it.
 # Fields of an audit line are tab-separated (rsyslog may have escaped the tab as #011).
+_IP = re.compile(r"(?:/)?([0-9]{1,3}(?:\.[0-9]{1,3}){3})")
 _ZK_AUDIT = re.compile(r"(?:^|\t|#011|\s)(session|user|ip|operation|znode|result)=(.*?)(?=\t|#011|\s*$)")
 _ZK_LINE = re.compile(r"^\S+ (?P<level>[A-Z]+) \[(?P<thread>[^\]]*)\] (?P<logger>\S+): (?P<text>.*)$")
 # A refused handshake: "Exception caught <exception>: <reason>", then (joined by the shipper, same thread)
@@ -58,8 +59,12 @@ def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
     role_name = str((auth.get("metadata") or {}).get("role_name") or "")
     addr = str(req.get("remote_address") or "") or None
     host = inv.by_name.get(role_name.removeprefix("histo-")) if role_name.startswith("histo-") else None
+    # how the identity is known: by the AppRole of the token Vault refused (a secret only that machine
+    # holds), or only by the address the request came from (which a root machine on the same network
+    # segment can borrow): rules contain on the first, alert on the second
+    by = "approle" if host is not None else "address"
     host = host or (inv.by_address.get(addr) if addr else None)
-    return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr),
+    return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr), "by": by,
             "path": str(req.get("path", "")), "operation": str(req.get("operation", "")),
             "why": str(ev["error"])[:200]}
 
@@ -107,7 +112,12 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
         addr = f.get("ip") or None
         ids = [u for u in f.get("user", "").split(",") if u]
         cert = next((u.removeprefix("CN=").split(".")[0] for u in ids if u.startswith("CN=")), None)
-        return {"layer": "zookeeper", "kind": "zk_acl_denied", "severity": "critical", **_zk_who(inv, addr),
+        # the session's certificate names the machine: bound to a key only that machine holds (rules
+        # contain on it); else only the address it came from, which a root neighbour can borrow (alert)
+        bound = inv.by_name.get(cert) if cert else None
+        who = inv.who(bound, addr) if bound is not None else _zk_who(inv, addr)
+        return {"layer": "zookeeper", "kind": "zk_acl_denied", "severity": "critical", **who,
+                "by": "certificate" if bound is not None else "address",
                 "target": at, "operation": f.get("operation"), "znode": f.get("znode"),
                 "certificate": cert,  # the x509 identity ZooKeeper saw (the certificate's host name)
                 # digest user names as the client claimed them: a wrong password still shows the name
@@ -128,6 +138,39 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
 
 
 LOCAL_SENDERS = ("127.0.0.1", "::1", "")
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_ADDR_FIELDS = ("peer", "where", "remote", "client")  # where a service's event names the party it refused
+_NAME_FIELDS = ("peer", "worker")  # ... or names it by host
+
+
+def _service(msg: str, at: str, sender: Host | None, trusted: bool, inv: Inventory) -> dict[str, Any] | None:
+    """A master's or worker's own security event (edge/events.py EventFile, one JSON line): it
+    happened on the machine that sent it; the identity refused is the party the event names by
+    address (an mTLS peer, an HTTP client), resolved through the inventory, or a user (`who`)."""
+    if not trusted and (sender is None or sender.role not in ("master", "worker")):
+        return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender),
+                "why": "a service event sent by a machine that runs no histo service"}
+    try:
+        ev = json.loads(msg)
+    except ValueError:
+        return None
+    if not isinstance(ev, dict) or not _KIND.fullmatch(str(ev.get("kind", ""))):
+        return None
+    severity = str(ev.get("severity") or DEFAULT_SEVERITY.get(str(ev["kind"]), "info"))
+    if severity not in ("warning", "critical"):
+        return None
+    addr = next((m.group(1) for f in _ADDR_FIELDS if isinstance(ev.get(f), str)
+                 for m in [_IP.search(str(ev[f]))] if m), None)
+    # no address: the party may be named by its certificate's host name (a peer, or the worker whose
+    # task result the leader refused: result_refused names it so, checked by mTLS)
+    refused = inv.by_address.get(addr) if addr else next(
+        (inv.by_name[ev[f]] for f in _NAME_FIELDS if isinstance(ev.get(f), str) and ev[f] in inv.by_name), None)
+    out: dict[str, Any] = {"layer": "service", "kind": str(ev["kind"]), "severity": severity,
+                           **inv.who(refused, addr), "target": at}
+    for key in ("reason", "path", "who", "role", "scope"):
+        if isinstance(ev.get(key), (str, int)):
+            out[key] = str(ev[key])[:200]
+    return out
 
 
 def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = None) -> dict[str, Any] | None:
@@ -144,6 +187,8 @@ def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = N
         sender = inv.by_name.get(self_host or "") if local else inv.by_address.get(sent_from)
         at = sender.name if sender else sent_from
         event = {k: v for k, v in event.items() if k != "from"}
+        if tag.startswith("histo-events"):
+            return _service(msg, at, sender, local, inv)
         audit_json = ("type" in event and "request" in event) or msg.lstrip().startswith("{")
         if audit_json and not (local or (sender is not None and sender.role == "vault"
                                          and tag.startswith("vault-audit"))):

@@ -78,6 +78,7 @@
         ? 'an uploader or admin token lists jobs' : 'no jobs yet'), { colSpan: 5 }));
     }
     if (!hasRole('viewer', 'admin')) {
+      renderIncidents([]);
       $('leader-pill').className = 'pill hidden';
       $('cluster-summary').replaceChildren();
       $('cluster').replaceChildren(el('p', 'hint', signedIn()
@@ -355,12 +356,40 @@
     $('cluster').replaceChildren(...(cards.length ? cards : [el('p', 'hint', 'no nodes registered')]));
   }
 
+  // -- incidents: hosts SecOps quarantined (contained, partly) and recent releases -------------------
+  function incidentItem(i) {
+    const li = el('li', 'incident ' + (i.state === 'released' ? 'released' : 'contained'));
+    const head = el('div', 'top');
+    head.append(el('b', '', i.host), el('span', 'pill ' + (i.state === 'released' ? 'ok' : 'bad'), i.state),
+      el('span', 'dim', (i.rule || '') + (i.incident ? ' · ' + i.incident : '')));
+    const when = i.released ? 'released ' + new Date(i.released * 1000).toLocaleTimeString()
+      : 'since ' + new Date((i.since || 0) * 1000).toLocaleTimeString();
+    li.append(head, el('div', 'dim', when));
+    const actions = (i.actions || []).map((a) => (a.ok ? '✓ ' : '✗ ') + a.name).join('  ');
+    if (actions) li.append(el('div', 'actions', actions));
+    for (const e of (i.evidence || []).slice(0, 3)) {
+      li.append(el('div', 'evidence mono', [e.layer, e.kind, e.path || e.reason || e.target || e.why || '']
+        .filter(Boolean).join(' · ')));
+    }
+    if (i.release) li.append(el('code', 'release', i.release));
+    return li;
+  }
+
+  function renderIncidents(list) {
+    const items = (list || []).map(incidentItem);
+    $('incidents').replaceChildren(...items);
+    $('incidents-empty').classList.toggle('hidden', items.length > 0);
+    const open = (list || []).filter((i) => i.state !== 'released').length;
+    $('incidents-count').textContent = open ? open + ' contained' : '';
+  }
+
   async function refreshCluster() {
     if (!hasRole('viewer', 'admin')) return;
     try {
       state.cluster = await (await api('/api/v1/cluster')).json();
       state.clusterAt = Date.now();
       renderCluster(state.cluster);
+      renderIncidents(state.cluster.incidents);
     } catch (e) { $('cluster-summary').replaceChildren(el('span', 'pill bad', e.message)); }
   }
 

@@ -2,9 +2,13 @@
 the local attack drills."""
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
+import shutil
 import ssl
+import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,11 +34,29 @@ def zk_credentials(cluster: Cluster, role: str) -> tuple[str, str]:
     return data["username"], data["password"]
 
 
+def stable_tls(cluster: Cluster, service: str) -> Path:
+    """A folder with a copy of the service's ca.pem, cert.pem and key.pem that belong together: the
+    service renews them as two files (30 s certificates in the tests), so a read between the two writes
+    would pair a new certificate with the old key (KEY_VALUES_MISMATCH). Copied again until they match."""
+    tls = cluster.service_dir(service) / "tls"
+    out = Path(tempfile.mkdtemp(prefix=f"histo-{service}-tls-"))  # 0700
+    atexit.register(shutil.rmtree, out, True)  # a test certificate's key: gone with the process
+    for _ in range(50):
+        for name in ("ca.pem", "cert.pem", "key.pem"):
+            shutil.copyfile(tls / name, out / name)
+        try:
+            ssl.create_default_context().load_cert_chain(str(out / "cert.pem"), str(out / "key.pem"))
+            return out
+        except (ssl.SSLError, ValueError):
+            time.sleep(0.1)
+    raise RuntimeError(f"cannot read a matching certificate and key of {service}")
+
+
 def zk_client(cluster: Cluster, as_service: str | None, creds: tuple[str, str] | None,
               timeout: float = 8) -> KazooClient:
     """A kazoo client with `as_service`'s certificate (or none) and digest credentials (or none)."""
     topo = json.loads((cluster.root / "topology.json").read_text())
-    tls = cluster.service_dir(as_service) / "tls" if as_service else None
+    tls = stable_tls(cluster, as_service) if as_service else None
     client = KazooClient(hosts=f"{topo['net']}.11:2281", use_ssl=True, verify_certs=True, check_hostname=True,
                          ca=cluster.ca if not tls else str(tls / "ca.pem"),
                          certfile=str(tls / "cert.pem") if tls else None, keyfile=str(tls / "key.pem") if tls else None,

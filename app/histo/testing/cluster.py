@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -117,6 +117,17 @@ class Cluster:
             except (OSError, ValueError, KeyError):
                 continue
         return None
+
+
+def until(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
+    """pred()'s first truthy answer within `timeout` seconds, else None (the caller says what it waited for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    return None
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:

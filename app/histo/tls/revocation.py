@@ -84,18 +84,15 @@ def crl_entries(der: bytes, ca_path: Path | None = None, issuer_pem: str | None 
 
 
 def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate]:
-    """`pem` if a self-signed certificate of `trusted` (a root) signed it directly, else nothing."""
+    """`pem` if a self-signed CA certificate of `trusted` (a root, any of them) signed it directly, else nothing."""
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError:
         return []
-    try:
-        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return []  # a leaf the root signed is no issuer of CRLs
-    except x509.ExtensionNotFound:
-        return []
-    for root in trusted:
-        if root.subject != root.issuer or root.subject != cert.issuer:
+    if not _is_ca(cert):
+        return []  # a leaf the root signed is no issuer of CRLs
+    for root in trusted:  # during a root rotation's overlap the bundle holds two roots: either vouches
+        if root.subject != root.issuer or root.subject != cert.issuer or not _is_ca(root):
             continue
         try:
             cert.verify_directly_issued_by(root)
@@ -103,6 +100,13 @@ def _vouched(pem: str, trusted: list[x509.Certificate]) -> list[x509.Certificate
             continue
         return [cert]
     return []
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -120,6 +124,8 @@ class RevocationList:
         # missing from one answer, or a CRL that fails its check, never un-revokes anything
         self._by_issuer: dict[bytes, frozenset[int]] = {}
         self._live: dict[int, tuple[_Closable, int, str]] = {}  # id(transport) -> (transport, serial, who)
+        # hosts SecOps quarantined (secops/contain.py): every certificate of theirs, listed on a CRL or not
+        self._denied: frozenset[str] = frozenset()
         self.updated = 0.0
         self.last_error = ""
         self.on_close: Callable[[str, int], None] | None = None
@@ -130,6 +136,12 @@ class RevocationList:
 
     def snapshot(self) -> frozenset[int]:
         return self._revoked
+
+    def is_denied(self, host: str | None) -> bool:
+        return host is not None and host in self._denied
+
+    def denied(self) -> frozenset[str]:
+        return self._denied
 
     # -- live connections --------------------------------------------------------------------------
     def track(self, transport: _Closable | None, serial: int | None, who: str = "") -> None:
@@ -146,7 +158,7 @@ class RevocationList:
             for key, (tr, serial, who) in list(self._live.items()):
                 if tr.is_closing():
                     del self._live[key]
-                elif serial in self._revoked:
+                elif serial in self._revoked or _host_of(who) in self._denied:
                     del self._live[key]
                     doomed.append((tr, serial, who))
         return doomed
@@ -163,14 +175,25 @@ class RevocationList:
         self._revoked = frozenset(serials)
         self.updated = time.time()
         self.last_error = ""
+        closed = self._close_doomed()
+        if new:
+            log.warning("%d certificate serial(s) newly revoked", len(new))
+        return closed
+
+    def deny_hosts(self, hosts: set[str] | frozenset[str]) -> int:
+        """Install the quarantined hosts (closing their live connections, whatever certificate they
+        hold); returns how many were closed. On the event loop's thread, as update()."""
+        self._denied = frozenset(hosts)
+        return self._close_doomed()
+
+    def _close_doomed(self) -> int:
         closed = self._sweep()
         for tr, serial, who in closed:
             tr.close()
-            log.warning("closed a live connection of revoked certificate %x (%s)", serial, who or "peer")
+            log.warning("closed a live connection of %s certificate %x (%s)",
+                        "quarantined" if _host_of(who) in self._denied else "revoked", serial, who or "peer")
             if self.on_close:
                 self.on_close(who, serial)
-        if new:
-            log.warning("%d certificate serial(s) newly revoked", len(new))
         return len(closed)
 
     async def follow(self, source: CrlSource, ca_path: Path | None, interval: float = POLL_SECONDS) -> None:
@@ -205,7 +228,13 @@ class RevocationList:
         return bad
 
     def as_dict(self) -> dict[str, object]:
-        return {"revoked": len(self._revoked), "updated": self.updated, "error": self.last_error or None}
+        return {"revoked": len(self._revoked), "updated": self.updated, "error": self.last_error or None,
+                "quarantined": sorted(self._denied)}
+
+
+def _host_of(who: str) -> str:
+    """The host of a tracked connection's SPIFFE id (spiffe://<domain>/<role>/<host>)."""
+    return who.rsplit("/", 1)[-1] if who.startswith("spiffe://") else ""
 
 
 REVOKED = RevocationList()

@@ -229,8 +229,11 @@ class ServiceVault:
         peer follows to refuse revoked serials. After an intermediate rotation (vault/pki.py) the
         retired one still signs the revocations of what it issued until they expire, and a peer whose
         CA bundle predates the new one still checks its CRL (the certificate against the root)."""
-        from .pki import issuer_pem, issuers
-        signing = [i for i, info in self._call(issuers, self.client).items() if info.get("key_id")]  # not the root
+        from .pki import issuer_pem, issuers, staged_at
+        # not the root's copy (no key); not a root rotation's staged intermediate: it has issued nothing,
+        # and a peer whose bundle lacks the new root yet would refuse its CRL at every poll
+        signing = [i for i, info in self._call(issuers, self.client).items()
+                   if info.get("key_id") and staged_at(info) is None]
         for i in signing:
             if i not in self._issuer_pems:
                 self._issuer_pems[i] = self._call(issuer_pem, self.client, i)
@@ -243,13 +246,13 @@ class ServiceVault:
         return resp.content
 
     def ca_chain_pem(self) -> str:
-        """The root first, then every intermediate (the current one, then any retired one still in its
-        overlap): everything a peer needs to verify any live certificate and any CRL."""
-        from .pki import intermediates_pem
-        root = self._call(self.client.read, "pki/cert/ca")["data"]["certificate"].strip()
-        blocks = [root]
-        for pem in self._call(intermediates_pem, self.client):  # pki_int holds a copy of the root too
-            if pem not in blocks:
+        """Every root (the current one first, then any other still in a root rotation's overlap, staged
+        or retired: vault/pki.py), then every intermediate (the current one, then any staged or retired
+        one): everything a peer needs to verify any live certificate and any CRL."""
+        from .pki import intermediates_pem, roots_pem
+        blocks: list[str] = []
+        for pem in [*self._call(roots_pem, self.client), *self._call(intermediates_pem, self.client)]:
+            if pem not in blocks:  # pki_int holds a copy of each root that signed one of its intermediates
                 blocks.append(pem)
         return "\n".join(blocks) + "\n"
 

@@ -12,6 +12,10 @@ spec (a plain dict, no local assumptions):
   audit_log      path of the file audit device to require; "<none>" (default) skips the check
   secret_id_ttl  "720h"      token_ttl "1h"      token_max_ttl "24h"
   signing_key_rotation "720h"  Vault's auto_rotate_period of every transit key (0: off; else >= 1h)
+  listener_ca_dir  optional, on the controller: the bootstrap CA folder (ca.pem, ca-key.pem; histo
+                 vault-tls). Given, Vault gets pki_vault, its listener intermediate (CSR made in Vault,
+                 signed here with the bootstrap CA), and one role listener-<host> per vault host.
+  vault_listener_ttl "720h"  max life of a Vault listener certificate (vault/listener.py renews at 2/3)
   vault_url      optional: the Vault node(s) named in the PKI issuing/CRL URLs, comma-separated for a
                  raft cluster (default: every node the client was given, never just the node that
                  answered: a failover client moves between nodes, and a second apply through another
@@ -22,18 +26,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import json
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import hvac
+from cryptography import x509
 from hvac.exceptions import InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
 from ..secops.checkpoint import anchor_path, key_name
 from ..tls.identity import spiffe_id
+from ..tls.selfsigned import RENEW_AT, sign_intermediate
 from . import people, pki
 from .failover import split_urls
 
@@ -45,6 +53,11 @@ MIN_KEY_ROTATION = 3600
 # ZooKeeper's quorum ports trust this CA alone (not the histo root): only ZooKeeper hosts may issue
 # from it (role quorum-<host>, in their own policy), so no master's or worker's certificate joins.
 QUORUM = "pki_zk_quorum"
+# Vault's own listener certificates: an intermediate signed by the bootstrap CA (which clients trust
+# as vault-ca.pem), so a renewed listener certificate needs no change of any client's trust. Only a
+# Vault host's own identity may issue from it, for its own names and address (listener_role).
+LISTENER = "pki_vault"
+LISTENER_CN = "histo vault listener CA"
 TOKEN_KEY = "histo-tokens"
 RECEIPT_KEY = "histo-receipts"  # signs job receipts (masters: sign only)
 STORE_KEY = "histo-store"  # wraps the per-job data keys of stored jobs (masters: datakey and decrypt only)
@@ -57,6 +70,8 @@ AUDIT_VERIFIER_POLICY = AUDIT_VERIFIER_TOKEN_ROLE = "histo-audit-verifier"  # `h
 # vault: a Vault node's own identity, its certificate only (what its log shipper presents, roles/logship)
 ROLES = ("master", "worker", "zookeeper", "secops", "vault")
 ZK_ROLES = ("master", "worker")  # roles that hold their own ZooKeeper digest credential
+CONTAINABLE_ROLES = ("master", "worker")  # what a SecOps collector may quarantine (vault/quarantine.py)
+QUARANTINE_KV = "histo/quarantine"  # KV v2 under secret/: one record per quarantined host
 NO_AUDIT = "<none>"
 # A freshly mounted KV v2 answers 400 "Upgrading from non-versioned to versioned data" for a moment.
 KV_UPGRADING = "Upgrading from non-versioned to versioned data"
@@ -117,7 +132,8 @@ def validate_spec(spec: dict) -> None:
         if "public_address" in h and role != "master":
             raise SetupError(f"host {name}: only a master serves the public address")
         seen.add(name)
-    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl", "signing_key_rotation"):
+    for key in ("leaf_max_ttl", "secret_id_ttl", "token_ttl", "token_max_ttl", "signing_key_rotation",
+                "vault_listener_ttl"):
         if key in spec:
             _seconds(spec[key])
     if "signing_key_rotation" in spec and 0 < _seconds(spec["signing_key_rotation"]) < MIN_KEY_ROTATION:
@@ -162,6 +178,7 @@ class _Applier:
         self.td = spec.get("trust_domain", TRUST_DOMAIN)
         self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
+        self.listener = bool(spec.get("listener_ca_dir"))
 
     @property
     def base_url(self) -> str:
@@ -250,6 +267,8 @@ class _Applier:
         for host in self.spec["hosts"]:
             self.pki_role(host)
         self.quorum_pki()
+        if self.listener:
+            self.listener_pki()
 
     def quorum_pki(self) -> None:
         """A CA of its own for ZooKeeper's quorum (ports 2888/3888): a separate root, so a
@@ -282,21 +301,71 @@ class _Applier:
             "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
             "use_csr_common_name": False, "use_csr_sans": False,
         }
-        path = f"quorum-{name}"
-        try:
-            have = _data(self.c.secrets.pki.read_role(path, mount_point=QUORUM))
-        except InvalidPath:
-            have = {}
-        if _differs(have, want):
-            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=QUORUM)
-            self.note(f"pki role {QUORUM}/{path}")
+        self._pki_role(QUORUM, f"quorum-{name}", want)
+
+    def listener_pki(self) -> None:
+        """pki_vault: Vault generates the key and CSR, the controller signs it with the bootstrap CA
+        (the CA key never leaves the controller). A new intermediate only when none is there or the
+        current one is in its last third (then it becomes the default issuer; the old one stays until
+        its leaves expire)."""
+        self.mount(LISTENER, "pki", "87600h")
+        pem = self._ca_pem(LISTENER)
+        due = not pem
+        if pem:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+            start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+            due = time.time() >= (start + (end - start) * RENEW_AT).timestamp()
+        if due:
+            csr = self.c.write_data(f"{LISTENER}/intermediate/generate/internal",
+                                    data={"common_name": LISTENER_CN, "key_type": "ec", "key_bits": 256})["data"]["csr"]
+            try:
+                signed = sign_intermediate(self.spec["listener_ca_dir"], csr, LISTENER_CN)
+            except (OSError, ValueError) as exc:
+                raise SetupError(f"{LISTENER}: cannot sign its intermediate: {exc}") from None
+            ca_pem = (Path(self.spec["listener_ca_dir"]) / "ca.pem").read_text().strip()
+            resp = self.c.write_data(f"{LISTENER}/intermediate/set-signed",
+                                     data={"certificate": signed.strip() + "\n" + ca_pem})
+            imported = [i for i in ((resp or {}).get("data") or {}).get("imported_issuers") or []]
+            for iid in imported:  # the intermediate, not the bootstrap CA copy (which has no key here)
+                info = _data(self.c.read(f"{LISTENER}/issuer/{iid}"))
+                if info.get("key_id"):
+                    self.c.write_data(f"{LISTENER}/config/issuers", data={"default": iid})
+            self.note(f"{LISTENER} intermediate")
+        for host in self.spec["hosts"]:
+            if host["role"] == "vault":
+                self.listener_role(host)
+
+    def listener_names(self, host: dict) -> list[str]:
+        """What a Vault node's listener certificate names: its inventory name, its FQDN and the
+        cluster's Vault name (the vault role's vault_hostnames; local mode's BaoServer hostnames)."""
+        return [host["name"], f"{host['name']}.{self.td}", f"vault.{self.td}"]
+
+    def listener_role(self, host: dict) -> None:
+        want = {
+            "key_type": "ec", "key_bits": 256,
+            "allowed_domains": self.listener_names(host), "allow_bare_domains": True,
+            "allow_subdomains": False, "allow_glob_domains": False, "allow_wildcard_certificates": False,
+            "allow_localhost": False, "allow_any_name": False, "enforce_hostnames": True,
+            "cn_validations": ["hostname"],
+            "allow_ip_sans": True, "allowed_ip_sans_cidr": [host_cidr(host["address"])],
+            "allowed_uri_sans": [], "allowed_other_sans": [],
+            # a TLS server only: raft's joins reach the API as clients with no certificate of their own,
+            # and the cluster port (8201) uses OpenBao's own internal certificates
+            "server_flag": True, "client_flag": False, "code_signing_flag": False, "email_protection_flag": False,
+            "key_usage": ["DigitalSignature"],
+            "max_ttl": _seconds(self.spec.get("vault_listener_ttl", "720h")),
+            "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
+            "use_csr_common_name": False, "use_csr_sans": False,
+        }
+        self._pki_role(LISTENER, f"listener-{host['name']}", want)
 
     def default_issuer(self) -> None:
         """pki_int issues with the imported intermediate (the issuer that has a key)."""
         have = pki.default_issuer(self.c)
         # after a rotation (vault/pki.py) the retired intermediates keep their key (they sign CRLs)
+        # and a root rotation's staged intermediate issues nothing until root-finish
         with_key = [iid for iid, info in pki.issuers(self.c).items()
-                    if info.get("key_id") and pki.retired_at(info) is None]
+                    if info.get("key_id") and pki.retired_at(info) is None and pki.staged_at(info) is None]
         if have in with_key:
             return
         if len(with_key) != 1:
@@ -333,14 +402,17 @@ class _Applier:
             "not_before_duration": 30, "no_store": False, "generate_lease": False, "require_cn": True,
             "use_csr_common_name": False, "use_csr_sans": False,
         }
-        path = f"host-{name}"
+        self._pki_role(INT, f"host-{name}", want, label=f"host-{name}")
+
+    def _pki_role(self, mount: str, path: str, want: dict, label: str | None = None) -> None:
+        """A PKI role made or brought back to `want`; untouched (and unreported) when it already is."""
         try:
-            have = _data(self.c.secrets.pki.read_role(path, mount_point=INT))
+            have = _data(self.c.secrets.pki.read_role(path, mount_point=mount))
         except InvalidPath:
             have = {}
         if _differs(have, want):
-            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=INT)
-            self.note(f"pki role {path}")
+            self.c.secrets.pki.create_or_update_role(path, extra_params=want, mount_point=mount)
+            self.note(f"pki role {label or f'{mount}/{path}'}")
 
     # -- KV: ZooKeeper credentials ------------------------------------------------------------------
     def _kv_read(self, path: str) -> dict | None:
@@ -448,6 +520,11 @@ class _Applier:
         except InvalidPath:
             have = None
         if (have or "").strip() != rules.strip():
+            from .quarantine import QUARANTINED_POLICY, revoke_tokens_of
+            if have is not None and have.strip() == QUARANTINED_POLICY.strip():
+                # re-admitting a contained host: the tokens it held then must not get their powers back
+                n = revoke_tokens_of(self.c, name.removeprefix("histo-"))
+                self.note(f"revoked {n} token(s) of quarantined {name}")
             self.c.sys.create_or_update_policy(name, rules)
             self.note(f"policy {name}")
 
@@ -480,6 +557,8 @@ path "{INT}/cert/ca_chain" {{
 }}
 '''
         rules += self.secret_id_rules(name)
+        # the quarantine list, names only: every machine's firewall drops who is on it (secops/fence.py)
+        rules += f'path "{KV}/metadata/{QUARANTINE_KV}" {{\n  capabilities = ["list"]\n}}\n'
         if role in ZK_ROLES:
             rules += (f'path "{KV}/data/histo/zk/{role}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{KV}/data/histo/zk/acl-ids" {{\n  capabilities = ["read"]\n}}\n')
@@ -493,6 +572,8 @@ path "{INT}/cert/ca_chain" {{
                              f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
                              for key in (RECEIPT_KEY, TOKEN_KEY))
             rules += people.master_policy()
+            # the quarantine list (vault/quarantine.py): masters follow it
+            rules += f'path "{KV}/data/{QUARANTINE_KV}/*" {{\n  capabilities = ["read"]\n}}\n'
             # stored jobs: create a data key (plaintext + wrapped) and unwrap one; not encrypt, rewrap,
             # read or export the key itself
             rules += (f'path "{TRANSIT}/datakey/plaintext/{STORE_KEY}" {{\n  capabilities = ["update"]\n}}\n'
@@ -502,6 +583,22 @@ path "{INT}/cert/ca_chain" {{
                       f'  allowed_parameters = {{\n    "input" = []\n    "key_version" = []\n'
                       f'    "hash_algorithm" = ["sha2-256"]\n    "marshaling_algorithm" = ["jws"]\n  }}\n}}\n'
                       f'path "{KV}/data/{anchor_path(name)}" {{\n  capabilities = ["create", "update"]\n}}\n')
+            rules += self.responder_rules()
+        if role == "vault" and self.listener:  # its own listener certificate (vault/listener.py)
+            names = self.listener_names(host)
+            rules += f'''path "{LISTENER}/issue/listener-{name}" {{
+  capabilities = ["update"]
+  required_parameters = ["common_name", "ip_sans"]
+  allowed_parameters = {{
+    "common_name" = [{", ".join(f'"{n}"' for n in names)}]
+    "alt_names" = []
+    "ip_sans" = ["{addr}"]
+    "ttl" = []
+    "format" = ["pem"]
+    "private_key_format" = ["pkcs8"]
+  }}
+}}
+'''
         if role == "zookeeper":  # its digest goes into zoo.cfg; its quorum certificate (address required)
             rules += f'path "{KV}/data/histo/zk/super" {{\n  capabilities = ["read"]\n}}\n'
             rules += f'''path "{QUORUM}/issue/quorum-{name}" {{
@@ -516,6 +613,44 @@ path "{INT}/cert/ca_chain" {{
   }}
 }}
 '''
+        return rules
+
+    def responder_rules(self) -> str:
+        """A SecOps collector's quarantine powers (vault/quarantine.py::contain), per containable host
+        (master, worker) of the spec and nothing for a zookeeper, vault or secops host: overwrite the
+        host's policy with the quarantine text and no other (allowed_parameters: this exact value),
+        destroy its secret_ids by accessor, delete its PKI role, revoke certificates (pki_int/revoke
+        takes any serial: Vault cannot bind it to a host), write its quarantine record."""
+        from .quarantine import QUARANTINED_POLICY  # (quarantine -> revoke -> setup: imported late)
+        rules = "# quarantine responder (vault/quarantine.py)\n"
+        for host in self.spec["hosts"]:
+            if host["role"] not in CONTAINABLE_ROLES:
+                continue
+            h = host["name"]
+            rules += f'''path "sys/policies/acl/histo-{h}" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "policy" = [{json.dumps(QUARANTINED_POLICY)}]
+  }}
+}}
+path "auth/{APPROLE}/role/histo-{h}/secret-id/" {{
+  capabilities = ["list"]
+}}
+path "auth/{APPROLE}/role/histo-{h}/secret-id-accessor/destroy" {{
+  capabilities = ["update"]
+  allowed_parameters = {{
+    "secret_id_accessor" = []
+  }}
+}}
+path "{INT}/roles/host-{h}" {{
+  capabilities = ["delete"]
+}}
+path "{KV}/data/{QUARANTINE_KV}/{h}" {{
+  capabilities = ["create", "update"]
+}}
+'''
+        rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n'
+                         for p, c in ((f"{INT}/certs", "list"), (f"{INT}/cert/*", "read"), (f"{INT}/revoke", "update")))
         return rules
 
     @staticmethod
@@ -624,7 +759,8 @@ path "{KV}/metadata/histo/secops/*" {{
 def provisioner_policy() -> str:
     """`make provision` after setup: verify the configuration (read-only), deliver response-wrapped
     secret_ids, make the operator's tokens through their token roles, revoke or block a host's
-    certificates. Not: write any policy, read any ZooKeeper password, sign with transit, mint an
+    certificates, release a quarantined host once it holds a fresh identity (vault/quarantine.py).
+    Not: write any policy, read any ZooKeeper password, sign with transit, mint an
     unwrapped secret_id or a token with a policy of its choosing. Changing the configuration itself
     (a new host, a new policy) needs a root token: docs/SECURITY.md says how to regenerate one."""
     ro = [("sys/mounts", "read"), ("sys/auth", "read"), ("sys/audit", "read\", \"sudo"), ("sys/policy/histo-*", "read"),
@@ -632,6 +768,7 @@ def provisioner_policy() -> str:
           (f"{ROOT}/config/urls", "read"), (f"{INT}/config/urls", "read"),
           (f"{ROOT}/cert/ca", "read"), (f"{INT}/cert/ca_chain", "read"),
           (f"{QUORUM}/config/urls", "read"), (f"{QUORUM}/cert/ca", "read"), (f"{QUORUM}/roles/quorum-*", "read"),
+          (f"{LISTENER}/cert/ca", "read"), (f"{LISTENER}/roles/listener-*", "read"),
           (f"{KV}/metadata/histo/zk/*", "read"), (f"{KV}/data/histo/zk/acl-ids", "read"),
           (f"{TRANSIT}/keys/{TOKEN_KEY}", "read"), (f"{TRANSIT}/keys/{RECEIPT_KEY}", "read"),
           (f"{TRANSIT}/keys/{STORE_KEY}", "read"),
@@ -648,16 +785,26 @@ def provisioner_policy() -> str:
           (f"auth/token/create/{AUDIT_VERIFIER_TOKEN_ROLE}", "update"),
           # start a root token generation; only a quorum of unseal keys completes it (secretzero.py)
           ("sys/generate-root-token/attempt", "read\", \"update\", \"delete"),
-          ("sys/generate-root-token/update", "update")]
+          ("sys/generate-root-token/update", "update"),
+          # `histo quarantine release` (vault/quarantine.py): the host's identity restored? then the record goes
+          ("sys/policies/acl/histo-*", "read"), (f"auth/{APPROLE}/role/+/secret-id-accessor/lookup", "update"),
+          (f"{KV}/data/{QUARANTINE_KV}/*", "read"), (f"{KV}/metadata/{QUARANTINE_KV}", "list"),
+          (f"{KV}/metadata/{QUARANTINE_KV}/*", "delete")]
     rules = "# histo provisioner: provisioning after setup, nothing more (the root token is revoked)\n"
     rules += "".join(f'path "{p}" {{\n  capabilities = ["{c}"]\n}}\n' for p, c in ro)
     rules += f'''# a host's PKI role: re-created by vault-setup, deleted by `histo identity revoke --block`
 path "{INT}/roles/host-*" {{
   capabilities = ["read", "create", "update", "delete"]
 }}
-# destroy a secret_id (a host rebuilt, a drill's extra one); never list or read them
+# destroy a secret_id (a host rebuilt, a drill's extra one); never read one
 path "auth/{APPROLE}/role/+/secret-id/destroy" {{
   capabilities = ["update"]
+}}
+# list a role's secret_id accessors (not the secret_ids: quarantine release looks up their creation
+# times). Its own stanza: the one below holds the wrapping constraint, which Vault applies to every
+# operation of its path (a list there would have to be response-wrapped); a list's path ends in '/'.
+path "auth/{APPROLE}/role/+/secret-id/" {{
+  capabilities = ["list"]
 }}
 # secret_ids only response-wrapped: the provisioner never sees one
 path "auth/{APPROLE}/role/+/secret-id" {{

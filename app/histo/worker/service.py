@@ -17,6 +17,7 @@ from aiohttp import web
 from ..compute.imageio import ImageError
 from ..compute.work import HELD_BYTES_PER_PIXEL, PEAK_BYTES_PER_PIXEL, Decoded, apply_and_encode, decode_and_count
 from ..config import ServiceConfig
+from ..edge.events import EventBus, EventFile, shipped
 from ..edge.middleware import json_errors, security_headers
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import InternalClient, PeerRefused, peer_check
@@ -42,10 +43,20 @@ class Worker:
         self.client: InternalClient | None = None
         self.pending_events: list[dict] = []
         self.tasks_done = 0
+        # the worker's own record of its refusals, for this machine's shipper (the leader relays them
+        # to the dashboard too, but a compromised leader must not be able to hide them from SecOps)
+        self.event_file = EventFile(cfg.secops_events_file) if cfg.secops_events_file else None
+        self._events = EventBus(history=1)
 
     # -- security events go to the leader's dashboard through the master that calls next
     def _security_event(self, kind: str, **fields) -> None:
-        fields.update(kind=kind, service=self.cfg.name, ts=time.time())
+        # the runtime names the service itself (its Vault loop's vault_unavailable): one `service` only
+        fields["service"] = self.cfg.name
+        if self.event_file is not None:
+            event = self._events.make_event(kind, **fields)
+            if shipped(event):
+                self.event_file.write(event)
+        fields.update(kind=kind, ts=time.time())
         log.warning("security event %s", json.dumps(fields))
         self.pending_events.append(fields)
         del self.pending_events[:-50]

@@ -161,11 +161,13 @@ class JobStore:
     def job_names(self) -> list[str]:
         return sorted(self._r(self.zk.get_children, JOBS))
 
-    def finish(self, job_id: str, **fields: Any) -> Doc:
+    def finish(self, job_id: str, when: Callable[[Doc], bool] | None = None, **fields: Any) -> Doc:
         """The job's last update (done or failed): its active entry goes (its task attempts stay, a
-        few small nodes, until the job is removed)."""
-        doc = self.update_job(job_id, **fields)
-        self._delete_quietly(f"{ACTIVE}/{job_id}")
+        few small nodes, until the job is removed). With `when`, only if the stored document passes it
+        (a run another master took over, or a job already finished, writes nothing and removes nothing)."""
+        doc, written = self._merge(job_id, when, fields)
+        if written:
+            self._delete_quietly(f"{ACTIVE}/{job_id}")
         return doc
 
     def deactivate(self, job_id: str) -> None:
@@ -207,19 +209,27 @@ class JobStore:
         doc: Doc = json.loads(data)
         return doc
 
-    def update_job(self, job_id: str, **fields: Any) -> Doc:
-        """Merge `fields` into the job's document. A tombstone is never written over: the
-        tombstone comes back unchanged, so a job finishing after its deletion stays deleted."""
+    def update_job(self, job_id: str, when: Callable[[Doc], bool] | None = None, **fields: Any) -> Doc:
+        """Merge `fields` into the job's document; the document as stored afterwards. A tombstone is
+        never written over (a job finishing after its deletion stays deleted), nor a document `when`
+        refuses: both come back unchanged."""
+        return self._merge(job_id, when, fields)[0]
+
+    def _merge(self, job_id: str, when: Callable[[Doc], bool] | None, fields: dict[str, Any]) -> tuple[Doc, bool]:
         path = f"{JOBS}/{job_id}"
-        while True:  # compare-and-set on the node version: no lost update
+        stored = json.loads(json.dumps(fields))  # as they read back
+        while True:  # compare-and-set on the node version: no lost update, `when` sees what is replaced
             data, stat = self._r(self.zk.get, path)
             doc: Doc = json.loads(data)
             if is_tombstone(doc):
-                return doc
+                return doc, False
+            if when is not None and not when(doc):
+                # our own write, applied before a lost connection made the retry see a newer version
+                return doc, all(doc.get(k) == v for k, v in stored.items())
             doc.update(fields)
             try:
                 self._r(self.zk.set, path, json.dumps(doc).encode(), version=stat.version)
-                return doc
+                return doc, True
             except BadVersionError:
                 continue
 
