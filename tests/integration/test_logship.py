@@ -339,7 +339,7 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
 
     record = root / "zk-secops.log"
     relp = free_port(SECOPS["address"])
-    common = {"logship_port": relp, "logship_queue_max_disk": "64m"}
+    common = {"logship_port": relp, "logship_queue_max_disk": "64m", "logship_collector_respond": "alert"}
     inventory = base / "inventory.json"
     inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"zk_client": port}}))
     collector = Rsyslogd(base / "collector", "collector.conf.j2", **common,
@@ -401,8 +401,16 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
                            ("zk_tls_refused", "outside", ""), ("zk_tls_refused", "worker2", "")], got
         assert len(_entries(record)) == 3, got  # no ordinary line was shipped
         denied = next(f for f in found if f["kind"] == "zk_acl_denied")
-        assert (denied["spiffe"], denied["operation"], denied["certificate"], denied["target"]) == (
-            "spiffe://histo.internal/worker/worker1", "setData", "worker1", "zk1")
+        assert (denied["spiffe"], denied["operation"], denied["certificate"], denied["by"], denied["target"]) == (
+            "spiffe://histo.internal/worker/worker1", "setData", "worker1", "certificate", "zk1")
+        # bound to worker1's certificate, the refused write is an incident the quarantine rule names (the
+        # collector here is a dry run: the decision is recorded, nothing done)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(i["kind"] == "incident_alerted" for i in _incidents(record)):
+            time.sleep(0.2)
+        decided = [i for i in _incidents(record) if i["kind"] == "incident_alerted" and i["host"] == "worker1"]
+        assert [(i["rule"], i["response"]) for i in decided] == [("zookeeper-acl-denied", "quarantine")], \
+            _incidents(record)
         reasons = {f["host"]: f["why"] for f in found if f["kind"] == "zk_tls_refused"}
         assert "no client certificate" in reasons["worker2"] and "another CA" in reasons["outside"]
         assert next(f for f in found if f["host"] == "outside")["address"] == outsider
