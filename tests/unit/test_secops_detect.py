@@ -72,8 +72,8 @@ ZK_DENIED = ("2026-12-06T05:35:41.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger
              "user=CN=worker1.histo.internal,histo-worker,192.168.56.31\tip=192.168.56.31\toperation=setData\t"
              "znode=/histo/jobs/j1\tresult=failure")
 # the same refusal in a session no certificate of ours names: only its address says who
-ZK_DENIED_BY_ADDRESS = ("2026-12-06T05:35:41.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10000c9f29c0002\t"
-                        "user=histo-worker,192.168.56.31\tip=192.168.56.31\toperation=setData\t"
+ZK_DENIED_BY_ADDRESS = ("2026-12-06T05:35:41.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger: "
+                        "session=0x10000c9f29c0002\tuser=histo-worker,192.168.56.31\tip=192.168.56.31\toperation=setData\t"
                         "znode=/histo/jobs/j1\tresult=failure")
 ZK_NO_CERT = (r"2026-12-06T05:35:41.133+0000 WARN [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Exception caught "
               r"io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: Empty client "
