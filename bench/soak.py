@@ -186,7 +186,19 @@ def soak(minutes: float, root: Path) -> dict[str, Any]:
     out = report(load.jobs, _audit(root / "vault" / "audit.log"), events, start, minutes)
     out["asked_again"] = load.retries
     out["lifetimes"] = life.as_dict()
+    out["secops"] = false_alarms(root)
     return out
+
+
+def false_alarms(root: Path) -> dict[str, Any]:
+    """The detection rules over this run's own refusal records (Vault's audit log, ZooKeeper's refusals
+    file): legitimate traffic through kills, restarts and outages must open no incident (issue 18)."""
+    from histo.secops.replay import read_files, replay, summary
+    from histo.secops.rules import load_rules
+    from histo.secops.sources import Inventory
+    topology = json.loads((root / "topology.json").read_text())
+    files = [root / "vault" / "audit.log", *sorted(root.glob("zk*/**/zookeeper.log*"))]
+    return summary(*replay(read_files([f for f in files if f.is_file()]), Inventory(topology["hosts"]), load_rules()))
 
 
 def _root(root: Path) -> Any:

@@ -484,6 +484,23 @@ def cmd_secops_rules_check(a) -> None:
                       "detail": [r.summary() for r in rules]}, indent=1))
 
 
+def cmd_secops_replay(a) -> None:
+    """The rules over a layer's own files (Vault's audit log, ZooKeeper's refusals file): the incidents
+    the collector would have opened. Exit 0 either way; the JSON says how many."""
+    from .secops.replay import read_files, replay, summary
+    from .secops.rules import RulesError, load_rules
+    try:
+        rules = load_rules(a.rules)
+    except RulesError as exc:
+        raise SystemExit(f"histo: rules: {exc}") from None
+    inventory = _inventory(a.inventory)
+    paths = [Path(p) for p in a.files]
+    for p in paths:
+        if not p.is_file():
+            raise SystemExit(f"histo: secops replay: {p}: no such file")
+    print(json.dumps(summary(*replay(read_files(paths, a.zookeeper_host), inventory, rules)), indent=1))
+
+
 def cmd_tls_files(a) -> None:
     from .secops.tlsfiles import ensure
     from .vault.client import ServiceVault, VaultAuthError, VaultUnavailable
@@ -757,6 +774,13 @@ def build_parser() -> argparse.ArgumentParser:
                                            "FILE); prints a JSON summary, or one line naming the fault")
     s.add_argument("--rules", default=None, metavar="FILE")
     s.set_defaults(fn=cmd_secops_rules_check)
+    s = sec.add_parser("replay", help="the rules over Vault audit logs and ZooKeeper refusal files: the "
+                                      "incidents the collector would have opened (JSON)")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--inventory", required=True, help="JSON with hosts: name, role, address")
+    s.add_argument("--rules", default=None, metavar="FILE")
+    s.add_argument("--zookeeper-host", default="zk1", help="the server a ZooKeeper file is from")
+    s.set_defaults(fn=cmd_secops_replay)
 
     s = sub.add_parser("tls-files", help="this host's certificate, key and the histo CA chain as files (rsyslog's "
                                          "RELP over TLS), issued with its own AppRole when missing or 2/3 through "

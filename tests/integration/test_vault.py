@@ -284,3 +284,30 @@ def test_restart_ignores_stale_pid_and_services_log_in_again(vault):
     sv.login()  # the stored, address-bound secret_id survives a restart
     assert sv.zk_credentials()[0] == "histo-worker"
     assert configure(bao)["changed"] is False
+
+
+def _denials(bao) -> int:
+    text = bao.audit_path.read_text() if bao.audit_path.exists() else ""
+    return sum(1 for line in text.splitlines() if '"type":"response"' in line and "permission denied" in line)
+
+
+def test_a_token_past_its_life_is_never_presented(vault):
+    """Vault away when a token was due (make soak: stopped for a minute): the service logs in again before
+    its next request instead of presenting the dead token — a refusal the SecOps rules could not tell from
+    a probe with a stale token (issue 18: no false alarm from legitimate traffic)."""
+    bao, role_ids, root = vault
+    sv = provisioned_service(bao, role_ids, HOSTS["worker1"], root / "worker1-expired")
+    dead = sv.client.token
+    sv.client.auth.token.revoke_self()  # Vault no longer knows it, as when it expired while Vault was away
+    sv._token_expires = time.time() - 5  # and by the service's own clock its life is over
+    before = _denials(bao)
+    assert sv.zk_credentials()[0] == "histo-worker"  # the legitimate path: a new token, first time
+    assert sv.client.token != dead
+    time.sleep(0.5)  # the audit device has written its entries
+    assert _denials(bao) == before
+    # a token Vault revoked while its life is not over by our clock is presented, and refused as before
+    sv.client.auth.token.revoke_self()
+    with pytest.raises(VaultAuthError):
+        sv.zk_credentials()
+    time.sleep(0.5)
+    assert _denials(bao) == before + 1

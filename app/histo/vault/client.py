@@ -36,6 +36,9 @@ _UNAVAILABLE = (hx.VaultDown, hx.VaultNotInitialized, hx.InternalServerError, hx
 _REFUSED = (hx.Unauthorized, hx.Forbidden, hx.InvalidRequest, hx.InvalidPath, hx.PreconditionFailed)
 
 
+EXPIRED_MARGIN = 1.0  # seconds: a token this close to its end is not presented (clocks, the request's own time)
+
+
 class VaultUnavailable(RuntimeError):
     """Vault cannot be reached, is sealed or failed: try again later."""
 
@@ -93,6 +96,7 @@ class ServiceVault:
         self.lock = self._lock  # shared with vault/secretid.py: one Vault conversation at a time
         self._token_expires = 0.0
         self._login_ttl = 0  # the token's full life at login: renewal thresholds are fractions of it
+        self._in_login = False  # login's own call must not log in first
         self._issuer_pems: dict[str, str] = {}  # PKI issuer id -> its certificate, which never changes
 
     def _new_client(self, token: str | None = None) -> hvac.Client:
@@ -105,6 +109,10 @@ class ServiceVault:
         return failover_client(self.url, verify=self.ca_path, token=token, session=session, timeout=10)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._login_ttl and not self._in_login and self._token_expires - time.time() <= EXPIRED_MARGIN:
+            # our token's life is over (Vault was away when it was due): presenting it would only be
+            # refused — a denial the SecOps rules cannot tell from a probe — so log in first
+            self.login()
         try:
             return fn(*args, **kwargs)
         except requests.RequestException as exc:
@@ -162,8 +170,12 @@ class ServiceVault:
         """AppRole login with role_id and the stored (or freshly unwrapped) secret_id."""
         with self._lock:
             role_id = self._read_cred("role_id")
-            resp = self._call(self.client.auth.approle.login, role_id=role_id, secret_id=self._secret_id(),
-                              use_token=True)
+            self._in_login = True
+            try:
+                resp = self._call(self.client.auth.approle.login, role_id=role_id, secret_id=self._secret_id(),
+                                  use_token=True)
+            finally:
+                self._in_login = False
             self._login_ttl = int(resp["auth"]["lease_duration"])
             self._token_expires = time.time() + self._login_ttl
 

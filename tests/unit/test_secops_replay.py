@@ -1,0 +1,78 @@
+"""`histo secops replay`: the rules over a layer's own files after the fact (what measures "no false
+alarms" on a run of legitimate traffic, bench/soak.py). Lines are the formats of a real OpenBao audit
+device and ZooKeeper 3.8.0's refusals file (tests/unit/test_secops_detect.py, test_secops_sources.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from histo.secops.replay import read_files, replay
+from histo.secops.rules import load_rules
+from histo.secops.sources import Inventory
+
+HOSTS = [{"name": "vault1", "role": "vault", "address": "127.0.31.10"},
+         {"name": "zk1", "role": "zookeeper", "address": "127.0.31.11"},
+         {"name": "master1", "role": "master", "address": "127.0.31.21"},
+         {"name": "worker1", "role": "worker", "address": "127.0.31.31"}]
+INV = Inventory(HOSTS)
+
+
+def audit(when: str, role: str | None, path: str, error: str | None = None, kind: str = "response") -> str:
+    entry: dict[str, Any] = {"time": when, "type": kind,
+                             "auth": {"metadata": {"role_name": role}} if role else {},
+                             "request": {"path": path, "operation": "read", "remote_address": "127.0.31.31"}}
+    if error:
+        entry["error"] = error
+    return json.dumps(entry)
+
+
+ORDINARY = [audit("2026-12-06T10:00:00.123456789Z", "histo-worker1", "secret/data/histo/worker1"),
+            audit("2026-12-06T10:00:01.5Z", "histo-worker1", "pki_int/issue/worker1", kind="request"),
+            audit("2026-12-06T10:00:02Z", None, "auth/approle/login", error="invalid role or secret ID")]
+DENIED = audit("2026-12-06T10:00:03.000000001Z", "histo-worker1", "secret/data/histo/zk/super",
+               error="1 error occurred:\n\t* permission denied\n\n")
+ZK = ["2026-12-06T10:00:04.542+0000 WARN [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Exception caught "
+      "io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: Empty client certificate chain",
+      "2026-12-06T10:00:04.543+0000 DEBUG [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Closing  "
+      "/127.0.31.31:51439[0](queued=0,recved=0,sent=0) ",
+      "2026-12-06T10:00:05.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10000c9f29c0001\t"
+      "user=CN=worker1.histo.internal,histo-worker,127.0.31.31\tip=127.0.31.31\toperation=setData\t"
+      "znode=/histo/jobs/j1\tresult=failure"]
+
+
+def test_ordinary_traffic_opens_nothing_and_a_denial_opens_its_incident(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(ORDINARY) + "\n")
+    refusals, incidents = replay(read_files([log]), INV, load_rules())
+    assert incidents == [] and refusals == 1  # the failed login names no host: a refusal, no incident
+    log.write_text("\n".join(ORDINARY + [DENIED]) + "\n")
+    refusals, incidents = replay(read_files([log]), INV, load_rules())
+    assert [(i.rule, i.host, i.response) for i in incidents] == [("vault-policy-denied", "worker1", "quarantine")]
+    assert abs(incidents[0].first_seen - 1796551203.0) < 0.001  # the entry's own time, not the replay's
+
+
+def test_zookeeper_entries_are_joined_and_timed_like_the_shipper_does(tmp_path: Path) -> None:
+    zk = tmp_path / "zookeeper.log"
+    zk.write_text("\n".join(ZK) + "\n")
+    entries = list(read_files([zk]))
+    assert len(entries) == 2 and "Closing" in entries[0][0]["msg"]  # the address line joins its exception
+    refusals, incidents = replay(entries, INV, load_rules())
+    assert refusals == 2
+    # the refused handshake is an alert, the write bound to worker1's certificate escalates it
+    assert [(i.rule, i.host, i.response, i.escalated_from) for i in incidents] == [
+        ("zookeeper-acl-denied", "worker1", "quarantine", "zookeeper-auth-refused")]
+
+
+def test_the_command_prints_json_and_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "inv.json").write_text(json.dumps({"hosts": HOSTS}))
+    (tmp_path / "audit.log").write_text(DENIED + "\n")
+    cmd = [sys.executable, "-m", "histo.cli", "secops", "replay", "--inventory", str(tmp_path / "inv.json")]
+    out = subprocess.run([*cmd, str(tmp_path / "audit.log")], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert (got["refusals"], got["incidents"], got["opened"][0]["host"]) == (1, 1, "worker1")
+    bad = subprocess.run([*cmd, str(tmp_path / "nope.log")], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [f"histo: secops replay: {tmp_path}/nope.log: "
+                                                                        "no such file"]
