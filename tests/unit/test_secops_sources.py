@@ -31,6 +31,10 @@ def test_nftables_drop_names_source_target_port_and_why() -> None:
     assert got["why"] == "the segmentation matrix allows no worker -> worker:internal"
     out = classify({"msg": msg.replace("192.168.56.31", "203.0.113.9"), "host": "worker2"}, INV)
     assert out and out["host"] == "outside" and out["spiffe"] is None and out["address"] == "203.0.113.9"
+    # a booting machine's DHCP request, broadcast on the management network, is no one's refusal
+    dhcp = ("[9.1] histo-drop: IN=eth0 OUT= MAC=ff SRC=0.0.0.0 DST=255.255.255.255 LEN=328 TOS=0x00 PROTO=UDP "
+            "SPT=68 DPT=67 LEN=308")
+    assert classify({"msg": dhcp, "host": "worker2", "tag": "kernel:"}, INV) is None
 
 
 def test_sshd_failures_and_ordinary_lines() -> None:

@@ -74,6 +74,8 @@ def _firewall(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
         return None
     f = dict(_KV.findall(msg))
     src, dst, port = f.get("SRC"), f.get("DST"), f.get("DPT")
+    if src == "0.0.0.0":  # a DHCP request broadcast by a booting machine (the firewall no longer logs it)
+        return None
     target = inv.by_address.get(dst or "") or inv.by_name.get(at)
     name = inv.port_names.get(int(port)) if port and port.isdigit() else None
     src_host = inv.by_address.get(src or "")
