@@ -335,7 +335,6 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
     ca_pem = Path(zk_tls["logship_ca"]).read_text()
     zk.write_config(Path(zk_tls["logship_cert"]).read_text() + "\n" + ca_pem, Path(zk_tls["logship_key"]).read_text(),
                     ca_pem, make_digest_acl_credential("super", secret["super"]))
-    zk.start()
 
     record = root / "zk-secops.log"
     relp = free_port(SECOPS["address"])
@@ -359,6 +358,7 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
                        __logship_all_files=[{**role_entry, "path": str(zk.log_file)}])
     m = w = None
     try:
+        zk.start()  # inside: a failure from here on still stops it (finally)
         collector.start()
         shipper.start()
         time.sleep(2)  # imfile has the file open before anything happens
