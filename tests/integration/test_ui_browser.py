@@ -148,14 +148,17 @@ def test_ui_secops_view_shows_a_pushed_refusal_filters_it_and_info_noise_never_p
             return browser.find_element(By.CSS_SELECTOR, row_css)
         _wait(lambda: marker in row().text, what="the refusal in the per-identity table")
         cells = [td.text for td in row().find_elements(By.TAG_NAME, "td")]
-        assert "spiffe://histo.internal/worker/worker2" in cells[0] and cells[1] == "1"  # the vault column
-        assert "vault_denied" in cells[8] and cells[9] == "vault1"
+        # the session's cluster may hold the masters' own refusals of worker2 from earlier tests (the same
+        # identity's row joins every layer): this refusal is counted in the vault column and named last
+        assert "spiffe://histo.internal/worker/worker2" in cells[0] and int(cells[1]) >= 1  # the vault column
+        assert "vault_denied" in cells[8] and "vault1" in cells[9].split(", ")
         refusal = next(li for li in browser.find_elements(By.CSS_SELECTOR, "#events li") if marker in li.text)
 
         def chip(layer):
             return browser.find_element(By.CSS_SELECTOR, f'.chip[data-layer="{layer}"]')
         chip("firewall").click()
-        _wait(lambda: not browser.find_elements(By.CSS_SELECTOR, row_css) and not refusal.is_displayed(),
+        _wait(lambda: not refusal.is_displayed()
+              and not any(marker in e.text for e in browser.find_elements(By.CSS_SELECTOR, row_css)),
               what="the firewall filter hides a Vault refusal")
         chip("vault").click()
         _wait(lambda: marker in row().text and refusal.is_displayed(), what="the vault filter shows it")
