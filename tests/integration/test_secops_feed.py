@@ -66,6 +66,27 @@ def _stream_has(cluster: Cluster, master: str, marker: str, timeout: float = 15)
     return asyncio.run(wait())
 
 
+def _stream_kinds(cluster: Cluster, master: str, token: str, seconds: float = 3) -> list[dict[str, Any]]:
+    """Every event a WebSocket with `token` on `master` receives in `seconds` (the history replay first)."""
+    import aiohttp
+
+    async def collect() -> list[dict[str, Any]]:
+        ctx = ssl.create_default_context(cafile=cluster.ca)
+        url = cluster.urls[MASTERS.index(master)].replace("https://", "wss://") + "/api/v1/events"
+        got: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as s, s.ws_connect(url, ssl=ctx) as ws:
+            await ws.send_json({"type": "auth", "token": token})
+            assert (await ws.receive_json(timeout=10))["type"] == "ready"
+            deadline = time.time() + seconds
+            while (left := deadline - time.time()) > 0:
+                try:
+                    got.append((await ws.receive_json(timeout=left)).get("event") or {})
+                except asyncio.TimeoutError:
+                    break
+        return got
+    return asyncio.run(collect())
+
+
 def test_the_secops_identity_pushes_and_each_master_shows_the_refusal(cluster: Cluster, tls: Path) -> None:
     marker = f"read secret/data/it-{secrets.token_hex(4)}"
     record = secops.record_id()
@@ -93,6 +114,10 @@ def test_the_secops_identity_pushes_and_each_master_shows_the_refusal(cluster: C
     for token, want in ((cluster.token("uploader"), 403), (None, 401)):
         status, _, _ = cluster.request("GET", "/api/v1/secops/events", token=token)
         assert status == want
+    # nor does an uploader's event stream carry it (the viewer's above did, from the same history)
+    seen = _stream_kinds(cluster, "master1", cluster.token("uploader"))
+    assert not [e for e in seen if marker in str(e.get("what", ""))]
+    assert not [e for e in seen if e.get("source") == "collector" or e.get("audience") == "secops"]
     for query in ("since=-1", "since=x", "limit=0", "limit=501", "layer=kernel", "host=a%20b", "severity=loud"):
         status, _, raw = cluster.request("GET", f"/api/v1/secops/events?{query}", token=cluster.token("viewer"))
         assert status == 400 and json.loads(raw)["error"] == "bad_request", query
@@ -208,3 +233,33 @@ def test_the_relay_follows_the_record_and_a_restart_resends_nothing_and_loses_no
         if relay.poll() is None:
             relay.kill()
             relay.wait(10)
+
+
+def test_refusals_whose_details_a_worker_chose_long_are_relayed_with_the_rest(
+        cluster: Cluster, tls: Path, tmp_path: Path) -> None:
+    """Root on worker1 chooses the Vault paths it is refused on: 300 characters that JSON writes as 6 bytes
+    each. Sixty such refusals among twenty ordinary ones are more than one push of 64 KiB can carry: the
+    relay sends them in pushes that fit, and every one reaches both masters (none is dropped with a
+    refused batch)."""
+    marker = f"long-{secrets.token_hex(4)}"
+    path, state, out = tmp_path / "secops.log", tmp_path / "state", tmp_path / "relay.log"
+    record = ChainLog(path)
+    _append(record, marker, 0, 1)
+    relay = _relay(path, state, tls, out)
+    try:
+        deadline = time.time() + 20
+        while not (state / "relay-state.json").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        for i in range(80):
+            long = i % 4 != 0
+            record.append({"msg": f"line {i}", "host": "vault1", "secops": {
+                "layer": "vault", "kind": "vault_denied", "severity": "warning", "host": "worker1",
+                "spiffe": "spiffe://histo.internal/worker/worker1", "address": f"{NET}.31",
+                "path": f"secret/data/{marker}-{i}-" + ("\u00e9" * 300 if long else "ordinary"),
+                "operation": "read", "why": "permission denied"}})
+        got = _wait_marked(cluster, marker, 80)
+        assert all(len(v) == 80 for v in got.values()), (got, out.read_text()[-2000:])
+        assert "refused event" not in out.read_text()
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(10)

@@ -125,7 +125,8 @@ def test_ui_secops_view_shows_a_pushed_refusal_filters_it_and_info_noise_never_p
                                                                                              tmp_path):
     """The collector's relay pushes a refusal (the secops identity, real mTLS): the SecOps view lists its
     identity with the count in its layer; the layer filter hides and shows it; 200 informational events
-    after it are grouped apart and the refusal stays on screen."""
+    after it are grouped apart and the refusal stays on screen; markup in an event's fields is shown as
+    text, never run."""
     import secrets
 
     from selenium.webdriver.common.by import By
@@ -181,5 +182,22 @@ def test_ui_secops_view_shows_a_pushed_refusal_filters_it_and_info_noise_never_p
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "secops-view.png"))
         assert (ARTIFACTS / "secops-view.png").stat().st_size > 10_000
+
+        # markup in what a compromised machine chose (the Vault path it asked for: the record's `what`) and
+        # in what an outsider chose (the path of a refused request: the master's own auth_failure) is text
+        tag = secrets.token_hex(4)
+        chosen = f'<img src=x onerror="window.__histoXss=1"><script>window.__histoXss=2</script>{tag}'
+        status, _ = secops.push(cluster, "master1", secops.batch(record, [
+            secops.refusal(202, chosen, host="worker2", where="vault1")]), tls)
+        assert status == 200
+        assert cluster.request("GET", f"/api/v1/jobs/%3Cimg%20src=x%20onerror=window.__histoXss=3%3E{tag}",
+                               token="not-a-token")[0] == 401
+        _wait(lambda: browser.find_element(By.ID, "events").text.count(tag) >= 2, what="both events listed")
+        assert chosen in browser.find_element(By.ID, "events").text
+        assert f"<img src=x onerror=window.__histoXss=3>{tag}" in browser.find_element(By.ID, "events").text
+        assert chosen in row().text  # worker2's last refusal, as text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#events img, #identities img, #info-groups img, "
+                                                          "#events script, #identities script")
+        assert browser.execute_script("return window.__histoXss") is None
     finally:
         secops.forget_identity(cluster)

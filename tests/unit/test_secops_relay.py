@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from histo.edge.openapi import SECOPS_MAX_BATCH
 from histo.master import secopsfeed
 from histo.secops import relay
 from histo.secops.chain import ChainLog
@@ -19,6 +20,13 @@ R = "ab" * 32  # a record id
 REFUSAL = {"layer": "vault", "kind": "vault_denied", "severity": "warning", "host": "worker1",
            "spiffe": "spiffe://histo.internal/worker/worker1", "address": "192.168.56.31",
            "path": "secret/data/x", "operation": "read", "why": "permission denied"}
+
+
+def _record(tmp_path: Path) -> tuple[Path, Path, ChainLog]:
+    """A record (the collector's chained log) and an empty folder for the relay's state."""
+    path, state = tmp_path / "r.log", tmp_path / "state"
+    state.mkdir()
+    return path, state, ChainLog(path)
 
 
 def _append(log: ChainLog, n: int, refusal: bool = True, **extra: Any) -> None:
@@ -101,9 +109,7 @@ def _run(r: relay.Relay, steps: int = 3) -> None:
 
 
 def test_new_entries_only_in_batches_then_a_restart_resends_nothing_and_loses_nothing(tmp_path: Path) -> None:
-    path, state = tmp_path / "r.log", tmp_path / "state"
-    state.mkdir()
-    log = ChainLog(path)
+    path, state, log = _record(tmp_path)
     _append(log, 5)  # before the relay's first start: not relayed (new entries only)
     masters = FakeMasters(["master1", "master2"])
     fd = os.open(path, os.O_RDONLY)
@@ -138,9 +144,7 @@ def test_new_entries_only_in_batches_then_a_restart_resends_nothing_and_loses_no
 
 
 def test_a_master_that_hangs_does_not_delay_the_others(tmp_path: Path) -> None:
-    path, state = tmp_path / "r.log", tmp_path / "state"
-    state.mkdir()
-    log = ChainLog(path)
+    path, state, log = _record(tmp_path)
     masters = FakeMasters(["master1", "master2"])
 
     async def push(master: str, record: str, events: list[dict[str, Any]]) -> tuple[int, bytes, dict[str, str]]:
@@ -168,9 +172,7 @@ def test_a_master_that_hangs_does_not_delay_the_others(tmp_path: Path) -> None:
 
 
 def test_a_crash_before_the_state_is_written_is_at_least_once_and_the_master_takes_each_once(tmp_path: Path) -> None:
-    path, state = tmp_path / "r.log", tmp_path / "state"
-    state.mkdir()
-    log = ChainLog(path)
+    path, state, log = _record(tmp_path)
     masters = FakeMasters(["master1"])
     fd = os.open(path, os.O_RDONLY)
     r = relay.Relay(fd, ["master1"], masters.push, state)
@@ -186,9 +188,7 @@ def test_a_crash_before_the_state_is_written_is_at_least_once_and_the_master_tak
 
 
 def test_a_state_that_does_not_match_the_record_reads_it_again(tmp_path: Path) -> None:
-    path, state = tmp_path / "r.log", tmp_path / "state"
-    state.mkdir()
-    log = ChainLog(path)
+    path, state, log = _record(tmp_path)
     _append(log, 4)
     relay.save_state(state / relay.STATE_FILE, {"sent": {"master1": 2}, "safe": [2, 7]})  # offset mid-line
     masters = FakeMasters(["master1"])
@@ -199,9 +199,7 @@ def test_a_state_that_does_not_match_the_record_reads_it_again(tmp_path: Path) -
 
 
 def test_a_record_started_anew_is_relayed_from_its_start(tmp_path: Path) -> None:
-    path, state = tmp_path / "r.log", tmp_path / "state"
-    state.mkdir()
-    log = ChainLog(path)
+    path, state, log = _record(tmp_path)
     masters = FakeMasters(["master1"])
     fd = os.open(path, os.O_RDONLY)
     r = relay.Relay(fd, ["master1"], masters.push, state)
@@ -220,9 +218,7 @@ def test_a_record_started_anew_is_relayed_from_its_start(tmp_path: Path) -> None
 
 
 def test_backlog_on_first_start(tmp_path: Path) -> None:
-    path, state = tmp_path / "r.log", tmp_path / "state"
-    state.mkdir()
-    log = ChainLog(path)
+    path, state, log = _record(tmp_path)
     _append(log, 8)
     _append(log, 2, refusal=False)
     masters = FakeMasters(["master1"])
@@ -302,3 +298,47 @@ def test_the_feed_rate_refuses_a_whole_batch_with_retry_after() -> None:
         feed.push("secops1", R, [_ev(21)])
     assert err.value.status == 429 and err.value.retry_after and err.value.retry_after >= 1
     assert feed.high[("secops1", R)] == 20  # nothing of the refused batch was taken
+
+
+def test_refusals_with_long_details_are_never_dropped_with_their_batch(tmp_path: Path) -> None:
+    """Root on a worker chooses the paths it asks Vault for (and the znodes it writes): its refusals reach
+    the record with a 300-character `what`, JSON-escaped to 6 bytes a character when it is not ASCII. A
+    batch of 100 such events is over the master's 64 KiB (413): the relay must not lose the batch — the
+    worker's other refusals and everyone else's with it — but send batches that fit."""
+    path, state, log = _record(tmp_path)
+    masters = FakeMasters(["master1", "master2"])
+    bodies: list[int] = []
+
+    async def push(master: str, record: str, events: list[dict[str, Any]]) -> tuple[int, bytes, dict[str, str]]:
+        bodies.append(len(json.dumps({"record": record, "events": events}).encode()))
+        return await masters.push(master, record, events)
+    fd = os.open(path, os.O_RDONLY)
+    r = relay.Relay(fd, ["master1", "master2"], push, state)
+    for i in range(120):
+        long = i % 3 != 0  # two of three: a padded path; one of three: an ordinary refusal to hide
+        _append(log, 1, path=("secret/data/" + "\u00e9" * 300) if long else f"secret/data/probe-{i}")
+    _run(r)
+    want = list(range(1, 121))
+    assert masters.seqs("master1") == want and masters.seqs("master2") == want
+    assert max(bodies) <= secopsfeed.MAX_BODY and all(n <= SECOPS_MAX_BATCH for _, n in masters.calls)
+    os.close(fd)
+
+
+def test_one_event_a_master_refuses_costs_that_event_only(tmp_path: Path) -> None:
+    """A master that judges one event unfit (400) answers for the batch; the relay narrows the batch down
+    until that event is alone, and loses nothing else."""
+    path, state, log = _record(tmp_path)
+    masters = FakeMasters(["master1"])
+    real = masters.push
+
+    async def picky(master: str, record: str, events: list[dict[str, Any]]) -> tuple[int, bytes, dict[str, str]]:
+        if any(e["record_seq"] == 37 for e in events):
+            return 400, b"events[..]: unfit", {}
+        return await real(master, record, events)
+    fd = os.open(path, os.O_RDONLY)
+    r = relay.Relay(fd, ["master1"], picky, state)
+    _append(log, 100)
+    _run(r, steps=10)
+    assert masters.seqs("master1") == [s for s in range(1, 101) if s != 37]
+    assert json.loads((state / relay.STATE_FILE).read_text())["sent"] == {"master1": 100}
+    os.close(fd)

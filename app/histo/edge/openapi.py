@@ -52,6 +52,9 @@ SECOPS_EVENT: dict[str, Any] = {
                  "description": "what was refused (a Vault path, a port, a user, a znode)"},
         "why": {"type": ["string", "null"], "maxLength": 300}}}
 SECOPS_MAX_BATCH = 100  # events per push
+# bytes of one push: 100 events of ordinary size fit; 100 with every text field at its bound do not (a
+# 300-character `what` is up to 1,800 bytes of JSON), so the relay also cuts its batches by size
+SECOPS_MAX_BODY = 64 * 1024
 WAIT: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 60,
                         "description": "seconds to wait for the job to end (long poll)"}
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..edge.events import SEVERITIES, plain
-from ..edge.openapi import SECOPS_EVENT, SECOPS_MAX_BATCH
+from ..edge.openapi import SECOPS_EVENT, SECOPS_MAX_BATCH, SECOPS_MAX_BODY
 from ..edge.validation import problem
 
-MAX_BODY = 64 * 1024  # bytes of one push (100 events of bounded fields fit with room)
+MAX_BODY = SECOPS_MAX_BODY  # bytes of one push (the relay cuts its batches to fit)
 RATE = 100.0  # events per second per collector, sustained ...
 BURST = 1000  # ... and at once (a backlog after a master restart, a burst of drops)
 CAPACITY = 2000  # events a master keeps for the API (the dashboard's window of minutes, not an archive)

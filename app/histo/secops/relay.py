@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from ..edge.openapi import SECOPS_EVENT, SECOPS_LAYERS, SECOPS_MAX_BATCH
+from ..edge.openapi import SECOPS_EVENT, SECOPS_LAYERS, SECOPS_MAX_BATCH, SECOPS_MAX_BODY
 from ..edge.validation import problem
 from ..files import write_private
 
@@ -164,10 +164,20 @@ class Outbox:
                 self.safe = max(self.safe, (old_seq, old_off))
         self.scanned = (seq, offset)
 
-    def batch(self, master: str, size: int = SECOPS_MAX_BATCH) -> list[dict[str, Any]]:
-        """The next events for `master`, in record order; an empty list moves it up to what was read."""
+    def batch(self, master: str, size: int = SECOPS_MAX_BATCH,
+              max_bytes: int = SECOPS_MAX_BODY) -> list[dict[str, Any]]:
+        """The next events for `master`, in record order, at most `size` of them in a push body of at most
+        `max_bytes` (at least one: any one event fits); an empty list moves it up to what was read."""
         have = self.sent[master]
-        out = [ev for seq, _, ev in self.pending if seq > have][:size]
+        out: list[dict[str, Any]] = []
+        used = len(json.dumps({"record": "0" * 64, "events": []}))  # the push's envelope (relay.serve)
+        for seq, _, ev in self.pending:
+            if seq <= have:
+                continue
+            used += len(json.dumps(ev)) + 2  # the event and its ", " (JSON is ASCII here: bytes)
+            if len(out) >= size or (out and used > max_bytes):
+                break
+            out.append(ev)
         if not out:
             self.sent[master] = max(have, self.scanned[0])
         return out
@@ -254,6 +264,8 @@ class Relay:
         self._save()
         self._retry_at: dict[str, float] = {m: 0.0 for m in self.masters}
         self._backoff: dict[str, float] = {m: 1.0 for m in self.masters}
+        # after a refused batch: smaller batches until the refused one's last sequence is past (size, until)
+        self._narrow: dict[str, tuple[int, int]] = {}
         self.pushed = 0
 
     def _resume(self, fd: int, safe: tuple[int, int]) -> RecordFollower:
@@ -286,7 +298,7 @@ class Relay:
         if now < self._retry_at[master]:
             return False
         moved = False
-        while events := self.box.batch(master):
+        while events := self.box.batch(master, self._narrow.get(master, (SECOPS_MAX_BATCH, 0))[0]):
             self.record = self.record or record_id(self.fd)
             if self.record is None:  # entries but no readable first one: the record is not ours to relay
                 self._wait(master, now, "the record's first entry is unreadable")
@@ -300,10 +312,17 @@ class Relay:
                 self.box.acked(master, events[-1]["record_seq"])
                 self._backoff[master] = 1.0
                 self.pushed += len(events)
+                if events[-1]["record_seq"] >= self._narrow.get(master, (0, 0))[1]:
+                    self._narrow.pop(master, None)
                 moved = True
-            elif status in (400, 413):  # the master judges these events unfit: never resent, never a block
-                log.warning("%s refused events %d..%d (%d): %s", master, events[0]["record_seq"],
-                            events[-1]["record_seq"], status, body[:200].decode("utf-8", "replace"))
+            elif status in (400, 413) and len(events) > 1:
+                # one unfit event must not take the others with it (a compromised machine chooses what it is
+                # refused: the path it asks Vault for, the znode it writes): halve until it is alone
+                until = max(self._narrow.get(master, (0, 0))[1], events[-1]["record_seq"])
+                self._narrow[master] = (len(events) // 2, until)
+            elif status in (400, 413):  # the master judges this event unfit: never resent, never a block
+                log.warning("%s refused event %d (%d): %s", master, events[0]["record_seq"], status,
+                            body[:200].decode("utf-8", "replace"))
                 self.box.acked(master, events[-1]["record_seq"])
                 moved = True
             else:  # 429 (its rate), 403 (our identity refused), 5xx: the same batch later
