@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from attack.deployed import DeployedCluster
 
-from .api import request
+from .api import request, vault_read_without_token
 
 WAIT = 90.0  # seconds: the shippers' queues, the collector, the relay and the master, end to end
 
@@ -50,13 +50,8 @@ def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_seco
 
     # 1. Vault: worker1 reads a secret with no token (refused; the Vault node's audit device records it)
     marker = f"histo-deploy-feed-{secrets.token_hex(6)}"
-    url = f"https://{vault.address}:{cluster.ports['vault']}/v1/secret/data/{marker}"
-    probe = ("import ssl, urllib.request, urllib.error\n"
-             "ctx = ssl.create_default_context(cafile='/etc/histo/vault-ca.pem')\n"
-             f"try:\n    urllib.request.urlopen({url!r}, context=ctx, timeout=10)\n    print(200)\n"
-             "except urllib.error.HTTPError as e:\n    print(e.code)\n")
     t_vault = time.monotonic()
-    assert worker.run(f"python3 -c {shlex.quote(probe)}").stdout.strip() == "403"
+    assert vault_read_without_token(cluster, worker, vault, marker) == "403"
 
     # 2. nftables: worker1 probes worker2's internal port (only masters may: dropped and logged on worker2)
     port = cluster.ports["internal"]
