@@ -519,7 +519,38 @@ def cmd_tls_files(a) -> None:
     print(json.dumps(result, sort_keys=True))
     import subprocess
     if result["changed"] and a.restart:  # the reader of the files takes the new ones (a renewal)
-        subprocess.run(["systemctl", "try-restart", a.restart], check=True)
+        subprocess.run(["systemctl", "try-restart", *a.restart], check=True)
+
+
+def cmd_secops_relay(a) -> None:
+    import asyncio
+    import signal
+    from . import TRUST_DOMAIN
+    from .secops import relay
+    tls = Path(a.tls_dir) if a.tls_dir else None
+    if tls is None:
+        raise SystemExit("histo: secops relay: give --tls-dir (cert.pem, key.pem, ca.pem) or run it from its "
+                         "systemd unit ($CREDENTIALS_DIRECTORY)")
+    try:
+        masters = relay.parse_masters(a.master)
+    except ValueError as exc:
+        raise SystemExit(f"histo: secops relay: {exc}") from None
+    if not masters:
+        raise SystemExit("histo: secops relay: give at least one --master NAME=https://ADDRESS:PORT")
+    state = Path(a.state)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # "-": the record is the descriptor systemd opened read-only as our stdin; a path: opened read-only here
+    fd = sys.stdin.fileno() if a.record == "-" else os.open(a.record, os.O_RDONLY)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await relay.serve(fd, masters, tls / "ca.pem", tls / "cert.pem", tls / "key.pem", state,
+                          a.trust_domain or TRUST_DOMAIN, a.source_address, backlog=a.backlog,
+                          interval=a.interval, stop=stop)
+    asyncio.run(main())
 
 
 def cmd_wait_ready(a) -> None:
@@ -769,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     vault_args(s, False, "file holding a Vault token with the histo-audit-verifier policy")
     s.set_defaults(fn=cmd_audit_verify)
 
-    sec = sub.add_parser("secops", help="the SecOps detection rules").add_subparsers(dest="scmd", required=True)
+    sec = sub.add_parser("secops", help="the SecOps detection rules and the collector's relay").add_subparsers(
+        dest="scmd", required=True)
     s = sec.add_parser("rules-check", help="validate the detection rules (the packaged rules.yaml, or --rules "
                                            "FILE); prints a JSON summary, or one line naming the fault")
     s.add_argument("--rules", default=None, metavar="FILE")
@@ -781,6 +813,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rules", default=None, metavar="FILE")
     s.add_argument("--zookeeper-host", default="zk1", help="the server a ZooKeeper file is from")
     s.set_defaults(fn=cmd_secops_replay)
+    s = sec.add_parser("relay", help="follow the record and push its attributed refusals to every master "
+                                     "(mTLS, this host's certificate); resumes where each master stopped")
+    s.add_argument("--record", default="-", help="the record; '-' (default): stdin, opened read-only by systemd")
+    s.add_argument("--state", required=True, help="folder of the relay's state (what each master acknowledged)")
+    s.add_argument("--master", action="append", default=[], help="NAME=https://ADDRESS:PORT of a master's "
+                                                                   "internal listener (repeat)")
+    s.add_argument("--tls-dir", default=os.environ.get("CREDENTIALS_DIRECTORY"),
+                   help="cert.pem, key.pem, ca.pem (default: $CREDENTIALS_DIRECTORY)")
+    s.add_argument("--source-address", default=None, help="this host's cluster address (its certificate's IP SAN)")
+    s.add_argument("--trust-domain", default=None)
+    s.add_argument("--backlog", type=int, default=0, help="first start: also push the last N refusals")
+    s.add_argument("--interval", type=float, default=0.5, help="seconds between looks at the record")
+    s.set_defaults(fn=cmd_secops_relay)
 
     s = sub.add_parser("tls-files", help="this host's certificate, key and the histo CA chain as files (rsyslog's "
                                          "RELP over TLS), issued with its own AppRole when missing or 2/3 through "
@@ -791,7 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder of cert.pem, key.pem (0600), ca.pem")
     s.add_argument("--source-address", default=None, help="this host's cluster address (named in the certificate)")
     s.add_argument("--ttl", default="24h")
-    s.add_argument("--restart", default=None, help="systemd unit to try-restart when the files changed")
+    s.add_argument("--restart", action="append", default=[],
+                   help="systemd unit to try-restart when the files changed (repeat: every reader of the files)")
     vault_args(s, False)
     s.set_defaults(fn=cmd_tls_files)
 

@@ -79,13 +79,28 @@ def stop(pid_path: Path, marker: str, timeout: float = 10.0) -> bool:
     return True
 
 
-def _running(pid: int) -> bool:
+def gone(pid: int) -> bool:
+    """Whether no thread of process `pid` is left. Not the same as its main thread being a zombie: after
+    a SIGKILL the main thread often ends first, and the process's files — a listening socket among them,
+    which the kernel still hands new connections to (and resets when it closes) — are closed only by the
+    last of its threads to exit, milliseconds later."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return False
-    return state != "Z"
+        return True
+    for tid in tasks:
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:  # that thread was reaped in between
+            continue
+        if state not in ("Z", "X"):
+            return False
+    return True
+
+
+def _running(pid: int) -> bool:
+    return not gone(pid)

@@ -4,6 +4,7 @@ an upload, and the same readiness the operator's `make up` waits for (live membe
 from __future__ import annotations
 
 import json
+import shlex
 import ssl
 import struct
 import time
@@ -13,7 +14,7 @@ import uuid
 import zlib
 from email.message import Message
 
-from attack.deployed import DeployedCluster
+from attack.deployed import DeployedCluster, Machine
 
 
 def png(width: int = 64, height: int = 48) -> bytes:
@@ -72,3 +73,14 @@ def wait_ready(cluster: DeployedCluster, timeout: float = 180) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"the cluster is not ready after {timeout:.0f}s ({last})")
+
+
+def vault_read_without_token(cluster: DeployedCluster, machine: Machine, vault: Machine, marker: str) -> str:
+    """`machine` (its system python3) reads secret/data/<marker> from `vault` with no token: the status
+    Vault answered, as text ("403": refused, and the node's audit device records the denial)."""
+    url = f"https://{vault.address}:{cluster.ports['vault']}/v1/secret/data/{marker}"
+    probe = ("import ssl, urllib.request, urllib.error\n"
+             "ctx = ssl.create_default_context(cafile='/etc/histo/vault-ca.pem')\n"
+             f"try:\n    urllib.request.urlopen({url!r}, context=ctx, timeout=10)\n    print(200)\n"
+             "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+    return str(machine.run(f"python3 -c {shlex.quote(probe)}").stdout.strip())

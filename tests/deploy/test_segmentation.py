@@ -38,8 +38,8 @@ def _design_allows(cluster: DeployedCluster, src_group: str | None, src_name: st
         return src_group == "zookeeper"
     if g == "masters" and port_name == "public":
         return src_group in ("controller", "outsider")
-    if g == "masters" and port_name == "internal":
-        return src_group in ("masters", "workers")
+    if g == "masters" and port_name == "internal":  # secops: the collector's relay (issue 17)
+        return src_group in ("masters", "workers", "secops")
     if g == "workers" and port_name == "internal":
         return src_group == "masters"
     if g == "secops" and port_name == "secops":  # every machine's log shipper, not the controller

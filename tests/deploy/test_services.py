@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shlex
 import ssl
 import time
 import urllib.error
@@ -14,7 +13,7 @@ import pytest
 
 from attack.deployed import DeployedCluster
 
-from .api import request as _request, upload
+from .api import request as _request, upload, vault_read_without_token
 
 
 def test_env_file_is_private_and_complete(cluster: DeployedCluster):
@@ -236,13 +235,8 @@ def test_a_vault_refusal_reaches_the_record_attributed_to_the_machine_refused(cl
     worker1 and its SPIFFE id. The seconds it took are printed (issue 17 asks for 2)."""
     worker, collector, vault = cluster.group("workers")[0], cluster.group("secops")[0], cluster.group("vault")[0]
     marker = f"histo-deploy-denied-{secrets.token_hex(6)}"
-    url = f"https://{vault.address}:{cluster.ports['vault']}/v1/secret/data/{marker}"
-    probe = ("import ssl, urllib.request, urllib.error\n"
-             "ctx = ssl.create_default_context(cafile='/etc/histo/vault-ca.pem')\n"
-             f"try:\n    urllib.request.urlopen({url!r}, context=ctx, timeout=10)\n    print(200)\n"
-             "except urllib.error.HTTPError as e:\n    print(e.code)\n")
     t0 = time.monotonic()
-    assert worker.run(f"python3 -c {shlex.quote(probe)}").stdout.strip() == "403"
+    assert vault_read_without_token(cluster, worker, vault, marker) == "403"
     found, waited = None, 0.0
     while found is None and (waited := time.monotonic() - t0) < 60:
         lines = collector.run(f"grep -F {marker} /var/lib/histo/secops/secops.log || true").stdout.splitlines()

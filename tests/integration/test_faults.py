@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from histo import procs
 from histo.compute.equalize import equalize_single
 from histo.local.bao import BaoServer
 from histo.testing.cluster import sample_image
@@ -71,9 +72,9 @@ def test_public_address_survives_a_master(cluster):
     pid = cluster.pid(victim)
     os.kill(pid, signal.SIGKILL)
     # dead means dead: a connection the dying process had already accepted is reset, like a crashed
-    # machine's; from then on, no request through HISTO_URL may fail
-    _wait(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
-          10, f"{victim} to be gone")
+    # machine's; from then on, no request through HISTO_URL may fail. Gone is every thread gone, not the
+    # main thread a zombie: the last thread closes the listening socket (procs.gone)
+    _wait(lambda: procs.gone(pid), 10, f"{victim} to be gone")
     answered = []
     for _ in range(30):
         status, _, body = cluster.request("GET", f"/api/v1/jobs/{doc['id']}/result", url=cluster.public_url,

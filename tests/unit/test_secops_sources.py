@@ -194,6 +194,8 @@ def test_a_services_own_refusal_is_attributed_to_the_party_it_refused(tmp_path: 
     bus.publish("cert_rotated", serial="1a")  # info: stays on the dashboard
     bus.publish("mtls_rejected", severity="warning", reason="x", relayed_from="worker2")  # the worker ships its own
     bus.publish("auth_failure", where="203.0.113.7", reason="expired token token=abc.def.ghi")
+    # the collector's own entries, pushed back to the dashboard (master/secopsfeed.py): never shipped again
+    bus.publish("vault_denied", severity="warning", source="collector", record_seq=7, layer="vault")
     lines = (tmp_path / "log" / "secops-events.jsonl").read_text().splitlines()
     assert oct((tmp_path / "log" / "secops-events.jsonl").stat().st_mode & 0o777) == "0o640"
     assert [json.loads(line)["kind"] for line in lines] == ["mtls_rejected", "auth_failure"]

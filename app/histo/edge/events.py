@@ -78,9 +78,12 @@ class EventFile:
 
 
 def shipped(event: Event) -> bool:
-    """What goes to the event file: this service's own refusals and warnings (a relayed worker event
-    is the worker's to ship; info — rotations and the like — stays on the dashboard)."""
-    return event.get("severity") != "info" and event.get("audience") == SECOPS and "relayed_from" not in event
+    """What goes to the event file: this service's own refusals and warnings. Not a relayed worker
+    event (the worker ships its own), not one the collector pushed (master/secopsfeed.py: shipping it
+    back would feed the record its own entries, again and again), not info (rotations and the like
+    stay on the dashboard)."""
+    return (event.get("severity") != "info" and event.get("audience") == SECOPS and "relayed_from" not in event
+            and "record_seq" not in event and event.get("source") != "collector")
 
 
 class EventBus:

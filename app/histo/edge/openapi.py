@@ -26,6 +26,35 @@ DRILL_EVENT: dict[str, Any] = {
         "held": {"type": "boolean", "description": "whether the control held"},
         "tried": {"type": "string", "maxLength": DRILL_FIELDS["tried"]},
         "happened": {"type": "string", "maxLength": DRILL_FIELDS["happened"]}}}
+# One attributed refusal of the SecOps record (secops/sources.py classify), as the collector's relay pushes it
+# to every master (POST /internal/v1/secops/events, the secops identity only) and GET /api/v1/secops/events
+# returns it. Every field is bounded and typed; nothing else is accepted (no free-form object that could
+# carry a secret), and the text fields are redacted again on arrival.
+SECOPS_LAYERS = ("vault", "zookeeper", "firewall", "ssh", "mtls", "edge", "secops", "service")
+SECOPS_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["record_seq", "ts", "layer", "kind", "severity", "host"],
+    "additionalProperties": False, "properties": {
+        "record_seq": {"type": "integer", "minimum": 1, "maximum": 9007199254740991,
+                       "description": "the entry's sequence number in the collector's hash-chained record"},
+        "ts": {"type": "number", "minimum": 0, "maximum": 1e10, "description": "when the collector stored it"},
+        "layer": {"type": "string", "enum": list(SECOPS_LAYERS)},
+        "kind": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,39}$", "examples": ["vault_denied"]},
+        "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+        "host": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+                 "description": "the refused identity: an inventory host, or \"outside\""},
+        "spiffe": {"type": ["string", "null"], "maxLength": 200,
+                   "pattern": "^spiffe://[a-z0-9.-]{1,100}/[a-z]{1,20}/[a-z0-9-]{1,63}$"},
+        "address": {"type": ["string", "null"], "pattern": "^[0-9A-Fa-f.:]{1,45}$",
+                    "description": "the address the refused request came from"},
+        "where": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$",
+                  "description": "the machine that refused it"},
+        "what": {"type": ["string", "null"], "maxLength": 300,
+                 "description": "what was refused (a Vault path, a port, a user, a znode)"},
+        "why": {"type": ["string", "null"], "maxLength": 300}}}
+SECOPS_MAX_BATCH = 100  # events per push
+# bytes of one push: 100 events of ordinary size fit; 100 with every text field at its bound do not (a
+# 300-character `what` is up to 1,800 bytes of JSON), so the relay also cuts its batches by size
+SECOPS_MAX_BODY = 64 * 1024
 WAIT: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 60,
                         "description": "seconds to wait for the job to end (long poll)"}
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -149,6 +178,18 @@ def _schemas() -> dict[str, Any]:
             "audience": {"type": "string", "description": "\"secops\", or the owner of the job it is about"}},
             "additionalProperties": True},
         "DrillEvent": DRILL_EVENT,
+        "SecopsEvent": {**SECOPS_EVENT, "additionalProperties": True, "required": [
+            *SECOPS_EVENT["required"], "collector", "received"], "properties": {
+            **SECOPS_EVENT["properties"],
+            "collector": {"type": "string", "description": "the collector host whose relay pushed it"},
+            "record": {"type": "string", "description": "the record it is in (the first 16 hex digits of the "
+                                                        "hash of the record's first entry)"},
+            "received": {"type": "number", "description": "when this master received it (Unix time)"}}},
+        "SecopsEvents": {"type": "object", "required": ["events", "next_since", "head"], "properties": {
+            "events": {"type": "array", "items": _ref("SecopsEvent")},
+            "next_since": {"type": "integer", "description": "pass as `since` for the next page"},
+            "head": {"type": "integer", "description": "the highest record_seq this master holds"},
+            "more": {"type": "boolean", "description": "more events match after this page"}}},
         "RevokeRequest": REVOKE_REQUEST,
         "WsAuth": {"type": "object", "required": ["type", "token"], "description": "client -> server, first message",
                    "properties": {"type": {"const": "auth"}, "token": {"type": "string"}}},
@@ -299,6 +340,22 @@ def _paths() -> dict[str, Any]:
                                     "operationId": "getCluster", "tags": ["cluster"], "security": BEARER,
                                     "responses": {"200": _json("ok", _ref("Cluster")), **AUTH_ERRORS}}},
         **_signin_paths(),
+        "/api/v1/secops/events": {"get": {
+            "summary": "recent refusals of the SecOps record (the collector's attributed events, pushed to every "
+                       "master), oldest first, from this master's bounded buffer (viewer, admin)",
+            "operationId": "getSecopsEvents", "tags": ["events", "security"], "security": BEARER,
+            "parameters": [
+                {"name": "since", "in": "query", "description": "only events of a higher record_seq (a page's "
+                 "next_since)", "schema": {"type": "integer", "minimum": 0, "maximum": 9007199254740991}},
+                {"name": "layer", "in": "query", "schema": {"type": "string", "enum": list(SECOPS_LAYERS)}},
+                {"name": "host", "in": "query", "description": "the refused identity's host",
+                 "schema": SECOPS_EVENT["properties"]["host"]},
+                {"name": "severity", "in": "query", "description": "this severity or higher",
+                 "schema": {"type": "string", "enum": ["info", "warning", "critical"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
+                                                            "default": 100}}],
+            "responses": {"200": _json("ok", _ref("SecopsEvents")),
+                          "400": _err("a bad query parameter"), **AUTH_ERRORS}}},
         "/api/v1/tokens/revoke": {"post": {
             "summary": "revoke a token by its jti, on every master (admin)", "operationId": "revokeToken",
             "tags": ["security"], "security": BEARER,

@@ -22,13 +22,13 @@ from ..edge.admission import Refused
 from ..edge import receipts
 from ..edge.middleware import client_addr, json_error, json_errors, security_headers
 from ..edge import validation
-from ..edge.openapi import DRILL_EVENT, REVOKE_REQUEST, WAIT, spec as openapi_spec
+from ..edge.openapi import DRILL_EVENT, REVOKE_REQUEST, SECOPS_EVENT, SECOPS_LAYERS, WAIT, spec as openapi_spec
 from ..edge.tokens import AuthError, KeysUnavailable, Principal
 from ..zk.jobs import EXPIRED, is_tombstone
 from ..zk.membership import Member
 from ..zk.revocations import RevocationStore
 from .runner import RunnerError
-from . import signin
+from . import secopsfeed, signin
 
 if TYPE_CHECKING:
     from .service import Master
@@ -83,6 +83,7 @@ def add_routes(app: web.Application, master: "Master", prefix: str) -> None:
     r.add_get(prefix + "/api/v1/jobs/{id}/histogram", h.histogram)
     r.add_get(prefix + "/api/v1/jobs/{id}/histogram.png", h.histogram_png)
     r.add_get(prefix + "/api/v1/cluster", h.cluster)
+    r.add_get(prefix + "/api/v1/secops/events", h.secops_events)
     r.add_post(prefix + "/api/v1/tokens/revoke", h.revoke)
     r.add_post(prefix + "/api/v1/events", h.post_event)
     r.add_get(prefix + "/api/v1/events", h.events)
@@ -348,6 +349,22 @@ class Handlers:
             "incidents": self.m.incidents(),
         })
 
+    async def secops_events(self, request: web.Request) -> web.Response:
+        """The SecOps record's refusals this master received from the collector's relay (secopsfeed.py),
+        oldest first after `since`; filtered by layer, refused host and minimum severity."""
+        await self.m.auth.require(request, VIEWERS)
+        q = request.query
+        since = _query_int(q.get("since"), "since", 0, 2 ** 53 - 1, 0)
+        limit = _query_int(q.get("limit"), "limit", 1, secopsfeed.MAX_PAGE, secopsfeed.DEFAULT_PAGE)
+        layer, host, severity = q.get("layer"), q.get("host"), q.get("severity")
+        if layer is not None and layer not in SECOPS_LAYERS:
+            raise json_error(400, "bad_request", f"layer must be one of {', '.join(SECOPS_LAYERS)}")
+        if host is not None and validation.problem(SECOPS_EVENT["properties"]["host"], host, "host"):
+            raise json_error(400, "bad_request", "host must be a host name (letters, digits, . _ : -; at most 64)")
+        if severity is not None and severity not in ("info", "warning", "critical"):
+            raise json_error(400, "bad_request", "severity must be info, warning or critical")
+        return web.json_response(self.m.secops.query(since, layer, host, severity, limit))
+
     async def revoke(self, request: web.Request) -> web.Response:
         principal = await self.m.auth.require(request, ("admin",))
         body = validation.json_body(await _read_small(request), REVOKE_REQUEST,
@@ -461,6 +478,14 @@ async def _read_small(request: web.Request) -> bytes:
             raise json_error(400, "bad_request", f"body larger than {DRILL_BODY_MAX} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _query_int(raw: str | None, name: str, low: int, high: int, default: int) -> int:
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 16) or not low <= int(raw) <= high:
+        raise json_error(400, "bad_request", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
 
 def _gone(stone: dict) -> web.HTTPException:

@@ -16,7 +16,7 @@ from .replication import STORE_PREFIX, TAG_HEADER
 from .scheduler import FAILED_HEADER, RefusedResult
 from ..zk import acl as zkacl
 from ..tls.identity import IdentityError
-from . import api
+from . import api, secopsfeed
 
 if TYPE_CHECKING:
     from .service import Master
@@ -26,11 +26,15 @@ log = logging.getLogger("histo.internal")
 PUBLIC_PREFIX = "/internal/v1/public"
 RESULTS = "/internal/v1/results"
 JOIN = "/internal/v1/join"
+SECOPS_EVENTS = "/internal/v1/secops/events"  # the SecOps collector's relay pushes its record's refusals here
 
 
 def build_app(master: "Master") -> web.Application:
     def allowed(request: web.Request) -> tuple[str, ...]:
-        # Only workers report results; everything else here is for other masters.
+        # Only workers report results; only the SecOps collector pushes its record; everything else
+        # here is for other masters (so the secops identity reaches nothing but its one route).
+        if request.path == SECOPS_EVENTS:
+            return ("secops",)
         return ("worker",) if request.path in (RESULTS, JOIN) else ("master",)
 
     def refused(request: web.Request, exc: IdentityError) -> None:
@@ -50,6 +54,7 @@ def build_app(master: "Master") -> web.Application:
                                        peer_check(master.cfg.trust_domain, allowed, refused), forwarded])
     app.router.add_post(RESULTS, lambda r: results(master, r))
     app.router.add_get("/internal/v1/ping", lambda r: ping(master, r))
+    app.router.add_post(SECOPS_EVENTS, lambda r: secops_events(master, r))
     app.router.add_post(JOIN, lambda r: join(master, r))
     app.router.add_put(STORE_PREFIX + "/{job}/{kind}", lambda r: store_put(master, r))
     app.router.add_get(STORE_PREFIX + "/{job}/{kind}", lambda r: store_get(master, r))
@@ -123,6 +128,31 @@ async def store_delete(master: "Master", request: web.Request) -> web.Response:
             pass
     freed = await loop.run_in_executor(None, master.store.delete, job)
     return web.json_response({"deleted": job, "bytes": freed})
+
+
+async def secops_events(master: "Master", request: web.Request) -> web.Response:
+    """The collector's relay pushes a batch of its record's refusals (master/secopsfeed.py judges it)."""
+    collector = request[PEER].host
+    try:
+        if request.content_length is not None and request.content_length > secopsfeed.MAX_BODY:
+            raise secopsfeed.FeedRefused(413, "too_large", f"a push is at most {secopsfeed.MAX_BODY} bytes")
+        body = bytearray()  # a chunked body is capped the same way, chunk by chunk
+        async for chunk in request.content.iter_chunked(16 * 1024):
+            body += chunk
+            if len(body) > secopsfeed.MAX_BODY:
+                raise secopsfeed.FeedRefused(413, "too_large", f"a push is at most {secopsfeed.MAX_BODY} bytes")
+        raw = bytes(body)
+        pushed = master.secops.push(collector, *secopsfeed.parse_batch(raw))
+    except secopsfeed.FeedRefused as exc:
+        if exc.status != 429:  # a malformed push from the collector's identity is itself worth seeing
+            master.emit("secops_push_refused", severity="warning", collector=collector, reason=exc.message[:200])
+            master.audit.record(who=request[PEER].uri, role="secops", what=f"internal {request.path}",
+                                where=request.remote or "-", decision="deny", why=exc.message[:200])
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        if exc.status == 413:
+            headers["Connection"] = "close"  # the rest of an oversized body is not read
+        raise json_error(exc.status, exc.code, exc.message, headers=headers) from None
+    return web.json_response({"accepted": pushed.accepted, "duplicates": pushed.duplicates, "high": pushed.high})
 
 
 async def join(master: "Master", request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from ..zk.client import call as zkcall
 from ..zk.jobs import JobStore, is_tombstone
 from ..zk.membership import Member, remove_stale, watch
 from ..zk.revocations import RevocationStore
-from . import api, internal, relay
+from . import api, internal, relay, secopsfeed
 from .auth import Authenticator
 from kazoo.recipe.watchers import ChildrenWatch
 
@@ -54,6 +54,7 @@ class Master:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.event_file = EventFile(cfg.secops_events_file) if cfg.secops_events_file else None
         self.events = EventBus(sink=self.event_file.write if self.event_file else None)
+        self.secops = secopsfeed.SecopsFeed(self.emit)  # the collector's record, as its relay pushes it
         self.audit = AuditLog(Path(cfg.state_dir) / "audit.log")
         self.rt = ServiceRuntime(cfg, on_event=self.emit)
         self.store = BlobStore(cfg.store_path)

@@ -98,7 +98,7 @@
     setStatus($('token-status'), `Signed in as ${c.sub} (${c.role}) for this tab.`, 'ok');
     renderWho(); applyRole();
     state.wsRetry = 0; connectEvents();
-    refreshJobs(); refreshCluster();
+    refreshJobs(); refreshCluster(); loadSecops();
   }
 
   function forgetToken(message, cls) {
@@ -416,49 +416,210 @@
   setInterval(refreshReady, 5000);
 
   // -- SecOps events over an authenticated WebSocket ------------------------------------------------
+  // Refusals (warning, critical) and information (certificate rotations, leader changes, drills held)
+  // are kept apart, each bounded: information is grouped by kind and can never push a refusal off the
+  // list or the per-identity table.
   function setWs(text, cls) { $('ws-state').textContent = text; $('ws-state').className = 'pill ' + cls; }
 
   const SEV_RANK = { info: 0, warning: 1, critical: 2 };
+  const MAX_REFUSALS = 2000, MAX_LISTED = 300, MAX_INFO_PER_KIND = 20, MAX_INFO_KINDS = 40;
+  // The masters' own events name no layer: the kind says which control refused.
+  const KIND_LAYER = {
+    auth_failure: 'edge', auth_throttled: 'edge', forbidden: 'edge', rate_limited: 'edge', token_revoked: 'edge',
+    mtls_rejected: 'mtls', result_refused: 'mtls', replica_refused: 'mtls', relay_refused: 'mtls', cert_rotated: 'mtls',
+    zk_auth_failure: 'zookeeper', vault_unavailable: 'vault', vault_recovered: 'vault',
+    secops_push_refused: 'secops', drill: 'secops',
+  };
+  const LAYER_COL = { vault: 'vault', zookeeper: 'zookeeper', firewall: 'firewall', ssh: 'ssh', mtls: 'mtls', edge: 'mtls', secops: 'secops' };
+  const COLS = ['vault', 'zookeeper', 'firewall', 'ssh', 'mtls', 'secops'];
+  const sec = { layer: 'all', windowMin: 15, refusals: [], info: new Map(), seen: new Set(), infoCount: 0 };
+
+  const layerOf = (e) => LAYER_COL[e.layer || KIND_LAYER[e.kind]] || 'secops';
   function passes(sev) {
     return state.filter === 'all' || (SEV_RANK[sev] || 0) >= SEV_RANK[state.filter];
   }
+  const layerPasses = (layer) => sec.layer === 'all' || sec.layer === layer;
+  // Who was refused: the collector names the inventory host and its SPIFFE id; a master names the
+  // token subject, the peer or the client address it refused.
+  function identityOf(e) {
+    if (e.source === 'collector') return { id: e.host || 'outside', spiffe: e.spiffe || '', where: e.where || '' };
+    const id = e.who || e.worker || e.peer || e.where || e.collector || e.service || 'unknown';
+    return { id: String(id), spiffe: '', where: e.service || '' };
+  }
+  // One event once, whether it came live, in the stream's replay or from GET /api/v1/secops/events.
+  function firstSight(e) {
+    const key = e.record_seq !== undefined ? 'rec:' + (e.record || '') + ':' + e.record_seq : 'bus:' + e.seq + ':' + e.ts;
+    if (sec.seen.has(key)) return false;
+    if (sec.seen.size > 20000) sec.seen.clear();
+    sec.seen.add(key);
+    return true;
+  }
 
-  function addEvent(e) {
-    const sev = SEV_RANK[e.severity] !== undefined ? e.severity : 'info';
-    state.counts.all++;
-    if (SEV_RANK[sev] >= 1) state.counts.warning++;
-    if (sev === 'critical') state.counts.critical++;
-    for (const k of ['all', 'warning', 'critical']) $('n-' + k).textContent = String(state.counts[k]);
-    const li = el('li', 'sev-' + sev + ' fresh' + (passes(sev) ? '' : ' filtered'));
+  function eventItem(e, sev, when) {
+    const li = el('li', 'sev-' + sev + ' fresh');
     li.dataset.sev = sev;
-    const when = new Date((Number(e.ts) || Date.now() / 1000) * 1000);
+    li.dataset.layer = layerOf(e);
     const t = el('time', '', when.toLocaleTimeString([], { hour12: false }));
     t.dateTime = when.toISOString();
     const detail = el('span', 'detail');
     for (const [key, v] of Object.entries(e)) {
-      if (['ts', 'kind', 'severity', 'audience', 'seq'].includes(key) || v === null || v === '') continue;
+      if (['ts', 'kind', 'severity', 'audience', 'seq', 'source', 'record', 'received', 'record_ts'].includes(key)
+          || v === null || v === '') continue;
       const s = el('span');
       s.append(el('i', '', key + '='), typeof v === 'object' ? JSON.stringify(v) : String(v));
       detail.append(s);
     }
     li.append(t, el('span', 'dot'), el('span', 'kind', e.kind), detail);
-    li.title = sev + ' · ' + when.toISOString();
-    $('events').prepend(li);
-    while ($('events').children.length > 300) $('events').lastChild.remove();
+    li.title = sev + ' · ' + layerOf(e) + ' · ' + when.toISOString();
+    li.classList.toggle('filtered', !passes(sev) || !layerPasses(li.dataset.layer));
+    return li;
+  }
+
+  function addEvent(e) {
+    if (!firstSight(e)) return;
+    const sev = SEV_RANK[e.severity] !== undefined ? e.severity : 'info';
+    const when = new Date((Number(e.ts) || Date.now() / 1000) * 1000);
+    state.counts.all++;
+    if (SEV_RANK[sev] >= 1) state.counts.warning++;
+    if (sev === 'critical') state.counts.critical++;
+    for (const k of ['all', 'warning', 'critical']) $('n-' + k).textContent = String(state.counts[k]);
+    if (sev === 'info') { addInfo(e, when); return; }
+    $('events').prepend(eventItem(e, sev, when));
+    while ($('events').children.length > MAX_LISTED) $('events').lastChild.remove();
+    sec.refusals.push({ at: when.getTime(), e, sev, layer: layerOf(e), who: identityOf(e) });
+    if (sec.refusals.length > MAX_REFUSALS) sec.refusals.splice(0, sec.refusals.length - MAX_REFUSALS);
+    renderSecview();
+  }
+
+  function addInfo(e, when) {
+    sec.infoCount++;
+    $('n-info').textContent = String(sec.infoCount);
+    let g = sec.info.get(e.kind);
+    if (!g) {
+      if (sec.info.size >= MAX_INFO_KINDS) sec.info.delete(sec.info.keys().next().value);
+      g = { count: 0, items: [] };
+      sec.info.set(e.kind, g);
+    }
+    g.count++;
+    g.items.unshift(eventItem(e, 'info', when));
+    g.items.length = Math.min(g.items.length, MAX_INFO_PER_KIND);
+    renderInfo();
+  }
+
+  function renderInfo() {
+    $('info-groups').replaceChildren(...[...sec.info.entries()].map(([kind, g]) => {
+      const d = el('details', 'info-group');
+      const last = g.items[0] ? g.items[0].querySelector('time').textContent : '';
+      const head = el('summary');
+      head.append(el('span', 'kind', kind), el('b', '', '×' + g.count), el('span', 'dim', 'last ' + last));
+      const list = el('ol', 'events');
+      list.append(...g.items);
+      d.append(head, list);
+      d.dataset.kind = kind;
+      return d;
+    }));
+  }
+
+  function renderSecview() {
+    const since = Date.now() - sec.windowMin * 60000;
+    const recent = sec.refusals.filter((r) => r.at >= since && passes(r.sev) && layerPasses(r.layer));
+    // per identity: counts by layer, the last refusal and where
+    const rows = new Map();
+    for (const r of recent) {
+      let row = rows.get(r.who.id);
+      if (!row) { row = { id: r.who.id, spiffe: '', counts: {}, all: 0, last: null, where: new Set() }; rows.set(r.who.id, row); }
+      row.counts[r.layer] = (row.counts[r.layer] || 0) + 1;
+      row.all++;
+      if (r.who.spiffe) row.spiffe = r.who.spiffe;
+      if (r.who.where) row.where.add(r.who.where);
+      if (!row.last || r.at >= row.last.at) row.last = r;
+    }
+    const tbody = $('identities').querySelector('tbody');
+    const sorted = [...rows.values()].sort((a, b) => b.last.at - a.last.at);
+    if (!sorted.length) {
+      tbody.replaceChildren(el('tr', 'empty'));
+      tbody.firstChild.append(Object.assign(el('td', '', 'no refusal in this window'), { colSpan: 10 }));
+    } else {
+      tbody.replaceChildren(...sorted.slice(0, 100).map((row) => {
+        const tr = el('tr', 'sev-' + row.last.sev);
+        tr.dataset.identity = row.id;
+        const who = el('td', 'who');
+        who.append(el('b', '', row.id), el('div', 'id', row.spiffe));
+        const e = row.last.e;
+        const last = el('td', 'last');
+        last.append(el('span', 'kind', e.kind), ' ', el('span', 'dim', [e.what, e.reason || e.why].filter(Boolean).join(' · ')),
+          ' ', el('time', 'dim', fmtDuration((Date.now() - row.last.at) / 1000) + ' ago'));
+        tr.append(who, ...COLS.map((c) => el('td', 'num' + (row.counts[c] ? ' hit' : ''), row.counts[c] || '')),
+          el('td', 'num', row.all), last, el('td', 'where', [...row.where].join(', ')));
+        return tr;
+      }));
+    }
+    $('secview-window-label').textContent = `refused identities, last ${sec.windowMin} min`;
+    renderTimeline(recent, since);
+  }
+
+  function renderTimeline(recent, since) {
+    const buckets = Array.from({ length: sec.windowMin }, () => ({}));
+    for (const r of recent) {
+      const i = Math.min(sec.windowMin - 1, Math.floor((r.at - since) / 60000));
+      if (i >= 0) buckets[i][r.layer] = (buckets[i][r.layer] || 0) + 1;
+    }
+    const peak = Math.max(1, ...buckets.map((b) => Object.values(b).reduce((x, y) => x + y, 0)));
+    $('timeline').replaceChildren(...buckets.map((b, i) => {
+      const col = el('div', 'col');
+      const total = Object.values(b).reduce((x, y) => x + y, 0);
+      col.title = `${sec.windowMin - i} min ago: ${total} refusal${total === 1 ? '' : 's'}` +
+        Object.entries(b).map(([k, v]) => ` · ${k} ${v}`).join('');
+      for (const c of COLS) {
+        if (!b[c]) continue;
+        const seg = el('span', 'seg layer-' + c);
+        seg.style.height = (100 * b[c] / peak).toFixed(1) + '%';  // CSSOM: allowed by the CSP
+        col.append(seg);
+      }
+      return col;
+    }));
+  }
+
+  function applyFilters() {
+    for (const li of document.querySelectorAll('#events li, #info-groups li')) {
+      li.classList.toggle('filtered', !passes(li.dataset.sev) || !layerPasses(li.dataset.layer));
+    }
+    renderSecview();
   }
 
   for (const chip of document.querySelectorAll('.chip[data-filter]')) {
     chip.addEventListener('click', () => {
       state.filter = chip.dataset.filter;
       for (const c of document.querySelectorAll('.chip[data-filter]')) c.classList.toggle('active', c === chip);
-      for (const li of $('events').children) li.classList.toggle('filtered', !passes(li.dataset.sev));
+      $('info-box').classList.toggle('hidden', state.filter !== 'all');
+      applyFilters();
     });
   }
+  for (const chip of document.querySelectorAll('.chip[data-layer]')) {
+    chip.addEventListener('click', () => {
+      sec.layer = chip.dataset.layer;
+      for (const c of document.querySelectorAll('.chip[data-layer]')) c.classList.toggle('active', c === chip);
+      applyFilters();
+    });
+  }
+  $('secview-window').addEventListener('change', () => { sec.windowMin = Number($('secview-window').value) || 15; renderSecview(); });
   $('clear-events').addEventListener('click', () => {
     $('events').replaceChildren();
     state.counts = { all: 0, warning: 0, critical: 0 };
     for (const k of ['all', 'warning', 'critical']) $('n-' + k).textContent = '0';
+    sec.refusals = []; sec.info.clear(); sec.infoCount = 0; $('n-info').textContent = '0';
+    renderInfo(); renderSecview();
   });
+
+  // The record's refusals the master already holds (its bounded buffer), then the live stream.
+  async function loadSecops() {
+    if (!hasRole('viewer', 'admin')) return;
+    try {
+      const page = await (await api('/api/v1/secops/events?limit=500')).json();
+      for (const e of page.events || []) addEvent({ ...e, source: 'collector' });
+    } catch (_) { /* the stream still brings what comes next */ }
+  }
+  setInterval(renderSecview, 15000);  // the window slides
 
   function connectEvents() {
     clearTimeout(state.wsTimer);
