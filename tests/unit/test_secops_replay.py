@@ -34,13 +34,13 @@ ORDINARY = [audit("2026-12-06T10:00:00.123456789Z", "histo-worker1", "secret/dat
             audit("2026-12-06T10:00:02Z", None, "auth/approle/login", error="invalid role or secret ID")]
 DENIED = audit("2026-12-06T10:00:03.000000001Z", "histo-worker1", "secret/data/histo/zk/super",
                error="1 error occurred:\n\t* permission denied\n\n")
-ZK = ["2026-12-06T10:00:04.542+0000 WARN [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Exception caught "
-      "io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: Empty client certificate chain",
-      "2026-12-06T10:00:04.543+0000 DEBUG [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Closing  "
-      "/127.0.31.31:51439[0](queued=0,recved=0,sent=0) ",
-      "2026-12-06T10:00:05.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10000c9f29c0001\t"
+ZK = [("2026-12-06T10:00:04.542+0000 WARN [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Exception caught "
+      "io.netty.handler.codec.DecoderException: javax.net.ssl.SSLHandshakeException: Empty client certificate chain"),
+      ("2026-12-06T10:00:04.543+0000 DEBUG [nioEventLoopGroup-4-3] NettyServerCnxnFactory: Closing  "
+      "/127.0.31.31:51439[0](queued=0,recved=0,sent=0) "),
+      ("2026-12-06T10:00:05.542+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10000c9f29c0001\t"
       "user=CN=worker1.histo.internal,histo-worker,127.0.31.31\tip=127.0.31.31\toperation=setData\t"
-      "znode=/histo/jobs/j1\tresult=failure"]
+      "znode=/histo/jobs/j1\tresult=failure")]
 
 
 def test_ordinary_traffic_opens_nothing_and_a_denial_opens_its_incident(tmp_path: Path) -> None:
@@ -74,5 +74,5 @@ def test_the_command_prints_json_and_refuses_a_missing_file_in_one_line(tmp_path
     got = json.loads(out.stdout)
     assert (got["refusals"], got["incidents"], got["opened"][0]["host"]) == (1, 1, "worker1")
     bad = subprocess.run([*cmd, str(tmp_path / "nope.log")], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [f"histo: secops replay: {tmp_path}/nope.log: "
-                                                                        "no such file"]
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [(f"histo: secops replay: {tmp_path}/nope.log: "
+                                                                        "no such file")]
