@@ -3,7 +3,8 @@
 # Vagrantfile's last machine), so plain Vagrant and `make up` end the same way:
 #   1. .histo/vagrant/inventory: the profile's inventory and every machine's SSH endpoint with the
 #      cluster key, the inventory plain `ansible-playbook site.yml` uses (ansible.cfg);
-#   2. Vault unsealed with the unseal keys if it came back sealed (a halted or rebooted vault1);
+#   2. Vault unsealed with the unseal keys if it came back sealed (a halted or rebooted vault1), and every
+#      Vault node serving a request (`histo vault-serving`);
 #   3. ready means ready: every master counts every member as live (scripts/ready.sh);
 #   4. the operator's env file (0600): URL, CA and short-lived tokens (`histo env write`);
 #   5. its renewal: `histo env refresh --start` (envrefresh.py), a background process on the controller.
@@ -42,6 +43,12 @@ PY
 if [ -f "$STATE/vault-init.json" ]; then
   .venv/bin/histo vault-unseal --init-file "$STATE/vault-init.json" --vault-url "$vault" \
     --vault-ca "$STATE/vault-tls/ca.pem" >/dev/null
+fi
+# every Vault node serves (a standby forwards to the active one): after the whole cluster restarted, a
+# standby answers its health check before it can forward, and every login through it fails until then
+if [ -f "$STATE/issuer-token" ]; then
+  .venv/bin/histo vault-serving --vault-url "$vaults" --vault-ca "$STATE/vault-tls/ca.pem" \
+    --token-file "$STATE/issuer-token" >/dev/null
 fi
 bash scripts/ready.sh
 urls=()

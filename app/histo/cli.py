@@ -116,6 +116,21 @@ def cmd_vault_unseal(a) -> None:
     print(json.dumps(out, sort_keys=True))
 
 
+def cmd_vault_serving(a) -> None:
+    """Wait until every Vault node serves a request (a standby by forwarding it): ready means ready."""
+    from .vault.serving import wait_serving
+    token = "\n".join(_lines(Path(a.token_file), "token file")).strip() if a.token_file else ""
+    if not token:
+        raise SystemExit(f"histo: vault-serving: no token in {a.token_file}")
+    urls = [u.strip() for u in a.vault_url.split(",") if u.strip()]
+    last = wait_serving(urls, a.vault_ca, token, timeout=a.timeout)
+    failing = {u: why for u, why in last.items() if why is not None}
+    if failing:
+        raise SystemExit("histo: vault-serving: not serving after "
+                         f"{a.timeout:.0f}s: " + "; ".join(f"{u}: {w}" for u, w in failing.items()))
+    print(json.dumps({"serving": urls}))
+
+
 def cmd_vault_operator_token(a) -> None:
     from .files import write_private
     from .vault.secretzero import operator_token
@@ -664,6 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init-file", required=True, help="the unseal keys (vault-init.json)")
     vault_args(s, token_required=False)
     s.set_defaults(fn=cmd_vault_unseal)
+
+    s = sub.add_parser("vault-serving", help="wait until every Vault node (--vault-url, comma-separated) serves "
+                                             "a request, a standby by forwarding it; exit 1 naming the ones that do not")
+    s.add_argument("--timeout", type=float, default=180.0)
+    vault_args(s, token_help="any token of the cluster's (the operator's issuer token): the probe is its "
+                             "lookup of itself, allowed by the default policy")
+    s.set_defaults(fn=cmd_vault_serving)
 
     s = sub.add_parser("vault-operator-token", help="the operator's issuer or receipt-verifier token (0600 file), "
                                                     "through its token role, with the provisioner token")

@@ -184,3 +184,25 @@ def test_static_seal_recovery_keys_still_make_a_root_token(tmp_path_factory: pyt
         assert unseal(bao.client(), bao.init_path) == {"changed": False, "sealed": False}
     finally:
         bao.stop()
+
+
+def test_vault_serving_waits_for_every_node_to_serve(raft: tuple[Cluster, BaoCluster]) -> None:
+    """`histo vault-serving` (scripts/after-up.sh: ready means ready): every node serves a request — the
+    standbys by forwarding it — with the operator's issuer token; a node that cannot is named, one line."""
+    cluster, vault = raft
+    cmd = [sys.executable, "-m", "histo.cli", "vault-serving", f"--vault-url={','.join(vault.urls)}",
+           f"--vault-ca={vault.ca_path}", f"--token-file={cluster.root / 'issuer-token'}"]
+    out = subprocess.run([*cmd, "--timeout=60"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"serving": vault.urls}
+    standby = next(n for n in vault.nodes if n is not vault.active())
+    standby.stop()
+    try:
+        out = subprocess.run([*cmd, "--timeout=3"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and out.stdout == ""
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("histo: vault-serving: not serving after 3s: ")
+        assert standby.url in lines[0] and all(u not in lines[0] for u in vault.urls if u != standby.url), lines
+    finally:
+        standby.start()
+        vault.wait_unsealed(standby, timeout=30)
