@@ -681,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_vault_unseal)
 
     s = sub.add_parser("vault-serving", help="wait until every Vault node (--vault-url, comma-separated) serves "
-                                             "a request, a standby by forwarding it; exit 1 naming the ones that do not")
+                                             "a request, a standby by forwarding it; exit 1 naming those that do not")
     s.add_argument("--timeout", type=float, default=180.0)
     vault_args(s, token_help="any token of the cluster's (the operator's issuer token): the probe is its "
                              "lookup of itself, allowed by the default policy")
