@@ -84,3 +84,18 @@ def vault_read_without_token(cluster: DeployedCluster, machine: Machine, vault: 
              f"try:\n    urllib.request.urlopen({url!r}, context=ctx, timeout=10)\n    print(200)\n"
              "except urllib.error.HTTPError as e:\n    print(e.code)\n")
     return str(machine.run(f"python3 -c {shlex.quote(probe)}").stdout.strip())
+
+
+RECORD = "/var/lib/histo/secops/secops.log"  # the collector's tamper-evident record (roles/logship)
+
+
+def incidents(collector: Machine) -> list[dict[str, object]]:
+    """The record's incident entries (`incident_*`: opened, escalated, evidence, decisions). Its lines are
+    compact JSON: filtered here, not by grep."""
+    out = collector.run(f"grep -F '\"kind\":\"incident_' {RECORD} || true").stdout
+    found = []
+    for line in out.splitlines():
+        event = json.loads(line)["event"]
+        if isinstance(event, dict):
+            found.append(event)
+    return found

@@ -19,14 +19,13 @@ import pytest
 
 from attack.deployed import DeployedCluster, Machine
 
-from .api import request, wait_ready
+from .api import RECORD, incidents, request, wait_ready
 from .test_drills import _upload_body
 
 # Last, after `vagrant halt`/`up`: it once ran while the restarted Vault nodes could not yet forward a
 # request (every AppRole login refused, so the drill's attempts carried no identity to detect); `vagrant
 # up` now returns only once every Vault node serves (scripts/after-up.sh, `histo vault-serving`).
 pytestmark = pytest.mark.containing
-RECORD = "/var/lib/histo/secops/secops.log"
 RSYSLOG_CONF = "/etc/rsyslog.d/60-histo-logship.conf"
 
 
@@ -41,14 +40,7 @@ def _until(pred: Callable[[], Any], timeout: float, what: str, report: Callable[
 
 
 def _incidents(collector: Machine, host: str) -> list[dict[str, Any]]:
-    """The record's incident entries about `host` (its lines are compact JSON: filtered here, not by grep)."""
-    out = collector.run(f"grep -F '\"kind\":\"incident_' {RECORD} || true").stdout
-    found = []
-    for line in out.splitlines():
-        event = json.loads(line)["event"]
-        if isinstance(event, dict) and event.get("host") == host:
-            found.append(event)
-    return found
+    return [e for e in incidents(collector) if e.get("host") == host]
 
 
 def _record_tail(collector: Machine) -> str:
