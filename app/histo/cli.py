@@ -422,6 +422,7 @@ def cmd_audit_collect(a) -> None:
     vault = ServiceVault(a.vault_url, a.vault_ca, host=a.host, role="secops", creds_dir=Path(a.creds),
                          source_address=a.source_address)
     vault.login()
+    from .secops.chain import RecordBusy
     client = lambda: vault.client  # noqa: E731 (the session's client, re-read after a re-login)
     detector, responder = _responder(a, client) if a.respond != "off" else (None, None)
     try:
@@ -433,6 +434,8 @@ def cmd_audit_collect(a) -> None:
             responder.record = collector.record
     except ValueError as exc:  # the existing log's chain does not hold: never extend it
         raise SystemExit(f"histo: audit: refusing to extend {exc}") from None
+    except RecordBusy as exc:  # the previous collector has not exited: rsyslog starts this one again
+        raise SystemExit(f"histo: audit: {exc}") from None
     with (open(a.input, encoding="utf-8", errors="replace") if a.input else sys.stdin) as source:
         n = collector.run(source, sys.stdout if a.confirm else None)
     print(json.dumps({"stored": n, "head": collector.log.head.seq}), file=sys.stderr)

@@ -183,3 +183,29 @@ def test_events_are_redacted_and_omprog_confirmations(tmp_path: Path) -> None:
     r = audit((tmp_path / "l.log").read_text().splitlines(),
               checkpoints_path(tmp_path / "l.log").read_text().splitlines(), [], signer.keys)
     assert r.ok and r.covered == 2  # closing signs the last head
+
+
+def test_one_writer_at_a_time_and_the_second_resumes_from_the_firsts_last_entry(tmp_path: Path) -> None:
+    """Two collectors on one record (rsyslog started a new one before the old exited) once forked it:
+    the second waits for the first, then resumes its chain; if the first does not exit, RecordBusy."""
+    import threading
+
+    from histo.secops.chain import ChainLog, RecordBusy, walk
+    path = tmp_path / "record.log"
+    first = ChainLog(path)
+    first.append({"n": 1})
+    with pytest.raises(RecordBusy):
+        ChainLog(path, wait=0.3)
+    got: list[ChainLog] = []
+    second = threading.Thread(target=lambda: got.append(ChainLog(path, wait=10)))
+    second.start()
+    first.append({"n": 2})  # still the only writer: the second waits
+    first.close()
+    second.join(10)
+    (log,) = got
+    assert log.head.seq == 2
+    log.append({"n": 3})
+    log.close()
+    with path.open(encoding="utf-8") as f:
+        head, finding = walk(f, {})
+    assert finding is None and head.seq == 3

@@ -7,6 +7,7 @@ An entry: {"seq": n, "prev": <hash of entry n-1>, "ts": <collector time>, "event
 where h = sha256 of the canonical JSON of the entry without "hash"."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -106,22 +107,48 @@ def walk(lines: Iterable[str], checkpoints: Mapping[int, str]) -> tuple[Head, Fi
     return head, None
 
 
+def _lock_file(fd: int, path: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise RecordBusy(f"{path}: another collector still writes it (waited {wait:.0f} s)") from None
+            time.sleep(0.2)
+
+
+class RecordBusy(RuntimeError):
+    """Another process holds the record (its writer has not exited yet)."""
+
+
 class ChainLog:
     """Appends entries to `path` (0600, O_APPEND). Opening an existing log resumes its chain from the
-    last entry; a log whose own chain does not hold is refused, never extended."""
+    last entry; a log whose own chain does not hold is refused, never extended.
 
-    def __init__(self, path: Path) -> None:
+    One writer at a time: the log is locked (flock) for the writer's life, and its head is read only
+    once the lock is held. rsyslog's omprog starts a new collector when the old one has not confirmed in
+    time (Vault slow to answer at boot) while the old one may still be writing: two writers from the
+    same head once forked a cluster's record (two entries 1408), which no collector may extend again.
+    A second writer waits up to `wait` seconds for the first to exit, then RecordBusy."""
+
+    def __init__(self, path: Path, wait: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self.head = Head(0, GENESIS)
-        if self.path.exists():
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _lock_file(fd, self.path, wait)
+            os.fchmod(fd, 0o600)
             with self.path.open(encoding="utf-8") as f:
                 self.head, finding = walk(f, {})
             if finding is not None:
                 raise ValueError(f"{self.path}: {finding.message}")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)  # releases the lock too
+            raise
         self._f = os.fdopen(fd, "a", encoding="utf-8")
 
     def append(self, event: Mapping[str, Any], ts: float | None = None) -> Head:
