@@ -23,9 +23,10 @@ from attack.deployed import DeployedCluster, Machine
 from .api import RECORD, incidents, request, upload, wait_ready
 from .test_drills import _upload_body
 
-# Last, after `vagrant halt`/`up`: it once ran while the restarted Vault nodes could not yet forward a
-# request (every AppRole login refused, so the drill's attempts carried no identity to detect); `vagrant
-# up` now returns only once every Vault node serves (scripts/after-up.sh, `histo vault-serving`).
+# Last, after `vagrant halt`/`up`. It failed there twice, for two causes, both fixed: it ran while the
+# restarted Vault nodes could not yet forward a request (every AppRole login refused: `vagrant up` now
+# returns only once every Vault node serves, `histo vault-serving`); and two collectors at boot forked
+# the record, after which none would extend it (secops/chain.py: one writer per record).
 pytestmark = pytest.mark.containing
 RSYSLOG_CONF = "/etc/rsyslog.d/60-histo-logship.conf"
 
