@@ -8,7 +8,7 @@ import shlex
 import time
 from typing import Any, Callable
 
-from attack.deployed import DeployedCluster
+from attack.deployed import ROOT, DeployedCluster
 
 from .api import secops_find, secops_head, vault_read_without_token
 
@@ -61,3 +61,30 @@ def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_seco
         assert (ev["layer"], ev["host"], ev["spiffe"], ev["collector"]) == (layer, worker.name, spiffe,
                                                                            collector.name), (url, ev)
         assert ev["severity"] in ("warning", "critical") and ev["why"], ev
+
+
+# rsyslogd's CPU since it started (utime + stime, in clock ticks), its start (ticks after boot), the
+# machine's uptime and the clock tick: the shipper's share of one core on each machine
+_CPU = ("set -e; p=$(pidof rsyslogd); s=$(cat /proc/$p/stat); s=${s##*) }; set -- $s; "
+        "echo $(( ${12} + ${13} )) ${20} $(cut -d' ' -f1 /proc/uptime) $(getconf CLK_TCK)")
+
+
+def test_the_shippers_cpu_on_every_machine_is_measured(cluster: DeployedCluster) -> None:
+    """Issue 17's figure: rsyslog's CPU over its life on each machine (the collector's includes the
+    record's omprog child separately: not counted here). Written to test-artifacts/shipper-cpu.json for
+    docs/PERFORMANCE.md; nothing about its size is asserted (a timed figure, not a test)."""
+    figures = {}
+    for machine in cluster.machines.values():
+        cpu, start, uptime, tick = machine.run(_CPU).stdout.split()
+        alive = float(uptime) - int(start) / int(tick)
+        seconds = int(cpu) / int(tick)
+        assert alive > 0 and seconds >= 0, (machine.name, cpu, start, uptime)
+        figures[machine.name] = {"group": machine.group, "cpu_s": round(seconds, 2), "alive_s": round(alive, 1),
+                                 "share_of_a_core": round(seconds / alive, 5)}
+    out = ROOT / "test-artifacts" / "shipper-cpu.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    for name, f in sorted(figures.items()):
+        print(f"rsyslogd on {name}: {f['cpu_s']} s of CPU in {f['alive_s']} s "
+              f"({100 * f['share_of_a_core']:.2f} % of a core)")
+    assert set(figures) == set(cluster.machines)

@@ -3,6 +3,7 @@ histogram plot and the SecOps event of a failed attempt; save a screenshot as a 
 
 The browser trusts the cluster's CA through its own NSS database (certutil), so TLS is checked
 as a user's browser checks it — no --ignore-certificate-errors."""
+import json
 import shutil
 import time
 from pathlib import Path
@@ -199,5 +200,24 @@ def test_ui_secops_view_shows_a_pushed_refusal_filters_it_and_info_noise_never_p
         assert not browser.find_elements(By.CSS_SELECTOR, "#events img, #identities img, #info-groups img, "
                                                           "#events script, #identities script")
         assert browser.execute_script("return window.__histoXss") is None
+
+        # an incident the collector only alerted on (a dry run, an alert rule) is on the incidents panel
+        # with its decision, apart from contained hosts; its markup is text there too
+        incident = secrets.token_hex(8)
+        alerted = {**secops.refusal(203, "vault-denied-by-address -> alert", host="worker2", layer="secops",
+                                    kind="incident_alerted", severity="critical", where="vault1"),
+                   "where": None, "why": f"alert: dry run <b>{tag}</b>", "incident": incident,
+                   "rule": "vault-denied-by-address"}
+        assert secops.push(cluster, "master1", secops.batch(record, [alerted]), tls)[0] == 200
+        listed = json.loads(cluster.request("GET", "/api/v1/cluster", token=cluster.token("viewer"))[2])["incidents"]
+        mine = [i for i in listed if i.get("incident") == incident]
+        assert [(i["host"], i["state"], i["rule"]) for i in mine] == [("worker2", "alerted", "vault-denied-by-address")]
+
+        def panel() -> str:
+            return str(browser.find_element(By.ID, "incidents").text)
+        _wait(lambda: incident in panel(), what="the alerted incident on the incidents panel")
+        assert f"alert: dry run <b>{tag}</b>" in panel()
+        assert "alerted" in browser.find_element(By.ID, "incidents-count").text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#incidents b b, #incidents img")
     finally:
         secops.forget_identity(cluster)

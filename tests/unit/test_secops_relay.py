@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,38 @@ def test_one_event_a_master_refuses_costs_that_event_only(tmp_path: Path) -> Non
     assert masters.seqs("master1") == [s for s in range(1, 101) if s != 37]
     assert json.loads((state / relay.STATE_FILE).read_text())["sent"] == {"master1": 100}
     os.close(fd)
+
+
+INCIDENT = {"kind": "incident_alerted", "layer": "secops", "incident": "0123456789abcdef",
+            "rule": "vault-denied-by-address", "host": "worker1", "spiffe": "spiffe://histo.internal/worker/worker1",
+            "address": "192.168.56.31", "severity": "critical", "response": "alert", "state": "alerted",
+            "evidence": [{"kind": "vault_denied", "path": "secret/data/x"}],
+            "actions": [{"name": "alert", "ok": True, "detail": "the rule's response is alert (record only)"}]}
+
+
+def test_an_incidents_decisions_are_relayed_and_its_evidence_entries_are_not() -> None:
+    got = relay.from_entry({"seq": 7, "ts": 5.0, "event": INCIDENT})
+    assert got is not None
+    assert (got["layer"], got["kind"], got["host"], got["incident"], got["rule"]) == (
+        "secops", "incident_alerted", "worker1", "0123456789abcdef", "vault-denied-by-address")
+    assert got["what"] == "vault-denied-by-address -> alert" and "record only" in got["why"]
+    assert relay.from_entry({"seq": 8, "ts": 5.0, "event": {**INCIDENT, "kind": "incident_evidence"}}) is None
+    # an id or a rule the schema does not take is left out, never sent for the master to refuse
+    odd = relay.from_entry({"seq": 9, "ts": 5.0, "event": {**INCIDENT, "incident": "<b>", "rule": "A B"}})
+    assert odd is not None and odd["incident"] is None and odd["rule"] is None
+
+
+def test_the_feed_keeps_each_incidents_latest_decision_for_the_panel() -> None:
+    feed = secopsfeed.SecopsFeed(lambda *a, **k: None)
+    opened = relay.from_entry({"seq": 1, "ts": 1.0, "event": {**INCIDENT, "kind": "incident_opened", "actions": []}})
+    alerted = relay.from_entry({"seq": 2, "ts": 2.0, "event": INCIDENT})
+    other = relay.from_entry({"seq": 3, "ts": 3.0, "event": {**INCIDENT, "kind": "incident_contained",
+                                                             "incident": "fedcba9876543210", "host": "worker2"}})
+    assert opened and alerted and other
+    feed.push("secops1", R, [opened])
+    assert [(i["host"], i["state"]) for i in feed.open_incidents()] == [("worker1", "open")]
+    feed.push("secops1", R, [alerted, other])
+    listed = feed.open_incidents()
+    assert [(i["host"], i["state"], i["rule"]) for i in listed] == [("worker1", "alerted", "vault-denied-by-address")]
+    assert "record only" in listed[0]["decision"]  # contained ones are Vault's to list, not the feed's
+    assert feed.open_incidents(now=time.time() + secopsfeed.INCIDENT_WINDOW + 1) == []  # an old alert leaves

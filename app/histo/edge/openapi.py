@@ -50,7 +50,11 @@ SECOPS_EVENT: dict[str, Any] = {
                   "description": "the machine that refused it"},
         "what": {"type": ["string", "null"], "maxLength": 300,
                  "description": "what was refused (a Vault path, a port, a user, a znode)"},
-        "why": {"type": ["string", "null"], "maxLength": 300}}}
+        "why": {"type": ["string", "null"], "maxLength": 300},
+        # an incident's own entries (secops/detect.py, respond.py: kind incident_opened, _escalated,
+        # _alerted, _contained): which incident and the rule that opened it
+        "incident": {"type": ["string", "null"], "pattern": "^[0-9a-f]{16}$"},
+        "rule": {"type": ["string", "null"], "pattern": "^[a-z0-9][a-z0-9-]{0,63}$"}}}
 SECOPS_MAX_BATCH = 100  # events per push
 # bytes of one push: 100 events of ordinary size fit; 100 with every text field at its bound do not (a
 # 300-character `what` is up to 1,800 bytes of JSON), so the relay also cuts its batches by size

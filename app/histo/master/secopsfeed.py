@@ -28,6 +28,8 @@ BURST = 1000  # ... and at once (a backlog after a master restart, a burst of dr
 CAPACITY = 2000  # events a master keeps for the API (the dashboard's window of minutes, not an archive)
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
+INCIDENTS_KEPT = 200  # incidents remembered (their latest decision)
+INCIDENT_WINDOW = 3600.0  # seconds an alerted incident stays on the panel after its last decision
 RECORDS_KEPT = 4  # record ids remembered per collector (a collector whose record was started anew)
 RECORD = re.compile(r"[0-9a-f]{64}")
 USAGE = (f"JSON {{\"record\": <hash of the record's first entry>, \"events\": [SecopsEvent, ...]}} with 1 to "
@@ -107,6 +109,9 @@ class SecopsFeed:
         self._rate, self._burst = rate, burst
         self._lock = threading.Lock()
         self.duplicates = 0
+        # incident id -> its latest decision as pushed (the dashboard's incidents panel: open and alerted
+        # ones; contained ones come from Vault's quarantine records, the authority on who is held)
+        self.incidents: dict[str, dict[str, Any]] = {}
 
     def push(self, collector: str, record: str, events: list[dict[str, Any]]) -> Pushed:
         """Take a parsed batch from `collector` (the host its certificate names), or FeedRefused(429)."""
@@ -130,6 +135,11 @@ class SecopsFeed:
                 item.update(collector=collector, record=record[:16], received=round(now, 3))
                 self.events.append(item)
                 kept.append(item)
+                if item.get("incident") and str(item["kind"]).startswith("incident_"):
+                    self.incidents.pop(item["incident"], None)  # newest last: the bound drops the oldest
+                    self.incidents[item["incident"]] = item
+                    while len(self.incidents) > INCIDENTS_KEPT:
+                        del self.incidents[next(iter(self.incidents))]
             self.high[key] = fresh[-1]["record_seq"] if fresh else high
             self.duplicates += len(events) - len(fresh)
             result = Pushed(len(fresh), len(events) - len(fresh), self.high[key])
@@ -137,6 +147,22 @@ class SecopsFeed:
             fields = {k: v for k, v in item.items() if k not in ("kind", "ts", "received")}
             self._publish(item["kind"], source="collector", record_ts=item["ts"], **fields)
         return result
+
+    def open_incidents(self, within: float = INCIDENT_WINDOW, now: float | None = None) -> list[dict[str, Any]]:
+        """Incidents not contained whose latest decision came within `within` seconds: opened (no
+        decision yet) or alerted (a dry run, a guard rail, a rule that only alerts)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            items = list(self.incidents.values())
+        out = []
+        for ev in items:
+            if ev["kind"] == "incident_contained" or now - float(ev.get("received") or 0) > within:
+                continue
+            out.append({"host": ev["host"], "incident": ev["incident"], "rule": ev.get("rule"),
+                        "state": "alerted" if ev["kind"] == "incident_alerted" else "open",
+                        "since": ev.get("ts"), "severity": ev.get("severity"), "response": ev.get("what"),
+                        "decision": ev.get("why"), "spiffe": ev.get("spiffe"), "address": ev.get("address")})
+        return out
 
     def query(self, since: int = 0, layer: str | None = None, host: str | None = None,
               severity: str | None = None, limit: int = DEFAULT_PAGE) -> dict[str, Any]:

@@ -132,7 +132,8 @@ class Master:
 
     def incidents(self) -> list[dict]:
         """The quarantined hosts (contained, or partly) and the recent releases, newest first, each with
-        what the operator runs to give it back (the SecOps dashboard's incidents panel)."""
+        what the operator runs to give it back, and the open and alerted incidents the collector pushed
+        (the SecOps dashboard's incidents panel)."""
         out = []
         for host, rec in self._contained.items():
             ok = all(a.get("ok") for a in rec.get("actions", []))
@@ -140,6 +141,9 @@ class Master:
                         "release": f"make provision (root token: vault-generate-root), then "
                                    f"histo quarantine release {host}"})
         out += [{**rec, "state": "released"} for rec in self.released.values()]
+        # what the collector detected and did not contain (alert rules, dry runs, guard rails), as its
+        # relay pushed it; a host Vault holds is listed once, as contained
+        out += [i for i in self.secops.open_incidents() if i["host"] not in self._contained]
         return sorted(out, key=lambda r: float(r.get("released") or r.get("since") or 0), reverse=True)
 
     def _remove_quarantined(self, role: str, host: str) -> None:

@@ -52,12 +52,38 @@ def _fits(name: str, value: Any) -> Any:
     return value if value is not None and problem(_PROPS[name], value, name) is None else None
 
 
+# An incident's entries the dashboard shows (its evidence is relayed already, each as its own refusal).
+INCIDENT_KINDS = ("incident_opened", "incident_escalated", "incident_alerted", "incident_contained")
+
+
+def _incident(entry: Mapping[str, Any], event: Mapping[str, Any], seq: int) -> dict[str, Any] | None:
+    """An incident's decision as a SecOps event: who, the rule, the response, and what was done."""
+    ts = entry.get("ts")
+    actions = [a for a in event.get("actions") or [] if isinstance(a, dict)]
+    done = "; ".join(f"{a.get('name')}: {a.get('detail') or ('ok' if a.get('ok') else 'failed')}"
+                     for a in actions[-3:])
+    severity = event.get("severity") if event.get("severity") in ("info", "warning", "critical") else "warning"
+    out: dict[str, Any] = {
+        "record_seq": seq, "ts": float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
+        "layer": "secops", "kind": str(event["kind"]), "severity": severity,
+        "host": _fits("host", _text(event.get("host"), 64)) or "outside",
+        "spiffe": _fits("spiffe", event.get("spiffe")), "address": _fits("address", event.get("address")),
+        "where": None, "what": _text(f"{event.get('rule')} -> {event.get('response')}", 300),
+        "why": _text(done, 300), "incident": _fits("incident", event.get("incident")),
+        "rule": _fits("rule", event.get("rule"))}
+    return out if problem(SECOPS_EVENT, out) is None else None
+
+
 def from_entry(entry: Mapping[str, Any]) -> dict[str, Any] | None:
     """The event to push for one record entry, or None when the collector did not attribute it."""
     event = entry.get("event")
     found = event.get("secops") if isinstance(event, dict) else None
     seq = entry.get("seq")
-    if not isinstance(found, dict) or not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return None
+    if isinstance(event, dict) and event.get("kind") in INCIDENT_KINDS:
+        return _incident(entry, event, seq)
+    if not isinstance(found, dict):
         return None
     layer = found.get("layer") if found.get("layer") in SECOPS_LAYERS else "secops"
     kind = _KIND.sub("_", str(found.get("kind") or "refused").lower())[:40].lstrip("_0123456789") or "refused"

@@ -356,15 +356,19 @@
     $('cluster').replaceChildren(...(cards.length ? cards : [el('p', 'hint', 'no nodes registered')]));
   }
 
-  // -- incidents: hosts SecOps quarantined (contained, partly) and recent releases -------------------
+  // -- incidents: hosts SecOps quarantined (contained, partly), recent releases, and what it detected
+  //    and did not contain (open: no decision yet; alerted: an alert rule, a dry run, a guard rail) ----
+  const INCIDENT_LOOK = { released: ['released', 'ok'], open: ['alerted', 'warn'], alerted: ['alerted', 'warn'] };
   function incidentItem(i) {
-    const li = el('li', 'incident ' + (i.state === 'released' ? 'released' : 'contained'));
+    const [cls, pill] = INCIDENT_LOOK[i.state] || ['contained', 'bad'];
+    const li = el('li', 'incident ' + cls);
     const head = el('div', 'top');
-    head.append(el('b', '', i.host), el('span', 'pill ' + (i.state === 'released' ? 'ok' : 'bad'), i.state),
+    head.append(el('b', '', i.host), el('span', 'pill ' + pill, i.state),
       el('span', 'dim', (i.rule || '') + (i.incident ? ' · ' + i.incident : '')));
     const when = i.released ? 'released ' + new Date(i.released * 1000).toLocaleTimeString()
       : 'since ' + new Date((i.since || 0) * 1000).toLocaleTimeString();
     li.append(head, el('div', 'dim', when));
+    if (i.decision) li.append(el('div', 'actions', i.decision));
     const actions = (i.actions || []).map((a) => (a.ok ? '✓ ' : '✗ ') + a.name).join('  ');
     if (actions) li.append(el('div', 'actions', actions));
     for (const e of (i.evidence || []).slice(0, 3)) {
@@ -379,8 +383,10 @@
     const items = (list || []).map(incidentItem);
     $('incidents').replaceChildren(...items);
     $('incidents-empty').classList.toggle('hidden', items.length > 0);
-    const open = (list || []).filter((i) => i.state !== 'released').length;
-    $('incidents-count').textContent = open ? open + ' contained' : '';
+    const held = (list || []).filter((i) => !['released', 'open', 'alerted'].includes(i.state)).length;
+    const alerted = (list || []).filter((i) => ['open', 'alerted'].includes(i.state)).length;
+    $('incidents-count').textContent = [held ? held + ' contained' : '', alerted ? alerted + ' alerted' : '']
+      .filter(Boolean).join(', ');
   }
 
   async function refreshCluster() {
