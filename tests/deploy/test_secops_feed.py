@@ -3,6 +3,7 @@ the machine refused, and the collector's relay (histo-secops-relay.service) push
 where GET /api/v1/secops/events (viewer) shows them. The seconds each took are printed."""
 from __future__ import annotations
 
+import json
 import secrets
 import shlex
 import time
@@ -73,7 +74,7 @@ def test_the_shippers_cpu_on_every_machine_is_measured(cluster: DeployedCluster)
     """Issue 17's figure: rsyslog's CPU over its life on each machine (the collector's includes the
     record's omprog child separately: not counted here). Written to test-artifacts/shipper-cpu.json for
     docs/PERFORMANCE.md; nothing about its size is asserted (a timed figure, not a test)."""
-    figures = {}
+    figures: dict[str, dict[str, Any]] = {}
     for machine in cluster.machines.values():
         cpu, start, uptime, tick = machine.run(_CPU).stdout.split()
         alive = float(uptime) - int(start) / int(tick)
