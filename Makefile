@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HISTO := $(VENV)/bin/histo
 LIFETIMES ?= standard
 PYTEST := $(PY) -m pytest -p no:cacheprovider
-PYTEST_FLAGS ?= -q -ra --timeout=600
+PYTEST_FLAGS ?= -q -ra --timeout=600 --durations=15
 DEPLOY_PY := .venv-deploy/bin/python
 # make molecule ROLE=<role>: one role's scenario (default: every role in turn)
 ROLE ?=

@@ -18,7 +18,7 @@ export HISTO_PROFILE=${HISTO_PROFILE:-default}
 . scripts/lib.sh
 host_lxc_lock "cluster stage"
 DEPLOY_PY=.venv-deploy/bin/python
-PYTEST=(-m pytest -p no:cacheprovider -q -ra --timeout=1200)
+PYTEST=(-m pytest -p no:cacheprovider -q -ra --timeout=1200 --durations=20)
 
 # Already up = the env file and at least one of this checkout's Vagrant machines running (not just any
 # container: a Molecule instance or someone else's does not count).

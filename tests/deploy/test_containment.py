@@ -10,6 +10,7 @@ proves it on the local cluster)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from attack.deployed import DeployedCluster, Machine
 
-from .api import RECORD, incidents, request, wait_ready
+from .api import RECORD, incidents, request, upload, wait_ready
 from .test_drills import _upload_body
 
 # Last, after `vagrant halt`/`up`: it once ran while the restarted Vault nodes could not yet forward a
@@ -135,3 +136,52 @@ def test_a_compromised_worker_is_detected_and_contained_while_jobs_complete(clus
         _until(lambda j=job_id: state(j) in ("done", "failed"), 180, f"job {job_id}")  # type: ignore[misc]
         assert state(job_id) == "done", job_id
 
+
+
+def _histo(cluster: DeployedCluster, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    state = cluster.root / ".histo" / "vagrant"
+    vaults = ",".join(f"https://{m.address}:{cluster.ports['vault']}" for m in cluster.group("vault"))
+    return subprocess.run([str(cluster.root / ".venv" / "bin" / "histo"), *argv, "--vault-url", vaults,
+                           "--vault-ca", str(state / "vault-tls" / "ca.pem")], capture_output=True, text=True,
+                          timeout=timeout, cwd=cluster.root)
+
+
+@pytest.mark.skipif(os.environ.get("HISTO_READMISSION_DRILL") != "1",
+                    reason="opt-in (HISTO_READMISSION_DRILL=1): rebuilds the contained worker, several minutes")
+def test_the_contained_worker_is_rebuilt_released_and_serves_again(cluster: DeployedCluster) -> None:
+    """Re-admission as README's procedure has it: the release refused while the host keeps its old
+    identity; a root token from the unseal keys; the machine rebuilt (`vagrant destroy -f`, `make up`:
+    vault-setup restores its policy and revokes the tokens it held, a new secret_id); `make up` is ready
+    without it while it is still quarantined; then the release, and it is a live worker again that every
+    firewall lets through."""
+    victim = cluster.group("workers")[0]
+    state = cluster.root / ".histo" / "vagrant"
+    token = ["--token-file", str(state / "provisioner-token")]
+    held = _histo(cluster, "quarantine", "list", *token)
+    assert held.returncode == 0 and victim.name in json.loads(held.stdout), held.stderr
+    early = _histo(cluster, "quarantine", "release", victim.name, *token)
+    assert early.returncode != 0 and len(early.stderr.strip().splitlines()) == 1, early  # no fresh identity yet
+    assert victim.name in json.loads(_histo(cluster, "quarantine", "list", *token).stdout)
+
+    root = _histo(cluster, "vault-generate-root", "--init-file", str(state / "vault-init.json"),
+                  "--out", str(state / "root-token"), *token)
+    assert root.returncode == 0, root.stderr
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "HISTO_PROFILE": cluster.profile}
+    t0 = time.time()
+    gone = subprocess.run(["vagrant", "destroy", "-f", victim.name], cwd=cluster.root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert gone.returncode == 0, gone.stderr[-800:]
+    up = subprocess.run(["bash", "scripts/up.sh"], cwd=cluster.root, env=env, capture_output=True, text=True,
+                        timeout=1800)
+    assert up.returncode == 0, (up.stdout[-2000:], up.stderr[-800:])
+    assert f"quarantined, not counted: {victim.name}" in up.stdout, up.stdout[-1500:]
+    assert not (state / "root-token").exists()  # provisioning used it and retired it
+    released = _histo(cluster, "quarantine", "release", victim.name, *token)
+    assert released.returncode == 0, released.stderr
+    _until(lambda: victim.name in _live_workers(cluster), 180, f"{victim.name} a live worker again")
+    for machine in (m for m in cluster.machines.values() if m.name != victim.name):
+        _until(lambda m=machine: victim.address not in _dropped_at(m), 60,  # type: ignore[misc]
+               f"{machine.name}'s firewall letting {victim.name} through")
+    print(f"{victim.name}: rebuilt, released and live again {time.time() - t0:.0f} s after its rebuild began")
+    status, raw = upload(cluster, cluster.env["HISTO_TOKEN_UPLOADER"])
+    assert status == 202, raw

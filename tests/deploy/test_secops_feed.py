@@ -66,7 +66,7 @@ def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_seco
 
 # rsyslogd's CPU since it started (utime + stime, in clock ticks), its start (ticks after boot), the
 # machine's uptime and the clock tick: the shipper's share of one core on each machine
-_CPU = ("set -e; p=$(pidof rsyslogd); s=$(cat /proc/$p/stat); s=${s##*) }; set -- $s; "
+_CPU = ("set -e; p=$(pidof -s rsyslogd); s=$(cat /proc/$p/stat); s=${s##*) }; set -- $s; "
         "echo $(( ${12} + ${13} )) ${20} $(cut -d' ' -f1 /proc/uptime) $(getconf CLK_TCK)")
 
 
