@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 import zlib
 from email.message import Message
+from typing import Any, Callable
 
 from attack.deployed import DeployedCluster, Machine
 
@@ -84,6 +85,42 @@ def vault_read_without_token(cluster: DeployedCluster, machine: Machine, vault: 
              f"try:\n    urllib.request.urlopen({url!r}, context=ctx, timeout=10)\n    print(200)\n"
              "except urllib.error.HTTPError as e:\n    print(e.code)\n")
     return str(machine.run(f"python3 -c {shlex.quote(probe)}").stdout.strip())
+
+
+SECOPS_EVENTS = "/api/v1/secops/events"  # the SecOps record's refusals a master holds (viewer)
+_PAST_EVERY_SEQ = 9007199254740991  # a `since` above every record sequence: no event, but the head
+
+
+def secops_head(cluster: DeployedCluster, url: str) -> int:
+    """The highest record sequence the master at `url` holds: read before a refusal is provoked, the
+    events above it are the ones that came after (and those the collector had not yet pushed to it)."""
+    status, raw, _h = request(cluster, "GET", f"{SECOPS_EVENTS}?limit=1&since={_PAST_EVERY_SEQ}",
+                              cluster.env["HISTO_TOKEN_VIEWER"], url=url)
+    assert status == 200, f"GET {SECOPS_EVENTS} on {url}: {status} {raw[:200]!r}"
+    return int(json.loads(raw)["head"])
+
+
+def secops_since(cluster: DeployedCluster, url: str, since: int,
+                 query: str = "") -> tuple[list[dict[str, Any]], int]:
+    """Every event above record sequence `since` the master at `url` holds (`query`: its filters, e.g.
+    `layer=vault&host=worker1`), page after page, and the `next_since` to go on from."""
+    events: list[dict[str, Any]] = []
+    nxt, filters = since, f"&{query}" if query else ""
+    while True:
+        status, raw, _h = request(cluster, "GET", f"{SECOPS_EVENTS}?limit=500&since={nxt}{filters}",
+                                  cluster.env["HISTO_TOKEN_VIEWER"], url=url)
+        assert status == 200, f"GET {SECOPS_EVENTS} on {url}: {status} {raw[:200]!r}"
+        page = json.loads(raw)
+        events += [dict(ev) for ev in page["events"]]
+        nxt = int(page["next_since"])
+        if not page["more"]:
+            return events, nxt
+
+
+def secops_find(cluster: DeployedCluster, url: str, since: int, query: str,
+                match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The first event above `since` (with the `query` filters) that `match`es, or None."""
+    return next((ev for ev in secops_since(cluster, url, since, query)[0] if match(ev)), None)
 
 
 RECORD = "/var/lib/histo/secops/secops.log"  # the collector's tamper-evident record (roles/logship)

@@ -1,5 +1,9 @@
 """The attack drills against the deployed cluster, one test per drill: a control that stops holding
-fails `make deploy-test` (and the cluster stage of `make test`).
+fails `make deploy-test` (and the cluster stage of `make test`). Each drill is also *detected*: the
+refusals it provokes must reach the SecOps dashboard's API (GET /api/v1/secops/events, one master's),
+from the right layer and attributed to the right identity, within WAIT seconds; the seconds each took
+are printed and kept in test-artifacts/detection.json (bench/detection.py: p50/p99 per layer). The
+`drill` event a drill posts about itself is only a label of what was attempted: nothing here relies on it.
 
 Why a subprocess: this suite runs under .venv-deploy (Ansible, PyYAML, pytest), which has none of the
 app's packages; the drills need hvac, kazoo, Pillow and histo on the controller, so each one runs as
@@ -15,19 +19,94 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from attack.deployed import DeployedCluster, Machine
+from attack.availability import FLOOD_RANGE
+from attack.deployed import CLUSTER_NET, DeployedCluster, Machine
 
-from .api import png, request, wait_ready
+from .api import png, request, secops_head, secops_since, wait_ready
+from .detection import Arrivals, Refusal, append_rows, names_from_inventory
 
 # The drills, in the order `make attack` runs them (the disruptive one last); checked against --list.
 DRILLS = ["eavesdrop", "stolen certificate", "compromised worker", "forged / replayed result", "ssh lateral",
           "used secret_id", "copied secret_id", "expired certificate", "revoked token",
           "certificate without its address", "revoked certificate", "provisioner token", "flood", "connection flood",
           "Vault sealed"]
+
+# What each drill must leave on the SecOps API: the layer that records the refusal, the identity it is
+# attributed to ({workers[0]} is the inventory's first worker, worker1; `outside` an address the inventory
+# does not know), its kind, and a piece of `what` / the machine that refused / the address it came from
+# where that tells it apart. Where a drill makes a layer refuse many things, the entry is the one that
+# layer surely records. A drill that leaves no refusal any layer records has a string instead: why.
+DETECTED: dict[str, tuple[Refusal, ...] | str] = {
+    "eavesdrop": "a passive capture on the bridge: nothing is refused, so no layer records anything",
+    "stolen certificate": (
+        Refusal("service", "{workers[1]}", "mtls_rejected",
+                "worker1's certificate presented from worker2: the masters' peer check refuses it (its IP SAN)"),
+        Refusal("service", "{masters[-1]}", "mtls_rejected",
+                "the same from the last master's address, to the first master's internal port"),
+        Refusal("firewall", "outside", "firewall_drop",
+                "the same from the controller: the first master's internal port drops it before any handshake",
+                what="port {ports[internal]}/TCP", where="{masters[0]}", address="controller")),
+    "compromised worker": (
+        Refusal("vault", "{workers[0]}", "vault_denied",
+                "worker1's own AppRole token reads the masters' ZooKeeper credentials: outside its policy",
+                what="secret/data/histo/zk/master"),
+        Refusal("zookeeper", "{workers[0]}", "zk_acl_denied",
+                "writes outside its ACL (a job, the election, another's slot) in a session its certificate names"),
+        Refusal("firewall", "{workers[0]}", "firewall_drop",
+                "worker1 -> worker2's internal port: only masters may, worker2 drops and logs it",
+                what="port {ports[internal]}/TCP", where="{workers[1]}")),
+    "forged / replayed result": (
+        Refusal("service", "{workers[0]}", "result_refused",
+                "worker1 re-reports finished attempts and a forged one: the leader refuses them (409), naming it"),
+        Refusal("service", "{workers[1]}", "result_refused", "the same from worker2")),
+    "ssh lateral": (
+        Refusal("firewall", "{workers[0]}", "firewall_drop",
+                "root in worker1 connects to SSH on the other machines' cluster addresses: each drops and logs it "
+                "(its probes of their management addresses come from an address the inventory does not know)",
+                what="port 22/TCP"),),
+    "used secret_id": "OpenBao refuses the used wrapping token before its audit device sees the request "
+                      "(handleCancelableRequest returns ErrInvalidWrappingToken for sys/wrapping/lookup and "
+                      "unwrap), so no layer records the second unwrap",
+    "copied secret_id": "OpenBao refuses the copied secret_id (CIDR-bound to worker1) with an error response, no "
+                        "error of the request itself: its audit entry has no top-level `error` (the reason is in "
+                        "the HMAC'd response data), which secops/sources.py does not attribute",
+    "expired certificate": "the expired certificate fails the TLS handshake: no request reaches the masters' peer "
+                           "check (no mtls_rejected), and no layer records a refused handshake on the internal port",
+    "revoked token": (
+        Refusal("service", "outside", "auth_failure",
+                "the revoked token used again from the controller: every master answers 401", address="controller"),),
+    "certificate without its address": (
+        Refusal("vault", "{workers[0]}", "vault_denied",
+                "worker1's token asks for its certificate without its address: its policy requires ip_sans",
+                what="issue/host-{workers[0]}"),),
+    "revoked certificate": (
+        Refusal("service", "{workers[0]}", "mtls_rejected",
+                "the revoked serial presented again from worker1: every master's peer check refuses it"),),
+    "provisioner token": (
+        Refusal("vault", "outside", "vault_denied",
+                "the provisioner token (no AppRole: known by the controller's address) reads the ZooKeeper super "
+                "digest", what="secret/data/histo/zk/super", address="controller"),),
+    "flood": (
+        Refusal("service", "outside", "auth_failure",
+                "uploads with forged tokens from an outsider address: 401 from the master at HISTO_URL",
+                address="flood"),),
+    "connection flood": (
+        Refusal("service", "outside", "connection_refused",
+                "twice the per-address cap of plain sockets: the leader closes the excess and reports the address",
+                address="flood"),),
+    "Vault sealed": "availability: Vault stopped and started, nothing is refused (the services' vault_unavailable "
+                    "warnings refuse no one)",
+}
+# attack/availability.py's outsiders: the addresses the flood and the connection flood come from
+FLOOD_ADDRESSES = [str(CLUSTER_NET.network_address + n) for n in FLOOD_RANGE]
+WAIT = 90.0  # seconds after the drill ends: shippers, collector, relay and master, end to end
+POLL = 0.5
+ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "detection.json"
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +122,75 @@ def test_the_list_of_drills_is_complete(attack):
     argv, cwd = attack
     out = subprocess.run([*argv, "--list"], capture_output=True, text=True, timeout=60, check=True, cwd=cwd)
     assert out.stdout.split("\n")[:-1] == DRILLS
+    assert list(DETECTED) == DRILLS
 
 
 @pytest.mark.parametrize("drill", DRILLS)
-def test_drill_holds(attack, drill: str, tmp_path):
+def test_drill_holds(attack, cluster: DeployedCluster, drill: str, tmp_path):
+    """The drill holds, and every refusal DETECTED names reaches the first master's SecOps API. The API
+    is read while the drill runs, so the seconds are from the drill's start to the poll that first saw
+    the event (to 0.5 s): an upper bound of detection, the drill's own steps before that refusal included."""
     argv, cwd = attack
+    expected = DETECTED[drill]
+    url = cluster.env["HISTO_URLS"].split(",")[0]
+    names = names_from_inventory(cluster.inventory, FLOOD_ADDRESSES)
+    wanted = [r.at(names) for r in expected] if not isinstance(expected, str) else []
+    cursor = secops_head(cluster, url) if wanted else 0
     report = tmp_path / "outcome.json"
-    proc = subprocess.run([*argv, "--only", drill, "--json", str(report)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
-    printed = proc.stdout.strip() + ("\n" + proc.stderr.strip()[-1500:] if proc.returncode else "")
+    started_at, started = time.time(), time.monotonic()
+    arrivals = Arrivals(wanted, started)
+    last_error = ""
+
+    def look() -> None:
+        nonlocal cursor, last_error
+        try:
+            events, cursor = secops_since(cluster, url, cursor)
+        except (OSError, ValueError, AssertionError) as exc:  # a master that did not answer: asked again
+            last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return
+        arrivals.feed(events, time.monotonic())
+
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen([*argv, "--only", drill, "--json", str(report)], stdout=out, stderr=err, cwd=cwd)
+    try:
+        while proc.poll() is None:
+            if time.monotonic() - started > 600:
+                pytest.fail(f"the drill {drill!r} ran for more than 600 s")
+            if wanted and not arrivals.done():
+                look()
+            time.sleep(POLL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ran = time.monotonic() - started
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    printed = stdout.strip() + ("\n" + stderr.strip()[-1500:] if proc.returncode else "")
     assert report.exists(), printed
     (outcome,) = json.loads(report.read_text())
     assert outcome["drill"] == drill, printed
     assert outcome["held"], printed
-    assert "drill event recorded" in proc.stdout, f"not on the SecOps dashboard:\n{printed}"
+
+    if isinstance(expected, str):
+        print(f"{drill}: no refusal to detect: {expected}")
+        return
+    deadline = time.monotonic() + WAIT
+    while not arrivals.done() and time.monotonic() < deadline:
+        look()
+        if not arrivals.done():
+            time.sleep(POLL)
+    rows = []
+    for w, ev, seconds in arrivals.arrived():
+        print(f"{drill}: the {w.layer} refusal of {w.host} ({ev['kind']}, what {ev.get('what')!r}, where "
+              f"{ev.get('where')}, record entry {ev['record_seq']}) reached {url}'s SecOps API {seconds:.1f} s "
+              f"after the drill started (the drill ran {ran:.1f} s)")
+        rows.append({"drill": drill, "layer": w.layer, "host": w.host, "seconds": seconds,
+                     "drill_seconds": round(ran, 1), "at": round(started_at, 1)})
+    append_rows(ARTIFACT, rows)
+    missing = "\n".join(f"  {w.describe()}" for w in arrivals.missing)
+    assert not missing, (f"{drill}: not on {url}'s SecOps API {WAIT:.0f} s after the drill ended "
+                         f"({arrivals.seen} events looked at{'; last error ' + last_error if last_error else ''}):\n"
+                         f"{missing}\n{printed}")
 
 
 # -- OpenBao raft: the active node killed during uploads (issue 16 item 6) ----------------------------

@@ -11,32 +11,9 @@ from typing import Any, Callable
 
 from attack.deployed import ROOT, DeployedCluster
 
-from .api import request, vault_read_without_token
+from .api import secops_find, secops_head, vault_read_without_token
 
 WAIT = 90.0  # seconds: the shippers' queues, the collector, the relay and the master, end to end
-
-
-def _head(cluster: DeployedCluster, url: str) -> int:
-    status, raw, _h = request(cluster, "GET", "/api/v1/secops/events?limit=1&since=9007199254740991",
-                              cluster.env["HISTO_TOKEN_VIEWER"], url=url)
-    assert status == 200, raw
-    return int(json.loads(raw)["head"])
-
-
-def _find(cluster: DeployedCluster, url: str, since: int, query: str,
-          match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-    nxt = since
-    while True:
-        status, raw, _h = request(cluster, "GET", f"/api/v1/secops/events?limit=500&since={nxt}&{query}",
-                                  cluster.env["HISTO_TOKEN_VIEWER"], url=url)
-        assert status == 200, raw
-        page = json.loads(raw)
-        for ev in page["events"]:
-            if match(ev):
-                return dict(ev)
-        if not page["more"]:
-            return None
-        nxt = page["next_since"]
 
 
 def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_secops_api(
@@ -45,7 +22,7 @@ def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_seco
     collector, vault = cluster.group("secops")[0], cluster.group("vault")[0]
     assert collector.run("systemctl is-active histo-secops-relay.service", check=False).stdout.strip() == "active"
     urls = cluster.env["HISTO_URLS"].split(",")
-    heads = {url: _head(cluster, url) for url in urls}
+    heads = {url: secops_head(cluster, url) for url in urls}
     spiffe = f"spiffe://histo.internal/worker/{worker.name}"
 
     # 1. Vault: worker1 reads a secret with no token (refused; the Vault node's audit device records it)
@@ -72,7 +49,7 @@ def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_seco
         for url in urls:
             for layer, (t0, query, match) in wanted.items():
                 if (url, layer) not in found:
-                    ev = _find(cluster, url, heads[url], query, match)
+                    ev = secops_find(cluster, url, heads[url], query, match)
                     if ev is not None:
                         found[(url, layer)] = (ev, time.monotonic() - t0)
         time.sleep(0.5)
