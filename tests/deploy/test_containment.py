@@ -150,11 +150,14 @@ def _histo(cluster: DeployedCluster, *argv: str, timeout: float = 300) -> subpro
 @pytest.mark.skipif(os.environ.get("HISTO_READMISSION_DRILL") != "1",
                     reason="opt-in (HISTO_READMISSION_DRILL=1): rebuilds the contained worker, several minutes")
 def test_the_contained_worker_is_rebuilt_released_and_serves_again(cluster: DeployedCluster) -> None:
-    """Re-admission as README's procedure has it: the release refused while the host keeps its old
-    identity; a root token from the unseal keys; the machine rebuilt (`vagrant destroy -f`, `make up`:
-    vault-setup restores its policy and revokes the tokens it held, a new secret_id); `make up` is ready
-    without it while it is still quarantined; then the release, and it is a live worker again that every
-    firewall lets through."""
+    """Re-admission on the machines: the release refused while the host keeps its old identity; a root
+    token from the unseal keys; the machine rebuilt (`vagrant destroy -f`, `make up`: ready without it
+    while it is still quarantined); then the release, and it is a live worker again.
+
+    Known not to hold yet (2026-12-06, run once): `make up` of the one rebuilt machine runs no
+    vault-setup (the root token stays unused), and `make provision` after it restores the policy but
+    leaves the worker a wrapped secret_id that expired while it could not start (still quarantined), so
+    after the release it never logs in. The procedure needs a re-delivery step (docs/SECURITY.md)."""
     victim = cluster.group("workers")[0]
     state = cluster.root / ".histo" / "vagrant"
     token = ["--token-file", str(state / "provisioner-token")]
