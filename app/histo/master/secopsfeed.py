@@ -11,6 +11,7 @@ duplicate (the relay is at least once) and is acknowledged, not published again.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 from ..edge.events import SEVERITIES, plain
 from ..edge.openapi import SECOPS_EVENT, SECOPS_MAX_BATCH, SECOPS_MAX_BODY
+from ..edge.ratelimit import RateLimiter
 from ..edge.validation import problem
 
 MAX_BODY = SECOPS_MAX_BODY  # bytes of one push (the relay cuts its batches to fit)
@@ -81,21 +83,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class _Bucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst, self.tokens, self.at = rate, burst, float(burst), time.monotonic()
-
-    def take(self, n: int) -> int | None:
-        """None when `n` are taken; else the seconds to wait before asking again."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if n <= self.tokens:
-            self.tokens -= n
-            return None
-        return max(1, int((n - self.tokens) / self.rate + 0.999))
-
-
 class SecopsFeed:
     """The bounded buffer and the idempotent receipt; `publish(kind, **fields)` puts an event on the
     dashboard's stream (the master's emit)."""
@@ -105,8 +92,8 @@ class SecopsFeed:
         self._publish = publish
         self.events: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.high: dict[tuple[str, str], int] = {}  # (collector, record) -> highest record_seq taken
-        self._buckets: dict[str, _Bucket] = {}
-        self._rate, self._burst = rate, burst
+        self._limit = RateLimiter(rate, burst)  # per collector (a batch of n costs n; n <= the burst)
+        self._rate = rate
         self._lock = threading.Lock()
         self.duplicates = 0
         # incident id -> its latest decision as pushed (the dashboard's incidents panel: open and alerted
@@ -116,10 +103,10 @@ class SecopsFeed:
     def push(self, collector: str, record: str, events: list[dict[str, Any]]) -> Pushed:
         """Take a parsed batch from `collector` (the host its certificate names), or FeedRefused(429)."""
         with self._lock:
-            wait = self._buckets.setdefault(collector, _Bucket(self._rate, self._burst)).take(len(events))
-            if wait is not None:  # nothing taken: the relay sends the same batch again later
+            allowed, wait = self._limit.check(collector, len(events))
+            if not allowed:  # nothing taken: the relay sends the same batch again later
                 raise FeedRefused(429, "rate_limited", f"at most {self._rate:g} SecOps events a second from "
-                                  f"{collector}", retry_after=wait)
+                                  f"{collector}", retry_after=max(1, math.ceil(wait)))
             key = (collector, record)
             if key not in self.high:
                 mine = [k for k in self.high if k[0] == collector]
