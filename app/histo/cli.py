@@ -119,7 +119,7 @@ def cmd_vault_unseal(a) -> None:
 def cmd_vault_serving(a) -> None:
     """Wait until every Vault node serves a request (a standby by forwarding it): ready means ready."""
     from .vault.serving import wait_serving
-    token = "\n".join(_lines(Path(a.token_file), "token file")).strip() if a.token_file else ""
+    token = _read_secret_file(a.token_file)
     if not token:
         raise SystemExit(f"histo: vault-serving: no token in {a.token_file}")
     urls = [u.strip() for u in a.vault_url.split(",") if u.strip()]

@@ -56,21 +56,26 @@ def _fits(name: str, value: Any) -> Any:
 INCIDENT_KINDS = ("incident_opened", "incident_escalated", "incident_alerted", "incident_contained")
 
 
+def _who(entry: Mapping[str, Any], seq: int, layer: str, kind: str, src: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every pushed event has, from the entry and the mapping that names whom it concerns
+    (a refusal's `secops` attribution, or an incident): a field the schema does not take is left out."""
+    ts = entry.get("ts")
+    severity = src.get("severity") if src.get("severity") in ("info", "warning", "critical") else "warning"
+    return {"record_seq": seq, "ts": float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
+            "layer": layer, "kind": kind, "severity": severity,
+            "host": _fits("host", _text(src.get("host"), 64)) or "outside",
+            "spiffe": _fits("spiffe", src.get("spiffe")), "address": _fits("address", src.get("address"))}
+
+
 def _incident(entry: Mapping[str, Any], event: Mapping[str, Any], seq: int) -> dict[str, Any] | None:
     """An incident's decision as a SecOps event: who, the rule, the response, and what was done."""
-    ts = entry.get("ts")
     actions = [a for a in event.get("actions") or [] if isinstance(a, dict)]
     done = "; ".join(f"{a.get('name')}: {a.get('detail') or ('ok' if a.get('ok') else 'failed')}"
                      for a in actions[-3:])
-    severity = event.get("severity") if event.get("severity") in ("info", "warning", "critical") else "warning"
-    out: dict[str, Any] = {
-        "record_seq": seq, "ts": float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
-        "layer": "secops", "kind": str(event["kind"]), "severity": severity,
-        "host": _fits("host", _text(event.get("host"), 64)) or "outside",
-        "spiffe": _fits("spiffe", event.get("spiffe")), "address": _fits("address", event.get("address")),
-        "where": None, "what": _text(f"{event.get('rule')} -> {event.get('response')}", 300),
-        "why": _text(done, 300), "incident": _fits("incident", event.get("incident")),
-        "rule": _fits("rule", event.get("rule"))}
+    out = {**_who(entry, seq, "secops", str(event["kind"]), event),
+           "where": None, "what": _text(f"{event.get('rule')} -> {event.get('response')}", 300),
+           "why": _text(done, 300), "incident": _fits("incident", event.get("incident")),
+           "rule": _fits("rule", event.get("rule"))}
     return out if problem(SECOPS_EVENT, out) is None else None
 
 
@@ -85,9 +90,8 @@ def from_entry(entry: Mapping[str, Any]) -> dict[str, Any] | None:
         return _incident(entry, event, seq)
     if not isinstance(found, dict):
         return None
-    layer = found.get("layer") if found.get("layer") in SECOPS_LAYERS else "secops"
+    layer = str(found["layer"]) if found.get("layer") in SECOPS_LAYERS else "secops"
     kind = _KIND.sub("_", str(found.get("kind") or "refused").lower())[:40].lstrip("_0123456789") or "refused"
-    severity = found.get("severity") if found.get("severity") in ("info", "warning", "critical") else "warning"
     # where it happened: the machine that refused (firewall, sshd, ZooKeeper name their target; a Vault
     # denial is the Vault node that shipped it)
     where = found.get("target") or (event.get("host") if isinstance(event, dict) else None)
@@ -102,15 +106,8 @@ def from_entry(entry: Mapping[str, Any]) -> dict[str, Any] | None:
         what = " ".join(str(found.get(k)) for k in ("operation", "znode") if found.get(k))
     else:
         what = None
-    ts = entry.get("ts")
-    out: dict[str, Any] = {
-        "record_seq": seq, "ts": float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
-        "layer": layer, "kind": kind, "severity": severity,
-        "host": _fits("host", _text(found.get("host"), 64)) or "outside",
-        "spiffe": _fits("spiffe", found.get("spiffe")),
-        "address": _fits("address", found.get("address")),
-        "where": _fits("where", _text(where, 100)),
-        "what": _text(what, 300), "why": _text(found.get("why"), 300)}
+    out = {**_who(entry, seq, layer, kind, found), "where": _fits("where", _text(where, 100)),
+           "what": _text(what, 300), "why": _text(found.get("why"), 300)}
     return out if problem(SECOPS_EVENT, out) is None else None
 
 
