@@ -76,3 +76,22 @@ def test_the_command_prints_json_and_refuses_a_missing_file_in_one_line(tmp_path
     bad = subprocess.run([*cmd, str(tmp_path / "nope.log")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [(f"histo: secops replay: {tmp_path}/nope.log: "
                                                                         "no such file")]
+
+
+def test_openbao_server_logs_refused_wrapping_tokens_are_replayed(tmp_path: Path) -> None:
+    """OpenBao's server log (log_requests_level; the real lines: test_secops_sources.py): a refused
+    wrapping token is a refusal, a granted unwrap and the server's other lines are none."""
+    log = tmp_path / "bao.log"
+    log.write_text("2026-12-06T10:00:00.100Z [INFO]  core: loaded wrapping token key\n"
+                   "2026-12-06T10:00:01.083Z [WARN]  core: completed_request: start_time=2026-12-06T10:00:01Z "
+                   'duration=1ms client_id="rWML" client_address=127.0.31.31:44299 status_code=200 '
+                   "request_path=/v1/sys/wrapping/unwrap request_method=POST\n"
+                   "2026-12-06T10:00:02.538Z [WARN]  core: completed_request: start_time=2026-12-06T10:00:02Z "
+                   'duration=0ms client_id="" client_address=127.0.31.31:41253 status_code=400 '
+                   "request_path=/v1/sys/wrapping/lookup request_method=POST\n")
+    entries = list(read_files([log]))
+    assert len(entries) == 3 and entries[0][0]["tag"] == "vault-server"
+    refusals, incidents = replay(entries, INV, load_rules())
+    assert refusals == 1
+    assert [(i.rule, i.host, i.response) for i in incidents] == [("vault-wrapping-token-refused", "worker1", "alert")]
+    assert abs(incidents[0].first_seen - 1796551202.538) < 0.001
