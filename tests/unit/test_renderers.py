@@ -76,10 +76,3 @@ def test_zk_exec_execs_the_same_command(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "execv", lambda exe, argv: seen.append((exe, argv)))
     zkconfig.exec_server(path)
     assert seen == [(zkconfig.JAVA, ZkConfig(tmp_path, "127.0.0.1").command())]
-
-
-def test_openbao_config_logs_completed_requests_to_a_file_the_shipper_reads() -> None:
-    text = _hcl(log_requests_level="info", log_file="/var/log/openbao/server.log")
-    assert 'log_requests_level = "info"' in text and 'log_file             = "/var/log/openbao/server.log"' in text
-    assert "log_rotate_bytes     = 10485760" in text and "log_rotate_max_files = 3" in text
-    assert "log_requests_level" not in _hcl() and "log_file" not in _hcl()

@@ -78,10 +78,7 @@ class BaoServer:
         """The vault role's configuration (histo/vault/openbao.hcl.j2), with this folder's paths."""
         return render_hcl(node_id=self.node_id, data_dir=self.dir / "data", address=self.address, port=self.port,
                           tls_cert_file=cert, tls_key_file=key, audit_file=self.audit_path, log_level="warn",
-                          # at the level this log keeps: a refused unwrap's completed_request line (the
-                          # machines log at info, to a file the shipper reads; here bao.log is that file)
-                          log_requests_level="warn", retry_join=self.peers, tls_ca_file=self.ca_path,
-                          seal_key_file=self.seal_key)
+                          retry_join=self.peers, tls_ca_file=self.ca_path, seal_key_file=self.seal_key)
 
     def write_config(self) -> None:
         private_dir(self.dir / "data")

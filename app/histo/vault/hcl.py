@@ -6,8 +6,7 @@ produce the same text for the same values.
 
     render(node_id="vault1", data_dir="/var/lib/openbao", address="10.0.0.1", port=8200,
            tls_cert_file=".../cert.pem", tls_key_file=".../key.pem", audit_file=".../audit.log",
-           retry_join=["https://10.0.0.2:8200"], tls_ca_file=".../ca.pem", seal_key_file=".../seal.key",
-           log_requests_level="info", log_file="/var/log/openbao/server.log")
+           retry_join=["https://10.0.0.2:8200"], tls_ca_file=".../ca.pem", seal_key_file=".../seal.key")
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ TEMPLATE = Path(__file__).with_name("openbao.hcl.j2")
 
 def render(*, node_id: str, data_dir: str | Path, address: str, port: int, tls_cert_file: str | Path,
            tls_key_file: str | Path, audit_file: str | Path | None = None, log_level: str | None = None,
-           log_requests_level: str | None = None, log_file: str | Path | None = None,
            retry_join: Sequence[str] = (), tls_ca_file: str | Path | None = None,
            seal_key_file: str | Path | None = None) -> str:
     if retry_join and not tls_ca_file:
@@ -34,6 +32,5 @@ def render(*, node_id: str, data_dir: str | Path, address: str, port: int, tls_c
         hcl_node_id=str(node_id), hcl_data_dir=str(data_dir), hcl_address=str(address), hcl_port=int(port),
         hcl_tls_cert_file=str(tls_cert_file), hcl_tls_key_file=str(tls_key_file),
         hcl_audit_file=str(audit_file) if audit_file else "", hcl_log_level=log_level or "",
-        hcl_log_requests_level=log_requests_level or "", hcl_log_file=str(log_file or ""),
         hcl_retry_join=list(retry_join), hcl_tls_ca_file=str(tls_ca_file or ""),
         hcl_seal_key_file=str(seal_key_file or ""))
