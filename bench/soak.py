@@ -191,15 +191,13 @@ def soak(minutes: float, root: Path) -> dict[str, Any]:
 
 
 def false_alarms(root: Path) -> dict[str, Any]:
-    """The detection rules over this run's own refusal records (Vault's audit log and each node's server
-    log, ZooKeeper's refusals file): legitimate traffic through kills, restarts and outages must open no
-    incident (issue 18)."""
+    """The detection rules over this run's own refusal records (Vault's audit log, ZooKeeper's refusals
+    file): legitimate traffic through kills, restarts and outages must open no incident (issue 18)."""
     from histo.secops.replay import read_files, replay, summary
     from histo.secops.rules import load_rules
     from histo.secops.sources import Inventory
     topology = json.loads((root / "topology.json").read_text())
-    files = [root / "vault" / "audit.log", *sorted((root / "vault").glob("**/bao.log")),
-             *sorted(root.glob("zk*/**/zookeeper.log*"))]
+    files = [root / "vault" / "audit.log", *sorted(root.glob("zk*/**/zookeeper.log*"))]
     return summary(*replay(read_files([f for f in files if f.is_file()]), Inventory(topology["hosts"]), load_rules()))
 
 

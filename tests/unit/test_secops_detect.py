@@ -63,11 +63,13 @@ def copied_login(remote: str, owner: str = "192.168.56.32") -> dict[str, Any]:
 
 
 def wrapping_refused(client: str, path: str = "sys/wrapping/lookup") -> dict[str, Any]:
-    """OpenBao's completed_request line of a refused wrapping token (the server log, log_requests_level;
-    the real line: tests/unit/test_secops_sources.py BAO_EXPIRED_LOOKUP)."""
-    msg = ('2026-12-06T15:35:21.063Z [INFO]  core: completed_request: start_time=2026-12-06T15:35:21Z duration=0ms '
-           f'client_id="" client_address={client}:34777 status_code=400 request_path=/v1/{path} request_method=POST')
-    return {"msg": msg, "host": "vault1", "tag": "vault-server", "from": ADDR["vault1"]}
+    """OpenBao's audit entry of a refused wrapping token: the request only, with the error (the real entry:
+    tests/unit/test_secops_sources.py BAO_EXPIRED_LOOKUP)."""
+    entry = {"type": "request", "auth": {"token_type": "default"},
+             "request": {"operation": "update", "path": path, "data": {"token": "hmac-sha256:ade822d8"},
+                         "remote_address": client}, "error": "wrapping token is not valid or does not exist"}
+    return {"msg": json.dumps(entry, separators=(",", ":")), "host": "vault1", "tag": "vault-audit",
+            "from": ADDR["vault1"]}
 
 
 def nft(src: str, dst: str, port: int, proto: str = "TCP") -> dict[str, Any]:

@@ -78,20 +78,16 @@ def test_the_command_prints_json_and_refuses_a_missing_file_in_one_line(tmp_path
                                                                         "no such file")]
 
 
-def test_openbao_server_logs_refused_wrapping_tokens_are_replayed(tmp_path: Path) -> None:
-    """OpenBao's server log (log_requests_level; the real lines: test_secops_sources.py): a refused
-    wrapping token is a refusal, a granted unwrap and the server's other lines are none."""
-    log = tmp_path / "bao.log"
-    log.write_text("2026-12-06T10:00:00.100Z [INFO]  core: loaded wrapping token key\n"
-                   "2026-12-06T10:00:01.083Z [WARN]  core: completed_request: start_time=2026-12-06T10:00:01Z "
-                   'duration=1ms client_id="rWML" client_address=127.0.31.31:44299 status_code=200 '
-                   "request_path=/v1/sys/wrapping/unwrap request_method=POST\n"
-                   "2026-12-06T10:00:02.538Z [WARN]  core: completed_request: start_time=2026-12-06T10:00:02Z "
-                   'duration=0ms client_id="" client_address=127.0.31.31:41253 status_code=400 '
-                   "request_path=/v1/sys/wrapping/lookup request_method=POST\n")
-    entries = list(read_files([log]))
-    assert len(entries) == 3 and entries[0][0]["tag"] == "vault-server"
-    refusals, incidents = replay(entries, INV, load_rules())
-    assert refusals == 1
+
+def test_a_refused_wrapping_token_in_the_audit_log_is_replayed(tmp_path: Path) -> None:
+    """OpenBao audits a refused wrapping token as a request entry with the error and no response (the
+    real entry: test_secops_sources.py BAO_USED_LOOKUP): a refusal, an alert for the presenting host."""
+    log = tmp_path / "audit.log"
+    refused = json.loads(audit("2026-12-06T10:00:04Z", None, "sys/wrapping/lookup", kind="request",
+                               error="wrapping token is not valid or does not exist"))
+    refused["request"]["data"] = {"token": "hmac-sha256:2376bfde"}
+    log.write_text("\n".join([*ORDINARY, audit("2026-12-06T10:00:03Z", None, "sys/wrapping/unwrap"),
+                              json.dumps(refused)]) + "\n")
+    refusals, incidents = replay(read_files([log]), INV, load_rules())
+    assert refusals == 2  # the failed login (ORDINARY) and the refused wrapping token
     assert [(i.rule, i.host, i.response) for i in incidents] == [("vault-wrapping-token-refused", "worker1", "alert")]
-    assert abs(incidents[0].first_seen - 1796551202.538) < 0.001

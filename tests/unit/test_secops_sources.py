@@ -242,27 +242,44 @@ def test_a_workers_security_events_reach_its_file_however_they_name_the_service(
     assert [e["kind"] for e in w.pending_events] == ["vault_unavailable", "mtls_rejected", "vault_recovered"]
 
 
-# -- OpenBao 2.7.2's own lines for the two refusals its audit device alone did not attribute (captured from
-# the real `bao` of the venv: tests/integration/test_vault_refusals.py makes them again, end to end) ---------
+# -- OpenBao 2.7.2's audit entries of the two refusals secops did not attribute before (captured from the real
+# `bao` of the venv: tests/integration/test_vault_refusals.py makes them again, end to end) ------------------
 BAO_INV = Inventory([{"name": "vault1", "role": "vault", "address": "127.0.51.10"},
                      {"name": "master1", "role": "master", "address": "127.0.51.21"},
                      {"name": "worker1", "role": "worker", "address": "127.0.51.31"},
                      {"name": "worker2", "role": "worker", "address": "127.0.51.32"}])
-# The server log (log_requests_level): a wrapping token presented after it expired (lookup), one already
-# unwrapped (unwrap, the server at log_level warn), and the legitimate unwrap (200).
-BAO_EXPIRED_LOOKUP = ('2026-12-06T15:35:21.063Z [INFO]  core: completed_request: start_time=2026-12-06T15:35:21Z '
-                      'duration=0ms client_id="" client_address=127.0.51.31:34777 status_code=400 '
-                      'request_path=/v1/sys/wrapping/lookup request_method=POST')
-BAO_USED_UNWRAP = ('2026-12-06T15:33:29.538Z [WARN]  core: completed_request: start_time=2026-12-06T15:33:29Z '
-                   'duration=0ms client_id="" client_address=127.0.51.31:41253 status_code=400 '
-                   'request_path=/v1/sys/wrapping/unwrap request_method=POST')
-BAO_UNWRAPPED = ('2026-12-06T15:35:21.083Z [INFO]  core: completed_request: start_time=2026-12-06T15:35:21Z '
-                 'duration=1ms client_id="rWML+2xGX2RJUpB3xHagF8KeTWTAmWcNtQxfM8tzpH8=" '
-                 'client_address=127.0.51.32:44299 status_code=200 request_path=/v1/sys/wrapping/unwrap '
-                 'request_method=POST')
-BAO_LOGIN_400 = ('2026-12-06T15:35:21.087Z [INFO]  core: completed_request: start_time=2026-12-06T15:35:21Z '
-                 'duration=0ms client_id="" client_address=127.0.51.31:43469 status_code=400 '
-                 'request_path=/v1/auth/approle/login request_method=POST')
+# A wrapping token refused: OpenBao audits only the request, with the error (no response entry): a token
+# already unwrapped presented to unwrap (in the header) and to lookup (in the body), one that expired.
+BAO_USED_UNWRAP = ('{"time":"2026-12-06T15:33:29.538539788Z","type":"request","auth":{"client_token":"hmac-sha256:'
+                   '2376bfde657549659dd57b34a663acf12b4428941d798a3a2e9ea1473ed812ae","token_type":"default"},"request":'
+                   '{"id":"76b9d5c0-8fb1-edea-34c8-2a088d821b68","operation":"update","mount_point":"sys/","client_token":'
+                   '"hmac-sha256:2376bfde657549659dd57b34a663acf12b4428941d798a3a2e9ea1473ed812ae","namespace":{"id":'
+                   '"root"},"path":"sys/wrapping/unwrap","remote_address":"127.0.51.31","remote_port":41253},"error":'
+                   '"wrapping token is not valid or does not exist"}')
+BAO_USED_LOOKUP = ('{"time":"2026-12-06T15:33:29.546584493Z","type":"request","auth":{"token_type":"default"},'
+                   '"request":{"id":"86b87725-29d0-128d-d942-f8cd61d32867","operation":"update","mount_point":"sys/","namespace":'
+                   '{"id":"root"},"path":"sys/wrapping/lookup","data":{"token":"hmac-sha256:2376bfde657549659dd57b34a66'
+                   '3acf12b4428941d798a3a2e9ea1473ed812ae"},"remote_address":"127.0.51.31","remote_port":37709},"error":'
+                   '"wrapping token is not valid or does not exist"}')
+BAO_EXPIRED_LOOKUP = ('{"time":"2026-12-06T15:35:21.063337056Z","type":"request","auth":{"token_type":"default"},'
+                      '"request":{"id":"2b8041e9-38b1-07b8-c0f5-a8b4a898f9a6","operation":"update","mount_point":"sys/",'
+                      '"namespace":{"id":"root"},"path":"sys/wrapping/lookup","data":{"token":"hmac-sha256:ade822d84660'
+                      'a6779550be1bf9c1174c26580c313083e97862a9a995f14c1ab6"},"remote_address":"127.0.51.31",'
+                      '"remote_port":34777},"error":"wrapping token is not valid or does not exist"}')
+# the legitimate lookup of a delivery (worker2, its own), request and response
+_LOOKUP = ('"request":{"id":"a6c893c9-b69d-d010-a295-526f06b43d35","operation":"update","mount_point":"sys/",'
+           '"mount_type":"system","mount_accessor":"system_c06eb7f4","mount_running_version":"v2.7.2+builtin.bao",'
+           '"mount_class":"secret","namespace":{"id":"root"},"path":"sys/wrapping/lookup","data":{"token":'
+           '"hmac-sha256:c21d5ae944976fc745fd0d0e72983a39c2465d25f4fa56566e224c5063b4c27d"},"remote_address":'
+           '"127.0.51.32","remote_port":47153}')
+BAO_LOOKUP_REQUEST = ('{"time":"2026-12-06T15:42:08.522489932Z","type":"request","auth":{"policy_results":'
+                      f'{{"allowed":true}},"token_type":"default"}},{_LOOKUP}}}')
+BAO_LOOKUP_RESPONSE = ('{"time":"2026-12-06T15:42:08.522643503Z","type":"response","auth":{"policy_results":'
+                       f'{{"allowed":true}},"token_type":"default"}},{_LOOKUP},"response":{{"mount_point":"sys/",'
+                       '"mount_type":"system","mount_accessor":"system_c06eb7f4","mount_running_plugin_version":'
+                       '"v2.7.2+builtin.bao","mount_class":"secret","data":{"creation_path":"hmac-sha256:7a8431230c0e82fa'
+                       '6c915dfe2f2a2abd0fe45d3fbda6eb0f91b5a6d41eeb62ae","creation_time":"2026-12-06T15:42:08.436934056Z",'
+                       '"creation_ttl":120}}}')
 # (the request and response parts are the copied login's in all four entries below; in the others' real
 # entries only the request id, the HMACs and the port differ)
 _LOGIN_REQ = ('"request":{"id":"06411154-2f04-c37f-f472-1349bb7b460a","operation":"update",'
@@ -309,25 +326,28 @@ def _from_vault1(msg: str, tag: str) -> dict[str, Any]:
 
 
 def test_a_refused_wrapping_token_is_named_by_the_clients_address() -> None:
-    for line, path in ((BAO_EXPIRED_LOOKUP, "sys/wrapping/lookup"), (BAO_USED_UNWRAP, "sys/wrapping/unwrap")):
-        got = classify(_from_vault1(line, "vault-server"), BAO_INV, "secops1")
+    for line, path in ((BAO_USED_UNWRAP, "sys/wrapping/unwrap"), (BAO_USED_LOOKUP, "sys/wrapping/lookup"),
+                       (BAO_EXPIRED_LOOKUP, "sys/wrapping/lookup")):
+        got = classify(_from_vault1(line, "vault-audit"), BAO_INV, "secops1")
         assert got is not None, line
         assert (got["layer"], got["kind"], got["host"], got["spiffe"], got["address"], got["by"]) == (
             "vault", "vault_wrapping_refused", "worker1", W1, "127.0.51.31", "address")
-        assert (got["path"], got["operation"], got["target"]) == (path, "update", "vault1")
-        assert "HTTP 400" in got["why"] and "client_id" not in json.dumps(got)
-    # the legitimate unwrap (200) and a refused login's server line (the audit device has that one) are none
-    for line in (BAO_UNWRAPPED, BAO_LOGIN_400, "2026-12-06T15:35:18.148Z [INFO]  core: loaded wrapping token key"):
-        assert classify(_from_vault1(line, "vault-server"), BAO_INV, "secops1") is None, line
-    # an address the inventory does not know is `outside`; an IPv6 client keeps its address
-    got = classify(_from_vault1(BAO_USED_UNWRAP.replace("127.0.51.31", "203.0.113.9"), "vault-server"), BAO_INV)
+        assert (got["path"], got["operation"]) == (path, "update")
+        assert "used already, expired or never issued" in got["why"] and "hmac-sha256" not in json.dumps(got)
+    # the legitimate lookup (request and response) is none
+    for line in (BAO_LOOKUP_REQUEST, BAO_LOOKUP_RESPONSE):
+        assert classify(_from_vault1(line, "vault-audit"), BAO_INV, "secops1") is None, line
+    # an address the inventory does not know is `outside`
+    got = classify(_from_vault1(BAO_USED_UNWRAP.replace("127.0.51.31", "203.0.113.9"), "vault-audit"), BAO_INV)
     assert got and (got["host"], got["address"]) == ("outside", "203.0.113.9")
-    got = classify(_from_vault1(BAO_USED_UNWRAP.replace("127.0.51.31:41253", "[::1]:41253"), "vault-server"), BAO_INV)
-    assert got and (got["host"], got["address"]) == ("outside", "::1")
+    # a request entry with an error on any other path is left to its response entry (no double count)
+    other = json.loads(BAO_USED_UNWRAP)
+    other["request"]["path"] = "secret/data/histo/zk/super"
+    assert classify(_from_vault1(json.dumps(other), "vault-audit"), BAO_INV, "secops1") is None
 
 
-def test_a_server_log_line_from_a_machine_that_is_no_vault_node_is_forged() -> None:
-    got = classify({"msg": BAO_USED_UNWRAP, "host": "vault1", "tag": "vault-server", "from": "127.0.51.32"}, BAO_INV)
+def test_a_refused_wrapping_token_from_a_machine_that_is_no_vault_node_is_forged() -> None:
+    got = classify({"msg": BAO_USED_UNWRAP, "host": "vault1", "tag": "vault-audit", "from": "127.0.51.32"}, BAO_INV)
     assert got and (got["kind"], got["host"]) == ("forged_source", "worker2")
 
 

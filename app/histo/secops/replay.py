@@ -4,9 +4,8 @@ traffic — `make soak` with its kills, restarts and outages — must open none.
 
     incidents = replay(read_files(paths), inventory, load_rules())
 
-Files: Vault's audit log (one JSON entry a line), OpenBao's server log (its completed_request lines:
-a refused wrapping token; one line an entry) and ZooKeeper's refusals file (histo.zk.config: an entry
-starts with its timestamp and level; the lines after it, up to the next such line, belong to it —
+Files: Vault's audit log (one JSON entry a line) and ZooKeeper's refusals file (histo.zk.config: an
+entry starts with its timestamp and level; the lines after it, up to the next such line, belong to it —
 what the shipper's `startmsg.regex` joins the same way)."""
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ from .rules import Rule
 from .sources import Inventory, classify
 
 _START = re.compile(LOG_ENTRY_START)
-# OpenBao's server log: `2026-12-06T15:35:21.063Z [INFO]  core: ...` (hclog's standard format)
-_BAO_LINE = re.compile(r"^(\S+) \[(?:TRACE|DEBUG|INFO|WARN|ERROR)\] ")
 
 
 def _when(text: str) -> float | None:
@@ -46,8 +43,7 @@ def _zookeeper_entries(lines: list[str], host: str) -> Iterator[tuple[dict[str, 
             entry.append(line)
 
 
-def read_files(paths: Iterable[Path], zookeeper_host: str = "zk1",
-               vault_host: str = "vault1") -> Iterator[tuple[dict[str, Any], float | None]]:
+def read_files(paths: Iterable[Path], zookeeper_host: str = "zk1") -> Iterator[tuple[dict[str, Any], float | None]]:
     """(event as classify() takes it, its time) for every entry of every file, files one after another."""
     for path in paths:
         lines = Path(path).read_text(errors="replace").splitlines()
@@ -59,11 +55,6 @@ def read_files(paths: Iterable[Path], zookeeper_host: str = "zk1",
                     continue
                 if isinstance(entry, dict):
                     yield entry, _when(str(entry.get("time", "")))
-        elif any(_BAO_LINE.match(line) for line in lines[:5]):
-            for line in lines:
-                m = _BAO_LINE.match(line)
-                if m:
-                    yield {"msg": line, "host": vault_host, "tag": "vault-server"}, _when(m.group(1))
         else:
             yield from _zookeeper_entries(lines, zookeeper_host)
 

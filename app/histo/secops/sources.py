@@ -1,6 +1,6 @@
 """What each layer's refusal looks like, turned into one attributed SecOps event: the layer, what was
 refused, and who — the inventory host and its SPIFFE id, resolved from the AppRole (Vault) or the
-source address (a refused AppRole login, a refused wrapping token, firewall, sshd, ZooKeeper), never
+source address (a refused AppRole login or wrapping token, firewall, sshd, ZooKeeper), never
 left as a bare address when the inventory knows it.
 
 classify() takes an event as the collector stored it (a JSON object, or {"msg": ..., "host": ...,
@@ -32,11 +32,6 @@ _ZK_TLS_REASONS = (("Empty client certificate chain", "no client certificate"),
                    ("validity check failed", "a certificate out of its validity (expired or not yet valid)"),
                    ("NotSslRecordException", "not TLS (plaintext on the TLS port)"))
 
-# OpenBao's server log: `<time> [INFO]  core: completed_request: start_time=… duration=… client_id=…
-# client_address=<ip>:<port> status_code=<n> request_path=/v1/<path> request_method=<METHOD>` (2.7.2)
-_BAO_REQUEST = re.compile(r"\b(client_address|status_code|request_path|request_method)=(\S+)")
-_IP_ANY = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*")
-_OPERATIONS = {"POST": "update", "PUT": "update", "GET": "read", "LIST": "list", "DELETE": "delete"}
 # A refused AppRole login's data.error (OpenBao 2.7.2 builtin/credential/approle path_login.go): the
 # reasons kept as they are, and the CIDR refusals (the quoted value is the request's source address)
 APPROLE_MOUNT = "approle"
@@ -89,7 +84,26 @@ def _login_refusal(ev: Mapping[str, Any]) -> str | None:
     return "login refused (an unexpected reason, not shown: read it on the Vault node)"
 
 
+def _wrapping_refused(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
+    """A wrapping token OpenBao refused (used already, expired, never issued): it answers before any
+    response is audited, so the audit device has only a request entry, with the error and the address
+    of whoever presented it (the token HMAC'd). The presenter is known by that address alone."""
+    req = ev.get("request") or {}
+    path = str(req.get("path", ""))
+    if not path.startswith("sys/wrapping/") or not isinstance(ev.get("error"), str):
+        return None
+    addr = str(req.get("remote_address") or "") or None
+    why = str(ev["error"])
+    known = "wrapping token is not valid or does not exist" in why
+    return {"layer": "vault", "kind": "vault_wrapping_refused", "severity": "warning",
+            **inv.who(inv.by_address.get(addr) if addr else None, addr), "by": "address",
+            "path": path[:100], "operation": str(req.get("operation", ""))[:20],
+            "why": ("a wrapping token used already, expired or never issued: " if known else "") + why[:150]}
+
+
 def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
+    if ev.get("type") == "request" and ev.get("error"):  # refused before any response was audited
+        return _wrapping_refused(ev, inv)
     login = _login_refusal(ev) if ev.get("type") == "response" else None
     if ev.get("type") != "response" or not (ev.get("error") or login):
         return None
@@ -105,26 +119,6 @@ def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
     return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr), "by": by,
             "path": str(req.get("path", "")), "operation": str(req.get("operation", "")),
             "why": (login or str(ev["error"]))[:200]}
-
-
-def _vault_server(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
-    """OpenBao's completed_request line (the server log, log_requests_level), as the shipper's
-    vault_wrapping_refusals filter keeps it: a sys/wrapping/* request answered 4xx. OpenBao refuses a
-    used, expired or unknown wrapping token before its audit device sees the request, so this line —
-    the client's address, the status, the path — is the only record of it. No token is in it."""
-    if "completed_request:" not in msg:
-        return None
-    f = dict(_BAO_REQUEST.findall(msg))
-    path, status, client = f.get("request_path", ""), f.get("status_code", ""), f.get("client_address", "")
-    if not path.startswith("/v1/sys/wrapping/") or not status.isdigit() or not 400 <= int(status) < 500:
-        return None
-    addr = client.rsplit(":", 1)[0].strip("[]") if ":" in client else client
-    addr = addr if _IP_ANY.fullmatch(addr) else ""
-    method = f.get("request_method", "").upper()
-    return {"layer": "vault", "kind": "vault_wrapping_refused", "severity": "warning",
-            **inv.who(inv.by_address.get(addr), addr or None), "by": "address", "target": at,
-            "path": path.removeprefix("/v1/")[:100], "operation": _OPERATIONS.get(method, method.lower()[:10]),
-            "why": f"a wrapping token that was used already, expired or never issued (HTTP {status})"}
 
 
 def _firewall(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
@@ -254,9 +248,6 @@ def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = N
                                          and tag.startswith("vault-audit"))):
             return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender, sent_from),
                     "why": "a Vault audit entry sent by a machine that is no Vault node"}
-        if tag.startswith("vault-server") and not (local or (sender is not None and sender.role == "vault")):
-            return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender, sent_from),
-                    "why": "an OpenBao server log line sent by a machine that is no Vault node"}
         if tag.startswith("zookeeper") and not (local or (sender is not None and sender.role == "zookeeper")):
             return {"layer": "secops", "kind": "forged_source", "severity": "critical", **inv.who(sender, sent_from),
                     "why": "a ZooKeeper line sent by a machine that is no ZooKeeper server"}
@@ -269,8 +260,6 @@ def classify(event: Mapping[str, Any], inv: Inventory, self_host: str | None = N
             inner = None
         if isinstance(inner, dict):
             return classify({**inner, "host": at}, inv)
-    if tag.startswith("vault-server"):  # OpenBao's server log: a refused sys/wrapping/* request
-        return _vault_server(msg, at, inv)
     if tag.startswith("vault-audit"):  # not one whole entry: a piece of one longer than the shipper's limit
         return {"layer": "vault", "kind": "vault_audit_unparsed", "severity": "warning",
                 **inv.who(sender, sent_from), "why": "an audit entry too long or cut: read it on the node"}
