@@ -69,12 +69,18 @@ DETECTED: dict[str, tuple[Refusal, ...] | str] = {
                 "root in worker1 connects to SSH on the other machines' cluster addresses: each drops and logs it "
                 "(its probes of their management addresses come from an address the inventory does not know)",
                 what="port 22/TCP"),),
-    "used secret_id": "OpenBao refuses the used wrapping token before its audit device sees the request "
-                      "(handleCancelableRequest returns ErrInvalidWrappingToken for sys/wrapping/lookup and "
-                      "unwrap), so no layer records the second unwrap",
-    "copied secret_id": "OpenBao refuses the copied secret_id (CIDR-bound to worker1) with an error response, no "
-                        "error of the request itself: its audit entry has no top-level `error` (the reason is in "
-                        "the HMAC'd response data), which secops/sources.py does not attribute",
+    "used secret_id": (
+        Refusal("vault", "{workers[-1]}", "vault_wrapping_refused",
+                "the last worker presents its delivery again after unwrapping it: the service's lookup before the "
+                "unwrap is refused, and OpenBao audits only that request, with the error and the worker's address",
+                what="sys/wrapping/lookup"),),
+    "copied secret_id": (
+        Refusal("vault", "{workers[1]}", "vault_denied",
+                "worker1's role_id and secret_id used on worker2: the secret_id's CIDR binding refuses the login, "
+                "whose reason (response.data.error, in clear since vault-setup tunes the approle mount) names "
+                "worker2's address", what="auth/approle/login"),
+        Refusal("vault", "outside", "vault_denied", "the same from the controller",
+                what="auth/approle/login", address="controller")),
     "expired certificate": "the expired certificate fails the TLS handshake: no request reaches the masters' peer "
                            "check (no mtls_rejected), and no layer records a refused handshake on the internal port",
     "revoked token": (

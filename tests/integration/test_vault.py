@@ -69,6 +69,9 @@ def test_server_lifecycle_files_and_idempotent_setup(vault):
     assert set(role_ids) == set(HOSTS)
     again = configure(bao)
     assert again["changed"] is False, again["changes"]
+    # a refused AppRole login's reason is audited in clear (secops/sources.py reads it); set once
+    approle = bao.root_client().sys.list_auth_methods()["data"]["approle/"]
+    assert approle["config"]["audit_non_hmac_response_keys"] == ["error"]
     assert again["role_ids"] == role_ids
     pid = bao.running()
     bao.start()  # starting twice reuses the running server

@@ -50,6 +50,26 @@ def _audit(path: str, operation: str, remote: str, role: str | None = None, node
             "from": ADDR[node]}
 
 
+def _login_refused(remote: str, node: str = "vault1") -> dict[str, Any]:
+    """OpenBao's audit response of an AppRole login its secret_id's CIDR binding refused: no top-level error,
+    the reason in response.data (in clear: vault-setup tunes the approle mount; test_secops_sources.py)."""
+    entry = {"type": "response", "time": "2026-12-08T10:00:00Z", "auth": {"token_type": "default"},
+             "request": {"path": "auth/approle/login", "operation": "update", "remote_address": remote,
+                         "data": {"role_id": "hmac-sha256:bf5f", "secret_id": "hmac-sha256:7982"}},
+             "response": {"mount_type": "approle", "data": {
+                 "error": f'source address "{remote}" unauthorized through CIDR restrictions on the secret ID'}}}
+    return {"msg": json.dumps(entry, separators=(",", ":")), "host": node, "tag": "vault-audit", "from": ADDR[node]}
+
+
+def _wrap_refused(remote: str, node: str = "vault1") -> dict[str, Any]:
+    """OpenBao's audit request entry of a refused wrapping token (no response is audited; test_secops_sources.py)."""
+    entry = {"type": "request", "time": "2026-12-08T10:00:00Z", "auth": {"token_type": "default"},
+             "request": {"path": "sys/wrapping/lookup", "operation": "update", "remote_address": remote,
+                         "data": {"token": "hmac-sha256:2376"}},
+             "error": "wrapping token is not valid or does not exist"}
+    return {"msg": json.dumps(entry, separators=(",", ":")), "host": node, "tag": "vault-audit", "from": ADDR[node]}
+
+
 def _drop(src: str, at: str, port: int) -> dict[str, Any]:
     """An nftables histo-drop line of kern.log, shipped by the machine that dropped it."""
     msg = (f"[812.3] histo-drop: IN=eth1 OUT= MAC=aa SRC={src} DST={ADDR[at]} LEN=60 TOS=0x00 PROTO=TCP "
@@ -91,6 +111,8 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
         _service("master1", "result_refused", worker="worker2", job=JOB, task=0,
                  reason="stale or forged attempt (no such pending attempt)")],
     "ssh lateral": [_drop(ADDR["worker1"], "zk1", 22)],
+    "used secret_id": [_wrap_refused(ADDR[NAMES.groups["workers"][-1]])],
+    "copied secret_id": [_login_refused(ADDR["worker2"]), _login_refused(CONTROLLER)],
     "revoked token": [_service("master2", "auth_failure", where=CONTROLLER, reason="token revoked",
                                path="/api/v1/jobs")],
     "certificate without its address": [_audit("pki_int/issue/host-worker1", "update", ADDR["worker1"],

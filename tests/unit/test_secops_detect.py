@@ -36,7 +36,8 @@ EXPECTED = {"vault-policy-denied": "quarantine", "vault-token-refused": "alert",
             "firewall-drop-cluster-machine": "alert", "firewall-drop-infrastructure": "alert",
             "forged-task-result": "quarantine", "stale-task-results": "alert",
             "mtls-refused-repeatedly": "alert", "forged-source": "alert", "vault-denied-by-address": "alert",
-            "ssh-refused": "alert", "outside-refused": "alert"}
+            "ssh-refused": "alert", "outside-refused": "alert",
+            "vault-login-outside-binding": "alert", "vault-wrapping-token-refused": "alert"}
 
 
 # -- each layer's own lines, as the collector receives them (tag, and `from`: the sending address) ----
@@ -44,6 +45,29 @@ def vault_audit(error: str, role_name: str | None, path: str, remote: str) -> di
     entry = {"type": "response", "error": error,
              "auth": {"display_name": "approle", "metadata": {"role_name": role_name}} if role_name else {},
              "request": {"path": path, "operation": "read", "remote_address": remote}}
+    return {"msg": json.dumps(entry, separators=(",", ":")), "host": "vault1", "tag": "vault-audit",
+            "from": ADDR["vault1"]}
+
+
+def copied_login(remote: str, owner: str = "192.168.56.32") -> dict[str, Any]:
+    """OpenBao's audit entry of an AppRole login refused for its source address (the approle mount tuned:
+    the reason in clear in response.data, no top-level error): a secret_id bound to `owner` presented
+    from `remote` (the real entry: tests/unit/test_secops_sources.py BAO_COPIED)."""
+    entry = {"type": "response", "auth": {"token_type": "default"},
+             "request": {"path": "auth/approle/login", "operation": "update", "remote_address": remote,
+                         "data": {"role_id": "hmac-sha256:bf5f", "secret_id": "hmac-sha256:7982"}},
+             "response": {"mount_type": "approle", "data": {
+                 "error": f'source address "{remote}" unauthorized through CIDR restrictions on the secret ID'}}}
+    return {"msg": json.dumps(entry, separators=(",", ":")), "host": "vault1", "tag": "vault-audit",
+            "from": ADDR["vault1"]}
+
+
+def wrapping_refused(client: str, path: str = "sys/wrapping/lookup") -> dict[str, Any]:
+    """OpenBao's audit entry of a refused wrapping token: the request only, with the error (the real entry:
+    tests/unit/test_secops_sources.py BAO_EXPIRED_LOOKUP)."""
+    entry = {"type": "request", "auth": {"token_type": "default"},
+             "request": {"operation": "update", "path": path, "data": {"token": "hmac-sha256:ade822d8"},
+                         "remote_address": client}, "error": "wrapping token is not valid or does not exist"}
     return {"msg": json.dumps(entry, separators=(",", ":")), "host": "vault1", "tag": "vault-audit",
             "from": ADDR["vault1"]}
 
@@ -124,6 +148,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], int, str]] = {
     "forged-source": ({**vault_audit("permission denied", "histo-master1", "transit/sign/histo-tokens", "x"),
                        "from": ADDR["worker1"]}, 1, "worker1"),
     "ssh-refused": (sshd("192.168.56.31"), 1, "worker1"),
+    "vault-login-outside-binding": (copied_login("192.168.56.31"), 1, "worker1"),
+    "vault-wrapping-token-refused": (wrapping_refused("192.168.56.31"), 1, "worker1"),
     "outside-refused": (service("auth_failure", "master1", where="203.0.113.7", reason="expired token",
                                 path="/api/v1/jobs"), 5, "outside"),
 }
@@ -356,6 +382,24 @@ def test_the_clusters_ordinary_traffic_never_quarantines() -> None:
     assert {(i.rule, i.host) for i in incidents} == {("outside-refused", "outside")}
 
 
+def test_a_late_wrapping_token_and_a_contained_hosts_retries_are_never_contained() -> None:
+    """Legitimate, and refused all the same: a host provisioned late presents its own expired wrapping
+    token at every start of its services; a contained host's services keep logging in with the secret_id
+    the quarantine destroyed (OpenBao: data.error "invalid role or secret ID", error "invalid
+    credentials"). Each is looked at (alert), none ever quarantines anyone."""
+    destroyed = json.loads(copied_login(ADDR["worker2"])["msg"])
+    destroyed["response"]["data"]["error"] = "invalid role or secret ID"
+    destroyed["error"] = "invalid credentials"
+    retry = {"msg": json.dumps(destroyed), "host": "vault1", "tag": "vault-audit", "from": ADDR["vault1"]}
+    det = detector()
+    incidents = feed_all(det, wrapping_refused(ADDR["worker1"]), 20, step=5.0)
+    incidents += feed_all(det, wrapping_refused(ADDR["master1"], "sys/wrapping/unwrap"), 20, step=5.0, seq=100)
+    incidents += feed_all(det, retry, 30, step=2.0, seq=200)
+    assert {(i.rule, i.host, i.response) for i in incidents} == {
+        ("vault-wrapping-token-refused", "worker1", "alert"), ("vault-wrapping-token-refused", "master1", "alert"),
+        ("vault-token-refused", "worker2", "alert")}
+
+
 def test_an_event_naming_no_one_opens_nothing() -> None:
     det = detector()
     unattributed = attributed(service("vault_unavailable", "worker1", service="worker1", reason="x"), 1.0)
@@ -391,7 +435,9 @@ def test_a_borrowed_address_never_gets_a_healthy_machine_contained() -> None:
                 *[service("mtls_rejected", "master1", reason="peer is not a master", peer=w2,
                           path="/internal/v1/replicas")] * 3,
                 {**vault_audit("permission denied", "histo-master1", "transit/sign/histo-tokens", "x"), "from": w2},
-                zk(ZK_DENIED_BY_ADDRESS.replace(ADDR["worker1"], w2))]  # a ZooKeeper write no certificate names
+                zk(ZK_DENIED_BY_ADDRESS.replace(ADDR["worker1"], w2)),  # a ZooKeeper write no certificate names
+                # worker1's own secret_id presented from worker2's address, and a used wrapping token replayed
+                copied_login(w2, owner=ADDR["worker1"]), wrapping_refused(w2, "sys/wrapping/unwrap")]
     opened: list[Incident] = []
     for i, raw in enumerate(borrowed):
         opened += det.feed(attributed(raw, 1000.0 + i), seq=i)

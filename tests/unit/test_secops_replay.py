@@ -76,3 +76,18 @@ def test_the_command_prints_json_and_refuses_a_missing_file_in_one_line(tmp_path
     bad = subprocess.run([*cmd, str(tmp_path / "nope.log")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [(f"histo: secops replay: {tmp_path}/nope.log: "
                                                                         "no such file")]
+
+
+
+def test_a_refused_wrapping_token_in_the_audit_log_is_replayed(tmp_path: Path) -> None:
+    """OpenBao audits a refused wrapping token as a request entry with the error and no response (the
+    real entry: test_secops_sources.py BAO_USED_LOOKUP): a refusal, an alert for the presenting host."""
+    log = tmp_path / "audit.log"
+    refused = json.loads(audit("2026-12-06T10:00:04Z", None, "sys/wrapping/lookup", kind="request",
+                               error="wrapping token is not valid or does not exist"))
+    refused["request"]["data"] = {"token": "hmac-sha256:2376bfde"}
+    log.write_text("\n".join([*ORDINARY, audit("2026-12-06T10:00:03Z", None, "sys/wrapping/unwrap"),
+                              json.dumps(refused)]) + "\n")
+    refusals, incidents = replay(read_files([log]), INV, load_rules())
+    assert refusals == 2  # the failed login (ORDINARY) and the refused wrapping token
+    assert [(i.rule, i.host, i.response) for i in incidents] == [("vault-wrapping-token-refused", "worker1", "alert")]

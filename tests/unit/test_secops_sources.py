@@ -240,3 +240,142 @@ def test_a_workers_security_events_reach_its_file_however_they_name_the_service(
     assert [(e["kind"], e["service"]) for e in lines] == [("vault_unavailable", "worker1"),
                                                           ("mtls_rejected", "worker1")]
     assert [e["kind"] for e in w.pending_events] == ["vault_unavailable", "mtls_rejected", "vault_recovered"]
+
+
+# -- OpenBao 2.7.2's audit entries of the two refusals secops did not attribute before (captured from the real
+# `bao` of the venv: tests/integration/test_vault_refusals.py makes them again, end to end) ------------------
+BAO_INV = Inventory([{"name": "vault1", "role": "vault", "address": "127.0.51.10"},
+                     {"name": "master1", "role": "master", "address": "127.0.51.21"},
+                     {"name": "worker1", "role": "worker", "address": "127.0.51.31"},
+                     {"name": "worker2", "role": "worker", "address": "127.0.51.32"}])
+# A wrapping token refused: OpenBao audits only the request, with the error (no response entry): a token
+# already unwrapped presented to unwrap (in the header) and to lookup (in the body), one that expired.
+BAO_USED_UNWRAP = ('{"time":"2026-12-06T15:33:29.538539788Z","type":"request","auth":{"client_token":"hmac-sha256:'
+                   '2376bfde657549659dd57b34a663acf12b4428941d798a3a2e9ea1473ed812ae","token_type":"default"},"request":'
+                   '{"id":"76b9d5c0-8fb1-edea-34c8-2a088d821b68","operation":"update","mount_point":"sys/","client_token":'
+                   '"hmac-sha256:2376bfde657549659dd57b34a663acf12b4428941d798a3a2e9ea1473ed812ae","namespace":{"id":'
+                   '"root"},"path":"sys/wrapping/unwrap","remote_address":"127.0.51.31","remote_port":41253},"error":'
+                   '"wrapping token is not valid or does not exist"}')
+BAO_USED_LOOKUP = ('{"time":"2026-12-06T15:33:29.546584493Z","type":"request","auth":{"token_type":"default"},'
+                   '"request":{"id":"86b87725-29d0-128d-d942-f8cd61d32867","operation":"update","mount_point":"sys/","namespace":'
+                   '{"id":"root"},"path":"sys/wrapping/lookup","data":{"token":"hmac-sha256:2376bfde657549659dd57b34a66'
+                   '3acf12b4428941d798a3a2e9ea1473ed812ae"},"remote_address":"127.0.51.31","remote_port":37709},"error":'
+                   '"wrapping token is not valid or does not exist"}')
+BAO_EXPIRED_LOOKUP = ('{"time":"2026-12-06T15:35:21.063337056Z","type":"request","auth":{"token_type":"default"},'
+                      '"request":{"id":"2b8041e9-38b1-07b8-c0f5-a8b4a898f9a6","operation":"update","mount_point":"sys/",'
+                      '"namespace":{"id":"root"},"path":"sys/wrapping/lookup","data":{"token":"hmac-sha256:ade822d84660'
+                      'a6779550be1bf9c1174c26580c313083e97862a9a995f14c1ab6"},"remote_address":"127.0.51.31",'
+                      '"remote_port":34777},"error":"wrapping token is not valid or does not exist"}')
+# the legitimate lookup of a delivery (worker2, its own), request and response
+_LOOKUP = ('"request":{"id":"a6c893c9-b69d-d010-a295-526f06b43d35","operation":"update","mount_point":"sys/",'
+           '"mount_type":"system","mount_accessor":"system_c06eb7f4","mount_running_version":"v2.7.2+builtin.bao",'
+           '"mount_class":"secret","namespace":{"id":"root"},"path":"sys/wrapping/lookup","data":{"token":'
+           '"hmac-sha256:c21d5ae944976fc745fd0d0e72983a39c2465d25f4fa56566e224c5063b4c27d"},"remote_address":'
+           '"127.0.51.32","remote_port":47153}')
+BAO_LOOKUP_REQUEST = ('{"time":"2026-12-06T15:42:08.522489932Z","type":"request","auth":{"policy_results":'
+                      f'{{"allowed":true}},"token_type":"default"}},{_LOOKUP}}}')
+BAO_LOOKUP_RESPONSE = ('{"time":"2026-12-06T15:42:08.522643503Z","type":"response","auth":{"policy_results":'
+                       f'{{"allowed":true}},"token_type":"default"}},{_LOOKUP},"response":{{"mount_point":"sys/",'
+                       '"mount_type":"system","mount_accessor":"system_c06eb7f4","mount_running_plugin_version":'
+                       '"v2.7.2+builtin.bao","mount_class":"secret","data":{"creation_path":"hmac-sha256:7a8431230c0e82fa'
+                       '6c915dfe2f2a2abd0fe45d3fbda6eb0f91b5a6d41eeb62ae","creation_time":"2026-12-06T15:42:08.436934056Z",'
+                       '"creation_ttl":120}}}')
+# (the request and response parts are the copied login's in all four entries below; in the others' real
+# entries only the request id, the HMACs and the port differ)
+_LOGIN_REQ = ('"request":{"id":"06411154-2f04-c37f-f472-1349bb7b460a","operation":"update",'
+              '"mount_point":"auth/approle/","mount_type":"approle","mount_accessor":"auth_approle_cc59d26c",'
+              '"mount_running_version":"v2.7.2+builtin.bao","mount_class":"auth","namespace":{"id":"root"},'
+              '"path":"auth/approle/login","data":{"role_id":"hmac-sha256:bf5f47debdb62ebc1c3e75d4cdc248cf3351e25'
+              'b1bb0b2dc66c1d14b6a81d15e","secret_id":"hmac-sha256:798218fd90f1e6c8365edee79ec94b3aff35a9eca95ce193'
+              'fe7515da7c2a410e"},"remote_address":"127.0.51.31","remote_port":43469}')
+_LOGIN_RESP = ('"response":{"mount_point":"auth/approle/","mount_type":"approle","mount_accessor":'
+               '"auth_approle_cc59d26c","mount_running_plugin_version":"v2.7.2+builtin.bao","mount_class":"auth",'
+               '"data":{"error":')
+# The audit device, approle mount tuned (audit_non_hmac_response_keys=["error"]): worker2's secret_id
+# (CIDR-bound to 127.0.51.32) presented by worker1 — no top-level error —; an unknown secret_id (a top-level
+# error too); an unknown role_id (no top-level error either).
+BAO_COPIED = ('{"time":"2026-12-06T15:35:21.087123565Z","type":"response","auth":{"policy_results":'
+              f'{{"allowed":true}},"token_type":"default"}},{_LOGIN_REQ},{_LOGIN_RESP}'
+              '"source address \\"127.0.51.31\\" unauthorized through CIDR restrictions on the secret ID"}}}')
+BAO_BAD_SECRET = ('{"time":"2026-12-06T15:35:21.090626805Z","type":"response","auth":{"token_type":"default"},'
+                  f'{_LOGIN_REQ},{_LOGIN_RESP}"invalid role or secret ID"}}}},"error":"invalid credentials"}}')
+BAO_BAD_ROLE = ('{"time":"2026-12-06T15:35:21.093713724Z","type":"response","auth":{"policy_results":'
+                f'{{"allowed":true}},"token_type":"default"}},{_LOGIN_REQ},{_LOGIN_RESP}'
+                '"invalid role or secret ID"}}}')
+# ... and the mount as it was before vault-setup tuned it: the reason HMAC'd, nothing at the top
+BAO_COPIED_HMAC = ('{"time":"2026-12-06T15:33:29.583170994Z","type":"response","auth":{"policy_results":'
+                   f'{{"allowed":true}},"token_type":"default"}},{_LOGIN_REQ},{_LOGIN_RESP}'
+                   '"hmac-sha256:5e1b48d70e65bf125a53c30e20bd25da43530bf124a3a5d356a87b6068304366"}}}')
+# the legitimate login (worker2 from its own address) as the audit device writes it, some mount fields left out
+BAO_LOGGED_IN = ('{"time":"2026-12-06T15:33:29.594494863Z","type":"response","auth":{"client_token":'
+                 '"hmac-sha256:4d4baa33654d47bcc8e120087c8af756ed0f64054a3ee2d95f690aa03c9a92c2","accessor":"hmac-sha256:9ae16ace0462702e3da'
+                 '11dd661b44fd689c8e48d53f60edae6486fd05373d281","display_name":"approle","policies":["default",'
+                 '"histo-worker2"],"token_policies":["default","histo-worker2"],"metadata":{"role_name":"histo-worker2"},'
+                 '"entity_id":"85e033a9-2850-b104-546c-f89b39bf1615","entity_created":true,"token_type":"service",'
+                 '"token_ttl":3600},"request":{"id":"245cc961-31e9-db79-9722-c17e3d4fbe4b","operation":"update",'
+                 '"mount_point":"auth/approle/","mount_type":"approle","path":"auth/approle/login","data":{"role_id":'
+                 '"hmac-sha256:3cd1a8fb257e43a2f87524eeb8a6554ed812bcf0936a8cab08816d25bb4df570","secret_id":'
+                 '"hmac-sha256:d41e55049b48e1f96195b9736aa841099afc8c168a6c980c34c82f146e8658f0"},"remote_address":'
+                 '"127.0.51.32","remote_port":33165},"response":{"auth":{"client_token":"hmac-sha256:4d4baa33654d47bcc8e'
+                 '120087c8af756ed0f64054a3ee2d95f690aa03c9a92c2","metadata":{"role_name":"histo-worker2"},'
+                 '"token_type":"service","token_ttl":3600},"mount_point":"auth/approle/","mount_type":"approle"}}')
+
+
+def _from_vault1(msg: str, tag: str) -> dict[str, Any]:
+    return {"msg": msg, "host": "vault1", "tag": tag, "from": "127.0.51.10"}
+
+
+def test_a_refused_wrapping_token_is_named_by_the_clients_address() -> None:
+    for line, path in ((BAO_USED_UNWRAP, "sys/wrapping/unwrap"), (BAO_USED_LOOKUP, "sys/wrapping/lookup"),
+                       (BAO_EXPIRED_LOOKUP, "sys/wrapping/lookup")):
+        got = classify(_from_vault1(line, "vault-audit"), BAO_INV, "secops1")
+        assert got is not None, line
+        assert (got["layer"], got["kind"], got["host"], got["spiffe"], got["address"], got["by"]) == (
+            "vault", "vault_wrapping_refused", "worker1", W1, "127.0.51.31", "address")
+        assert (got["path"], got["operation"]) == (path, "update")
+        assert "used already, expired or never issued" in got["why"] and "hmac-sha256" not in json.dumps(got)
+    # the legitimate lookup (request and response) is none
+    for line in (BAO_LOOKUP_REQUEST, BAO_LOOKUP_RESPONSE):
+        assert classify(_from_vault1(line, "vault-audit"), BAO_INV, "secops1") is None, line
+    # an address the inventory does not know is `outside`
+    got = classify(_from_vault1(BAO_USED_UNWRAP.replace("127.0.51.31", "203.0.113.9"), "vault-audit"), BAO_INV)
+    assert got and (got["host"], got["address"]) == ("outside", "203.0.113.9")
+    # a request entry with an error on any other path is left to its response entry (no double count)
+    other = json.loads(BAO_USED_UNWRAP)
+    other["request"]["path"] = "secret/data/histo/zk/super"
+    assert classify(_from_vault1(json.dumps(other), "vault-audit"), BAO_INV, "secops1") is None
+
+
+def test_a_refused_wrapping_token_from_a_machine_that_is_no_vault_node_is_forged() -> None:
+    got = classify({"msg": BAO_USED_UNWRAP, "host": "vault1", "tag": "vault-audit", "from": "127.0.51.32"}, BAO_INV)
+    assert got and (got["kind"], got["host"]) == ("forged_source", "worker2")
+
+
+def test_a_refused_approle_login_is_named_by_its_source_address_with_its_reason() -> None:
+    got = classify(_from_vault1(BAO_COPIED, "vault-audit"), BAO_INV, "secops1")
+    assert got is not None  # no top-level error: the reason is only in the response's data
+    assert (got["layer"], got["kind"], got["host"], got["address"], got["by"], got["path"], got["operation"]) == (
+        "vault", "vault_denied", "worker1", "127.0.51.31", "address", "auth/approle/login", "update")
+    assert got["why"] == "source address 127.0.51.31 unauthorized by the CIDR restrictions on the secret ID"
+    for line in (BAO_BAD_SECRET, BAO_BAD_ROLE):
+        got = classify(_from_vault1(line, "vault-audit"), BAO_INV, "secops1")
+        assert got and (got["host"], got["why"]) == ("worker1", "invalid role or secret ID"), line
+    # before vault-setup tuned the mount: refused all the same, the reason hidden
+    got = classify(_from_vault1(BAO_COPIED_HMAC, "vault-audit"), BAO_INV, "secops1")
+    assert got and got["host"] == "worker1" and "HMAC" in got["why"] and "hmac-sha256" not in got["why"]
+    # the legitimate login is no refusal
+    assert classify(_from_vault1(BAO_LOGGED_IN, "vault-audit"), BAO_INV, "secops1") is None
+    # no role_id or secret_id (not even their HMACs) in the attribution
+    for line in (BAO_COPIED, BAO_BAD_SECRET, BAO_BAD_ROLE, BAO_COPIED_HMAC):
+        assert "hmac-sha256" not in json.dumps(classify(_from_vault1(line, "vault-audit"), BAO_INV, "secops1"))
+
+
+def test_a_login_refusals_unknown_reason_is_never_copied() -> None:
+    """OpenBao's approle can quote a presented secret_id in its reason (`invalid secret_id "<id>"`, a
+    use-limited secret_id gone during the login; histo's have no use limit): a reason not in the known
+    shapes is replaced, whatever it quotes."""
+    secret = "0e9ac8a1-6a8c-4c2b-b0a5-6c3bd1c0a0ff"
+    entry = json.loads(BAO_BAD_ROLE)
+    entry["response"]["data"]["error"] = f'invalid secret_id "{secret}"'
+    got = classify(_from_vault1(json.dumps(entry), "vault-audit"), BAO_INV, "secops1")
+    assert got and got["host"] == "worker1" and secret not in json.dumps(got) and "not shown" in got["why"]

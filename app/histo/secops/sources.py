@@ -1,6 +1,7 @@
 """What each layer's refusal looks like, turned into one attributed SecOps event: the layer, what was
 refused, and who — the inventory host and its SPIFFE id, resolved from the AppRole (Vault) or the
-source address (firewall, sshd, ZooKeeper), never left as a bare address when the inventory knows it.
+source address (a refused AppRole login or wrapping token, firewall, sshd, ZooKeeper), never
+left as a bare address when the inventory knows it.
 
 classify() takes an event as the collector stored it (a JSON object, or {"msg": ..., "host": ...,
 "tag": ...} from rsyslog) and returns the attribution, or None for a line that is no refusal."""
@@ -31,6 +32,13 @@ _ZK_TLS_REASONS = (("Empty client certificate chain", "no client certificate"),
                    ("validity check failed", "a certificate out of its validity (expired or not yet valid)"),
                    ("NotSslRecordException", "not TLS (plaintext on the TLS port)"))
 
+# A refused AppRole login's data.error (OpenBao 2.7.2 builtin/credential/approle path_login.go): the
+# reasons kept as they are, and the CIDR refusals (the quoted value is the request's source address)
+APPROLE_MOUNT = "approle"
+_LOGIN_REASONS = ("invalid role or secret ID", "missing role_id", "missing secret_id")
+_CIDR_REFUSED = re.compile(r'source address "(?P<ip>[0-9a-fA-F.:]{2,45})" unauthorized (?:through|by) CIDR '
+                           r"restrictions on the (?P<what>secret ID|role)(?::.*)?", re.S)
+
 
 @dataclass(frozen=True)
 class Host:
@@ -52,8 +60,52 @@ class Inventory:
         return {"host": host.name, "spiffe": spiffe_id(host.role, host.name), "address": address}
 
 
+def _login_refusal(ev: Mapping[str, Any]) -> str | None:
+    """Why OpenBao refused an AppRole login, from the response's data.error (in clear once vault-setup
+    tuned the mount: audit_non_hmac_response_keys; else the entry's own `error`, when it has one), or
+    None for an entry that is no refused login. A login refused for a source address outside the
+    secret_id's CIDR binding has no top-level `error` at all: this is the only place that says it was
+    refused. The reason is kept only in the shapes known (the one quoted value kept is an address);
+    anything else says only that it was refused, never what it quoted."""
+    req = ev.get("request") or {}
+    data = (ev.get("response") or {}).get("data") or {}
+    if not str(req.get("path", "")).startswith(f"auth/{APPROLE_MOUNT}/login") or not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if not isinstance(error, str) or not error:
+        return None
+    if error.startswith("hmac-sha256:"):  # a mount vault-setup has not tuned yet: the reason is hidden
+        return str(ev.get("error") or "login refused (the reason is HMAC'd: vault-setup tunes the approle mount)")
+    m = _CIDR_REFUSED.fullmatch(error)
+    if m:
+        return f"source address {m.group('ip')} unauthorized by the CIDR restrictions on the {m.group('what')}"
+    if error in _LOGIN_REASONS:
+        return error
+    return "login refused (an unexpected reason, not shown: read it on the Vault node)"
+
+
+def _wrapping_refused(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
+    """A wrapping token OpenBao refused (used already, expired, never issued): it answers before any
+    response is audited, so the audit device has only a request entry, with the error and the address
+    of whoever presented it (the token HMAC'd). The presenter is known by that address alone."""
+    req = ev.get("request") or {}
+    path = str(req.get("path", ""))
+    if not path.startswith("sys/wrapping/") or not isinstance(ev.get("error"), str):
+        return None
+    addr = str(req.get("remote_address") or "") or None
+    why = str(ev["error"])
+    known = "wrapping token is not valid or does not exist" in why
+    return {"layer": "vault", "kind": "vault_wrapping_refused", "severity": "warning",
+            **inv.who(inv.by_address.get(addr) if addr else None, addr), "by": "address",
+            "path": path[:100], "operation": str(req.get("operation", ""))[:20],
+            "why": ("a wrapping token used already, expired or never issued: " if known else "") + why[:150]}
+
+
 def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
-    if ev.get("type") != "response" or not ev.get("error"):
+    if ev.get("type") == "request" and ev.get("error"):  # refused before any response was audited
+        return _wrapping_refused(ev, inv)
+    login = _login_refusal(ev) if ev.get("type") == "response" else None
+    if ev.get("type") != "response" or not (ev.get("error") or login):
         return None
     req, auth = ev.get("request") or {}, ev.get("auth") or {}
     role_name = str((auth.get("metadata") or {}).get("role_name") or "")
@@ -66,7 +118,7 @@ def _vault(ev: Mapping[str, Any], inv: Inventory) -> dict[str, Any] | None:
     host = host or (inv.by_address.get(addr) if addr else None)
     return {"layer": "vault", "kind": "vault_denied", "severity": "warning", **inv.who(host, addr), "by": by,
             "path": str(req.get("path", "")), "operation": str(req.get("operation", "")),
-            "why": str(ev["error"])[:200]}
+            "why": (login or str(ev["error"]))[:200]}
 
 
 def _firewall(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:

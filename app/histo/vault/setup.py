@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import hvac
 from cryptography import x509
@@ -46,6 +46,7 @@ from . import people, pki
 from .failover import split_urls
 
 ROOT, INT, KV, TRANSIT, APPROLE = "pki", "pki_int", "secret", "transit", "approle"
+APPROLE_CLEAR_RESPONSE_KEYS = ("error",)  # audit_non_hmac_response_keys of the approle mount
 # Vault's own rotation of every transit key (tokens, receipts, the store's wrapping key, checkpoints);
 # 0 turns it off, anything else is at least 1 h (Vault's floor for auto_rotate_period).
 DEFAULT_KEY_ROTATION = "720h"
@@ -229,11 +230,21 @@ class _Applier:
         self.c.sys.enable_secrets_engine(backend, path=path, config=config, options=options)
         self.note(f"mount {path}")
 
-    def auth_method(self, path: str, method: str) -> None:
+    def auth_method(self, path: str, method: str, non_hmac_response_keys: Sequence[str] = ()) -> None:
+        """Enable the method at `path`; with `non_hmac_response_keys`, its audit entries carry those
+        response keys in clear (tuned on a method enabled before, read back from the listing, which the
+        provisioner may read: a re-apply writes nothing when it holds)."""
         methods = _data(self.c.sys.list_auth_methods())
+        keys = sorted(non_hmac_response_keys)
         if f"{path}/" not in methods:
-            self.c.sys.enable_auth_method(method, path=path)
+            config = {"audit_non_hmac_response_keys": keys} if keys else None
+            self.c.sys.enable_auth_method(method, path=path, config=config)
             self.note(f"auth {path}")
+            return
+        have = ((methods[f"{path}/"] or {}).get("config") or {}).get("audit_non_hmac_response_keys") or []
+        if keys and sorted(have) != keys:
+            self.c.sys.tune_auth_method(path, audit_non_hmac_response_keys=keys)
+            self.note(f"tune auth {path}")
 
     # -- PKI --------------------------------------------------------------------------------------
     def _ca_pem(self, mount: str) -> str:
@@ -718,7 +729,12 @@ path "{role}/secret-id-accessor/destroy" {{
         self.pki()
         self.zk_credentials()
         self.transit()
-        self.auth_method(APPROLE, "approle")
+        # a refused AppRole login's reason (a secret_id presented from an address outside its CIDR
+        # binding, an unknown one) is the response's data.error, which the audit device HMACs unless
+        # told not to: in clear, secops/sources.py says why the login was refused. No secret is in it
+        # for histo's roles (secret_id_num_uses 0: the one reason that would quote the secret_id, a
+        # use-limited secret_id gone during the login, cannot happen); docs/SECURITY.md.
+        self.auth_method(APPROLE, "approle", non_hmac_response_keys=APPROLE_CLEAR_RESPONSE_KEYS)
         self.policy(ISSUER_POLICY, f'''# histo token issuer: signs API tokens with the transit key (which never leaves Vault)
 path "{TRANSIT}/sign/{TOKEN_KEY}" {{
   capabilities = ["update"]
