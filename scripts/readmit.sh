@@ -3,7 +3,8 @@
 # in one command (docs/SECURITY.md, "Containment"):
 #   1. a root token from the unseal keys (`histo vault-generate-root`): only root may write a policy;
 #   2. the machine rebuilt (`vagrant destroy -f`, `vagrant up`): a compromised machine is not trusted
-#      again, and nothing it stored survives (HISTO_READMIT_KEEP_MACHINE=1 skips this, for a drill);
+#      again, and nothing it stored survives (HISTO_READMIT_KEEP_MACHINE=1 skips this for a machine
+#      rebuilt by other means: one that still stores a secret_id gets no new one, and 4 refuses it);
 #   3. `make provision`: vault-setup revokes every token the host held and restores its policy and PKI
 #      role, then retires the root token; the host gets a new wrapped secret_id and is left stopped
 #      (every other machine's firewall still drops it);
