@@ -188,6 +188,7 @@ def test_the_contained_worker_is_rebuilt_released_and_serves_again(cluster: Depl
     print(f"{victim.name}: rebuilt, re-provisioned, released and live again {time.time() - t0:.0f} s after "
           "make readmit began")
     # it takes work again: its service's CPU grows with jobs, well beyond what it spends idle as long
+    victim = DeployedCluster.open(cluster.root).machines[victim.name]  # rebuilt: another container
     ticks = f"cat /proc/$(systemctl show -p MainPID --value histo-{victim.group.rstrip('s')})/stat"
 
     def cpu() -> int:
