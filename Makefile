@@ -13,7 +13,7 @@ DEPLOY_PY := .venv-deploy/bin/python
 ROLE ?=
 
 .PHONY: help bootstrap venv check test test-python test-unit test-integration lint lint-python deploy-lint molecule \
-        molecule-clean test-cluster up down provision deploy-test local local-down local-status bench soak \
+        molecule-clean test-cluster up down provision readmit deploy-test local local-down local-status bench soak \
         attack clean
 
 help: ## this list
@@ -83,6 +83,9 @@ down: ## remove the machines, the networks and the cluster's secrets
 
 provision: ## re-apply site.yml to the running machines (changed=0 when nothing drifted)
 	@vagrant provision "$$(vagrant status --machine-readable | awk -F, '$$3=="state"{m=$$2} END{print m}')"
+
+readmit: ## give a quarantined host back: rebuilt, re-provisioned, released, started (HOST=worker1)
+	@bash scripts/readmit.sh $(HOST)
 
 deploy-test: ## the acceptance tests against the running cluster (tests/deploy)
 	$(DEPLOY_PY) -m pytest -p no:cacheprovider tests/deploy -q -ra --timeout=900

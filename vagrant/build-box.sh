@@ -11,6 +11,17 @@ BOX=box/histo-debian12-lxc.box
 [ -f "$BOX" ] && { echo "box: $BOX exists"; exit 0; }
 MIRROR=${HISTO_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEY=$(vagrant_insecure_key public)
+# One build per recipe and week on this host: every fresh checkout (CI's clean clone among them) reuses
+# the box this script, the mirror and the key made in the last 7 days instead of running debootstrap
+# again (~2 min); after that, a new build brings Debian's updates.
+CACHE=${HISTO_BOX_CACHE:-/var/cache/histo/box}
+recipe=$({ cat build-box.sh; echo "$MIRROR"; cat "$KEY"; } | sha256sum | cut -c1-16)
+if [ -n "$(find "$CACHE" -maxdepth 1 -name "$recipe.box" -mtime -7 2>/dev/null)" ]; then
+  mkdir -p box
+  cp "$CACHE/$recipe.box" "$BOX.tmp" && mv "$BOX.tmp" "$BOX"
+  echo "box: $BOX from this host's cache ($CACHE/$recipe.box)"
+  exit 0
+fi
 work=$(mktemp -d /var/tmp/histo-box.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
@@ -56,3 +67,6 @@ echo '{"provider": "lxc", "version": "1.0.0", "built-on": "'"$(date -u +%F)"'"}'
 mkdir -p box
 tar -C "$work" -czf "$BOX" metadata.json rootfs.tar.gz
 echo "box: built $BOX ($(du -h "$BOX" | cut -f1))"
+if install -d -m 755 "$CACHE" 2>/dev/null; then
+  cp "$BOX" "$CACHE/$recipe.box.tmp" && mv "$CACHE/$recipe.box.tmp" "$CACHE/$recipe.box"
+fi

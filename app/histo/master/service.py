@@ -138,8 +138,8 @@ class Master:
         for host, rec in self._contained.items():
             ok = all(a.get("ok") for a in rec.get("actions", []))
             out.append({**rec, "host": host, "state": "contained" if ok else "partly contained",
-                        "release": f"make provision (root token: vault-generate-root), then "
-                                   f"histo quarantine release {host}"})
+                        "release": f"make readmit HOST={host} (a root token, the machine rebuilt, make "
+                                   f"provision, histo quarantine release {host}, site.yml on {host})"})
         out += [{**rec, "state": "released"} for rec in self.released.values()]
         # what the collector detected and did not contain (alert rules, dry runs, guard rails), as its
         # relay pushed it; a host Vault holds is listed once, as contained
