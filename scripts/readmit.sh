@@ -37,6 +37,21 @@ HISTO_HELD="$held" "$DEPLOY_VENV/bin/python" -c 'import json, os, sys; sys.exit(
   || { echo "readmit: $host is not quarantined (histo quarantine list)" >&2; exit 2; }
 t0=$(date +%s)
 step() { echo "readmit: [$(( $(date +%s) - t0 )) s] $*"; }
+# A root token never outlives the procedure: if a step fails before provisioning retired it, it is
+# revoked here (a new run makes a new one from the unseal keys).
+retire_root() {
+  if [ -f "$STATE/root-token" ]; then
+    .venv/bin/histo vault-retire-root --init-file "$STATE/vault-init.json" --provisioner-file "$STATE/provisioner-token" \
+      --root-token-file "$STATE/root-token" "${vault[@]}" >/dev/null \
+      && echo "readmit: stopped before the end; the root token was revoked" >&2
+  fi
+}
+on_exit() {
+  local rc=$?
+  [ "$rc" -eq 0 ] || retire_root
+  exit "$rc"
+}
+trap on_exit EXIT
 
 if [ ! -f "$STATE/root-token" ]; then
   .venv/bin/histo vault-generate-root --init-file "$STATE/vault-init.json" --out "$STATE/root-token" \
@@ -53,7 +68,7 @@ else
 fi
 
 make --no-print-directory provision
-[ ! -f "$STATE/root-token" ] || { echo "readmit: provisioning left the root token unused ($STATE/root-token)" >&2; exit 1; }
+[ ! -f "$STATE/root-token" ] || { echo "readmit: provisioning left the root token unused" >&2; exit 1; }
 step "3/5 provisioned: $host's policy and PKI role restored, its old tokens revoked, a new secret_id delivered"
 
 .venv/bin/histo quarantine release "$host" "${token[@]}" "${vault[@]}" >/dev/null
