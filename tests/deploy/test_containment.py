@@ -168,8 +168,8 @@ def test_the_contained_worker_is_rebuilt_released_and_serves_again(cluster: Depl
     other = cluster.group("workers")[1]
     wrong = subprocess.run(["bash", "scripts/readmit.sh", other.name], cwd=cluster.root, capture_output=True,
                            text=True, timeout=120, env={**os.environ, "HISTO_PROFILE": cluster.profile})
-    assert wrong.returncode == 2 and wrong.stderr.strip() == f"readmit: {other.name} is not quarantined " \
-        "(histo quarantine list)", wrong
+    refusal = f"readmit: {other.name} is not quarantined (histo quarantine list)"
+    assert wrong.returncode == 2 and wrong.stderr.strip() == refusal, wrong
 
     t0 = time.time()
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "HISTO_PROFILE": cluster.profile}
@@ -195,19 +195,19 @@ def test_the_contained_worker_is_rebuilt_released_and_serves_again(cluster: Depl
         fields = victim.run(ticks).stdout.rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     idle0, w0 = cpu(), time.monotonic()
-    token = cluster.env["HISTO_TOKEN_UPLOADER"]
+    uploader = cluster.env["HISTO_TOKEN_UPLOADER"]
     jobs = []
     for _ in range(8):
-        status, raw = upload(cluster, token, png(1024, 1024))
+        status, raw = upload(cluster, uploader, png(1024, 1024))
         assert status == 202, raw
         jobs.append(str(json.loads(raw)["id"]))
 
-    def state(job_id: str) -> str:
-        status, raw, _h = request(cluster, "GET", f"/api/v1/jobs/{job_id}", token)
+    def job_state(job_id: str) -> str:
+        status, raw, _h = request(cluster, "GET", f"/api/v1/jobs/{job_id}", uploader)
         return str(json.loads(raw).get("state")) if status == 200 else f"http {status}"
     for job_id in jobs:
-        _until(lambda j=job_id: state(j) in ("done", "failed"), 180, f"job {job_id}")  # type: ignore[misc]
-        assert state(job_id) == "done", job_id
+        _until(lambda j=job_id: job_state(j) in ("done", "failed"), 180, f"job {job_id}")  # type: ignore[misc]
+        assert job_state(job_id) == "done", job_id
     busy, span = cpu() - idle0, time.monotonic() - w0
     time.sleep(min(span, 30))
     idle = cpu() - idle0 - busy

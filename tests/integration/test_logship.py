@@ -95,6 +95,18 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     return [e for e in _all(path) if not _is_incident(e)]
 
 
+def _collector(bao: BaoServer, role_ids: dict[str, str], d: Path, record: Path, inventory: Path,
+              shippers: list[str], common: dict[str, Any], host: dict[str, str] = SECOPS) -> Rsyslogd:
+    """secops1's collector as the role configures it (collector.conf.j2: RELP in, `histo audit collect`
+    writing `record`, attributing with `inventory`), accepting the named shippers' certificates."""
+    return Rsyslogd(d, "collector.conf.j2", **common, **_certs(bao, role_ids, host, d.with_name(d.name + "-tls")),
+                    logship_address=host["address"], logship_histo_bin=str(Path(sys.executable).with_name("histo")),
+                    logship_record_path=str(record), logship_collector_host="secops1",
+                    logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
+                    logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
+                    __logship_all_files=[], logship_permitted_shippers=shippers)
+
+
 def _incidents(path: Path) -> list[dict[str, Any]]:
     return [e["event"] for e in _all(path) if _is_incident(e)]
 
@@ -124,15 +136,8 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     common = {"logship_port": port, "logship_queue_max_disk": "64m", "logship_collector_respond": "alert"}
     inventory = root / "inventory.json"  # what the role writes on the collector (attribution)
     inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"vault": 8200, "internal": 8443}}))
-    collector = Rsyslogd(root / "collector", "collector.conf.j2", **common,
-                         **_certs(bao, role_ids, SECOPS, root / "c"), logship_address=SECOPS["address"],
-                         logship_histo_bin=str(Path(sys.executable).with_name("histo")),
-                         logship_record_path=str(record), logship_collector_host="secops1",
-                         logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
-                         logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
-                         __logship_all_files=[],
-                         logship_permitted_shippers=[f"{h['name']}.histo.internal" for h in HOSTS
-                                                     if h["role"] != "secops"])
+    collector = _collector(bao, role_ids, root / "collector", record, inventory,
+                           [f"{h['name']}.histo.internal" for h in HOSTS if h["role"] != "secops"], common)
     source = root / "auth.log"
     source.write_text("")
     audit = root / "audit.log"  # a Vault node's audit file (errors_only: the refusals, not the traffic)
@@ -341,13 +346,7 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
     common = {"logship_port": relp, "logship_queue_max_disk": "64m", "logship_collector_respond": "alert"}
     inventory = base / "inventory.json"
     inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"zk_client": port}}))
-    collector = Rsyslogd(base / "collector", "collector.conf.j2", **common,
-                         **_certs(bao, role_ids, SECOPS, base / "c"), logship_address=SECOPS["address"],
-                         logship_histo_bin=str(Path(sys.executable).with_name("histo")),
-                         logship_record_path=str(record), logship_collector_host="secops1",
-                         logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
-                         logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
-                         __logship_all_files=[], logship_permitted_shippers=["zk1.histo.internal"])
+    collector = _collector(bao, role_ids, base / "collector", record, inventory, ["zk1.histo.internal"], common)
     # the role's own entry for ZooKeeper's file, at this server's path; the masters as the role computes them
     defaults = yaml.safe_load((ROLE.parent / "defaults" / "main.yml").read_text())
     role_entry = defaults["logship_group_files"]["zookeeper"][0]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +29,7 @@ from histo.local.bao import BaoServer
 from histo.vault.client import VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
 
-from .test_logship import ROLE, Rsyslogd, _certs, _entries, _incidents, _wait_for
+from .test_logship import ROLE, Rsyslogd, _certs, _collector, _entries, _incidents, _wait_for
 from .vaultfix import configure, default_hosts, free_port, provision, running_bao, service_vault
 
 pytestmark = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")
@@ -73,13 +72,8 @@ def test_a_replayed_or_expired_wrap_and_a_copied_secret_id_are_recorded_and_the_
               "logship_collector_respond": "alert"}
     inventory = root / "inventory.json"
     inventory.write_text(json.dumps({"hosts": HOSTS, "ports": {"vault": bao.port}}))
-    collector = Rsyslogd(root / "collector", "collector.conf.j2", **common,
-                         **_certs(bao, role_ids, SECOPS, root / "c"), logship_address=SECOPS["address"],
-                         logship_histo_bin=str(Path(sys.executable).with_name("histo")),
-                         logship_record_path=str(record), logship_collector_host="secops1",
-                         logship_vault_url=bao.url, logship_vault_ca=str(bao.ca_path),
-                         logship_confirm_timeout_ms=10000, logship_inventory_path=str(inventory),
-                         __logship_all_files=[], logship_permitted_shippers=["vault1.histo.internal"])
+    collector = _collector(bao, role_ids, root / "collector", record, inventory, ["vault1.histo.internal"], common,
+                           SECOPS)
     # the role's own entry for a Vault node's audit file, at this server's path
     defaults = yaml.safe_load((ROLE.parent / "defaults" / "main.yml").read_text())
     (entry,) = defaults["logship_group_files"]["vault"]
