@@ -91,6 +91,8 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
         _service("master1", "result_refused", worker="worker2", job=JOB, task=0,
                  reason="stale or forged attempt (no such pending attempt)")],
     "ssh lateral": [_drop(ADDR["worker1"], "zk1", 22)],
+    "expired certificate": [_service("master1", "tls_handshake_refused", peer=ADDR["worker1"], listener="internal",
+                                     reason="certificate has expired", suppressed=0)],
     "revoked token": [_service("master2", "auth_failure", where=CONTROLLER, reason="token revoked",
                                path="/api/v1/jobs")],
     "certificate without its address": [_audit("pki_int/issue/host-worker1", "update", ADDR["worker1"],
