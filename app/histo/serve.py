@@ -13,7 +13,8 @@ from typing import Awaitable, NamedTuple, Protocol
 
 from aiohttp import web
 
-from .edge.conncap import CappedSite, ReportThrottle, ensure_file_limit, files_needed, limits_for
+from .edge.conncap import (CappedSite, HandshakeReporter, ReportThrottle, ensure_file_limit, files_needed,
+                           limits_for)
 from .runtime import ServiceRuntime
 
 log = logging.getLogger("histo.serve")
@@ -61,18 +62,22 @@ async def serve(service: Service) -> None:
         ensure_file_limit(files_needed(rt.cfg))
         await loop.run_in_executor(None, rt.start)
         report = ReportThrottle(rt._emit)
+        handshakes = HandshakeReporter(rt._emit)  # certificates the internal listener refused at the handshake
         for lst in await service.setup():
             public = lst.public or (rt.cfg.role == "master" and lst.port == rt.cfg.public_port)
             limits = limits_for(rt.cfg, public)
             runner = web.AppRunner(lst.app, access_log=None, keepalive_timeout=limits.idle_timeout)
             await runner.setup()
             runners.append(runner)
+            listener = "public" if public else "internal"
             await CappedSite(runner, lst.address, lst.port, ssl_context=lst.ssl_context, limits=limits,
-                             on_refused=report, backlog=512).start()
+                             on_refused=report, backlog=512, listener=listener,
+                             on_handshake_refused=handshakes).start()
             if lst.also:
                 await CappedSite(runner, lst.also, lst.port, ssl_context=lst.ssl_context, limits=limits,
                                  on_refused=report, backlog=512, reuse_port=lst.also_shared,
-                                 freebind=not lst.also_shared).start()
+                                 freebind=not lst.also_shared, listener=listener,
+                                 on_handshake_refused=handshakes).start()
         await service.started()
         await asyncio.gather(rt.upkeep(), *service.background())
     except asyncio.CancelledError:

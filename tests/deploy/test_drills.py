@@ -81,8 +81,10 @@ DETECTED: dict[str, tuple[Refusal, ...] | str] = {
                 "worker2's address", what="auth/approle/login"),
         Refusal("vault", "outside", "vault_denied", "the same from the controller",
                 what="auth/approle/login", address="controller")),
-    "expired certificate": "the expired certificate fails the TLS handshake: no request reaches the masters' peer "
-                           "check (no mtls_rejected), and no layer records a refused handshake on the internal port",
+    "expired certificate": (
+        Refusal("service", "{workers[0]}", "tls_handshake_refused",
+                "worker1's own certificate, expired, presented from worker1 to the first master's internal port: "
+                "the handshake is refused and that master reports it (edge/conncap.py)", where="{masters[0]}"),),
     "revoked token": (
         Refusal("service", "outside", "auth_failure",
                 "the revoked token used again from the controller: every master answers 401", address="controller"),),

@@ -161,3 +161,78 @@ def test_refusal_at_a_worker_reaches_the_secops_stream(cluster):
         raise AssertionError("the worker's refusal never reached the dashboard")
     ev = asyncio.run(wait_event())
     assert "worker1" in ev["reason"]
+
+
+def _dashboard_event(cluster, master: str, match, timeout: float = 20.0) -> dict:
+    """The first event on `master`'s own dashboard stream (its recent history replayed first) that
+    `match` accepts."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    async def wait_event() -> dict:
+        ctx = ssl.create_default_context(cafile=cluster.ca)
+        async with aiohttp.ClientSession() as s:
+            url = f"wss://{cluster.config(master)['address']}:4443/api/v1/events"
+            async with s.ws_connect(url, ssl=ctx) as ws:
+                await ws.send_json({"type": "auth", "token": cluster.token("viewer")})
+                deadline = time.time() + timeout
+                while time.time() < deadline:
+                    ev = (await ws.receive_json(timeout=timeout)).get("event", {})
+                    if match(ev):
+                        return ev
+        raise AssertionError(f"no such event on {master}'s dashboard")
+    return asyncio.run(wait_event())
+
+
+def test_expired_certificate_refused_at_the_handshake_is_reported(cluster, tmp_path):
+    """worker1's own certificate of the cluster's CA (OpenBao's pki_int, as worker1 issues them), once
+    expired, presented from worker1's address to master1's internal port: the handshake is refused, so
+    no request reaches the peer check (no mtls_rejected) — and master1 reports the refused handshake
+    (tls_handshake_refused: the address, the listener, OpenSSL's reason; edge/conncap.py). The service's
+    own certificate is accepted after it from the same address. A worker's listener reports too, relayed
+    by the leader; no secret in any of it."""
+    import time
+    from pathlib import Path
+
+    from histo.vault.client import ServiceVault
+
+    w1 = cluster.config("worker1")
+    v = ServiceVault(w1["vault_url"], w1["vault_ca"], host="worker1", role="worker", creds_dir=Path(w1["creds_dir"]),
+                     source_address=w1["address"])
+    v.login()
+    try:
+        bundle = v.issue_cert("2s")  # the role backdates not_before by 30 s; it ends 2 s from now
+    finally:
+        v.client.auth.token.revoke_self()
+    (tmp_path / "cert.pem").write_text(bundle.cert_pem + bundle.chain_pem)
+    (tmp_path / "key.pem").write_text(bundle.key_pem)
+    time.sleep(max(0.0, bundle.not_after.timestamp() - time.time()) + 1.5)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        call(cluster, "master1", "/internal/v1/results", cert=str(tmp_path / "cert.pem"), key=str(tmp_path / "key.pem"),
+             headers=TASK_HEADERS, body=b"[]", source=w1["address"])
+    ev = _dashboard_event(cluster, "master1", lambda e: e.get("kind") == "tls_handshake_refused"
+                          and e.get("peer") == w1["address"])
+    assert (ev["service"], ev["listener"], ev["reason"], ev["severity"]) == (
+        "master1", "internal", "certificate has expired", "warning")
+    # the legitimate path: worker1's own, valid certificate from the same address reaches the endpoint
+    status, body = call(cluster, "master1", "/internal/v1/results", as_service="worker1", headers=TASK_HEADERS,
+                        body=json.dumps([0] * 256).encode())
+    assert status == 409 and json.loads(body)["error"] == "result_refused"
+    log = (cluster.service_dir("master1") / "service.log").read_text(errors="replace")
+    line = next(x for x in log.splitlines() if "tls_handshake_refused" in x and w1["address"] in x)
+    assert "certificate has expired" in line
+    assert bundle.key_pem.splitlines()[1] not in log and "BEGIN" not in line
+
+    # a worker's internal listener: a client without a certificate, from an address of its own
+    stranger = f"{NET}.98"
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        call(cluster, "worker2", "/internal/v1/status", method="GET", source=stranger)
+    leader = cluster.leader()
+    ev = _dashboard_event(cluster, leader, lambda e: e.get("kind") == "tls_handshake_refused"
+                          and e.get("peer") == stranger)
+    assert (ev["service"], ev.get("relayed_from"), ev["listener"], ev["reason"]) == (
+        "worker2", "worker2", "internal", "no client certificate")
+    status, _ = call(cluster, "worker2", "/internal/v1/status", as_service="master1", method="GET")
+    assert status == 200

@@ -113,6 +113,8 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
     "ssh lateral": [_drop(ADDR["worker1"], "zk1", 22)],
     "used secret_id": [_wrap_refused(ADDR[NAMES.groups["workers"][-1]])],
     "copied secret_id": [_login_refused(ADDR["worker2"]), _login_refused(CONTROLLER)],
+    "expired certificate": [_service("master1", "tls_handshake_refused", peer=ADDR["worker1"], listener="internal",
+                                     reason="certificate has expired", suppressed=0)],
     "revoked token": [_service("master2", "auth_failure", where=CONTROLLER, reason="token revoked",
                                path="/api/v1/jobs")],
     "certificate without its address": [_audit("pki_int/issue/host-worker1", "update", ADDR["worker1"],

@@ -35,7 +35,8 @@ EXPECTED = {"vault-policy-denied": "quarantine", "vault-token-refused": "alert",
             "zookeeper-write-denied-by-address": "alert",
             "firewall-drop-cluster-machine": "alert", "firewall-drop-infrastructure": "alert",
             "forged-task-result": "quarantine", "stale-task-results": "alert",
-            "mtls-refused-repeatedly": "alert", "forged-source": "alert", "vault-denied-by-address": "alert",
+            "mtls-refused-repeatedly": "alert", "tls-handshake-refused-repeatedly": "alert",
+            "forged-source": "alert", "vault-denied-by-address": "alert",
             "ssh-refused": "alert", "outside-refused": "alert",
             "vault-login-outside-binding": "alert", "vault-wrapping-token-refused": "alert"}
 
@@ -145,6 +146,9 @@ SCENARIOS: dict[str, tuple[dict[str, Any], int, str]] = {
                                    reason="no such task attempt pending (stale or forged)"), 5, "worker2"),
     "mtls-refused-repeatedly": (service("mtls_rejected", "master1", reason="peer is not a master",
                                         peer="192.168.56.32", path="/internal/v1/replicas"), 3, "worker2"),
+    "tls-handshake-refused-repeatedly": (service("tls_handshake_refused", "master1", severity="warning",
+                                                 peer="192.168.56.31", listener="internal",
+                                                 reason="certificate has expired"), 3, "worker1"),
     "forged-source": ({**vault_audit("permission denied", "histo-master1", "transit/sign/histo-tokens", "x"),
                        "from": ADDR["worker1"]}, 1, "worker1"),
     "ssh-refused": (sshd("192.168.56.31"), 1, "worker1"),
@@ -398,6 +402,21 @@ def test_a_late_wrapping_token_and_a_contained_hosts_retries_are_never_contained
     assert {(i.rule, i.host, i.response) for i in incidents} == {
         ("vault-wrapping-token-refused", "worker1", "alert"), ("vault-wrapping-token-refused", "master1", "alert"),
         ("vault-token-refused", "worker2", "alert")}
+
+
+def test_a_worker_whose_certificate_lapsed_is_alerted_on_never_quarantined() -> None:
+    """Vault away longer than worker1's certificate life: every master's internal listener refuses its
+    expired certificate at the handshake until it renews (each service reports at most 3 at once, then
+    one per 10 s: edge/conncap.py HandshakeReporter). One refusal is nothing; the run is an alert."""
+    expired = service("tls_handshake_refused", "master1", severity="warning", peer=ADDR["worker1"],
+                      listener="internal", reason="certificate has expired")
+    det = detector()
+    assert feed_all(det, expired, 1) == []  # one refusal (a certificate lapsing mid-rotation)
+    incidents = feed_all(det, expired, 2, start=1001.0, seq=2)  # the reporter's burst
+    incidents += feed_all(det, expired, 60, start=1010.0, step=10.0, seq=10)  # then one per 10 s
+    assert [(i.rule, i.host, i.response) for i in incidents] == [
+        ("tls-handshake-refused-repeatedly", "worker1", "alert")]
+    assert [i for i in det.open_incidents if i.response == "quarantine"] == []
 
 
 def test_an_event_naming_no_one_opens_nothing() -> None:

@@ -10,6 +10,13 @@ connection is judged by its peer address *before* any TLS work is spent on it:
 - an idle connection (no request in progress) is closed after `idle_timeout` seconds — aiohttp's
   keep-alive timer, which also runs from the accept, so a socket that never sends a request goes too.
 
+A handshake that a listener requiring client certificates (the internal mTLS one) refuses for the
+client's certificate — none, expired or not yet valid, of another CA, otherwise unverifiable — never
+reaches the peer check that reports `mtls_rejected`; `handshake_refusal` names it and the site's
+`on_handshake_refused` reports it (`HandshakeReporter`: a `tls_handshake_refused` event, bounded per
+address and in all). Every other failure (a reset, a timeout, plaintext or an old protocol, a scanner's
+probe; anything on the public listener, which asks for no certificate) is noise, logged at debug.
+
 Errors that aiohttp's HTTP parser raises itself (a bad request line, header abuse, huge headers)
 never reach the application's middlewares; `JsonRequestHandler` answers them with the same JSON
 error body `{"error", "message"}` as every other error, and names nothing internal."""
@@ -28,12 +35,32 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .middleware import CODES, SECURITY_HEADERS
+from .ratelimit import RateLimiter
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux <netinet/in.h>
 
 log = logging.getLogger("histo.conncap")
 
 OnRefused = Callable[[str, str], None]  # (address, reason)
+OnHandshakeRefused = Callable[[str, str, str], None]  # (address, listener, reason)
+
+# OpenSSL's reasons for a client certificate refused that carry no verify_message: a client that
+# sent none (TLS 1.2 and 1.3 alike, on a context with CERT_REQUIRED)
+_NO_CERT_REASONS = {"PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate"}
+
+
+def handshake_refusal(exc: BaseException, tls: ssl.SSLContext | None) -> str | None:
+    """Why a listener that requires client certificates refused this handshake for the client's
+    certificate (OpenSSL's verify message: "certificate has expired", "unable to get local issuer
+    certificate", ...), or None when the failure is no such refusal (see the module docstring). The
+    reason is OpenSSL's text about the certificate, never the certificate or anything secret."""
+    if tls is None or tls.verify_mode != ssl.CERT_REQUIRED:
+        return None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (str(exc.verify_message or "").strip() or "certificate verify failed")[:120]
+    if isinstance(exc, ssl.SSLError):
+        return _NO_CERT_REASONS.get(str(exc.reason or ""))
+    return None
 
 
 @dataclass(frozen=True)
@@ -184,7 +211,15 @@ class _Gate(asyncio.Protocol):
                     raise ConnectionError("TLS did not start")
                 tls = started
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError, RuntimeError) as exc:
-            log.debug("handshake with %s failed: %s", self.addr, exc)
+            reason = handshake_refusal(exc, self.site.tls)
+            report = self.site.on_handshake_refused
+            if reason is not None and report is not None:
+                try:
+                    report(self.addr, self.site.listener, reason)
+                except Exception:  # noqa: BLE001 - reporting must never break accepting
+                    log.debug("on_handshake_refused failed", exc_info=True)
+            else:
+                log.debug("handshake with %s failed: %s", self.addr, exc)
             transport.abort()
             self._release()
             return
@@ -220,10 +255,13 @@ class CappedSite(web.TCPSite):
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
                  limits: ConnLimits, on_refused: OnRefused | None = None, backlog: int = 512,
-                 reuse_port: bool = False, freebind: bool = False) -> None:
+                 reuse_port: bool = False, freebind: bool = False, listener: str = "internal",
+                 on_handshake_refused: OnHandshakeRefused | None = None) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog, reuse_port=reuse_port)
         self.tls = ssl_context
         self.gate = ConnectionGate(limits, on_refused)
+        self.listener = listener  # "internal" | "public": named in tls_handshake_refused events
+        self.on_handshake_refused = on_handshake_refused
         # Bind an address this machine does not hold yet (a floating address keepalived moves here
         # later), per socket, rather than net.ipv4.ip_nonlocal_bind for the whole machine.
         self.freebind = freebind
@@ -304,3 +342,36 @@ class ReportThrottle:
             self._last.clear()
         self._last[addr] = now
         self.report("connection_refused", severity="warning", where=addr, reason=reason)
+
+
+class HandshakeReporter:
+    """Refused TLS handshakes (`handshake_refusal`) as `tls_handshake_refused` SecOps events, bounded
+    so that a scanner, a flood or a worker whose certificate lapsed cannot fill the record or the log:
+    per address `burst` at once, then one per `every` seconds (edge/ratelimit.py RateLimiter), and at
+    most `overall_burst` at once and `overall_rate` a second across all addresses (many forged source
+    addresses). A refusal not reported is counted at debug level, and the count (`suppressed`) goes with
+    that address's next report."""
+
+    def __init__(self, report: Callable[..., None], burst: int = 3, every: float = 10.0,
+                 overall_rate: float = 1.0, overall_burst: int = 20, max_keys: int = 1024,
+                 clock: Callable[[], float] | None = None) -> None:
+        import time
+        tick = clock or time.monotonic
+        self.report = report
+        self.per_address = RateLimiter(1.0 / every, burst, clock=tick, max_keys=max_keys)
+        self.overall = RateLimiter(overall_rate, overall_burst, clock=tick)
+        self.max_keys = max_keys
+        self.suppressed: dict[str, int] = {}  # address -> refusals not reported since its last report
+        self.reported = 0
+
+    def __call__(self, addr: str, listener: str, reason: str) -> None:
+        if not (self.per_address.check(addr)[0] and self.overall.check("*")[0]):
+            self.suppressed[addr] = self.suppressed.pop(addr, 0) + 1
+            while len(self.suppressed) > self.max_keys:  # the oldest address's count goes first
+                self.suppressed.pop(next(iter(self.suppressed)))
+            log.debug("TLS handshake from %s refused on the %s listener (%s): not reported, rate-limited",
+                      addr, listener, reason)
+            return
+        self.reported += 1
+        self.report("tls_handshake_refused", severity="warning", peer=addr, listener=listener, reason=reason,
+                    suppressed=self.suppressed.pop(addr, 0))

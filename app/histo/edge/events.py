@@ -26,8 +26,8 @@ SECOPS = "secops"
 # Default severity per kind; a publisher may always say otherwise with severity=...
 DEFAULT_SEVERITY = {
     "auth_failure": "warning", "auth_throttled": "critical", "forbidden": "warning",
-    "mtls_rejected": "warning", "zk_auth_failure": "critical", "rate_limited": "warning",
-    "result_refused": "warning", "vault_unavailable": "warning", "worker_left": "warning",
+    "mtls_rejected": "warning", "tls_handshake_refused": "warning", "zk_auth_failure": "critical",
+    "rate_limited": "warning", "result_refused": "warning", "vault_unavailable": "warning", "worker_left": "warning",
     "job_failed": "warning",
 }
 # Kinds that concern one job: their audience is the job's owner (given as audience=<sub>).

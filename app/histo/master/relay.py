@@ -9,12 +9,13 @@ from typing import Any
 # kind -> the detail fields a worker may report with it (every value a short string or a number)
 WORKER_EVENTS: dict[str, tuple[str, ...]] = {
     "mtls_rejected": ("reason", "peer", "path"),
+    "tls_handshake_refused": ("reason", "peer", "listener", "suppressed"),
     "cert_rotated": ("serial", "not_after"),
     "vault_unavailable": ("reason",),
     "vault_recovered": (),
 }
-SEVERITY = {"mtls_rejected": "warning", "cert_rotated": "info", "vault_unavailable": "warning",
-            "vault_recovered": "info"}
+SEVERITY = {"mtls_rejected": "warning", "tls_handshake_refused": "warning", "cert_rotated": "info",
+            "vault_unavailable": "warning", "vault_recovered": "info"}
 MAX_EVENTS = 20  # per status reply (the worker keeps at most 50 between two collections)
 MAX_VALUE = 200  # characters of one detail
 

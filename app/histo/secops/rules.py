@@ -16,7 +16,8 @@ LAYERS = ("vault", "zookeeper", "firewall", "ssh", "service", "secops")
 ROLES = ("master", "worker", "zookeeper", "vault", "secops", "outside")
 SEVERITIES = ("warning", "critical")
 RESPONSES = ("quarantine", "alert")
-FIELDS = ("path", "reason", "why", "znode", "operation", "target", "user", "proto", "who", "scope", "port", "by")
+FIELDS = ("path", "reason", "why", "znode", "operation", "target", "user", "proto", "who", "scope", "port", "by",
+          "listener")
 OPS = ("prefix", "contains", "excludes")
 NO_IDENTITY = ("outside", "unknown", "")  # hosts classify() gives when the inventory knows no one
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

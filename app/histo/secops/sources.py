@@ -221,9 +221,17 @@ def _service(msg: str, at: str, sender: Host | None, trusted: bool, inv: Invento
         (inv.by_name[ev[f]] for f in _NAME_FIELDS if isinstance(ev.get(f), str) and ev[f] in inv.by_name), None)
     out: dict[str, Any] = {"layer": "service", "kind": str(ev["kind"]), "severity": severity,
                            **inv.who(refused, addr), "target": at}
-    for key in ("reason", "path", "who", "role", "scope"):
+    for key in ("reason", "path", "who", "role", "scope", "listener"):
         if isinstance(ev.get(key), (str, int)):
             out[key] = str(ev[key])[:200]
+    if out["kind"] == "tls_handshake_refused":
+        # a certificate refused before any request (edge/conncap.py): OpenSSL's reason, on which
+        # listener, and how many more from the address the service did not report (its rate limit)
+        more = ev.get("suppressed")
+        more = more if isinstance(more, int) and not isinstance(more, bool) and more > 0 else 0
+        out["suppressed"] = more
+        out["why"] = (f"TLS handshake refused on the {out.get('listener', '?')} listener: "
+                      f"{out.get('reason', '?')}" + (f" (and {more} more not reported)" if more else ""))[:300]
     return out
 
 
