@@ -19,11 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
+import pytest
 
 from histo.testing.cluster import Cluster, sample_image
 
 from .test_edge import issue
 from .cluster_fixture import NET
+
+pytestmark = pytest.mark.long
 
 
 def _hostport(url: str) -> tuple[str, int]:

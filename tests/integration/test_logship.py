@@ -41,7 +41,8 @@ from histo.zk.config import LOG_ENTRY_START
 from .test_secops_record import SECOPS, WORKER
 from .vaultfix import NET, configure, default_hosts, free_port, provision, running_bao, service_vault
 
-pytestmark = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")
+pytestmark = [pytest.mark.long,
+              pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")]
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "logship" / "templates"
 HOSTS = [*default_hosts(), SECOPS]
 WORKER2 = next(h for h in HOSTS if h["name"] == "worker2")

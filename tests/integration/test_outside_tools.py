@@ -38,6 +38,8 @@ from histo.testing.cluster import Cluster
 
 from .cluster_fixture import OUTSIDE_NET
 
+pytestmark = pytest.mark.long
+
 NET = OUTSIDE_NET
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "schemathesis.toml"

@@ -26,7 +26,7 @@ from histo.testing.cluster import Cluster, sample_image
 
 from .cluster_fixture import RESTARTS_NET
 
-pytestmark = pytest.mark.disruptive
+pytestmark = [pytest.mark.disruptive, pytest.mark.long]
 
 NET = RESTARTS_NET
 # Long sessions: a node left by a killed process stays in ZooKeeper for 20 s, longer than any wait

@@ -28,6 +28,8 @@ from histo.vault.setup import LISTENER
 from .cluster_fixture import NET
 from .vaultfix import configure, default_hosts, provision, provisioned_service, running_bao
 
+pytestmark = pytest.mark.long
+
 TTL = "45s"  # + OpenBao's 30 s backdating: a 75 s life, due 20 s after issue
 
 

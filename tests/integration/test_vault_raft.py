@@ -27,6 +27,8 @@ from histo.vault.listener import served_certificate
 
 from .cluster_fixture import RAFT_NET
 
+pytestmark = pytest.mark.long
+
 NET = RAFT_NET
 
 

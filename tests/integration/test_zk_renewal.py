@@ -27,6 +27,8 @@ from .vaultfix import configure, provisioned_service, provision, running_bao
 
 from .cluster_fixture import NET
 
+pytestmark = pytest.mark.long
+
 ZK_PORT = 2281
 ZK_CERT_TTL = 75  # seconds: due at 50 s, a 25 s margin for three restarts in 4 s slots
 SLOT = 4.0
