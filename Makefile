@@ -8,6 +8,11 @@ HISTO := $(VENV)/bin/histo
 LIFETIMES ?= standard
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 PYTEST_FLAGS ?= -q -ra --timeout=600 --durations=15
+# pytest-xdist workers for the Python tests (docs/TESTING.md): each a pytest session with its own session
+# cluster on its own loopback nets; --dist loadfile with tests/xdist_order.py keeps a file on one worker and
+# every worker's disruptive tests after its calm ones. TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= 3
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 DEPLOY_PY := .venv-deploy/bin/python
 # make molecule ROLE=<role>: one role's scenario (default: every role in turn)
 ROLE ?=
@@ -47,13 +52,13 @@ test: bootstrap ## everything, in three stages: Python tests; lint and Molecule;
 	@$(MAKE) --no-print-directory test-cluster
 
 test-python: bootstrap ## stage 1: unit and integration tests (loopback)
-	$(PYTEST) tests/unit tests/integration $(PYTEST_FLAGS)
+	$(PYTEST) tests/unit tests/integration $(XDIST) $(PYTEST_FLAGS)
 
 test-unit: venv ## unit tests only (no apt step)
-	$(PYTEST) tests/unit $(PYTEST_FLAGS)
+	$(PYTEST) tests/unit $(XDIST) $(PYTEST_FLAGS)
 
 test-integration: bootstrap ## integration tests only (real OpenBao, ZooKeeper, TLS on loopback)
-	$(PYTEST) tests/integration $(PYTEST_FLAGS)
+	$(PYTEST) tests/integration $(XDIST) $(PYTEST_FLAGS)
 
 lint: ## syntax check, yamllint, ansible-lint (production), shellcheck, Python lint
 	@bash scripts/deploy-lint.sh

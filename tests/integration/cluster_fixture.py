@@ -1,7 +1,8 @@
 """A real local cluster (OpenBao server, ZooKeeper, 2 masters, 2 workers) for integration tests.
 
 It runs on its own loopback net (127.0.20.x) and state folder, so it never touches a developer's
-`make local` cluster, and it is stopped by pid at the end of the session."""
+`make local` cluster, and it is stopped by pid at the end of the session. Under pytest-xdist each
+worker process has a session, so each has its cluster, on a net of its own (it_net)."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,32 @@ from histo.local import cluster as local_cluster
 from histo.testing.cluster import Cluster
 
 # HISTO_IT_NET: another /24 of loopback, so that a second checkout's integration tests (a helper, a CI
-# check) can run beside these; every address the tests use is derived from it.
-NET = os.environ.get("HISTO_IT_NET", "127.0.20")
+# check) can run beside these; every address the tests use is derived from it (it_net).
+BASE_NET = os.environ.get("HISTO_IT_NET", "127.0.20")
+SLOTS = 8  # the nets one pytest process uses: the session cluster's and those below
+
+
+def it_net(slot: int = 0) -> str:
+    """The /24 of loopback for `slot` (0: the session cluster's, and the tests that take addresses
+    beside it; 1..7: a module's own OpenBao or cluster, below) of this pytest process. Slot s of
+    pytest-xdist's worker gwN adds SLOTS * N + s to HISTO_IT_NET's second octet and keeps its third:
+    127.0.20 (the default) gives gw0 127.0.20, 127.1.20, ...; gw1 127.8.20, 127.9.20, ... So two
+    workers never bind the same address and port, nor do two checkouts whose HISTO_IT_NET differ in
+    the third octet, whatever modules run at once (every port a cluster listens on is fixed)."""
+    first, second, third = BASE_NET.split(".")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # set in each worker before it imports a test
+    octet = int(second) + SLOTS * int(worker.removeprefix("gw")) + slot
+    if not 0 <= slot < SLOTS or octet > 255:
+        raise ValueError(f"no loopback net for slot {slot} of worker {worker} from HISTO_IT_NET={BASE_NET}")
+    return f"{first}.{octet}.{third}"
+
+
+NET = it_net(0)
+VAULT_NET = it_net(1)       # vaultfix.py: the per-test OpenBaos (free ports) and their hosts' addresses
+RESTARTS_NET = it_net(2)    # test_restarts.py: its own cluster
+OUTSIDE_NET = it_net(3)     # test_outside_tools.py: its own cluster
+RAFT_NET = it_net(4)        # test_vault_raft.py: its own cluster with three OpenBao nodes
+QUARANTINE_NET = it_net(5)  # test_quarantine_vault.py: its own OpenBao
 
 
 def start(root: Path, cert_ttl: str = "30s", wait: bool = True) -> Cluster:

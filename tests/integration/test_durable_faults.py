@@ -23,7 +23,7 @@ from histo.zk.jobs import JobStore
 from .test_durable import blob_path, done
 from .test_edge import issue
 
-pytestmark = pytest.mark.disruptive
+pytestmark = [pytest.mark.disruptive, pytest.mark.long]
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from histo.local.bao import BaoServer
 from histo.testing.cluster import sample_image
 from histo.testing.waiting import wait_until
 
-pytestmark = pytest.mark.disruptive
+pytestmark = [pytest.mark.disruptive, pytest.mark.long]
 
 
 _wait = wait_until

@@ -2,10 +2,13 @@
 requests against the real cluster, and not one 5xx."""
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from histo.testing.cluster import multipart, sample_image
+
+pytestmark = pytest.mark.long
 
 SEEDS = [sample_image(24, 16, "JPEG"), sample_image(24, 16, "PNG")]
 CALLS = {"n": 0, "statuses": {}}

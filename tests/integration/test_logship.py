@@ -3,7 +3,7 @@ the collector (secops1), both with certificates OpenBao issued to them; each sid
 name. What the shipper reads reaches the hash-chained record; a collector that is away is waited
 for (the shipper queues); an impostor collector (a valid histo certificate, the wrong name) gets
 nothing. A real ZooKeeper server's refusals, through the role's zookeeper_refusals filter, reach the
-record attributed to the refused host, and its ordinary traffic does not. Loopback only (127.0.10.x),
+record attributed to the refused host, and its ordinary traffic does not. Loopback only (vaultfix.NET),
 processes stopped by their pid."""
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ from histo.zk.acl import default_acl, tree_acls, worker_slot_acl
 from histo.zk.config import LOG_ENTRY_START
 
 from .test_secops_record import SECOPS, WORKER
-from .vaultfix import configure, default_hosts, free_port, provision, running_bao, service_vault
+from .vaultfix import NET, configure, default_hosts, free_port, provision, running_bao, service_vault
 
-pytestmark = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")
+pytestmark = [pytest.mark.long,
+              pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")]
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "logship" / "templates"
 HOSTS = [*default_hosts(), SECOPS]
 WORKER2 = next(h for h in HOSTS if h["name"] == "worker2")
@@ -153,7 +154,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         collector.start()
         shipper.start()
         with source.open("a") as f:
-            f.write("Failed password for root from 127.0.10.32 port 2222 ssh2\n")
+            f.write(f"Failed password for root from {NET}.32 port 2222 ssh2\n")
         got = _wait_for(record, 1)
         # at least once: under load the collector's first `histo audit collect` may miss omprog's confirm
         # timeout while it starts (imports, Vault login), and rsyslog hands the message again — a
@@ -165,7 +166,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         # the collector away: the shipper queues, and delivers once it is back
         collector.stop()
         with source.open("a") as f:
-            f.writelines(f"Invalid user probe{i} from 127.0.10.32\n" for i in range(5))
+            f.writelines(f"Invalid user probe{i} from {NET}.32\n" for i in range(5))
         time.sleep(2)
         assert len(_entries(record)) == first
         collector.start()
@@ -246,7 +247,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
                             logship_permitted_shippers=["worker1.histo.internal"])
         impostor.start()
         with source.open("a") as f:
-            f.write("Failed password for admin from 127.0.10.32\n")
+            f.write(f"Failed password for admin from {NET}.32\n")
         time.sleep(4)
         impostor.stop()
         assert not impostor_record.exists()
@@ -256,7 +257,7 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
         collector.start()
         time.sleep(1)
         with source.open("a") as f:
-            f.write("Failed password for later from 127.0.10.32\n")
+            f.write(f"Failed password for later from {NET}.32\n")
         deadline = time.monotonic() + 60
         while not all(any(f"Failed password for {who}" in str(e["event"]) for e in _entries(record))
                       for who in ("admin", "later")):

@@ -8,7 +8,7 @@
   listener: TLS 1.2 and 1.3 only, only AEAD suites, nothing marked vulnerable (attack/tlsscan.py judges
   its findings). The same on the deployed machines: tests/deploy/test_testssl.py.
 
-A cluster of its own (net 127.0.22.x), like `make local`, with its own principals (tokens of subject
+A cluster of its own (on cluster_fixture.OUTSIDE_NET), like `make local`, with its own principals (tokens of subject
 `schemathesis`) and a test setting of the limits, so that the tool reaches the logic behind every
 operation instead of the throttle: Schemathesis sends hundreds of requests without or with a broken
 token from one address, and the production failure throttle (10 per minute, config.py) rightly
@@ -36,7 +36,11 @@ from histo.edge.tokens import issue_token
 from histo.local import cluster as local_cluster
 from histo.testing.cluster import Cluster
 
-NET = "127.0.22"
+from .cluster_fixture import OUTSIDE_NET
+
+pytestmark = pytest.mark.long
+
+NET = OUTSIDE_NET
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "schemathesis.toml"
 HOOKS = HERE / "schemathesis_hooks.py"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -30,9 +29,9 @@ from histo.vault.client import ServiceVault
 from histo.vault.setup import apply
 
 from .test_pki_rotation import _crl_by, _forged_intermediate, _identity, _mutual_tls
+from .cluster_fixture import NET  # the session cluster's /24 (this module binds .91 only)
 from .vaultfix import default_hosts, provisioned_service, running_bao, spec_for
 
-NET = os.environ.get("HISTO_IT_NET", "127.0.20")  # a /24 of its own per checkout (cluster_fixture.py)
 HOSTS = {h["name"]: h for h in default_hosts(NET)}
 
 

@@ -22,9 +22,10 @@ from histo.vault.quarantine import QUARANTINED_POLICY, QuarantineError, contain,
 from histo.vault.revoke import _colon
 from histo.vault.provision import wrapped_secret_id
 
+from .cluster_fixture import QUARANTINE_NET
 from .vaultfix import configure, default_hosts, provision, provisioned_service, running_bao, service_vault
 
-NET = "127.0.27"
+NET = QUARANTINE_NET
 SECOPS = {"name": "secops1", "role": "secops", "address": f"{NET}.40"}
 HOSTS = [*default_hosts(NET), SECOPS]
 HOST = {h["name"]: h for h in HOSTS}

@@ -3,8 +3,9 @@ once — after a first start, a second start on the kept state, and kill -9 of t
 of a worker; readiness counts live processes, not the nodes a dead process left in ZooKeeper; and a
 service that can never become ready makes `up` fail with one line naming it.
 
-Its own cluster (net 127.0.21.x, long ZooKeeper sessions so that stale nodes linger): the session
-cluster of the other tests is not disturbed; marked disruptive (its load runs after the calm tests)."""
+Its own cluster (on cluster_fixture.RESTARTS_NET, long ZooKeeper sessions so that stale nodes
+linger): the session cluster of the other tests is not disturbed; marked disruptive (its load runs
+after the calm tests)."""
 from __future__ import annotations
 
 import json
@@ -23,9 +24,11 @@ from histo.local import cluster as local_cluster
 
 from histo.testing.cluster import Cluster, sample_image
 
-pytestmark = pytest.mark.disruptive
+from .cluster_fixture import RESTARTS_NET
 
-NET = "127.0.21"
+pytestmark = [pytest.mark.disruptive, pytest.mark.long]
+
+NET = RESTARTS_NET
 # Long sessions: a node left by a killed process stays in ZooKeeper for 20 s, longer than any wait
 # here, so only the liveness check can tell it from a live member.
 SESSION = 20.0

@@ -3,7 +3,11 @@ import concurrent.futures
 import json
 import time
 
+import pytest
+
 from histo.testing.cluster import sample_image
+
+pytestmark = pytest.mark.long
 
 LOAD_SECONDS = 45
 

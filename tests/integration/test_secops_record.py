@@ -22,12 +22,12 @@ from histo.secops.collector import checkpoints_path
 from histo.secops.sources import Inventory, classify
 from histo.vault.secretzero import operator_token
 
-from .vaultfix import configure, default_hosts, provision, running_bao, service_vault
+from .vaultfix import NET, configure, default_hosts, provision, running_bao, service_vault
 
-SECOPS = {"name": "secops1", "role": "secops", "address": "127.0.10.40"}
+SECOPS = {"name": "secops1", "role": "secops", "address": f"{NET}.40"}
 HOSTS = [*default_hosts(), SECOPS]
 WORKER = next(h for h in HOSTS if h["name"] == "worker1")
-VAULT_NODE = {"name": "vault1", "role": "vault", "address": "127.0.10.10"}  # its log shipper's identity
+VAULT_NODE = {"name": "vault1", "role": "vault", "address": f"{NET}.10"}  # its log shipper's identity
 
 
 Vault = tuple[BaoServer, dict[str, str], Path, Path]

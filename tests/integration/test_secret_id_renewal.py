@@ -17,6 +17,8 @@ from histo.vault.secretid import SecretIdInfo, SecretIdKeeper
 from .test_secret_zero import _until
 from .vaultfix import configure, default_hosts, provisioned_service, running_bao, service_vault
 
+pytestmark = pytest.mark.long
+
 HOSTS = {h["name"]: h for h in default_hosts()}
 SECRET_ID_TTL = 12  # seconds: renewed once 8 s are spent
 

@@ -18,6 +18,8 @@ import pytest
 from histo.testing.cluster import Cluster, sample_image
 from histo.testing.signin import authorize, password_of, person_token
 
+pytestmark = pytest.mark.long
+
 HISTO = [sys.executable, "-m", "histo.cli"]
 
 

@@ -1,5 +1,5 @@
 """histo.vault against a real OpenBao server (raft storage, TLS, declarative audit; never -dev mode)
-on 127.0.10.10:<free port>. Each refusal sits beside the legitimate path it must not block."""
+on vaultfix.NET.10:<free port>. Each refusal sits beside the legitimate path it must not block."""
 from __future__ import annotations
 
 import ipaddress
@@ -21,7 +21,8 @@ from histo.vault.client import VaultAuthError, VaultUnavailable
 from histo.vault.provision import wrapped_secret_id, write_credentials
 from histo.vault.setup import SetupError, apply
 
-from .vaultfix import configure, default_hosts, provision, provisioned_service, running_bao, service_vault, spec_for
+from .vaultfix import (NET, configure, default_hosts, provision, provisioned_service, running_bao, service_vault,
+                       spec_for)
 
 HOSTS = {h["name"]: h for h in default_hosts()}
 TD = "histo.internal"
@@ -89,11 +90,11 @@ def test_server_lifecycle_files_and_idempotent_setup(vault):
 
 def test_spec_is_validated_and_audit_must_be_declared(vault):
     bao, _, root = vault
-    evil = [{"name": 'w1"\npath "sys/*" {', "role": "worker", "address": "127.0.10.31"}]
+    evil = [{"name": 'w1"\npath "sys/*" {', "role": "worker", "address": f"{NET}.31"}]
     with pytest.raises(SetupError):
         apply(bao.root_client(), spec_for(bao, evil))
     with pytest.raises(SetupError):
-        apply(bao.root_client(), spec_for(bao, [{"name": "w1", "role": "root", "address": "127.0.10.31"}]))
+        apply(bao.root_client(), spec_for(bao, [{"name": "w1", "role": "root", "address": f"{NET}.31"}]))
     # OpenBao refuses API-created audit devices: apply says which config stanza is missing
     with pytest.raises(SetupError, match="audit"):
         configure(bao, audit_log=str(root / "elsewhere.log"))
@@ -163,7 +164,7 @@ def test_worker_gets_only_its_own(vault):
     c = sv.client
     refused = [("pki_int/issue/host-master1", {"common_name": f"master1.{TD}"}),
                ("pki_int/issue/host-worker2", {"common_name": f"worker2.{TD}"}),
-               ("pki_int/issue/host-worker1", {"common_name": f"worker1.{TD}", "ip_sans": "127.0.10.32"}),
+               ("pki_int/issue/host-worker1", {"common_name": f"worker1.{TD}", "ip_sans": f"{NET}.32"}),
                ("pki_int/issue/host-worker1", {"common_name": f"worker1.{TD}",
                                                "uri_sans": f"spiffe://{TD}/master/worker1"}),
                ("pki_int/issue/host-worker1", {"common_name": f"master1.{TD}"}),
@@ -184,7 +185,7 @@ def test_worker_gets_only_its_own(vault):
     # the PKI role itself also pins the address (policy aside): even root cannot get another IP
     with pytest.raises(hx.InvalidRequest, match="not allowed"):
         bao.root_client().write_data("pki_int/issue/host-worker1",
-                                     data={"common_name": f"worker1.{TD}", "ip_sans": "127.0.10.32"})
+                                     data={"common_name": f"worker1.{TD}", "ip_sans": f"{NET}.32"})
 
 
 def test_zookeeper_reads_super_digest(vault):
@@ -219,14 +220,14 @@ def test_secret_id_and_token_bound_to_the_host_address(vault):
     creds = root / "worker1-bound"
     provision(bao, role_ids, HOSTS["worker1"], creds)
     legit = service_vault(bao, HOSTS["worker1"], creds)
-    legit.login()  # unwraps and logs in from 127.0.10.31
-    stolen = service_vault(bao, HOSTS["worker1"], creds, source="127.0.10.32")
+    legit.login()  # unwraps and logs in from {NET}.31
+    stolen = service_vault(bao, HOSTS["worker1"], creds, source=f"{NET}.32")
     with pytest.raises(VaultAuthError, match="CIDR"):
         stolen.login()
     # the source-address binding is real: Vault saw each client's own address
     seen = {json.loads(line)["request"].get("remote_address") for line in bao.audit_path.read_text().splitlines()
             if '"auth/approle/login"' in line}
-    assert {"127.0.10.31", "127.0.10.32"} <= seen
+    assert {f"{NET}.31", f"{NET}.32"} <= seen
     stolen.client.token = legit.client.token  # a stolen token is useless elsewhere too
     with pytest.raises((hx.Forbidden, hx.InvalidRequest)):
         stolen.client.secrets.kv.v2.read_secret_version("histo/zk/worker", mount_point="secret",

@@ -7,7 +7,6 @@ master's identity cannot issue a certificate for Vault's names or address."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -26,9 +25,11 @@ from histo.local.bao import BaoServer
 from histo.vault.listener import ListenerConfig, ListenerRenewer
 from histo.vault.setup import LISTENER
 
+from .cluster_fixture import NET
 from .vaultfix import configure, default_hosts, provision, provisioned_service, running_bao
 
-NET = os.environ.get("HISTO_IT_NET", "127.0.20")
+pytestmark = pytest.mark.long
+
 TTL = "45s"  # + OpenBao's 30 s backdating: a 75 s life, due 20 s after issue
 
 

@@ -1,6 +1,6 @@
 """OpenBao with three nodes (integrated storage, raft, static seal), under a real histo cluster.
 
-Its own lean cluster on 127.0.26.x (3 OpenBao nodes at .10/.16/.17, ZooKeeper, 1 master, 1 worker):
+Its own lean cluster on cluster_fixture.RAFT_NET (3 OpenBao nodes at .10/.16/.17, ZooKeeper, 1 master, 1 worker):
 every service's `vault_url` names all three nodes. The active node is killed (SIGKILL) while uploads
 run: every upload is accepted and every job completes, the master is ready again; the killed node,
 started again, joins and unseals itself (no key submitted) and is a voter again."""
@@ -25,7 +25,11 @@ from histo.testing.cluster import Cluster, sample_image
 from histo.testing.waiting import wait_until
 from histo.vault.listener import served_certificate
 
-NET = "127.0.26"
+from .cluster_fixture import RAFT_NET
+
+pytestmark = pytest.mark.long
+
+NET = RAFT_NET
 
 
 @pytest.fixture(scope="module")

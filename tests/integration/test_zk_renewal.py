@@ -2,7 +2,7 @@
 over TLS and a real OpenBao, with the ZooKeeper certificates compressed to 75 s: every server is
 restarted in its own slot, a client's session (and its ephemeral node) survives every restart, a
 write loop through it never fails, and once the first certificates have expired a new TLS client
-still connects to each server. The ensemble is this test's own (127.0.20.5x), beside nothing else."""
+still connects to each server. The ensemble is this test's own (NET.5x), beside nothing else."""
 from __future__ import annotations
 
 import json
@@ -26,6 +26,9 @@ from histo.zk.renew import ZkRenewer, cert_window, process_restart, renewer, ruo
 from .vaultfix import configure, provisioned_service, provision, running_bao
 
 from .cluster_fixture import NET
+
+pytestmark = pytest.mark.long
+
 ZK_PORT = 2281
 ZK_CERT_TTL = 75  # seconds: due at 50 s, a 25 s margin for three restarts in 4 s slots
 SLOT = 4.0

@@ -2,7 +2,7 @@
 
 Plain functions and context managers, so any test module can build its own fixture:
 
-    with running_bao(tmp_path / "vault", "127.0.10.10") as bao:
+    with running_bao(tmp_path / "vault", f"{NET}.10") as bao:
         role_ids = configure(bao, default_hosts())["role_ids"]
         vault = provisioned_service(bao, role_ids, host, tmp_path / "creds")
 """
@@ -18,7 +18,11 @@ from histo.vault.provision import wrapped_secret_id, write_credentials
 from histo.local.bao import BaoServer
 from histo.vault.setup import apply
 
-NET = "127.0.10"  # Linux routes all of 127/8 to lo: every host gets its own address
+from .cluster_fixture import VAULT_NET
+
+# Linux routes all of 127/8 to lo: every host gets its own address, on a /24 of this pytest process's
+# own (cluster_fixture.it_net: per HISTO_IT_NET and per pytest-xdist worker)
+NET = VAULT_NET
 
 
 def default_hosts(net: str = NET) -> list[dict]:
