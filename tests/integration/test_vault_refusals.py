@@ -11,12 +11,11 @@ Vault node's audit file (filter vault_errors):
 
 The legitimate path — worker2 unwrapping its own delivery and logging in, again — leaves nothing in the
 record. Every incident these open is an alert (address-only evidence never contains). No secret_id,
-wrapping token or role_id reaches the record. Loopback only (HISTO_IT_NET, default 127.0.20), processes
-stopped by their pid."""
+wrapping token or role_id reaches the record. Loopback only (vaultfix.NET: derived from HISTO_IT_NET
+and the pytest worker), processes stopped by their pid."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,10 +29,9 @@ from histo.vault.client import VaultAuthError
 from histo.vault.provision import wrapped_secret_id, write_credentials
 
 from .test_logship import ROLE, Rsyslogd, _certs, _collector, _entries, _incidents, _wait_for
-from .vaultfix import configure, default_hosts, free_port, provision, running_bao, service_vault
+from .vaultfix import NET, configure, default_hosts, free_port, provision, running_bao, service_vault
 
 pytestmark = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is installed by bootstrap.sh")
-NET = os.environ.get("HISTO_IT_NET", "127.0.20")  # a /24 of its own per checkout (cluster_fixture.py)
 VAULT = {"name": "vault1", "role": "vault", "address": f"{NET}.10"}
 SECOPS = {"name": "secops1", "role": "secops", "address": f"{NET}.40"}
 HOSTS = [VAULT, *default_hosts(NET), SECOPS]
