@@ -4,10 +4,11 @@
 #   1. a root token from the unseal keys (`histo vault-generate-root`): only root may write a policy;
 #   2. the machine rebuilt (`vagrant destroy -f`, `vagrant up`): a compromised machine is not trusted
 #      again, and nothing it stored survives (HISTO_READMIT_KEEP_MACHINE=1 skips this for a machine
-#      rebuilt by other means: one that still stores a secret_id gets no new one, and 4 refuses it);
+#      rebuilt by other means: it trusts the machine as it is);
 #   3. `make provision`: vault-setup revokes every token the host held and restores its policy and PKI
-#      role, then retires the root token; the host gets a new wrapped secret_id and is left stopped
-#      (every other machine's firewall still drops it);
+#      role, then retires the root token; the host gets a new wrapped secret_id (HISTO_READMIT_HOST: the
+#      only quarantined host provisioning delivers credentials to) and is left stopped (every other
+#      machine's firewall still drops it);
 #   4. `histo quarantine release`: refused unless 3 happened (the policy, the PKI role, a new secret_id);
 #   5. site.yml on that host alone: its wrapped secret_id is replaced if it may have expired meanwhile,
 #      the service started; then ready counts it again.
@@ -41,17 +42,21 @@ step() { echo "readmit: [$(( $(date +%s) - t0 )) s] $*"; }
 # revoked here (a new run makes a new one from the unseal keys).
 retire_root() {
   if [ -f "$STATE/root-token" ]; then
-    .venv/bin/histo vault-retire-root --init-file "$STATE/vault-init.json" --provisioner-file "$STATE/provisioner-token" \
-      --root-token-file "$STATE/root-token" "${vault[@]}" >/dev/null \
-      && echo "readmit: stopped before the end; the root token was revoked" >&2
+    if .venv/bin/histo vault-retire-root --init-file "$STATE/vault-init.json" --provisioner-file "$STATE/provisioner-token" \
+      --root-token-file "$STATE/root-token" "${vault[@]}" >/dev/null; then
+      echo "readmit: stopped before the end; the root token was revoked" >&2
+    else
+      echo "readmit: WARNING: the root token in $STATE/root-token could not be revoked: run histo vault-retire-root" >&2
+    fi
   fi
 }
 on_exit() {
   local rc=$?
-  [ "$rc" -eq 0 ] || retire_root
+  retire_root  # whatever ended the run: provisioning retired it already, or it goes now
   exit "$rc"
 }
 trap on_exit EXIT
+trap 'exit 130' INT TERM  # an interrupt ends through on_exit with a failure, not a success
 
 if [ ! -f "$STATE/root-token" ]; then
   .venv/bin/histo vault-generate-root --init-file "$STATE/vault-init.json" --out "$STATE/root-token" \
@@ -67,7 +72,7 @@ else
   step "2/5 $host kept as it is (HISTO_READMIT_KEEP_MACHINE=1)"
 fi
 
-make --no-print-directory provision
+HISTO_READMIT_HOST="$host" make --no-print-directory provision
 [ ! -f "$STATE/root-token" ] || { echo "readmit: provisioning left the root token unused" >&2; exit 1; }
 step "3/5 provisioned: $host's policy and PKI role restored, its old tokens revoked, a new secret_id delivered"
 
