@@ -6,11 +6,24 @@ own machines on histo-br0 (192.168.56.0/24) or to loopback; nothing else is ever
 from __future__ import annotations
 
 import ipaddress
+import time
 from pathlib import Path
+from typing import Generator
 
 import pytest
 
 from attack.deployed import CLUSTER_NET, DeployedCluster, NotUp
+
+from . import ledger
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Every test's window, fixtures' setup and teardown included, for the false-alarm audit
+    (ledger.py): a test marked `drill` attacks on purpose; every other one is legitimate traffic."""
+    start = time.time()
+    yield
+    ledger.record(item.nodeid, start, item.get_closest_marker("drill") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from .test_drills import _upload_body
 # restarted Vault nodes could not yet forward a request (every AppRole login refused: `vagrant up` now
 # returns only once every Vault node serves, `histo vault-serving`); and two collectors at boot forked
 # the record, after which none would extend it (secops/chain.py: one writer per record).
-pytestmark = pytest.mark.containing
+pytestmark = [pytest.mark.containing, pytest.mark.drill]
 RSYSLOG_CONF = "/etc/rsyslog.d/60-histo-logship.conf"
 
 

@@ -134,6 +134,7 @@ def test_the_list_of_drills_is_complete(attack):
 
 
 @pytest.mark.parametrize("drill", DRILLS)
+@pytest.mark.drill
 def test_drill_holds(attack, cluster: DeployedCluster, drill: str, tmp_path):
     """The drill holds, and every refusal DETECTED names reaches the first master's SecOps API. The API
     is read while the drill runs, so the seconds are from the drill's start to the poll that first saw

@@ -73,6 +73,7 @@ for _ in range(5):
     worker.attach(["python3", "-c", script], timeout=30)
 
 
+@pytest.mark.drill
 def test_a_worker_cannot_take_the_public_address(cluster: DeployedCluster) -> None:
     address = _public(cluster)
     worker = cluster.group("workers")[0]

@@ -9,6 +9,8 @@ import shlex
 import time
 from typing import Any, Callable
 
+import pytest
+
 from attack.deployed import ROOT, DeployedCluster
 
 from .api import secops_find, secops_head, vault_read_without_token
@@ -16,6 +18,7 @@ from .api import secops_find, secops_head, vault_read_without_token
 WAIT = 90.0  # seconds: the shippers' queues, the collector, the relay and the master, end to end
 
 
+@pytest.mark.drill
 def test_a_vault_refusal_and_a_firewall_drop_on_worker1_reach_every_masters_secops_api(
         cluster: DeployedCluster) -> None:
     worker, other = cluster.group("workers")[:2]

@@ -25,6 +25,7 @@ def test_env_file_is_private_and_complete(cluster: DeployedCluster):
     assert not missing, f"env file lacks {missing} (histo token issue failed during make up?)"
 
 
+@pytest.mark.drill
 def test_upload_over_https_from_the_controller(cluster: DeployedCluster):
     token = cluster.env.get("HISTO_TOKEN_UPLOADER")
     if not token:
@@ -69,6 +70,7 @@ def test_secret_zero_stays_on_the_controller(cluster: DeployedCluster):
         assert not leaked, f"{host.name} shows secret zero (#{leaked}) in a command line or its journal"
 
 
+@pytest.mark.drill
 def test_the_root_token_is_retired_and_an_operator_can_regenerate_one(cluster: DeployedCluster, tmp_path):
     """DESIGN.md: the root token is not used after setup. The init file keeps only the unseal keys;
     docs/SECURITY.md's procedure regenerates one (provisioner token + the keys' quorum), and retiring
@@ -229,6 +231,7 @@ def test_the_collector_and_the_shippers(cluster: DeployedCluster):
         assert any(line.split()[0] == "root" and "histo audit collect" in line for line in args.splitlines()), args
 
 
+@pytest.mark.drill
 def test_a_vault_refusal_reaches_the_record_attributed_to_the_machine_refused(cluster: DeployedCluster):
     """worker1 reads a secret with no token: Vault refuses it, its audit device records it on the active
     node, that node's shipper sends the denial (errors only) to secops1, and the record attributes it to

@@ -14,6 +14,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import pytest
+
 from attack.deployed import DeployedCluster
 
 from .api import request
@@ -64,6 +66,7 @@ def test_signin_url_is_openbaos_page_on_the_vault_machine(cluster: DeployedClust
     assert status == 200  # the page is served (ui = true) and reachable from the controller
 
 
+@pytest.mark.drill
 def test_first_account_signs_in_and_an_unregistered_redirect_is_refused(cluster: DeployedCluster) -> None:
     for f in (cluster.state / "people").iterdir():
         assert f.stat().st_mode & 0o077 == 0, f
@@ -92,6 +95,7 @@ def test_first_account_signs_in_and_an_unregistered_redirect_is_refused(cluster:
     assert request(cluster, "GET", "/api/v1/jobs", body["access_token"])[0] in (200, 403)
 
 
+@pytest.mark.drill
 def test_machine_client_gets_its_scopes_only(cluster: DeployedCluster) -> None:
     client_file = cluster.state / "people" / "ci.client"
     ci = json.loads(client_file.read_text())

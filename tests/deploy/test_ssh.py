@@ -44,6 +44,7 @@ def test_every_machine_authorizes_exactly_the_cluster_key(cluster: DeployedClust
         assert insecure[1] not in m.run("cat /home/vagrant/.ssh/authorized_keys").stdout, m.name
 
 
+@pytest.mark.drill
 def test_sshd_admits_only_the_admin_from_the_controller(cluster: DeployedCluster, addrs: Addrs) -> None:
     for m in cluster.machines.values():
         conf = m.run("sshd -T 2>/dev/null").stdout.lower()
@@ -57,6 +58,7 @@ def _gateway(m: Machine) -> str:
     return gateway
 
 
+@pytest.mark.drill
 def test_the_controller_logs_in_with_the_cluster_key_only(cluster: DeployedCluster, addrs: Addrs) -> None:
     key, insecure = sshcheck.cluster_key(cluster), sshcheck.insecure_key()
     wrong = []
@@ -71,6 +73,7 @@ def test_the_controller_logs_in_with_the_cluster_key_only(cluster: DeployedClust
     assert not wrong, wrong
 
 
+@pytest.mark.drill
 def test_no_machine_reaches_another_machines_ssh_or_management(cluster: DeployedCluster, addrs: Addrs) -> None:
     """From root in every machine: every other machine's SSH on every address, and every known port on its
     management address, is dropped (timeout); the controller's path (above) stays open."""
@@ -84,6 +87,7 @@ def test_no_machine_reaches_another_machines_ssh_or_management(cluster: Deployed
     assert not wrong, wrong
 
 
+@pytest.mark.drill
 def test_a_key_planted_on_worker1_opens_nothing_else(cluster: DeployedCluster, addrs: Addrs) -> None:
     w1 = cluster.group("workers")[0]
     with sshcheck.planted_key(w1) as (key, inside):

@@ -46,6 +46,7 @@ def _scan_all(targets: dict[str, dict[str, Any]]) -> None:
     assert not failed, failed
 
 
+@pytest.mark.drill
 def test_public_and_vault_listeners_from_the_controller(cluster: DeployedCluster) -> None:
     ca = str(cluster.root / cluster.env["HISTO_CA"])
     vault_ca = str(cluster.state / "vault-tls" / "ca.pem")
@@ -61,6 +62,7 @@ def test_public_and_vault_listeners_from_the_controller(cluster: DeployedCluster
     _scan_all(targets)
 
 
+@pytest.mark.drill
 def test_internal_listeners_and_zookeeper_from_a_master(cluster: DeployedCluster) -> None:
     masters = cluster.group("masters")
     assert masters, "no master in the inventory"
