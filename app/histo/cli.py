@@ -583,7 +583,7 @@ def cmd_local(a) -> None:
     if a.action == "up":
         from .lifetimes import profile
         cluster.up(root, masters=a.masters, workers=a.workers, cert_ttl=a.cert_ttl, lifetimes=profile(a.lifetimes),
-                   vault_nodes=a.vault_nodes)
+                   vault_nodes=a.vault_nodes, readmit=a.readmit or "")
     elif a.action == "down":
         cluster.down(root)
     else:
@@ -887,6 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="standard, or compressed: every credential's life in minutes (lifetimes.py)")
     s.add_argument("--vault-nodes", type=int, choices=(1, 3), default=1,
                    help="3: an OpenBao raft cluster with the static seal, as the default profile deploys")
+    s.add_argument("--readmit", default=None, metavar="HOST",
+                   help="give this quarantined host its identity back (policy, PKI role); others stay contained")
     s.set_defaults(fn=cmd_local)
     return p
 

@@ -40,9 +40,11 @@ RAFT_NET = it_net(4)        # test_vault_raft.py: its own cluster with three Ope
 QUARANTINE_NET = it_net(5)  # test_quarantine_vault.py: its own OpenBao
 
 
-def start(root: Path, cert_ttl: str = "30s", wait: bool = True) -> Cluster:
-    """`wait` False: provisioning only (the cluster is up; a host kept out is not waited for)."""
+def start(root: Path, cert_ttl: str = "30s", wait: bool = True, readmit: str = "") -> Cluster:
+    """`wait` False: provisioning only (the cluster is up; a host kept out is not waited for); `readmit`: the
+    quarantined host whose identity setup gives back."""
     info = local_cluster.up(root, masters=2, workers=2, cert_ttl=cert_ttl, zk_session_timeout=4.0, net=NET, wait=wait,
+                            readmit=readmit,
                             extra={"task_timeout": 20.0, "job_timeout": 90.0, "rate_per_address": 1000.0,
                                    "burst_per_address": 2000, "uploads_per_principal": 100.0,
                                    "upload_burst": 200, "max_upload_bytes": 16 * 1024 * 1024,

@@ -179,7 +179,10 @@ def test_a_quarantined_worker_is_contained_jobs_complete_and_release_needs_repro
     # legitimate path: re-provision worker1 (a fresh secret_id; setup restores its policy and PKI role),
     # release it, restart it: it serves again
     (Path(cluster.config("worker1")["creds_dir"]) / "secret_id").unlink(missing_ok=True)
-    start(cluster.root, wait=False)  # what `make provision` is for the local cluster: idempotent setup + credentials
+    start(cluster.root, wait=False)  # `make provision` for the local cluster: worker1 stays contained
+    with pytest.raises(QuarantineError, match="policy histo-worker1 is not restored"):
+        release(root, "worker1")
+    start(cluster.root, wait=False, readmit="worker1")  # as `make readmit HOST=worker1`: its identity back
     checked = release(root, "worker1")
     assert checked
     with pytest.raises(Forbidden):  # the token worker1 held when contained did not come back with its policy

@@ -21,9 +21,10 @@ from histo.vault.client import ServiceVault, VaultAuthError
 from histo.vault.quarantine import QUARANTINED_POLICY, QuarantineError, contain, list_quarantined, release
 from histo.vault.revoke import _colon
 from histo.vault.provision import wrapped_secret_id
+from histo.vault.setup import SetupError, apply
 
 from .cluster_fixture import QUARANTINE_NET
-from .vaultfix import configure, default_hosts, provision, provisioned_service, running_bao, service_vault
+from .vaultfix import configure, default_hosts, provision, provisioned_service, running_bao, service_vault, spec_for
 
 NET = QUARANTINE_NET
 SECOPS = {"name": "secops1", "role": "secops", "address": f"{NET}.40"}
@@ -170,7 +171,17 @@ def test_contain_cuts_worker1_off_and_release_waits_for_a_fresh_identity(vault: 
     assert len(cli.stderr.strip().splitlines()) == 1 and "Traceback" not in cli.stderr, cli.stderr
     assert cli.stderr.startswith("histo: quarantine release: worker1 is still quarantined"), cli.stderr
 
-    changes = configure(bao, HOSTS)["changes"]  # vault-setup (root): the policy and the PKI role come back
+    # a re-apply that does not name worker1 (make provision: the provisioner token; or root, re-admitting
+    # another host) leaves its containment as it is, and succeeds
+    for client in (prov, root):
+        out = apply(client, spec_for(bao, HOSTS))
+        assert out["held"] == ["worker1"] and not any("worker1" in c for c in out["changes"]), out
+        assert _d(root.sys.read_policy("histo-worker1"))["data"]["rules"].strip() == QUARANTINED_POLICY.strip()
+        assert root.read("pki_int/roles/host-worker1") is None
+    with pytest.raises(SetupError, match="not a host of the spec"):
+        apply(root, spec_for(bao, HOSTS, readmit="worker9"))
+    # vault-setup (root) naming worker1, as `make readmit HOST=worker1` does: the policy and the PKI role come back
+    changes = configure(bao, HOSTS, readmit="worker1")["changes"]
     assert "policy histo-worker1" in changes and "pki role host-worker1" in changes
     with pytest.raises(QuarantineError, match="no secret_id of histo-worker1 was made after"):
         release(prov, "worker1")

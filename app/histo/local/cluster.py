@@ -74,10 +74,12 @@ def vault_server(root: Path, net: str, nodes: int) -> BaoServer | BaoCluster:
 
 def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = None, zk_session_timeout: float = 6.0,
        extra: dict | None = None, net: str = NET, ready_timeout: float = 90.0,
-       lifetimes: Lifetimes | None = None, vault_nodes: int = 1, wait: bool = True) -> dict:
+       lifetimes: Lifetimes | None = None, vault_nodes: int = 1, wait: bool = True, readmit: str = "") -> dict:
     """`lifetimes`: the profile of every credential's life (lifetimes.py, default standard);
     `cert_ttl` overrides the services' certificate life alone. `wait` False: provision and start what is
-    not running, without waiting for every service to be ready (a host kept out, as a quarantined one)."""
+    not running, without waiting for every service to be ready (a host kept out, as a quarantined one).
+    `readmit`: the quarantined host whose policy and PKI role setup restores (vault/setup.py: every
+    other quarantined host stays contained), as `make readmit` does on the machines."""
     t_start = time.perf_counter()
     life = lifetimes or profile("standard")
     cert_ttl = cert_ttl or life.cert_ttl
@@ -104,7 +106,8 @@ def up(root: Path, masters: int = 2, workers: int = 2, cert_ttl: str | None = No
     nodes = vault_nodes_of(bao)
     vault_apply(admin, {"trust_domain": TRUST_DOMAIN, "hosts": hosts + [n for n, _ in nodes], **life.spec(),
                         "vault_url": bao.url, "listener_ca_dir": str(bao.ca_path.parent),
-                        "audit_log": str(root / "vault" / "audit.log"), "oidc": oidc_spec(root, [public, *urls])})
+                        "audit_log": str(root / "vault" / "audit.log"), "oidc": oidc_spec(root, [public, *urls]),
+                        "readmit": readmit})
     prov = _provisioner(root, admin)
 
     def creds_for(host: dict) -> Path:

@@ -139,6 +139,9 @@ def validate_spec(spec: dict) -> None:
             _seconds(spec[key])
     if "signing_key_rotation" in spec and 0 < _seconds(spec["signing_key_rotation"]) < MIN_KEY_ROTATION:
         raise SetupError(f"signing_key_rotation must be 0 (off) or at least {MIN_KEY_ROTATION} s (Vault's floor)")
+    readmit = spec.get("readmit") or ""
+    if readmit and readmit not in seen:
+        raise SetupError(f"readmit names {readmit!r}, which is not a host of the spec")
     if "oidc" in spec:
         try:
             people.validate(spec["oidc"])
@@ -180,6 +183,25 @@ class _Applier:
         self.base_urls = split_urls(str(spec.get("vault_url") or "") or _client_urls(client))
         self.changed: list[str] = []
         self.listener = bool(spec.get("listener_ca_dir"))
+        # the one quarantined host this run gives an identity back to (`make readmit`); every other one
+        # SecOps holds keeps its quarantine (its policy and PKI role are not restored, nothing is noted)
+        self.readmit = str(spec.get("readmit") or "")
+        self._held: dict[str, bool] = {}
+
+    def held(self, name: str) -> bool:
+        """Is `name` quarantined (its policy the quarantine's text: vault/quarantine.py wrote it) and not
+        the host this run re-admits? Then vault-setup leaves its identity as SecOps left it: a re-apply
+        (root token or not) must not undo a containment, only `make readmit HOST=<name>` does."""
+        if name == self.readmit:
+            return False
+        if name not in self._held:
+            from .quarantine import QUARANTINED_POLICY
+            try:
+                have = _data(self.c.sys.read_policy(f"histo-{name}")).get("rules")
+            except InvalidPath:
+                have = None
+            self._held[name] = (have or "").strip() == QUARANTINED_POLICY.strip()
+        return self._held[name]
 
     @property
     def base_url(self) -> str:
@@ -276,7 +298,8 @@ class _Applier:
         for mount in (ROOT, INT):
             self.urls(mount)
         for host in self.spec["hosts"]:
-            self.pki_role(host)
+            if not self.held(host["name"]):
+                self.pki_role(host)
         self.quorum_pki()
         if self.listener:
             self.listener_pki()
@@ -765,10 +788,12 @@ path "{KV}/metadata/histo/secops/*" {{
         self.token_role(AUDIT_VERIFIER_TOKEN_ROLE, AUDIT_VERIFIER_POLICY, self.spec.get("issuer_max_ttl", "72h"))
         role_ids = {}
         for host in self.spec["hosts"]:
-            self.policy(f"histo-{host['name']}", self.host_policy(host))
+            if not self.held(host["name"]):
+                self.policy(f"histo-{host['name']}", self.host_policy(host))
             role_ids[host["name"]] = self.approle(host)
         oidc = people.apply(self, self.spec["oidc"]) if "oidc" in self.spec else None
-        return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids,
+        held = sorted(name for name, yes in self._held.items() if yes)
+        return {"changed": bool(self.changed), "changes": self.changed, "role_ids": role_ids, "held": held,
                 **({"oidc": oidc} if oidc else {})}
 
 
