@@ -29,3 +29,13 @@ def test_bounded_in_number_and_size() -> None:
     assert len(events) == MAX_EVENTS and refused == 30
     assert all(len(e["reason"]) == MAX_VALUE for e in events)
     assert accept({"kind": "x"}, "w") == ([], 1) and accept(None, "w") == ([], 0)
+
+
+def test_a_workers_connection_cap_refusal_is_relayed_not_counted_as_forged() -> None:
+    """edge/conncap.py on a worker reports `connection_refused`; the leader relays it (it was counted as a
+    refused kind, a `relay_refused` warning at every status poll of a worker under a connection flood)."""
+    events, refused = accept([{"kind": "connection_refused", "where": "192.168.56.99", "reason": "per-address cap",
+                               "service": "master2"}], "worker1")
+    assert refused == 0
+    assert events == [{"kind": "connection_refused", "severity": "warning", "service": "worker1",
+                       "relayed_from": "worker1", "where": "192.168.56.99", "reason": "per-address cap"}]

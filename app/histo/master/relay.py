@@ -10,11 +10,14 @@ from typing import Any
 WORKER_EVENTS: dict[str, tuple[str, ...]] = {
     "mtls_rejected": ("reason", "peer", "path"),
     "tls_handshake_refused": ("reason", "peer", "listener", "suppressed"),
+    # a connection over the worker's caps (edge/conncap.py ReportThrottle): refused before TLS
+    "connection_refused": ("where", "reason"),
     "cert_rotated": ("serial", "not_after"),
     "vault_unavailable": ("reason",),
     "vault_recovered": (),
 }
-SEVERITY = {"mtls_rejected": "warning", "tls_handshake_refused": "warning", "cert_rotated": "info",
+SEVERITY = {"mtls_rejected": "warning", "tls_handshake_refused": "warning", "connection_refused": "warning",
+            "cert_rotated": "info",
             "vault_unavailable": "warning", "vault_recovered": "info"}
 MAX_EVENTS = 20  # per status reply (the worker keeps at most 50 between two collections)
 MAX_VALUE = 200  # characters of one detail
