@@ -517,3 +517,14 @@ def test_workers_two_steps_are_bit_identical_to_one_process(mode: str, fmt: str)
     assert plot.startswith(b"\x89PNG")
     with pytest.raises(ImageError):  # not the size its header said
         decode_and_count(data, mode, h.width + 1, h.height, h.work_mode(mode))
+
+
+def test_frame_round_trips_and_refuses_truncation() -> None:
+    from histo.compute import frame
+    result = equalize.Result(image=b"\xff\xd8pixels", fmt="JPEG", width=3, height=2, channels=["Y"],
+                             hist_before={"Y": [1] * 256}, hist_after={"Y": [2] * 256})
+    framed = frame.pack_result(result, b"\x89PNGplot")
+    assert frame.unpack_result(framed) == (result, b"\x89PNGplot")
+    for cut in (0, 3, 10, len(framed) - 1):
+        with pytest.raises(frame.FrameError):
+            frame.unpack_result(framed[:cut])
