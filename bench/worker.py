@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = {1024: 15, 4096: 4}  # side: runs of each version
+RUNS = {1024: 25, 4096: 6}  # side: runs of each version
 MODES = ("luma", "rgb")
 STEPS = ("decode_count", "hist_json", "table", "apply_encode", "plot", "frame")
 
@@ -72,9 +72,10 @@ def measure(before: Any, after: Any) -> dict[str, Any]:
             work_mode = probe(data, side * side).work_mode(mode)
             best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
             single = float("inf")
-            for _ in range(runs):
+            for run in range(runs):
                 images = []
-                for label, c in (("before", before), ("after", after)):
+                versions = [("before", before), ("after", after)]
+                for label, c in versions if run % 2 == 0 else versions[::-1]:  # each first in half the runs
                     t, image = job_steps(c, data, mode, side, work_mode)
                     images.append(image)
                     for k, v in t.items():
