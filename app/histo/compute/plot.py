@@ -53,7 +53,7 @@ def plot_histograms(before: Hists, after: Hists, title: str = "") -> bytes:
     img = base.copy()  # palette indices, mode L until the palette is attached
     draw = ImageDraw.Draw(img)
     fill_base = CH_BASE + 3 * len(channels)
-    labels = Image.new("L", (W, PLOT_TOP))  # the title and the bar scales, anti-aliased
+    labels = Image.new("L", (W, PLOT_TOP))  # the title, anti-aliased (laid on last, as the bar scales)
     ldraw = ImageDraw.Draw(labels)
     if title:  # after the heading, which is in the base
         ldraw.text((PAD_X + ldraw.textlength(HEADING, font=_font(13)), 16), f"  ·  {title[:60]}", fill=255,
