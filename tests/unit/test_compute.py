@@ -517,3 +517,35 @@ def test_workers_two_steps_are_bit_identical_to_one_process(mode: str, fmt: str)
     assert plot.startswith(b"\x89PNG")
     with pytest.raises(ImageError):  # not the size its header said
         decode_and_count(data, mode, h.width + 1, h.height, h.work_mode(mode))
+
+
+def test_frame_round_trips_and_refuses_truncation() -> None:
+    from histo.compute import frame
+    result = equalize.Result(image=b"\xff\xd8pixels", fmt="JPEG", width=3, height=2, channels=["Y"],
+                             hist_before={"Y": [1] * 256}, hist_after={"Y": [2] * 256})
+    framed = frame.pack_result(result, b"\x89PNGplot")
+    assert frame.unpack_result(framed) == (result, b"\x89PNGplot")
+    for cut in (0, 3, 10, len(framed) - 1):
+        with pytest.raises(frame.FrameError):
+            frame.unpack_result(framed[:cut])
+
+
+@pytest.mark.parametrize("mode", equalize.MODES)
+@pytest.mark.parametrize("name", ["rgb-640x480.jpg", "rgba-129x97.png", "gray-alpha-50x41.png", "cmyk-31x17.jpg"])
+def test_consuming_frees_the_planes_and_changes_no_byte(name: str, mode: str) -> None:
+    """A worker frees each plane once it is copied (its peak memory); the bytes are those of the
+    path that keeps everything."""
+    def run(consume: bool) -> tuple[equalize.Result, Image.Image, equalize.Prepared]:
+        img, fmt = decode(_input(name), 10**9)
+        prepared = equalize.prepare(img, fmt, mode, consume=consume)
+        hist = prepared.work.histogram()
+        equalized = prepared.work.point(equalize.lut_from_histogram(hist))
+        return equalize.finish_result(prepared, equalized, hist, consume=consume), img, prepared
+    kept, img, prepared = run(False)
+    assert img.getpixel((0, 0)) is not None and prepared.work.getpixel((0, 0)) is not None
+    freed, img, prepared = run(True)
+    assert freed == kept
+    if prepared.chroma is not None:  # luma of a colour image: the decoded image, Y, Cb, Cr all released
+        for im in (img, prepared.work, *prepared.chroma):
+            with pytest.raises(ValueError, match="closed"):
+                im.getpixel((0, 0))

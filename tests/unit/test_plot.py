@@ -29,8 +29,12 @@ def _count_near(img: Image.Image, colour: tuple[int, int, int], tol: int = 40) -
 
 
 def test_plot_is_a_png_of_the_expected_size() -> None:
-    img = _open(plot_histograms(_hists("RGB", 1), _hists("RGB", 2), title="0123abcd"))
-    assert img.format == "PNG" and img.mode == "RGB" and img.size == (plot.W, plot.H) == (960, 420)
+    png = plot_histograms(_hists("RGB", 1), _hists("RGB", 2), title="0123abcd")
+    img = _open(png)
+    # a palette image (one byte a pixel: what a worker can afford to encode per job)
+    assert img.format == "PNG" and img.mode == "P" and img.size == (plot.W, plot.H) == (960, 420)
+    Image.open(io.BytesIO(png)).verify()  # every chunk's CRC, IEND present
+    assert len(png) < 64 * 1024
 
 
 def test_plot_draws_each_channel_in_its_colour() -> None:
@@ -65,3 +69,38 @@ def test_scale_follows_the_bulk_not_one_spike() -> None:
     assert plot._scale_peak({"L": spike}) == 125
     assert plot._scale_peak({}) == 1
     assert plot._scale_peak({"L": [0] * 256}) == 1
+
+
+def _column(img: Image.Image, panel: int, v: int) -> list[object]:
+    """The data area's pixels, bottom to top, in the middle of bin v of a panel."""
+    left, _, right, bottom = plot._panel_box(panel)
+    x = int(left + (v + 0.5) * (right - left) / 256)
+    return [img.getpixel((x, y)) for y in range(bottom - 1, plot.PLOT_TOP, -1)]
+
+
+def test_bars_follow_the_histograms() -> None:
+    before = [0] * 256
+    before[32:64] = [1000] * 32  # a block at full scale
+    before[100:132] = [500] * 32  # and one at half of it
+    after = [1000 if v % 4 == 0 else 0 for v in range(256)]  # a comb, as equalization leaves it
+    img = _open(plot_histograms({"L": before}, {"L": after})).convert("RGB")
+    fill = plot._blend(plot.BG, plot.COLOURS["L"], plot.FILL_ALPHA)
+    area = plot.PLOT_H
+    for v in (32, 48, 63):  # full height: filled from the axis to the top line
+        assert sum(px == fill for px in _column(img, 0, v)) > area * 0.9, v
+    for v in (100, 120, 131):  # half height: filled up to the middle, not above
+        col = _column(img, 0, v)
+        assert col[:area // 2 - 3].count(fill) > area // 2 * 0.9 and fill not in col[area // 2 + 3:], v
+    for panel, v in ((0, 10), (0, 80), (0, 200), (0, 250), (1, 2), (1, 127), (1, 198), (1, 202)):
+        assert fill not in _column(img, panel, v), (panel, v)  # empty bins: no bar
+    for v in (4, 132, 200, 252):  # (not a tick bin: its grid line runs through the bar)
+        assert sum(px == fill for px in _column(img, 1, v)) > area * 0.9, v
+
+
+def test_overlapping_bars_blend_their_channels() -> None:
+    full = [1000] * 256
+    img = _open(plot_histograms({"R": full, "B": full}, {"R": full})).convert("RGB")
+    both = plot._blend(plot._blend(plot.BG, plot.COLOURS["R"], plot.FILL_ALPHA), plot.COLOURS["B"], plot.FILL_ALPHA)
+    red = plot._blend(plot.BG, plot.COLOURS["R"], plot.FILL_ALPHA)
+    assert _column(img, 0, 77).count(both) > plot.PLOT_H * 0.9
+    assert _column(img, 1, 77).count(red) > plot.PLOT_H * 0.9

@@ -10,9 +10,12 @@ from . import equalize, frame
 from .imageio import ImageError, decode
 from .plot import plot_histograms
 
-# Bytes per pixel a job holds at its peak on a worker, `luma` the worst mode: while the output is built,
-# the held Y, Cb, Cr (3) + the equalized Y (1) + the merged YCbCr (3) + its RGB (3); while preparing,
-# the decoded RGB (3) + its YCbCr (3) + the split planes (3). What the budget charges (worker/admission.py).
+# Bytes per pixel a job holds at its peak on a worker: what the budget charges (worker/admission.py).
+# Pillow keeps RGB and YCbCr in 4 bytes a pixel, and each step frees a plane once it is copied (the
+# `consume` of equalize.prepare and finish_result), so the peak measured at 4096² is 8 in `luma` (the
+# decoded RGB + its YCbCr while converting, then YCbCr + the split planes; the merged YCbCr + its RGB
+# while the output is built) and in `rgb` (the work image + its equalized copy), 5 in `gray`.
+# Without the early frees, `luma` peaked at 11 and 12.
 PEAK_BYTES_PER_PIXEL = 10
 HELD_BYTES_PER_PIXEL = 3  # what stays held between the two steps (the work image and the chroma planes)
 
@@ -29,7 +32,7 @@ def decode_and_count(data: bytes, mode: str, width: int, height: int, work_mode:
     if img.size != (width, height):
         raise ImageError(400, "bad_image", f"the image decodes to {img.size[0]}x{img.size[1]}, its header says "
                          f"{width}x{height}")
-    prepared = equalize.prepare(img, fmt, mode)
+    prepared = equalize.prepare(img, fmt, mode, consume=True)  # frees the decoded image once converted
     del img
     if prepared.work.mode != work_mode:
         raise ImageError(400, "bad_image", "the image's pixel mode differs from its header's")
@@ -42,7 +45,8 @@ def apply_and_encode(decoded: Decoded, lut: Sequence[int], title: str) -> bytes:
     if len(lut) != 256 * len(work.getbands()):
         raise ValueError(f"a {work.mode} table needs {256 * len(work.getbands())} entries, got {len(lut)}")
     equalized = work.point(list(lut))
-    result = equalize.finish_result(decoded.prepared, equalized, decoded.histogram)
+    # consumed: `decoded` is used once (the budget gave it up), so its planes are freed as soon as copied
+    result = equalize.finish_result(decoded.prepared, equalized, decoded.histogram, consume=True)
     plot = plot_histograms(result.hist_before, result.hist_after, title=title)
     return frame.pack_result(result, plot)
 
