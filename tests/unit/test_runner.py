@@ -37,6 +37,7 @@ class FakeJobs:
         self.active_ids: set[str] = set()
         self.used: dict[str, int] = {}
         self.tasks_dropped: set[str] = set()
+        self.writes: list[tuple[str, str]] = []  # (call, job) of every write of a job's document
 
     def create_job(self, job_id: str, doc: Doc) -> None:
         assert job_id not in self.docs
@@ -48,6 +49,7 @@ class FakeJobs:
         return copy.deepcopy(doc) if doc is not None else None
 
     def update_job(self, job_id: str, when: Any = None, **fields: Any) -> Doc:
+        self.writes.append(("update_job", job_id))
         return self._merge(job_id, when, fields)[0]
 
     def _merge(self, job_id: str, when: Any, fields: dict[str, Any]) -> tuple[Doc, bool]:
@@ -57,10 +59,13 @@ class FakeJobs:
         doc.update(copy.deepcopy(fields))
         return copy.deepcopy(doc), True
 
-    def finish(self, job_id: str, when: Any = None, **fields: Any) -> Doc:
+    def finish(self, job_id: str, when: Any = None, usage: tuple[str, int] | None = None, **fields: Any) -> Doc:
+        self.writes.append(("finish", job_id))
         doc, written = self._merge(job_id, when, fields)
         if written:
             self.active_ids.discard(job_id)
+            if usage is not None:
+                self.add_usage(*usage)
         return doc
 
     def tombstone(self, job_id: str, by: str, reason: str = "deleted") -> tuple[Doc, Doc] | None:
@@ -262,10 +267,16 @@ def test_a_standby_stores_and_queues_an_upload_and_the_leader_runs_it(tmp_path: 
         assert (queued["state"], queued["master"], queued["runs"], queued["received_by"]) == ("queued", None, 0,
                                                                                              "master2")
         assert doc["id"] in jobs.active_ids and net.stores["master1"].get(doc["id"], "upload") is not None
+        used, upload_bytes = jobs.usage("alice"), int(queued["bytes"])
         assert await runners["master1"].resume_all() == [doc["id"]]  # the leader's watch on the active jobs
+        assert jobs.docs[doc["id"]]["state"] == "running"  # the run's own write marked it running
         await settle(runners["master1"])
         done = jobs.docs[doc["id"]]
         assert (done["state"], done["master"], done["runs"]) == ("done", "master1", 1)
+        # two writes of its document on the leader: started (run, master, running), then finished (with
+        # its result's bytes charged to its owner in the same write)
+        assert [w for w in jobs.writes if w[1] == doc["id"]] == [("update_job", doc["id"]), ("finish", doc["id"])]
+        assert jobs.usage("alice") == used + done["bytes"] - upload_bytes > used
         result, _ = await runners["master2"].result(done)  # served by the standby from its own replica
         assert result.image == equalize_single(data).image
     asyncio.run(go())

@@ -88,15 +88,16 @@ async def store_put(master: "Master", request: web.Request) -> web.Response:
     cap = master.cfg.max_blob_bytes
     if request.content_length is not None and request.content_length > cap:
         raise json_error(413, "too_large", f"a stored blob is at most {cap} bytes", headers={"Connection": "close"})
-    blob = bytearray()
+    chunks, size = [], 0  # joined once at the end: a blob of megabytes is copied once, not grown and copied
     while True:
         chunk = await request.content.read(1 << 20)
         if not chunk:
             break
-        blob += chunk
-        if len(blob) > cap:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
             raise json_error(413, "too_large", f"a stored blob is at most {cap} bytes", headers={"Connection": "close"})
-    data = bytes(blob)
+    data = b"".join(chunks)
     if digest(data) != tag:
         raise _replica_refused(master, request, job, kind, "replica does not match its integrity tag (altered)")
     try:
@@ -197,17 +198,19 @@ async def results(master: "Master", request: web.Request) -> web.Response:
     if admitted == 0:
         master.scheduler.accept_result(hdr, worker, b"")
         return web.json_response({"accepted": True}, headers={"Connection": "close"})
-    payload = bytearray()
-    while len(payload) <= admitted:
-        chunk = await request.content.read(admitted + 1 - len(payload))
+    chunks, size = [], 0  # joined once at the end (a result of megabytes is copied once)
+    while size <= admitted:
+        chunk = await request.content.read(admitted + 1 - size)
         if not chunk:
             break
-        payload += chunk
-    if len(payload) > admitted:
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > admitted:
         _refused(master, request, worker, hdr, "result larger than its task attempt can be")
         raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
                          headers={"Connection": "close"})
-    refused = master.scheduler.accept_result(hdr, worker, bytes(payload), failed)
+    payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    refused = master.scheduler.accept_result(hdr, worker, payload, failed)
     if refused is not None:
         _refused(master, request, worker, hdr, refused.reason)
         raise json_error(409, "result_refused", refused.reason)

@@ -87,9 +87,10 @@ class Replicator:
         self.name, self.store, self.transport, self.quorum = name, store, transport, max(1, quorum)
         self._emit = on_event or (lambda kind, **kw: None)
 
-    async def write(self, job: str, kind: str, blob: bytes) -> list[str]:
-        """Store `blob` here and on every peer; the masters holding it once the quorum has it."""
-        tag = digest(blob)
+    async def write(self, job: str, kind: str, blob: bytes, tag: str | None = None) -> list[str]:
+        """Store `blob` here and on every peer; the masters holding it once the quorum has it. `tag`:
+        its integrity tag when the caller has it already (digest(blob), not computed twice)."""
+        tag = digest(blob) if tag is None else tag
         await asyncio.get_running_loop().run_in_executor(None, self.store.put, job, kind, blob)
         peers = self.transport.peers()
         oks = await asyncio.gather(*(self.transport.put(p, job, kind, blob, tag) for p in peers))

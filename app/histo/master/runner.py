@@ -67,7 +67,8 @@ class JobRecords(Protocol):
     def create_job(self, job_id: str, doc: Doc) -> None: ...
     def get_job(self, job_id: str) -> Doc | None: ...
     def update_job(self, job_id: str, when: Callable[[Doc], bool] | None = None, **fields: Any) -> Doc: ...
-    def finish(self, job_id: str, **fields: Any) -> Doc: ...
+    def finish(self, job_id: str, when: Callable[[Doc], bool] | None = None,
+               usage: tuple[str, int] | None = None, **fields: Any) -> Doc: ...
     def tombstone(self, job_id: str, by: str, reason: str = ...) -> tuple[Doc, Doc] | None: ...
     def drop_tasks(self, job_id: str, attempts: int = ...) -> None: ...
     def remove(self, job_id: str, owner: str | None) -> None: ...
@@ -157,31 +158,37 @@ class JobRunner:
                 raise
             await self._z(self.jobs.add_usage, owner, len(blob))
             if start:
-                self._start(job_id, owner, data, timings, doc, key)
+                self._start(job_id, owner, data, timings, doc, key, started=False)
         finally:
             self._submitting.discard(job_id)
         return doc
 
     def _start(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
-               key: DataKey) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job_id, owner, upload, timings, doc, key))
+               key: DataKey, started: bool) -> None:
+        """`started`: `doc` is already this run's `running` document (resume() wrote it)."""
+        task = asyncio.get_running_loop().create_task(self._run(job_id, owner, upload, timings, doc, key, started))
         self.running[job_id] = task
         self.owners[job_id] = owner
+
+    def is_mine(self, job_id: str) -> bool:
+        """The job runs here, or this master is accepting it (its own submit starts it)."""
+        return job_id in self.running or job_id in self._submitting
 
     def owned_running(self, owner: str) -> int:
         return sum(1 for j, o in self.owners.items() if o == owner and j in self.running)
 
     # -- run ----------------------------------------------------------------------------------------
     async def _run(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
-                   key: DataKey) -> None:
+                   key: DataKey, started: bool = False) -> None:
         run = int(doc.get("runs", 1))
         ours = _run_of(run)
         try:
-            started = await self._z(lambda: self.jobs.update_job(job_id, when=ours, state="running"))
-            if not ours(started):
-                log.info("job %s: run %d on %s stands down (the job is %s, run %s)", job_id, run, self.name,
-                         started.get("state"), started.get("runs"))
-                return
+            if not started:  # a job this master accepted: resume() wrote `running` for the others
+                now = await self._z(lambda: self.jobs.update_job(job_id, when=ours, state="running"))
+                if not ours(now):
+                    log.info("job %s: run %d on %s stands down (the job is %s, run %s)", job_id, run, self.name,
+                             now.get("state"), now.get("runs"))
+                    return
             self._emit("job_progress", severity="info", job=job_id, progress=0.05, state="running", audience=owner)
             outcome = await asyncio.wait_for(self.compute(job_id, upload, Spec.of(doc), timings),
                                              self.settings.job_timeout)
@@ -191,28 +198,31 @@ class JobRunner:
                 plot = await self._z(self.plot, outcome.result, job_id)
                 framed = pack_result(outcome.result, plot)
             blob = await self._z(seal, key, job_id, owner, "result", framed)
+            tag = await self._z(digest, blob)
             del framed
             now = await self._z(self.jobs.get_job, job_id)
             if now is None or not ours(now):  # taken over (or finished) while this run computed
                 log.info("job %s: run %d on %s computed, but the job moved on; its result is dropped", job_id,
                          run, self.name)
                 return
-            await self._store_result(job_id, blob)
+            await self._store_result(job_id, blob, tag)
             timings.update(outcome.timings)
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
             finished = self.clock()
             receipt = await self.receipt(doc, outcome, finished)
-            blobs = {**doc.get("blobs", {}), "result": digest(blob)}
+            blobs = {**doc.get("blobs", {}), "result": tag}
+            size = len(blob)
+            del blob
+            # done, out of /histo/active and the result's bytes charged to its owner: one transaction
             stored = await self._z(lambda: self.jobs.finish(
-                job_id, when=ours, state="done", progress=1.0, tiles=outcome.tiles, timings=timings,
-                finished=finished, blobs=blobs, bytes=int(doc.get("bytes", 0)) + len(blob), **receipt))
+                job_id, when=ours, usage=(owner, size), state="done", progress=1.0, tiles=outcome.tiles,
+                timings=timings, finished=finished, blobs=blobs, bytes=int(doc.get("bytes", 0)) + size, **receipt))
             if is_tombstone(stored):  # deleted while it ran: keep nothing of it
                 await self.replicas.delete(job_id)
                 return
             if stored.get("finished") != finished:  # another run holds the job now: its result counts
                 log.info("job %s: run %d on %s was overtaken by run %s", job_id, run, self.name, stored.get("runs"))
                 return
-            await self._z(self.jobs.add_usage, owner, len(blob))
             self._emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -236,12 +246,12 @@ class JobRunner:
             self.running.pop(job_id, None)
             self.owners.pop(job_id, None)
 
-    async def _store_result(self, job_id: str, blob: bytes) -> None:
+    async def _store_result(self, job_id: str, blob: bytes, tag: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.store_timeout
         while True:
             try:
-                await self.replicas.write(job_id, "result", blob)
+                await self.replicas.write(job_id, "result", blob, tag)
                 return
             except QuorumNotReached as exc:
                 if loop.time() > deadline:
@@ -307,12 +317,15 @@ class JobRunner:
         except BlobError as exc:
             await self._fail(job_id, owner, f"the stored upload cannot be opened ({exc})")
             return False
-        # compare-and-set on the run number: of two masters resuming the same run, one starts it
-        doc = await self._z(lambda: self.jobs.update_job(job_id, when=_run_of(runs), runs=runs + 1, master=self.name))
-        if is_tombstone(doc) or int(doc.get("runs", 1)) != runs + 1 or doc.get("master") != self.name:
+        # compare-and-set on the run number: of two masters resuming the same run, one starts it; the
+        # same write marks it running (the run's fence, as _run would write it, one write fewer)
+        doc = await self._z(lambda: self.jobs.update_job(job_id, when=_run_of(runs), runs=runs + 1, master=self.name,
+                                                         state="running"))
+        if (is_tombstone(doc) or int(doc.get("runs", 1)) != runs + 1 or doc.get("master") != self.name
+                or doc.get("state") != "running"):
             return False
         timings = {k: v for k, v in (doc.get("timings") or {}).items() if k in ("receive", "header")}
-        self._start(job_id, owner, data, timings, doc, key)
+        self._start(job_id, owner, data, timings, doc, key, started=True)
         if runs:  # runs 0: a job another master accepted, started here for the first time
             self._emit("job_resumed", severity="warning", job=job_id, master=self.name, run=runs + 1,
                        audience=owner)

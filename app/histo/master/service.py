@@ -197,11 +197,21 @@ class Master:
                     break
         return started
 
-    def _active_changed(self, _children: list[str]) -> bool:
+    def _active_changed(self, children: list[str]) -> bool:
         """The watch on /histo/active (a kazoo thread): a job queued by another master starts at once."""
         if self.is_leader and self.loop is not None:
-            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._resume()))
+            listed = list(children)
+            self.loop.call_soon_threadsafe(self._active_now, listed)
         return True  # keep watching
+
+    def _active_now(self, children: list[str]) -> None:
+        """A resume pass, unless every active job already runs (or is being accepted) here: the change
+        was one of this master's own jobs coming or going (finished: its entry removed), and a pass
+        would only read /histo/active again. Anything missed is caught by the upkeep's pass (10 s)."""
+        runner = self.runner
+        if runner is not None and all(runner.is_mine(job) for job in children):
+            return
+        self.loop.create_task(self._resume())
 
     async def jobs_in_flight(self) -> int:
         """Jobs queued or running in the cluster, as the job admission counts them: the leader's own,
