@@ -100,10 +100,11 @@ class JobRunner:
     def __init__(self, name: str, jobs: JobRecords, replicas: Replicator, keys: KeyService, compute: Compute,
                  plot: Callable[[Result, str], bytes], receipt: Receipt,
                  settings: Settings, emit: Callable[..., None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, leader: Callable[[], str | None] = lambda: None) -> None:
         self.name, self.jobs, self.replicas, self.keys = name, jobs, replicas, keys
         self.compute, self.plot, self.receipt = compute, plot, receipt
         self.settings, self.clock = settings, clock
+        self.leader = leader  # the leader's name as this master knows it (an upload's key is handed to it)
         self._emit = emit or (lambda kind, **kw: None)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.owners: dict[str, str] = {}  # job id -> owner, for the jobs running here
@@ -139,8 +140,12 @@ class JobRunner:
         self._submitting.add(job_id)
         try:
             blob: bytes = await self._z(seal, key, job_id, owner, "upload", data)
+            # queued for the leader: its data key goes along with the leader's replica (datakeys.py),
+            # so that the leader starting the job need not ask Vault to unwrap it
+            key_to = None if start else self.leader()
+            key_to = None if key_to == self.name else key_to
             try:
-                await self.replicas.write(job_id, "upload", blob)
+                await self.replicas.write(job_id, "upload", blob, key=key.plaintext if key_to else None, key_to=key_to)
             except QuorumNotReached as exc:
                 await self.replicas.delete(job_id)
                 raise RunnerError(503, "not_durable", f"the upload could not be stored durably: {exc}; "
@@ -308,9 +313,13 @@ class JobRunner:
             return False
         try:
             header = parse(blob)
-            plaintext_key = await self._z(self.keys.unwrap, header.wrapped_key)
-            key = DataKey(plaintext=plaintext_key, wrapped=header.wrapped_key)
-            data = await self._z(open_blob, key.plaintext, blob, job_id, owner, "upload")
+            opened = await self._open_handed(job_id, owner, header.wrapped_key, blob)
+            if opened is None:
+                plaintext_key = await self._z(self.keys.unwrap, header.wrapped_key)
+                key = DataKey(plaintext=plaintext_key, wrapped=header.wrapped_key)
+                data = await self._z(open_blob, key.plaintext, blob, job_id, owner, "upload")
+            else:
+                key, data = opened
         except KeysUnavailable as exc:
             log.warning("job %s resumed later: %s", job_id, exc)
             return False
@@ -330,6 +339,21 @@ class JobRunner:
             self._emit("job_resumed", severity="warning", job=job_id, master=self.name, run=runs + 1,
                        audience=owner)
         return True
+
+    async def _open_handed(self, job_id: str, owner: str, wrapped: str, blob: bytes) -> tuple[DataKey, bytes] | None:
+        """The upload opened with the key the accepting master handed over with it (datakeys.py), and
+        that key; None if none was handed over or it does not open the upload (AES-GCM: a key is
+        used only once it has opened its blob), and the caller asks Vault to unwrap it as before."""
+        handed = self.keys.offered(wrapped)
+        if handed is None:
+            return None
+        try:
+            data: bytes = await self._z(open_blob, handed, blob, job_id, owner, "upload")
+        except BlobError:
+            log.warning("job %s: the data key handed over with its upload does not open it; asking Vault", job_id)
+            return None
+        self.keys.remember(wrapped, handed)
+        return DataKey(plaintext=handed, wrapped=wrapped), data
 
     # -- read back ------------------------------------------------------------------------------------
     async def result(self, doc: Doc) -> tuple[Result, bytes]:

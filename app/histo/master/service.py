@@ -288,7 +288,7 @@ class Master:
             lambda r, title: plot_histograms(r.hist_before, r.hist_after, title=title), self._receipt_at_finish,
             Settings(retention=self.cfg.job_retention, quota=self.cfg.store_quota_bytes,
                      job_timeout=self.cfg.job_timeout, max_runs=self.cfg.max_job_runs),
-            emit=self.emit)
+            emit=self.emit, leader=lambda: self.leader)
         self.running = self.runner.running
         self.auth = Authenticator(self, RevocationStore(zk))
         await self.loop.run_in_executor(None, self.auth.start)
