@@ -643,3 +643,32 @@ def test_a_blob_a_peer_just_put_is_read_from_memory_once_and_only_with_its_tag(t
         await rep.delete("ef" * 16)
         assert await rep.read("ef" * 16, "upload", digest(blob)) is None
     asyncio.run(go())
+
+
+def test_the_leaders_watch_runs_a_pass_only_for_a_job_it_does_not_run() -> None:
+    """/histo/active changes when this leader's own job finishes (or is being accepted here): no
+    resume pass then; a job another master queued starts a pass with the list the watch read."""
+    from types import SimpleNamespace
+
+    from histo.master.service import Master
+
+    master = Master.__new__(Master)
+    passes: list[list[str] | None] = []
+
+    async def resume(listed: list[str] | None = None) -> list[str]:
+        passes.append(listed)
+        return []
+
+    def create_task(coro: Any) -> None:
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+    master.loop = SimpleNamespace(create_task=create_task)  # type: ignore[assignment]
+    master.runner = SimpleNamespace(is_mine=lambda job: job in ("mine1", "mine2"))  # type: ignore[assignment]
+    master._resume = resume  # type: ignore[method-assign]
+    master._active_now(["mine1"])
+    master._active_now([])
+    assert passes == []
+    master._active_now(["mine1", "theirs"])
+    assert passes == [["mine1", "theirs"]]

@@ -53,6 +53,12 @@ def _run_of(run: int | None) -> Callable[[Doc], bool]:
     return check
 
 
+def _sealed(key: DataKey, job_id: str, owner: str, framed: bytes) -> tuple[bytes, str]:
+    """The result sealed and its integrity tag (one trip to the executor)."""
+    blob = seal(key, job_id, owner, "result", framed)
+    return blob, digest(blob)
+
+
 class RunnerError(Exception):
     """A refusal the API shows as a JSON error: HTTP status, error code, a message that says why."""
 
@@ -202,8 +208,7 @@ class JobRunner:
             if framed is None:
                 plot = await self._z(self.plot, outcome.result, job_id)
                 framed = pack_result(outcome.result, plot)
-            blob = await self._z(seal, key, job_id, owner, "result", framed)
-            tag = await self._z(digest, blob)
+            blob, tag = await self._z(_sealed, key, job_id, owner, framed)
             del framed
             now = await self._z(self.jobs.get_job, job_id)
             if now is None or not ours(now):  # taken over (or finished) while this run computed
@@ -280,10 +285,11 @@ class JobRunner:
         self._emit("job_failed", severity="warning", job=job_id, reason=reason, audience=owner)
 
     # -- resume (a new leader) -----------------------------------------------------------------------
-    async def resume_all(self) -> list[str]:
-        """Resume every queued or running job no task here runs; the ids resumed."""
+    async def resume_all(self, active: list[str] | None = None) -> list[str]:
+        """Resume every queued or running job no task here runs; the ids resumed. `active`: the list of
+        active jobs when the caller has just read it (the leader's watch), else it is read here."""
         resumed = []
-        for job_id in await self._z(self.jobs.active):
+        for job_id in (active if active is not None else await self._z(self.jobs.active)):
             if job_id in self.running or job_id in self._submitting:
                 continue
             doc = await self._z(self.jobs.get_job, job_id)

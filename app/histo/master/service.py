@@ -179,9 +179,10 @@ class Master:
             for task in list(self.running.values()):
                 task.cancel()
 
-    async def _resume(self) -> list[str]:
+    async def _resume(self, listed: list[str] | None = None) -> list[str]:
         """Jobs a previous leader left queued or running, and jobs another master accepted, are started
-        from their stored uploads. One pass at a time; a change seen during a pass runs another."""
+        from their stored uploads. One pass at a time; a change seen during a pass runs another.
+        `listed`: /histo/active as the watch that calls it just read it (its first pass reads no more)."""
         if self._resume_lock.locked():
             self._resume_again = True
             return []
@@ -191,7 +192,8 @@ class Master:
             while self._resume_again and self.is_leader:
                 self._resume_again = False
                 try:
-                    started += await self.runner.resume_all()
+                    started += await self.runner.resume_all(listed)
+                    listed = None  # a pass after a change seen meanwhile reads the list again
                 except Exception as exc:
                     log.warning("resuming jobs: %s: %s", type(exc).__name__, exc)
                     break
@@ -211,7 +213,7 @@ class Master:
         runner = self.runner
         if runner is not None and all(runner.is_mine(job) for job in children):
             return
-        self.loop.create_task(self._resume())
+        self.loop.create_task(self._resume(children))
 
     async def jobs_in_flight(self) -> int:
         """Jobs queued or running in the cluster, as the job admission counts them: the leader's own,
