@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import cpu  # bench/cpu.py, beside this script (HISTO_BENCH_NET is honoured there)
+import cpu  # type: ignore[import-not-found]  # bench/cpu.py, beside this script (it honours HISTO_BENCH_NET)
 import durable
 
 HERE = Path(__file__).resolve().parent
