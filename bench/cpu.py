@@ -6,6 +6,10 @@ one process (equalize_single) beside it; then 8 clients at once against a 2-proc
 REV` runs the same on the package of REV (the code before), in the same run. Nothing here is asserted.
 
     .venv/bin/python bench/cpu.py [--baseline main] [--out bench/cpu.json]
+
+The services it starts run `python -m histo.cli` from the current directory (procs.clean_env passes
+no PYTHONPATH): run it from a folder whose `histo` is the code to measure (a checkout's app/), or the
+virtualenv's editable install is what runs.
 """
 from __future__ import annotations
 
@@ -17,7 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import durable
 from durable import arguments, baseline, up_cluster  # bench/durable.py, beside this script
+
+# another /24 of loopback (HISTO_BENCH_NET=127.0.79), so that two checkouts can measure at once
+durable.NET = os.environ.get("HISTO_BENCH_NET", durable.NET)
 
 HERE = Path(__file__).resolve().parent
 LIMITS = {"rate_per_address": 10000.0, "burst_per_address": 20000, "uploads_per_principal": 1000.0,

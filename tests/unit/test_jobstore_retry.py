@@ -45,8 +45,15 @@ class FlakyZk:
             return path
         return self._step(apply)  # type: ignore[no-any-return]
 
+    def exists(self, path: str) -> Any:
+        return self._step(lambda: SimpleNamespace(version=self.versions.get(path, 0)) if path in self.nodes else None)
+
     def get(self, path: str) -> tuple[bytes, Any]:
-        return self._step(lambda: (self.nodes[path], SimpleNamespace(version=self.versions.get(path, 0))))  # type: ignore[no-any-return]
+        def apply() -> tuple[bytes, Any]:
+            if path not in self.nodes:
+                raise NoNodeError()
+            return self.nodes[path], SimpleNamespace(version=self.versions.get(path, 0))
+        return self._step(apply)  # type: ignore[no-any-return]
 
     def set(self, path: str, data: bytes, version: int = -1) -> None:
         def apply() -> None:
@@ -68,19 +75,42 @@ class FlakyZk:
 
 
 class Tx:
+    """All or nothing: the first op that cannot apply fails the commit, the others are rolled back."""
+
     def __init__(self, zk: FlakyZk) -> None:
         self.zk, self.ops = zk, []  # type: ignore[var-annotated]
 
     def create(self, path: str, data: bytes = b"") -> None:
-        self.ops.append((path, data))
+        self.ops.append(("create", path, data, -1))
+
+    def set_data(self, path: str, data: bytes, version: int = -1) -> None:
+        self.ops.append(("set", path, data, version))
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self.ops.append(("delete", path, b"", version))
+
+    def _refusal(self, op: str, path: str, version: int) -> Exception | None:
+        nodes = self.zk.nodes
+        if op == "create":
+            return NodeExistsError() if path in nodes else None
+        if path not in nodes:
+            return NoNodeError()  # type: ignore[no-any-return]
+        stale = version not in (-1, self.zk.versions.get(path, 0))
+        return BadVersionError() if stale else None
 
     def commit(self) -> list[Any]:
         def apply() -> list[Any]:
-            if any(p in self.zk.nodes for p, _ in self.ops):
-                return [NodeExistsError()] + [RolledBackError()] * (len(self.ops) - 1)
-            for p, d in self.ops:
-                self.zk.nodes[p] = d
-            return [p for p, _ in self.ops]
+            for i, (op, path, _, version) in enumerate(self.ops):
+                refusal = self._refusal(op, path, version)
+                if refusal is not None:
+                    return [RolledBackError()] * i + [refusal] + [RolledBackError()] * (len(self.ops) - i - 1)
+            for op, path, data, _ in self.ops:
+                if op == "delete":
+                    del self.zk.nodes[path]
+                else:
+                    self.zk.nodes[path] = data
+                    self.zk.versions[path] = self.zk.versions.get(path, 0) + 1 if op == "set" else 0
+            return [path for _, path, _, _ in self.ops]
         return self.zk._step(apply)  # type: ignore[no-any-return]
 
 
@@ -136,3 +166,92 @@ def test_a_fenced_finish_applied_before_its_reply_was_lost_counts_as_written() -
     late = store.finish("j1", when=open_run_1, state="failed", finished=6.0)  # a stale run, after it
     assert late["state"] == "done" and late["finished"] == 5.0
     assert json.loads(zk.nodes["/histo/jobs/j1"])["state"] == "done"
+
+
+OWNER = "/histo/owners/" + __import__("histo.zk.jobs", fromlist=["owner_key"]).owner_key("alice")
+
+
+def test_a_finish_charges_its_bytes_once_in_the_same_transaction() -> None:
+    """Done, out of /histo/active and the result's bytes charged, in one commit: a commit whose reply
+    was lost is recognised on the retry and charges nothing again; a refused run charges nothing."""
+    zk = FlakyZk()
+    store = JobStore(zk)
+    store.create_job("j1", {**DOC, "state": "running", "runs": 1})
+    store.add_usage("alice", 100)
+    open_run_1 = lambda d: d["state"] in ("queued", "running") and d["runs"] == 1  # noqa: E731
+    real_tx, commits = zk.transaction, []  # type: ignore[var-annotated]
+
+    def transaction() -> Tx:  # the first commit is applied and its reply lost
+        tx = real_tx()
+        real_commit = tx.commit
+
+        def commit() -> list[Any]:
+            zk.lose = 0 if commits else 1
+            commits.append(tx)
+            return real_commit()
+        tx.commit = commit  # type: ignore[method-assign]
+        return tx
+    zk.transaction = transaction  # type: ignore[method-assign]
+    calls = zk.calls
+    done = store.finish("j1", when=open_run_1, usage=("alice", 40), state="done", finished=5.0)
+    steps = zk.calls - calls
+    assert done["state"] == "done" and done["finished"] == 5.0 and "/histo/active/j1" not in zk.nodes
+    # the retried commit is refused (the job's version moved: it was applied), the read after it
+    # recognises this run's own finish: the bytes are charged once
+    assert store.usage("alice") == 140 and len(commits) == 2
+    assert steps == 6  # job, owner, the lost commit, its refused retry, the job again, a quiet delete
+    late = store.finish("j1", when=open_run_1, usage=("alice", 40), state="failed", finished=6.0)
+    assert late["state"] == "done" and store.usage("alice") == 140
+
+
+def test_a_finish_whose_active_entry_went_already_still_commits() -> None:
+    zk = FlakyZk()
+    store = JobStore(zk)
+    store.create_job("j1", {**DOC, "state": "running", "runs": 1})
+    store.deactivate("j1")
+    done = store.finish("j1", usage=("alice", 7), state="done", finished=1.0)
+    assert done["state"] == "done" and json.loads(zk.nodes["/histo/jobs/j1"])["state"] == "done"
+    assert store.usage("alice") == 7
+
+
+def test_a_finish_after_a_concurrent_change_of_the_owners_bytes_counts_both() -> None:
+    zk = FlakyZk()
+    store = JobStore(zk)
+    store.create_job("j1", {**DOC, "state": "running", "runs": 1})
+    real_get = zk.get
+    raced: list[bool] = []
+
+    def get(path: str) -> tuple[bytes, Any]:  # another master's upload charges alice between read and commit
+        out = real_get(path)
+        if path == OWNER and not raced:
+            raced.append(True)
+            store.add_usage("alice", 1000)
+        return out
+    zk.get = get  # type: ignore[method-assign]
+    store.finish("j1", usage=("alice", 5), state="done", finished=1.0)
+    assert store.usage("alice") == 1005
+
+
+def test_a_finish_does_not_write_over_a_tombstone_nor_charge_it() -> None:
+    zk = FlakyZk()
+    store = JobStore(zk)
+    store.create_job("j1", {**DOC, "state": "running", "runs": 1})
+    store.tombstone("j1", "alice")
+    out = store.finish("j1", usage=("alice", 5), state="done", finished=1.0)
+    assert out["state"] == "deleted" and store.usage("alice") == 0
+
+
+def test_the_owner_node_is_looked_up_before_it_is_created() -> None:
+    zk = FlakyZk()
+    store = JobStore(zk)
+    store.add_usage("alice", 1)
+    creates: list[str] = []
+    real_create = zk.create
+
+    def create(path: str, data: bytes = b"") -> str:
+        creates.append(path)
+        return real_create(path, data)
+    zk.create = create  # type: ignore[method-assign]
+    store.add_usage("alice", 1)
+    store.create_job("j2", {**DOC, "id": "j2"})
+    assert creates == [] and store.usage("alice") == 2

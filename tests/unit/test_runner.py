@@ -18,7 +18,7 @@ from histo.compute import equalize
 from histo.compute.imageio import decode, probe
 from histo.compute.plot import plot_histograms
 from histo.master.blobstore import BlobStore
-from histo.master.datakeys import KeysUnavailable, VaultDataKeys
+from histo.master.datakeys import HANDOFF_MAX_AGE, Handoffs, KeysUnavailable, VaultDataKeys
 from histo.master.envelope import BlobError, DataKey, digest, open_blob, parse, seal
 from histo.master.replication import Replicator
 from histo.master.runner import JobRunner, RunnerError, Settings
@@ -37,6 +37,7 @@ class FakeJobs:
         self.active_ids: set[str] = set()
         self.used: dict[str, int] = {}
         self.tasks_dropped: set[str] = set()
+        self.writes: list[tuple[str, str]] = []  # (call, job) of every write of a job's document
 
     def create_job(self, job_id: str, doc: Doc) -> None:
         assert job_id not in self.docs
@@ -48,6 +49,7 @@ class FakeJobs:
         return copy.deepcopy(doc) if doc is not None else None
 
     def update_job(self, job_id: str, when: Any = None, **fields: Any) -> Doc:
+        self.writes.append(("update_job", job_id))
         return self._merge(job_id, when, fields)[0]
 
     def _merge(self, job_id: str, when: Any, fields: dict[str, Any]) -> tuple[Doc, bool]:
@@ -57,10 +59,13 @@ class FakeJobs:
         doc.update(copy.deepcopy(fields))
         return copy.deepcopy(doc), True
 
-    def finish(self, job_id: str, when: Any = None, **fields: Any) -> Doc:
+    def finish(self, job_id: str, when: Any = None, usage: tuple[str, int] | None = None, **fields: Any) -> Doc:
+        self.writes.append(("finish", job_id))
         doc, written = self._merge(job_id, when, fields)
         if written:
             self.active_ids.discard(job_id)
+            if usage is not None:
+                self.add_usage(*usage)
         return doc
 
     def tombstone(self, job_id: str, by: str, reason: str = "deleted") -> tuple[Doc, Doc] | None:
@@ -104,6 +109,7 @@ class Net:
     def __init__(self, root: Path, names: list[str]) -> None:
         self.stores = {n: BlobStore(root / n) for n in names}
         self.down: set[str] = set()
+        self.keys: dict[str, FakeKeys] = {}  # each master's key service (a handed-over key reaches it)
 
 
 class FakeTransport:
@@ -113,10 +119,12 @@ class FakeTransport:
     def peers(self) -> list[str]:
         return [n for n in sorted(self.net.stores) if n != self.me]
 
-    async def put(self, peer: str, job: str, kind: str, blob: bytes, tag: str) -> bool:
+    async def put(self, peer: str, job: str, kind: str, blob: bytes, tag: str, key: bytes | None = None) -> bool:
         if peer in self.net.down or digest(blob) != tag:
             return False
         self.net.stores[peer].put(job, kind, blob)
+        if key is not None and peer in self.net.keys:  # internal.py store_put, on the leader
+            self.net.keys[peer].offer(parse(blob).wrapped_key, key)
         return True
 
     async def get(self, peer: str, job: str, kind: str) -> bytes | None:
@@ -137,6 +145,8 @@ class FakeKeys:
         self.cache: dict[str, bytes] = {}
         self.down = False
         self.forgotten: list[str] = []
+        self.unwraps = 0  # calls that reached Vault
+        self.handed: dict[str, bytes] = {}
 
     def new_key(self) -> DataKey:
         if self.down:
@@ -151,12 +161,23 @@ class FakeKeys:
             return self.cache[wrapped]
         if self.down:
             raise KeysUnavailable("Vault is unreachable, so data keys cannot be unwrapped (ConnectionError)")
+        self.unwraps += 1
         self.cache[wrapped] = self.vault[wrapped]
         return self.cache[wrapped]
 
     def forget(self, wrapped: str) -> None:
         self.cache.pop(wrapped, None)
+        self.handed.pop(wrapped, None)
         self.forgotten.append(wrapped)
+
+    def offer(self, wrapped: str, plaintext: bytes) -> None:
+        self.handed[wrapped] = plaintext
+
+    def offered(self, wrapped: str) -> bytes | None:
+        return self.handed.pop(wrapped, None)
+
+    def remember(self, wrapped: str, plaintext: bytes) -> None:
+        self.cache[wrapped] = plaintext
 
 
 CLOCK = [time.time()]
@@ -196,10 +217,11 @@ def make(tmp: Path, names: list[str], quorum: int = 2, **settings: Any) -> tuple
     keys = {n: FakeKeys() for n in names}
     for k in keys.values():  # one Vault behind every master's key service
         k.vault = keys[names[0]].vault
+    net.keys = keys
     runners = {n: JobRunner(n, jobs, Replicator(n, net.stores[n], FakeTransport(net, n), quorum), keys[n],
                             reference_compute(gate),
                             lambda r, title: plot_histograms(r.hist_before, r.hist_after, title=title),
-                            no_receipt, Settings(**settings), clock=lambda: CLOCK[0])
+                            no_receipt, Settings(**settings), clock=lambda: CLOCK[0], leader=lambda: names[0])
                for n in names}
     return runners, jobs, net, keys, gate
 
@@ -253,7 +275,7 @@ def test_accepted_job_is_stored_sealed_on_the_quorum_and_done_only_with_its_resu
 
 def test_a_standby_stores_and_queues_an_upload_and_the_leader_runs_it(tmp_path: Path) -> None:
     async def go() -> None:
-        runners, jobs, net, _, _ = make(tmp_path, ["master1", "master2"])
+        runners, jobs, net, keys, _ = make(tmp_path, ["master1", "master2"])
         data = image_with_run()
         doc = await runners["master2"].submit(
             "alice", data, "gray", probe(data, 10**8), "sha", {"receive": 0.0}, start=False)
@@ -262,11 +284,41 @@ def test_a_standby_stores_and_queues_an_upload_and_the_leader_runs_it(tmp_path: 
         assert (queued["state"], queued["master"], queued["runs"], queued["received_by"]) == ("queued", None, 0,
                                                                                              "master2")
         assert doc["id"] in jobs.active_ids and net.stores["master1"].get(doc["id"], "upload") is not None
+        used, upload_bytes = jobs.usage("alice"), int(queued["bytes"])
         assert await runners["master1"].resume_all() == [doc["id"]]  # the leader's watch on the active jobs
+        assert jobs.docs[doc["id"]]["state"] == "running"  # the run's own write marked it running
         await settle(runners["master1"])
         done = jobs.docs[doc["id"]]
         assert (done["state"], done["master"], done["runs"]) == ("done", "master1", 1)
+        # two writes of its document on the leader: started (run, master, running), then finished (with
+        # its result's bytes charged to its owner in the same write)
+        assert [w for w in jobs.writes if w[1] == doc["id"]] == [("update_job", doc["id"]), ("finish", doc["id"])]
+        assert jobs.usage("alice") == used + done["bytes"] - upload_bytes > used
         result, _ = await runners["master2"].result(done)  # served by the standby from its own replica
+        assert result.image == equalize_single(data).image
+        # the standby handed the job's key to the leader with the upload: the leader did not ask Vault,
+        # and nothing handed over is left waiting
+        assert keys["master1"].unwraps == 0 and not keys["master1"].handed and not keys["master2"].handed
+    asyncio.run(go())
+
+
+def test_a_handed_over_key_that_does_not_open_the_upload_is_not_used(tmp_path: Path) -> None:
+    """A key handed over with an upload is used only once it has opened that upload; another one
+    (a faulty or hostile peer) changes nothing: the leader asks Vault, and the result is the same."""
+    async def go() -> None:
+        runners, jobs, net, keys, _ = make(tmp_path, ["master1", "master2"])
+        net.keys = {}  # the standby's handover does not arrive: a wrong key does instead
+        data = image_with_run()
+        doc = await runners["master2"].submit(
+            "alice", data, "gray", probe(data, 10**8), "sha", {"receive": 0.0}, start=False)
+        wrapped = parse(net.stores["master1"].get(doc["id"], "upload") or b"").wrapped_key
+        keys["master1"].offer(wrapped, os.urandom(32))
+        keys["master1"].cache.pop(wrapped, None)
+        assert await runners["master1"].resume_all() == [doc["id"]]
+        await settle(runners["master1"])
+        done = jobs.docs[doc["id"]]
+        assert done["state"] == "done" and keys["master1"].unwraps == 1
+        result, _ = await runners["master1"].result(done)
         assert result.image == equalize_single(data).image
     asyncio.run(go())
 
@@ -551,3 +603,72 @@ def test_pooled_data_keys_carry_uploads_through_a_vault_outage() -> None:
     assert keys.pooled() == 0
     fresh = keys.new_key()
     assert fresh.wrapped not in {k.wrapped for k in taken} and transit.calls == 9  # 3 + 2 refused + 3 + 1
+
+
+def test_handed_over_keys_wait_for_their_job_only_so_long() -> None:
+    """A handed-over key is taken once; unused, it goes after its maximum age, and the oldest go
+    first beyond the bound; forgetting a job's key (its deletion) drops a handed one too."""
+    now = [0.0]
+    keys = VaultDataKeys(lambda: None, clock=lambda: now[0])
+    keys.offer("vault:v1:a", b"a" * 32)
+    keys.offer("vault:v1:short", b"s" * 5)  # not a data key: ignored
+    assert keys.offered("vault:v1:short") is None
+    assert keys.offered("vault:v1:a") == b"a" * 32 and keys.offered("vault:v1:a") is None
+    keys.offer("vault:v1:b", b"b" * 32)
+    now[0] += HANDOFF_MAX_AGE + 1
+    assert keys.offered("vault:v1:b") is None and len(keys.handoffs) == 0
+    keys.offer("vault:v1:c", b"c" * 32)
+    keys.forget("vault:v1:c")
+    assert keys.offered("vault:v1:c") is None
+    small = Handoffs(size=2)
+    for name in "xyz":
+        small.offer(name, name.encode() * 32)
+    assert small.take("x") is None and small.take("z") == b"z" * 32
+    assert keys.offered("vault:v1:never") is None and not keys.cache.get("vault:v1:a")  # taken is not cached
+
+
+def test_a_blob_a_peer_just_put_is_read_from_memory_once_and_only_with_its_tag(tmp_path: Path) -> None:
+    async def go() -> None:
+        net = Net(tmp_path, ["master1", "master2"])
+        rep = Replicator("master1", net.stores["master1"], FakeTransport(net, "master1"), 2)
+        blob = seal(DataKey(os.urandom(32), "vault:v1:k"), "ab" * 16, "alice", "upload", b"pixels")
+        net.stores["master1"].put("ab" * 16, "upload", blob)
+        rep.keep("ab" * 16, "upload", blob, digest(blob))
+        net.stores["master1"].delete("ab" * 16)  # read from memory: the disk is not touched
+        assert await rep.read("ab" * 16, "upload", digest(blob)) == blob
+        assert await rep.read("ab" * 16, "upload", digest(blob)) is None  # once; nothing on disk nor on peers
+        rep.keep("cd" * 16, "upload", blob, digest(blob))
+        assert await rep.read("cd" * 16, "upload", "0" * 64) is None  # another tag than the znode's: not used
+        rep.keep("ef" * 16, "upload", blob, digest(blob))
+        await rep.delete("ef" * 16)
+        assert await rep.read("ef" * 16, "upload", digest(blob)) is None
+    asyncio.run(go())
+
+
+def test_the_leaders_watch_runs_a_pass_only_for_a_job_it_does_not_run() -> None:
+    """/histo/active changes when this leader's own job finishes (or is being accepted here): no
+    resume pass then; a job another master queued starts a pass with the list the watch read."""
+    from types import SimpleNamespace
+
+    from histo.master.service import Master
+
+    master = Master.__new__(Master)
+    passes: list[list[str] | None] = []
+
+    async def resume(listed: list[str] | None = None) -> list[str]:
+        passes.append(listed)
+        return []
+
+    def create_task(coro: Any) -> None:
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+    master.loop = SimpleNamespace(create_task=create_task)  # type: ignore[assignment]
+    master.runner = SimpleNamespace(is_mine=lambda job: job in ("mine1", "mine2"))  # type: ignore[assignment]
+    master._resume = resume  # type: ignore[method-assign]
+    master._active_now(["mine1"])
+    master._active_now([])
+    assert passes == []
+    master._active_now(["mine1", "theirs"])
+    assert passes == [["mine1", "theirs"]]

@@ -10,7 +10,15 @@ New keys are made ahead (`pool_size`, refilled by the master's upkeep loop): an 
 from the pool, so uploads are accepted while Vault is away for as long as the pool lasts (a minute
 of uploads by default) and no upload waits for a Vault round trip. A pooled key is the same kind of
 secret as a cached one (plaintext in this process's memory only, one job each), and is dropped
-unused after `pool_max_age` seconds, so a transit key rotation reaches new uploads within that."""
+unused after `pool_max_age` seconds, so a transit key rotation reaches new uploads within that.
+
+A job's key can also be *handed over*: the master that accepted an upload (and made its key) sends the
+plaintext to the leader along with the sealed upload's replica, over the internal mTLS listener that
+only master identities reach (replication.py, internal.py store_put), so that the leader starting the
+job need not ask Vault to unwrap it. A handed key waits here (offer) until that job starts (offered)
+and at most `HANDOFF_MAX_AGE` seconds; it is used only once it has opened the upload it came with
+(AES-GCM: another key does not), and then kept like a key Vault unwrapped (remember). Masters may
+unwrap every data key anyway (their Vault policy), so this gives a master no key it could not have."""
 from __future__ import annotations
 
 import base64
@@ -27,6 +35,10 @@ from .envelope import DataKey
 
 
 
+HANDOFF_MAX_AGE = 60.0  # seconds a handed-over key waits for its job to start
+HANDOFF_MAX = 1024  # handed-over keys held at most (the oldest go first)
+
+
 class KeysUnavailable(RuntimeError):
     """No data key can be made or unwrapped right now (Vault away or refusing); the message says why."""
 
@@ -35,6 +47,45 @@ class KeyService(Protocol):
     def new_key(self) -> DataKey: ...
     def unwrap(self, wrapped: str) -> bytes: ...
     def forget(self, wrapped: str) -> None: ...
+    def offered(self, wrapped: str) -> bytes | None: ...
+    def remember(self, wrapped: str, plaintext: bytes) -> None: ...
+
+
+class Handoffs:
+    """Keys handed over by the master that accepted their upload, each until its job starts (taken)
+    or `max_age` seconds; never more than `size` (the oldest go first)."""
+
+    def __init__(self, size: int = HANDOFF_MAX, max_age: float = HANDOFF_MAX_AGE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.size, self.max_age, self._clock = size, max_age, clock
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _expire(self) -> None:
+        oldest = self._clock() - self.max_age
+        while self._items and (len(self._items) > self.size or next(iter(self._items.values()))[0] < oldest):
+            self._items.popitem(last=False)
+
+    def offer(self, wrapped: str, plaintext: bytes) -> None:
+        with self._lock:
+            self._items[wrapped] = (self._clock(), plaintext)
+            self._items.move_to_end(wrapped)
+            self._expire()
+
+    def take(self, wrapped: str) -> bytes | None:
+        with self._lock:
+            self._expire()
+            item = self._items.pop(wrapped, None)
+            return item[1] if item is not None else None
+
+    def drop(self, wrapped: str) -> None:
+        with self._lock:
+            self._items.pop(wrapped, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._items)
 
 
 class KeyCache:
@@ -78,6 +129,7 @@ class VaultDataKeys:
         self.pool_size, self.pool_max_age, self._clock = max(0, pool_size), pool_max_age, clock
         self._pool: deque[tuple[float, DataKey]] = deque()  # (made at, key), oldest first
         self._pool_lock = threading.Lock()
+        self.handoffs = Handoffs(clock=clock)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -150,3 +202,18 @@ class VaultDataKeys:
 
     def forget(self, wrapped: str) -> None:
         self.cache.drop(wrapped)
+        self.handoffs.drop(wrapped)
+
+    def offer(self, wrapped: str, plaintext: bytes) -> None:
+        """A key handed over with its upload's replica (32 bytes; anything else is ignored)."""
+        if len(plaintext) == 32:
+            self.handoffs.offer(wrapped, plaintext)
+
+    def offered(self, wrapped: str) -> bytes | None:
+        """The key handed over for `wrapped`, taken (once); None if none waits. Unchecked: the caller
+        uses it only once it has opened the blob it came with (then remember())."""
+        return self.handoffs.take(wrapped)
+
+    def remember(self, wrapped: str, plaintext: bytes) -> None:
+        """A handed-over key that opened its blob: kept as a key Vault unwrapped is."""
+        self.cache.put(wrapped, plaintext)

@@ -3,6 +3,7 @@ other masters forward public calls here. Every caller is identified by its certi
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from ..edge.middleware import CLIENT_ADDR, Handler, json_error, json_errors, sec
 from ..protocol import ProtocolError, TaskHeader
 from ..rpc import PEER, peer_check
 from .envelope import KINDS, BlobError, digest, parse, valid_job_id
-from .replication import STORE_PREFIX, TAG_HEADER
+from .replication import KEY_HEADER, STORE_PREFIX, TAG_HEADER
 from .scheduler import FAILED_HEADER, RefusedResult
 from ..zk import acl as zkacl
 from ..tls.identity import IdentityError
@@ -88,15 +89,16 @@ async def store_put(master: "Master", request: web.Request) -> web.Response:
     cap = master.cfg.max_blob_bytes
     if request.content_length is not None and request.content_length > cap:
         raise json_error(413, "too_large", f"a stored blob is at most {cap} bytes", headers={"Connection": "close"})
-    blob = bytearray()
+    chunks, size = [], 0  # joined once at the end: a blob of megabytes is copied once, not grown and copied
     while True:
         chunk = await request.content.read(1 << 20)
         if not chunk:
             break
-        blob += chunk
-        if len(blob) > cap:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
             raise json_error(413, "too_large", f"a stored blob is at most {cap} bytes", headers={"Connection": "close"})
-    data = bytes(blob)
+    data = b"".join(chunks)
     if digest(data) != tag:
         raise _replica_refused(master, request, job, kind, "replica does not match its integrity tag (altered)")
     try:
@@ -105,7 +107,18 @@ async def store_put(master: "Master", request: web.Request) -> web.Response:
         raise _replica_refused(master, request, job, kind, f"not a sealed blob: {exc}") from None
     if header.job != job or header.kind != kind:
         raise _replica_refused(master, request, job, kind, "a sealed blob of another job or kind")
+    handed = request.headers.get(KEY_HEADER)
     await asyncio.get_running_loop().run_in_executor(None, master.store.put, job, kind, data)
+    if kind == "upload" and master.is_leader and master.runner is not None:
+        # the leader starts this job next (the accepting master queued it): it reads these bytes
+        # from memory, checked against their tag above, and takes the handed-over key, if any, which
+        # it uses only once it opened this upload (runner.resume)
+        master.runner.replicas.keep(job, kind, data, tag)
+        if handed is not None:
+            try:
+                master.keys.offer(header.wrapped_key, base64.b64decode(handed, validate=True))
+            except ValueError:
+                pass  # not base64: the leader unwraps the key with Vault, as without one
     return web.json_response({"stored": tag}, status=201)
 
 
@@ -126,6 +139,8 @@ async def store_delete(master: "Master", request: web.Request) -> web.Response:
             master.keys.forget(parse(held).wrapped_key)
         except BlobError:
             pass
+    if master.runner is not None:
+        master.runner.replicas.drop_recent(job)
     freed = await loop.run_in_executor(None, master.store.delete, job)
     return web.json_response({"deleted": job, "bytes": freed})
 
@@ -197,17 +212,19 @@ async def results(master: "Master", request: web.Request) -> web.Response:
     if admitted == 0:
         master.scheduler.accept_result(hdr, worker, b"")
         return web.json_response({"accepted": True}, headers={"Connection": "close"})
-    payload = bytearray()
-    while len(payload) <= admitted:
-        chunk = await request.content.read(admitted + 1 - len(payload))
+    chunks, size = [], 0  # joined once at the end (a result of megabytes is copied once)
+    while size <= admitted:
+        chunk = await request.content.read(admitted + 1 - size)
         if not chunk:
             break
-        payload += chunk
-    if len(payload) > admitted:
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > admitted:
         _refused(master, request, worker, hdr, "result larger than its task attempt can be")
         raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
                          headers={"Connection": "close"})
-    refused = master.scheduler.accept_result(hdr, worker, bytes(payload), failed)
+    payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    refused = master.scheduler.accept_result(hdr, worker, payload, failed)
     if refused is not None:
         _refused(master, request, worker, hdr, refused.reason)
         raise json_error(409, "result_refused", refused.reason)

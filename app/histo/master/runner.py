@@ -53,6 +53,12 @@ def _run_of(run: int | None) -> Callable[[Doc], bool]:
     return check
 
 
+def _sealed(key: DataKey, job_id: str, owner: str, framed: bytes) -> tuple[bytes, str]:
+    """The result sealed and its integrity tag (one trip to the executor)."""
+    blob = seal(key, job_id, owner, "result", framed)
+    return blob, digest(blob)
+
+
 class RunnerError(Exception):
     """A refusal the API shows as a JSON error: HTTP status, error code, a message that says why."""
 
@@ -67,7 +73,8 @@ class JobRecords(Protocol):
     def create_job(self, job_id: str, doc: Doc) -> None: ...
     def get_job(self, job_id: str) -> Doc | None: ...
     def update_job(self, job_id: str, when: Callable[[Doc], bool] | None = None, **fields: Any) -> Doc: ...
-    def finish(self, job_id: str, **fields: Any) -> Doc: ...
+    def finish(self, job_id: str, when: Callable[[Doc], bool] | None = None,
+               usage: tuple[str, int] | None = None, **fields: Any) -> Doc: ...
     def tombstone(self, job_id: str, by: str, reason: str = ...) -> tuple[Doc, Doc] | None: ...
     def drop_tasks(self, job_id: str, attempts: int = ...) -> None: ...
     def remove(self, job_id: str, owner: str | None) -> None: ...
@@ -99,10 +106,11 @@ class JobRunner:
     def __init__(self, name: str, jobs: JobRecords, replicas: Replicator, keys: KeyService, compute: Compute,
                  plot: Callable[[Result, str], bytes], receipt: Receipt,
                  settings: Settings, emit: Callable[..., None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, leader: Callable[[], str | None] = lambda: None) -> None:
         self.name, self.jobs, self.replicas, self.keys = name, jobs, replicas, keys
         self.compute, self.plot, self.receipt = compute, plot, receipt
         self.settings, self.clock = settings, clock
+        self.leader = leader  # the leader's name as this master knows it (an upload's key is handed to it)
         self._emit = emit or (lambda kind, **kw: None)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.owners: dict[str, str] = {}  # job id -> owner, for the jobs running here
@@ -138,8 +146,12 @@ class JobRunner:
         self._submitting.add(job_id)
         try:
             blob: bytes = await self._z(seal, key, job_id, owner, "upload", data)
+            # queued for the leader: its data key goes along with the leader's replica (datakeys.py),
+            # so that the leader starting the job need not ask Vault to unwrap it
+            key_to = None if start else self.leader()
+            key_to = None if key_to == self.name else key_to
             try:
-                await self.replicas.write(job_id, "upload", blob)
+                await self.replicas.write(job_id, "upload", blob, key=key.plaintext if key_to else None, key_to=key_to)
             except QuorumNotReached as exc:
                 await self.replicas.delete(job_id)
                 raise RunnerError(503, "not_durable", f"the upload could not be stored durably: {exc}; "
@@ -157,31 +169,37 @@ class JobRunner:
                 raise
             await self._z(self.jobs.add_usage, owner, len(blob))
             if start:
-                self._start(job_id, owner, data, timings, doc, key)
+                self._start(job_id, owner, data, timings, doc, key, started=False)
         finally:
             self._submitting.discard(job_id)
         return doc
 
     def _start(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
-               key: DataKey) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job_id, owner, upload, timings, doc, key))
+               key: DataKey, started: bool) -> None:
+        """`started`: `doc` is already this run's `running` document (resume() wrote it)."""
+        task = asyncio.get_running_loop().create_task(self._run(job_id, owner, upload, timings, doc, key, started))
         self.running[job_id] = task
         self.owners[job_id] = owner
+
+    def is_mine(self, job_id: str) -> bool:
+        """The job runs here, or this master is accepting it (its own submit starts it)."""
+        return job_id in self.running or job_id in self._submitting
 
     def owned_running(self, owner: str) -> int:
         return sum(1 for j, o in self.owners.items() if o == owner and j in self.running)
 
     # -- run ----------------------------------------------------------------------------------------
     async def _run(self, job_id: str, owner: str, upload: bytes, timings: dict[str, float], doc: Doc,
-                   key: DataKey) -> None:
+                   key: DataKey, started: bool = False) -> None:
         run = int(doc.get("runs", 1))
         ours = _run_of(run)
         try:
-            started = await self._z(lambda: self.jobs.update_job(job_id, when=ours, state="running"))
-            if not ours(started):
-                log.info("job %s: run %d on %s stands down (the job is %s, run %s)", job_id, run, self.name,
-                         started.get("state"), started.get("runs"))
-                return
+            if not started:  # a job this master accepted: resume() wrote `running` for the others
+                now = await self._z(lambda: self.jobs.update_job(job_id, when=ours, state="running"))
+                if not ours(now):
+                    log.info("job %s: run %d on %s stands down (the job is %s, run %s)", job_id, run, self.name,
+                             now.get("state"), now.get("runs"))
+                    return
             self._emit("job_progress", severity="info", job=job_id, progress=0.05, state="running", audience=owner)
             outcome = await asyncio.wait_for(self.compute(job_id, upload, Spec.of(doc), timings),
                                              self.settings.job_timeout)
@@ -190,29 +208,31 @@ class JobRunner:
             if framed is None:
                 plot = await self._z(self.plot, outcome.result, job_id)
                 framed = pack_result(outcome.result, plot)
-            blob = await self._z(seal, key, job_id, owner, "result", framed)
+            blob, tag = await self._z(_sealed, key, job_id, owner, framed)
             del framed
             now = await self._z(self.jobs.get_job, job_id)
             if now is None or not ours(now):  # taken over (or finished) while this run computed
                 log.info("job %s: run %d on %s computed, but the job moved on; its result is dropped", job_id,
                          run, self.name)
                 return
-            await self._store_result(job_id, blob)
+            await self._store_result(job_id, blob, tag)
             timings.update(outcome.timings)
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
             finished = self.clock()
             receipt = await self.receipt(doc, outcome, finished)
-            blobs = {**doc.get("blobs", {}), "result": digest(blob)}
+            blobs = {**doc.get("blobs", {}), "result": tag}
+            size = len(blob)
+            del blob
+            # done, out of /histo/active and the result's bytes charged to its owner: one transaction
             stored = await self._z(lambda: self.jobs.finish(
-                job_id, when=ours, state="done", progress=1.0, tiles=outcome.tiles, timings=timings,
-                finished=finished, blobs=blobs, bytes=int(doc.get("bytes", 0)) + len(blob), **receipt))
+                job_id, when=ours, usage=(owner, size), state="done", progress=1.0, tiles=outcome.tiles,
+                timings=timings, finished=finished, blobs=blobs, bytes=int(doc.get("bytes", 0)) + size, **receipt))
             if is_tombstone(stored):  # deleted while it ran: keep nothing of it
                 await self.replicas.delete(job_id)
                 return
             if stored.get("finished") != finished:  # another run holds the job now: its result counts
                 log.info("job %s: run %d on %s was overtaken by run %s", job_id, run, self.name, stored.get("runs"))
                 return
-            await self._z(self.jobs.add_usage, owner, len(blob))
             self._emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -236,12 +256,12 @@ class JobRunner:
             self.running.pop(job_id, None)
             self.owners.pop(job_id, None)
 
-    async def _store_result(self, job_id: str, blob: bytes) -> None:
+    async def _store_result(self, job_id: str, blob: bytes, tag: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.store_timeout
         while True:
             try:
-                await self.replicas.write(job_id, "result", blob)
+                await self.replicas.write(job_id, "result", blob, tag)
                 return
             except QuorumNotReached as exc:
                 if loop.time() > deadline:
@@ -265,10 +285,11 @@ class JobRunner:
         self._emit("job_failed", severity="warning", job=job_id, reason=reason, audience=owner)
 
     # -- resume (a new leader) -----------------------------------------------------------------------
-    async def resume_all(self) -> list[str]:
-        """Resume every queued or running job no task here runs; the ids resumed."""
+    async def resume_all(self, active: list[str] | None = None) -> list[str]:
+        """Resume every queued or running job no task here runs; the ids resumed. `active`: the list of
+        active jobs when the caller has just read it (the leader's watch), else it is read here."""
         resumed = []
-        for job_id in await self._z(self.jobs.active):
+        for job_id in (active if active is not None else await self._z(self.jobs.active)):
             if job_id in self.running or job_id in self._submitting:
                 continue
             doc = await self._z(self.jobs.get_job, job_id)
@@ -298,25 +319,47 @@ class JobRunner:
             return False
         try:
             header = parse(blob)
-            plaintext_key = await self._z(self.keys.unwrap, header.wrapped_key)
-            key = DataKey(plaintext=plaintext_key, wrapped=header.wrapped_key)
-            data = await self._z(open_blob, key.plaintext, blob, job_id, owner, "upload")
+            opened = await self._open_handed(job_id, owner, header.wrapped_key, blob)
+            if opened is None:
+                plaintext_key = await self._z(self.keys.unwrap, header.wrapped_key)
+                key = DataKey(plaintext=plaintext_key, wrapped=header.wrapped_key)
+                data = await self._z(open_blob, key.plaintext, blob, job_id, owner, "upload")
+            else:
+                key, data = opened
         except KeysUnavailable as exc:
             log.warning("job %s resumed later: %s", job_id, exc)
             return False
         except BlobError as exc:
             await self._fail(job_id, owner, f"the stored upload cannot be opened ({exc})")
             return False
-        # compare-and-set on the run number: of two masters resuming the same run, one starts it
-        doc = await self._z(lambda: self.jobs.update_job(job_id, when=_run_of(runs), runs=runs + 1, master=self.name))
-        if is_tombstone(doc) or int(doc.get("runs", 1)) != runs + 1 or doc.get("master") != self.name:
+        # compare-and-set on the run number: of two masters resuming the same run, one starts it; the
+        # same write marks it running (the run's fence, as _run would write it, one write fewer)
+        doc = await self._z(lambda: self.jobs.update_job(job_id, when=_run_of(runs), runs=runs + 1, master=self.name,
+                                                         state="running"))
+        if (is_tombstone(doc) or int(doc.get("runs", 1)) != runs + 1 or doc.get("master") != self.name
+                or doc.get("state") != "running"):
             return False
         timings = {k: v for k, v in (doc.get("timings") or {}).items() if k in ("receive", "header")}
-        self._start(job_id, owner, data, timings, doc, key)
+        self._start(job_id, owner, data, timings, doc, key, started=True)
         if runs:  # runs 0: a job another master accepted, started here for the first time
             self._emit("job_resumed", severity="warning", job=job_id, master=self.name, run=runs + 1,
                        audience=owner)
         return True
+
+    async def _open_handed(self, job_id: str, owner: str, wrapped: str, blob: bytes) -> tuple[DataKey, bytes] | None:
+        """The upload opened with the key the accepting master handed over with it (datakeys.py), and
+        that key; None if none was handed over or it does not open the upload (AES-GCM: a key is
+        used only once it has opened its blob), and the caller asks Vault to unwrap it as before."""
+        handed = self.keys.offered(wrapped)
+        if handed is None:
+            return None
+        try:
+            data: bytes = await self._z(open_blob, handed, blob, job_id, owner, "upload")
+        except BlobError:
+            log.warning("job %s: the data key handed over with its upload does not open it; asking Vault", job_id)
+            return None
+        self.keys.remember(wrapped, handed)
+        return DataKey(plaintext=handed, wrapped=wrapped), data
 
     # -- read back ------------------------------------------------------------------------------------
     async def result(self, doc: Doc) -> tuple[Result, bytes]:

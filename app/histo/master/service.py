@@ -179,9 +179,10 @@ class Master:
             for task in list(self.running.values()):
                 task.cancel()
 
-    async def _resume(self) -> list[str]:
+    async def _resume(self, listed: list[str] | None = None) -> list[str]:
         """Jobs a previous leader left queued or running, and jobs another master accepted, are started
-        from their stored uploads. One pass at a time; a change seen during a pass runs another."""
+        from their stored uploads. One pass at a time; a change seen during a pass runs another.
+        `listed`: /histo/active as the watch that calls it just read it (its first pass reads no more)."""
         if self._resume_lock.locked():
             self._resume_again = True
             return []
@@ -191,17 +192,28 @@ class Master:
             while self._resume_again and self.is_leader:
                 self._resume_again = False
                 try:
-                    started += await self.runner.resume_all()
+                    started += await self.runner.resume_all(listed)
+                    listed = None  # a pass after a change seen meanwhile reads the list again
                 except Exception as exc:
                     log.warning("resuming jobs: %s: %s", type(exc).__name__, exc)
                     break
         return started
 
-    def _active_changed(self, _children: list[str]) -> bool:
+    def _active_changed(self, children: list[str]) -> bool:
         """The watch on /histo/active (a kazoo thread): a job queued by another master starts at once."""
         if self.is_leader and self.loop is not None:
-            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._resume()))
+            listed = list(children)
+            self.loop.call_soon_threadsafe(self._active_now, listed)
         return True  # keep watching
+
+    def _active_now(self, children: list[str]) -> None:
+        """A resume pass, unless every active job already runs (or is being accepted) here: the change
+        was one of this master's own jobs coming or going (finished: its entry removed), and a pass
+        would only read /histo/active again. Anything missed is caught by the upkeep's pass (10 s)."""
+        runner = self.runner
+        if runner is not None and all(runner.is_mine(job) for job in children):
+            return
+        self.loop.create_task(self._resume(children))
 
     async def jobs_in_flight(self) -> int:
         """Jobs queued or running in the cluster, as the job admission counts them: the leader's own,
@@ -278,7 +290,7 @@ class Master:
             lambda r, title: plot_histograms(r.hist_before, r.hist_after, title=title), self._receipt_at_finish,
             Settings(retention=self.cfg.job_retention, quota=self.cfg.store_quota_bytes,
                      job_timeout=self.cfg.job_timeout, max_runs=self.cfg.max_job_runs),
-            emit=self.emit)
+            emit=self.emit, leader=lambda: self.leader)
         self.running = self.runner.running
         self.auth = Authenticator(self, RevocationStore(zk))
         await self.loop.run_in_executor(None, self.auth.start)

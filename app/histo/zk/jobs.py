@@ -50,6 +50,14 @@ def created_of(job_id: str) -> float | None:
         return None
 
 
+def _used(data: bytes | None, delta: int) -> int:
+    """An owner node's stored bytes after `delta` (never below 0; an unreadable node counts as 0)."""
+    try:
+        return max(0, int(json.loads(data or b"{}").get("bytes", 0)) + delta)
+    except (ValueError, AttributeError):
+        return max(0, delta)
+
+
 def owner_key(owner: str) -> str:
     """An owner's index node name: any principal name, never a path component of its own."""
     return hashlib.sha256(owner.encode()).hexdigest()[:32]
@@ -92,7 +100,12 @@ class JobStore:
             return False
 
     def _owner_node(self, owner: str) -> str:
+        """The owner's node, made if it is missing. Looked up first: a create that meets an existing
+        node is still a write ZooKeeper logs (an error transaction), and the node exists for every
+        owner but on their first upload."""
         path = f"{OWNERS}/{owner_key(owner)}"
+        if self._r(self.zk.exists, path) is not None:
+            return path
         try:
             self._r(self.zk.create, path, json.dumps({"bytes": 0}).encode())
         except NodeExistsError:
@@ -111,13 +124,14 @@ class JobStore:
             return 0
 
     def add_usage(self, owner: str, delta: int) -> int:
-        path = self._owner_node(owner)
+        path = f"{OWNERS}/{owner_key(owner)}"
         while True:
-            data, stat = self._r(self.zk.get, path)
             try:
-                used = max(0, int(json.loads(data).get("bytes", 0)) + delta)
-            except (ValueError, AttributeError):
-                used = max(0, delta)
+                data, stat = self._r(self.zk.get, path)
+            except NoNodeError:
+                self._owner_node(owner)
+                continue
+            used = _used(data, delta)
             try:
                 self._r(self.zk.set, path, json.dumps({"bytes": used}).encode(), version=stat.version)
                 return used
@@ -161,14 +175,57 @@ class JobStore:
     def job_names(self) -> list[str]:
         return sorted(self._r(self.zk.get_children, JOBS))
 
-    def finish(self, job_id: str, when: Callable[[Doc], bool] | None = None, **fields: Any) -> Doc:
+    def finish(self, job_id: str, when: Callable[[Doc], bool] | None = None, usage: tuple[str, int] | None = None,
+               **fields: Any) -> Doc:
         """The job's last update (done or failed): its active entry goes (its task attempts stay, a
-        few small nodes, until the job is removed). With `when`, only if the stored document passes it
-        (a run another master took over, or a job already finished, writes nothing and removes nothing)."""
-        doc, written = self._merge(job_id, when, fields)
-        if written:
-            self._delete_quietly(f"{ACTIVE}/{job_id}")
-        return doc
+        few small nodes, until the job is removed) and, with `usage` (owner, bytes), the bytes it added
+        are charged to its owner, all in one transaction (one write, one fsync: the job is never done
+        without its bytes counted, nor counted twice). With `when`, only if the stored document passes
+        it (a run another master took over, or a job already finished, writes nothing, removes nothing
+        and charges nothing)."""
+        path, active = f"{JOBS}/{job_id}", f"{ACTIVE}/{job_id}"
+        owner_path = f"{OWNERS}/{owner_key(usage[0])}" if usage is not None else None
+        stored = json.loads(json.dumps(fields))  # as they read back
+        drop_active = True  # until a commit says the entry is gone already
+        while True:  # compare-and-set on the job's (and the owner's) node version, like _merge
+            data, stat = self._r(self.zk.get, path)
+            doc: Doc = json.loads(data)
+            if is_tombstone(doc):
+                return doc
+            if when is not None and not when(doc):
+                # our own commit, applied before a lost connection made the retry see a newer version
+                if all(doc.get(k) == v for k, v in stored.items()):
+                    self._delete_quietly(active)
+                return doc
+            doc.update(fields)
+            ops: list[tuple[str, str, bytes, int]] = [("set", path, json.dumps(doc).encode(), stat.version)]
+            if drop_active:
+                ops.append(("delete", active, b"", -1))
+            if owner_path is not None and usage is not None:
+                try:
+                    owner_data, owner_stat = self._r(self.zk.get, owner_path)
+                except NoNodeError:
+                    self._owner_node(usage[0])
+                    continue
+                ops.append(("set", owner_path, json.dumps({"bytes": _used(owner_data, usage[1])}).encode(),
+                            owner_stat.version))
+            results = self._r(self._commit, ops)
+            if not any(isinstance(r, Exception) for r in results):
+                return doc
+            if drop_active and isinstance(results[1], NoNodeError):
+                drop_active = False  # the active entry went already (deactivated): commit without it
+            # else a version moved (a concurrent update of the job or the owner's bytes): read again
+
+    def _commit(self, ops: list[tuple[str, str, bytes, int]]) -> list[Any]:
+        """One transaction of (set|delete, path, data, version) steps; its results. A transaction
+        commits once: a retry (self._r) calls this again and builds a new one."""
+        tx = self.zk.transaction()
+        for op, path, data, version in ops:
+            if op == "set":
+                tx.set_data(path, data, version=version)
+            else:
+                tx.delete(path, version=version)
+        return list(tx.commit())
 
     def deactivate(self, job_id: str) -> None:
         """Drop a stale entry of the active jobs (its job ended or is gone)."""
