@@ -108,10 +108,11 @@ local-status: ## the local cluster's processes
 soak: bootstrap ## 20 minutes of load through compressed lifetimes, kills and outages (bench/soak.py; not in make test)
 	flock /tmp/histo-loopback.lock $(PY) bench/soak.py --minutes $(or $(SOAK_MINUTES),20)
 
-bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them; bench/cpu.py; bench/signin.py)
+bench: bootstrap ## the benchmark (bench/run.py; bench/durable.py: durable jobs against the code before them; bench/cpu.py; bench/worker.py; bench/signin.py)
 	$(PY) bench/run.py
 	$(PY) bench/durable.py --baseline 53f6f81
 	$(PY) bench/cpu.py --baseline 17de71e
+	$(PY) bench/worker.py --baseline d998898
 	$(PY) bench/signin.py
 	$(PY) bench/secops.py
 	$(PY) bench/containment.py
