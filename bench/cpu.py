@@ -42,6 +42,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def run_job(cl: Any, url: str, data: bytes) -> None:
+    """One job as a client runs it: upload, long-poll until it ends, download the result."""
+    status, doc = cl.upload(data, url=url)
+    if status != 202:
+        raise RuntimeError(f"upload refused: {status} {doc}")
+    done = cl.wait_job(doc["id"], url=url, timeout=300, poll=0.005, long_poll=30)
+    status, _, _ = cl.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cl.token("uploader"), url=url)
+    if done["state"] != "done" or status != 200:
+        raise RuntimeError(f"job {done['state']}: {done.get('reason')}")
+
+
 def processes(root: Path) -> dict[str, int]:
     """Every process of the cluster by the folder of its pid file (master1, worker1, bao, zk1...)."""
     out = {}
@@ -77,13 +88,7 @@ def measure(label: str) -> dict[str, Any]:
         out["idle_cpu_per_s"] = idle
 
         def job(data: bytes) -> None:
-            status, doc = cl.upload(data, url=url)
-            if status != 202:
-                raise RuntimeError(f"upload refused: {status} {doc}")
-            done = cl.wait_job(doc["id"], url=url, timeout=300, poll=0.005, long_poll=30)
-            status, _, _ = cl.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cl.token("uploader"), url=url)
-            if done["state"] != "done" or status != 200:
-                raise RuntimeError(f"job {done['state']}: {done.get('reason')}")
+            run_job(cl, url, data)
         for side, jobs in SIZES:
             data = sample_image(side, side, "JPEG")
             job(data)  # warm: connections, keys, caches

@@ -83,13 +83,7 @@ def main() -> None:
 
         def job(label: str) -> None:
             cl, url, _, _ = info[label]
-            status, doc = cl.upload(data, url=url)
-            if status != 202:
-                raise RuntimeError(f"upload refused: {status} {doc}")
-            done = cl.wait_job(doc["id"], url=url, timeout=300, poll=0.005, long_poll=30)
-            status, _, _ = cl.request("GET", f"/api/v1/jobs/{doc['id']}/result", token=cl.token("uploader"), url=url)
-            if done["state"] != "done" or status != 200:
-                raise RuntimeError(f"job {done['state']}: {done.get('reason')}")
+            cpu.run_job(cl, url, data)
         for label in info:
             for _ in range(args.warm):
                 job(label)
