@@ -309,6 +309,17 @@ def test_a_token_past_its_life_is_never_presented(vault):
     assert sv.client.token != dead
     time.sleep(0.5)  # the audit device has written its entries
     assert _denials(bao) == before
+    # the same for a caller that uses hvac directly through the session's client (a master's data keys and
+    # receipts: transit), which the first fix (in the service's own calls only) missed: make soak's minute
+    # without Vault ended in vault-denied-by-address alerts for transit/datakey and transit/sign
+    master = provisioned_service(bao, role_ids, HOSTS["master1"], root / "master1-expired")
+    master.client.auth.token.revoke_self()
+    master._token_expires = time.time() - 5
+    before = _denials(bao)
+    key = master.client.secrets.transit.generate_data_key("histo-store", key_type="plaintext", bits=256)
+    assert key["data"]["plaintext"]
+    time.sleep(0.5)
+    assert _denials(bao) == before
     # a token Vault revoked while its life is not over by our clock is presented, and refused as before
     sv.client.auth.token.revoke_self()
     with pytest.raises(VaultAuthError):

@@ -91,3 +91,33 @@ def test_a_refused_wrapping_token_in_the_audit_log_is_replayed(tmp_path: Path) -
     refusals, incidents = replay(read_files([log]), INV, load_rules())
     assert refusals == 2  # the failed login (ORDINARY) and the refused wrapping token
     assert [(i.rule, i.host, i.response) for i in incidents] == [("vault-wrapping-token-refused", "worker1", "alert")]
+
+
+def _zk_failure(user: str, operation: str, znode: str | None) -> str:
+    where = f"znode={znode}\t" if znode else ""
+    return (f"2026-12-06T20:02:43.087+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10003e3c1420002\t"
+            f"user={user}\tip=127.0.0.1\toperation={operation}\t{where}result=failure ")
+
+
+def test_failed_writes_the_shipper_keeps_on_zookeepers_host_are_no_refusals(tmp_path: Path) -> None:
+    """What `make soak` found: replayed raw, ZooKeeper's audit failures of ordinary traffic (a master's
+    create of a node that exists at start, its multi that lost a race, a worker's member node created
+    again after a reconnect) opened zookeeper-acl-denied incidents with a quarantine response. The
+    machines' shipper never sends them (filter-zookeeper_refusals.j2: who wrote decides); the replay now
+    drops them the same way, and still counts a write its writer had no right to try."""
+    master = "CN=master1.histo.internal,histo-master,127.0.0.1"
+    worker = "histo-worker,CN=worker1.histo.internal,127.0.0.1"
+    ordinary = [_zk_failure(master, "create", "/histo"), _zk_failure(master, "multiOperation", None),
+                _zk_failure(worker, "create", "/histo/workers/worker1/member")] * 3
+    refused = [_zk_failure(worker, "create", "/histo/workers/worker2/member"),  # another worker's slot
+               _zk_failure(worker, "multiOperation", None),
+               _zk_failure(master, "reconfig", "/zookeeper/config"),
+               _zk_failure("CN=master1.histo.internal,127.0.0.1", "create", "/histo")]  # no master digest user
+    log = tmp_path / "zookeeper.log"
+    log.write_text("\n".join(ordinary) + "\n")
+    assert replay(read_files([log]), INV, load_rules()) == (0, [])
+    log.write_text("\n".join(ordinary + refused) + "\n")
+    refusals, incidents = replay(read_files([log]), INV, load_rules())
+    assert refusals == len(refused)
+    assert {(i.rule, i.host) for i in incidents} == {("zookeeper-acl-denied", "worker1"),
+                                                     ("zookeeper-acl-denied", "master1")}

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..zk.config import LOG_ENTRY_START
 from .detect import Detector, Incident
 from .rules import Rule
-from .sources import Inventory, classify
+from .sources import Inventory, classify, ordinary_zk_failure
 
 _START = re.compile(LOG_ENTRY_START)
 
@@ -64,6 +64,8 @@ def replay(events: Iterable[tuple[Mapping[str, Any], float | None]], inventory: 
     """(refusals found, incidents opened or escalated), in time order as the collector would see them."""
     attributed = []
     for n, (event, at) in enumerate(events):
+        if event.get("tag") == "zookeeper" and ordinary_zk_failure(str(event.get("msg", "")), inventory):
+            continue  # the machines' shipper keeps it on ZooKeeper's host: no refusal
         found = classify(event, inventory)
         if found is not None:
             attributed.append((at or 0.0, n, found))

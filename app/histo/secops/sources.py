@@ -154,6 +154,26 @@ def _zk_who(inv: Inventory, addr: str | None) -> dict[str, Any]:
     return inv.who(inv.by_address.get(addr), addr)
 
 
+def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
+    """A failed ZooKeeper write that is ordinary traffic, decided as the machines' shipper decides
+    (roles/logship/templates/filter-zookeeper_refusals.j2) — ZooKeeper's audit line says a write failed,
+    not why (NoAuth reads like NodeExists or BadVersion), so who wrote decides: a master (a masters'
+    certificate and the histo-master digest user) anywhere but /zookeeper/config, a worker in its own
+    member slot. On the machines such lines never leave ZooKeeper's host; a replay of the raw file
+    (replay.py) drops them here."""
+    lines = re.split(r"\\n|#012|\n", msg)
+    if "Slf4jAuditLogger" not in lines[0] or "result=failure" not in lines[0]:
+        return False
+    f = {k: v.strip() for k, v in _ZK_AUDIT.findall(lines[0])}
+    users = [u for u in f.get("user", "").split(",") if u]
+    cn = next((u.removeprefix("CN=").split(".")[0] for u in users if u.startswith("CN=")), "")
+    znode = f.get("znode", "")
+    host = inv.by_name.get(cn)
+    if host is not None and host.role == "master" and "histo-master" in users and znode != "/zookeeper/config":
+        return True
+    return bool(cn) and znode.startswith(f"/histo/workers/{cn}/")
+
+
 def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
     """ZooKeeper's refusals (real lines: tests/unit/test_secops_sources.py). A failed write reaches the
     collector only when its writer had no right to try it (the shipper's filter decides: ZooKeeper's

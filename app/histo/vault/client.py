@@ -91,7 +91,7 @@ class ServiceVault:
         self.creds = Path(creds_dir)
         self.source_address, self.trust_domain = source_address, trust_domain
         self.extra_ip_sans = extra_ip_sans  # a master's certificate also names the public address ("": none)
-        self.client = self._new_client()
+        self._client = self._new_client()
         self._lock = threading.RLock()
         self.lock = self._lock  # shared with vault/secretid.py: one Vault conversation at a time
         self._token_expires = 0.0
@@ -108,11 +108,23 @@ class ServiceVault:
             session.mount("http://", _SourceAddressAdapter(self.source_address))
         return failover_client(self.url, verify=self.ca_path, token=token, session=session, timeout=10)
 
+    @property
+    def client(self) -> hvac.Client:
+        """The session's hvac client, for every caller (this class, secretid.py, and the data keys,
+        receipts and tokens that call transit through it). A token past its life (Vault was away when it
+        was due) is never presented: it would only be refused — a denial the SecOps rules cannot tell
+        from a probe with a stale token — so a login comes first. Another thread logging in meanwhile is
+        waited for (the lock), then the token is fresh; login's own call skips the check."""
+        if self._login_ttl and self._token_expires - time.time() <= EXPIRED_MARGIN:
+            with self._lock:
+                if not self._in_login and self._token_expires - time.time() <= EXPIRED_MARGIN:
+                    try:
+                        self.login()
+                    except (VaultUnavailable, VaultAuthError):
+                        pass  # Vault still away, or our secret_id refused: the caller's own call says so
+        return self._client
+
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._login_ttl and not self._in_login and self._token_expires - time.time() <= EXPIRED_MARGIN:
-            # our token's life is over (Vault was away when it was due): presenting it would only be
-            # refused — a denial the SecOps rules cannot tell from a probe — so log in first
-            self.login()
         try:
             return fn(*args, **kwargs)
         except requests.RequestException as exc:
@@ -171,19 +183,21 @@ class ServiceVault:
         with self._lock:
             role_id = self._read_cred("role_id")
             self._in_login = True
+            sent = time.time()  # Vault starts the token's life at or after this: never count from later
             try:
                 resp = self._call(self.client.auth.approle.login, role_id=role_id, secret_id=self._secret_id(),
                                   use_token=True)
             finally:
                 self._in_login = False
             self._login_ttl = int(resp["auth"]["lease_duration"])
-            self._token_expires = time.time() + self._login_ttl
+            self._token_expires = sent + self._login_ttl
 
     # -- token upkeep ----------------------------------------------------------------------------
     def renew_token(self) -> None:
         with self._lock:
+            sent = time.time()
             resp = self._call(self.client.auth.token.renew_self)
-            self._token_expires = time.time() + int(resp["auth"]["lease_duration"])
+            self._token_expires = sent + int(resp["auth"]["lease_duration"])
 
     def token_ttl_remaining(self) -> int:
         return max(0, int(self._token_expires - time.time()))
@@ -199,8 +213,9 @@ class ServiceVault:
             threshold = (1 - fraction) * self._login_ttl
             try:
                 if self.token_ttl_remaining() > threshold:
+                    sent = time.time()
                     ttl = self._call(self.client.auth.token.lookup_self)["data"]["ttl"]
-                    self._token_expires = time.time() + int(ttl)  # Vault's clock, not our guess
+                    self._token_expires = sent + int(ttl)  # Vault's clock, not our guess
                     return
                 self.renew_token()
             except VaultAuthError:  # revoked or expired behind our back
