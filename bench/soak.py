@@ -234,6 +234,8 @@ def report(jobs: list[tuple[float, float, str]], audit: list[tuple[float, str]],
             failures[o] = failures.get(o, 0) + 1
     return {
         "minutes": minutes, "jobs_run": len(jobs), "jobs_failed": sum(failures.values()), "failures": failures,
+        # when each failure began, in seconds from the start: beside `events`, which fault it met
+        "failed_at_s": [[round(a - start, 1), o] for a, _, o in jobs if o != "done"][:50],
         "renewals": {k: len(v) for k, v in renewals.items()},
         "latency_s": {"steady": {"n": len(steady), "p50": _pct(steady, 0.5), "p99": _pct(steady, 0.99)},
                       "during_faults": {"n": len(faulty), "p50": _pct(faulty, 0.5), "p99": _pct(faulty, 0.99)},
