@@ -178,6 +178,11 @@ def test_contain_cuts_worker1_off_and_release_waits_for_a_fresh_identity(vault: 
         assert out["held"] == ["worker1"] and not any("worker1" in c for c in out["changes"]), out
         assert _d(root.sys.read_policy("histo-worker1"))["data"]["rules"].strip() == QUARANTINED_POLICY.strip()
         assert root.read("pki_int/roles/host-worker1") is None
+    # a containment whose policy step failed (its record written, its PKI role gone): held by its record
+    root.sys.create_or_update_policy("histo-worker1", "# the quarantine's policy step failed\n")
+    out = apply(root, spec_for(bao, HOSTS))
+    assert out["held"] == ["worker1"] and root.read("pki_int/roles/host-worker1") is None, out
+    root.sys.create_or_update_policy("histo-worker1", QUARANTINED_POLICY)
     with pytest.raises(SetupError, match="not a host of the spec"):
         apply(root, spec_for(bao, HOSTS, readmit="worker9"))
     # vault-setup (root) naming worker1, as `make readmit HOST=worker1` does: the policy and the PKI role come back

@@ -176,8 +176,6 @@ class FakeKeys:
     def offered(self, wrapped: str) -> bytes | None:
         return self.handed.pop(wrapped, None)
 
-    def remember(self, wrapped: str, plaintext: bytes) -> None:
-        self.cache[wrapped] = plaintext
 
 
 CLOCK = [time.time()]
@@ -672,3 +670,35 @@ def test_the_leaders_watch_runs_a_pass_only_for_a_job_it_does_not_run() -> None:
     assert passes == []
     master._active_now(["mine1", "theirs"])
     assert passes == [["mine1", "theirs"]]
+
+
+def test_a_handed_key_under_another_jobs_wrapped_key_changes_nothing_for_that_job(tmp_path: Path) -> None:
+    """Found by review: a hostile master sealed its own job's upload with a key of its choosing under a
+    victim job's wrapped key and handed that key over. It opened the blob it came with (AES-GCM), so the
+    leader cached it for the victim's wrapped key, and the victim's result stopped opening there. A handed
+    key now serves its own run only; the victim's result is still read on the leader."""
+    async def go() -> None:
+        runners, jobs, net, keys, _ = make(tmp_path, ["master1", "master2"])
+        data = image_with_run()
+        victim = await submit(runners["master1"], data, owner="alice")
+        await settle(runners["master1"])
+        vdoc = jobs.docs[victim["id"]]
+        assert vdoc["state"] == "done"
+        stored = net.stores["master1"].get(victim["id"], "upload")
+        assert stored is not None
+        wrapped = parse(stored).wrapped_key
+        mine = await runners["master2"].submit("mallory", data, "gray", probe(data, 10**8), "sha",
+                                               {"receive": 0.0}, start=False)
+        evil = os.urandom(32)
+        blob = seal(DataKey(evil, wrapped), mine["id"], "mallory", "upload", data)
+        for name in ("master1", "master2"):
+            net.stores[name].put(mine["id"], "upload", blob)
+        jobs.docs[mine["id"]]["blobs"] = {**jobs.docs[mine["id"]]["blobs"], "upload": digest(blob)}
+        keys["master1"].handed.clear()
+        keys["master1"].offer(wrapped, evil)
+        assert await runners["master1"].resume_all() == [mine["id"]]
+        await settle(runners["master1"])
+        assert keys["master1"].cache.get(wrapped) != evil
+        result, _plot = await runners["master1"].result(vdoc)  # the legitimate path: still readable
+        assert result.image
+    asyncio.run(go())

@@ -17,7 +17,8 @@ plaintext to the leader along with the sealed upload's replica, over the interna
 only master identities reach (replication.py, internal.py store_put), so that the leader starting the
 job need not ask Vault to unwrap it. A handed key waits here (offer) until that job starts (offered)
 and at most `HANDOFF_MAX_AGE` seconds; it is used only once it has opened the upload it came with
-(AES-GCM: another key does not), and then kept like a key Vault unwrapped (remember). Masters may
+(AES-GCM: another key does not), for that job's run alone: never cached for the wrapped key, which it
+has not been shown to be (only Vault's unwrap says what a wrapped key is). Masters may
 unwrap every data key anyway (their Vault policy), so this gives a master no key it could not have."""
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ class KeyService(Protocol):
     def unwrap(self, wrapped: str) -> bytes: ...
     def forget(self, wrapped: str) -> None: ...
     def offered(self, wrapped: str) -> bytes | None: ...
-    def remember(self, wrapped: str, plaintext: bytes) -> None: ...
 
 
 class Handoffs:
@@ -211,9 +211,5 @@ class VaultDataKeys:
 
     def offered(self, wrapped: str) -> bytes | None:
         """The key handed over for `wrapped`, taken (once); None if none waits. Unchecked: the caller
-        uses it only once it has opened the blob it came with (then remember())."""
+        uses it only once it has opened the blob it came with, for that run only."""
         return self.handoffs.take(wrapped)
-
-    def remember(self, wrapped: str, plaintext: bytes) -> None:
-        """A handed-over key that opened its blob: kept as a key Vault unwrapped is."""
-        self.cache.put(wrapped, plaintext)

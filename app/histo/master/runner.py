@@ -358,7 +358,9 @@ class JobRunner:
         except BlobError:
             log.warning("job %s: the data key handed over with its upload does not open it; asking Vault", job_id)
             return None
-        self.keys.remember(wrapped, handed)
+        # for this run only, never into the cache shared by every job: the key proved it opens this
+        # blob, not that it is what the wrapped key names (a master may seal its own upload with a key of
+        # its choosing under another job's wrapped key, which must not change what that key unwraps to)
         return DataKey(plaintext=handed, wrapped=wrapped), data
 
     # -- read back ------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import hvac
 from cryptography import x509
-from hvac.exceptions import InvalidPath, InvalidRequest
+from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest
 
 from .. import TRUST_DOMAIN
 from ..durations import parse_duration
@@ -187,6 +187,7 @@ class _Applier:
         # SecOps holds keeps its quarantine (its policy and PKI role are not restored, nothing is noted)
         self.readmit = str(spec.get("readmit") or "")
         self._held: dict[str, bool] = {}
+        self._listed: set[str] | None = None  # the quarantine records' names (vault/quarantine.py)
 
     def held(self, name: str) -> bool:
         """Is `name` quarantined (its policy the quarantine's text: vault/quarantine.py wrote it) and not
@@ -195,12 +196,19 @@ class _Applier:
         if name == self.readmit:
             return False
         if name not in self._held:
-            from .quarantine import QUARANTINED_POLICY
+            from .quarantine import QUARANTINED_POLICY, quarantined_hosts
             try:
                 have = _data(self.c.sys.read_policy(f"histo-{name}")).get("rules")
             except InvalidPath:
                 have = None
-            self._held[name] = (have or "").strip() == QUARANTINED_POLICY.strip()
+            if self._listed is None:
+                # a containment whose policy step failed still has its record (and may have lost its PKI
+                # role): held too, or this run would give that role back
+                try:
+                    self._listed = quarantined_hosts(self.c)
+                except Forbidden:  # a token that may not list them: the policy text alone decides
+                    self._listed = set()
+            self._held[name] = (have or "").strip() == QUARANTINED_POLICY.strip() or name in self._listed
         return self._held[name]
 
     @property
@@ -555,6 +563,9 @@ class _Applier:
             have = None
         if (have or "").strip() != rules.strip():
             from .quarantine import QUARANTINED_POLICY, revoke_tokens_of
+            if have is not None and have.strip() == QUARANTINED_POLICY.strip() and name != f"histo-{self.readmit}":
+                # contained since this run decided who is held (held() above): the quarantine stays
+                return
             if have is not None and have.strip() == QUARANTINED_POLICY.strip():
                 # re-admitting a contained host: the tokens it held then must not get their powers back
                 n = revoke_tokens_of(self.c, name.removeprefix("histo-"))
