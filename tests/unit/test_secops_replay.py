@@ -11,7 +11,7 @@ from typing import Any
 
 from histo.secops.replay import read_files, replay
 from histo.secops.rules import load_rules
-from histo.secops.sources import Inventory
+from histo.secops.sources import Inventory, ordinary_zk_failure
 
 HOSTS = [{"name": "vault1", "role": "vault", "address": "127.0.31.10"},
          {"name": "zk1", "role": "zookeeper", "address": "127.0.31.11"},
@@ -121,3 +121,16 @@ def test_failed_writes_the_shipper_keeps_on_zookeepers_host_are_no_refusals(tmp_
     assert refusals == len(refused)
     assert {(i.rule, i.host) for i in incidents} == {("zookeeper-acl-denied", "worker1"),
                                                      ("zookeeper-acl-denied", "master1")}
+
+
+def test_a_path_that_spells_another_user_frames_no_one() -> None:
+    """Found by review: a refused create whose path holds "#011user=CN=worker2..." (rsyslog's escaped
+    tab, spelled out) was attributed to worker2 by certificate (the last `user=` won) and opened a
+    quarantine incident on it. The first occurrence of each field is ZooKeeper's own."""
+    from histo.secops.sources import classify
+    line = _zk_failure("histo-worker,CN=worker1.histo.internal,127.0.31.31", "create",
+                       "/histo/jobs/x#011user=CN=master1.histo.internal,histo-master,127.0.31.21")
+    found = classify({"msg": line, "host": "zk1", "tag": "zookeeper", "from": "127.0.31.11"}, INV)
+    assert found is not None and found["host"] == "worker1" and found["certificate"] == "worker1", found
+    assert found["znode"] == "/histo/jobs/x"
+    assert not ordinary_zk_failure(line, INV)  # nor does it pass for a master's ordinary failure

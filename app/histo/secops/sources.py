@@ -154,6 +154,16 @@ def _zk_who(inv: Inventory, addr: str | None) -> dict[str, Any]:
     return inv.who(inv.by_address.get(addr), addr)
 
 
+def _zk_audit_fields(text: str) -> dict[str, str]:
+    """An audit line's fields, each as it first appears. ZooKeeper writes session, user, ip and
+    operation before znode, and a path may hold a literal "#011user=..." (what rsyslog's escaped tab
+    looks like): the first occurrence is ZooKeeper's own, a later one is the writer's path text."""
+    fields: dict[str, str] = {}
+    for key, value in _ZK_AUDIT.findall(text):
+        fields.setdefault(key, value.strip())
+    return fields
+
+
 def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
     """A failed ZooKeeper write that is ordinary traffic, decided as the machines' shipper decides
     (roles/logship/templates/filter-zookeeper_refusals.j2) — ZooKeeper's audit line says a write failed,
@@ -164,7 +174,7 @@ def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
     lines = re.split(r"\\n|#012|\n", msg)
     if "Slf4jAuditLogger" not in lines[0] or "result=failure" not in lines[0]:
         return False
-    f = {k: v.strip() for k, v in _ZK_AUDIT.findall(lines[0])}
+    f = _zk_audit_fields(lines[0])
     users = [u for u in f.get("user", "").split(",") if u]
     cn = next((u.removeprefix("CN=").split(".")[0] for u in users if u.startswith("CN=")), "")
     znode = f.get("znode", "")
@@ -182,7 +192,7 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
     head = _ZK_LINE.match(lines[0].strip())
     text = head.group("text") if head else msg
     if "Slf4jAuditLogger" in lines[0] and "result=failure" in text:
-        f = {k: v.strip() for k, v in _ZK_AUDIT.findall(text)}
+        f = _zk_audit_fields(text)
         addr = f.get("ip") or None
         ids = [u for u in f.get("user", "").split(",") if u]
         cert = next((u.removeprefix("CN=").split(".")[0] for u in ids if u.startswith("CN=")), None)
