@@ -390,17 +390,25 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
             w.create("/histo/workers/worker1/member", b"{}", ephemeral=True)
         with pytest.raises(NoAuthError):
             w.set("/histo/jobs/j1", b'{"state": "forged"}')
+        # refused writes whose paths spell out what a master's ordinary line says (found by review: the
+        # filter matched a master's certificate name anywhere in the line, the path included): shipped too
+        disguised = ["/histo/jobs/x#011user=CN=master1.histo.internal,histo-master,y",
+                     "/histo/jobs/y,CN=master1.,histo-master,"]
+        for path in disguised:
+            with pytest.raises(NoAuthError):
+                w.create(path, b"")
         assert m.get("/histo/jobs/j1")[0] == b'{"state": "done"}'  # the legitimate path still works
 
-        got = _wait_for(record, 3, timeout=60)
+        got = _wait_for(record, 5, timeout=60)
         time.sleep(3)  # nothing else follows
         found = [e["event"]["secops"] for e in _entries(record) if isinstance(e["event"], dict)
                  and "secops" in e["event"]]
         summary = sorted((f["kind"], f["host"], f.get("znode") or "") for f in found)
-        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs/j1"),
+        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs/j1"), ("zk_acl_denied", "worker1", "/histo/jobs/x"),
+                           ("zk_acl_denied", "worker1", "/histo/jobs/y,CN=master1.,histo-master,"),
                            ("zk_tls_refused", "outside", ""), ("zk_tls_refused", "worker2", "")], got
-        assert len(_entries(record)) == 3, got  # no ordinary line was shipped
-        denied = next(f for f in found if f["kind"] == "zk_acl_denied")
+        assert len(_entries(record)) == 5, got  # no ordinary line was shipped
+        denied = next(f for f in found if f["kind"] == "zk_acl_denied" and f.get("znode") == "/histo/jobs/j1")
         assert (denied["spiffe"], denied["operation"], denied["certificate"], denied["by"], denied["target"]) == (
             "spiffe://histo.internal/worker/worker1", "setData", "worker1", "certificate", "zk1")
         # bound to worker1's certificate, the refused write is an incident the quarantine rule names (the
