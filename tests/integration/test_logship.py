@@ -404,7 +404,8 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
         found = [e["event"]["secops"] for e in _entries(record) if isinstance(e["event"], dict)
                  and "secops" in e["event"]]
         summary = sorted((f["kind"], f["host"], f.get("znode") or "") for f in found)
-        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs/j1"), ("zk_acl_denied", "worker1", "/histo/jobs/x"),
+        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs/j1"),
+                           ("zk_acl_denied", "worker1", "/histo/jobs/x"),
                            ("zk_acl_denied", "worker1", "/histo/jobs/y,CN=master1.,histo-master,"),
                            ("zk_tls_refused", "outside", ""), ("zk_tls_refused", "worker2", "")], got
         assert len(_entries(record)) == 5, got  # no ordinary line was shipped
