@@ -15,7 +15,7 @@ import pytest
 
 from attack.deployed import DeployedCluster
 
-from .api import incidents
+from .api import RECORD, incidents
 from .ledger import LEDGER, Window, explain
 
 pytestmark = pytest.mark.audit
@@ -36,6 +36,8 @@ def test_every_incident_of_this_run_traces_to_a_drill(cluster: DeployedCluster) 
         pytest.skip("no other acceptance test ran in this session: nothing to audit")
     since = others[0].start - 1.0
     time.sleep(5)  # the shippers' queues: the last test's refusals reach the record
+    # no record read is no incident found: the audit must not pass on a record it could not read
+    assert secops[0].run(f"test -s {RECORD} && echo present", check=False).stdout.strip() == "present", RECORD
     opened = [e for e in incidents(secops[0])
               if e.get("kind") in OPENING and float(e.get("detected") or 0) >= since]  # type: ignore[arg-type]
     by_drill: collections.Counter[str] = collections.Counter()
