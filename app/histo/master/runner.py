@@ -290,10 +290,10 @@ class JobRunner:
         active jobs when the caller has just read it (the leader's watch), else it is read here."""
         resumed = []
         for job_id in (active if active is not None else await self._z(self.jobs.active)):
-            if job_id in self.running or job_id in self._submitting:
+            if self.is_mine(job_id):
                 continue
             doc = await self._z(self.jobs.get_job, job_id)
-            if job_id in self.running or job_id in self._submitting:
+            if self.is_mine(job_id):
                 continue
             if doc is None or is_tombstone(doc) or doc.get("state") not in ("queued", "running"):
                 await self._z(self.jobs.deactivate, job_id)

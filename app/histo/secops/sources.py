@@ -164,6 +164,12 @@ def _zk_audit_fields(text: str) -> dict[str, str]:
     return fields
 
 
+def _zk_ids(fields: dict[str, str]) -> tuple[list[str], str | None]:
+    """The session's ids as the audit line names them, and the host its certificate names (CN=<host>.…)."""
+    ids = [u for u in fields.get("user", "").split(",") if u]
+    return ids, next((u.removeprefix("CN=").split(".")[0] for u in ids if u.startswith("CN=")), None)
+
+
 def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
     """A failed ZooKeeper write that is ordinary traffic, decided as the machines' shipper decides
     (roles/logship/templates/filter-zookeeper_refusals.j2) — ZooKeeper's audit line says a write failed,
@@ -175,10 +181,9 @@ def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
     if "Slf4jAuditLogger" not in lines[0] or "result=failure" not in lines[0]:
         return False
     f = _zk_audit_fields(lines[0])
-    users = [u for u in f.get("user", "").split(",") if u]
-    cn = next((u.removeprefix("CN=").split(".")[0] for u in users if u.startswith("CN=")), "")
+    users, cn = _zk_ids(f)
     znode = f.get("znode", "")
-    host = inv.by_name.get(cn)
+    host = inv.by_name.get(cn) if cn else None
     if host is not None and host.role == "master" and "histo-master" in users and znode != "/zookeeper/config":
         return True
     return bool(cn) and znode.startswith(f"/histo/workers/{cn}/")
@@ -194,8 +199,7 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
     if "Slf4jAuditLogger" in lines[0] and "result=failure" in text:
         f = _zk_audit_fields(text)
         addr = f.get("ip") or None
-        ids = [u for u in f.get("user", "").split(",") if u]
-        cert = next((u.removeprefix("CN=").split(".")[0] for u in ids if u.startswith("CN=")), None)
+        ids, cert = _zk_ids(f)
         # the session's certificate names the machine: bound to a key only that machine holds (rules
         # contain on it); else only the address it came from, which a root neighbour can borrow (alert)
         bound = inv.by_name.get(cert) if cert else None

@@ -563,10 +563,9 @@ class _Applier:
             have = None
         if (have or "").strip() != rules.strip():
             from .quarantine import QUARANTINED_POLICY, revoke_tokens_of
-            if have is not None and have.strip() == QUARANTINED_POLICY.strip() and name != f"histo-{self.readmit}":
-                # contained since this run decided who is held (held() above): the quarantine stays
-                return
             if have is not None and have.strip() == QUARANTINED_POLICY.strip():
+                if name != f"histo-{self.readmit}":
+                    return  # contained since this run decided who is held (held() above): the quarantine stays
                 # re-admitting a contained host: the tokens it held then must not get their powers back
                 n = revoke_tokens_of(self.c, name.removeprefix("histo-"))
                 self.note(f"revoked {n} token(s) of quarantined {name}")
