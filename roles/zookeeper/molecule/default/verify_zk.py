@@ -6,6 +6,8 @@ import socket
 import ssl
 import sys
 
+import hvac
+import requests
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
@@ -14,6 +16,23 @@ from histo.zk.acl import ROOT, bootstrap_tree
 from histo.zk.client import connect
 
 cfg = json.load(sys.stdin)
+# master1's certificate and the masters' digest credentials, from Vault with the scenario's root token (test
+# only): read here from its git-ignored 0600 file, so the token is never an Ansible variable nor on stdin
+session = requests.Session()
+session.trust_env = False  # Vault is the scenario's own machine: never through a proxy from the environment
+session.verify = cfg["vault_ca"]  # hvac takes a custom session's verify over its own argument
+with open(cfg["token_file"]) as fh:
+    vault = hvac.Client(url=cfg["vault"], token=fh.read().strip(), verify=cfg["vault_ca"], session=session)
+client = cfg["client"]
+issued = vault.write_data(f"pki_int/issue/host-{client['name']}", data={
+    "common_name": f"{client['name']}.histo.internal", "ip_sans": client["address"],
+    "uri_sans": f"spiffe://histo.internal/master/{client['name']}", "ttl": "10m", "private_key_format": "pkcs8"})["data"]
+cfg["cert"] = issued["certificate"] + "\n" + "\n".join(issued["ca_chain"])
+cfg["key"] = issued["private_key"]
+cfg["master"], cfg["acl_ids"] = (
+    vault.secrets.kv.v2.read_secret_version(f"histo/zk/{name}", mount_point="secret",
+                                            raise_on_deleted_version=True)["data"]["data"]
+    for name in ("master", "acl-ids"))
 addr, port = cfg["address"], cfg["port"]
 hosts = f"{addr}:{port}"
 os.makedirs(cfg["dir"], mode=0o700, exist_ok=True)
