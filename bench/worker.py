@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A worker's CPU per job, step by step, in one process (docs/PERFORMANCE.md, "Worker-side CPU per job"):
-the two task steps as worker/service.py runs them (decode and count, the histogram's JSON reply; then
-table, rebuild and encode, the plot, the framing), for the code of this tree and of `--baseline REV`
-(its app/histo/compute, imported from a temporary copy), interleaved run by run, the best of N per step
-(thread CPU time, so that other processes on the machine count less). equalize_single beside them.
+a task's steps as worker/service.py runs them (decode and count; the histogram's JSON reply, which only
+the two-step protocol before 2026-12-07 had; table, rebuild and encode, the plot, the framing), for the
+code of this tree and of `--baseline REV` (its app/histo/compute, imported from a temporary copy),
+interleaved run by run, the best of N per step (thread CPU time, so that other processes on the machine
+count less). equalize_single beside them.
 Nothing here is asserted; the bytes of both versions' equalized images are checked equal.
 
     .venv/bin/python bench/worker.py [--baseline main] [--out bench/worker.json]
@@ -52,11 +53,21 @@ def job_steps(c: Any, data: bytes, mode: str, size: int, work_mode: str) -> tupl
         t[name] = time.thread_time() - start
         return out
 
-    decoded = step("decode_count", lambda: c.work.decode_and_count(data, mode, size, size, work_mode))
-    step("hist_json", lambda: json.dumps(decoded.histogram).encode())
-    lut = step("table", lambda: c.equalize.lut_from_histogram(decoded.histogram))
+    two_steps = hasattr(c.work, "decode_and_count")  # the protocol before one-step tasks
+    if two_steps:
+        decoded = step("decode_count", lambda: c.work.decode_and_count(data, mode, size, size, work_mode))
+        prepared, hist = decoded.prepared, decoded.histogram
+        step("hist_json", lambda: json.dumps(hist).encode())
+    else:  # compute/work.py equalize_upload, step by step
+        def decode_count() -> Any:
+            img, fmt = c.imageio.decode(data, size * size)
+            p = c.equalize.prepare(img, fmt, mode, consume=True)
+            return p, p.work.histogram()
+        prepared, hist = step("decode_count", decode_count)
+        t["hist_json"] = 0.0  # no histogram travels: the worker derives the table itself
+    lut = step("table", lambda: c.equalize.lut_from_histogram(hist))
     result = step("apply_encode", lambda: c.equalize.finish_result(
-        decoded.prepared, decoded.prepared.work.point(list(lut)), decoded.histogram))
+        prepared, prepared.work.point(list(lut)), hist, consume=not two_steps))
     plot = step("plot", lambda: c.plot.plot_histograms(result.hist_before, result.hist_after, title="0" * 32))
     step("frame", lambda: c.frame.pack_result(result, plot))
     return t, result.image

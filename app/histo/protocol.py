@@ -1,10 +1,11 @@
 """The master<->worker task protocol: the task's identity in headers, bytes in the body.
 
-A task is one upload's pixel work. `hist`: the body is the upload as the client sent it (the worker
-decodes it, keeps the prepared image and reports its histogram); `apply`: the body is the master's
-lookup table (`cached`: the worker kept the image) or the table followed by the upload again (the
-worker lost it, or another worker takes over). Pixel data never travels as JSON or base64; each
-message names exactly one task attempt, so a result can be bound to it and a replay recognised."""
+A task is one upload's whole pixel work, in one exchange: the body is the upload as the client sent
+it; the worker decodes it, counts its histogram, derives the table, applies it, encodes the output and
+draws the plot, and posts the framed result (compute/frame.py) to `reply_to`. The master accepts it only
+if its after-histogram is what the table the master derives from its before-histogram makes of it
+(master/scheduler.py). Pixel data never travels as JSON or base64; each message names exactly one task
+attempt, so a result can be bound to it and a replay recognised."""
 from __future__ import annotations
 
 import re
@@ -14,7 +15,7 @@ from typing import Mapping
 from .compute.equalize import MODES
 from .compute.tiles import WORK_MODES
 
-PHASES = ("hist", "apply")
+PHASES = ("equalize",)  # one step: why not two (histogram, then the table), docs/ARCHITECTURE.md
 IMAGE_MODES = WORK_MODES  # the work image modes (compute.tiles owns the table)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL = re.compile(r"^https://[A-Za-z0-9.\-\[\]:]+$")
@@ -34,7 +35,6 @@ class TaskHeader:
     width: int
     rows: int
     reply_to: str
-    cached: bool = False
     mode: str = "luma"  # the equalization mode (gray, luma, rgb); image_mode is its work image's mode
 
     @property
@@ -46,8 +46,7 @@ class TaskHeader:
             "X-Histo-Job": self.job, "X-Histo-Task": str(self.task), "X-Histo-Attempt": self.attempt,
             "X-Histo-Phase": self.phase, "X-Histo-Image-Mode": self.image_mode,
             "X-Histo-Width": str(self.width), "X-Histo-Rows": str(self.rows),
-            "X-Histo-Reply-To": self.reply_to, "X-Histo-Cached": "1" if self.cached else "0",
-            "X-Histo-Mode": self.mode,
+            "X-Histo-Reply-To": self.reply_to, "X-Histo-Mode": self.mode,
         }
 
     @classmethod
@@ -56,8 +55,7 @@ class TaskHeader:
             hdr = cls(job=h["X-Histo-Job"], task=int(h["X-Histo-Task"]), attempt=h["X-Histo-Attempt"],
                       phase=h["X-Histo-Phase"], image_mode=h["X-Histo-Image-Mode"],
                       width=int(h["X-Histo-Width"]), rows=int(h["X-Histo-Rows"]),
-                      reply_to=h["X-Histo-Reply-To"], cached=h.get("X-Histo-Cached") == "1",
-                      mode=h.get("X-Histo-Mode", "luma"))
+                      reply_to=h["X-Histo-Reply-To"], mode=h.get("X-Histo-Mode", "luma"))
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"missing or malformed task header: {exc}") from None
         if not (_ID.match(hdr.job) and _ID.match(hdr.attempt)):

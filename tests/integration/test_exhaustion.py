@@ -119,7 +119,7 @@ def _worker_tls(cluster: Cluster, name: str) -> ssl.SSLContext:
 def test_results_endpoint_judges_headers_before_reading_a_body(cluster: Cluster) -> None:
     leader = cluster.leader() or "master1"
     cfg, wcfg = cluster.config(leader), cluster.config("worker1")
-    hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "apply",
+    hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "equalize",
            "X-Histo-Image-Mode": "RGB", "X-Histo-Width": "8192", "X-Histo-Rows": "8192",
            "X-Histo-Reply-To": "https://x"}
     head = "POST /internal/v1/results HTTP/1.1\r\nHost: x\r\nContent-Length: 536870912\r\n" + "".join(

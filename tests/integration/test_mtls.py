@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from histo.testing.cluster import sample_image
 from .cluster_fixture import NET
 
-TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
+TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "equalize",
                 "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1",
                 "X-Histo-Reply-To": f"https://{NET}.21:8443"}
 

@@ -27,7 +27,7 @@ from histo.tls.revocation import serial_int
 from histo.vault.revoke import revoke
 from .cluster_fixture import NET
 
-TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "hist",
+TASK_HEADERS = {"X-Histo-Job": "abc", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "equalize",
                 "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1",
                 "X-Histo-Reply-To": f"https://{NET}.21:8443"}
 RESULT = json.dumps([0] * 256).encode()

@@ -30,65 +30,74 @@ def test_identity_parsing_and_role_checks():
 
 
 def _hdr(**kw):
-    base = dict(job="job1", task=0, attempt="att1", phase="hist", image_mode="L", width=4, rows=2,
+    base = dict(job="job1", task=0, attempt="att1", phase="equalize", image_mode="L", width=4, rows=2,
                 reply_to="https://127.0.0.1:8443")
     base.update(kw)
     return TaskHeader(**base)
 
 
 def test_task_header_round_trip_and_validation():
-    hdr = _hdr(cached=True)
+    hdr = _hdr(mode="rgb")
     assert TaskHeader.from_headers(hdr.to_headers()) == hdr
-    for bad in ({"X-Histo-Phase": "steal"}, {"X-Histo-Job": "../etc"}, {"X-Histo-Width": "0"},
+    for bad in ({"X-Histo-Phase": "steal"}, {"X-Histo-Phase": "hist"}, {"X-Histo-Mode": "sepia"},
+                {"X-Histo-Job": "../etc"}, {"X-Histo-Width": "0"},
                 {"X-Histo-Reply-To": "http://plain"}, {"X-Histo-Task": "x"}):
         with pytest.raises(ProtocolError):
             TaskHeader.from_headers({**hdr.to_headers(), **bad})
 
 
-def _scheduler_with_pending(loop, phase="hist"):
+def _scheduler_with_pending(loop):
     sched = Scheduler(client=None, reply_to="https://m", workers=dict, on_task_state=lambda *a: None,
-                      on_progress=lambda *a: None, task_timeout=1, tiles_per_worker=1)
+                      task_timeout=1, tiles_per_worker=1)
     fut = loop.create_future()
-    sched.pending[("job1", 0, phase)] = Pending("job1", 0, phase, "att1", "worker1", "L", 4, 2, fut, 1)
+    sched.pending[("job1", 0, "equalize")] = Pending("job1", 0, "equalize", "att1", "worker1", "L", 4, 2, fut, 1,
+                                                     "PNG")
     return sched, fut
+
+
+HIST = [0] * 256
+HIST[7] = HIST[9] = 4  # 8 pixels of two values: the table spreads them to 0 and 255
+AFTER = [0] * 256
+AFTER[0] = AFTER[255] = 4
+
+
+def framed(**kw):
+    fields = {"image": b"png", "fmt": "PNG", "width": 4, "height": 2, "channels": ["L"],
+              "hist_before": {"L": HIST}, "hist_after": {"L": AFTER}, **kw}
+    return frame.pack_result(equalize.Result(**fields), b"plot")
 
 
 def test_result_is_bound_to_attempt_and_worker_and_not_replayable():
     loop = asyncio.new_event_loop()
     try:
         sched, fut = _scheduler_with_pending(loop)
-        good = [0] * 256
-        good[7] = 8
-        assert sched.accept_result(_hdr(attempt="other"), "worker1", b"[]").reason.startswith("no such task")
-        assert "assigned to worker1" in sched.accept_result(_hdr(), "worker2", b"[]").reason
-        assert "malformed" in sched.accept_result(_hdr(), "worker1", b"[1, 2]").reason
-        assert sched.accept_result(_hdr(), "worker1", str(good).encode()) is None
-        assert fut.result() == good
-        assert "replayed" in sched.accept_result(_hdr(), "worker1", str(good).encode()).reason
+        assert sched.accept_result(_hdr(attempt="other"), "worker1", framed()).reason.startswith("no such task")
+        assert "assigned to worker1" in sched.accept_result(_hdr(), "worker2", framed()).reason
+        assert sched.accept_result(_hdr(), "worker1", framed()) is None
+        assert fut.result()[1] == framed()
+        assert "replayed" in sched.accept_result(_hdr(), "worker1", framed()).reason
     finally:
         loop.close()
 
 
-def test_apply_result_must_be_a_framed_result_of_the_jobs_image_and_histogram():
+def test_a_result_must_be_the_jobs_image_equalized_by_the_table_of_its_own_histogram():
+    assert equalize.equalized_histogram(HIST) == AFTER
     loop = asyncio.new_event_loop()
     try:
-        sched, fut = _scheduler_with_pending(loop, "apply")
-        hist = [0] * 256
-        hist[7] = 8
-        p = sched.pending[("job1", 0, "apply")]
-        p.hist, p.fmt = hist, "PNG"
-        after = [0] * 256
-        after[255] = 8
-
-        def framed(**kw):
-            fields = {"image": b"png", "fmt": "PNG", "width": 4, "height": 2, "channels": ["L"],
-                      "hist_before": {"L": hist}, "hist_after": {"L": after}, **kw}
-            return frame.pack_result(equalize.Result(**fields), b"plot")
-        assert "malformed" in sched.accept_result(_hdr(phase="apply"), "worker1", b"\0" * 7).reason
-        for wrong in ({"width": 5}, {"fmt": "JPEG"}, {"hist_before": {"L": after}}, {"hist_after": {"L": hist[:255]}},
-                      {"channels": ["R", "G", "B"]}):
-            assert "does not match" in sched.accept_result(_hdr(phase="apply"), "worker1", framed(**wrong)).reason
-        assert sched.accept_result(_hdr(phase="apply"), "worker1", framed()) is None
+        sched, fut = _scheduler_with_pending(loop)
+        assert "malformed" in sched.accept_result(_hdr(), "worker1", b"\0" * 7).reason
+        shifted = [0] * 256
+        shifted[1] = shifted[255] = 4  # the right counts, another table
+        for wrong in ({"width": 5}, {"fmt": "JPEG"}, {"channels": ["R", "G", "B"]}, {"channels": ["Y"]},
+                      {"hist_before": {"L": [2 if i == 7 else 6 if i == 9 else 0 for i in range(256)]}},  # another
+                      {"hist_after": {"L": HIST}},  # not equalized at all
+                      {"hist_after": {"L": shifted}}, {"hist_after": {"L": AFTER[:255]}},
+                      {"hist_before": {"L": [v * 2 for v in HIST]}, "hist_after": {"L": [v * 2 for v in AFTER]}},
+                      {"hist_before": {"L": [-1] + HIST[1:9] + [5] + HIST[10:]}}):
+            refused = sched.accept_result(_hdr(), "worker1", framed(**wrong))
+            assert refused is not None and "malformed result" in refused.reason, wrong
+        assert not fut.done()  # still waiting for a right answer
+        assert sched.accept_result(_hdr(), "worker1", framed()) is None
         result, body = fut.result()
         assert result.image == b"png" and body == framed()
     finally:

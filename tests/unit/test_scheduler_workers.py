@@ -1,17 +1,17 @@
 """The scheduler names the workers that computed a job (for its receipt), drops the late results of a
 cancelled job quietly — only from the worker each attempt went to —, passes over a worker whose memory
-budget is full, fails a job whose image a worker cannot decode, and refuses a result that does not
-carry the histogram it merged (fakes for the workers' transport; their pixel work is the real one)."""
+budget is full, fails a job whose image a worker cannot decode, and refuses a result whose equalized
+histogram is not what the master's table makes of its histogram (fakes for the workers' transport; their
+pixel work is the real one)."""
 import asyncio
 import io
-import json
 from typing import cast
 
 from PIL import Image
 
 from histo.compute import equalize, frame
 from histo.compute.imageio import ImageError, probe
-from histo.compute.work import apply_and_encode, decode_and_count
+from histo.compute.work import equalize_upload
 from histo.master.scheduler import JobFailed, RefusedResult, Scheduler, Spec
 from histo.protocol import TaskHeader
 from histo.rpc import InternalClient, Reply
@@ -44,18 +44,16 @@ class FakeWorkers:
         if self.busy.get(worker):
             self.busy[worker] -= 1
             return Reply(503, b'{"error": "busy"}', "application/json", NO_PEER)
-        if hdr.cached:
-            return Reply(409, b"", "application/json", NO_PEER)  # nothing held here: the table and upload again
         if self.report:
-            body = bytes(data)
-            lut_len = 256 * hdr.bands if hdr.phase == "apply" else 0
             failed = None
             try:
-                decoded = decode_and_count(body[lut_len:], hdr.mode, hdr.width, hdr.rows, hdr.image_mode)
-                if self.tamper and hdr.phase == "apply":
-                    decoded.histogram.reverse()  # the same pixel count, not the histogram merged
-                payload = (json.dumps(decoded.histogram).encode() if hdr.phase == "hist"
-                           else apply_and_encode(decoded, list(body[:lut_len]), hdr.job))
+                payload = equalize_upload(bytes(data), hdr.mode, hdr.width, hdr.rows, hdr.image_mode, hdr.job)
+                if self.tamper:  # the same pixel counts, equalized by another table than the histogram's
+                    result, plot = frame.unpack_result(payload)
+                    h = next(iter(result.hist_after.values()))
+                    i = next(i for i, v in enumerate(h) if v)
+                    h[i], h[(i + 1) % 256] = h[i] - 1, h[(i + 1) % 256] + 1  # one pixel moved to its neighbour
+                    payload = frame.pack_result(result, plot)
             except ImageError as exc:
                 failed, payload = exc.code, exc.message.encode()
             assert self.sched is not None
@@ -66,7 +64,7 @@ class FakeWorkers:
 
 
 def scheduler(fake: FakeWorkers) -> Scheduler:
-    sched = Scheduler(cast(InternalClient, fake), "https://m", lambda: dict(WORKERS), lambda *a: None, lambda *a: None,
+    sched = Scheduler(cast(InternalClient, fake), "https://m", lambda: dict(WORKERS), lambda *a: None,
                       task_timeout=5, tiles_per_worker=2)
     fake.sched = sched
     return sched
@@ -90,8 +88,7 @@ def test_one_worker_decodes_counts_applies_and_encodes_bit_identical_to_one_proc
             assert outcome.tiles == 1 and len(outcome.workers) == 1
             assert outcome.result.image == single.image and outcome.result.hist_after == single.hist_after
             assert outcome.framed is not None and frame.unpack_result(outcome.framed)[0].image == single.image
-            phases = [(h.phase, h.cached) for h, _ in fake.sent]
-            assert phases == [("hist", False), ("apply", True), ("apply", False)], phases  # 409: upload again
+            assert [h.phase for h, _ in fake.sent] == ["equalize"]  # one exchange with one worker
 
 
 def test_a_busy_worker_is_passed_over_without_counting_an_attempt() -> None:
@@ -99,7 +96,7 @@ def test_a_busy_worker_is_passed_over_without_counting_an_attempt() -> None:
     data, spec = upload()
     outcome = asyncio.run(scheduler(fake).run("job1", data, spec, {}))
     assert outcome.result.image == equalize.equalize_single(data, "gray").image
-    assert sum(1 for h, _ in fake.sent if h.phase == "hist") == 13  # 12 refusals, then the one that ran
+    assert len(fake.sent) == 13  # 12 refusals, then the one that ran
 
 
 def test_an_image_a_worker_cannot_decode_fails_the_job_with_that_reason_at_once() -> None:
@@ -116,11 +113,11 @@ def test_an_image_a_worker_cannot_decode_fails_the_job_with_that_reason_at_once(
     assert len(fake.sent) == 1  # not retried elsewhere: the image, not the worker, is at fault
 
 
-def test_a_result_without_the_merged_histogram_is_refused() -> None:
+def test_a_result_equalized_by_another_table_than_its_histograms_is_refused() -> None:
     async def run() -> None:
         fake = FakeWorkers()
         sched = scheduler(fake)
-        fake.tamper = True  # the apply step reports a histogram other than the one merged
+        fake.tamper = True  # the result's after-histogram does not follow from its before-histogram
         data, spec = upload()
         job = asyncio.get_running_loop().create_task(sched.run("job1", data, spec, {}))
         for _ in range(2000):  # polls the fake's calls, at most 2 s
@@ -128,7 +125,7 @@ def test_a_result_without_the_merged_histogram_is_refused() -> None:
                 break
             await asyncio.sleep(0.001)
         refused = [r for r in fake.refusals if r is not None][0]
-        assert "does not match the job's image and histogram" in refused.reason
+        assert "not what its table makes of its histogram" in refused.reason
         assert not job.done() and sched.pending  # still waiting for a right answer
         job.cancel()
         await asyncio.gather(job, return_exceptions=True)

@@ -75,6 +75,17 @@ def lut_from_histogram(hist: Sequence[int]) -> list[int]:
     return lut
 
 
+def equalized_histogram(hist: Sequence[int]) -> list[int]:
+    """The histogram an image of histogram `hist` has once its table (lut_from_histogram) is applied:
+    each value's count moves to the value the table maps it to. What a master checks a worker's result
+    against without seeing a pixel."""
+    lut = lut_from_histogram(hist)
+    after = [0] * len(hist)
+    for i, count in enumerate(hist):
+        after[(i // 256) * 256 + lut[i]] += count
+    return after
+
+
 # -- from a decoded image to the channels to equalize, and back ---------------------------------
 
 @dataclass

@@ -1,10 +1,7 @@
-"""A worker's pixel work on one upload, in the two steps the master's merge sits between: decode and
-prepare the image and count its histogram; then apply the master's table, rebuild the output, encode
-it and draw the plot. The same functions as equalize_single, in the same order, so the bytes match."""
+"""A worker's pixel work on one upload, in one step: decode and prepare the image, count its
+histogram, derive the table, apply it, rebuild the output, encode it and draw the plot. The same
+functions as equalize_single, in the same order, so the bytes match."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Sequence
 
 from . import equalize, frame
 from .imageio import ImageError, decode
@@ -17,17 +14,11 @@ from .plot import plot_histograms
 # while the output is built) and in `rgb` (the work image + its equalized copy), 5 in `gray`.
 # Without the early frees, `luma` peaked at 11 and 12.
 PEAK_BYTES_PER_PIXEL = 10
-HELD_BYTES_PER_PIXEL = 3  # what stays held between the two steps (the work image and the chroma planes)
 
 
-@dataclass
-class Decoded:
-    prepared: equalize.Prepared
-    histogram: list[int]
-
-
-def decode_and_count(data: bytes, mode: str, width: int, height: int, work_mode: str) -> Decoded:
-    """Step one. The image must be the size and work mode the master read from its header."""
+def equalize_upload(data: bytes, mode: str, width: int, height: int, work_mode: str, title: str) -> bytes:
+    """The framed result (compute/frame.py: image, histograms before and after, plot) of one upload. The
+    image must be the size and work mode the master read from its header."""
     img, fmt = decode(data, width * height)
     if img.size != (width, height):
         raise ImageError(400, "bad_image", f"the image decodes to {img.size[0]}x{img.size[1]}, its header says "
@@ -36,17 +27,10 @@ def decode_and_count(data: bytes, mode: str, width: int, height: int, work_mode:
     del img
     if prepared.work.mode != work_mode:
         raise ImageError(400, "bad_image", "the image's pixel mode differs from its header's")
-    return Decoded(prepared, prepared.work.histogram())
-
-
-def apply_and_encode(decoded: Decoded, lut: Sequence[int], title: str) -> bytes:
-    """Step two: the framed result (compute/frame.py): image, histograms before and after, plot."""
-    work = decoded.prepared.work
-    if len(lut) != 256 * len(work.getbands()):
-        raise ValueError(f"a {work.mode} table needs {256 * len(work.getbands())} entries, got {len(lut)}")
-    equalized = work.point(list(lut))
-    # consumed: `decoded` is used once (the budget gave it up), so its planes are freed as soon as copied
-    result = equalize.finish_result(decoded.prepared, equalized, decoded.histogram, consume=True)
+    hist = prepared.work.histogram()
+    equalized = prepared.work.point(equalize.lut_from_histogram(hist))
+    # consumed: each plane is freed as soon as it is copied
+    result = equalize.finish_result(prepared, equalized, hist, consume=True)
     plot = plot_histograms(result.hist_before, result.hist_after, title=title)
     return frame.pack_result(result, plot)
 

@@ -1,11 +1,12 @@
 """The leader's scheduler: it places a job's pixel work on a worker and binds what comes back.
 
-The master never decodes nor encodes. A job is one task in two steps on one worker (compute/work.py):
-`hist` sends the upload's bytes, the worker decodes and prepares the image, keeps it and reports its
-histogram; the master turns the histogram into the lookup table; `apply` sends only the table, and the
-worker answers with the framed result (encoded image, histograms, plot), which the master checks
-against the histogram it merged before it accepts it. A worker that lost the image gets the table and
-the upload again. Why one worker per job and not row strips over several: docs/ARCHITECTURE.md.
+The master never decodes nor encodes. A job is one task on one worker (compute/work.py): the master
+sends the upload's bytes; the worker decodes, counts the histogram, derives the table, applies it,
+encodes and draws the plot, and posts the framed result (image, histograms, plot). The master accepts
+it only if it is the job's image (format, size, bands) and its after-histogram is exactly what the table
+the master derives from its before-histogram makes of it (equalize.equalized_histogram): the reduce is
+checked on the master without a pixel. Why one worker per job in one exchange and not row strips over
+several, or a histogram and a table in two: docs/ARCHITECTURE.md.
 
 Each task attempt has a random id and an assigned worker; only that worker may report its result,
 once. A worker that vanishes from ZooKeeper membership, refuses, or times out has its task re-assigned
@@ -14,7 +15,6 @@ over without counting an attempt."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -77,7 +77,6 @@ class Pending:
     rows: int
     future: asyncio.Future[Any]
     bands: int = 1
-    hist: list[int] | None = None  # apply: the histogram the result must carry as "before"
     fmt: str = ""
 
 
@@ -96,22 +95,18 @@ class RefusedResult:
 
 
 def result_size_bound(p: Pending) -> int:
-    """The largest body a result of `p` can have: the histogram as the worker writes it (JSON list of
-    256 * bands counts, each at most width * rows, ", "-separated), or the framed result."""
-    if p.phase == "hist":
-        return 2 + 256 * p.bands * (len(str(p.width * p.rows)) + 2)
+    """The largest body a result of `p` can have: the framed result of an image of its size."""
     return result_bound(p.width, p.rows)
 
 
 class Scheduler:
     def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, Member]],
-                 on_task_state: Callable[[str, int, dict], None], on_progress: Callable[[str, float], None],
+                 on_task_state: Callable[[str, int, dict], None],
                  task_timeout: float, tiles_per_worker: int, min_tile_pixels: int = 1) -> None:
         self.client = client
         self.reply_to = reply_to
         self.workers = workers
         self.on_task_state = on_task_state
-        self.on_progress = on_progress
         self.task_timeout = task_timeout
         self.tiles_per_worker = tiles_per_worker
         self.min_tile_pixels = max(1, min_tile_pixels)
@@ -125,23 +120,15 @@ class Scheduler:
     async def run(self, job_id: str, upload: bytes, spec: Spec, timings: dict[str, float]) -> Outcome:
         """Run one stored upload through a worker; `timings` already holds receive."""
         t = time.perf_counter()
-        holders: dict[int, str] = {}
         computed_by: set[str] = set()
-        hist = await self._drive(job_id, 0, "hist", spec, upload, None, holders, computed_by)
-        lut = equalize.lut_from_histogram(hist)
-        timings["histogram"] = time.perf_counter() - t  # decode and count, on the worker
-        self.on_progress(job_id, 0.5)
-        t = time.perf_counter()
-        result, framed = await self._drive(job_id, 0, "apply", spec, upload, bytes(lut), holders, computed_by, hist)
-        timings["apply"] = time.perf_counter() - t  # table, output image, encode and plot, on the worker
+        result, framed = await self._drive(job_id, 0, "equalize", spec, upload, computed_by)
+        timings["compute"] = time.perf_counter() - t  # decode, count, table, encode and plot, on the worker
         return Outcome(result=result, timings=timings, tiles=1, workers=sorted(computed_by), framed=framed)
 
-    def _pick(self, prefer: str | None, avoid: set[str]) -> tuple[str, Member] | None:
+    def _pick(self, avoid: set[str]) -> tuple[str, Member] | None:
         alive = self.workers()
         if not alive:
             raise JobFailed("no workers available")
-        if prefer in alive and prefer not in avoid:
-            return prefer, alive[prefer]
         names = sorted(n for n in alive if n not in avoid)
         if not names:
             return None
@@ -149,19 +136,16 @@ class Scheduler:
         name = names[self._rr % len(names)]
         return name, alive[name]
 
-    async def _drive(self, job: str, n: int, phase: str, spec: Spec, upload: bytes, lut: bytes | None,
-                     holders: dict[int, str], computed_by: set[str], hist: list[int] | None = None) -> Any:
+    async def _drive(self, job: str, n: int, phase: str, spec: Spec, upload: bytes, computed_by: set[str]) -> Any:
         avoid: set[str] = set()  # failed this task: not asked again
         busy: set[str] = set()  # budget full: asked again after a pause
         last_error = ""
-        cached = phase == "apply"
         attempts = 0
         while attempts < MAX_ATTEMPTS:
-            prefer = holders.get(n) if phase == "apply" else None
-            picked = self._pick(prefer, avoid | busy)
+            picked = self._pick(avoid | busy)
             if picked is None:
                 if not busy:
-                    picked = self._pick(None, set())  # everyone failed once: try them again
+                    picked = self._pick(set())  # everyone failed once: try them again
                 else:
                     busy.clear()
                     await asyncio.sleep(BUSY_BACKOFF)
@@ -169,34 +153,25 @@ class Scheduler:
             if picked is None:
                 raise JobFailed("no workers available")
             worker, info = picked
-            use_cache = cached and worker == prefer
             attempt = secrets.token_urlsafe(12)
             hdr = TaskHeader(job=job, task=n, attempt=attempt, phase=phase, image_mode=spec.work_mode,
-                             width=spec.width, rows=spec.height, reply_to=self.reply_to, cached=use_cache,
-                             mode=spec.mode)
+                             width=spec.width, rows=spec.height, reply_to=self.reply_to, mode=spec.mode)
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             key = (job, n, phase)
             self.pending[key] = Pending(job, n, phase, attempt, worker, spec.work_mode, spec.width, spec.height, fut,
-                                        spec.bands, hist, spec.fmt)
+                                        spec.bands, spec.fmt)
+            # the last attempt assigned (the job's own document says when it is done: no second write)
             self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker, "state": "assigned"})
-            body = (lut or b"") if use_cache else (lut or b"") + upload
             try:
                 status, resp, *_ = await self.client.request(
                     "POST", info.endpoint + "/internal/v1/tasks", ("worker",),
-                    headers=hdr.to_headers(), data=body, expect_host=worker)
-                if status == 409 and use_cache:
-                    cached = False  # the worker lost the image: resend the upload with the table
-                    last_error = "image not held"
-                    continue
+                    headers=hdr.to_headers(), data=upload, expect_host=worker)
                 if status == 503:
                     raise WorkerBusy(f"{worker}: {resp[:120]!r}")
                 if status != 202:
                     raise WorkerLost(f"{worker} answered {status}: {resp[:120]!r}")
                 result = await asyncio.wait_for(fut, self.task_timeout)
-                if phase == "hist":
-                    holders[n] = worker
                 computed_by.add(worker)
-                self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker, "state": "done"})
                 return result
             except asyncio.CancelledError:
                 if len(self.abandoned) > 10_000:
@@ -244,7 +219,7 @@ class Scheduler:
 
     def admit_result(self, hdr: TaskHeader, worker: str) -> RefusedResult | int:
         """Judged from the headers alone, before any byte of the body is read: the refusal, or the
-        most bytes this attempt's result can be (a histogram's JSON, or the strip's pixels)."""
+        most bytes this attempt's result can be (the framed result of an image of its size)."""
         p = self._attempt(hdr, worker)
         if p is None:
             return 0  # a cancelled job's late result: dropped quietly, unread (accept_result records it)
@@ -283,24 +258,24 @@ class Scheduler:
 
     @staticmethod
     def _parse(p: Pending, payload: bytes) -> Any:
-        if p.phase == "hist":
-            hist = json.loads(payload)
-            if (not isinstance(hist, list) or len(hist) != 256 * p.bands
-                    or not all(isinstance(v, int) and 0 <= v <= p.width * p.rows for v in hist)
-                    or sum(hist) != p.width * p.rows * p.bands):
-                raise ValueError("histogram does not match the image")
-            return hist
         try:
             result, _plot = frame.unpack_result(payload)
         except frame.FrameError as exc:
             raise ValueError(str(exc)) from None
         channels = result.channels
         if (result.fmt != p.fmt or (result.width, result.height) != (p.width, p.rows) or len(channels) != p.bands
-                or p.hist is None
-                or result.hist_before != dict(zip(channels, equalize.split_histogram(p.hist, p.bands)))
-                or not all(isinstance(h, list) and len(h) == 256 and sum(h) == p.width * p.rows
-                           for h in result.hist_after.values()) or len(result.hist_after) != p.bands):
-            raise ValueError("the result does not match the job's image and histogram")
+                or set(result.hist_before) != set(channels) or set(result.hist_after) != set(channels)):
+            raise ValueError("the result does not match the job's image")
+        before = [v for c in channels for v in result.hist_before[c]]
+        after = [v for c in channels for v in result.hist_after[c]]
+        pixels = p.width * p.rows
+        if (len(before) != 256 * p.bands or not all(isinstance(v, int) and 0 <= v <= pixels for v in before)
+                or any(sum(result.hist_before[c]) != pixels for c in channels)):
+            raise ValueError("the result's histogram does not match the image")
+        # the reduce, checked here: the table this master derives from the before-histogram must turn it
+        # into exactly the after-histogram the worker reports
+        if after != equalize.equalized_histogram(before):
+            raise ValueError("the result's equalized histogram is not what its table makes of its histogram")
         return result, payload
 
     def workers_lost(self, names: set[str]) -> None:

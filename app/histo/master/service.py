@@ -280,7 +280,7 @@ class Master:
         self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
                                      source_address=self.cfg.address)
         self.scheduler = Scheduler(self.client, self.cfg.internal_url, self.schedulable_workers,
-                                   self._task_state, self._progress, self.cfg.task_timeout,
+                                   self._task_state, self.cfg.task_timeout,
                                    self.cfg.tiles_per_worker, self.cfg.min_tile_pixels)
         replicas = Replicator(self.cfg.name, self.store, MtlsTransport(lambda: self.client, self._other_masters,
                                                               max_blob=self.cfg.max_blob_bytes),
@@ -471,17 +471,10 @@ class Master:
             if len(self._tasks_created) > 100_000:
                 self._tasks_created.clear()
 
-    def _progress(self, job: str, progress: float) -> None:
-        self.loop.run_in_executor(None, lambda: self.jobs.update_job(job, progress=progress))
-        self.emit("job_progress", severity="info", job=job, progress=progress, audience=self._owner(job))
-
     def audit_decision(self, principal, request: web.Request, what: str, allowed: bool, why: str) -> None:
         self.audit.record(who=principal.sub, role=principal.role, what=what,
                           where=client_addr(request),
                           decision="allow" if allowed else "deny", why=why)
-
-    def _owner(self, job: str) -> str | None:
-        return self.runner.owners.get(job) if self.runner is not None else None
 
     def readiness(self) -> tuple[bool, dict]:
         """Only live participants count: a worker or master whose process answered with its node's

@@ -1,6 +1,6 @@
-"""The histo worker: receives a job's upload from the leader master over mTLS, decodes it and counts
-its histogram, then applies the master's lookup table and encodes the result (compute/work.py), and
-reports each step's result to the master that asked; it admits work by its memory budget.
+"""The histo worker: receives a job's upload from the leader master over mTLS, decodes it, counts its
+histogram, applies the table it derives, encodes the result and draws the plot (compute/work.py), and
+reports the framed result to the master that asked; it admits work by its memory budget.
 
 Only master identities may call it; it reports only to master identities."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from ..compute.imageio import ImageError
-from ..compute.work import HELD_BYTES_PER_PIXEL, PEAK_BYTES_PER_PIXEL, Decoded, apply_and_encode, decode_and_count
+from ..compute.work import PEAK_BYTES_PER_PIXEL, equalize_upload
 from ..config import ServiceConfig
 from ..edge.events import EventBus, EventFile, shipped
 from ..edge.middleware import json_errors, security_headers
@@ -37,7 +37,7 @@ class Worker:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         self.rt = ServiceRuntime(cfg, on_event=self._security_event)
-        self.budget: MemoryBudget[Decoded] = MemoryBudget(cfg.worker_memory_bytes)
+        self.budget = MemoryBudget(cfg.worker_memory_bytes)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
         self.seen: OrderedDict[str, None] = OrderedDict()  # (task, attempt, phase) already taken
         self.client: InternalClient | None = None
@@ -62,7 +62,7 @@ class Worker:
         del self.pending_events[:-50]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024 * 1024, middlewares=[
+        app = web.Application(client_max_size=max(1, self.cfg.max_upload_bytes), middlewares=[
             security_headers, json_errors, peer_check(self.cfg.trust_domain, lambda _r: ("master",), self._refused)])
         app.router.add_post("/internal/v1/tasks", self.handle_task)
         app.router.add_get("/internal/v1/status", self.handle_status)
@@ -102,56 +102,40 @@ class Worker:
         pixels = hdr.width * hdr.rows
         if pixels > self.cfg.max_pixels:
             return web.json_response({"error": "bad_task", "message": "more pixels than a job may have"}, status=400)
-        lut_len = 256 * hdr.bands if hdr.phase == "apply" else 0
-        if request.content_length is not None and request.content_length > lut_len + self.cfg.max_upload_bytes:
+        if request.content_length is not None and request.content_length > self.cfg.max_upload_bytes:
             return web.json_response({"error": "bad_task", "message": "body larger than an upload"}, status=413)
-        decoded = self.budget.take((hdr.job, hdr.task)) if hdr.phase == "apply" and hdr.cached else None
-        if hdr.phase == "apply" and hdr.cached and decoded is None:
-            return web.json_response({"error": "not_cached", "message": "image not held any more"}, status=409)
         cost = PEAK_BYTES_PER_PIXEL * pixels
         try:
             self.budget.reserve(cost)
         except Busy as exc:  # the scheduler places it on another worker
-            if decoded is not None:
-                self.budget.hold((hdr.job, hdr.task), decoded, HELD_BYTES_PER_PIXEL * pixels)
             return web.json_response({"error": "busy", "message": str(exc)}, status=503)
         try:
-            body = await request.read()
+            data = await request.read()
         except BaseException:
             self.budget.release(cost)
             raise
-        lut, data = body[:lut_len], body[lut_len:]
-        if len(lut) != lut_len or (decoded is None and not data) or (decoded is not None and data):
+        if not data:
             self.budget.release(cost)
-            return web.json_response({"error": "bad_task", "message": "body does not match the task"}, status=400)
+            return web.json_response({"error": "bad_task", "message": "a task carries its upload"}, status=400)
         self.seen[key] = None
         while len(self.seen) > 10000:
             self.seen.popitem(last=False)
-        asyncio.get_running_loop().create_task(self._run(hdr, data, lut, decoded, cost))
+        asyncio.get_running_loop().create_task(self._run(hdr, data, cost))
         return web.json_response({"accepted": key}, status=202)
 
-    def _work(self, hdr: TaskHeader, data: bytes, lut: bytes, decoded: Decoded | None) -> bytes:
-        """The pixel work of one task, in the compute pool: the result body."""
-        if decoded is None:
-            decoded = decode_and_count(data, hdr.mode, hdr.width, hdr.rows, hdr.image_mode)
-        del data
-        if hdr.phase == "hist":
-            self.budget.hold((hdr.job, hdr.task), decoded, HELD_BYTES_PER_PIXEL * hdr.width * hdr.rows)
-            return json.dumps(decoded.histogram).encode()
-        return apply_and_encode(decoded, lut, hdr.job)
-
-    async def _run(self, hdr: TaskHeader, data: bytes, lut: bytes, decoded: Decoded | None, cost: int) -> None:
+    async def _run(self, hdr: TaskHeader, data: bytes, cost: int) -> None:
         loop = asyncio.get_running_loop()
         headers = hdr.to_headers()
         try:
             try:
-                payload = await loop.run_in_executor(self.pool, self._work, hdr, data, lut, decoded)
+                payload = await loop.run_in_executor(self.pool, equalize_upload, data, hdr.mode, hdr.width, hdr.rows,
+                                                     hdr.image_mode, hdr.job)
             except ImageError as exc:  # the image itself: the job fails with this reason, no retry elsewhere
                 headers[FAILED_HEADER] = exc.code
                 payload = exc.message.encode()[:300]
             finally:
                 self.budget.release(cost)
-            del data, decoded
+            del data
             status, body, *_ = await self.client.request(
                 "POST", hdr.reply_to + "/internal/v1/results", ("master",), headers=headers, data=payload)
             if status != 200:
