@@ -111,7 +111,7 @@ def eavesdrop(cl: Cluster) -> Outcome:
 def stolen_certificate(cl: Cluster) -> Outcome:
     thief = f"{_net(cl)}.99"
     s1 = _internal(cl, "master1", "/internal/v1/results", "worker1", thief, "POST", b"[]",
-                   {"X-Histo-Job": "x", "X-Histo-Task": "0", "X-Histo-Attempt": "x", "X-Histo-Phase": "hist",
+                   {"X-Histo-Job": "x", "X-Histo-Task": "0", "X-Histo-Attempt": "x", "X-Histo-Phase": "equalize",
                     "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
                     "X-Histo-Reply-To": "https://x"})
     s2 = _internal(cl, "worker2", "/internal/v1/status", "master1", thief)
@@ -365,7 +365,7 @@ def oversized_result(cl: Cluster) -> Outcome:
     cfg, tls = cl.config(leader), stable_tls(cl, "worker1")
     ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     ctx.load_cert_chain(str(tls / "cert.pem"), str(tls / "key.pem"))
-    hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "apply",
+    hdr = {"X-Histo-Job": "nosuchjob", "X-Histo-Task": "0", "X-Histo-Attempt": "forged", "X-Histo-Phase": "equalize",
            "X-Histo-Image-Mode": "RGB", "X-Histo-Width": "8192", "X-Histo-Rows": "8192", "X-Histo-Reply-To": "https://x"}
     head = ("POST /internal/v1/results HTTP/1.1\r\nHost: x\r\nContent-Length: 536870912\r\n"
             + "".join(f"{k}: {v}\r\n" for k, v in hdr.items()) + "\r\n").encode()

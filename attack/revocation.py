@@ -22,7 +22,7 @@ from histo.vault.revoke import revoke
 
 from .outcome import Outcome
 
-RESULT_HEADERS = {"X-Histo-Job": "x", "X-Histo-Task": "0", "X-Histo-Attempt": "x", "X-Histo-Phase": "hist",
+RESULT_HEADERS = {"X-Histo-Job": "x", "X-Histo-Task": "0", "X-Histo-Attempt": "x", "X-Histo-Phase": "equalize",
                   "X-Histo-Image-Mode": "L", "X-Histo-Width": "4", "X-Histo-Rows": "1", "X-Histo-Reply-To": "https://x"}
 RESULT = json.dumps([0] * 256).encode()
 REFUSED = (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)

@@ -28,7 +28,7 @@ ANSWER = "@@R@@"
 READY = "@@READY@@"  # a task that waits for the controller prints this line first (revocable)
 CFG: dict[str, Any] = {}  # /etc/histo/<role>.json, loaded by main()
 RESULT_HEADERS = {"X-Histo-Job": "0" * 24, "X-Histo-Task": "0", "X-Histo-Attempt": "0" * 16,
-                  "X-Histo-Phase": "hist", "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
+                  "X-Histo-Phase": "equalize", "X-Histo-Image-Mode": "L", "X-Histo-Width": "1", "X-Histo-Rows": "1",
                   "X-Histo-Reply-To": "https://127.0.0.1:1"}
 
 
