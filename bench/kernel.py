@@ -1,5 +1,8 @@
 """Kernel figures: per-tile histogram + table apply summed over tiles vs Pillow on the whole image,
-and np.histogram for scale. Pure compute, no network."""
+and np.histogram for scale; and what a master spends checking a worker's result without a pixel
+(equalize.equalized_histogram). Pure compute, no network. A worker runs Pillow's whole-image histogram
+and point (compute/work.py, one strip per job): its kernel is Pillow's, ratio 1.0 by construction; the
+tiled figures measure what row strips would cost (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 import time
@@ -35,7 +38,9 @@ def kernel(size: int = 4096, parts: int = 8, mode: str = "RGB") -> dict[str, Any
            "pillow_histogram_s": whole_hist, "tiled_histogram_s": tiled_hist,
            "histogram_throughput_ratio": whole_hist / tiled_hist,
            "pillow_point_s": whole_apply, "tiled_apply_s": tiled_apply,
-           "apply_throughput_ratio": whole_apply / tiled_apply}
+           "apply_throughput_ratio": whole_apply / tiled_apply,
+           "worker_histogram_throughput_ratio": 1.0,  # the worker's call is Pillow's whole-image histogram
+           "master_check_s": best(lambda: equalize.equalized_histogram(hist))}
     try:
         import numpy as np
         arr = np.asarray(img)

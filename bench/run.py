@@ -193,7 +193,8 @@ def report(r: dict) -> None:
             print(f"kernel {k['image']}, {k['tiles']} tiles: histogram {k['tiled_histogram_s'] * 1e3:.1f} ms vs Pillow "
               f"{k['pillow_histogram_s'] * 1e3:.1f} ms (throughput x{k['histogram_throughput_ratio']:.2f}); apply "
               f"{k['tiled_apply_s'] * 1e3:.1f} ms vs {k['pillow_point_s'] * 1e3:.1f} ms "
-              f"(x{k['apply_throughput_ratio']:.2f})"
+              f"(x{k['apply_throughput_ratio']:.2f}); a worker's kernel is Pillow's whole-image call (x1.00); "
+              f"the master's check of a result {k['master_check_s'] * 1e6:.0f} µs"
               + (f"; np.histogram {k['numpy_histogram_s'] * 1e3:.0f} ms" if "numpy_histogram_s" in k else ""))
     print(f"make local, cold: {r['make_local_cold_s']:.1f} s")
     print(f"\n{'image':<16}{'bytes':>11}{'1 process':>11}{'cluster':>10}{'ratio':>7}")
