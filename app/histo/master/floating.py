@@ -4,7 +4,8 @@ On the machines, keepalived (roles/keepalived, VRRP between the masters) holds t
 one master: its check script reads the state this master publishes here — `leader`, `standby` or
 `starting`, with the process id — so the address goes to a serving master, preferably a standby (a
 standby receives, stores and serves jobs itself; the leader keeps its CPU for scheduling them), and
-leaves a master whose process died or stopped serving within the check's interval. The master only reports; moving the address is keepalived's.
+leaves a master whose process died or stopped serving within the check's interval. The master only
+reports; moving the address is keepalived's.
 
 In local mode every address is loopback and there is no VRRP: each serving master also listens on the
 floating address with SO_REUSEPORT (the kernel spreads connections over the listening processes and
