@@ -135,10 +135,15 @@ class Replicator:
         its integrity tag when the caller has it already (digest(blob), not computed twice). `key`:
         the blob's data key, handed over to the peer `key_to` only (the leader, for an upload)."""
         tag = digest(blob) if tag is None else tag
-        await asyncio.get_running_loop().run_in_executor(None, self.store.put, job, kind, blob)
         peers = self.transport.peers()
-        oks = await asyncio.gather(*(self.transport.put(p, job, kind, blob, tag, key if p == key_to else None)
-                                     for p in peers))
+        # this master's fsynced write and the peers' at once: a job waits for the slowest, not the sum
+        here, *oks = await asyncio.gather(
+            asyncio.get_running_loop().run_in_executor(None, self.store.put, job, kind, blob),
+            *(self.transport.put(p, job, kind, blob, tag, key if p == key_to else None) for p in peers),
+            return_exceptions=True)
+        if isinstance(here, BaseException):  # our own disk failed: not stored here, whatever the peers did
+            raise here
+        oks = [ok is True for ok in oks]
         holders = [self.name] + [p for p, ok in zip(peers, oks) if ok]
         if len(holders) < self.quorum:
             missing = [p for p, ok in zip(peers, oks) if not ok]

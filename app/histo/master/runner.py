@@ -215,11 +215,13 @@ class JobRunner:
                 log.info("job %s: run %d on %s computed, but the job moved on; its result is dropped", job_id,
                          run, self.name)
                 return
-            await self._store_result(job_id, blob, tag)
             timings.update(outcome.timings)
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
             finished = self.clock()
-            receipt = await self.receipt(doc, outcome, finished)
+            # the receipt (a Vault signature over the result's hash) is signed while the result is stored
+            # on the quorum: neither waits for the other; the job is done only once both are
+            _, receipt = await asyncio.gather(self._store_result(job_id, blob, tag),
+                                              self.receipt(doc, outcome, finished))
             blobs = {**doc.get("blobs", {}), "result": tag}
             size = len(blob)
             del blob

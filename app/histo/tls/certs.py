@@ -83,12 +83,21 @@ class CertManager:
         return self.source.issue_cert(self.ttl), self.source.ca_chain_pem()
 
     def install(self, bundle: IssuedCert, ca: str) -> CertStatus:
-        """Write and load a certificate. Called on the thread that runs the TLS handshakes, so a
-        context is never changed under a handshake in progress."""
+        """Write and load a certificate (at start; a rotation writes off the event loop, then loads)."""
+        self.write(bundle, ca)
+        return self.load(bundle)
+
+    def write(self, bundle: IssuedCert, ca: str) -> None:
+        """Write the certificate, its key and the CA bundle, each fsynced (blocking: a rotation runs it in
+        the executor, so that the event loop serving requests does not wait for the disk)."""
         # Serve leaf + issuing CA so peers that trust only the root can build the chain.
         write_private(self.cert_path, bundle.cert_pem.strip() + "\n" + _issuer_only(bundle.chain_pem))
         write_private(self.key_path, bundle.key_pem)
         write_private(self.ca_path, ca)
+
+    def load(self, bundle: IssuedCert) -> CertStatus:
+        """Load the written certificate into the live contexts. Called on the thread that runs the TLS
+        handshakes, so a context is never changed under a handshake in progress."""
         first = self.contexts is None
         if self.contexts is None:
             self.contexts = LiveContexts(self.ca_path, self.cert_path, self.key_path)
@@ -103,6 +112,11 @@ class CertManager:
         if not first and self._on_rotate:
             self._on_rotate(self.status)
         return self.status
+
+    def _issue_and_write(self) -> IssuedCert:
+        bundle, ca = self.issue()
+        self.write(bundle, ca)
+        return bundle
 
     def renew_at(self) -> float:
         s = self.status
@@ -126,8 +140,8 @@ class CertManager:
             if REVOKED.is_revoked(self.status.serial or None):
                 log.warning("our certificate %s was revoked: fetching a new one", self.status.serial)
             try:
-                issued = await loop.run_in_executor(None, self.issue)
-                self.install(*issued)
+                bundle = await loop.run_in_executor(None, self._issue_and_write)
+                self.load(bundle)
             except Exception as exc:  # Vault down or sealed: retry soon, the old cert still serves.
                 self.status.last_error = f"renewal failed: {exc}"
                 log.warning("certificate renewal failed: %s", exc)
