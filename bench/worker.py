@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A worker's CPU per job, step by step, in one process (docs/PERFORMANCE.md, "Worker-side CPU per job"):
 a task's steps as worker/service.py runs them (decode and count; the histogram's JSON reply, which only
-the two-step protocol before 2026-12-07 had; table, rebuild and encode, the plot, the framing), for the
+the two-step protocol before 2026-12-06 had; table, rebuild and encode, the plot, the framing), for the
 code of this tree and of `--baseline REV` (its app/histo/compute, imported from a temporary copy),
 interleaved run by run, the best of N per step (thread CPU time, so that other processes on the machine
 count less). equalize_single beside them.

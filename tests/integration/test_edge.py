@@ -156,6 +156,47 @@ def test_websocket_events_need_a_token_and_stream_secops(cluster):
     asyncio.run(run())
 
 
+def test_a_standby_streams_the_end_of_the_jobs_it_accepted(cluster):
+    """The public address prefers a standby (roles/keepalived): a job accepted there runs on the leader,
+    and the owner's event stream on the standby still hears that it is done (Master.follow), only the
+    owner's."""
+    from histo.testing.cluster import sample_image
+    leader = cluster.leader()
+    standby = next(n for n in ("master1", "master2") if n != leader)
+    url = next(u for u in cluster.urls if f"//{cluster.config(standby)['address']}:" in u)
+
+    async def run():
+        ctx = ssl.create_default_context(cafile=cluster.ca)
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(url.replace("https", "wss") + "/api/v1/events", ssl=ctx) as owner, \
+                    s.ws_connect(url.replace("https", "wss") + "/api/v1/events", ssl=ctx) as other:
+                await owner.send_json({"type": "auth", "token": cluster.token("uploader")})
+                await other.send_json({"type": "auth", "token": cluster.token("viewer")})
+                assert (await owner.receive_json(timeout=5))["type"] == "ready"
+                assert (await other.receive_json(timeout=5))["type"] == "ready"
+                status, doc = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: cluster.upload(sample_image(64, 48, "PNG"), url=url))
+                assert status == 202, doc
+                deadline = time.time() + 30
+                while True:
+                    try:
+                        msg = await owner.receive_json(timeout=max(0.1, deadline - time.time()))
+                    except asyncio.TimeoutError:
+                        raise AssertionError("no job_progress for the owner's job on the standby") from None
+                    event = msg.get("event") or {}
+                    if event.get("kind") == "job_progress" and event.get("job") == doc["id"]:
+                        assert event["state"] == "done" and event["progress"] == 1.0
+                        break
+                quiet = time.time() + 1
+                while time.time() < quiet:  # the viewer's stream (not the owner) never names that job
+                    try:
+                        msg = await other.receive_json(timeout=max(0.05, quiet - time.time()))
+                    except asyncio.TimeoutError:
+                        break
+                    assert (msg.get("event") or {}).get("job") != doc["id"], msg
+    asyncio.run(run())
+
+
 def test_openapi_is_served_and_covers_every_route(cluster):
     status, _, raw = cluster.request("GET", "/api/v1/openapi.json")
     served = json.loads(raw)

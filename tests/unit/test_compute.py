@@ -553,3 +553,17 @@ def test_consuming_frees_the_planes_and_changes_no_byte(name: str, mode: str) ->
         for im in (img, prepared.work, *prepared.chroma):
             with pytest.raises(ValueError, match="closed"):
                 im.getpixel((0, 0))
+
+
+def test_a_side_longer_than_a_task_can_name_is_refused_at_upload() -> None:
+    """70000x1 is few pixels but more than a task header may carry (protocol.py): refused by the header
+    read (413), not sent to every worker in turn; 65536x1 passes."""
+    from histo.compute.imageio import MAX_SIDE, probe
+    for width, ok in ((MAX_SIDE + 4464, False), (MAX_SIDE, True)):
+        data = _save(Image.new("RGB", (width, 1)), "PNG")
+        if ok:
+            assert probe(data, 10**6).width == width
+        else:
+            with pytest.raises(ImageError) as err:
+                probe(data, 10**6)
+            assert err.value.status == 413 and "a side may have at most" in err.value.message

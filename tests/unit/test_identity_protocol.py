@@ -61,8 +61,17 @@ AFTER = [0] * 256
 AFTER[0] = AFTER[255] = 4
 
 
+def _png(width: int = 4, height: int = 2) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def framed(**kw):
-    fields = {"image": b"png", "fmt": "PNG", "width": 4, "height": 2, "channels": ["L"],
+    fields = {"image": _png(), "fmt": "PNG", "width": 4, "height": 2, "channels": ["L"],
               "hist_before": {"L": HIST}, "hist_after": {"L": AFTER}, **kw}
     return frame.pack_result(equalize.Result(**fields), b"plot")
 
@@ -93,13 +102,22 @@ def test_a_result_must_be_the_jobs_image_equalized_by_the_table_of_its_own_histo
                       {"hist_after": {"L": HIST}},  # not equalized at all
                       {"hist_after": {"L": shifted}}, {"hist_after": {"L": AFTER[:255]}},
                       {"hist_before": {"L": [v * 2 for v in HIST]}, "hist_after": {"L": [v * 2 for v in AFTER]}},
-                      {"hist_before": {"L": [-1] + HIST[1:9] + [5] + HIST[10:]}}):
+                      {"hist_before": {"L": [-1] + HIST[1:9] + [5] + HIST[10:]}},
+                      {"hist_before": {"L": 5}}, {"hist_after": {"L": "x"}},  # not lists: refused, no TypeError
+                      {"hist_before": {"L": [float(v) for v in HIST]}}, {"hist_after": {"L": [True] + AFTER[1:]}},
+                      {"channels": ["X"], "hist_before": {"X": HIST}, "hist_after": {"X": AFTER}},
+                      {"image": b"<html><script>alert(1)</script>"},  # histograms right, not an image
+                      {"image": _png(5, 2)}, {"image": _png()[:8]}):  # another size; a header cut short
             refused = sched.accept_result(_hdr(), "worker1", framed(**wrong))
             assert refused is not None and "malformed result" in refused.reason, wrong
+        deep = b"[" * 100_000 + b"]" * 100_000  # meta nested past the parser's recursion limit
+        for body in (len(deep).to_bytes(4, "big") + deep, (1 << 30).to_bytes(4, "big") + b"{}"):
+            refused = sched.accept_result(_hdr(), "worker1", body)
+            assert refused is not None and "malformed result" in refused.reason
         assert not fut.done()  # still waiting for a right answer
         assert sched.accept_result(_hdr(), "worker1", framed()) is None
         result, body = fut.result()
-        assert result.image == b"png" and body == framed()
+        assert result.image == _png() and body == framed()
     finally:
         loop.close()
 

@@ -200,7 +200,7 @@ def reference_compute(gate: Gate | None = None) -> Any:
         assert (prepared.work.size, prepared.work.mode) == ((spec.width, spec.height), spec.work_mode)
         hist = prepared.work.histogram()
         out = prepared.work.point(equalize.lut_from_histogram(hist))
-        return Outcome(result=equalize.finish_result(prepared, out, hist), timings={"apply": 0.0}, tiles=1,
+        return Outcome(result=equalize.finish_result(prepared, out, hist), timings={"compute": 0.0}, tiles=1,
                        workers=["worker1"])
     return compute
 
@@ -702,3 +702,33 @@ def test_a_handed_key_under_another_jobs_wrapped_key_changes_nothing_for_that_jo
         result, _plot = await runners["master1"].result(vdoc)  # the legitimate path: still readable
         assert result.image
     asyncio.run(go())
+
+
+def test_a_master_whose_own_disk_fails_counts_one_holder_fewer(tmp_path: Path) -> None:
+    """The local write runs beside the peers': a failing disk here is one missing holder. With three
+    masters and a quorum of two the upload is still durable (and done); with two it is refused, nothing
+    kept anywhere."""
+    def broken(*_a: Any) -> None:
+        raise OSError("disk failed")
+
+    async def go(names: list[str]) -> tuple[JobRunner, FakeJobs, Net]:
+        runners, jobs, net, _, _ = make(tmp_path / str(len(names)), names, quorum=2)
+        net.stores["master1"].put = broken  # type: ignore[method-assign,assignment]
+        return runners["master1"], jobs, net
+
+    async def three() -> None:
+        runner, jobs, net = await go(["master1", "master2", "master3"])
+        doc = await submit(runner, image_with_run())
+        await settle(runner)
+        assert jobs.docs[doc["id"]]["state"] == "done"
+        assert net.stores["master2"].get(doc["id"], "upload") is not None
+        assert net.stores["master1"].get(doc["id"], "upload") is None
+
+    async def two() -> None:
+        runner, jobs, net = await go(["master1", "master2"])
+        with pytest.raises(RunnerError) as err:
+            await submit(runner, image_with_run())
+        assert err.value.code == "not_durable" and "master1" in err.value.message
+        assert not jobs.docs and not files_of(net.stores["master2"].root)
+    asyncio.run(three())
+    asyncio.run(two())

@@ -151,3 +151,30 @@ def test_late_results_of_a_cancelled_job_are_dropped_only_from_their_worker() ->
         replayed = sched.accept_result(hdr, worker, b"[]")
         assert replayed is not None and "replayed" in replayed.reason  # once
     asyncio.run(run())
+
+
+def test_an_attempt_that_timed_out_is_retried_and_its_late_result_dropped_quietly() -> None:
+    class SlowFirst(FakeWorkers):
+        """The first worker asked never answers in time; the others compute at once."""
+
+        async def request(self, method: str, url: str, roles: tuple[str, ...], headers: dict[str, str] | None = None,
+                          data: bytes | memoryview | None = None, expect_host: str | None = None) -> Reply:
+            self.report = bool(self.sent)
+            return await super().request(method, url, roles, headers, data, expect_host)
+
+    async def run() -> None:
+        fake = SlowFirst()
+        sched = Scheduler(cast(InternalClient, fake), "https://m", lambda: dict(WORKERS), lambda *a: None,
+                          task_timeout=0.2, tiles_per_worker=2)
+        fake.sched = sched
+        data, spec = upload()
+        outcome = await sched.run("job1", data, spec, {})
+        assert outcome.result.image == equalize.equalize_single(data, "gray").image
+        (late_hdr, late_worker), (_, other) = fake.sent
+        assert late_worker != other and outcome.workers == [other]
+        late = equalize_upload(data, "gray", spec.width, spec.height, spec.work_mode, "job1")
+        assert sched.admit_result(late_hdr, late_worker) == 0  # judged unread: a slow worker, not a forger
+        assert sched.accept_result(late_hdr, late_worker, late) is None
+        replayed = sched.accept_result(late_hdr, late_worker, late)
+        assert replayed is not None and "replayed" in replayed.reason  # once
+    asyncio.run(run())

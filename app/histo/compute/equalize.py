@@ -1,6 +1,6 @@
 """Histogram equalization in three modes, shared by the single-process reference and the
-distributed path so that both give bit-identical results: only *where* the histogram and the
-table application run differs (whole image here, row strips on workers there)."""
+distributed path so that both give bit-identical results: only *where* they run differs (here, or
+on a worker: compute/work.py), and the master checks a worker's result with equalized_histogram."""
 from __future__ import annotations
 
 from dataclasses import dataclass

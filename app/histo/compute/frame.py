@@ -6,6 +6,8 @@ import json
 
 from .equalize import Result
 
+MAX_META = 256 * 1024  # the meta's JSON: histograms of at most 3 bands (~30 kB), never megabytes
+
 
 class FrameError(ValueError):
     """Bytes that are not a framed result."""
@@ -23,6 +25,8 @@ def pack_result(result: Result, plot: bytes) -> bytes:
 def unpack_result(data: bytes) -> tuple[Result, bytes]:
     try:
         size = int.from_bytes(data[:4], "big")
+        if size > MAX_META:
+            raise FrameError(f"result meta of {size} bytes")
         meta = json.loads(data[4:4 + size])
         start = 4 + size
         n_image, n_plot = int(meta["image"]), int(meta["plot"])
@@ -31,7 +35,9 @@ def unpack_result(data: bytes) -> tuple[Result, bytes]:
         result = Result(image=image, fmt=str(meta["fmt"]), width=int(meta["width"]), height=int(meta["height"]),
                         channels=list(meta["channels"]), hist_before=dict(meta["hist_before"]),
                         hist_after=dict(meta["hist_after"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except FrameError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise FrameError(f"unreadable result ({type(exc).__name__})") from None
     if len(image) != n_image or len(plot) != n_plot:
         raise FrameError("truncated result")

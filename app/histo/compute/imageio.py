@@ -64,9 +64,14 @@ def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
+MAX_SIDE = 1 << 16  # pixels a side may have (what a task names: protocol.py), whatever the pixel count
+
+
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(400, "bad_image", "the image has no pixels")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ImageError(413, "too_many_pixels", f"{width}x{height}: a side may have at most {MAX_SIDE} pixels")
     if width * height > max_pixels:
         raise ImageError(413, "too_many_pixels",
                          f"{width}x{height} is more than the {max_pixels} pixels allowed")

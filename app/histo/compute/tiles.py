@@ -1,6 +1,7 @@
-"""Row strips: the master calls tobytes() once and hands out zero-copy slices; workers wrap a
-strip as an image and use Pillow's C paths (Image.histogram, Image.point), never numpy, so that
-the result is the same bytes as the single-process reference."""
+"""Row strips, measured by bench/kernel.py (a worker takes a whole image: docs/ARCHITECTURE.md):
+tobytes() once, zero-copy slices, each strip wrapped as an image for Pillow's C paths
+(Image.histogram, Image.point), never numpy, so that the result is the same bytes as the
+single-process reference."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -66,12 +67,13 @@ def assemble(parts: Sequence[Buffer], mode: str, size: tuple[int, int]) -> Image
 
 
 def tile_histogram(buf: Buffer, mode: str, width: int, rows: int) -> list[int]:
-    """A worker's first operation: 256 bins per band, Pillow's layout."""
+    """One strip's histogram: 256 bins per band, Pillow's layout."""
     return tile_image(buf, mode, width, rows).histogram()
 
 
 def tile_apply(buf: Buffer, mode: str, width: int, rows: int, lut: Sequence[int]) -> bytes:
-    """A worker's second operation: the lookup table (256 entries per band) applied to the strip."""
+    """The lookup table (256 entries per band) applied to one strip (row strips are measured in bench/kernel.py;
+    a worker takes a whole image: docs/ARCHITECTURE.md)."""
     if len(lut) != 256 * bands_of(mode):
         raise ValueError(f"a {mode} table needs {256 * bands_of(mode)} entries, got {len(lut)}")
     return tile_image(buf, mode, width, rows).point(list(lut)).tobytes()

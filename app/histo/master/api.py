@@ -147,6 +147,8 @@ class Handlers:
                 raise _refusal(exc) from None
         del data
         job_id = doc["id"]
+        if doc.get("master") is None:  # queued for the leader: this master tells its own streams how it ends
+            self.m.follow(job_id, principal.sub)
         self.m.audit_decision(principal, request, "POST /api/v1/jobs", True, f"job {job_id}")
         return web.json_response({"id": job_id, "state": "queued"}, status=202,
                                  headers={"Location": f"/api/v1/jobs/{job_id}"})

@@ -202,16 +202,16 @@ async def results(master: "Master", request: web.Request) -> web.Response:
     if isinstance(admitted, RefusedResult):
         _refused(master, request, worker, hdr, admitted.reason)
         raise json_error(409, "result_refused", admitted.reason, headers={"Connection": "close"})
+    if admitted == 0:  # an attempt this master gave up on (job cancelled, timed out): dropped unread
+        master.scheduler.accept_result(hdr, worker, b"")
+        return web.json_response({"accepted": True}, headers={"Connection": "close"})
     failed = request.headers.get(FAILED_HEADER)
-    if failed is not None and admitted:
+    if failed is not None:
         failed, admitted = failed[:64], 512  # the image cannot be processed: a short reason, not a result
     if request.content_length is not None and request.content_length > admitted:
         _refused(master, request, worker, hdr, "result larger than its task attempt can be")
         raise json_error(413, "too_large", f"a result of this task attempt is at most {admitted} bytes",
                          headers={"Connection": "close"})
-    if admitted == 0:
-        master.scheduler.accept_result(hdr, worker, b"")
-        return web.json_response({"accepted": True}, headers={"Connection": "close"})
     chunks, size = [], 0  # joined once at the end (a result of megabytes is copied once)
     while size <= admitted:
         chunk = await request.content.read(admitted + 1 - size)

@@ -141,12 +141,12 @@ class Replicator:
             asyncio.get_running_loop().run_in_executor(None, self.store.put, job, kind, blob),
             *(self.transport.put(p, job, kind, blob, tag, key if p == key_to else None) for p in peers),
             return_exceptions=True)
-        if isinstance(here, BaseException):  # our own disk failed: not stored here, whatever the peers did
-            raise here
-        oks = [ok is True for ok in oks]
-        holders = [self.name] + [p for p, ok in zip(peers, oks) if ok]
+        stored_here = not isinstance(here, BaseException)
+        if not stored_here:  # our own disk failed: one holder fewer, the quorum decides (repair fetches it)
+            log.warning("%s of job %s not stored here: %s", kind, job, here)
+        holders = ([self.name] if stored_here else []) + [p for p, ok in zip(peers, oks) if ok is True]
         if len(holders) < self.quorum:
-            missing = [p for p, ok in zip(peers, oks) if not ok]
+            missing = [p for p, ok in zip(peers, oks) if ok is not True] + ([] if stored_here else [self.name])
             why = f"{', '.join(missing)} did not store it" if missing else "no other master is available"
             raise QuorumNotReached(f"stored on {len(holders)} master(s), {self.quorum} needed ({why})")
         return holders

@@ -219,9 +219,15 @@ class JobRunner:
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
             finished = self.clock()
             # the receipt (a Vault signature over the result's hash) is signed while the result is stored
-            # on the quorum: neither waits for the other; the job is done only once both are
-            _, receipt = await asyncio.gather(self._store_result(job_id, blob, tag),
-                                              self.receipt(doc, outcome, finished))
+            # on the quorum: neither waits for the other; the job is done only once both are, and a result
+            # that cannot be stored gets no receipt
+            signing = asyncio.ensure_future(self.receipt(doc, outcome, finished))
+            try:
+                await self._store_result(job_id, blob, tag)
+            except BaseException:
+                signing.cancel()
+                raise
+            receipt = await signing
             blobs = {**doc.get("blobs", {}), "result": tag}
             size = len(blob)
             del blob

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..compute import equalize, frame, tiles
+from ..compute import equalize, frame, imageio, tiles
 from ..compute.work import result_bound
 from ..protocol import TaskHeader
 from ..rpc import InternalClient, PeerRefused
@@ -30,6 +30,7 @@ from ..zk.membership import Member
 log = logging.getLogger("histo.scheduler")
 
 MAX_ATTEMPTS = 4
+TIMEOUT_PIXELS = 16_000_000  # a task may take task_timeout per this many pixels (a 4096² job: one)
 BUSY_BACKOFF = 0.2  # seconds before asking again when every worker's budget is full
 FAILED_HEADER = "X-Histo-Failed"  # a worker reports that the image itself cannot be processed
 
@@ -78,6 +79,7 @@ class Pending:
     future: asyncio.Future[Any]
     bands: int = 1
     fmt: str = ""
+    mode: str = "luma"  # the equalization mode: which channel names a result may carry
 
 
 @dataclass
@@ -159,7 +161,7 @@ class Scheduler:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             key = (job, n, phase)
             self.pending[key] = Pending(job, n, phase, attempt, worker, spec.work_mode, spec.width, spec.height, fut,
-                                        spec.bands, spec.fmt)
+                                        spec.bands, spec.fmt, spec.mode)
             # the last attempt assigned (the job's own document says when it is done: no second write)
             self.on_task_state(job, n, {"phase": phase, "attempt": attempt, "worker": worker, "state": "assigned"})
             try:
@@ -170,13 +172,13 @@ class Scheduler:
                     raise WorkerBusy(f"{worker}: {resp[:120]!r}")
                 if status != 202:
                     raise WorkerLost(f"{worker} answered {status}: {resp[:120]!r}")
-                result = await asyncio.wait_for(fut, self.task_timeout)
+                # decode, encode and plot in one task: its time grows with the pixels
+                timeout = self.task_timeout * max(1.0, spec.width * spec.height / TIMEOUT_PIXELS)
+                result = await asyncio.wait_for(fut, timeout)
                 computed_by.add(worker)
                 return result
             except asyncio.CancelledError:
-                if len(self.abandoned) > 10_000:
-                    self.abandoned.clear()
-                self.abandoned[(job, n, phase, attempt)] = worker
+                self._abandon(job, n, phase, attempt, worker)
                 raise
             except JobFailed:
                 raise
@@ -186,6 +188,9 @@ class Scheduler:
                                             "state": "busy", "error": str(exc)[:200]})
             except (WorkerLost, PeerRefused, asyncio.TimeoutError, OSError, Exception) as exc:
                 attempts += 1
+                # its worker may still report it (slow, back in membership): dropped quietly then, an
+                # honest worker's late result is no refusal
+                self._abandon(job, n, phase, attempt, worker)
                 last_error = f"{worker}: {type(exc).__name__}: {exc}"
                 log.warning("job %s task %d %s attempt on %s failed: %s", job, n, phase, worker, last_error)
                 avoid.add(worker)
@@ -198,6 +203,11 @@ class Scheduler:
         # The user is told what failed, not which worker or which exception (that is in the log).
         log.warning("job %s task %d %s gave up: %s", job, n, phase, last_error)
         raise JobFailed(f"task {n} ({phase}) failed after {MAX_ATTEMPTS} attempts; please resubmit")
+
+    def _abandon(self, job: str, n: int, phase: str, attempt: str, worker: str) -> None:
+        if len(self.abandoned) > 10_000:
+            self.abandoned.clear()
+        self.abandoned[(job, n, phase, attempt)] = worker
 
     # -- results reported by workers --------------------------------------------------------
     def _attempt(self, hdr: TaskHeader, worker: str) -> Pending | RefusedResult | None:
@@ -263,19 +273,31 @@ class Scheduler:
         except frame.FrameError as exc:
             raise ValueError(str(exc)) from None
         channels = result.channels
-        if (result.fmt != p.fmt or (result.width, result.height) != (p.width, p.rows) or len(channels) != p.bands
-                or set(result.hist_before) != set(channels) or set(result.hist_after) != set(channels)):
+        allowed = [["R", "G", "B"]] if p.image_mode == "RGB" else [["L"]] + ([["Y"]] if p.mode == "luma" else [])
+        if (result.fmt != p.fmt or (result.width, result.height) != (p.width, p.rows) or channels not in allowed
+                or set(result.hist_before) != set(channels) or set(result.hist_after) != set(channels)
+                or not all(isinstance(h, list) for h in (*result.hist_before.values(), *result.hist_after.values()))):
             raise ValueError("the result does not match the job's image")
+        pixels = p.width * p.rows
         before = [v for c in channels for v in result.hist_before[c]]
         after = [v for c in channels for v in result.hist_after[c]]
-        pixels = p.width * p.rows
-        if (len(before) != 256 * p.bands or not all(isinstance(v, int) and 0 <= v <= pixels for v in before)
+        if (len(before) != 256 * p.bands or len(after) != 256 * p.bands
+                or not all(type(v) is int and 0 <= v <= pixels for v in before)
+                or not all(type(v) is int for v in after)
                 or any(sum(result.hist_before[c]) != pixels for c in channels)):
             raise ValueError("the result's histogram does not match the image")
         # the reduce, checked here: the table this master derives from the before-histogram must turn it
         # into exactly the after-histogram the worker reports
         if after != equalize.equalized_histogram(before):
             raise ValueError("the result's equalized histogram is not what its table makes of its histogram")
+        # the image itself, from its header only (the master decodes nothing): the job's format and size.
+        # Its pixels are the worker's word (bound to its attempt, named in the receipt): docs/SECURITY.md
+        try:
+            if (imageio.sniff_format(result.image) != p.fmt
+                    or imageio.header_size(result.image, p.fmt) != (p.width, p.rows)):
+                raise ValueError("the result's image is not the job's format and size")
+        except imageio.ImageError:
+            raise ValueError("the result's image is not an image of the job's format") from None
         return result, payload
 
     def workers_lost(self, names: set[str]) -> None:

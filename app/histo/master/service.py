@@ -250,6 +250,20 @@ class Master:
             except asyncio.TimeoutError:
                 return doc
 
+    def follow(self, job_id: str, owner: str) -> None:
+        """A job this standby accepted runs on the leader, whose events reach the leader's own streams
+        only: tell this master's streams (the owner's UI, connected here through the public address)
+        how it ended, from the same ZooKeeper watch a long poll uses."""
+        async def watch() -> None:
+            doc = await self.wait_job_end(job_id, self.cfg.job_timeout * self.cfg.max_job_runs + 60)
+            if doc is None or is_tombstone(doc) or self.is_leader:  # gone, or this master ran it (and said so)
+                return
+            if doc.get("state") == "done":
+                self.emit("job_progress", severity="info", job=job_id, progress=1.0, state="done", audience=owner)
+            elif doc.get("state") == "failed":
+                self.emit("job_failed", severity="warning", job=job_id, reason=doc.get("reason"), audience=owner)
+        self.loop.create_task(watch())
+
     def _other_masters(self) -> dict[str, Member]:
         return {n: m for n, m in self.masters.items() if n != self.cfg.name}
 

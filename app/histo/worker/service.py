@@ -133,8 +133,6 @@ class Worker:
             except ImageError as exc:  # the image itself: the job fails with this reason, no retry elsewhere
                 headers[FAILED_HEADER] = exc.code
                 payload = exc.message.encode()[:300]
-            finally:
-                self.budget.release(cost)
             del data
             status, body, *_ = await self.client.request(
                 "POST", hdr.reply_to + "/internal/v1/results", ("master",), headers=headers, data=payload)
@@ -145,6 +143,8 @@ class Worker:
             self._security_event("mtls_rejected", severity="warning", reason=str(exc), peer=hdr.reply_to)
         except Exception as exc:  # the master re-assigns the task after its timeout
             log.warning("task %s/%s failed: %s", hdr.job, hdr.task, exc)
+        finally:  # the result is held until the master has it: counted until then
+            self.budget.release(cost)
 
     # -- the service skeleton's hooks (histo.serve) ------------------------------------------
     async def setup(self) -> list[Listener]:

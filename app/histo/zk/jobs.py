@@ -1,7 +1,8 @@
 """Job and task state in ZooKeeper: small JSON documents, never pixels.
 
     /histo/jobs/<id>                 the job's document (a tombstone once deleted or expired)
-    /histo/jobs/<id>/tasks/<n>       the last attempt of each strip (at most 2 per worker; gone with the job)
+    /histo/jobs/<id>/tasks/<n>       the last attempt assigned (worker, attempt id; retries with their error;
+                                     the job's own document says when it is done; gone with the job)
     /histo/owners/<owner key>        {"bytes": stored bytes of that owner} (the storage quota)
     /histo/owners/<owner key>/<id>   the owner's index: GET /api/v1/jobs reads a page of it
     /histo/active/<id>               jobs not finished yet: what a new leader resumes
