@@ -623,6 +623,10 @@ def test_handed_over_keys_wait_for_their_job_only_so_long() -> None:
         small.offer(name, name.encode() * 32)
     assert small.take("x") is None and small.take("z") == b"z" * 32
     assert keys.offered("vault:v1:never") is None and not keys.cache.get("vault:v1:a")  # taken is not cached
+    keys.offer("vault:v1:d", b"d" * 32)
+    now[0] += HANDOFF_MAX_AGE + 1
+    keys.handoffs.expire()  # the upkeep's call: gone from memory without anyone asking for it
+    assert not keys.handoffs._items
 
 
 def test_a_blob_a_peer_just_put_is_read_from_memory_once_and_only_with_its_tag(tmp_path: Path) -> None:
@@ -640,6 +644,10 @@ def test_a_blob_a_peer_just_put_is_read_from_memory_once_and_only_with_its_tag(t
         rep.keep("ef" * 16, "upload", blob, digest(blob))
         await rep.delete("ef" * 16)
         assert await rep.read("ef" * 16, "upload", digest(blob)) is None
+        rep.keep("gh" * 16, "upload", blob, digest(blob))
+        rep._recent[("gh" * 16, "upload")] = (0.0, blob, digest(blob))  # kept long ago
+        rep.expire_recent()  # the upkeep's call: let go without another keep()
+        assert not rep._recent
     asyncio.run(go())
 
 

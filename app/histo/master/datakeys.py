@@ -82,6 +82,12 @@ class Handoffs:
         with self._lock:
             self._items.pop(wrapped, None)
 
+    def expire(self) -> None:
+        """Forget the keys past their age now (the master's upkeep, every second), not at the next use:
+        a plaintext key is held no longer than its job needs it, however quiet the master is."""
+        with self._lock:
+            self._expire()
+
     def __len__(self) -> int:
         with self._lock:
             self._expire()

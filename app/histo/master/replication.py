@@ -118,6 +118,11 @@ class Replicator:
             _, (_, blob, _) = self._recent.popitem(last=False)
             held -= len(blob)
 
+    def expire_recent(self) -> None:
+        """Let go of the kept blobs past their age now (the master's upkeep), not at the next keep()."""
+        with self._recent_lock:
+            self._trim()
+
     def drop_recent(self, job: str) -> None:
         with self._recent_lock:
             for kind in ("upload", "result"):

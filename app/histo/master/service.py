@@ -396,6 +396,9 @@ class Master:
     async def _upkeep_jobs(self, ticks: int) -> None:
         """The leader resumes what waits (an upload a peer held, a key while Vault was away) and applies
         retention; every master catches up with the blobs it misses (soon after start, then regularly)."""
+        # handed-over keys and kept uploads live only as long as their jobs may need them (60 s, 30 s)
+        self.keys.handoffs.expire()
+        self.runner.replicas.expire_recent()
         steps = [("key pool", self._refill_keys)]
         if self.is_leader and ticks % 10 == 0:
             steps.append(("resume", self._resume))
