@@ -273,7 +273,8 @@ class Scheduler:
         except frame.FrameError as exc:
             raise ValueError(str(exc)) from None
         channels = result.channels
-        allowed = [["R", "G", "B"]] if p.image_mode == "RGB" else [["L"]] + ([["Y"]] if p.mode == "luma" else [])
+        # the mode's channel names (equalize owns them), or "L" alone for a grayscale input (Prepared.channels)
+        allowed = [names for names in (equalize.channel_names(p.mode), ["L"]) if len(names) == p.bands]
         if (result.fmt != p.fmt or (result.width, result.height) != (p.width, p.rows) or channels not in allowed
                 or set(result.hist_before) != set(channels) or set(result.hist_after) != set(channels)
                 or not all(isinstance(h, list) for h in (*result.hist_before.values(), *result.hist_after.values()))):
