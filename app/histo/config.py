@@ -11,6 +11,9 @@ from .tls.identity import spiffe_id
 
 ROLES = ("master", "worker")
 PUBLIC_ADDRESS_MODES = ("keepalived", "shared")
+# Keys an older release wrote that steer nothing now: a config that still names them loads (the strips
+# a master cut are gone: a worker splits a job itself, worker_strip_*).
+RETIRED_KEYS = frozenset({"tiles_per_worker", "min_tile_pixels"})
 
 
 class ConfigError(ValueError):
@@ -35,12 +38,16 @@ class ServiceConfig:
     # Public edge limits (master only).
     max_upload_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
-    tiles_per_worker: int = 2
-    # A strip smaller than this costs more in messages than it saves in compute: small images get
-    # fewer strips (a 1024x1024 image goes whole to one worker; many jobs still use every worker).
-    min_tile_pixels: int = 1 << 20
     task_timeout: float = 30.0
     worker_memory_bytes: int = 1536 << 20  # a worker's budget for decoded pixels (worker/admission.py)
+    # A worker with no other job splits one of at least worker_strip_min_pixels into row strips over
+    # worker_strip_threads threads (equalize.equalize_strips; 1 = never): measured in bench/worker.py,
+    # it shortens a 4096² job by ~15 % for ~10 % more CPU and does not pay at 1024². Freed pixel blocks
+    # up to worker_pixel_cache_bytes are kept for the next image instead of being returned and faulted in
+    # again (Pillow's block cache: ~6 % of a 4096² job's CPU); both stay inside worker_memory_bytes.
+    worker_strip_threads: int = 2
+    worker_strip_min_pixels: int = 2_000_000
+    worker_pixel_cache_bytes: int = 256 << 20
     job_timeout: float = 120.0
     # Abuse resistance: requests per second (and burst) per client address, uploads per principal,
     # and failed authentications per address before it is throttled.
@@ -134,6 +141,7 @@ class ServiceConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> "ServiceConfig":
         known = {f.name for f in fields(cls)}
+        raw = {k: v for k, v in raw.items() if k not in RETIRED_KEYS}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -146,11 +154,14 @@ class ServiceConfig:
         for name in ("conn_per_address", "conn_total", "internal_conn_per_address", "internal_conn_total",
                      "max_concurrent_decodes", "max_running_jobs", "pixels_per_principal", "uploads_in_flight",
                      "store_quorum", "store_quota_bytes", "key_cache_size", "key_pool_max_age", "max_job_runs",
-                     "gc_interval", "repair_interval"):
+                     "gc_interval", "repair_interval", "worker_strip_threads", "worker_strip_min_pixels"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer")
         if not isinstance(cfg.key_pool_size, int) or isinstance(cfg.key_pool_size, bool) or cfg.key_pool_size < 0:
             raise ConfigError("key_pool_size must be a non-negative integer (0: no keys made ahead)")
+        if (not isinstance(cfg.worker_pixel_cache_bytes, int) or isinstance(cfg.worker_pixel_cache_bytes, bool)
+                or not 0 <= cfg.worker_pixel_cache_bytes <= cfg.worker_memory_bytes):
+            raise ConfigError("worker_pixel_cache_bytes must be an integer from 0 to worker_memory_bytes")
         if cfg.conn_per_address > cfg.conn_total or cfg.internal_conn_per_address > cfg.internal_conn_total:
             raise ConfigError("a per-address connection cap cannot exceed its total")
         if cfg.public_address_mode not in PUBLIC_ADDRESS_MODES:

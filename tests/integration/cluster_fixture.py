@@ -48,7 +48,7 @@ def start(root: Path, cert_ttl: str = "30s", wait: bool = True, readmit: str = "
                             extra={"task_timeout": 20.0, "job_timeout": 90.0, "rate_per_address": 1000.0,
                                    "burst_per_address": 2000, "uploads_per_principal": 100.0,
                                    "upload_burst": 200, "max_upload_bytes": 16 * 1024 * 1024,
-                                   "min_tile_pixels": 1,  # tests exercise several strips even on small images
+                                   "worker_strip_min_pixels": 1,  # a job alone on a worker runs in strips, even small
                                    "tls_handshake_timeout": 4.0})
     return Cluster(root=root.resolve(), env=info["env"])
 

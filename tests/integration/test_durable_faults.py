@@ -171,7 +171,7 @@ def test_results_survive_1000_other_jobs_and_a_restart_of_every_master(cluster: 
         zk.close()
     # a few nodes per job (its znode, its tasks folder with the last attempt of each strip, its owner
     # entry) and one per owner: what retention removes (tests/unit/test_runner.py)
-    strips = cluster.config("master1").get("tiles_per_worker", 2) * 2
+    strips = 4  # task nodes a job may leave (it has one task: compute/work.py): a loose bound
     assert nodes_after - nodes_before <= (3 + strips) * 1000 + len(others), (nodes_before, nodes_after)
     for url in cluster.urls:
         assert result(cluster, first, url) == want  # other users' load evicts nothing

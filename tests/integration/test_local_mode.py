@@ -19,7 +19,7 @@ def test_up_twice_is_harmless(cluster):
                             extra={k: v for k, v in cluster.config("master1").items()
                                 if k in ("task_timeout", "job_timeout", "rate_per_address", "burst_per_address",
                                          "uploads_per_principal", "upload_burst", "max_upload_bytes",
-                                         "min_tile_pixels")})
+                                         "worker_strip_min_pixels")})
     assert {name: cluster.pid(name) for name in pids} == pids  # nothing restarted
     assert info["urls"] == cluster.urls
     env = (cluster.root / "env").read_text()

@@ -48,7 +48,7 @@ ST = Path(sys.executable).parent / "st"
 # This cluster's limits (tests only): the failure throttle and the request/upload rates far above what
 # a bounded Schemathesis run sends, so no answer is a 429 of the throttle. Everything else is default.
 TEST_LIMITS = {"auth_failures_before_block": 1_000_000, "rate_per_address": 1000.0, "burst_per_address": 5000,
-               "uploads_per_principal": 100.0, "upload_burst": 500, "min_tile_pixels": 1,
+               "uploads_per_principal": 100.0, "upload_burst": 500, "worker_strip_min_pixels": 1,
                "task_timeout": 20.0, "job_timeout": 60.0}
 
 

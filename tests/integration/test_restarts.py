@@ -32,7 +32,7 @@ NET = RESTARTS_NET
 # Long sessions: a node left by a killed process stays in ZooKeeper for 20 s, longer than any wait
 # here, so only the liveness check can tell it from a live member.
 SESSION = 20.0
-EXTRA = {"task_timeout": 20.0, "job_timeout": 90.0, "min_tile_pixels": 1}
+EXTRA = {"task_timeout": 20.0, "job_timeout": 90.0, "worker_strip_min_pixels": 1}
 
 
 def _up(root: Path, ready_timeout: float = 90.0) -> Cluster:

@@ -40,7 +40,7 @@ def raft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Ba
                                 vault_nodes=3, extra={"store_quorum": 1, "task_timeout": 20.0, "job_timeout": 90.0,
                                                       "rate_per_address": 1000.0, "burst_per_address": 2000,
                                                       "uploads_per_principal": 100.0, "upload_burst": 200,
-                                                      "min_tile_pixels": 1,
+                                                      "worker_strip_min_pixels": 1,
                                                       # the uploads below do not wait for their jobs: the
                                                       # per-owner running-jobs cap must not refuse them
                                                       "max_running_jobs": 200})

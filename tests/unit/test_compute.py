@@ -567,3 +567,28 @@ def test_a_side_longer_than_a_task_can_name_is_refused_at_upload() -> None:
             with pytest.raises(ImageError) as err:
                 probe(data, 10**6)
             assert err.value.status == 413 and "a side may have at most" in err.value.message
+
+
+@pytest.mark.parametrize("mode", equalize.MODES)
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_a_workers_task_in_strips_is_bit_identical_to_one_process(name: str, mode: str) -> None:
+    """Row strips in threads (equalize.equalize_strips): every input kind, every mode, strip counts that
+    do not divide the height, more strips than some images have rows; the same bytes and histograms."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from histo.compute import frame
+    from histo.compute.imageio import probe
+    from histo.compute.work import equalize_upload
+    data = _input(name)
+    h = probe(data, 10**9)
+    single = equalize.equalize_single(data, mode)
+    with ThreadPoolExecutor(2) as pool:
+        for parts in (2, 3, 8):
+            result, plot = frame.unpack_result(
+                equalize_upload(data, mode, h.width, h.height, h.work_mode(mode), "j", pool=pool, parts=parts))
+            assert result == single, f"{parts} strips"
+            assert plot == frame.unpack_result(equalize_upload(data, mode, h.width, h.height, h.work_mode(mode),
+                                                               "j"))[1]
+        with pytest.raises(ImageError):  # not the work mode its header said: refused in strips too
+            equalize_upload(data, mode, h.width, h.height, "RGB" if h.work_mode(mode) == "L" else "L", "j",
+                            pool=pool, parts=3)

@@ -48,7 +48,7 @@ def test_task_header_round_trip_and_validation():
 
 def _scheduler_with_pending(loop):
     sched = Scheduler(client=None, reply_to="https://m", workers=dict, on_task_state=lambda *a: None,
-                      task_timeout=1, tiles_per_worker=1)
+                      task_timeout=1)
     fut = loop.create_future()
     sched.pending[("job1", 0, "equalize")] = Pending("job1", 0, "equalize", "att1", "worker1", "L", 4, 2, fut, 1,
                                                      "PNG")
@@ -131,5 +131,11 @@ def test_config_validation(tmp_path):
         ServiceConfig.from_dict({**base, "role": "root"})
     with pytest.raises(ConfigError):
         ServiceConfig.from_dict({**base, "pasword": "x"})
+    # keys an older release wrote load and steer nothing; the worker's strip settings are checked
+    assert ServiceConfig.from_dict({**base, "tiles_per_worker": 2, "min_tile_pixels": 1}) == cfg
+    for bad in ({"worker_strip_threads": 0}, {"worker_strip_min_pixels": "big"},
+                {"worker_pixel_cache_bytes": -1}, {"worker_pixel_cache_bytes": (1536 << 20) + 1}):
+        with pytest.raises(ConfigError):
+            ServiceConfig.from_dict({**base, **bad})
     with pytest.raises(ConfigError):
         ServiceConfig.load(tmp_path / "missing.json")

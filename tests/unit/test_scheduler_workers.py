@@ -65,7 +65,7 @@ class FakeWorkers:
 
 def scheduler(fake: FakeWorkers) -> Scheduler:
     sched = Scheduler(cast(InternalClient, fake), "https://m", lambda: dict(WORKERS), lambda *a: None,
-                      task_timeout=5, tiles_per_worker=2)
+                      task_timeout=5)
     fake.sched = sched
     return sched
 
@@ -165,7 +165,7 @@ def test_an_attempt_that_timed_out_is_retried_and_its_late_result_dropped_quietl
     async def run() -> None:
         fake = SlowFirst()
         sched = Scheduler(cast(InternalClient, fake), "https://m", lambda: dict(WORKERS), lambda *a: None,
-                          task_timeout=0.2, tiles_per_worker=2)
+                          task_timeout=0.2)
         fake.sched = sched
         data, spec = upload()
         outcome = await sched.run("job1", data, spec, {})

@@ -12,7 +12,7 @@ def test_reserve_release_and_refusal() -> None:
         b.reserve(50)
     b.release(60)
     b.reserve(50)
-    assert b.used == 50
+    assert b.reserved == 50
     with pytest.raises(Busy, match="over this worker"):
         b.reserve(101)
     b.reserve(50)  # exactly full
@@ -21,4 +21,4 @@ def test_reserve_release_and_refusal() -> None:
     b.release(50)
     b.release(50)
     b.release(50)  # released more than reserved: never below zero
-    assert b.used == 0
+    assert b.reserved == 0

@@ -3,12 +3,15 @@ distributed path so that both give bit-identical results: only *where* they run 
 on a worker: compute/work.py), and the master checks a worker's result with equalized_histogram."""
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from PIL import Image
 
 from .imageio import ImageError, decode, encode
+from .tiles import row_ranges
 
 MODES = ("gray", "luma", "rgb")
 DEFAULT_MODE = "luma"
@@ -180,19 +183,78 @@ class Result:
     hist_after: dict[str, list[int]]
 
 
+def by_channel(channels: Sequence[str], hist: Sequence[int]) -> dict[str, list[int]]:
+    """Pillow's flat histogram (band after band) keyed by channel name, as a Result carries it."""
+    return dict(zip(channels, split_histogram(hist, len(channels))))
+
+
+def _finish_planes(prepared: Prepared, equalized_work: Image.Image, consume: bool) -> tuple[Image.Image, list[int]]:
+    """The output pixels and their histogram once the table is applied."""
+    after = equalized_work.histogram()
+    if consume and prepared.work is not equalized_work:
+        _free(prepared.work)  # the table is applied: the unequalized plane(s) are done with
+    return prepared.finish(equalized_work, consume), after
+
+
 def finish_result(prepared: Prepared, equalized_work: Image.Image, hist_before: Sequence[int],
                   consume: bool = False) -> Result:
     """The steps after the table is applied, shared by both paths so their bytes are identical. With
     `consume`, neither `prepared` nor `equalized_work` is used afterwards (Prepared.finish)."""
     channels = prepared.channels
-    after = equalized_work.histogram()
-    if consume and prepared.work is not equalized_work:
-        _free(prepared.work)  # the table is applied: the unequalized plane(s) are done with
-    out = prepared.finish(equalized_work, consume)
+    out, after = _finish_planes(prepared, equalized_work, consume)
     return Result(image=encode(out, prepared.fmt), fmt=prepared.fmt, width=out.width, height=out.height,
-                  channels=list(channels),
-                  hist_before=dict(zip(channels, split_histogram(hist_before, len(channels)))),
-                  hist_after=dict(zip(channels, split_histogram(after, len(channels)))))
+                  channels=list(channels), hist_before=by_channel(channels, hist_before),
+                  hist_after=by_channel(channels, after))
+
+
+@dataclass
+class Equalized:
+    """The output pixels and both histograms (flat, Pillow's layout), before the image is encoded."""
+    image: Image.Image
+    work_mode: str  # the mode the table was applied in (L or RGB), as a task's header names it
+    channels: list[str]
+    hist_before: list[int]
+    hist_after: list[int]
+
+
+def equalize_strips(img: Image.Image, fmt: str, mode: str, pool: Executor, parts: int) -> Equalized:
+    """equalize_single's steps between decode and encode, on `parts` row strips run in `pool`'s
+    threads (Pillow leaves the GIL in its pixel loops). Every step is per pixel, so the pixels are those
+    of the whole image: the histograms are summed before the table is made, and only decode and encode
+    stay whole. `img` is consumed. With `parts` at least twice the threads, the strips in flight add
+    less than the whole image's planes the sequential path holds: the same peak (compute/work.py)."""
+    _check_mode(mode)
+    width, size = img.width, img.size
+    ranges = row_ranges(img.height, parts)
+
+    def prepare_strip(rows: tuple[int, int]) -> tuple[Prepared, list[int]]:
+        strip = img.crop((0, rows[0], width, rows[1]))
+        prepared = prepare(strip, fmt, mode, consume=True)
+        if strip not in (prepared.work, prepared.alpha):
+            _free(strip)  # converted: its copy is all that is used from here
+        return prepared, prepared.work.histogram()
+
+    strips = list(pool.map(prepare_strip, ranges))
+    _free(img)
+    hist = merge_histograms(h for _, h in strips)
+    lut = lut_from_histogram(hist)
+    out: list[Image.Image] = []
+    lock = threading.Lock()
+
+    def finish_strip(job: tuple[tuple[Prepared, list[int]], tuple[int, int]]) -> list[int]:
+        (prepared, _), (top, _) = job
+        part, after = _finish_planes(prepared, prepared.work.point(lut), consume=True)
+        with lock:  # the output's mode is the strips' (RGB, RGBA, L, LA): made by the first one done
+            if not out:
+                out.append(Image.new(part.mode, size))
+        out[0].paste(part, (0, top))  # disjoint rows of one image: no two threads write the same bytes
+        _free(part)
+        return after
+
+    channels, work_mode = list(strips[0][0].channels), strips[0][0].work.mode
+    afters = list(pool.map(finish_strip, zip(strips, ranges)))
+    strips.clear()
+    return Equalized(out[0], work_mode, channels, hist, merge_histograms(afters))
 
 
 def equalize_single(data: bytes, mode: str = DEFAULT_MODE, max_pixels: int = 100_000_000) -> Result:

@@ -104,14 +104,12 @@ def result_size_bound(p: Pending) -> int:
 class Scheduler:
     def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, Member]],
                  on_task_state: Callable[[str, int, dict], None],
-                 task_timeout: float, tiles_per_worker: int, min_tile_pixels: int = 1) -> None:
+                 task_timeout: float) -> None:
         self.client = client
         self.reply_to = reply_to
         self.workers = workers
         self.on_task_state = on_task_state
         self.task_timeout = task_timeout
-        self.tiles_per_worker = tiles_per_worker
-        self.min_tile_pixels = max(1, min_tile_pixels)
         self.pending: dict[tuple[str, int, str], Pending] = {}
         self.done: set[tuple[str, int, str, str]] = set()
         # attempts of jobs cancelled (deleted, leadership lost) while a worker had them -> that worker

@@ -294,8 +294,7 @@ class Master:
         self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
                                      source_address=self.cfg.address)
         self.scheduler = Scheduler(self.client, self.cfg.internal_url, self.schedulable_workers,
-                                   self._task_state, self.cfg.task_timeout,
-                                   self.cfg.tiles_per_worker, self.cfg.min_tile_pixels)
+                                   self._task_state, self.cfg.task_timeout)
         replicas = Replicator(self.cfg.name, self.store, MtlsTransport(lambda: self.client, self._other_masters,
                                                               max_blob=self.cfg.max_blob_bytes),
                               self.cfg.store_quorum, on_event=self.emit)

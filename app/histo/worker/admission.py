@@ -15,16 +15,12 @@ class MemoryBudget:
         self.limit = limit
         self.reserved = 0  # bytes of tasks running now
 
-    @property
-    def used(self) -> int:
-        return self.reserved
-
     def reserve(self, cost: int) -> None:
         """Take `cost` bytes for a running task; Busy if they do not fit."""
         if cost > self.limit:
             raise Busy(f"a task of {cost >> 20} MiB is over this worker's {self.limit >> 20} MiB budget")
-        if self.used + cost > self.limit:
-            raise Busy(f"{self.used >> 20} of {self.limit >> 20} MiB in use; a task of {cost >> 20} MiB waits")
+        if self.reserved + cost > self.limit:
+            raise Busy(f"{self.reserved >> 20} of {self.limit >> 20} MiB in use; a task of {cost >> 20} MiB waits")
         self.reserved += cost
 
     def release(self, cost: int) -> None:

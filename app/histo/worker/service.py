@@ -13,6 +13,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from PIL import Image
 
 from ..compute.imageio import ImageError
 from ..compute.work import PEAK_BYTES_PER_PIXEL, equalize_upload
@@ -39,6 +40,10 @@ class Worker:
         self.rt = ServiceRuntime(cfg, on_event=self._security_event)
         self.budget = MemoryBudget(cfg.worker_memory_bytes)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
+        # one large job alone on this worker is split over these threads (compute/work.py)
+        self.strip_pool = (ThreadPoolExecutor(max_workers=cfg.worker_strip_threads, thread_name_prefix="strips")
+                           if cfg.worker_strip_threads > 1 else None)
+        Image.core.set_blocks_max(cfg.worker_pixel_cache_bytes // Image.core.get_block_size())
         self.seen: OrderedDict[str, None] = OrderedDict()  # (task, attempt, phase) already taken
         self.client: InternalClient | None = None
         self.pending_events: list[dict] = []
@@ -127,9 +132,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         headers = hdr.to_headers()
         try:
+            pool, parts = self._split(hdr.width * hdr.rows, cost)
             try:
                 payload = await loop.run_in_executor(self.pool, equalize_upload, data, hdr.mode, hdr.width, hdr.rows,
-                                                     hdr.image_mode, hdr.job)
+                                                     hdr.image_mode, hdr.job, pool, parts)
             except ImageError as exc:  # the image itself: the job fails with this reason, no retry elsewhere
                 headers[FAILED_HEADER] = exc.code
                 payload = exc.message.encode()[:300]
@@ -145,6 +151,13 @@ class Worker:
             log.warning("task %s/%s failed: %s", hdr.job, hdr.task, exc)
         finally:  # the result is held until the master has it: counted until then
             self.budget.release(cost)
+
+    def _split(self, pixels: int, cost: int) -> tuple[ThreadPoolExecutor | None, int]:
+        """Row strips for a large job that runs alone here (its cost is all the budget holds): eight per
+        thread, so the strips in flight stay within the peak the budget charges (compute/work.py)."""
+        if self.strip_pool is None or pixels < self.cfg.worker_strip_min_pixels or self.budget.reserved != cost:
+            return None, 1
+        return self.strip_pool, 8 * self.cfg.worker_strip_threads
 
     # -- the service skeleton's hooks (histo.serve) ------------------------------------------
     async def setup(self) -> list[Listener]:
