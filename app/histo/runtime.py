@@ -64,7 +64,7 @@ class ServiceRuntime:
         self.zk = zk_connect(self.cfg.zk_hosts, str(self.certs.ca_path), str(self.certs.cert_path),
                              str(self.certs.key_path), user, password, self.cfg.role, acl_ids=self.acl_ids,
                              session_timeout=self.cfg.zk_session_timeout,
-                             x509_id=x509_id(self.cfg.name, self.cfg.trust_domain))
+                             x509_id=x509_id(self.cfg.name, self.cfg.trust_domain), source_address=self.cfg.address)
         del password
         self.zk_state = "CONNECTED"
         self.zk.add_listener(self._zk_listener)

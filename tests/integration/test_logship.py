@@ -25,8 +25,6 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NodeExistsError, NoNodeError
-from kazoo.handlers import utils as kazoo_utils
-from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.security import make_digest_acl_credential
 
 from histo.edge.events import EventBus, EventFile
@@ -36,6 +34,7 @@ from histo.local.zkserver import ZkServer
 from histo.secops.chain import walk
 from histo.tls.selfsigned import ensure_bootstrap_tls
 from histo.zk.acl import default_acl, tree_acls, worker_slot_acl
+from histo.zk.client import SourceBoundHandler
 from histo.zk.config import LOG_ENTRY_START
 
 from .test_secops_record import SECOPS, WORKER
@@ -269,36 +268,11 @@ def test_relp_tls_ships_to_the_record_queues_and_refuses_an_impostor(
     assert os.stat(record).st_mode & 0o077 == 0
 
 
-class _BoundSocket:
-    """The socket module as kazoo uses it, with every socket bound to one loopback source address
-    (ZooKeeper names a client by the address it connects from)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def socket(self, family: int = socket.AF_INET, *args: Any) -> socket.socket:
-        s = socket.socket(family, *args)
-        s.bind((self.source, 0))
-        return s
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-
-class _BoundHandler(SequentialThreadingHandler):  # type: ignore[misc]
-    def __init__(self, source: str) -> None:
-        super().__init__()
-        self.source = source
-
-    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        return kazoo_utils.create_tcp_connection(_BoundSocket(self.source), *args, **kwargs)
-
-
-def _zk(address: str, port: int, source: str, tls: dict[str, str], digest: tuple[str, str]) -> KazooClient:
+def _zk(address: str, port: int, source: str, tls: dict[str, str], *digests: tuple[str, str]) -> KazooClient:
     client = KazooClient(hosts=f"{address}:{port}", use_ssl=True, verify_certs=True, check_hostname=True,
                          ca=tls["logship_ca"], certfile=tls["logship_cert"], keyfile=tls["logship_key"],
-                         auth_data=[("digest", f"{digest[0]}:{digest[1]}")], timeout=4,
-                         handler=_BoundHandler(source), connection_retry={"max_tries": 1, "delay": 0.2})
+                         auth_data=[("digest", f"{name}:{password}") for name, password in digests], timeout=4,
+                         handler=SourceBoundHandler(source), connection_retry={"max_tries": 1, "delay": 0.2})
     client.start(timeout=10)
     return client
 
@@ -355,6 +329,7 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
     shipper = Rsyslogd(base / "shipper", "shipper.conf.j2", **common, **zk_tls,
                        logship_collector_address=SECOPS["address"], logship_collector_name="secops1.histo.internal",
                        logship_source_address=zk_host["address"], logship_zk_masters=["master1"],
+                       __logship_zk_clients={"master1": master["address"], "worker1": WORKER["address"]},
                        __logship_all_files=[{**role_entry, "path": str(zk.log_file)}])
     m = w = None
     try:
@@ -397,18 +372,38 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
         for path in disguised:
             with pytest.raises(NoAuthError):
                 w.create(path, b"")
+        # worker1 (its certificate, from its address) gives itself digest identities named like master1's
+        # certificate and the masters' digest user (a digest name is the client's own text; a wrong
+        # password still shows it): its failed writes used to pass for a master's ordinary ones (never
+        # shipped). Two certificate names in one line bind nobody: shipped, by address
+        # (the first one given at connect, before its certificate's id: ZooKeeper then names it first)
+        spoof = _zk(zk_host["address"], port, WORKER["address"], w_tls, ("CN=master1.histo.internal", "x"))
+        spoof.add_auth("digest", "histo-master:not-the-password")
+        spoof.add_auth("digest", f"histo-worker:{secret['histo-worker']}")
+        with pytest.raises((NodeExistsError, NoAuthError)):
+            spoof.create("/histo/jobs", b"")
+        with pytest.raises(NoAuthError):
+            spoof.set("/histo/jobs/j1", b'{"state": "forged"}')
+        spoof.stop()
+        spoof.close()
         assert m.get("/histo/jobs/j1")[0] == b'{"state": "done"}'  # the legitimate path still works
 
-        got = _wait_for(record, 5, timeout=60)
+        got = _wait_for(record, 7, timeout=60)
         time.sleep(3)  # nothing else follows
         found = [e["event"]["secops"] for e in _entries(record) if isinstance(e["event"], dict)
                  and "secops" in e["event"]]
         summary = sorted((f["kind"], f["host"], f.get("znode") or "") for f in found)
-        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs/j1"),
+        assert summary == [("zk_acl_denied", "worker1", "/histo/jobs"),
+                           ("zk_acl_denied", "worker1", "/histo/jobs/j1"),
+                           ("zk_acl_denied", "worker1", "/histo/jobs/j1"),
                            ("zk_acl_denied", "worker1", "/histo/jobs/x"),
                            ("zk_acl_denied", "worker1", "/histo/jobs/y,CN=master1.,histo-master,"),
                            ("zk_tls_refused", "outside", ""), ("zk_tls_refused", "worker2", "")], got
-        assert len(_entries(record)) == 5, got  # no ordinary line was shipped
+        assert len(_entries(record)) == 7, got  # no ordinary line was shipped
+        spoofed = [f for f in found if f["kind"] == "zk_acl_denied" and f["znode"] in ("/histo/jobs", "/histo/jobs/j1")
+                   and f["certificate"] is None]
+        assert len(spoofed) == 2 and all(f["by"] == "address" and "several certificates" in f["why"]
+                                         for f in spoofed), found
         denied = next(f for f in found if f["kind"] == "zk_acl_denied" and f.get("znode") == "/histo/jobs/j1")
         assert (denied["spiffe"], denied["operation"], denied["certificate"], denied["by"], denied["target"]) == (
             "spiffe://histo.internal/worker/worker1", "setData", "worker1", "certificate", "zk1")
@@ -418,8 +413,9 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
         while time.monotonic() < deadline and not any(i["kind"] == "incident_alerted" for i in _incidents(record)):
             time.sleep(0.2)
         decided = [i for i in _incidents(record) if i["kind"] == "incident_alerted" and i["host"] == "worker1"]
-        assert [(i["rule"], i["response"]) for i in decided] == [("zookeeper-acl-denied", "quarantine")], \
+        assert ("zookeeper-acl-denied", "quarantine") in [(i["rule"], i["response"]) for i in decided], \
             _incidents(record)
+        assert not [i for i in _incidents(record) if i.get("host") == "master1"]  # master1 is framed by nothing
         reasons = {f["host"]: f["why"] for f in found if f["kind"] == "zk_tls_refused"}
         assert "no client certificate" in reasons["worker2"] and "another CA" in reasons["outside"]
         assert next(f for f in found if f["host"] == "outside")["address"] == outsider
@@ -435,3 +431,78 @@ def test_zookeeper_refusals_ship_attributed_and_ordinary_traffic_stays(
         for r in (shipper, collector):
             r.stop()
         zk.stop()
+
+
+def _filter_decisions(tmp: Path, lines: list[str], clients: dict[str, str]) -> list[str]:
+    """The lines the role's zookeeper_refusals filter ships, decided by a real rsyslog reading a file of
+    them (imfile, as on ZooKeeper's host: tabs as they are), kept lines written to another file."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    src, out = tmp / "zookeeper.log", tmp / "kept.log"
+    (tmp / "filter.conf.j2").write_text(
+        'global(workDirectory="{{ logship_work_dir }}")\nmodule(load="imfile" mode="inotify")\n'
+        'input(type="imfile" File="' + str(src) + '" Tag="zookeeper" ruleset="logship_only_zookeeper_refusals"'
+        ' addMetadata="off" freshStartTail="off")\n'
+        "{% with __logship_filter_to = 'kept' %}{% include 'filters.j2' %}{% endwith %}\n"
+        'template(name="msgonly" type="string" string="%msg%\\n")\n'
+        'ruleset(name="kept") { action(type="omfile" file="' + str(out) + '" template="msgonly") }\n')
+    loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(tmp), jinja2.FileSystemLoader(ROLE)])
+    text = jinja2.Environment(undefined=jinja2.StrictUndefined, loader=loader).get_template("filter.conf.j2").render(
+        logship_work_dir=str(tmp / "work"), __logship_all_files=[{"path": str(src), "filter": "zookeeper_refusals"}],
+        logship_zk_masters=sorted(n for n in clients if n.startswith("master")), __logship_zk_clients=clients)
+    (tmp / "work").mkdir(exist_ok=True)
+    conf = tmp / "rsyslog.conf"
+    conf.write_text(text)
+    check = subprocess.run(["rsyslogd", "-N1", "-f", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    src.write_text("".join(line + "\n" for line in lines))
+    proc = subprocess.Popen(["rsyslogd", "-n", "-f", str(conf), "-i", str(tmp / "pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        marker = lines[-1].strip()
+        while time.monotonic() < deadline and not (out.exists() and marker in out.read_text()):
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    return [x.strip() for x in out.read_text().splitlines()] if out.exists() else []
+
+
+def test_the_zookeeper_filter_binds_a_certificate_name_to_its_host_and_to_one_head(tmp_path: Path) -> None:
+    """Deterministic lines through the role's filter in a real rsyslog (ZooKeeper orders a session's ids
+    by its own hash, so the order an attacker wants cannot be forced in the test above). A digest name is
+    the client's own text: worker1 naming a digest identity "CN=master1.histo.internal" (first, as
+    ZooKeeper may list it) and "histo-master" used to pass for master1's ordinary failure and was never
+    shipped; so did a user field that spells out a head of its own. Both ship now; master1's and
+    worker1's own ordinary failures stay on the machine."""
+    m1, w1 = "127.1.20.21", "127.1.20.31"
+
+    def line(user: str, ip: str, op: str, znode: str | None, session: str = "0x1000") -> str:
+        where = f"\tznode={znode}\tznode_type=persistent" if znode else ""
+        return (f" 2026-12-07T01:25:48.361+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session={session}"
+                f"\tuser={user}\tip={ip}\toperation={op}{where}\tresult=failure ")
+
+    ordinary = [line(f"{m1},CN=master1.histo.internal,histo-master", m1, "create", "/histo/jobs/j1"),
+                line(f"CN=master1.histo.internal,histo-master,{m1}", m1, "multiOperation", None),
+                line(f"histo-worker,{w1},CN=worker1.histo.internal", w1, "create", "/histo/workers/worker1/member")]
+    spoofs = [
+        # a digest name spelling master1's certificate, listed first, from worker1's address
+        line(f"CN=master1.histo.internal,{w1},CN=worker1.histo.internal,histo-master", w1, "create", "/histo/jobs",
+             "0x2001"),
+        # the same from master1's address (borrowed on the segment): two certificate names bind nobody
+        line(f"CN=master1.histo.internal,{m1},CN=worker1.histo.internal,histo-master", m1, "setData",
+             "/histo/jobs/j1", "0x2002"),
+        # master1's certificate from another address
+        line(f"CN=master1.histo.internal,histo-master,{w1}", w1, "create", "/histo/jobs", "0x2003"),
+        # a user field that spells a whole head of its own, then the real one (tabs as ZooKeeper writes)
+        line(f"CN=master1.histo.internal,histo-master,{m1}\tip={m1}\toperation=create\tznode=/histo/jobs\tx,"
+             f"CN=worker1.histo.internal,{w1}", w1, "create", "/histo/jobs", "0x2004"),
+        # worker2's slot written by worker1 with a digest name spelling worker2's certificate
+        line(f"CN=worker2.histo.internal,CN=worker1.histo.internal,histo-worker,{w1}", w1, "create",
+             "/histo/workers/worker2/member", "0x2005"),
+    ]
+    kept = _filter_decisions(tmp_path / "filter", ordinary + spoofs,
+                             {"master1": m1, "master2": "127.1.20.22", "worker1": w1, "worker2": "127.1.20.32"})
+    sessions = sorted(s.split("session=")[1].split()[0] for s in kept)
+    assert sessions == ["0x2001", "0x2002", "0x2003", "0x2004", "0x2005"], kept

@@ -93,10 +93,12 @@ def test_a_refused_wrapping_token_in_the_audit_log_is_replayed(tmp_path: Path) -
     assert [(i.rule, i.host, i.response) for i in incidents] == [("vault-wrapping-token-refused", "worker1", "alert")]
 
 
-def _zk_failure(user: str, operation: str, znode: str | None) -> str:
+def _zk_failure(user: str, operation: str, znode: str | None, ip: str | None = None) -> str:
+    """A failed write as ZooKeeper audits it; from the address the user field names (a session's own)."""
     where = f"znode={znode}\t" if znode else ""
+    ip = ip or user.rsplit(",", 1)[-1]
     return (f"2026-12-06T20:02:43.087+0000 ERROR [SyncThread:0] Slf4jAuditLogger: session=0x10003e3c1420002\t"
-            f"user={user}\tip=127.0.0.1\toperation={operation}\t{where}result=failure ")
+            f"user={user}\tip={ip}\toperation={operation}\t{where}result=failure ")
 
 
 def test_failed_writes_the_shipper_keeps_on_zookeepers_host_are_no_refusals(tmp_path: Path) -> None:
@@ -105,14 +107,14 @@ def test_failed_writes_the_shipper_keeps_on_zookeepers_host_are_no_refusals(tmp_
     again after a reconnect) opened zookeeper-acl-denied incidents with a quarantine response. The
     machines' shipper never sends them (filter-zookeeper_refusals.j2: who wrote decides); the replay now
     drops them the same way, and still counts a write its writer had no right to try."""
-    master = "CN=master1.histo.internal,histo-master,127.0.0.1"
-    worker = "histo-worker,CN=worker1.histo.internal,127.0.0.1"
+    master = "CN=master1.histo.internal,histo-master,127.0.31.21"
+    worker = "histo-worker,CN=worker1.histo.internal,127.0.31.31"
     ordinary = [_zk_failure(master, "create", "/histo"), _zk_failure(master, "multiOperation", None),
                 _zk_failure(worker, "create", "/histo/workers/worker1/member")] * 3
     refused = [_zk_failure(worker, "create", "/histo/workers/worker2/member"),  # another worker's slot
                _zk_failure(worker, "multiOperation", None),
                _zk_failure(master, "reconfig", "/zookeeper/config"),
-               _zk_failure("CN=master1.histo.internal,127.0.0.1", "create", "/histo")]  # no master digest user
+               _zk_failure("CN=master1.histo.internal,127.0.31.21", "create", "/histo")]  # no master digest user
     log = tmp_path / "zookeeper.log"
     log.write_text("\n".join(ordinary) + "\n")
     assert replay(read_files([log]), INV, load_rules()) == (0, [])
@@ -131,6 +133,59 @@ def test_a_path_that_spells_another_user_frames_no_one() -> None:
     line = _zk_failure("histo-worker,CN=worker1.histo.internal,127.0.31.31", "create",
                        "/histo/jobs/x#011user=CN=master1.histo.internal,histo-master,127.0.31.21")
     found = classify({"msg": line, "host": "zk1", "tag": "zookeeper", "from": "127.0.31.11"}, INV)
-    assert found is not None and found["host"] == "worker1" and found["certificate"] == "worker1", found
+    # two certificate names in the line: one is the writer's own text, so it binds nobody (an alert on the
+    # address the line's head names, worker1's here), and master1 is never named
+    assert found is not None and (found["host"], found["certificate"], found["by"]) == ("worker1", None, "address")
     assert found["znode"] == "/histo/jobs/x"
     assert not ordinary_zk_failure(line, INV)  # nor does it pass for a master's ordinary failure
+    # a path that spells a head naming no other certificate: worker1's own, still bound to it
+    own = _zk_failure("histo-worker,CN=worker1.histo.internal,127.0.31.31", "create",
+                      "/histo/workers/worker1/x#011ip=127.0.31.21#011operation=create")
+    found = classify({"msg": own, "host": "zk1", "tag": "zookeeper", "from": "127.0.31.11"}, INV)
+    assert found is not None and (found["certificate"], found["by"]) == ("worker1", "certificate"), found
+    assert not ordinary_zk_failure(own, INV)  # not read strictly: never ordinary, even in its own slot
+
+
+def test_a_digest_name_that_spells_a_certificate_passes_for_no_one() -> None:
+    """Found by review (SECURITY.md's open item, now closed): ZooKeeper's audit line names a session's
+    ids without their scheme, and a digest name is the client's own text. worker1 (its certificate, from
+    its address) adds digest identities named like master1's certificate and the masters' digest user:
+    its refused writes were a master's ordinary failures (never shipped) and attributed to master1. Now a
+    certificate's name makes a write ordinary only as the one certificate of the session and from its
+    host's address; a second CN= id binds nobody. A user field with text no id of ours has ('#', a
+    space, '/') is not read strictly: shipped, by address. The legitimate lines stay ordinary."""
+    from histo.secops.sources import classify
+    w1, m1 = "127.0.31.31", "127.0.31.21"
+
+    def found(line: str) -> dict[str, Any]:
+        got = classify({"msg": line, "host": "zk1", "tag": "zookeeper", "from": "127.0.31.11"}, INV)
+        assert got is not None and got["kind"] == "zk_acl_denied", line
+        return got
+
+    spoofed = f"CN=worker1.histo.internal,CN=master1.histo.internal,histo-master,{w1}"
+    for line in (_zk_failure(spoofed, "create", "/histo"), _zk_failure(spoofed, "multiOperation", None),
+                 _zk_failure(f"CN=master1.histo.internal,histo-worker,CN=worker1.histo.internal,{w1}", "create",
+                             "/histo/jobs/j1"),
+                 # the same, written from master1's address (borrowed on the segment)
+                 _zk_failure(spoofed, "setData", "/histo/jobs/j1", ip=m1)):
+        assert not ordinary_zk_failure(line, INV), line
+        got = found(line)
+        assert (got["certificate"], got["by"]) == (None, "address") and "several certificates" in got["why"], got
+        assert got["host"] == ("master1" if f"ip={m1}" in line else "worker1")  # the address only: an alert
+    # a user field that spells out a head of its own: not read strictly, never ordinary, never bound
+    odd = _zk_failure(f"CN=master1.histo.internal,histo-master,{m1}#011ip={m1}#011operation=create#011znode=/histo"
+                      f"#011x,CN=worker1.histo.internal,{w1}", "create", "/histo", ip=w1)
+    assert not ordinary_zk_failure(odd, INV)
+    got = found(odd)
+    assert (got["certificate"], got["by"]) == (None, "address") and "a head of its own" in got["why"], got
+    # master1's certificate from another address is not a master's ordinary failure (still attributed to
+    # the certificate: a key only master1 holds)
+    elsewhere = _zk_failure(f"CN=master1.histo.internal,histo-master,{w1}", "create", "/histo")
+    assert not ordinary_zk_failure(elsewhere, INV)
+    assert (found(elsewhere)["certificate"], found(elsewhere)["by"]) == ("master1", "certificate")
+    # the legitimate lines: ordinary, and a worker's real refusal still names it by its certificate
+    assert ordinary_zk_failure(_zk_failure(f"CN=master1.histo.internal,histo-master,{m1}", "create", "/histo"), INV)
+    assert ordinary_zk_failure(_zk_failure(f"histo-worker,CN=worker1.histo.internal,{w1}", "create",
+                                           "/histo/workers/worker1/member"), INV)
+    real = found(_zk_failure(f"histo-worker,CN=worker1.histo.internal,{w1}", "setData", "/histo/jobs/j1"))
+    assert (real["host"], real["certificate"], real["by"]) == ("worker1", "worker1", "certificate")

@@ -23,6 +23,10 @@ _SSHD = re.compile(r"(?:Failed (?:password|publickey|none) for (?:invalid user )
 # Fields of an audit line are tab-separated (rsyslog may have escaped the tab as #011).
 _IP = re.compile(r"(?:/)?([0-9]{1,3}(?:\.[0-9]{1,3}){3})")
 _ZK_AUDIT = re.compile(r"(?:^|\t|#011|\s)(session|user|ip|operation|znode|result)=(.*?)(?=\t|#011|\s*$)")
+_ZK_HEAD = re.compile(r"session=0x[0-9a-fA-F]+(?:[ \t]|#011)user=(?P<user>[A-Za-z0-9.,=_@-]*)(?:[ \t]|#011)"
+                      r"ip=(?P<ip>[0-9a-fA-F.:]+)(?:[ \t]|#011)operation=(?P<operation>[A-Za-z]+)(?P<rest>.*)$", re.S)
+_ZK_CN = re.compile(r"CN=([A-Za-z0-9-]+)\.")
+_ZK_HEAD_FIELD = re.compile(r"(?:[ \t]|#011)(?:user|ip|operation)=")
 _ZK_LINE = re.compile(r"^\S+ (?P<level>[A-Z]+) \[(?P<thread>[^\]]*)\] (?P<logger>\S+): (?P<text>.*)$")
 # A refused handshake: "Exception caught <exception>: <reason>", then (joined by the shipper, same thread)
 # "Closing  /<address>:<port>[0](queued=0,recved=0,sent=0)", the only line where ZooKeeper names the client.
@@ -155,38 +159,74 @@ def _zk_who(inv: Inventory, addr: str | None) -> dict[str, Any]:
 
 
 def _zk_audit_fields(text: str) -> dict[str, str]:
-    """An audit line's fields, each as it first appears. ZooKeeper writes session, user, ip and
-    operation before znode, and a path may hold a literal "#011user=..." (what rsyslog's escaped tab
-    looks like): the first occurrence is ZooKeeper's own, a later one is the writer's path text."""
+    """An audit line's fields, each as it first appears (a path may hold a literal "#011user=...", what
+    rsyslog's escaped tab looks like). Trusted only past the strict head (_zk_audit)."""
     fields: dict[str, str] = {}
     for key, value in _ZK_AUDIT.findall(text):
         fields.setdefault(key, value.strip())
     return fields
 
 
-def _zk_ids(fields: dict[str, str]) -> tuple[list[str], str | None]:
-    """The session's ids as the audit line names them, and the host its certificate names (CN=<host>.…)."""
-    ids = [u for u in fields.get("user", "").split(",") if u]
-    return ids, next((u.removeprefix("CN=").split(".")[0] for u in ids if u.startswith("CN=")), None)
+@dataclass(frozen=True)
+class ZkAudit:
+    """A failed write's audit line, read as the machines' shipper reads it
+    (roles/logship/templates/filter-zookeeper_refusals.j2)."""
+    ids: list[str]  # the session's ids: its certificate's subject, digest names as claimed, its address
+    ip: str | None
+    operation: str | None
+    znode: str
+    strict: bool  # the head was read strictly: the ip and the operation are ZooKeeper's own
+    certificate: str | None  # the host whose certificate the session presented
+    from_its_host: bool  # ... and the session came from that host's own address
+
+
+def _zk_audit(text: str, inv: Inventory) -> ZkAudit:
+    """ZooKeeper writes session, user, ip and operation first, then the znode. A digest name is the
+    client's own text (anything but ':') and so is a path: either may spell out a head of its own
+    ("#011ip=...#011operation=..." is what rsyslog makes of ZooKeeper's tabs). So the head is read
+    strictly — a user field of what our ids are made of, and user, ip and operation named once each in
+    the line — or its ip and operation are only the first ones the line spells (not ZooKeeper's own for
+    sure). Every session presents a certificate of our CA (CN=<host>.<domain>): its name is always in the
+    line, so a line naming one host's CN= is that host's certificate, and a line naming several (a digest
+    identity called "CN=master1.histo.internal", a path that spells one) binds nobody."""
+    names = set(_ZK_CN.findall(text))
+    cert = next(iter(names)) if len(names) == 1 else None
+    head = _ZK_HEAD.match(text.strip())
+    if head is None or len(_ZK_HEAD_FIELD.findall(text)) != 3:
+        f = _zk_audit_fields(text)
+        return ZkAudit([u for u in f.get("user", "").split(",") if u], f.get("ip") or None, f.get("operation"),
+                       f.get("znode", ""), strict=False, certificate=cert, from_its_host=False)
+    ids = [u for u in head.group("user").split(",") if u]
+    ip = head.group("ip")
+    znode = next((v.strip() for k, v in _ZK_AUDIT.findall(head.group("rest")) if k == "znode"), "")
+    at_ip = inv.by_address.get(ip)
+    return ZkAudit(ids, ip, head.group("operation"), znode, strict=True, certificate=cert,
+                   from_its_host=cert is not None and at_ip is not None and at_ip.name == cert)
+
+
+def _audit_text(line: str) -> str:
+    """The message of an audit line (after ZooKeeper's own prefix: time, level, thread, logger)."""
+    head = _ZK_LINE.match(line.strip())
+    return head.group("text") if head else line
 
 
 def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
     """A failed ZooKeeper write that is ordinary traffic, decided as the machines' shipper decides
     (roles/logship/templates/filter-zookeeper_refusals.j2) — ZooKeeper's audit line says a write failed,
-    not why (NoAuth reads like NodeExists or BadVersion), so who wrote decides: a master (a masters'
-    certificate and the histo-master digest user) anywhere but /zookeeper/config, a worker in its own
-    member slot. On the machines such lines never leave ZooKeeper's host; a replay of the raw file
+    not why (NoAuth reads like NodeExists or BadVersion), so who wrote decides: a master (its certificate
+    from its address, and the histo-master digest user) anywhere but /zookeeper/config, a worker in its
+    own member slot. On the machines such lines never leave ZooKeeper's host; a replay of the raw file
     (replay.py) drops them here."""
     lines = re.split(r"\\n|#012|\n", msg)
     if "Slf4jAuditLogger" not in lines[0] or "result=failure" not in lines[0]:
         return False
-    f = _zk_audit_fields(lines[0])
-    users, cn = _zk_ids(f)
-    znode = f.get("znode", "")
-    host = inv.by_name.get(cn) if cn else None
-    if host is not None and host.role == "master" and "histo-master" in users and znode != "/zookeeper/config":
+    audit = _zk_audit(_audit_text(lines[0]), inv)
+    host = inv.by_name.get(audit.certificate) if audit.certificate else None
+    if host is None or not audit.strict or not audit.from_its_host:
+        return False
+    if host.role == "master" and "histo-master" in audit.ids and audit.znode != "/zookeeper/config":
         return True
-    return bool(cn) and znode.startswith(f"/histo/workers/{cn}/")
+    return audit.znode.startswith(f"/histo/workers/{host.name}/")
 
 
 def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
@@ -197,20 +237,26 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
     head = _ZK_LINE.match(lines[0].strip())
     text = head.group("text") if head else msg
     if "Slf4jAuditLogger" in lines[0] and "result=failure" in text:
-        f = _zk_audit_fields(text)
-        addr = f.get("ip") or None
-        ids, cert = _zk_ids(f)
+        audit = _zk_audit(text, inv)
+        addr = audit.ip
         # the session's certificate names the machine: bound to a key only that machine holds (rules
-        # contain on it); else only the address it came from, which a root neighbour can borrow (alert)
-        bound = inv.by_name.get(cert) if cert else None
+        # contain on it); else only the address it came from, which a root neighbour can borrow, or which
+        # a client wrote itself into a user field it made odd (alert)
+        bound = inv.by_name.get(audit.certificate) if audit.certificate else None
         who = inv.who(bound, addr) if bound is not None else _zk_who(inv, addr)
+        named = sorted(set(_ZK_CN.findall(text)))
+        why = f"a {audit.operation or 'write'} on {audit.znode or '?'} that this identity may not make"
+        if len(named) > 1:
+            why += f"; the line names several certificates ({', '.join(named[:4])}): all but one are its own text"
+        if not audit.strict:
+            why += "; it spells out a head of its own: its address may be its own text"
         return {"layer": "zookeeper", "kind": "zk_acl_denied", "severity": "critical", **who,
                 "by": "certificate" if bound is not None else "address",
-                "target": at, "operation": f.get("operation"), "znode": f.get("znode"),
-                "certificate": cert,  # the x509 identity ZooKeeper saw (the certificate's host name)
+                "target": at, "operation": audit.operation, "znode": audit.znode or None,
+                "certificate": audit.certificate,  # the x509 identity ZooKeeper saw, bound to its address
                 # digest user names as the client claimed them: a wrong password still shows the name
-                "claimed": [u for u in ids if not u.startswith("CN=") and u != addr],
-                "why": f"a {f.get('operation') or 'write'} on {f.get('znode') or '?'} that this identity may not make"}
+                "claimed": [u for u in audit.ids if not u.startswith("CN=") and u != addr][:8],
+                "why": why[:300]}
     if "Exception caught" in text and ("javax.net.ssl." in text or "NotSslRecordException" in text):
         reason = text.rsplit("Exception: ", 1)[-1].strip()[:200]
         closing = next((m for m in map(_ZK_CLOSING.search, lines[1:]) if m), None)

@@ -16,6 +16,7 @@ import hvac
 from kazoo.client import KazooClient
 
 from histo.vault.client import ServiceVault
+from histo.zk.client import SourceBoundHandler
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -53,11 +54,14 @@ def stable_tls(cluster: Cluster, service: str) -> Path:
 
 
 def zk_client(cluster: Cluster, as_service: str | None, creds: tuple[str, str] | None,
-              timeout: float = 8) -> KazooClient:
-    """A kazoo client with `as_service`'s certificate (or none) and digest credentials (or none)."""
+              timeout: float = 8, source: str | None = None) -> KazooClient:
+    """A kazoo client with `as_service`'s certificate (or none) and digest credentials (or none),
+    connecting from `source`, by default `as_service`'s own address (root on that machine)."""
     topo = json.loads((cluster.root / "topology.json").read_text())
     tls = stable_tls(cluster, as_service) if as_service else None
+    source = source or next((h["address"] for h in topo["hosts"] if h["name"] == as_service), None)
     client = KazooClient(hosts=f"{topo['net']}.11:2281", use_ssl=True, verify_certs=True, check_hostname=True,
+                         handler=SourceBoundHandler(source) if source else None,
                          ca=cluster.ca if not tls else str(tls / "ca.pem"),
                          certfile=str(tls / "cert.pem") if tls else None, keyfile=str(tls / "key.pem") if tls else None,
                          auth_data=[("digest", f"{creds[0]}:{creds[1]}")] if creds else None, timeout=4,
