@@ -326,3 +326,40 @@ def test_a_token_past_its_life_is_never_presented(vault):
         sv.zk_credentials()
     time.sleep(0.5)
     assert _denials(bao) == before + 1
+
+
+def test_a_failed_login_never_presents_the_expired_token_either(vault, monkeypatch):
+    """SECURITY.md's open item, closed: the session's token is past its life and the login that should
+    replace it fails (Vault away, a standby answering 503 during an election). The client used to hand the
+    expired token to the caller anyway, once — a denial in Vault's audit log that the SecOps rules cannot
+    tell from a probe. Now the caller's call fails as Vault's own answer would (VaultUnavailable; a
+    master's data keys: KeysUnavailable) and nothing reaches Vault; once the login works, so does the call."""
+    from histo.master.datakeys import KeysUnavailable, VaultDataKeys
+    bao, role_ids, root = vault
+    services = {name: provisioned_service(bao, role_ids, HOSTS[name], root / f"{name}-relogin")
+                for name in ("worker1", "master1")}
+    for sv in services.values():
+        sv.client.auth.token.revoke_self()  # as when it expired while Vault was away
+        sv._token_expires = time.time() - 5
+
+    def election() -> None:
+        raise VaultUnavailable("Vault failed: 503 (a standby during an election)")
+    before = _denials(bao)
+    for sv in services.values():
+        monkeypatch.setattr(sv, "login", election)
+    with pytest.raises(VaultUnavailable):
+        services["worker1"].zk_credentials()
+    with pytest.raises(VaultUnavailable):
+        services["worker1"].issue_cert("60s")
+    keys = VaultDataKeys(lambda: services["master1"].client, 4)
+    with pytest.raises(KeysUnavailable, match="unreachable"):
+        keys.new_key()
+    with pytest.raises(KeysUnavailable):
+        keys.unwrap("vault:v1:bm90LWEta2V5")
+    time.sleep(0.5)  # the audit device has written whatever reached it
+    assert _denials(bao) == before  # the expired tokens were presented to no one
+    monkeypatch.undo()
+    assert services["worker1"].zk_credentials()[0] == "histo-worker"  # the login works again: so does the call
+    assert keys.new_key().plaintext
+    time.sleep(0.5)
+    assert _denials(bao) == before

@@ -31,6 +31,7 @@ from typing import Any, Callable, Protocol
 import requests
 from hvac import exceptions as hx
 
+from ..vault.client import VaultAuthError, VaultUnavailable
 from ..vault.setup import STORE_KEY, TRANSIT
 from .envelope import DataKey
 
@@ -140,6 +141,10 @@ class VaultDataKeys:
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
+        except VaultUnavailable as exc:  # the session's client itself: its token expired, no login now
+            raise KeysUnavailable(f"Vault is unreachable, so data keys cannot be {what} ({exc})") from None
+        except VaultAuthError as exc:
+            raise KeysUnavailable(f"Vault refused to let data keys be {what} ({exc})") from None
         except requests.RequestException as exc:
             raise KeysUnavailable(f"Vault is unreachable, so data keys cannot be {what} "
                                   f"({type(exc).__name__})") from None
@@ -186,9 +191,8 @@ class VaultDataKeys:
         return added
 
     def _make(self, cache: bool = True) -> DataKey:
-        transit = self._client().secrets.transit
-        resp = self._call("created", lambda: transit.generate_data_key(self.key_name, key_type="plaintext", bits=256,
-                                                                       mount_point=self.mount))
+        resp = self._call("created", lambda: self._client().secrets.transit.generate_data_key(
+            self.key_name, key_type="plaintext", bits=256, mount_point=self.mount))
         plaintext = base64.b64decode(resp["data"]["plaintext"])
         key = DataKey(plaintext=plaintext, wrapped=str(resp["data"]["ciphertext"]))
         if cache:  # a pooled key enters the cache when it is taken (a pool never evicts used keys)
@@ -199,9 +203,8 @@ class VaultDataKeys:
         cached = self.cache.get(wrapped)
         if cached is not None:
             return cached
-        transit = self._client().secrets.transit
-        resp = self._call("unwrapped", lambda: transit.decrypt_data(self.key_name, ciphertext=wrapped,
-                                                                    mount_point=self.mount))
+        resp = self._call("unwrapped", lambda: self._client().secrets.transit.decrypt_data(
+            self.key_name, ciphertext=wrapped, mount_point=self.mount))
         plaintext = base64.b64decode(resp["data"]["plaintext"])
         self.cache.put(wrapped, plaintext)
         return plaintext

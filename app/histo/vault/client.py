@@ -114,14 +114,13 @@ class ServiceVault:
         receipts and tokens that call transit through it). A token past its life (Vault was away when it
         was due) is never presented: it would only be refused — a denial the SecOps rules cannot tell
         from a probe with a stale token — so a login comes first. Another thread logging in meanwhile is
-        waited for (the lock), then the token is fresh; login's own call skips the check."""
+        waited for (the lock), then the token is fresh; login's own call skips the check. A login that
+        fails (Vault away, a standby answering 503 during an election, our secret_id refused) raises here,
+        as the caller's own call would have: the expired token is not presented even once."""
         if self._login_ttl and self._token_expires - time.time() <= EXPIRED_MARGIN:
             with self._lock:
                 if not self._in_login and self._token_expires - time.time() <= EXPIRED_MARGIN:
-                    try:
-                        self.login()
-                    except (VaultUnavailable, VaultAuthError):
-                        pass  # Vault still away, or our secret_id refused: the caller's own call says so
+                    self.login()  # VaultUnavailable or VaultAuthError: what the caller's call would say
         return self._client
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
