@@ -39,6 +39,9 @@ class ServiceConfig:
     max_upload_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
     task_timeout: float = 30.0
+    # The share of jobs a second worker computes again (drawn unpredictably): their results must be the
+    # same bytes, else a third decides and the outvoted worker is reported (master/scheduler.py). 0: off.
+    verify_fraction: float = 0.05
     worker_memory_bytes: int = 1536 << 20  # a worker's budget for decoded pixels (worker/admission.py)
     # A worker with no other job splits one of at least worker_strip_min_pixels into row strips over
     # worker_strip_threads threads (equalize.equalize_strips; 1 = never): measured in bench/worker.py,
@@ -159,6 +162,9 @@ class ServiceConfig:
                 raise ConfigError(f"{name} must be a positive integer")
         if not isinstance(cfg.key_pool_size, int) or isinstance(cfg.key_pool_size, bool) or cfg.key_pool_size < 0:
             raise ConfigError("key_pool_size must be a non-negative integer (0: no keys made ahead)")
+        if (not isinstance(cfg.verify_fraction, (int, float)) or isinstance(cfg.verify_fraction, bool)
+                or not 0 <= cfg.verify_fraction <= 1):
+            raise ConfigError("verify_fraction must be a number from 0 to 1")
         if (not isinstance(cfg.worker_pixel_cache_bytes, int) or isinstance(cfg.worker_pixel_cache_bytes, bool)
                 or not 0 <= cfg.worker_pixel_cache_bytes <= cfg.worker_memory_bytes):
             raise ConfigError("worker_pixel_cache_bytes must be an integer from 0 to worker_memory_bytes")

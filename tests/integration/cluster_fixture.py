@@ -49,6 +49,8 @@ def start(root: Path, cert_ttl: str = "30s", wait: bool = True, readmit: str = "
                                    "burst_per_address": 2000, "uploads_per_principal": 100.0,
                                    "upload_burst": 200, "max_upload_bytes": 16 * 1024 * 1024,
                                    "worker_strip_min_pixels": 1,  # a job alone on a worker runs in strips, even small
+                                   # every job computed by both workers, their results compared byte for byte
+                                   "verify_fraction": 1.0,
                                    "tls_handshake_timeout": 4.0})
     return Cluster(root=root.resolve(), env=info["env"])
 

@@ -134,7 +134,8 @@ def test_config_validation(tmp_path):
     # keys an older release wrote load and steer nothing; the worker's strip settings are checked
     assert ServiceConfig.from_dict({**base, "tiles_per_worker": 2, "min_tile_pixels": 1}) == cfg
     for bad in ({"worker_strip_threads": 0}, {"worker_strip_min_pixels": "big"},
-                {"worker_pixel_cache_bytes": -1}, {"worker_pixel_cache_bytes": (1536 << 20) + 1}):
+                {"worker_pixel_cache_bytes": -1}, {"worker_pixel_cache_bytes": (1536 << 20) + 1},
+                {"verify_fraction": 1.5}, {"verify_fraction": "all"}, {"verify_fraction": True}):
         with pytest.raises(ConfigError):
             ServiceConfig.from_dict({**base, **bad})
     with pytest.raises(ConfigError):

@@ -10,16 +10,20 @@ from typing import cast
 from PIL import Image
 
 from histo.compute import equalize, frame
-from histo.compute.imageio import ImageError, probe
+from histo.compute.imageio import ImageError, encode, probe
 from histo.compute.work import equalize_upload
-from histo.master.scheduler import JobFailed, RefusedResult, Scheduler, Spec
+from histo.master.scheduler import JobFailed, Outcome, RefusedResult, Scheduler, Spec
 from histo.protocol import TaskHeader
 from histo.rpc import InternalClient, Reply
 from histo.tls.identity import Identity
 from histo.zk.membership import Member
 
-WORKERS = {n: Member(name=n, endpoint=f"https://w{n[-1]}", spiffe_id=f"spiffe://histo.internal/worker/{n}",
-                    incarnation="i") for n in ("worker1", "worker2")}
+def _members(*names: str) -> dict[str, Member]:
+    return {n: Member(name=n, endpoint=f"https://w{n[-1]}", spiffe_id=f"spiffe://histo.internal/worker/{n}",
+                      incarnation="i") for n in names}
+
+
+WORKERS = _members("worker1", "worker2")
 NO_PEER = cast(Identity, None)  # the fake's replies name no peer
 
 
@@ -33,13 +37,14 @@ class FakeWorkers:
         self.report, self.sched, self.sent = report, None, []
         self.busy = busy or {}
         self.tamper = False
+        self.forgers: set[str] = set()  # return another image of the right format and size, right histograms
         self.refusals: list[RefusedResult | None] = []
 
     async def request(self, method: str, url: str, roles: tuple[str, ...], headers: dict[str, str] | None = None,
                       data: bytes | memoryview | None = None, expect_host: str | None = None) -> Reply:
         assert headers is not None and data is not None
         hdr = TaskHeader.from_headers(headers)
-        worker = "worker1" if url.startswith("https://w1") else "worker2"
+        worker = f"worker{url.removeprefix('https://w')[0]}"
         self.sent.append((hdr, worker))
         if self.busy.get(worker):
             self.busy[worker] -= 1
@@ -53,6 +58,11 @@ class FakeWorkers:
                     h = next(iter(result.hist_after.values()))
                     i = next(i for i, v in enumerate(h) if v)
                     h[i], h[(i + 1) % 256] = h[i] - 1, h[(i + 1) % 256] + 1  # one pixel moved to its neighbour
+                    payload = frame.pack_result(result, plot)
+                if worker in self.forgers:  # what no header or histogram shows: the upload's own pixels
+                    result, plot = frame.unpack_result(payload)
+                    img = Image.open(io.BytesIO(bytes(data)))
+                    result.image = encode(img.convert("L") if result.channels == ["L"] else img, result.fmt)
                     payload = frame.pack_result(result, plot)
             except ImageError as exc:
                 failed, payload = exc.code, exc.message.encode()
@@ -178,3 +188,69 @@ def test_an_attempt_that_timed_out_is_retried_and_its_late_result_dropped_quietl
         replayed = sched.accept_result(late_hdr, late_worker, late)
         assert replayed is not None and "replayed" in replayed.reason  # once
     asyncio.run(run())
+
+
+def _verified(workers: dict[str, Member], forgers: set[str], fraction: float = 1.0,
+              mode: str = "gray") -> tuple[object, list[tuple[str, str, str]], list[tuple[str, list[str], str]],
+                                          FakeWorkers, bytes]:
+    fake = FakeWorkers()
+    fake.forgers = forgers
+    refused: list[tuple[str, str, str]] = []
+    disputed: list[tuple[str, list[str], str]] = []
+    sched = Scheduler(cast(InternalClient, fake), "https://m", lambda: dict(workers), lambda *a: None,
+                      task_timeout=5, verify_fraction=fraction, on_refused=lambda *a: refused.append(a),
+                      on_disputed=lambda *a: disputed.append(a))
+    fake.sched = sched
+    data, spec = upload(mode)
+    try:
+        outcome: object = asyncio.run(sched.run("job1", data, spec, {}))
+    except JobFailed as exc:
+        outcome = exc
+    return outcome, refused, disputed, fake, data
+
+
+def test_a_forged_result_passes_every_check_on_its_own() -> None:
+    """The attack verification exists for: a result whose image is another image of the job's format and
+    size, with the right histograms, is accepted when nobody computes the job again (fraction 0)."""
+    outcome, refused, disputed, fake, data = _verified(_members("worker1", "worker2"), {"worker1", "worker2"}, 0.0)
+    assert isinstance(outcome, Outcome) and len(fake.sent) == 1 and not refused and not disputed
+    assert outcome.result.image != equalize.equalize_single(data, "gray").image  # delivered, forged
+
+
+def test_a_verified_job_is_computed_twice_and_names_both_workers() -> None:
+    for mode in equalize.MODES:
+        outcome, refused, disputed, fake, data = _verified(_members("worker1", "worker2"), set(), mode=mode)
+        assert isinstance(outcome, Outcome) and not refused and not disputed
+        assert outcome.result.image == equalize.equalize_single(data, mode).image
+        assert outcome.workers == ["worker1", "worker2"] and len(fake.sent) == 2
+        first, second = fake.sent
+        assert first[1] != second[1] and first[0].attempt != second[0].attempt
+        assert (first[0].job, first[0].task, first[0].phase) == (second[0].job, second[0].task, second[0].phase)
+
+
+def test_a_forging_worker_is_outvoted_and_reported_and_the_majority_result_delivered() -> None:
+    for forger in ("worker1", "worker2", "worker3"):  # whichever computed first, verified or decided
+        outcome, refused, disputed, fake, data = _verified(_members("worker1", "worker2", "worker3"), {forger})
+        sent = [w for _, w in fake.sent]
+        if forger not in sent[:2]:  # the first two agreed: nothing to decide
+            assert isinstance(outcome, Outcome) and not refused and len(sent) == 2
+            continue
+        assert isinstance(outcome, Outcome), outcome
+        assert outcome.result.image == equalize.equalize_single(data, "gray").image
+        assert forger not in outcome.workers and len(outcome.workers) == 2 and len(sent) == 3
+        assert [(job, worker) for job, worker, _ in refused] == [("job1", forger)] and not disputed
+        assert "outvoted" in refused[0][2]
+
+
+def test_two_workers_that_disagree_deliver_nothing_and_are_both_named() -> None:
+    outcome, refused, disputed, fake, _ = _verified(_members("worker1", "worker2"), {"worker2"})
+    assert isinstance(outcome, JobFailed) and "different results" in str(outcome)
+    assert not refused and [(job, workers) for job, workers, _ in disputed] == [("job1", ["worker1", "worker2"])]
+    assert "no third worker" in disputed[0][2]
+
+
+def test_with_one_worker_a_sampled_job_is_delivered_unverified() -> None:
+    outcome, refused, disputed, fake, data = _verified(_members("worker1"), set())
+    assert isinstance(outcome, Outcome) and outcome.workers == ["worker1"] and len(fake.sent) == 1
+    assert not refused and not disputed
+

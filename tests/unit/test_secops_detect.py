@@ -34,7 +34,7 @@ EXPECTED = {"vault-policy-denied": "quarantine", "vault-token-refused": "alert",
             "zookeeper-acl-denied": "quarantine", "zookeeper-auth-refused": "alert",
             "zookeeper-write-denied-by-address": "alert",
             "firewall-drop-cluster-machine": "alert", "firewall-drop-infrastructure": "alert",
-            "forged-task-result": "quarantine", "stale-task-results": "alert",
+            "forged-task-result": "quarantine", "result-disputed": "alert", "stale-task-results": "alert",
             "mtls-refused-repeatedly": "alert", "tls-handshake-refused-repeatedly": "alert",
             "forged-source": "alert", "vault-denied-by-address": "alert",
             "ssh-refused": "alert", "outside-refused": "alert",
@@ -142,6 +142,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], int, str]] = {
     "firewall-drop-infrastructure": (nft(ADDR["zk1"], ADDR["worker1"], 8443), 1, "zk1"),
     "forged-task-result": (service("result_refused", "master1", worker="worker1", job="j1", task=3,
                                    reason="task attempt assigned to worker2, reported by worker1"), 1, "worker1"),
+    "result-disputed": (service("result_disputed", "master1", severity="critical", worker="worker2", job="j1",
+                                reason="workers worker1, worker2 computed different results for job j1"), 1, "worker2"),
     "stale-task-results": (service("result_refused", "master1", worker="worker2", job="j1", task=3,
                                    reason="no such task attempt pending (stale or forged)"), 5, "worker2"),
     "mtls-refused-repeatedly": (service("mtls_rejected", "master1", reason="peer is not a master",
@@ -468,3 +470,19 @@ def test_a_borrowed_address_never_gets_a_healthy_machine_contained() -> None:
     (own,) = det.feed(attributed(vault_audit("1 error occurred:\n\t* permission denied\n\n", "histo-worker2",
                                              "secret/data/histo/zk/super", w2), 1100.0), seq=99)
     assert (own.host, own.response, own.rule) == ("worker2", "quarantine", "vault-policy-denied")
+
+
+def test_a_worker_outvoted_by_the_leaders_verification_is_contained() -> None:
+    """master/scheduler.py: a worker whose result two others contradicted is reported as a refused result
+    (forged: quarantine); two that disagree with no third are each named for a person (alert)."""
+    det = detector()
+    reason = "outvoted: its result for job j1 differs from the identical results of worker1 and worker3"
+    (inc,) = det.feed(attributed(service("result_refused", "master1", worker="worker2", job="j1", task=0,
+                                         reason=reason), 1000.0), seq=1)
+    assert (inc.rule, inc.host, inc.response) == ("forged-task-result", "worker2", "quarantine")
+    det = detector()
+    found = [det.feed(attributed(service("result_disputed", "master1", severity="critical", worker=w, job="j1",
+                                         reason="workers worker1, worker2 computed different results"), 1000.0 + i),
+                      seq=i) for i, w in enumerate(("worker1", "worker2"))]
+    assert [(i.rule, i.host, i.response) for incs in found for i in incs] == [
+        ("result-disputed", "worker1", "alert"), ("result-disputed", "worker2", "alert")]

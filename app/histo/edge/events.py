@@ -28,7 +28,7 @@ DEFAULT_SEVERITY = {
     "auth_failure": "warning", "auth_throttled": "critical", "forbidden": "warning",
     "mtls_rejected": "warning", "tls_handshake_refused": "warning", "zk_auth_failure": "critical",
     "rate_limited": "warning", "result_refused": "warning", "vault_unavailable": "warning", "worker_left": "warning",
-    "job_failed": "warning",
+    "job_failed": "warning", "result_disputed": "critical",
 }
 # Kinds that concern one job: their audience is the job's owner (given as audience=<sub>).
 JOB_KINDS = ("job_progress", "job_failed", "job_done")

@@ -8,6 +8,13 @@ the master derives from its before-histogram makes of it (equalize.equalized_his
 checked on the master without a pixel. Why one worker per job in one exchange and not row strips over
 several, or a histogram and a table in two: docs/ARCHITECTURE.md.
 
+A result's pixels are what no header or histogram shows: a sample of jobs (`verify_fraction`, drawn
+unpredictably, and the task looks like any other) is computed again by another worker, and the two
+framed results must be the same bytes (the work is deterministic: compute/work.py). When they differ a
+third worker decides: the one outvoted is reported (`on_refused`: the forged-task-result rule) and the
+majority's result is the job's; with no third worker, or no majority, nothing is delivered and the job
+fails as disputed (`on_disputed`: an alert naming each worker).
+
 Each task attempt has a random id and an assigned worker; only that worker may report its result,
 once. A worker that vanishes from ZooKeeper membership, refuses, or times out has its task re-assigned
 to another worker with a new attempt id; a worker whose memory budget is full (503 busy) is passed
@@ -45,6 +52,10 @@ class WorkerLost(Exception):
 
 class WorkerBusy(Exception):
     pass
+
+
+class NoOtherWorker(Exception):
+    """Every worker but those a verification must avoid is gone or failed."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,13 @@ def result_size_bound(p: Pending) -> int:
 class Scheduler:
     def __init__(self, client: InternalClient, reply_to: str, workers: Callable[[], dict[str, Member]],
                  on_task_state: Callable[[str, int, dict], None],
-                 task_timeout: float) -> None:
+                 task_timeout: float, verify_fraction: float = 0.0,
+                 on_refused: Callable[[str, str, str], None] | None = None,
+                 on_disputed: Callable[[str, list[str], str], None] | None = None) -> None:
         self.client = client
+        self.verify_fraction = min(1.0, max(0.0, verify_fraction))
+        self.on_refused = on_refused or (lambda job, worker, reason: None)  # a worker outvoted
+        self.on_disputed = on_disputed or (lambda job, workers, reason: None)  # no majority
         self.reply_to = reply_to
         self.workers = workers
         self.on_task_state = on_task_state
@@ -122,12 +138,58 @@ class Scheduler:
         t = time.perf_counter()
         computed_by: set[str] = set()
         result, framed = await self._drive(job_id, 0, "equalize", spec, upload, computed_by)
+        if self._sampled():
+            (result, framed), computed_by = await self._verify(job_id, spec, upload, (result, framed),
+                                                                next(iter(computed_by)))
         timings["compute"] = time.perf_counter() - t  # decode, count, table, encode and plot, on the worker
         return Outcome(result=result, timings=timings, tiles=1, workers=sorted(computed_by), framed=framed)
 
-    def _pick(self, avoid: set[str]) -> tuple[str, Member] | None:
-        alive = self.workers()
+    def _sampled(self) -> bool:
+        # secrets, not random: which jobs are checked must not be guessable by a worker
+        return self.verify_fraction > 0 and secrets.randbelow(1_000_000) < self.verify_fraction * 1_000_000
+
+    async def _verify(self, job: str, spec: Spec, upload: bytes, first: tuple[Any, bytes],
+                      by: str) -> tuple[tuple[Any, bytes], set[str]]:
+        """The job computed again on another worker; its result, and the workers whose results it is."""
+        second, other = await self._again(job, spec, upload, {by})
+        if second is None:
+            log.warning("job %s: no other worker to verify %s's result; delivered unverified", job, by)
+            return first, {by}
+        if second[1] == first[1]:
+            return first, {by, other}
+        third, tiebreak = await self._again(job, spec, upload, {by, other})
+        for winner, loser, agreed in ((first, other, by), (second, by, other)):
+            if third is not None and third[1] == winner[1]:
+                reason = (f"outvoted: its result for job {job} differs from the identical results of "
+                          f"{agreed} and {tiebreak}")
+                log.warning("job %s: %s %s", job, loser, reason)
+                self.on_refused(job, loser, reason)
+                return winner, {agreed, tiebreak}
+        disputed = sorted(w for w in (by, other, tiebreak) if w)
+        reason = (f"workers {', '.join(disputed)} computed different results for job {job}"
+                  + ("" if tiebreak else " and no third worker could decide"))
+        log.warning("job %s: %s", job, reason)
+        self.on_disputed(job, disputed, reason)
+        raise JobFailed("workers computed different results for this image, so none was delivered; "
+                        "please resubmit")
+
+    async def _again(self, job: str, spec: Spec, upload: bytes,
+                     exclude: set[str]) -> tuple[tuple[Any, bytes] | None, str]:
+        """The same task on a worker not in `exclude`: (its result, that worker), or (None, "") when no
+        such worker can compute it now (a verification then decides nothing)."""
+        computed_by: set[str] = set()
+        try:
+            result = await self._drive(job, 0, "equalize", spec, upload, computed_by, exclude=frozenset(exclude))
+        except (NoOtherWorker, JobFailed) as exc:
+            log.info("job %s: a verification found no worker beside %s: %s", job, ", ".join(sorted(exclude)), exc)
+            return None, ""
+        return result, next(iter(computed_by))
+
+    def _pick(self, avoid: set[str], exclude: frozenset[str] = frozenset()) -> tuple[str, Member] | None:
+        alive = {n: m for n, m in self.workers().items() if n not in exclude}
         if not alive:
+            if exclude:
+                raise NoOtherWorker("no worker beside those verified")
             raise JobFailed("no workers available")
         names = sorted(n for n in alive if n not in avoid)
         if not names:
@@ -136,22 +198,23 @@ class Scheduler:
         name = names[self._rr % len(names)]
         return name, alive[name]
 
-    async def _drive(self, job: str, n: int, phase: str, spec: Spec, upload: bytes, computed_by: set[str]) -> Any:
+    async def _drive(self, job: str, n: int, phase: str, spec: Spec, upload: bytes, computed_by: set[str],
+                     exclude: frozenset[str] = frozenset()) -> Any:
         avoid: set[str] = set()  # failed this task: not asked again
         busy: set[str] = set()  # budget full: asked again after a pause
         last_error = ""
         attempts = 0
         while attempts < MAX_ATTEMPTS:
-            picked = self._pick(avoid | busy)
+            picked = self._pick(avoid | busy, exclude)
             if picked is None:
                 if not busy:
-                    picked = self._pick(set())  # everyone failed once: try them again
+                    picked = self._pick(set(), exclude)  # everyone failed once: try them again
                 else:
                     busy.clear()
                     await asyncio.sleep(BUSY_BACKOFF)
                     continue
             if picked is None:
-                raise JobFailed("no workers available")
+                raise NoOtherWorker("no worker beside those verified") if exclude else JobFailed("no workers available")
             worker, info = picked
             attempt = secrets.token_urlsafe(12)
             hdr = TaskHeader(job=job, task=n, attempt=attempt, phase=phase, image_mode=spec.work_mode,
@@ -178,7 +241,7 @@ class Scheduler:
             except asyncio.CancelledError:
                 self._abandon(job, n, phase, attempt, worker)
                 raise
-            except JobFailed:
+            except (JobFailed, NoOtherWorker):
                 raise
             except WorkerBusy as exc:
                 busy.add(worker)

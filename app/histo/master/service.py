@@ -91,6 +91,17 @@ class Master:
         fields.setdefault("service", self.cfg.name)
         self.events.publish(kind, **fields)
 
+    def _outvoted(self, job: str, worker: str, reason: str) -> None:
+        """A worker whose result two others contradicted (master/scheduler.py): a forged result."""
+        self.emit("result_refused", severity="warning", worker=worker, job=job, task=0, reason=reason)
+        self.audit.record(who=spiffe_id("worker", worker, self.cfg.trust_domain), role="worker",
+                          what="internal:result", where="-", decision="deny", why=reason)
+
+    def _disputed(self, job: str, workers: list[str], reason: str) -> None:
+        """Workers whose results differ with no majority: one of them lied, which is not known."""
+        for worker in workers:
+            self.emit("result_disputed", severity="critical", worker=worker, job=job, reason=reason)
+
     # -- membership and leadership ------------------------------------------------------------
     def _workers_changed(self, members: dict[str, Member]) -> None:
         members = {n: m for n, m in members.items() if not REVOKED.is_denied(n)}  # quarantined: never scheduled
@@ -294,7 +305,8 @@ class Master:
         self.client = InternalClient(self.rt.certs.contexts.internal_client, self.cfg.trust_domain,
                                      source_address=self.cfg.address)
         self.scheduler = Scheduler(self.client, self.cfg.internal_url, self.schedulable_workers,
-                                   self._task_state, self.cfg.task_timeout)
+                                   self._task_state, self.cfg.task_timeout, verify_fraction=self.cfg.verify_fraction,
+                                   on_refused=self._outvoted, on_disputed=self._disputed)
         replicas = Replicator(self.cfg.name, self.store, MtlsTransport(lambda: self.client, self._other_masters,
                                                               max_blob=self.cfg.max_blob_bytes),
                               self.cfg.store_quorum, on_event=self.emit)
