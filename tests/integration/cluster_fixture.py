@@ -38,6 +38,7 @@ RESTARTS_NET = it_net(2)    # test_restarts.py: its own cluster
 OUTSIDE_NET = it_net(3)     # test_outside_tools.py: its own cluster
 RAFT_NET = it_net(4)        # test_vault_raft.py: its own cluster with three OpenBao nodes
 QUARANTINE_NET = it_net(5)  # test_quarantine_vault.py: its own OpenBao
+FORGED_NET = it_net(6)      # test_forged_pixels.py: its own cluster with three workers
 
 
 def start(root: Path, cert_ttl: str = "30s", wait: bool = True, readmit: str = "") -> Cluster:
