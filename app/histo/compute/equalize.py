@@ -230,7 +230,7 @@ def equalize_strips(img: Image.Image, fmt: str, mode: str, pool: Executor, parts
     def prepare_strip(rows: tuple[int, int]) -> tuple[Prepared, list[int]]:
         strip = img.crop((0, rows[0], width, rows[1]))
         prepared = prepare(strip, fmt, mode, consume=True)
-        if strip not in (prepared.work, prepared.alpha):
+        if strip is not prepared.work and strip is not prepared.alpha:  # identity: Image == compares pixels
             _free(strip)  # converted: its copy is all that is used from here
         return prepared, prepared.work.histogram()
 
