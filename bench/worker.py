@@ -101,6 +101,40 @@ def measure(before: Any, after: Any) -> dict[str, Any]:
     return out
 
 
+def strips(cache_bytes: int = 256 << 20) -> dict[str, Any]:
+    """A job alone on a worker, as worker/service.py runs it: sequential, in row strips over 2 threads (8
+    per thread), and the same with Pillow's block cache — wall and process CPU, median of 7, the same
+    bytes. Process CPU counts every thread; other processes on the machine count in the wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import _imaging as pil_core  # Image.core: Pillow's C module (its block cache)
+
+    from histo.compute.imageio import probe
+    from histo.compute.work import equalize_upload
+    from histo.testing.cluster import sample_image
+    out: dict[str, Any] = {}
+    with ThreadPoolExecutor(2) as pool:
+        for side in (1024, 2048, 4096):
+            data = sample_image(side, side, "JPEG")
+            work_mode = probe(data, side * side).work_mode("luma")
+            runs: dict[str, list[tuple[float, float]]] = {"sequential": [], "strips": [], "strips_cache": []}
+            images = set()
+            for _ in range(7):
+                for label in runs:
+                    pil_core.set_blocks_max(cache_bytes // pil_core.get_block_size() if label == "strips_cache" else 0)
+                    w, c = time.perf_counter(), time.process_time()
+                    framed = equalize_upload(data, "luma", side, side, work_mode, "t",
+                                             pool=None if label == "sequential" else pool, parts=16)
+                    runs[label].append((time.perf_counter() - w, time.process_time() - c))
+                    images.add(framed)
+            if len(images) != 1:
+                raise SystemExit(f"{side}²: the strips' result differs from the sequential one")
+            out[f"jpeg_{side}_luma"] = {k: {"wall_s": sorted(x[0] for x in v)[3], "cpu_s": sorted(x[1] for x in v)[3]}
+                                        for k, v in runs.items()}
+    pil_core.set_blocks_max(0)
+    return out
+
+
 def report(r: dict[str, Any]) -> None:
     for key, v in r["figures"].items():
         b, a = v["before_s"], v["after_s"]
@@ -110,6 +144,11 @@ def report(r: dict[str, Any]) -> None:
             print(f"  {s:13s} {b[s] * 1e3:8.2f} {a[s] * 1e3:8.2f}")
         print(f"  {'total':13s} {tb * 1e3:8.2f} {ta * 1e3:8.2f}   ÷ one process: "
               f"{tb / v['single_process_s']:.2f}× → {ta / v['single_process_s']:.2f}×")
+    for key, v in r.get("strips", {}).items():
+        seq = v["sequential"]
+        print(f"{key} alone on a worker (median of 7, ms wall / CPU): " + ", ".join(
+            f"{k} {x['wall_s'] * 1e3:.0f} / {x['cpu_s'] * 1e3:.0f} ({x['wall_s'] / seq['wall_s']:.2f}× wall)"
+            for k, x in v.items()))
 
 
 def main() -> None:
@@ -130,7 +169,7 @@ def main() -> None:
         for name in ("work", "equalize", "plot", "frame"):
             importlib.import_module(f"histo_before.compute.{name}")
         r = {"baseline": rev, "head": here, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "figures": measure(before, after)}
+             "figures": measure(before, after), "strips": strips()}
     args.out.write_text(json.dumps(r, indent=1) + "\n")
     report(r)
 

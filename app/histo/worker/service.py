@@ -13,7 +13,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from PIL import Image
+from PIL import _imaging as pil_core  # Image.core: Pillow's C module (its block cache)
 
 from ..compute.imageio import ImageError
 from ..compute.work import PEAK_BYTES_PER_PIXEL, equalize_upload
@@ -43,7 +43,7 @@ class Worker:
         # one large job alone on this worker is split over these threads (compute/work.py)
         self.strip_pool = (ThreadPoolExecutor(max_workers=cfg.worker_strip_threads, thread_name_prefix="strips")
                            if cfg.worker_strip_threads > 1 else None)
-        Image.core.set_blocks_max(cfg.worker_pixel_cache_bytes // Image.core.get_block_size())
+        pil_core.set_blocks_max(cfg.worker_pixel_cache_bytes // pil_core.get_block_size())
         self.seen: OrderedDict[str, None] = OrderedDict()  # (task, attempt, phase) already taken
         self.client: InternalClient | None = None
         self.pending_events: list[dict] = []
