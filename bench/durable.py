@@ -35,11 +35,17 @@ def _pct(values: list[float], p: float) -> float:
 def up_cluster(name: str, limits: dict[str, Any]) -> tuple[Path, Any]:
     """A local cluster of its own (2 masters, 2 workers) under a temporary folder: (folder, Cluster);
     `local_cluster.down(folder / "c")` ends it."""
+    from dataclasses import fields
+
+    from histo.config import ServiceConfig
     from histo.local import cluster as local_cluster
     from histo.testing.cluster import Cluster
 
+    # a baseline's code (`baseline` below) refuses the settings it does not have yet: they are left out
+    known = {f.name for f in fields(ServiceConfig)}
     root = Path(tempfile.mkdtemp(prefix=f"histo-bench-{name}-"))
-    info = local_cluster.up(root / "c", masters=2, workers=2, cert_ttl="1h", net=NET, extra=limits)
+    info = local_cluster.up(root / "c", masters=2, workers=2, cert_ttl="1h", net=NET,
+                            extra={k: v for k, v in limits.items() if k in known})
     return root, Cluster(root=(root / "c").resolve(), env=info["env"])
 
 
