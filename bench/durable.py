@@ -35,14 +35,16 @@ def _pct(values: list[float], p: float) -> float:
 def up_cluster(name: str, limits: dict[str, Any]) -> tuple[Path, Any]:
     """A local cluster of its own (2 masters, 2 workers) under a temporary folder: (folder, Cluster);
     `local_cluster.down(folder / "c")` ends it."""
-    from dataclasses import fields
-
-    from histo.config import ServiceConfig
     from histo.local import cluster as local_cluster
     from histo.testing.cluster import Cluster
 
-    # a baseline's code (`baseline` below) refuses the settings it does not have yet: they are left out
-    known = {f.name for f in fields(ServiceConfig)}
+    # a baseline's code (`baseline` below, bench/cpu_ab.py) refuses the settings it does not have yet: they
+    # are left out. The services run `python -m histo.cli` from the working folder: its code decides.
+    known = set(subprocess.run(
+        [sys.executable, "-c", ("import dataclasses, histo.config as c; "
+                                "print(*(f.name for f in dataclasses.fields(c.ServiceConfig)))")],
+        cwd=Path.cwd(), env={**os.environ, "PYTHONPATH": str(Path.cwd())}, check=True, capture_output=True,
+        text=True).stdout.split())
     root = Path(tempfile.mkdtemp(prefix=f"histo-bench-{name}-"))
     info = local_cluster.up(root / "c", masters=2, workers=2, cert_ttl="1h", net=NET,
                             extra={k: v for k, v in limits.items() if k in known})
