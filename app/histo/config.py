@@ -45,9 +45,9 @@ class ServiceConfig:
     worker_memory_bytes: int = 1536 << 20  # a worker's budget for decoded pixels (worker/admission.py)
     # A worker with no other job splits one of at least worker_strip_min_pixels into row strips over
     # worker_strip_threads threads (equalize.equalize_strips; 1 = never): measured in bench/worker.py,
-    # it shortens a 4096² job by ~15 % for ~10 % more CPU and does not pay at 1024². Freed pixel blocks
-    # up to worker_pixel_cache_bytes are kept for the next image instead of being returned and faulted in
-    # again (Pillow's block cache: ~6 % of a 4096² job's CPU); both stay inside worker_memory_bytes.
+    # it shortens a 2048² or 4096² job by 15-25 % for up to 25 % more CPU and does not pay at 1024².
+    # Freed pixel blocks up to worker_pixel_cache_bytes are kept for the next image instead of being
+    # returned and faulted in again (Pillow's block cache); both stay inside worker_memory_bytes.
     worker_strip_threads: int = 2
     worker_strip_min_pixels: int = 2_000_000
     worker_pixel_cache_bytes: int = 256 << 20

@@ -221,8 +221,8 @@ def equalize_strips(img: Image.Image, fmt: str, mode: str, pool: Executor, parts
     """equalize_single's steps between decode and encode, on `parts` row strips run in `pool`'s
     threads (Pillow leaves the GIL in its pixel loops). Every step is per pixel, so the pixels are those
     of the whole image: the histograms are summed before the table is made, and only decode and encode
-    stay whole. `img` is consumed. With `parts` at least twice the threads, the strips in flight add
-    less than the whole image's planes the sequential path holds: the same peak (compute/work.py)."""
+    stay whole. `img` is consumed. The strips in flight add their crops and conversions to the decoded
+    image: with eight strips per thread they stay within the peak a worker charges (compute/work.py)."""
     _check_mode(mode)
     width, size = img.width, img.size
     ranges = row_ranges(img.height, parts)

@@ -1,7 +1,7 @@
-"""Row strips, measured by bench/kernel.py (a worker takes a whole image: docs/ARCHITECTURE.md):
-tobytes() once, zero-copy slices, each strip wrapped as an image for Pillow's C paths
-(Image.histogram, Image.point), never numpy, so that the result is the same bytes as the
-single-process reference."""
+"""Row strips. row_ranges cuts the rows a worker's threads share (equalize.equalize_strips). The rest —
+tobytes() once, zero-copy slices, each strip wrapped as an image for Pillow's C paths (Image.histogram,
+Image.point), never numpy, so that the result is the same bytes as the single-process reference — is
+what bench/kernel.py measures against Pillow's whole-image calls."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -72,8 +72,7 @@ def tile_histogram(buf: Buffer, mode: str, width: int, rows: int) -> list[int]:
 
 
 def tile_apply(buf: Buffer, mode: str, width: int, rows: int, lut: Sequence[int]) -> bytes:
-    """The lookup table (256 entries per band) applied to one strip (row strips are measured in bench/kernel.py;
-    a worker takes a whole image: docs/ARCHITECTURE.md)."""
+    """The lookup table (256 entries per band) applied to one strip (measured in bench/kernel.py)."""
     if len(lut) != 256 * bands_of(mode):
         raise ValueError(f"a {mode} table needs {256 * bands_of(mode)} entries, got {len(lut)}")
     return tile_image(buf, mode, width, rows).point(list(lut)).tobytes()

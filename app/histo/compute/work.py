@@ -16,7 +16,9 @@ from .plot import plot_histograms
 # `consume` of equalize.prepare and finish_result), so the peak measured at 4096² is 8 in `luma` (the
 # decoded RGB + its YCbCr while converting, then YCbCr + the split planes; the merged YCbCr + its RGB
 # while the output is built) and in `rgb` (the work image + its equalized copy), 5 in `gray`.
-# Without the early frees, `luma` peaked at 11 and 12.
+# Without the early frees, `luma` peaked at 11 and 12. In row strips (equalize.equalize_strips, the
+# worker's 8 per thread: 16) the strips in flight add their crops and conversions to the decoded image:
+# 8.6 in `luma` and `rgb`, 5.7 in `gray` (9.75, 8.6, 6.6 with 8 strips in all).
 PEAK_BYTES_PER_PIXEL = 10
 
 

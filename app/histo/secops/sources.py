@@ -176,8 +176,14 @@ class ZkAudit:
     operation: str | None
     znode: str
     strict: bool  # the head was read strictly: the ip and the operation are ZooKeeper's own
-    certificate: str | None  # the host whose certificate the session presented
-    from_its_host: bool  # ... and the session came from that host's own address
+    names: list[str]  # every certificate name (CN=<host>.) the line spells, sorted
+    from_its_host: bool  # one certificate, and the session came from that host's own address (strict only)
+
+    @property
+    def certificate(self) -> str | None:
+        """The host whose certificate the session presented: the line's one certificate name (every
+        session presents one, so a second is text the client wrote, and then neither counts)."""
+        return self.names[0] if len(self.names) == 1 else None
 
 
 def _zk_audit(text: str, inv: Inventory) -> ZkAudit:
@@ -189,19 +195,18 @@ def _zk_audit(text: str, inv: Inventory) -> ZkAudit:
     sure). Every session presents a certificate of our CA (CN=<host>.<domain>): its name is always in the
     line, so a line naming one host's CN= is that host's certificate, and a line naming several (a digest
     identity called "CN=master1.histo.internal", a path that spells one) binds nobody."""
-    names = set(_ZK_CN.findall(text))
-    cert = next(iter(names)) if len(names) == 1 else None
+    names = sorted(set(_ZK_CN.findall(text)))
     head = _ZK_HEAD.match(text.strip())
     if head is None or len(_ZK_HEAD_FIELD.findall(text)) != 3:
         f = _zk_audit_fields(text)
         return ZkAudit([u for u in f.get("user", "").split(",") if u], f.get("ip") or None, f.get("operation"),
-                       f.get("znode", ""), strict=False, certificate=cert, from_its_host=False)
+                       f.get("znode", ""), strict=False, names=names, from_its_host=False)
     ids = [u for u in head.group("user").split(",") if u]
     ip = head.group("ip")
     znode = next((v.strip() for k, v in _ZK_AUDIT.findall(head.group("rest")) if k == "znode"), "")
     at_ip = inv.by_address.get(ip)
-    return ZkAudit(ids, ip, head.group("operation"), znode, strict=True, certificate=cert,
-                   from_its_host=cert is not None and at_ip is not None and at_ip.name == cert)
+    return ZkAudit(ids, ip, head.group("operation"), znode, strict=True, names=names,
+                   from_its_host=len(names) == 1 and at_ip is not None and at_ip.name == names[0])
 
 
 def _audit_text(line: str) -> str:
@@ -221,9 +226,9 @@ def ordinary_zk_failure(msg: str, inv: Inventory) -> bool:
     if "Slf4jAuditLogger" not in lines[0] or "result=failure" not in lines[0]:
         return False
     audit = _zk_audit(_audit_text(lines[0]), inv)
-    host = inv.by_name.get(audit.certificate) if audit.certificate else None
-    if host is None or not audit.strict or not audit.from_its_host:
+    if not audit.from_its_host:  # read strictly, one certificate, from that host's address (an inventory host)
         return False
+    host = inv.by_name[str(audit.certificate)]
     if host.role == "master" and "histo-master" in audit.ids and audit.znode != "/zookeeper/config":
         return True
     return audit.znode.startswith(f"/histo/workers/{host.name}/")
@@ -244,16 +249,15 @@ def _zookeeper(msg: str, at: str, inv: Inventory) -> dict[str, Any] | None:
         # a client wrote itself into a user field it made odd (alert)
         bound = inv.by_name.get(audit.certificate) if audit.certificate else None
         who = inv.who(bound, addr) if bound is not None else _zk_who(inv, addr)
-        named = sorted(set(_ZK_CN.findall(text)))
         why = f"a {audit.operation or 'write'} on {audit.znode or '?'} that this identity may not make"
-        if len(named) > 1:
-            why += f"; the line names several certificates ({', '.join(named[:4])}): all but one are its own text"
+        if len(audit.names) > 1:
+            why += f"; the line names several certificates ({', '.join(audit.names[:4])}): all but one are its own text"
         if not audit.strict:
             why += "; it spells out a head of its own: its address may be its own text"
         return {"layer": "zookeeper", "kind": "zk_acl_denied", "severity": "critical", **who,
                 "by": "certificate" if bound is not None else "address",
                 "target": at, "operation": audit.operation, "znode": audit.znode or None,
-                "certificate": audit.certificate,  # the x509 identity ZooKeeper saw, bound to its address
+                "certificate": audit.certificate,  # the x509 identity ZooKeeper saw (the line's one CN= name)
                 # digest user names as the client claimed them: a wrong password still shows the name
                 "claimed": [u for u in audit.ids if not u.startswith("CN=") and u != addr][:8],
                 "why": why[:300]}
