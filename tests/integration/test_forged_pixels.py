@@ -11,15 +11,12 @@ Its own cluster (cluster_fixture.FORGED_NET): 2 masters, 3 workers, every job ve
 disruptive (a worker process replaced)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import signal
-import ssl
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from histo.local import cluster as local_cluster
 from histo.testing.cluster import Cluster, sample_image, until
 
 from .cluster_fixture import FORGED_NET
+from .test_secops_feed import _stream_kinds
 
 pytestmark = [pytest.mark.disruptive, pytest.mark.long]
 
@@ -90,28 +88,11 @@ def _run(cluster: Cluster, data: bytes, mode: str) -> tuple[str, bytes]:
     return doc["id"], image
 
 
-def _leader_events(cluster: Cluster, seconds: float = 3) -> list[dict[str, Any]]:
+def _leader_events(cluster: Cluster) -> list[dict[str, Any]]:
     """What a viewer's event stream on the leader holds (its history first)."""
-    import aiohttp
     leader = cluster.leader()
     assert leader is not None
-
-    async def collect() -> list[dict[str, Any]]:
-        ctx = ssl.create_default_context(cafile=cluster.ca)
-        url = cluster.urls[int(leader[-1]) - 1].replace("https://", "wss://") + "/api/v1/events"
-        got: list[dict[str, Any]] = []
-        async with aiohttp.ClientSession() as s, s.ws_connect(url, ssl=ctx) as ws:
-            await ws.send_json({"type": "auth", "token": cluster.token("viewer")})
-            deadline = time.time() + seconds
-            while time.time() < deadline:
-                try:
-                    msg = await ws.receive_json(timeout=max(0.1, deadline - time.time()))
-                except asyncio.TimeoutError:
-                    break
-                if isinstance(msg.get("event"), dict):
-                    got.append(msg["event"])
-        return got
-    return asyncio.run(collect())
+    return _stream_kinds(cluster, leader, cluster.token("viewer"))
 
 
 def _live(cluster: Cluster) -> list[str]:
